@@ -1,0 +1,38 @@
+//! Pipeline files: a pure compiler from `.pipewright/*.yml` text to pipelines, and from a
+//! pipeline and an event to a plan of steps.
+//!
+//! `text → (Pipeline, diagnostics with positions) → selects(event)? → plan(run)`. This crate
+//! does no I/O, starts no task and knows nothing of Docker, Gitea or the database.
+
+mod decode;
+mod diag;
+mod model;
+mod parse;
+mod patterns;
+mod plan;
+mod schema;
+mod select;
+mod template;
+mod units;
+mod yaml;
+
+pub use diag::{Diagnostic, Pos};
+pub use model::*;
+pub use parse::{ACTION_NAMES, ParsedFile, check_input_value, parse_file, parse_files};
+pub use patterns::Patterns;
+pub use plan::{Plan, PlannedAction, PlannedStep, Resolved, RunContext, default_inputs, input_env_name, plan, resolve_inputs};
+pub use schema::json_schema;
+pub use select::{Changes, GitRef, Trigger, paths_match, selects, step_applies};
+pub use template::{Template, Var};
+pub use units::{parse_duration, parse_memory};
+
+/// Where pipeline files live in a repository.
+pub const PIPELINE_DIR: &str = ".pipewright";
+
+/// Whether a file name is a pipeline file (`.yml` or `.yaml`).
+pub fn is_pipeline_file(name: &str) -> bool {
+    name.ends_with(".yml") || name.ends_with(".yaml")
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,200 @@
+//! The pipeline model: what a valid pipeline file means, free of YAML.
+
+use std::time::Duration;
+
+use crate::{patterns::Patterns, template::Template};
+
+/// A pipeline: one file under `.pipewright/`.
+#[derive(Clone, Debug)]
+pub struct Pipeline {
+    /// Its name (the file name without extension unless `name:` says otherwise); the status
+    /// context is `pipewright/<name>`.
+    pub name: String,
+    /// The file it came from, relative to the repository root (`.pipewright/iac.yml`).
+    pub file: String,
+    pub on: Triggers,
+    pub concurrency: Concurrency,
+    /// Agent labels that must all be present.
+    pub runs_on: Vec<String>,
+    /// Limit for the whole run.
+    pub timeout: Duration,
+    pub vault: Option<VaultSpec>,
+    pub env: Vec<(String, String)>,
+    pub volumes: Vec<Volume>,
+    pub steps: Vec<Step>,
+}
+
+/// Default limit of a whole run.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(3600);
+
+#[derive(Clone, Debug, Default)]
+pub struct Triggers {
+    pub push: Option<PushTrigger>,
+    pub pull_request: Option<PullRequestTrigger>,
+    pub dispatch: Option<DispatchTrigger>,
+    pub schedule: Vec<Schedule>,
+}
+
+/// `on.push`. Without `branches` and `tags`, every branch push runs and no tag push does;
+/// with only `tags`, only tag pushes run.
+#[derive(Clone, Debug, Default)]
+pub struct PushTrigger {
+    pub branches: Option<Patterns>,
+    pub tags: Option<Patterns>,
+    pub paths: Option<Patterns>,
+    pub paths_ignore: Option<Patterns>,
+}
+
+/// `on.pull_request`; `branches` filters the base branch.
+#[derive(Clone, Debug, Default)]
+pub struct PullRequestTrigger {
+    pub branches: Option<Patterns>,
+    pub paths: Option<Patterns>,
+    pub paths_ignore: Option<Patterns>,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct DispatchTrigger {
+    pub inputs: Vec<Input>,
+    /// A dispatch must carry the input `confirm` equal to the pipeline's name.
+    pub confirm: bool,
+}
+
+/// A typed dispatch input.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Input {
+    pub name: String,
+    pub kind: InputKind,
+    pub required: bool,
+    pub default: Option<String>,
+    pub description: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum InputKind {
+    String,
+    Choice(Vec<String>),
+    Boolean,
+    Number,
+}
+
+#[derive(Clone, Debug)]
+pub struct Schedule {
+    /// The cron expression as written (five fields), already checked.
+    pub cron: String,
+}
+
+#[derive(Clone, Debug)]
+pub struct Concurrency {
+    /// The group (default `<repo>/<pipeline>/<ref>`).
+    pub group: Option<Template>,
+    /// A new run cancels queued and running runs of the group (otherwise they wait).
+    pub cancel_in_progress: bool,
+}
+
+#[derive(Clone, Debug)]
+pub struct VaultSpec {
+    pub role: Option<String>,
+    pub mount: Option<String>,
+    pub secrets: Vec<SecretRef>,
+}
+
+/// `ENV: path#key`, or `PREFIX_*: path#*` for every key of the secret.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SecretRef {
+    pub path: String,
+    pub target: SecretTarget,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SecretTarget {
+    /// One key into one variable.
+    Key { env: String, key: String },
+    /// Every key, each into `prefix` + key (upper-cased when the prefix has no lower-case
+    /// letter, as stored otherwise).
+    All { prefix: String },
+}
+
+impl SecretTarget {
+    /// The variable name a key of an `All` secret goes to.
+    pub fn env_for(prefix: &str, key: &str) -> String {
+        if prefix.chars().any(|c| c.is_ascii_lowercase()) {
+            format!("{prefix}{key}")
+        } else {
+            format!("{prefix}{}", key.to_ascii_uppercase())
+        }
+    }
+}
+
+/// A host path mounted into step containers: `HOST:CONTAINER[:ro]`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Volume {
+    pub host: String,
+    pub container: String,
+    pub read_only: bool,
+}
+
+#[derive(Clone, Debug)]
+pub struct Step {
+    pub name: String,
+    pub kind: StepKind,
+    pub env: Vec<(String, String)>,
+    pub volumes: Vec<Volume>,
+    pub when: Option<When>,
+    pub timeout: Option<Duration>,
+    pub memory: Option<u64>,
+    pub pids: Option<u64>,
+    pub continue_on_error: bool,
+}
+
+#[derive(Clone, Debug)]
+pub enum StepKind {
+    /// `run:` a script with `/bin/sh -e` in `image`.
+    Run { image: Template, script: String },
+    /// `uses:` a built-in action with its `with:` inputs.
+    Uses { action: String, with: Vec<(String, WithValue)> },
+}
+
+/// An action input: a templated scalar, a list or a mapping of them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum WithValue {
+    Scalar(Template),
+    List(Vec<WithValue>),
+    Map(Vec<(String, WithValue)>),
+}
+
+/// Step condition: every given part must hold.
+#[derive(Clone, Debug, Default)]
+pub struct When {
+    pub event: Option<Vec<EventKind>>,
+    pub branch: Option<Patterns>,
+}
+
+/// The kinds of event a pipeline runs for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum EventKind {
+    Push,
+    PullRequest,
+    Dispatch,
+    Schedule,
+    Comment,
+}
+
+impl EventKind {
+    pub const ALL: [EventKind; 5] =
+        [EventKind::Push, EventKind::PullRequest, EventKind::Dispatch, EventKind::Schedule, EventKind::Comment];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::Push => "push",
+            EventKind::PullRequest => "pull_request",
+            EventKind::Dispatch => "dispatch",
+            EventKind::Schedule => "schedule",
+            EventKind::Comment => "comment",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<EventKind> {
+        EventKind::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+}

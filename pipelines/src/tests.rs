@@ -1,0 +1,458 @@
+//! Table tests of the pipeline compiler: diagnostics for broken files, trigger and path
+//! selection, plans. Expectations are inline snapshots (`UPDATE_EXPECT=1` rewrites them).
+
+use expect_test::{Expect, expect};
+
+use crate::*;
+
+fn diagnostics(file: &str, text: &str) -> String {
+    match parse_file(file, text).result {
+        Ok(_) => "ok".to_string(),
+        Err(diags) => diags.iter().map(|d| format!("{d}\n")).collect(),
+    }
+}
+
+fn check(text: &str, expect: Expect) {
+    expect.assert_eq(&diagnostics(".pipewright/broken.yml", text));
+}
+
+fn pipeline(text: &str) -> Pipeline {
+    match parse_file(".pipewright/p.yml", text).result {
+        Ok(p) => p,
+        Err(d) => panic!("{d:?}"),
+    }
+}
+
+const FACTORY: &[(&str, &str)] = &[
+    (".pipewright/iac.yml", include_str!("../../examples/factory/.pipewright/iac.yml")),
+    (".pipewright/postgres.yml", include_str!("../../examples/factory/.pipewright/postgres.yml")),
+    (".pipewright/image.yml", include_str!("../../examples/factory/.pipewright/image.yml")),
+    (".pipewright/drift.yml", include_str!("../../examples/factory/.pipewright/drift.yml")),
+    (".pipewright/recover-pvc.yml", include_str!("../../examples/factory/.pipewright/recover-pvc.yml")),
+];
+
+fn factory() -> Vec<Pipeline> {
+    let files: Vec<(String, String)> = FACTORY.iter().map(|(f, t)| (f.to_string(), t.to_string())).collect();
+    parse_files(&files).into_iter().map(|p| p.result.unwrap_or_else(|d| panic!("{}: {d:?}", p.file))).collect()
+}
+
+#[test]
+fn factory_examples_are_valid() {
+    let names: Vec<String> = factory().iter().map(|p| p.name.clone()).collect();
+    assert_eq!(names, ["iac", "postgres", "image", "drift", "recover-pvc"]);
+    let recover = &factory()[4];
+    let dispatch = recover.on.dispatch.as_ref().unwrap();
+    assert!(dispatch.confirm);
+    assert_eq!(recover.runs_on, ["pi1"]);
+    assert_eq!(recover.volumes, [Volume { host: "/mnt/backups/k3s_pvc".into(), container: "/backups".into(), read_only: true }]);
+    let postgres = &factory()[1];
+    let vault = postgres.vault.as_ref().unwrap();
+    assert_eq!(vault.secrets[1].target, SecretTarget::All { prefix: "TF_VAR_postgres_".into() });
+    assert_eq!(SecretTarget::env_for("TF_VAR_postgres_", "username"), "TF_VAR_postgres_username");
+    assert_eq!(SecretTarget::env_for("OVH_", "application_key"), "OVH_APPLICATION_KEY");
+}
+
+#[test]
+fn broken_files() {
+    check("", expect![[r#"
+        .pipewright/broken.yml:1:1: empty pipeline file; expected a mapping with `steps`
+    "#]]);
+    check("on: push\nsteps:\n  - name: a\n    image: busybox\n     run: true\n", expect![[r#"
+        .pipewright/broken.yml:5:9: invalid YAML: mapping values are not allowed in this context
+    "#]]);
+    check(
+        r#"
+on:
+  push:
+    branchs: [main]
+  workflow_dispatch: {}
+stpes: []
+"#,
+        expect![[r#"
+            .pipewright/broken.yml:2:1: pipeline needs the key `steps`
+            .pipewright/broken.yml:4:5: unknown key `branchs` in `on.push`; did you mean `branches`?
+            .pipewright/broken.yml:5:3: unknown key `workflow_dispatch` in triggers (`on`); did you mean `dispatch`?
+            .pipewright/broken.yml:6:1: unknown key `stpes` in pipeline; did you mean `steps`?
+        "#]],
+    );
+    // Wrong types, everywhere at once.
+    check(
+        r#"
+on:
+  push:
+    branches: { main: true }
+timeout: soon
+concurrency: { group: g, cancel_in_progress: maybe }
+runs_on: [[arm64]]
+steps:
+  - name: a
+    image: busybox
+    run: true
+    memory: lots
+    pids: -1
+    continue_on_error: 1
+"#,
+        expect![[r#"
+            .pipewright/broken.yml:4:15: expected a list of branch globs, found a mapping
+            .pipewright/broken.yml:5:10: expected a duration such as `90s`, `30m` or `1h30m`, found `soon`
+            .pipewright/broken.yml:6:46: expected true or false, found `maybe`
+            .pipewright/broken.yml:7:11: expected a string, found a list
+            .pipewright/broken.yml:12:13: expected a size such as `512m` or `2g`, found `lots`
+            .pipewright/broken.yml:13:11: expected a positive number of processes, found `-1`
+            .pipewright/broken.yml:14:24: expected true or false, found `1`
+        "#]],
+    );
+    // Bad globs and bad cron.
+    check(
+        r#"
+on:
+  push:
+    branches: ["release/[v1"]
+    paths: ["ok/**", "bad/{a,b"]
+  schedule:
+    - cron: "0 4 * *"
+    - cron: "61 4 * * *"
+    - cron: "0 4 * * mon"
+steps:
+  - { name: a, image: busybox, run: "true" }
+"#,
+        expect![[r#"
+            .pipewright/broken.yml:4:16: invalid glob `release/[v1`: unclosed character class; missing ']'
+            .pipewright/broken.yml:5:22: invalid glob `bad/{a,b`: unclosed alternate group; missing '}' (maybe escape '{' with '[{]'?)
+            .pipewright/broken.yml:7:13: invalid cron `0 4 * *`: expected 5 fields (minute hour day month weekday), found 4
+            .pipewright/broken.yml:8:13: invalid cron `61 4 * * *`: Component error: Number out of bounds.
+        "#]],
+    );
+    // Duplicate step names and duplicate keys.
+    check(
+        r#"
+on: push
+steps:
+  - name: build
+    image: busybox
+    run: make
+  - name: build
+    image: busybox
+    image: alpine
+    run: make test
+"#,
+        expect![[r#"
+            .pipewright/broken.yml:7:11: duplicate step name `build` (first at line 4)
+            .pipewright/broken.yml:9:5: duplicate key `image` (first at line 8)
+        "#]],
+    );
+    // `${{ }}` in run: and env:, and unknown expressions.
+    check(
+        r#"
+on:
+  push: {}
+  dispatch:
+    inputs:
+      mode: { type: choice, options: [plan, apply] }
+env:
+  WHO: "${{ sha }}"
+steps:
+  - name: deploy
+    image: "busybox:${{ inputs.tag }}"
+    run: |
+      echo start
+      echo "deploying ${{ inputs.mode }}"
+  - name: tofu
+    uses: tofu
+    with: { path: "${{ github.workspace }}", command: "${{ inputs.mode }}" }
+"#,
+        expect![[r#"
+            .pipewright/broken.yml:8:9: `${{ }}` is not evaluated in `env`: event values reach the script only as environment variables, e.g. "$PIPEWRIGHT_SHA", "$PIPEWRIGHT_INPUT_<NAME>"
+            .pipewright/broken.yml:11:21: no dispatch input `tag`; declared: mode
+            .pipewright/broken.yml:14:23: `${{ }}` is not evaluated in `run`: event values reach the script only as environment variables, e.g. "$PIPEWRIGHT_SHA", "$PIPEWRIGHT_INPUT_<NAME>"
+            .pipewright/broken.yml:17:20: unknown expression `github.workspace` in `${{ }}`; expected one of: sha, short_sha, ref_name, repo, inputs.NAME
+        "#]],
+    );
+    // Steps: run without image, run and uses, unknown action, bad `with`.
+    check(
+        r#"
+on: [push, workflow_dispatch]
+steps:
+  - name: a
+    run: "true"
+  - name: b
+    image: busybox
+    run: "true"
+    uses: tofu
+  - name: c
+    uses: terraform
+  - name: d
+    uses: tofu
+    with: { path: iac, allow_destroy: yes, comand: plan }
+  - name: e
+    uses: image
+    with: { context: . }
+  - name: f
+"#,
+        expect![[r#"
+            .pipewright/broken.yml:2:12: unknown event `workflow_dispatch`; did you mean `dispatch`?
+            .pipewright/broken.yml:5:5: a `run` step needs `image`
+            .pipewright/broken.yml:9:11: a step has either `run` or `uses`, not both
+            .pipewright/broken.yml:11:11: unknown action `terraform`; expected one of: tofu, image, postgres
+            .pipewright/broken.yml:14:39: expected true or false, found `yes`
+            .pipewright/broken.yml:14:44: unknown key `comand` in `with` of `uses: tofu`; did you mean `command`?
+            .pipewright/broken.yml:17:11: `with` of `uses: image` needs the key `tags`
+            .pipewright/broken.yml:18:5: a step needs `run` (with `image`) or `uses`
+        "#]],
+    );
+    // Vault secrets, env names, volumes, dispatch inputs.
+    check(
+        r#"
+on:
+  dispatch:
+    confirm: true
+    inputs:
+      confirm: {}
+      when: { type: date }
+      size: { type: number, default: big }
+      mode: { type: choice }
+vault:
+  secrets:
+    TOKEN: kv/gitea
+    ALL: kv/ovh#*
+    OVH_*: kv/ovh#key
+    PIPEWRIGHT_ID_TOKEN: kv/x#y
+env:
+  1BAD: x
+volumes: ["relative:/data", "/mnt/b:/workspace/b", "/mnt/c:/c:rx"]
+steps:
+  - { name: a, image: busybox, run: "true" }
+"#,
+        expect![[r#"
+            .pipewright/broken.yml:6:7: the input `confirm` is implied by `confirm: true`; do not declare it
+            .pipewright/broken.yml:7:21: unknown input type `date`; expected one of: string, choice, boolean, number
+            .pipewright/broken.yml:8:38: default of input `size`: expected a number, found `big`
+            .pipewright/broken.yml:9:15: input `mode` of type choice needs a non-empty `options` list
+            .pipewright/broken.yml:12:12: expected `path#key` (or `path#*`), found `kv/gitea`
+            .pipewright/broken.yml:13:5: `kv/ovh#*` gives every key of the secret: name the variables with a prefix, e.g. `ALL_*`
+            .pipewright/broken.yml:14:12: `OVH_*` takes every key of a secret: write `kv/ovh#*`
+            .pipewright/broken.yml:15:5: `PIPEWRIGHT_ID_TOKEN` is set by Pipewright and cannot be overridden
+            .pipewright/broken.yml:17:3: `1BAD` is not a valid environment variable name
+            .pipewright/broken.yml:18:11: invalid volume `relative:/data`: host path `relative` must be absolute, without `..`
+            .pipewright/broken.yml:18:29: invalid volume `/mnt/b:/workspace/b`: `/workspace` is the checkout; mount elsewhere
+            .pipewright/broken.yml:18:52: invalid volume `/mnt/c:/c:rx`: unknown mode `rx`; expected `ro` or `rw`
+        "#]],
+    );
+    check("on: push\nsteps: [{name: a, image: busybox, run: x}]\nfoo: &a [1]\nbar: *a\n---\nx: 1\n", expect![[r#"
+        .pipewright/broken.yml:5:1: invalid YAML: a pipeline file holds one YAML document; found a second one
+    "#]]);
+}
+
+#[test]
+fn duplicate_pipeline_names_across_files() {
+    let step = "steps: [{ name: a, image: busybox, run: x }]\n";
+    let files = vec![
+        (".pipewright/a.yml".to_string(), format!("on: push\nname: deploy\n{step}")),
+        (".pipewright/deploy.yaml".to_string(), format!("on: push\n{step}")),
+    ];
+    let parsed = parse_files(&files);
+    assert!(parsed[0].result.is_ok());
+    let errors = parsed[1].result.as_ref().unwrap_err();
+    assert_eq!(errors[0].to_string(), ".pipewright/deploy.yaml:1:1: pipeline name `deploy` is already used by .pipewright/a.yml");
+}
+
+fn push(branch: &str, files: &[&str]) -> Trigger {
+    Trigger {
+        kind: EventKind::Push,
+        git_ref: GitRef::Branch(branch.into()),
+        changes: Changes::Files(files.iter().map(|f| f.to_string()).collect()),
+    }
+}
+
+fn selected(pipelines: &[Pipeline], event: &Trigger) -> Vec<String> {
+    pipelines.iter().filter(|p| selects(p, event)).map(|p| p.name.clone()).collect()
+}
+
+#[test]
+fn factory_selection() {
+    let all = factory();
+    let cases: &[(Trigger, &[&str])] = &[
+        // A push to main touching only postgres/ runs postgres, not iac.
+        (push("main", &["postgres/iac/main.tf"]), &["postgres"]),
+        (push("main", &["iac/main.tf"]), &["iac"]),
+        (push("main", &["iac/modules/dns/records.tfvars"]), &["iac"]),
+        (push("main", &["iac/README.md"]), &[]),
+        (push("main", &["README.md"]), &[]),
+        (push("main", &["app/index.txt", "postgres/iac/main.tf"]), &["postgres", "image"]),
+        (push("main", &["Dockerfile"]), &["image"]),
+        // Another branch runs nothing: every push trigger is limited to main.
+        (push("feature", &["iac/main.tf", "app/index.txt"]), &[]),
+        // Unknown changes (a local run without --changed): every path filter matches.
+        (Trigger { kind: EventKind::Push, git_ref: GitRef::Branch("main".into()), changes: Changes::All }, &["iac", "postgres", "image"]),
+        // A tag runs nothing here: no pipeline lists `tags`.
+        (Trigger { kind: EventKind::Push, git_ref: GitRef::Tag("v1".into()), changes: Changes::All }, &[]),
+        // Pull requests: base branch filter. image.yml has no branches: any base.
+        (
+            Trigger { kind: EventKind::PullRequest, git_ref: GitRef::Branch("main".into()), changes: Changes::Files(vec!["iac/main.tf".into(), "app/x".into()]) },
+            &["iac", "image"],
+        ),
+        (
+            Trigger { kind: EventKind::PullRequest, git_ref: GitRef::Branch("develop".into()), changes: Changes::Files(vec!["iac/main.tf".into(), "app/x".into()]) },
+            &["image"],
+        ),
+        (Trigger { kind: EventKind::Dispatch, git_ref: GitRef::Branch("main".into()), changes: Changes::All }, &["iac", "postgres", "drift", "recover-pvc"]),
+        (Trigger { kind: EventKind::Schedule, git_ref: GitRef::Branch("main".into()), changes: Changes::All }, &["drift"]),
+    ];
+    for (event, expected) in cases {
+        assert_eq!(selected(&all, event), *expected, "{event:?}");
+    }
+}
+
+#[test]
+fn path_filters_follow_github_actions() {
+    let p = |paths: Option<&[&str]>, ignore: Option<&[&str]>| {
+        (paths.map(|p| Patterns::new(p).unwrap()), ignore.map(|p| Patterns::new(p).unwrap()))
+    };
+    let files = |f: &[&str]| Changes::Files(f.iter().map(|s| s.to_string()).collect());
+    let cases: &[(Option<&[&str]>, Option<&[&str]>, &[&str], bool)] = &[
+        (None, None, &["a"], true),
+        // No file changed at all: nothing to match.
+        (None, None, &[], false),
+        (Some(&["src/**"]), None, &["docs/a.md"], false),
+        (Some(&["src/**"]), None, &["docs/a.md", "src/x/y.rs"], true),
+        // `*` does not cross `/`.
+        (Some(&["*.rs"]), None, &["src/lib.rs"], false),
+        (Some(&["**.rs"]), None, &["src/lib.rs"], true),
+        // paths_ignore alone: runs unless every changed file is ignored.
+        (None, Some(&["**/*.md"]), &["README.md", "docs/a.md"], false),
+        (None, Some(&["**/*.md"]), &["README.md", "src/lib.rs"], true),
+        // Both: a file must match paths and not be ignored.
+        (Some(&["src/**"]), Some(&["src/**/*.md"]), &["src/notes.md"], false),
+        (Some(&["src/**"]), Some(&["src/**/*.md"]), &["src/notes.md", "src/lib.rs"], true),
+        (Some(&["src/**"]), Some(&["src/**/*.md"]), &["src/notes.md", "README"], false),
+        // `!` in paths excludes again, last match wins.
+        (Some(&["docs/**", "!docs/internal/**"]), None, &["docs/internal/a.md"], false),
+        (Some(&["docs/**", "!docs/internal/**", "docs/internal/keep.md"]), None, &["docs/internal/keep.md"], true),
+    ];
+    for (paths, ignore, changed, expected) in cases {
+        let (paths_p, ignore_p) = p(*paths, *ignore);
+        assert_eq!(paths_match(paths_p.as_ref(), ignore_p.as_ref(), &files(changed)), *expected, "{paths:?} {ignore:?} {changed:?}");
+    }
+}
+
+#[test]
+fn branch_and_tag_triggers() {
+    let step = "steps: [{ name: a, image: busybox, run: x }]";
+    let any = pipeline(&format!("on: push\n{step}"));
+    let tags_only = pipeline(&format!("on:\n  push:\n    tags: [\"v*\"]\n{step}"));
+    let both = pipeline(&format!("on:\n  push:\n    branches: [main, \"release/**\", \"!release/old\"]\n    tags: [\"v*\"]\n    paths: [src/**]\n{step}"));
+    let branch = |b: &str| Trigger { kind: EventKind::Push, git_ref: GitRef::Branch(b.into()), changes: Changes::Files(vec!["src/a".into()]) };
+    let tag = |t: &str| Trigger { kind: EventKind::Push, git_ref: GitRef::Tag(t.into()), changes: Changes::Files(vec!["docs/a".into()]) };
+    // A new branch: the runner compares it with the default branch and passes those files.
+    assert!(selects(&any, &branch("feature/new")));
+    assert!(!selects(&any, &tag("v1")), "no `tags`: tag pushes do not run");
+    assert!(selects(&tags_only, &tag("v1.2")));
+    assert!(!selects(&tags_only, &tag("latest")));
+    assert!(!selects(&tags_only, &branch("main")), "only `tags`: branch pushes do not run");
+    assert!(selects(&both, &branch("release/2.0")));
+    assert!(!selects(&both, &branch("release/old")));
+    assert!(!selects(&both, &branch("dev")));
+    assert!(selects(&both, &tag("v2")), "paths are not evaluated for tags");
+}
+
+fn context(event: EventKind, git_ref: GitRef, inputs: Vec<(String, String)>) -> RunContext {
+    RunContext { repo: "org/factory".into(), sha: "0123456789abcdef".into(), git_ref, event, pr: None, run_id: "42".into(), inputs }
+}
+
+#[test]
+fn plans_render_templates_and_env() {
+    let p = pipeline(
+        r#"
+on:
+  push: {}
+  pull_request: {}
+  dispatch:
+    inputs:
+      mode: { type: choice, options: [plan, apply], default: plan }
+      target-env: { required: true }
+concurrency: "deploy-${{ ref_name }}"
+env: { A: "1" }
+steps:
+  - name: lint
+    image: busybox
+    run: echo lint
+    when: { event: pull_request }
+  - name: build
+    image: "reg/tool:${{ short_sha }}"
+    run: echo "$PIPEWRIGHT_INPUT_MODE"
+    env: { B: "2" }
+  - name: tofu
+    uses: tofu
+    with: { path: iac, command: "${{ inputs.mode }}", var_files: ["${{ repo }}.tfvars"] }
+"#,
+    );
+    let inputs = resolve_inputs(&p, &[("target-env".into(), "prod".into()), ("mode".into(), "apply".into())]).unwrap();
+    let cx = context(EventKind::Dispatch, GitRef::Branch("main".into()), inputs);
+    let plan = plan(&p, &cx);
+    assert_eq!(plan.concurrency_group, "deploy-main");
+    assert!(!plan.steps[0].applies, "lint runs only on pull requests");
+    assert_eq!(plan.steps[1].action, PlannedAction::Run { image: "reg/tool:01234567".into(), script: "echo \"$PIPEWRIGHT_INPUT_MODE\"".into() });
+    let env = &plan.steps[1].env;
+    for (k, v) in [("CI", "true"), ("PIPEWRIGHT_EVENT", "dispatch"), ("PIPEWRIGHT_REF", "refs/heads/main"), ("PIPEWRIGHT_INPUT_MODE", "apply"), ("PIPEWRIGHT_INPUT_TARGET_ENV", "prod"), ("A", "1"), ("B", "2")] {
+        assert!(env.contains(&(k.to_string(), v.to_string())), "{k}={v} in {env:?}");
+    }
+    assert_eq!(
+        plan.steps[2].action,
+        PlannedAction::Uses {
+            action: "tofu".into(),
+            with: vec![
+                ("path".into(), Resolved::Str("iac".into())),
+                ("var_files".into(), Resolved::List(vec![Resolved::Str("org/factory.tfvars".into())])),
+                ("command".into(), Resolved::Str("apply".into())),
+            ]
+        }
+    );
+    // Outside dispatches inputs take their defaults; the default group names the ref.
+    let cx = context(EventKind::PullRequest, GitRef::Branch("main".into()), default_inputs(&p));
+    assert!(plan_of(&p, &cx).steps[0].applies);
+}
+
+fn plan_of(p: &Pipeline, cx: &RunContext) -> Plan {
+    plan(p, cx)
+}
+
+#[test]
+fn dispatch_inputs_are_checked() {
+    let recover = factory().into_iter().find(|p| p.name == "recover-pvc").unwrap();
+    let errors = resolve_inputs(&recover, &[("date".into(), "20260413".into()), ("dry".into(), "1".into())]).unwrap_err();
+    expect![[r#"
+        [
+            "unknown input `dry`",
+            "missing input `confirm`: this pipeline runs only with confirm=recover-pvc",
+        ]
+    "#]]
+    .assert_debug_eq(&errors);
+    let ok = resolve_inputs(&recover, &[("confirm".into(), "recover-pvc".into())]).unwrap();
+    assert_eq!(ok, [("date".to_string(), String::new()), ("confirm".to_string(), "recover-pvc".to_string())]);
+    let iac = factory().into_iter().find(|p| p.name == "iac").unwrap();
+    let errors = resolve_inputs(&iac, &[("mode".into(), "destroy".into())]).unwrap_err();
+    assert_eq!(errors, ["input `mode`: expected one of: plan, apply, found `destroy`"]);
+    let image = factory().into_iter().find(|p| p.name == "image").unwrap();
+    assert!(resolve_inputs(&image, &[]).unwrap_err()[0].contains("has no `on.dispatch`"));
+}
+
+#[test]
+fn default_concurrency_group_names_repo_pipeline_and_ref() {
+    let p = pipeline("on: push\nsteps: [{ name: a, image: busybox, run: x }]");
+    let cx = context(EventKind::Push, GitRef::Branch("main".into()), vec![]);
+    assert_eq!(plan(&p, &cx).concurrency_group, "org/factory/p/refs/heads/main");
+}
+
+#[test]
+fn json_schema_is_current() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../schema/pipeline.schema.json");
+    let generated = json_schema();
+    if std::env::var_os("UPDATE_SCHEMA").is_some() {
+        std::fs::write(path, &generated).unwrap();
+    }
+    let checked_in = std::fs::read_to_string(path).unwrap_or_default();
+    assert!(
+        checked_in == generated,
+        "schema/pipeline.schema.json is stale: regenerate it with `UPDATE_SCHEMA=1 cargo test -p pipewright-pipelines json_schema`"
+    );
+}

@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# Prepares this machine for Pipewright's tests: a running Docker engine and the locally
+# built test images. Idempotent and quick when everything is already there; installs from
+# Debian's packages what is missing. No image registry is needed.
+set -euo pipefail
+
+log() { printf 'test-env: %s\n' "$*" >&2; }
+
+apt_ready=
+apt_install() {
+  if [ -z "$apt_ready" ]; then
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    apt_ready=1
+  fi
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+}
+
+# 1. A Docker engine that answers.
+if ! docker info >/dev/null 2>&1; then
+  if ! command -v dockerd >/dev/null 2>&1; then
+    log "installing docker.io"
+    apt_install docker.io
+  fi
+  if ! docker info >/dev/null 2>&1; then
+    log "starting dockerd"
+    nohup dockerd >/var/log/pipewright-test-dockerd.log 2>&1 &
+    for _ in $(seq 1 60); do
+      docker info >/dev/null 2>&1 && break
+      sleep 1
+    done
+  fi
+  docker info >/dev/null 2>&1 || { log "the Docker engine did not come up (see /var/log/pipewright-test-dockerd.log)"; exit 1; }
+fi
+
+# 2. busybox-static, the one binary of the test images.
+if [ ! -x /bin/busybox ]; then
+  log "installing busybox-static"
+  apt_install busybox-static
+fi
+
+# 3. The test images, built once: FROM scratch plus busybox.
+build_busybox_image() {
+  local tag=$1 ctx
+  ctx=$(mktemp -d)
+  cp /bin/busybox "$ctx/busybox"
+  cat >"$ctx/Dockerfile" <<'DOCKERFILE'
+FROM scratch
+COPY busybox /bin/busybox
+RUN ["/bin/busybox", "mkdir", "-p", "/sbin", "/usr/bin", "/usr/sbin", "/tmp", "/etc", "/root"]
+RUN ["/bin/busybox", "--install", "-s"]
+RUN ["/bin/sh", "-c", "chmod 1777 /tmp && echo 'root:x:0:0:root:/root:/bin/sh' > /etc/passwd && echo 'root:x:0:' > /etc/group"]
+LABEL io.pipewright.test-image="busybox"
+DOCKERFILE
+  DOCKER_BUILDKIT=0 docker build -q -t "$tag" "$ctx" >/dev/null
+  rm -rf "$ctx"
+}
+
+if ! docker image inspect pipewright-test/busybox:1 >/dev/null 2>&1; then
+  log "building pipewright-test/busybox:1"
+  build_busybox_image pipewright-test/busybox:1
+fi
+log "ready: $(docker version --format 'engine {{.Server.Version}}'), image pipewright-test/busybox:1"

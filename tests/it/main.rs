@@ -1,0 +1,3 @@
+//! Pipewright's one integration-test binary: end-to-end tests against real parts.
+
+mod executor;
