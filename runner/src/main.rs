@@ -1,2 +1,5 @@
-//! placeholder
-fn main() {}
+//! The `pipewright` binary: everything lives in the library; this only hands over.
+
+fn main() -> std::process::ExitCode {
+    pipewright::cli::main()
+}

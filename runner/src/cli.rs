@@ -1,0 +1,141 @@
+//! The command line: `pipewright validate` and `pipewright exec`.
+
+use std::{path::PathBuf, process::ExitCode};
+
+use clap::{Parser, Subcommand, ValueEnum};
+use pipewright_containers::CancellationToken;
+use pipewright_pipelines::EventKind;
+
+use crate::{
+    exec::{self, EXIT_ERROR, ExecArgs},
+    local::read_pipelines,
+};
+
+#[derive(Debug, Parser)]
+#[command(name = "pipewright", version, about = "A CI pipeline runner for Gitea")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Check every pipeline file under DIR/.pipewright/; exit 0 only if all are valid.
+    Validate {
+        /// Repository checkout.
+        #[arg(default_value = ".")]
+        dir: PathBuf,
+    },
+    /// Run pipelines of a local checkout on the local Docker engine, without Gitea.
+    Exec {
+        /// Repository checkout (copied: your files are not modified).
+        #[arg(default_value = ".")]
+        dir: PathBuf,
+        /// The event to simulate; pipelines are selected by their `on:`.
+        #[arg(long, value_enum, default_value_t = Event::Push)]
+        event: Event,
+        /// Run this pipeline whatever its triggers say.
+        #[arg(long)]
+        pipeline: Option<String>,
+        /// A dispatch input, KEY=VALUE (repeatable).
+        #[arg(long = "input", value_name = "KEY=VALUE", value_parser = exec::key_value)]
+        inputs: Vec<(String, String)>,
+        /// A changed file, relative to DIR (repeatable); none given: every file counts as changed.
+        #[arg(long = "changed", value_name = "PATH")]
+        changed: Vec<String>,
+        /// Branch of the event (the base branch for pull_request); default: the checkout's.
+        #[arg(long)]
+        branch: Option<String>,
+        /// Docker engine address; default: DOCKER_HOST or the local socket.
+        #[arg(long, env = "DOCKER_HOST")]
+        docker_host: Option<String>,
+        /// Vault address, for pipelines that read secrets.
+        #[arg(long, env = "VAULT_ADDR")]
+        vault_addr: Option<String>,
+    },
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum Event {
+    Push,
+    #[value(name = "pull_request")]
+    PullRequest,
+    Dispatch,
+    Schedule,
+}
+
+impl From<Event> for EventKind {
+    fn from(e: Event) -> EventKind {
+        match e {
+            Event::Push => EventKind::Push,
+            Event::PullRequest => EventKind::PullRequest,
+            Event::Dispatch => EventKind::Dispatch,
+            Event::Schedule => EventKind::Schedule,
+        }
+    }
+}
+
+/// Entry point of the binary.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("PIPEWRIGHT_LOG").unwrap_or_else(|_| "warn,pipewright=info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let result = match cli.command {
+        Command::Validate { dir } => validate(&dir),
+        Command::Exec { dir, event, pipeline, inputs, changed, branch, docker_host, vault_addr } => {
+            let args = ExecArgs { dir, event: event.into(), pipeline, inputs, changed, branch, docker_host, vault_addr };
+            exec_blocking(args)
+        }
+    };
+    match result {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(EXIT_ERROR)
+        }
+    }
+}
+
+fn validate(dir: &std::path::Path) -> anyhow::Result<u8> {
+    let parsed = read_pipelines(dir)?;
+    let mut bad = 0;
+    for file in &parsed {
+        match &file.result {
+            Ok(p) => println!("{}: ok ({}, {} steps)", file.file, p.name, p.steps.len()),
+            Err(diags) => {
+                bad += 1;
+                for d in diags {
+                    println!("{d}");
+                }
+            }
+        }
+    }
+    if parsed.is_empty() {
+        println!("no pipeline files in {}", dir.join(".pipewright").display());
+    }
+    if bad > 0 {
+        println!("{bad} of {} pipeline files invalid", parsed.len());
+        return Ok(1);
+    }
+    Ok(0)
+}
+
+fn exec_blocking(args: ExecArgs) -> anyhow::Result<u8> {
+    exec::check_dir(&args.dir)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(async {
+        let cancel = CancellationToken::new();
+        let on_signal = cancel.clone();
+        tokio::spawn(async move {
+            if tokio::signal::ctrl_c().await.is_ok() {
+                eprintln!("interrupted: stopping the running step (SIGTERM, then SIGKILL after the grace period)");
+                on_signal.cancel();
+            }
+        });
+        exec::exec(args, cancel).await
+    })
+}

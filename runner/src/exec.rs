@@ -1,0 +1,226 @@
+//! `pipewright exec`: runs pipelines of a local checkout on the local Docker engine, the
+//! way the server will run them, printing each step's output as it comes.
+
+use std::{
+    io::{self, Write},
+    path::{Path, PathBuf},
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use anyhow::{Context, bail};
+use pipewright_containers::{CancellationToken, DockerConfig, DockerExecutor, Stream};
+use pipewright_pipelines::{
+    Changes, EventKind, GitRef, Pipeline, PlannedAction, PlannedStep, RunContext, Trigger, default_inputs, plan,
+    resolve_inputs, selects,
+};
+
+use crate::{
+    local::{copy_tree, git_facts, list_files, read_pipelines},
+    run::{RunObserver, RunResult, RunSetup, StepDefaults, StepResult, run_plan},
+};
+
+/// What `exec` was asked to do.
+#[derive(Debug)]
+pub struct ExecArgs {
+    pub dir: PathBuf,
+    pub event: EventKind,
+    pub pipeline: Option<String>,
+    pub inputs: Vec<(String, String)>,
+    pub changed: Vec<String>,
+    pub branch: Option<String>,
+    pub docker_host: Option<String>,
+    pub vault_addr: Option<String>,
+}
+
+/// Exit statuses: the run's result.
+pub const EXIT_SUCCESS: u8 = 0;
+pub const EXIT_FAILURE: u8 = 1;
+pub const EXIT_ERROR: u8 = 2;
+pub const EXIT_CANCELLED: u8 = 130;
+
+pub async fn exec(args: ExecArgs, cancel: CancellationToken) -> anyhow::Result<u8> {
+    let parsed = read_pipelines(&args.dir)?;
+    let facts = git_facts(&args.dir);
+    let branch = args.branch.clone().or(facts.branch.clone()).unwrap_or_else(|| "main".into());
+    let git_ref = GitRef::Branch(branch.clone());
+    let changes = if args.changed.is_empty() {
+        Changes::Files(list_files(&args.dir).with_context(|| format!("failed to list the files of {}", args.dir.display()))?)
+    } else {
+        Changes::Files(args.changed.clone())
+    };
+    let trigger = Trigger { kind: args.event, git_ref: git_ref.clone(), changes };
+
+    let mut worst = EXIT_SUCCESS;
+    let mut chosen: Vec<Pipeline> = Vec::new();
+    for file in parsed {
+        let wanted = match &args.pipeline {
+            Some(name) => &file.name == name,
+            None => true,
+        };
+        match file.result {
+            Ok(p) if wanted && (args.pipeline.is_some() || selects(&p, &trigger)) => chosen.push(p),
+            Ok(_) => {}
+            Err(diags) if wanted => {
+                for d in diags {
+                    eprintln!("{d}");
+                }
+                eprintln!("pipeline {} is invalid: not run", file.name);
+                worst = worst.max(EXIT_ERROR);
+            }
+            Err(_) => {}
+        }
+    }
+    if let Some(name) = &args.pipeline
+        && chosen.is_empty()
+        && worst == EXIT_SUCCESS
+    {
+        bail!("no pipeline named `{name}` in {}", args.dir.join(".pipewright").display());
+    }
+    if chosen.is_empty() {
+        println!("no pipeline runs for a {} on {branch}", args.event.as_str());
+        return Ok(worst);
+    }
+
+    let executor = DockerExecutor::connect(DockerConfig { host: args.docker_host.clone(), ..DockerConfig::default() })
+        .await
+        .context("failed to reach the Docker engine (is it running? set DOCKER_HOST or --docker-host)")?;
+    let defaults = StepDefaults::default();
+    for pipeline in chosen {
+        if cancel.is_cancelled() {
+            break;
+        }
+        let code = run_one(&args, &executor, &defaults, &pipeline, &facts.repo, &facts.sha, &git_ref, &cancel).await?;
+        worst = worst.max(code);
+    }
+    Ok(worst)
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn run_one(
+    args: &ExecArgs,
+    executor: &DockerExecutor,
+    defaults: &StepDefaults,
+    pipeline: &Pipeline,
+    repo: &str,
+    sha: &str,
+    git_ref: &GitRef,
+    cancel: &CancellationToken,
+) -> anyhow::Result<u8> {
+    let run_id = local_run_id();
+    println!("=== pipeline {} ({}, {} on {}) run {run_id}", pipeline.name, pipeline.file, args.event.as_str(), git_ref.name());
+    let inputs = if args.event == EventKind::Dispatch || !args.inputs.is_empty() && pipeline.on.dispatch.is_some() {
+        match resolve_inputs(pipeline, &args.inputs) {
+            Ok(inputs) => inputs,
+            Err(errors) => {
+                for e in errors {
+                    eprintln!("pipeline {}: {e}", pipeline.name);
+                }
+                println!("=== pipeline {}: error: dispatch refused", pipeline.name);
+                return Ok(EXIT_ERROR);
+            }
+        }
+    } else {
+        default_inputs(pipeline)
+    };
+    if let Some(vault) = &pipeline.vault {
+        let names: Vec<String> = vault.secrets.iter().map(|s| match &s.target {
+            pipewright_pipelines::SecretTarget::Key { env, .. } => env.clone(),
+            pipewright_pipelines::SecretTarget::All { prefix } => format!("{prefix}*"),
+        }).collect();
+        let why = match &args.vault_addr {
+            None => format!("it reads secrets from Vault ({}) and exec was given no --vault-addr", names.join(", ")),
+            Some(addr) => format!("it reads secrets from Vault ({}), and this build cannot log in to Vault at {addr} yet", names.join(", ")),
+        };
+        println!("=== pipeline {}: error: not run: {why}", pipeline.name);
+        return Ok(EXIT_ERROR);
+    }
+    let cx = RunContext {
+        repo: repo.to_string(),
+        sha: sha.to_string(),
+        git_ref: git_ref.clone(),
+        event: args.event,
+        pr: None,
+        run_id: run_id.clone(),
+        inputs,
+    };
+    let plan = plan(pipeline, &cx);
+    let workspace = tempfile::Builder::new().prefix("pipewright-exec-").tempdir().context("failed to create a workspace")?;
+    copy_tree(&args.dir, workspace.path()).with_context(|| format!("failed to copy {} into the workspace", args.dir.display()))?;
+    let setup = RunSetup { run_id: &run_id, workspace: workspace.path(), defaults };
+    let mut printer = Printer { out: io::stdout(), err: io::stderr() };
+    let result = run_plan(executor, &plan, &setup, &mut printer, cancel).await.context("the Docker engine failed during the run")?;
+    let code = match &result {
+        RunResult::Success => EXIT_SUCCESS,
+        RunResult::Failure { .. } => EXIT_FAILURE,
+        RunResult::Error(_) => EXIT_ERROR,
+        RunResult::Cancelled => EXIT_CANCELLED,
+    };
+    let verdict = match result {
+        RunResult::Success => "success".to_string(),
+        RunResult::Failure { .. } => format!("failure: {}", result.describe()),
+        RunResult::Error(_) => format!("error: {}", result.describe()),
+        RunResult::Cancelled => "cancelled".to_string(),
+    };
+    println!("=== pipeline {}: {verdict}", pipeline.name);
+    Ok(code)
+}
+
+fn local_run_id() -> String {
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+    format!("local-{}-{}", now.as_millis(), std::process::id())
+}
+
+/// Prints step output prefixed with the step's name: stdout lines on stdout, stderr lines
+/// on stderr.
+struct Printer {
+    out: io::Stdout,
+    err: io::Stderr,
+}
+
+impl RunObserver for Printer {
+    fn step_started(&mut self, step: &PlannedStep) {
+        let what = match &step.action {
+            PlannedAction::Run { image, .. } => format!("image {image}"),
+            PlannedAction::Uses { action, .. } => format!("uses {action}"),
+        };
+        let _ = writeln!(self.out, "--> step {} ({what})", step.name);
+    }
+
+    fn step_output(&mut self, step: &PlannedStep, stream: Stream, line: &[u8]) -> io::Result<()> {
+        let mut buf = Vec::with_capacity(step.name.len() + line.len() + 4);
+        buf.extend_from_slice(step.name.as_bytes());
+        buf.extend_from_slice(b" | ");
+        buf.extend_from_slice(line);
+        buf.push(b'\n');
+        match stream {
+            Stream::Stdout => self.out.lock().write_all(&buf),
+            Stream::Stderr => self.err.lock().write_all(&buf),
+        }
+    }
+
+    fn step_finished(&mut self, step: &PlannedStep, result: &StepResult, elapsed: Duration) {
+        let line = match result {
+            StepResult::Skipped => format!("--- step {}: skipped (its `when` excludes this event)", step.name),
+            StepResult::NotRun => format!("--- step {}: not run", step.name),
+            StepResult::Ran(outcome) => format!("<-- step {}: {outcome} in {:.2}s", step.name, elapsed.as_secs_f64()),
+            StepResult::Unrunnable(why) => format!("<-- step {}: error: {why}", step.name),
+        };
+        let _ = writeln!(self.out, "{line}");
+    }
+}
+
+/// Parses `KEY=VALUE`.
+pub fn key_value(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+        _ => Err(format!("expected KEY=VALUE, found `{s}`")),
+    }
+}
+
+/// `exec`'s directory must exist; say so plainly when it does not.
+pub fn check_dir(dir: &Path) -> anyhow::Result<()> {
+    if !dir.is_dir() {
+        bail!("{} is not a directory", dir.display());
+    }
+    Ok(())
+}
