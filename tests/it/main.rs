@@ -1,3 +1,4 @@
 //! Pipewright's one integration-test binary: end-to-end tests against real parts.
 
+mod exec_cli;
 mod executor;
