@@ -17,6 +17,9 @@ pub use tokio_util::sync::CancellationToken;
 pub const LABEL_MANAGED: &str = "io.pipewright.managed";
 /// Label naming the run a step container belongs to.
 pub const LABEL_RUN: &str = "io.pipewright.run";
+/// Label naming the Pipewright instance (its data directory) that owns a container, so
+/// that one instance never reaps another's containers on a shared engine.
+pub const LABEL_INSTANCE: &str = "io.pipewright.instance";
 /// Label naming the step (its name in the pipeline) a container runs.
 pub const LABEL_STEP: &str = "io.pipewright.step";
 
@@ -145,6 +148,7 @@ pub trait Executor: Send + Sync + 'static {
 
     /// Removes every container labelled [`LABEL_MANAGED`] whose labels `keep` rejects, and
     /// returns how many were removed. Running ones are killed first.
+    #[allow(clippy::type_complexity, reason = "clearest spelled out")]
     fn reap(
         &self,
         keep: &(dyn Fn(&[(String, String)]) -> bool + Sync),

@@ -20,6 +20,13 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Receive Gitea webhooks, run pipelines on the local Docker engine, report statuses.
+    Serve {
+        /// Configuration file (TOML); every setting can also come from
+        /// PIPEWRIGHT_<SECTION>__<KEY>. Without one: embedded defaults.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
     /// Check every pipeline file under DIR/.pipewright/; exit 0 only if all are valid.
     Validate {
         /// Repository checkout.
@@ -85,6 +92,7 @@ pub fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let result = match cli.command {
+        Command::Serve { config } => serve_blocking(config.as_deref()),
         Command::Validate { dir } => validate(&dir),
         Command::Exec { dir, event, pipeline, inputs, changed, branch, docker_host, vault_addr } => {
             let args = ExecArgs { dir, event: event.into(), pipeline, inputs, changed, branch, docker_host, vault_addr };
@@ -138,4 +146,47 @@ fn exec_blocking(args: ExecArgs) -> anyhow::Result<u8> {
         });
         exec::exec(args, cancel).await
     })
+}
+
+fn serve_blocking(file: Option<&std::path::Path>) -> anyhow::Result<u8> {
+    let config = match crate::config::load(file, std::env::vars()) {
+        Ok(config) => config,
+        Err(problems) => {
+            eprintln!("{problems}");
+            return Ok(EXIT_ERROR);
+        }
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind(config.server.listen)
+            .await
+            .map_err(|e| anyhow::anyhow!("failed to listen on {}: {e}", config.server.listen))?;
+        let app = crate::server::App::new(config).await?;
+        let shutdown = CancellationToken::new();
+        let on_signal = shutdown.clone();
+        tokio::spawn(async move {
+            wait_for_signal().await;
+            tracing::info!("stopping: no new webhooks or runs; waiting for running runs (signal again to exit now)");
+            on_signal.cancel();
+            wait_for_signal().await;
+            tracing::warn!("exiting now: running runs will be reported as interrupted at the next start");
+            std::process::exit(130);
+        });
+        crate::server::serve(listener, app, shutdown).await?;
+        Ok(0)
+    })
+}
+
+async fn wait_for_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
 }

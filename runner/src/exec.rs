@@ -146,7 +146,7 @@ async fn run_one(
     let plan = plan(pipeline, &cx);
     let workspace = tempfile::Builder::new().prefix("pipewright-exec-").tempdir().context("failed to create a workspace")?;
     copy_tree(&args.dir, workspace.path()).with_context(|| format!("failed to copy {} into the workspace", args.dir.display()))?;
-    let setup = RunSetup { run_id: &run_id, workspace: workspace.path(), defaults };
+    let setup = RunSetup { run_id: &run_id, instance: "exec", workspace: workspace.path(), defaults };
     let mut printer = Printer { out: io::stdout(), err: io::stderr() };
     let result = run_plan(executor, &plan, &setup, &mut printer, cancel).await.context("the Docker engine failed during the run")?;
     let code = match &result {
@@ -178,7 +178,7 @@ struct Printer {
 }
 
 impl RunObserver for Printer {
-    fn step_started(&mut self, step: &PlannedStep) {
+    async fn step_started(&mut self, step: &PlannedStep) {
         let what = match &step.action {
             PlannedAction::Run { image, .. } => format!("image {image}"),
             PlannedAction::Uses { action, .. } => format!("uses {action}"),
@@ -198,7 +198,7 @@ impl RunObserver for Printer {
         }
     }
 
-    fn step_finished(&mut self, step: &PlannedStep, result: &StepResult, elapsed: Duration) {
+    async fn step_finished(&mut self, step: &PlannedStep, result: &StepResult, elapsed: Duration) {
         let line = match result {
             StepResult::Skipped => format!("--- step {}: skipped (its `when` excludes this event)", step.name),
             StepResult::NotRun => format!("--- step {}: not run", step.name),

@@ -9,7 +9,7 @@ use std::{
 };
 
 use pipewright_containers::{
-    CancellationToken, ExecError, Executor, LABEL_RUN, LABEL_STEP, LogSink, Mount, Outcome, StepSpec, Stream,
+    CancellationToken, ExecError, Executor, LABEL_INSTANCE, LABEL_RUN, LABEL_STEP, LogSink, Mount, Outcome, StepSpec, Stream,
 };
 use pipewright_pipelines::{Plan, PlannedAction, PlannedStep};
 
@@ -68,16 +68,18 @@ impl RunResult {
 
 /// Receives what happens in a run.
 pub trait RunObserver: Send {
-    fn step_started(&mut self, step: &PlannedStep);
+    fn step_started(&mut self, step: &PlannedStep) -> impl Future<Output = ()> + Send;
     /// One line of a step's output. An error stops the step (the log could not be kept).
     fn step_output(&mut self, step: &PlannedStep, stream: Stream, line: &[u8]) -> io::Result<()>;
-    fn step_finished(&mut self, step: &PlannedStep, result: &StepResult, elapsed: Duration);
+    fn step_finished(&mut self, step: &PlannedStep, result: &StepResult, elapsed: Duration) -> impl Future<Output = ()> + Send;
 }
 
 /// Where a run happens.
 #[derive(Debug)]
 pub struct RunSetup<'a> {
     pub run_id: &'a str,
+    /// The owner of the run's containers ([`LABEL_INSTANCE`]).
+    pub instance: &'a str,
     /// The checkout, mounted read-write at [`WORKSPACE`].
     pub workspace: &'a Path,
     pub defaults: &'a StepDefaults,
@@ -107,20 +109,20 @@ pub async fn run_plan<E: Executor, O: RunObserver>(
     for step in &plan.steps {
         let started = Instant::now();
         if result != RunResult::Success {
-            observer.step_finished(step, &StepResult::NotRun, Duration::ZERO);
+            observer.step_finished(step, &StepResult::NotRun, Duration::ZERO).await;
             continue;
         }
         if !step.applies {
-            observer.step_finished(step, &StepResult::Skipped, Duration::ZERO);
+            observer.step_finished(step, &StepResult::Skipped, Duration::ZERO).await;
             continue;
         }
         let left = deadline.saturating_duration_since(started);
         if left.is_zero() {
             result = RunResult::Failure { step: step.name.clone(), why: format!("did not start: the run's timeout of {}s ran out", plan.timeout.as_secs()) };
-            observer.step_finished(step, &StepResult::NotRun, Duration::ZERO);
+            observer.step_finished(step, &StepResult::NotRun, Duration::ZERO).await;
             continue;
         }
-        observer.step_started(step);
+        observer.step_started(step).await;
         let step_result = match &step.action {
             PlannedAction::Uses { .. } => match pipewright_actions::check(step) {
                 Ok(()) => StepResult::Unrunnable(format!("action step {} has no executor", step.name)),
@@ -138,7 +140,7 @@ pub async fn run_plan<E: Executor, O: RunObserver>(
                 StepResult::Ran(outcome)
             }
         };
-        observer.step_finished(step, &step_result, started.elapsed());
+        observer.step_finished(step, &step_result, started.elapsed()).await;
         result = match step_result {
             StepResult::Ran(Outcome::Succeeded) | StepResult::Skipped | StepResult::NotRun => RunResult::Success,
             StepResult::Ran(Outcome::Cancelled) => RunResult::Cancelled,
@@ -164,7 +166,11 @@ fn spec_for(step: &PlannedStep, image: &str, script: &str, setup: &RunSetup<'_>,
         env: step.env.clone(),
         working_dir: WORKSPACE.into(),
         mounts,
-        labels: vec![(LABEL_RUN.into(), setup.run_id.into()), (LABEL_STEP.into(), step.name.clone())],
+        labels: vec![
+            (LABEL_INSTANCE.into(), setup.instance.into()),
+            (LABEL_RUN.into(), setup.run_id.into()),
+            (LABEL_STEP.into(), step.name.clone()),
+        ],
         memory_bytes: Some(step.memory.unwrap_or(setup.defaults.memory_bytes) as i64),
         pids_limit: Some(step.pids.unwrap_or(setup.defaults.pids) as i64),
         timeout: Some(step.timeout.map_or(left, |t| t.min(left))),

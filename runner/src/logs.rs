@@ -1,0 +1,91 @@
+//! Step logs on disk: one file per step under `data_dir/logs/<run>/<step>.log`, written line
+//! by line as the step prints, read back whole or followed while the step runs.
+
+use std::{
+    fs::{self, File, OpenOptions},
+    io::{self, Write},
+    path::{Path, PathBuf},
+};
+
+/// Where logs live.
+#[derive(Clone, Debug)]
+pub struct LogStore {
+    dir: PathBuf,
+}
+
+impl LogStore {
+    pub fn new(dir: PathBuf) -> LogStore {
+        LogStore { dir }
+    }
+
+    pub fn path(&self, run: i64, step: i64) -> PathBuf {
+        self.dir.join(run.to_string()).join(format!("{step}.log"))
+    }
+
+    /// A writer for a step's log (created empty).
+    pub fn writer(&self, run: i64, step: i64) -> io::Result<LogWriter> {
+        let path = self.path(run, step);
+        if let Some(dir) = path.parent() {
+            fs::create_dir_all(dir)?;
+        }
+        let file = OpenOptions::new().create(true).write(true).truncate(true).open(&path)?;
+        Ok(LogWriter { file, bytes: 0 })
+    }
+
+    /// The whole log of a step so far (`None`: the step never started).
+    pub fn read(&self, run: i64, step: i64) -> io::Result<Option<Vec<u8>>> {
+        match fs::read(self.path(run, step)) {
+            Ok(bytes) => Ok(Some(bytes)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Removes a run's logs.
+    pub fn remove_run(&self, run: i64) -> io::Result<()> {
+        match fs::remove_dir_all(self.dir.join(run.to_string())) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Appends lines to a step's log. Each line goes straight to the file (no buffer), so a
+/// reader following the log sees it at once and a crash loses nothing already printed.
+#[derive(Debug)]
+pub struct LogWriter {
+    file: File,
+    bytes: u64,
+}
+
+impl LogWriter {
+    pub fn line(&mut self, line: &[u8]) -> io::Result<()> {
+        let mut buf = Vec::with_capacity(line.len() + 1);
+        buf.extend_from_slice(line);
+        buf.push(b'\n');
+        self.file.write_all(&buf)?;
+        self.bytes += buf.len() as u64;
+        Ok(())
+    }
+
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+}
+
+/// Reads what a log holds past `offset`, up to the last complete line.
+pub fn read_from(path: &Path, offset: u64) -> io::Result<(Vec<u8>, u64)> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut file = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok((Vec::new(), offset)),
+        Err(e) => return Err(e),
+    };
+    file.seek(SeekFrom::Start(offset))?;
+    let mut buf = Vec::new();
+    file.take(1 << 20).read_to_end(&mut buf)?;
+    let complete = buf.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+    buf.truncate(complete);
+    let next = offset + complete as u64;
+    Ok((buf, next))
+}

@@ -1,0 +1,350 @@
+//! The HTTP surface: routes, API authentication, and the JSON API over runs and logs.
+
+use std::{convert::Infallible, sync::Arc, time::Duration};
+
+use axum::{
+    Json, Router,
+    body::Body,
+    extract::{DefaultBodyLimit, Path, Query, State},
+    http::{HeaderMap, StatusCode, header},
+    response::{
+        IntoResponse, Response,
+        sse::{Event as SseEvent, KeepAlive, Sse},
+    },
+    routing::{get, post},
+};
+use serde::{Deserialize, Serialize};
+use subtle_compare::constant_time_eq;
+
+use super::{App, ui, webhook};
+use crate::{
+    logs::read_from,
+    store::{NewRun, Run, RunState, StepRow, now_ms},
+};
+
+pub fn router(app: Arc<App>) -> Router {
+    Router::new()
+        .route("/hooks/gitea", post(webhook::receive).layer(DefaultBodyLimit::max(webhook::MAX_BODY)))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .route("/api/v1/runs", get(list_runs))
+        .route("/api/v1/runs/{id}", get(get_run))
+        .route("/api/v1/runs/{id}/steps/{n}/log", get(step_log))
+        .route("/api/v1/runs/{id}/cancel", post(cancel_run))
+        .route("/api/v1/runs/{id}/rerun", post(rerun))
+        .route("/", get(ui::index))
+        .route("/runs/{id}", get(ui::run_page))
+        .with_state(app)
+}
+
+/// An error answer: a status and a message, no internals.
+pub struct ApiError(pub StatusCode, pub String);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.0, Json(serde_json::json!({ "message": self.1 }))).into_response()
+    }
+}
+
+fn internal(e: impl std::fmt::Debug) -> ApiError {
+    tracing::warn!(error = ?e, "API request failed");
+    ApiError(StatusCode::INTERNAL_SERVER_ERROR, "internal error".into())
+}
+
+mod subtle_compare {
+    /// Compares secrets without an early exit on the first differing byte.
+    pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+        use sha2::{Digest, Sha256};
+        // Hashing first makes the comparison independent of the lengths too.
+        let (ha, hb) = (Sha256::digest(a), Sha256::digest(b));
+        ha.iter().zip(hb.iter()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    }
+}
+
+/// Whether the request carries one of the configured API tokens.
+pub fn authorized(app: &App, headers: &HeaderMap) -> bool {
+    let Some(given) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+    else {
+        return false;
+    };
+    let mut ok = false;
+    for token in &app.config.api.tokens {
+        ok |= constant_time_eq(token.expose().as_bytes(), given.trim().as_bytes());
+    }
+    ok
+}
+
+pub fn require_read(app: &App, headers: &HeaderMap) -> Result<(), ApiError> {
+    if app.config.api.read_public || authorized(app, headers) {
+        Ok(())
+    } else {
+        Err(ApiError(StatusCode::UNAUTHORIZED, "an API token is required (Authorization: Bearer …)".into()))
+    }
+}
+
+fn require_write(app: &App, headers: &HeaderMap) -> Result<(), ApiError> {
+    if authorized(app, headers) {
+        Ok(())
+    } else {
+        Err(ApiError(StatusCode::UNAUTHORIZED, "an API token is required (Authorization: Bearer …)".into()))
+    }
+}
+
+async fn readyz(State(app): State<Arc<App>>) -> Response {
+    let db = app.store.ping().await.is_ok();
+    let docker = app.executor.ping().await.is_ok();
+    let body = serde_json::json!({ "database": db, "docker": docker });
+    let status = if db && docker { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (status, Json(body)).into_response()
+}
+
+/// A run as the API shows it.
+#[derive(Serialize)]
+pub struct RunDto {
+    id: i64,
+    repo: String,
+    pipeline: String,
+    pipeline_file: String,
+    event: String,
+    #[serde(rename = "ref")]
+    git_ref: String,
+    sha: String,
+    pull_request: Option<i64>,
+    actor: String,
+    state: &'static str,
+    description: String,
+    concurrency_group: String,
+    created_at: String,
+    started_at: Option<String>,
+    finished_at: Option<String>,
+    url: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    steps: Option<Vec<StepDto>>,
+}
+
+#[derive(Serialize)]
+pub struct StepDto {
+    index: i64,
+    name: String,
+    state: String,
+    description: String,
+    exit_code: Option<i64>,
+    started_at: Option<String>,
+    finished_at: Option<String>,
+    log_url: String,
+}
+
+pub fn run_dto(app: &App, run: &Run, steps: Option<&[StepRow]>) -> RunDto {
+    let url = format!("{}/runs/{}", app.public_url(), run.id);
+    RunDto {
+        id: run.id,
+        repo: run.repo.clone(),
+        pipeline: run.pipeline.clone(),
+        pipeline_file: run.pipeline_file.clone(),
+        event: run.event.clone(),
+        git_ref: run.git_ref.clone(),
+        sha: run.sha.clone(),
+        pull_request: run.pr,
+        actor: run.actor.clone(),
+        state: run.state.as_str(),
+        description: run.description.clone(),
+        concurrency_group: run.concurrency_group.clone(),
+        created_at: rfc3339(run.created_at),
+        started_at: run.started_at.map(rfc3339),
+        finished_at: run.finished_at.map(rfc3339),
+        steps: steps.map(|steps| {
+            steps
+                .iter()
+                .map(|s| StepDto {
+                    index: s.idx,
+                    name: s.name.clone(),
+                    state: s.state.clone(),
+                    description: s.description.clone(),
+                    exit_code: s.exit_code,
+                    started_at: s.started_at.map(rfc3339),
+                    finished_at: s.finished_at.map(rfc3339),
+                    log_url: format!("{}/api/v1/runs/{}/steps/{}/log", app.public_url(), run.id, s.idx),
+                })
+                .collect()
+        }),
+        url,
+    }
+}
+
+/// Epoch milliseconds as RFC 3339 UTC (`2026-11-22T05:35:15.123Z`).
+pub fn rfc3339(ms: i64) -> String {
+    let secs = ms.div_euclid(1000);
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Howard Hinnant's civil-from-days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        ms.rem_euclid(1000)
+    )
+}
+
+#[derive(Deserialize)]
+struct ListQuery {
+    repo: Option<String>,
+    limit: Option<i64>,
+}
+
+async fn list_runs(State(app): State<Arc<App>>, headers: HeaderMap, Query(q): Query<ListQuery>) -> Result<Json<Vec<RunDto>>, ApiError> {
+    require_read(&app, &headers)?;
+    let runs = app.store.runs(q.repo.as_deref(), q.limit.unwrap_or(50).clamp(1, 500)).await.map_err(internal)?;
+    Ok(Json(runs.iter().map(|r| run_dto(&app, r, None)).collect()))
+}
+
+async fn load_run(app: &App, id: i64) -> Result<Run, ApiError> {
+    app.store.run(id).await.map_err(internal)?.ok_or_else(|| ApiError(StatusCode::NOT_FOUND, format!("no run {id}")))
+}
+
+async fn get_run(State(app): State<Arc<App>>, headers: HeaderMap, Path(id): Path<i64>) -> Result<Json<RunDto>, ApiError> {
+    require_read(&app, &headers)?;
+    let run = load_run(&app, id).await?;
+    let steps = app.store.steps(id).await.map_err(internal)?;
+    Ok(Json(run_dto(&app, &run, Some(&steps))))
+}
+
+#[derive(Deserialize)]
+struct LogQuery {
+    follow: Option<bool>,
+}
+
+async fn step_log(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    Path((id, n)): Path<(i64, i64)>,
+    Query(q): Query<LogQuery>,
+) -> Result<Response, ApiError> {
+    require_read(&app, &headers)?;
+    load_run(&app, id).await?;
+    let steps = app.store.steps(id).await.map_err(internal)?;
+    if !steps.iter().any(|s| s.idx == n) {
+        return Err(ApiError(StatusCode::NOT_FOUND, format!("run {id} has no step {n}")));
+    }
+    let path = app.logs.path(id, n);
+    if !q.follow.unwrap_or(false) {
+        return match tokio::fs::File::open(&path).await {
+            Ok(file) => Ok((
+                [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+                Body::from_stream(tokio_util::io::ReaderStream::new(file)),
+            )
+                .into_response()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], "").into_response())
+            }
+            Err(e) => Err(internal(e)),
+        };
+    }
+    // Server-sent events: what the log holds, then each new chunk, until the step ends.
+    struct Follow {
+        app: Arc<App>,
+        path: std::path::PathBuf,
+        run: i64,
+        step: i64,
+        offset: u64,
+        ended: bool,
+    }
+    let start = Follow { app: app.clone(), path, run: id, step: n, offset: 0, ended: false };
+    let stream = futures_util::stream::unfold(start, |mut f| async move {
+        if f.ended {
+            return None;
+        }
+        loop {
+            let finished = step_finished(&f.app, f.run, f.step).await;
+            let (bytes, next) = read_from(&f.path, f.offset).unwrap_or((Vec::new(), f.offset));
+            if !bytes.is_empty() {
+                f.offset = next;
+                let text = String::from_utf8_lossy(&bytes);
+                let event = SseEvent::default().data(text.trim_end_matches('\n'));
+                return Some((Ok::<_, Infallible>(event), f));
+            }
+            if finished {
+                f.ended = true;
+                return Some((Ok(SseEvent::default().event("end").data("")), f));
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    });
+    Ok(Sse::new(stream).keep_alive(KeepAlive::default()).into_response())
+}
+
+/// Whether a step is over (or will never run), read before the log so no line is missed.
+async fn step_finished(app: &App, run: i64, step: i64) -> bool {
+    let run_over = app.store.run(run).await.ok().flatten().is_none_or(|r| r.state.is_finished());
+    let step_over = app
+        .store
+        .steps(run)
+        .await
+        .ok()
+        .and_then(|steps| steps.into_iter().find(|s| s.idx == step))
+        .is_none_or(|s| !matches!(s.state.as_str(), "pending" | "running"));
+    run_over || step_over
+}
+
+async fn cancel_run(State(app): State<Arc<App>>, headers: HeaderMap, Path(id): Path<i64>) -> Result<Json<RunDto>, ApiError> {
+    require_write(&app, &headers)?;
+    let run = load_run(&app, id).await?;
+    match run.state {
+        RunState::Running => {
+            app.scheduler.cancel(id, "cancelled through the API");
+        }
+        RunState::Queued => {
+            app.store.finish_run(id, RunState::Cancelled, "cancelled through the API", app.public_url()).await.map_err(internal)?;
+            app.reporter_wake.notify_one();
+            app.scheduler.wake();
+        }
+        _ => return Err(ApiError(StatusCode::CONFLICT, format!("run {id} has already ended ({})", run.state.as_str()))),
+    }
+    let run = load_run(&app, id).await?;
+    Ok(Json(run_dto(&app, &run, None)))
+}
+
+async fn rerun(State(app): State<Arc<App>>, headers: HeaderMap, Path(id): Path<i64>) -> Result<(StatusCode, Json<RunDto>), ApiError> {
+    require_write(&app, &headers)?;
+    let old = load_run(&app, id).await?;
+    let new = NewRun {
+        repo: old.repo.clone(),
+        repo_id: old.repo_id,
+        owner_id: old.owner_id,
+        clone_url: old.clone_url.clone(),
+        default_branch: old.default_branch.clone(),
+        status_repo: old.status_repo.clone(),
+        pipeline: old.pipeline.clone(),
+        pipeline_file: old.pipeline_file.clone(),
+        event: old.event.clone(),
+        git_ref: old.git_ref.clone(),
+        sha: old.sha.clone(),
+        pr: old.pr,
+        actor: old.actor.clone(),
+        inputs: old.inputs.clone(),
+        dedupe_key: format!("rerun:{id}:{}", now_ms()),
+        concurrency_group: old.concurrency_group.clone(),
+        cancel_in_progress: old.cancel_in_progress,
+        state: RunState::Queued,
+        description: format!("queued (re-run of run {id})"),
+    };
+    let enqueued = app.store.enqueue_runs(None, &[new], app.public_url()).await.map_err(internal)?;
+    for running in &enqueued.cancel_running {
+        app.scheduler.cancel(*running, "cancelled: a newer run of its concurrency group started");
+    }
+    app.scheduler.wake();
+    app.reporter_wake.notify_one();
+    let run = load_run(&app, enqueued.ids[0]).await?;
+    Ok((StatusCode::CREATED, Json(run_dto(&app, &run, None))))
+}

@@ -1,0 +1,116 @@
+//! Catch-up: Gitea never resends a delivery missed while Pipewright was down, so at start
+//! and every `[server].catch_up_interval` Pipewright compares the branch heads and open
+//! pull-request heads of the repositories it knows with the runs it has, and runs what is
+//! missing. It also removes containers that belong to no live run.
+
+use std::{collections::HashSet, sync::Arc};
+
+use pipewright_containers::{CancellationToken, Executor};
+use pipewright_pipelines::GitRef;
+use tracing::{info, warn};
+
+use super::{App, ingest::{enqueue_event, error_chain}, worker::live_runs_filter};
+use crate::{
+    events::{Event, RepoInfo},
+    git::is_zero,
+};
+
+pub async fn run(app: Arc<App>, stop: CancellationToken) {
+    // Commits already looked at (whether or not they selected a pipeline).
+    let mut seen: HashSet<(String, String)> = HashSet::new();
+    loop {
+        if let Err(e) = reconcile(&app, &mut seen).await {
+            warn!(error = %e, "catch-up failed");
+        }
+        match app.executor.reap(&live_runs_filter(&app)).await {
+            Ok(0) => {}
+            Ok(n) => info!(removed = n, "removed containers of no live run"),
+            Err(e) => warn!(error = %error_chain(&e), "failed to look for leftover containers"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(app.config.server.catch_up_interval) => {}
+            _ = stop.cancelled() => return,
+        }
+    }
+}
+
+async fn reconcile(app: &App, seen: &mut HashSet<(String, String)>) -> anyhow::Result<()> {
+    if app.config.gitea.url.is_none() {
+        return Ok(());
+    }
+    for known in app.store.known_repos().await? {
+        let repo = RepoInfo {
+            sha256: false,
+            full_name: known.repo.clone(),
+            id: known.repo_id,
+            owner_id: known.owner_id,
+            clone_url: known.clone_url.clone(),
+            default_branch: known.default_branch.clone(),
+        };
+        let mut missing: Vec<Event> = Vec::new();
+        let branches = match app.gitea.branches(&repo.full_name).await {
+            Ok(b) => b,
+            Err(e) => {
+                warn!(repo = %repo.full_name, error = %error_chain(&e), "catch-up: failed to list branches");
+                continue;
+            }
+        };
+        for branch in branches {
+            let sha = branch.commit.id;
+            if is_zero(&sha) || seen.contains(&(repo.full_name.clone(), sha.clone())) || app.store.has_runs_for(&repo.full_name, &sha).await? {
+                continue;
+            }
+            let repo = RepoInfo { sha256: sha.len() == 64, ..repo.clone() };
+            let before = last_run_ancestor(app, &repo, &sha).await;
+            missing.push(Event::Push { repo, git_ref: GitRef::Branch(branch.name), before, after: sha, actor: String::new() });
+        }
+        match app.gitea.open_pulls(&repo.full_name).await {
+            Ok(pulls) => {
+                for pr in pulls {
+                    let sha = pr.head.sha.clone();
+                    if sha.is_empty() || seen.contains(&(repo.full_name.clone(), sha.clone())) || app.store.has_runs_for(&repo.full_name, &sha).await? {
+                        continue;
+                    }
+                    missing.push(Event::PullRequest {
+                        repo: RepoInfo { sha256: sha.len() == 64, ..repo.clone() },
+                        number: pr.number,
+                        base_branch: pr.base.git_ref.trim_start_matches("refs/heads/").to_string(),
+                        head_sha: sha,
+                        action: "synchronized".into(),
+                        actor: String::new(),
+                    });
+                }
+            }
+            Err(e) => warn!(repo = %repo.full_name, error = %error_chain(&e), "catch-up: failed to list pull requests"),
+        }
+        for event in missing {
+            let key = (repo.full_name.clone(), event.sha().to_string());
+            match enqueue_event(app, None, &event).await {
+                Ok(enqueued) => {
+                    if !enqueued.ids.is_empty() {
+                        info!(repo = %repo.full_name, sha = %event.sha(), runs = enqueued.ids.len(), "catch-up: ran a missed event");
+                    }
+                    seen.insert(key);
+                }
+                Err(e) => warn!(repo = %repo.full_name, sha = %event.sha(), error = %error_chain(&e), "catch-up failed for a commit"),
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The push a missed branch head stands for starts at the newest ancestor Pipewright ran
+/// for (so a missed push that changed only docs does not run every pipeline); without
+/// one, at its parent; on a lone root commit, nowhere (every file counts).
+async fn last_run_ancestor(app: &App, repo: &RepoInfo, sha: &str) -> String {
+    let zero = "0".repeat(sha.len());
+    let Ok(mirror) = app.git.fetch(&repo.full_name, &repo.clone_url, repo.sha256).await else { return zero };
+    let Ok(ancestors) = app.git.ancestors(&mirror, sha, 100).await else { return zero };
+    drop(mirror);
+    for candidate in ancestors.iter().skip(1) {
+        if app.store.has_runs_for(&repo.full_name, candidate).await.unwrap_or(false) {
+            return candidate.clone();
+        }
+    }
+    ancestors.get(1).cloned().unwrap_or(zero)
+}

@@ -1,0 +1,145 @@
+//! `pipewright serve`: the webhook receiver, the API, and the background tasks that turn
+//! stored deliveries into runs, run them, and report them to Gitea.
+//!
+//! `main` builds an [`App`] from the configuration and calls [`serve`]; tests build the same
+//! `App` around a `127.0.0.1:0` listener.
+
+mod api;
+mod catchup;
+mod ingest;
+mod reporter;
+mod ui;
+mod webhook;
+mod worker;
+
+use std::{sync::Arc, time::Duration};
+
+use anyhow::Context;
+use pipewright_containers::{CancellationToken, DockerConfig, DockerExecutor};
+use tokio::{net::TcpListener, sync::Notify, task::JoinSet};
+use tracing::{info, warn};
+
+use crate::{
+    config::Config,
+    git::Git,
+    gitea::{Gitea, http_client},
+    logs::LogStore,
+    run::StepDefaults,
+    store::Store,
+};
+
+pub use webhook::DeliveryWriter;
+pub use worker::Scheduler;
+
+/// Everything the server's parts share.
+#[derive(Debug)]
+pub struct App {
+    pub config: Config,
+    pub store: Store,
+    pub executor: DockerExecutor,
+    pub gitea: Gitea,
+    pub git: Git,
+    pub logs: LogStore,
+    pub scheduler: Scheduler,
+    pub deliveries: DeliveryWriter,
+    /// Wakes the ingest loop: a delivery was stored.
+    pub ingest_wake: Notify,
+    /// Wakes the reporter: a status was queued.
+    pub reporter_wake: Notify,
+    pub defaults: StepDefaults,
+    /// This instance's name on the containers it creates (kept in `data_dir/instance`).
+    pub instance: String,
+}
+
+impl App {
+    /// Connects to the database, Docker and Gitea as the configuration says.
+    pub async fn new(config: Config) -> anyhow::Result<Arc<App>> {
+        let data_dir = config.server.data_dir.clone();
+        std::fs::create_dir_all(&data_dir).with_context(|| format!("failed to create {}", data_dir.display()))?;
+        let store = Store::open(&config.database.url).await.with_context(|| format!("failed to open the database {}", config.database.url))?;
+        let executor = DockerExecutor::connect(DockerConfig { host: config.docker.host.clone(), stop_grace: config.docker.stop_grace })
+            .await
+            .context("failed to reach the Docker engine")?;
+        let client = http_client(config.gitea.ca_file.as_deref())?;
+        let gitea_url = config.gitea.url.clone().unwrap_or_default();
+        let gitea = Gitea::new(&gitea_url, config.gitea.token.clone(), client);
+        let git = Git::new(data_dir.join("git"), config.gitea.token.clone(), config.gitea.ca_file.clone());
+        let logs = LogStore::new(data_dir.join("logs"));
+        let defaults = StepDefaults { memory_bytes: config.docker.default_memory, pids: config.docker.default_pids };
+        let deliveries = DeliveryWriter::new(store.clone());
+        let scheduler = Scheduler::new();
+        let instance = instance_id(&data_dir)?;
+        Ok(Arc::new(App {
+            config,
+            store,
+            executor,
+            gitea,
+            git,
+            logs,
+            scheduler,
+            deliveries,
+            ingest_wake: Notify::new(),
+            reporter_wake: Notify::new(),
+            defaults,
+            instance,
+        }))
+    }
+
+    /// `<public_url>/runs/<id>`: status links.
+    pub fn public_url(&self) -> &str {
+        self.config.server.public_url.trim_end_matches('/')
+    }
+}
+
+/// The instance's stable name: generated on first start, kept across restarts.
+fn instance_id(data_dir: &std::path::Path) -> anyhow::Result<String> {
+    let path = data_dir.join("instance");
+    if let Ok(id) = std::fs::read_to_string(&path)
+        && !id.trim().is_empty()
+    {
+        return Ok(id.trim().to_string());
+    }
+    let mut bytes = [0u8; 8];
+    getrandom_bytes(&mut bytes);
+    let id = format!("pw-{}", hex::encode(bytes));
+    std::fs::write(&path, &id).with_context(|| format!("failed to write {}", path.display()))?;
+    Ok(id)
+}
+
+fn getrandom_bytes(buf: &mut [u8]) {
+    use std::io::Read;
+    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
+        let _ = f.read_exact(buf);
+    }
+}
+
+/// Serves until `shutdown` fires: then stops taking webhooks and new runs, lets running runs
+/// finish (a second signal in `main` exits at once; such runs end as interrupted at the
+/// next start), and returns.
+pub async fn serve(listener: TcpListener, app: Arc<App>, shutdown: CancellationToken) -> anyhow::Result<()> {
+    worker::settle_interrupted(&app).await?;
+    let mut tasks = JoinSet::new();
+    let stop_work = CancellationToken::new();
+    tasks.spawn(webhook::run_writer(app.clone(), stop_work.clone()));
+    tasks.spawn(ingest::run(app.clone(), stop_work.clone()));
+    tasks.spawn(reporter::run(app.clone(), stop_work.clone()));
+    tasks.spawn(catchup::run(app.clone(), stop_work.clone()));
+    let workers = tokio::spawn(worker::run(app.clone(), shutdown.clone()));
+
+    let router = api::router(app.clone());
+    info!(address = %listener.local_addr()?, "pipewright serving");
+    let graceful = shutdown.clone();
+    axum::serve(listener, router).with_graceful_shutdown(async move { graceful.cancelled().await }).await?;
+    info!("no longer accepting requests; waiting for running runs to finish");
+    if let Err(e) = workers.await {
+        warn!(error = %e, "the worker stopped abnormally");
+    }
+    // Let the reporter send the last statuses, briefly.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    app.reporter_wake.notify_one();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop_work.cancel();
+    while tasks.join_next().await.is_some() {}
+    app.store.close().await;
+    Ok(())
+}

@@ -1,0 +1,242 @@
+//! `POST /hooks/gitea`: verify, classify, store durably, answer — in that order, fast.
+//!
+//! Gitea never retries and gives up after 5 s, so a delivery is committed to the database
+//! before the 2xx answer; concurrent deliveries share one commit (group commit), which keeps
+//! the answer fast under bursts with SQLite's one disk sync per transaction.
+
+use std::sync::Arc;
+
+use axum::{
+    body::Bytes,
+    extract::State,
+    http::{HeaderMap, StatusCode, header},
+    response::{IntoResponse, Response},
+};
+use hmac::{Hmac, KeyInit, Mac};
+use pipewright_containers::CancellationToken;
+use sha2::Sha256;
+use tokio::sync::{mpsc, oneshot};
+use tracing::{info, warn};
+
+use super::App;
+use crate::{
+    events::{Classified, classify},
+    store::{NewDelivery, Received, Store},
+};
+
+/// Largest body accepted (413 beyond).
+pub const MAX_BODY: usize = 5 << 20;
+
+type Reply = oneshot::Sender<Result<Received, String>>;
+
+/// Hands deliveries to the one task that writes them, batched.
+#[derive(Debug)]
+pub struct DeliveryWriter {
+    tx: mpsc::Sender<(NewDelivery, Reply)>,
+    rx: std::sync::Mutex<Option<mpsc::Receiver<(NewDelivery, Reply)>>>,
+    store: Store,
+}
+
+impl DeliveryWriter {
+    pub fn new(store: Store) -> DeliveryWriter {
+        let (tx, rx) = mpsc::channel(4096);
+        DeliveryWriter { tx, rx: std::sync::Mutex::new(Some(rx)), store }
+    }
+
+    /// Stores one delivery; returns once it is durable.
+    pub async fn store(&self, delivery: NewDelivery) -> Result<Received, String> {
+        let (reply, answer) = oneshot::channel();
+        self.tx.send((delivery, reply)).await.map_err(|_| "the delivery writer has stopped".to_string())?;
+        answer.await.map_err(|_| "the delivery writer has stopped".to_string())?
+    }
+}
+
+/// The writer task: takes what is waiting, commits it in one transaction, answers all.
+pub async fn run_writer(app: Arc<App>, stop: CancellationToken) {
+    let Some(mut rx) = app.deliveries.rx.lock().unwrap_or_else(|e| e.into_inner()).take() else { return };
+    let store = app.deliveries.store.clone();
+    loop {
+        let first = tokio::select! {
+            item = rx.recv() => item,
+            _ = stop.cancelled() => None,
+        };
+        let Some(first) = first else { return };
+        let mut batch = vec![first];
+        while batch.len() < 256 {
+            match rx.try_recv() {
+                Ok(item) => batch.push(item),
+                Err(_) => break,
+            }
+        }
+        let (deliveries, replies): (Vec<NewDelivery>, Vec<Reply>) = batch.into_iter().unzip();
+        match store.insert_deliveries(&deliveries).await {
+            Ok(results) => {
+                for (reply, result) in replies.into_iter().zip(results) {
+                    let _ = reply.send(Ok(result));
+                }
+                app.ingest_wake.notify_one();
+            }
+            Err(e) => {
+                warn!(error = ?e, count = deliveries.len(), "failed to store deliveries");
+                for reply in replies {
+                    let _ = reply.send(Err("failed to store the delivery".into()));
+                }
+            }
+        }
+    }
+}
+
+fn header_str<'a>(headers: &'a HeaderMap, names: &[&str]) -> Option<&'a str> {
+    names.iter().find_map(|n| headers.get(*n).and_then(|v| v.to_str().ok())).map(str::trim).filter(|v| !v.is_empty())
+}
+
+/// Checks Gitea's signature in constant time: `X-Gitea-Signature` (bare hex) or
+/// `X-Hub-Signature-256` (`sha256=` hex), over the signed bytes.
+fn signature_ok(secret: &[u8], headers: &HeaderMap, signed: &[u8]) -> bool {
+    let given = header_str(headers, &["x-gitea-signature", "x-gogs-signature"])
+        .or_else(|| header_str(headers, &["x-hub-signature-256"]).and_then(|v| v.strip_prefix("sha256=")));
+    let Some(given) = given.and_then(|hex_text| hex::decode(hex_text).ok()) else { return false };
+    let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(secret) else { return false };
+    mac.update(signed);
+    mac.verify_slice(&given).is_ok()
+}
+
+/// The JSON document of a delivery: the body, or the `payload` field of a form body (which
+/// is what Gitea signs in that case).
+fn json_of(headers: &HeaderMap, body: &[u8]) -> Result<Vec<u8>, &'static str> {
+    let form = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.starts_with("application/x-www-form-urlencoded"));
+    if !form {
+        return Ok(body.to_vec());
+    }
+    for pair in body.split(|b| *b == b'&') {
+        if let Some(value) = pair.strip_prefix(b"payload=") {
+            return percent_decode(value).ok_or("the form's payload field is not valid URL encoding");
+        }
+    }
+    Err("a form-encoded delivery without a payload field")
+}
+
+fn percent_decode(input: &[u8]) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(input.len());
+    let mut i = 0;
+    while i < input.len() {
+        match input[i] {
+            b'+' => out.push(b' '),
+            b'%' => {
+                let hex_pair = input.get(i + 1..i + 3)?;
+                out.push(u8::from_str_radix(std::str::from_utf8(hex_pair).ok()?, 16).ok()?);
+                i += 2;
+            }
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    Some(out)
+}
+
+fn answer(status: StatusCode, message: impl Into<String>) -> Response {
+    (status, [(header::CONTENT_TYPE, "application/json")], serde_json::json!({ "message": message.into() }).to_string()).into_response()
+}
+
+pub async fn receive(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) -> Response {
+    let Some(secret) = app.config.gitea.webhook_secret.as_ref() else {
+        warn!("webhook refused: no [gitea].webhook_secret is configured");
+        return answer(StatusCode::UNAUTHORIZED, "webhook secret not configured");
+    };
+    let json = match json_of(&headers, &body) {
+        Ok(json) => json,
+        Err(why) => {
+            // The signature cannot be checked without the signed document: refuse as unsigned.
+            warn!(reason = why, "webhook refused");
+            return answer(StatusCode::UNAUTHORIZED, "invalid signature");
+        }
+    };
+    if !signature_ok(secret.expose().as_bytes(), &headers, &json) {
+        warn!("webhook refused: missing or wrong signature");
+        return answer(StatusCode::UNAUTHORIZED, "invalid signature");
+    }
+    let Some(event_type) = header_str(&headers, &["x-gitea-event-type", "x-gogs-event-type", "x-gitea-event", "x-gogs-event"]) else {
+        return answer(StatusCode::BAD_REQUEST, "no X-Gitea-Event-Type header");
+    };
+    let event_type = event_type.to_string();
+    let delivery_id = match header_str(&headers, &["x-gitea-delivery", "x-gogs-delivery", "x-github-delivery"]) {
+        Some(id) => id.to_string(),
+        None => {
+            use sha2::Digest;
+            format!("sha256:{}", hex::encode(Sha256::digest(&json)))
+        }
+    };
+    let classified = match classify(&event_type, &json) {
+        Ok(c) => c,
+        Err(e) => {
+            info!(delivery_id = %delivery_id, event_type = %event_type, error = %e, "webhook refused: bad payload");
+            return answer(StatusCode::BAD_REQUEST, e.to_string());
+        }
+    };
+    match classified {
+        Classified::Ping => {
+            info!(delivery_id = %delivery_id, "test delivery received");
+            answer(StatusCode::OK, "pong: Pipewright received the test delivery")
+        }
+        Classified::Ignore(why) => {
+            info!(delivery_id = %delivery_id, event_type = %event_type, reason = %why, "delivery ignored");
+            answer(StatusCode::ACCEPTED, why)
+        }
+        Classified::Act { repo } => {
+            let delivery = NewDelivery { delivery_id: delivery_id.clone(), event_type, repo: repo.clone(), payload: json };
+            match app.deliveries.store(delivery).await {
+                Ok(Received::New(id)) => {
+                    info!(delivery_id = %delivery_id, repo = %repo, id, "delivery stored");
+                    answer(StatusCode::ACCEPTED, format!("queued as delivery {id}"))
+                }
+                Ok(Received::Duplicate) => {
+                    info!(delivery_id = %delivery_id, "duplicate delivery ignored");
+                    answer(StatusCode::OK, "duplicate delivery: already received")
+                }
+                Err(why) => answer(StatusCode::SERVICE_UNAVAILABLE, why),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sign(secret: &str, body: &[u8]) -> String {
+        let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+        mac.update(body);
+        hex::encode(mac.finalize().into_bytes())
+    }
+
+    #[test]
+    fn signatures() {
+        let body = br#"{"a":1}"#;
+        let good = sign("s3cret", body);
+        let mut h = HeaderMap::new();
+        h.insert("x-gitea-signature", good.parse().unwrap());
+        assert!(signature_ok(b"s3cret", &h, body));
+        assert!(!signature_ok(b"other", &h, body));
+        assert!(!signature_ok(b"s3cret", &h, br#"{"a":2}"#));
+        let mut hub = HeaderMap::new();
+        hub.insert("x-hub-signature-256", format!("sha256={good}").parse().unwrap());
+        assert!(signature_ok(b"s3cret", &hub, body));
+        for bad in ["", "sha256=", "zz", &good[..10]] {
+            let mut h = HeaderMap::new();
+            h.insert("x-gitea-signature", bad.parse().unwrap());
+            assert!(!signature_ok(b"s3cret", &h, body), "{bad}");
+        }
+        assert!(!signature_ok(b"s3cret", &HeaderMap::new(), body));
+    }
+
+    #[test]
+    fn form_bodies_yield_the_signed_json() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONTENT_TYPE, "application/x-www-form-urlencoded".parse().unwrap());
+        assert_eq!(json_of(&h, b"payload=%7B%22a%22%3A+1%7D").unwrap(), br#"{"a": 1}"#);
+        assert!(json_of(&h, b"other=1").is_err());
+    }
+}

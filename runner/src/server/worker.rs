@@ -1,0 +1,273 @@
+//! The local agent: claims queued runs (respecting concurrency groups and capacity), runs
+//! them on the local Docker engine with leases renewed while they run, and records steps,
+//! logs and the final state. One cancellation token per running run.
+
+use std::{
+    collections::HashMap,
+    io,
+    path::PathBuf,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use pipewright_containers::{CancellationToken, Executor, LABEL_INSTANCE, LABEL_RUN, Outcome, Stream};
+use pipewright_pipelines::{EventKind, GitRef, PlannedStep, RunContext, parse_files, plan};
+use tokio::{sync::Notify, task::JoinSet};
+use tracing::{Instrument, info, info_span, warn};
+
+use super::{App, ingest::error_chain};
+use crate::{
+    logs::LogWriter,
+    run::{RunObserver, RunResult, RunSetup, StepResult, run_plan},
+    store::{LEASE, Run, RunState},
+};
+
+/// Which runs this process is running, and how to stop them.
+#[derive(Debug, Default)]
+pub struct Scheduler {
+    wake: Notify,
+    running: Mutex<HashMap<i64, (CancellationToken, Arc<Mutex<Option<String>>>)>>,
+    owner: String,
+}
+
+impl Scheduler {
+    pub fn new() -> Scheduler {
+        let owner = format!("{}-{}", hostname(), std::process::id());
+        Scheduler { owner, ..Scheduler::default() }
+    }
+
+    /// Something changed: look for runs to start.
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    /// Cancels a running run; the reason becomes its status description.
+    pub fn cancel(&self, id: i64, why: &str) -> bool {
+        let running = self.running.lock().unwrap_or_else(|e| e.into_inner());
+        match running.get(&id) {
+            Some((token, reason)) => {
+                *reason.lock().unwrap_or_else(|e| e.into_inner()) = Some(why.to_string());
+                token.cancel();
+                true
+            }
+            None => false,
+        }
+    }
+
+    pub fn is_running(&self, id: i64) -> bool {
+        self.running.lock().unwrap_or_else(|e| e.into_inner()).contains_key(&id)
+    }
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/etc/hostname").map(|s| s.trim().to_string()).unwrap_or_else(|_| "pipewright".into())
+}
+
+/// At start: runs left `running` by a previous process end as `error` (an interrupted
+/// `tofu apply` needs a person to look at its state lock, so nothing is retried on its
+/// own), and containers of no live run are removed.
+pub async fn settle_interrupted(app: &App) -> anyhow::Result<()> {
+    for run in app.store.runs_in_state(RunState::Running).await? {
+        warn!(run_id = run.id, repo = %run.repo, "run interrupted by a restart");
+        app.store
+            .finish_run(run.id, RunState::Error, "interrupted: Pipewright stopped while it ran; not retried automatically", app.public_url())
+            .await?;
+    }
+    let removed = app.executor.reap(&live_runs_filter(app)).await?;
+    if removed > 0 {
+        info!(removed, "removed containers left by a previous process");
+    }
+    Ok(())
+}
+
+/// Claims and runs until `shutdown`; then waits for the runs under way.
+pub async fn run(app: Arc<App>, shutdown: CancellationToken) {
+    let capacity = app.config.agent.capacity.max(1) as usize;
+    let mut tasks: JoinSet<()> = JoinSet::new();
+    loop {
+        while tasks.len() < capacity && !shutdown.is_cancelled() {
+            match app.store.claim_next(&app.scheduler.owner).await {
+                Ok(Some(run)) => {
+                    let span = info_span!("run", run_id = run.id, repo = %run.repo, sha = %run.sha, pipeline = %run.pipeline);
+                    let app2 = app.clone();
+                    tasks.spawn(async move { execute(app2, run).await }.instrument(span));
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    warn!(error = ?e, "failed to claim a run");
+                    break;
+                }
+            }
+        }
+        tokio::select! {
+            _ = app.scheduler.wake.notified() => {}
+            Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+            _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+            _ = shutdown.cancelled(), if !shutdown.is_cancelled() => {}
+        }
+        if shutdown.is_cancelled() && tasks.is_empty() {
+            return;
+        }
+    }
+}
+
+async fn execute(app: Arc<App>, run: Run) {
+    let cancel = CancellationToken::new();
+    let reason = Arc::new(Mutex::new(None));
+    app.scheduler.running.lock().unwrap_or_else(|e| e.into_inner()).insert(run.id, (cancel.clone(), reason.clone()));
+    let lease = {
+        let (app, id, cancel) = (app.clone(), run.id, cancel.clone());
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(LEASE / 3).await;
+                match app.store.renew_lease(id, &app.scheduler.owner).await {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        warn!(run_id = id, "lost the lease of the run: stopping it");
+                        cancel.cancel();
+                        return;
+                    }
+                    Err(e) => warn!(run_id = id, error = ?e, "failed to renew the lease"),
+                }
+            }
+        })
+    };
+    let (state, description) = match run_checked_out(&app, &run, &cancel).await {
+        Ok(RunResult::Success) => (RunState::Success, "all steps succeeded".to_string()),
+        Ok(RunResult::Failure { step, why }) => (RunState::Failure, format!("step {step} {why}")),
+        Ok(RunResult::Error(why)) => (RunState::Error, why),
+        Ok(RunResult::Cancelled) => {
+            let why = reason.lock().unwrap_or_else(|e| e.into_inner()).clone().unwrap_or_else(|| "cancelled".into());
+            (RunState::Cancelled, why)
+        }
+        Err(why) => (RunState::Error, why),
+    };
+    lease.abort();
+    info!(state = state.as_str(), description = %description, "run finished");
+    if let Err(e) = app.store.finish_run(run.id, state, &description, app.public_url()).await {
+        warn!(error = ?e, "failed to record the end of the run");
+    }
+    app.scheduler.running.lock().unwrap_or_else(|e| e.into_inner()).remove(&run.id);
+    app.scheduler.wake();
+    app.reporter_wake.notify_one();
+}
+
+/// Reads the pipeline at the run's commit, checks it out, and runs its plan. `Err` is a
+/// description for an `error` status.
+async fn run_checked_out(app: &App, run: &Run, cancel: &CancellationToken) -> Result<RunResult, String> {
+    let sha256 = run.sha.len() == 64;
+    let mirror = app.git.fetch(&run.repo, &run.clone_url, sha256).await.map_err(|e| format!("git: {}", error_chain(&e)))?;
+    let files = app.git.pipeline_files(&mirror, &run.sha).await.map_err(|e| format!("git: {}", error_chain(&e)))?;
+    let texts: Vec<(String, String)> = files.into_iter().filter_map(|(p, t)| t.ok().map(|t| (p, t))).collect();
+    let pipeline = parse_files(&texts)
+        .into_iter()
+        .find(|f| f.name == run.pipeline)
+        .and_then(|f| f.result.ok())
+        .ok_or_else(|| format!("pipeline {} is no longer valid at {}", run.pipeline, run.sha))?;
+    let event = EventKind::parse(&run.event).ok_or_else(|| format!("unknown event kind {}", run.event))?;
+    let git_ref = GitRef::from_full(&run.git_ref).ok_or_else(|| format!("unknown ref {}", run.git_ref))?;
+    let cx = RunContext {
+        repo: run.repo.clone(),
+        sha: run.sha.clone(),
+        git_ref,
+        event,
+        pr: run.pr.map(|n| n as u64),
+        run_id: run.id.to_string(),
+        inputs: run.inputs.clone(),
+    };
+    let planned = plan(&pipeline, &cx);
+    check_volumes(app, &run.repo, &planned)?;
+    if pipeline.vault.is_some() {
+        return Err("Vault secrets are not available in this build: the run was not started".into());
+    }
+    let names: Vec<(i64, String)> = planned.steps.iter().map(|s| (s.index as i64, s.name.clone())).collect();
+    app.store.insert_steps(run.id, &names).await.map_err(|e| format!("database: {e}"))?;
+
+    let workspace = workspace_dir(app, run.id);
+    let _ = std::fs::remove_dir_all(&workspace);
+    app.git.checkout(&mirror, &run.sha, &workspace).await.map_err(|e| format!("checkout: {}", error_chain(&e)))?;
+    drop(mirror);
+    let setup = RunSetup { run_id: &run.id.to_string(), instance: &app.instance, workspace: &workspace, defaults: &app.defaults };
+    let mut observer = StoreObserver { app, run_id: run.id, writer: None };
+    let result = run_plan(&app.executor, &planned, &setup, &mut observer, cancel).await;
+    if let Err(e) = std::fs::remove_dir_all(&workspace) {
+        warn!(error = %e, path = %workspace.display(), "failed to remove the workspace");
+    }
+    result.map_err(|e| format!("the Docker engine failed: {}", error_chain(&e)))
+}
+
+/// Host paths may be mounted only when the repository's policy lists them (or a parent).
+fn check_volumes(app: &App, repo: &str, planned: &pipewright_pipelines::Plan) -> Result<(), String> {
+    let allowed: &[PathBuf] = app.config.repo_policy(repo).map(|p| p.host_volumes.as_slice()).unwrap_or_default();
+    for step in &planned.steps {
+        for volume in &step.volumes {
+            let host = std::path::Path::new(&volume.host);
+            if !allowed.iter().any(|a| host.starts_with(a)) {
+                return Err(format!(
+                    "step {} mounts {}, which [[repos]] host_volumes does not allow for {repo}",
+                    step.name, volume.host
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn workspace_dir(app: &App, run: i64) -> PathBuf {
+    app.config.server.data_dir.join("workspaces").join(format!("run-{run}"))
+}
+
+/// Records steps in the database and their output in the log store.
+struct StoreObserver<'a> {
+    app: &'a App,
+    run_id: i64,
+    writer: Option<LogWriter>,
+}
+
+impl RunObserver for StoreObserver<'_> {
+    async fn step_started(&mut self, step: &PlannedStep) {
+        self.writer = match self.app.logs.writer(self.run_id, step.index as i64) {
+            Ok(w) => Some(w),
+            Err(e) => {
+                warn!(error = %e, step = %step.name, "failed to create the step's log");
+                None
+            }
+        };
+        if let Err(e) = self.app.store.step_started(self.run_id, step.index as i64).await {
+            warn!(error = ?e, step = %step.name, "failed to record the step's start");
+        }
+    }
+
+    fn step_output(&mut self, _step: &PlannedStep, _stream: Stream, line: &[u8]) -> io::Result<()> {
+        match &mut self.writer {
+            Some(w) => w.line(line),
+            None => Err(io::Error::other("the step's log could not be created")),
+        }
+    }
+
+    async fn step_finished(&mut self, step: &PlannedStep, result: &StepResult, _elapsed: Duration) {
+        self.writer = None;
+        let (state, description, exit_code) = match result {
+            StepResult::Skipped => ("skipped", "its `when` excludes this event".to_string(), None),
+            StepResult::NotRun => ("not_run", "an earlier step failed".to_string(), None),
+            StepResult::Ran(Outcome::Succeeded) => ("success", "succeeded".to_string(), Some(0)),
+            StepResult::Ran(o @ Outcome::Failed { exit_code }) => ("failure", o.to_string(), Some(*exit_code)),
+            StepResult::Ran(o @ Outcome::Cancelled) => ("cancelled", o.to_string(), None),
+            StepResult::Ran(o @ (Outcome::ImageUnavailable { .. } | Outcome::StartFailed { .. })) => ("error", o.to_string(), None),
+            StepResult::Ran(o) => ("failure", o.to_string(), None),
+            StepResult::Unrunnable(why) => ("error", why.clone(), None),
+        };
+        if let Err(e) = self.app.store.step_finished(self.run_id, step.index as i64, state, &description, exit_code).await {
+            warn!(error = ?e, step = %step.name, "failed to record the step's end");
+        }
+    }
+}
+
+/// What reaping keeps: containers of other instances, and of runs this process runs.
+pub fn live_runs_filter(app: &App) -> impl Fn(&[(String, String)]) -> bool + Sync + '_ {
+    move |labels: &[(String, String)]| {
+        let ours = labels.iter().any(|(k, v)| k == LABEL_INSTANCE && *v == app.instance);
+        let live = labels.iter().any(|(k, v)| k == LABEL_RUN && v.parse::<i64>().is_ok_and(|id| app.scheduler.is_running(id)));
+        !ours || live
+    }
+}

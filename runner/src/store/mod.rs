@@ -1,0 +1,257 @@
+//! The database: deliveries (the durable inbox), runs and their steps (the queue), and the
+//! outbox of commit statuses still to send. SQLite by default, PostgreSQL for shared agents,
+//! one code path through sqlx's `Any` driver (portable types only: integers, text, blobs).
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use sqlx::{
+    AnyPool, Executor, Row,
+    any::{AnyPoolOptions, AnyRow},
+};
+
+mod runs;
+
+pub use runs::*;
+
+/// Milliseconds since the epoch: the one time format of the database.
+pub fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// A handle on the database; cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Store {
+    pool: AnyPool,
+    backend: Backend,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("unsupported database url `{0}`: expected sqlite://PATH or postgres://…")]
+    Url(String),
+    #[error("database error")]
+    Db(#[from] sqlx::Error),
+    #[error("stored data is not what this version expects: {0}")]
+    Corrupt(String),
+}
+
+const SCHEMA: &str = include_str!("schema.sql");
+
+impl Store {
+    /// Opens (creating when needed) the database and brings its schema up to date.
+    pub async fn open(url: &str) -> Result<Store, StoreError> {
+        sqlx::any::install_default_drivers();
+        let backend = if url.starts_with("sqlite:") {
+            Backend::Sqlite
+        } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+            Backend::Postgres
+        } else {
+            return Err(StoreError::Url(url.to_string()));
+        };
+        let url = match backend {
+            Backend::Sqlite if !url.contains("mode=") => {
+                format!("{url}{}mode=rwc", if url.contains('?') { '&' } else { '?' })
+            }
+            _ => url.to_string(),
+        };
+        if backend == Backend::Sqlite
+            && let Some(path) = url.strip_prefix("sqlite://").and_then(|p| p.split('?').next())
+            && let Some(dir) = std::path::Path::new(path).parent()
+            && !dir.as_os_str().is_empty()
+        {
+            std::fs::create_dir_all(dir).map_err(|e| StoreError::Db(sqlx::Error::Io(e)))?;
+        }
+        let mut options = AnyPoolOptions::new().max_connections(match backend {
+            // One writer at a time anyway; a few readers for the API.
+            Backend::Sqlite => 4,
+            Backend::Postgres => 8,
+        });
+        if backend == Backend::Sqlite {
+            options = options.after_connect(|conn, _| {
+                Box::pin(async move {
+                    // WAL lets the API read while a run writes; FULL makes a commit durable
+                    // before the webhook is answered, also across a power loss.
+                    conn.execute("PRAGMA journal_mode = WAL").await?;
+                    conn.execute("PRAGMA synchronous = FULL").await?;
+                    conn.execute("PRAGMA busy_timeout = 10000").await?;
+                    conn.execute("PRAGMA foreign_keys = ON").await?;
+                    Ok(())
+                })
+            });
+        }
+        let pool = options.connect(&url).await?;
+        let store = Store { pool, backend };
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    async fn migrate(&self) -> Result<(), StoreError> {
+        self.pool
+            .execute("CREATE TABLE IF NOT EXISTS schema_version (version BIGINT NOT NULL)")
+            .await?;
+        let version: Option<i64> = sqlx::query("SELECT MAX(version) FROM schema_version")
+            .fetch_one(&self.pool)
+            .await?
+            .try_get(0)?;
+        if version.unwrap_or(0) >= 1 {
+            return Ok(());
+        }
+        let (id, blob) = match self.backend {
+            Backend::Sqlite => ("INTEGER PRIMARY KEY AUTOINCREMENT", "BLOB"),
+            Backend::Postgres => ("BIGSERIAL PRIMARY KEY", "BYTEA"),
+        };
+        let ddl: String = SCHEMA
+            .lines()
+            .filter(|l| !l.trim_start().starts_with("--"))
+            .map(|l| format!("{l}\n"))
+            .collect::<String>()
+            .replace("{id}", id)
+            .replace("{blob}", blob);
+        let mut tx = self.pool.begin().await?;
+        for statement in ddl.split(';').map(str::trim).filter(|s| !s.is_empty()) {
+            tx.execute(sqlx::AssertSqlSafe(statement.to_string())).await?;
+        }
+        sqlx::query("INSERT INTO schema_version (version) VALUES (1)").execute(&mut *tx).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Whether the database answers (readiness).
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").fetch_one(&self.pool).await?;
+        Ok(())
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+/// A delivery to store: the raw payload, kept until it is processed.
+#[derive(Clone, Debug)]
+pub struct NewDelivery {
+    pub delivery_id: String,
+    pub event_type: String,
+    pub repo: String,
+    pub payload: Vec<u8>,
+}
+
+/// What storing a delivery did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Received {
+    /// Stored under this id; it will be processed.
+    New(i64),
+    /// A delivery with the same `X-Gitea-Delivery` id was stored before.
+    Duplicate,
+}
+
+/// A stored delivery.
+#[derive(Clone, Debug)]
+pub struct Delivery {
+    pub id: i64,
+    pub delivery_id: String,
+    pub event_type: String,
+    pub repo: String,
+    pub payload: Vec<u8>,
+    pub received_at: i64,
+}
+
+/// What became of a delivery.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeliveryState {
+    Received,
+    Processed,
+    Duplicate,
+    Failed,
+}
+
+impl DeliveryState {
+    fn as_str(self) -> &'static str {
+        match self {
+            DeliveryState::Received => "received",
+            DeliveryState::Processed => "processed",
+            DeliveryState::Duplicate => "duplicate",
+            DeliveryState::Failed => "failed",
+        }
+    }
+}
+
+impl Store {
+    /// Stores deliveries in one transaction (one disk sync for the whole batch).
+    pub async fn insert_deliveries(&self, batch: &[NewDelivery]) -> Result<Vec<Received>, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let mut out = Vec::with_capacity(batch.len());
+        let now = now_ms();
+        for d in batch {
+            let row = sqlx::query(
+                "INSERT INTO deliveries (delivery_id, event_type, repo, received_at, payload, state)
+                 VALUES ($1, $2, $3, $4, $5, 'received')
+                 ON CONFLICT (delivery_id) DO NOTHING RETURNING id",
+            )
+            .bind(&d.delivery_id)
+            .bind(&d.event_type)
+            .bind(&d.repo)
+            .bind(now)
+            .bind(&d.payload)
+            .fetch_optional(&mut *tx)
+            .await?;
+            out.push(match row {
+                Some(row) => Received::New(row.try_get(0)?),
+                None => Received::Duplicate,
+            });
+        }
+        tx.commit().await?;
+        Ok(out)
+    }
+
+    /// Deliveries stored but not yet processed, oldest first.
+    pub async fn pending_deliveries(&self, limit: i64) -> Result<Vec<Delivery>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, delivery_id, event_type, repo, payload, received_at FROM deliveries
+             WHERE state = 'received' ORDER BY id LIMIT $1",
+        )
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(delivery_from_row).collect()
+    }
+
+    pub async fn finish_delivery(&self, id: i64, state: DeliveryState, note: &str) -> Result<(), StoreError> {
+        sqlx::query("UPDATE deliveries SET state = $1, note = $2 WHERE id = $3")
+            .bind(state.as_str())
+            .bind(note)
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Counts deliveries by `X-Gitea-Delivery` id (for tests and the API).
+    pub async fn delivery_count(&self) -> Result<i64, StoreError> {
+        Ok(sqlx::query("SELECT COUNT(*) FROM deliveries").fetch_one(&self.pool).await?.try_get(0)?)
+    }
+}
+
+fn delivery_from_row(row: &AnyRow) -> Result<Delivery, StoreError> {
+    Ok(Delivery {
+        id: row.try_get("id")?,
+        delivery_id: row.try_get("delivery_id")?,
+        event_type: row.try_get("event_type")?,
+        repo: row.try_get("repo")?,
+        payload: row.try_get("payload")?,
+        received_at: row.try_get("received_at")?,
+    })
+}
+
+/// Lease length for a claimed run; the worker renews it well before it runs out.
+pub const LEASE: Duration = Duration::from_secs(30);

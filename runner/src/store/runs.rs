@@ -1,0 +1,621 @@
+//! Runs, steps and the status outbox: the queue and what Gitea still has to be told.
+
+use sqlx::{Any, Row, Transaction, any::AnyRow};
+
+use super::{LEASE, Store, StoreError, now_ms};
+
+/// Where a run is in its life. The commit status follows from it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum RunState {
+    Queued,
+    Running,
+    Success,
+    Failure,
+    Error,
+    Cancelled,
+    /// A newer run of the same concurrency group replaced it while it waited.
+    Superseded,
+}
+
+impl RunState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunState::Queued => "queued",
+            RunState::Running => "running",
+            RunState::Success => "success",
+            RunState::Failure => "failure",
+            RunState::Error => "error",
+            RunState::Cancelled => "cancelled",
+            RunState::Superseded => "superseded",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<RunState> {
+        [
+            RunState::Queued,
+            RunState::Running,
+            RunState::Success,
+            RunState::Failure,
+            RunState::Error,
+            RunState::Cancelled,
+            RunState::Superseded,
+        ]
+        .into_iter()
+        .find(|r| r.as_str() == s)
+    }
+
+    pub fn is_finished(self) -> bool {
+        !matches!(self, RunState::Queued | RunState::Running)
+    }
+
+    /// The commit status for this state: only Gitea's four safe states (DESIGN "Statuses").
+    pub fn status_state(self) -> &'static str {
+        match self {
+            RunState::Queued | RunState::Running => "pending",
+            RunState::Success | RunState::Superseded => "success",
+            RunState::Failure => "failure",
+            RunState::Error | RunState::Cancelled => "error",
+        }
+    }
+}
+
+/// A run to enqueue.
+#[derive(Clone, Debug)]
+pub struct NewRun {
+    pub repo: String,
+    pub repo_id: i64,
+    pub owner_id: i64,
+    pub clone_url: String,
+    pub default_branch: String,
+    /// The repository whose commit gets the status (the base repository for fork PRs).
+    pub status_repo: String,
+    pub pipeline: String,
+    pub pipeline_file: String,
+    pub event: String,
+    pub git_ref: String,
+    pub sha: String,
+    pub pr: Option<i64>,
+    pub actor: String,
+    pub inputs: Vec<(String, String)>,
+    pub dedupe_key: String,
+    pub concurrency_group: String,
+    pub cancel_in_progress: bool,
+    /// `Queued`, or `Error` for a pipeline that cannot run (invalid file).
+    pub state: RunState,
+    pub description: String,
+}
+
+/// A stored run.
+#[derive(Clone, Debug)]
+pub struct Run {
+    pub id: i64,
+    pub repo: String,
+    pub repo_id: i64,
+    pub owner_id: i64,
+    pub clone_url: String,
+    pub default_branch: String,
+    pub status_repo: String,
+    pub pipeline: String,
+    pub pipeline_file: String,
+    pub event: String,
+    pub git_ref: String,
+    pub sha: String,
+    pub pr: Option<i64>,
+    pub actor: String,
+    pub inputs: Vec<(String, String)>,
+    pub concurrency_group: String,
+    pub cancel_in_progress: bool,
+    pub state: RunState,
+    pub description: String,
+    pub created_at: i64,
+    pub started_at: Option<i64>,
+    pub finished_at: Option<i64>,
+}
+
+/// A stored step.
+#[derive(Clone, Debug)]
+pub struct StepRow {
+    pub idx: i64,
+    pub name: String,
+    pub state: String,
+    pub description: String,
+    pub exit_code: Option<i64>,
+    pub started_at: Option<i64>,
+    pub finished_at: Option<i64>,
+}
+
+/// What enqueueing did to other runs of the same groups.
+#[derive(Clone, Debug, Default)]
+pub struct Enqueued {
+    pub ids: Vec<i64>,
+    /// Running runs that a `cancel_in_progress` group asks to stop.
+    pub cancel_running: Vec<i64>,
+}
+
+/// A repository Pipewright has run for.
+#[derive(Clone, Debug)]
+pub struct KnownRepo {
+    pub repo: String,
+    pub repo_id: i64,
+    pub owner_id: i64,
+    pub clone_url: String,
+    pub default_branch: String,
+}
+
+/// A commit status waiting to be sent.
+#[derive(Clone, Debug)]
+pub struct OutboxEntry {
+    pub id: i64,
+    pub repo: String,
+    pub sha: String,
+    pub context: String,
+    pub state: String,
+    pub description: String,
+    pub target_url: String,
+    pub attempts: i64,
+}
+
+const RUN_COLUMNS: &str = "id, repo, repo_id, owner_id, clone_url, default_branch, status_repo, pipeline, pipeline_file, event, git_ref, sha, pr, actor, inputs, concurrency_group, cancel_in_progress, state, description, created_at, started_at, finished_at";
+
+fn run_from_row(row: &AnyRow) -> Result<Run, StoreError> {
+    let state: String = row.try_get("state")?;
+    let inputs: String = row.try_get("inputs")?;
+    Ok(Run {
+        id: row.try_get("id")?,
+        repo: row.try_get("repo")?,
+        repo_id: row.try_get("repo_id")?,
+        owner_id: row.try_get("owner_id")?,
+        clone_url: row.try_get("clone_url")?,
+        default_branch: row.try_get("default_branch")?,
+        status_repo: row.try_get("status_repo")?,
+        pipeline: row.try_get("pipeline")?,
+        pipeline_file: row.try_get("pipeline_file")?,
+        event: row.try_get("event")?,
+        git_ref: row.try_get("git_ref")?,
+        sha: row.try_get("sha")?,
+        pr: row.try_get("pr")?,
+        actor: row.try_get("actor")?,
+        inputs: serde_json::from_str(&inputs).map_err(|e| StoreError::Corrupt(format!("run inputs: {e}")))?,
+        concurrency_group: row.try_get("concurrency_group")?,
+        cancel_in_progress: row.try_get::<i64, _>("cancel_in_progress")? != 0,
+        state: RunState::parse(&state).ok_or_else(|| StoreError::Corrupt(format!("run state `{state}`")))?,
+        description: row.try_get("description")?,
+        created_at: row.try_get("created_at")?,
+        started_at: row.try_get("started_at")?,
+        finished_at: row.try_get("finished_at")?,
+    })
+}
+
+fn short(sha: &str) -> &str {
+    &sha[..sha.len().min(8)]
+}
+
+/// Status descriptions stay under Gitea's display width and DESIGN's 140 characters.
+pub fn clip(text: &str) -> String {
+    if text.chars().count() <= 139 {
+        return text.to_string();
+    }
+    let mut out: String = text.chars().take(138).collect();
+    out.push('…');
+    out
+}
+
+async fn outbox_insert(
+    tx: &mut Transaction<'_, Any>,
+    run: &Run,
+    state: RunState,
+    description: &str,
+    target_base: &str,
+) -> Result<(), StoreError> {
+    let now = now_ms();
+    sqlx::query(
+        "INSERT INTO status_outbox (repo, sha, context, state, description, target_url, created_at, attempts, next_attempt_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, 0, $7)",
+    )
+    .bind(&run.status_repo)
+    .bind(&run.sha)
+    .bind(format!("pipewright/{}", run.pipeline))
+    .bind(state.status_state())
+    .bind(clip(description))
+    .bind(format!("{}/runs/{}", target_base.trim_end_matches('/'), run.id))
+    .bind(now)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+async fn run_in(tx: &mut Transaction<'_, Any>, id: i64) -> Result<Run, StoreError> {
+    let row = sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {RUN_COLUMNS} FROM runs WHERE id = $1")))
+        .bind(id)
+        .fetch_one(&mut **tx)
+        .await?;
+    run_from_row(&row)
+}
+
+/// Ends a run inside a transaction and queues its final status.
+async fn finish_in(
+    tx: &mut Transaction<'_, Any>,
+    id: i64,
+    state: RunState,
+    description: &str,
+    target_base: &str,
+) -> Result<bool, StoreError> {
+    let changed = sqlx::query(
+        "UPDATE runs SET state = $1, description = $2, finished_at = $3, lease_owner = NULL, lease_until = NULL
+         WHERE id = $4 AND state IN ('queued', 'running')",
+    )
+    .bind(state.as_str())
+    .bind(clip(description))
+    .bind(now_ms())
+    .bind(id)
+    .execute(&mut **tx)
+    .await?
+    .rows_affected();
+    if changed == 0 {
+        return Ok(false);
+    }
+    let run = run_in(tx, id).await?;
+    outbox_insert(tx, &run, state, description, target_base).await?;
+    Ok(true)
+}
+
+impl Store {
+    /// Enqueues runs for one delivery and marks it processed, in one transaction, applying
+    /// concurrency groups: `cancel_in_progress` cancels queued runs of the group (and asks
+    /// for running ones to be stopped); otherwise queued runs of the group are superseded.
+    pub async fn enqueue_runs(
+        &self,
+        delivery: Option<i64>,
+        runs: &[NewRun],
+        target_base: &str,
+    ) -> Result<Enqueued, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let mut out = Enqueued::default();
+        for new in runs {
+            let now = now_ms();
+            let inputs = serde_json::to_string(&new.inputs).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            let id: i64 = sqlx::query(
+                "INSERT INTO runs (delivery, repo, repo_id, owner_id, clone_url, default_branch, status_repo, pipeline,
+                   pipeline_file, event, git_ref, sha, pr, actor, inputs, dedupe_key, concurrency_group,
+                   cancel_in_progress, state, description, created_at, finished_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22)
+                 RETURNING id",
+            )
+            .bind(delivery)
+            .bind(&new.repo)
+            .bind(new.repo_id)
+            .bind(new.owner_id)
+            .bind(&new.clone_url)
+            .bind(&new.default_branch)
+            .bind(&new.status_repo)
+            .bind(&new.pipeline)
+            .bind(&new.pipeline_file)
+            .bind(&new.event)
+            .bind(&new.git_ref)
+            .bind(&new.sha)
+            .bind(new.pr)
+            .bind(&new.actor)
+            .bind(inputs)
+            .bind(&new.dedupe_key)
+            .bind(&new.concurrency_group)
+            .bind(i64::from(new.cancel_in_progress))
+            .bind(new.state.as_str())
+            .bind(clip(&new.description))
+            .bind(now)
+            .bind(new.state.is_finished().then_some(now))
+            .fetch_one(&mut *tx)
+            .await?
+            .try_get(0)?;
+            let run = run_in(&mut tx, id).await?;
+            outbox_insert(&mut tx, &run, new.state, &new.description, target_base).await?;
+            out.ids.push(id);
+            if new.state != RunState::Queued {
+                continue;
+            }
+            let older: Vec<(i64, String)> = sqlx::query(
+                "SELECT id, state FROM runs WHERE concurrency_group = $1 AND id < $2 AND state IN ('queued', 'running')",
+            )
+            .bind(&new.concurrency_group)
+            .bind(id)
+            .fetch_all(&mut *tx)
+            .await?
+            .iter()
+            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+            .collect::<Result<_, sqlx::Error>>()?;
+            for (old, state) in older {
+                match (state.as_str(), new.cancel_in_progress) {
+                    ("queued", true) => {
+                        let why = format!("cancelled: superseded by run {id} ({})", short(&new.sha));
+                        finish_in(&mut tx, old, RunState::Cancelled, &why, target_base).await?;
+                    }
+                    ("queued", false) => {
+                        let why = format!("superseded by {}", short(&new.sha));
+                        finish_in(&mut tx, old, RunState::Superseded, &why, target_base).await?;
+                    }
+                    ("running", true) => out.cancel_running.push(old),
+                    _ => {}
+                }
+            }
+        }
+        if let Some(d) = delivery {
+            sqlx::query("UPDATE deliveries SET state = 'processed', note = $1 WHERE id = $2")
+                .bind(format!("{} runs", runs.len()))
+                .bind(d)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(out)
+    }
+
+    /// Whether runs for this dedupe key are still queued or running.
+    pub async fn active_dedupe(&self, key: &str) -> Result<bool, StoreError> {
+        let row = sqlx::query("SELECT COUNT(*) FROM runs WHERE dedupe_key = $1 AND state IN ('queued', 'running')")
+            .bind(key)
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(row.try_get::<i64, _>(0)? > 0)
+    }
+
+    /// Claims the oldest queued run whose concurrency group is free (no running run, no
+    /// older queued run), for `owner`, with a lease.
+    pub async fn claim_next(&self, owner: &str) -> Result<Option<Run>, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let candidate = sqlx::query(
+            "SELECT r.id FROM runs r WHERE r.state = 'queued' AND NOT EXISTS (
+                SELECT 1 FROM runs o WHERE o.concurrency_group = r.concurrency_group
+                AND (o.state = 'running' OR (o.state = 'queued' AND o.id < r.id)))
+             ORDER BY r.id LIMIT 1",
+        )
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(row) = candidate else {
+            tx.rollback().await?;
+            return Ok(None);
+        };
+        let id: i64 = row.try_get(0)?;
+        let now = now_ms();
+        let claimed = sqlx::query(
+            "UPDATE runs SET state = 'running', started_at = $1, lease_owner = $2, lease_until = $3, description = 'running'
+             WHERE id = $4 AND state = 'queued'",
+        )
+        .bind(now)
+        .bind(owner)
+        .bind(now + LEASE.as_millis() as i64)
+        .bind(id)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if claimed == 0 {
+            tx.rollback().await?;
+            return Ok(None);
+        }
+        let run = run_in(&mut tx, id).await?;
+        tx.commit().await?;
+        Ok(Some(run))
+    }
+
+    /// Extends the lease of a run this owner holds; false when it lost it.
+    pub async fn renew_lease(&self, id: i64, owner: &str) -> Result<bool, StoreError> {
+        let changed = sqlx::query("UPDATE runs SET lease_until = $1 WHERE id = $2 AND lease_owner = $3 AND state = 'running'")
+            .bind(now_ms() + LEASE.as_millis() as i64)
+            .bind(id)
+            .bind(owner)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+        Ok(changed > 0)
+    }
+
+    /// Ends a run (if it is not ended already) and queues its final status.
+    pub async fn finish_run(&self, id: i64, state: RunState, description: &str, target_base: &str) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let changed = finish_in(&mut tx, id, state, description, target_base).await?;
+        tx.commit().await?;
+        Ok(changed)
+    }
+
+    /// Records the steps of a run as it starts.
+    pub async fn insert_steps(&self, run_id: i64, names: &[(i64, String)]) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        for (idx, name) in names {
+            sqlx::query(
+                "INSERT INTO steps (run_id, idx, name, state, description) VALUES ($1, $2, $3, 'pending', '')
+                 ON CONFLICT (run_id, idx) DO NOTHING",
+            )
+            .bind(run_id)
+            .bind(idx)
+            .bind(name)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub async fn step_started(&self, run_id: i64, idx: i64) -> Result<(), StoreError> {
+        sqlx::query("UPDATE steps SET state = 'running', started_at = $1 WHERE run_id = $2 AND idx = $3")
+            .bind(now_ms())
+            .bind(run_id)
+            .bind(idx)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn step_finished(&self, run_id: i64, idx: i64, state: &str, description: &str, exit_code: Option<i64>) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE steps SET state = $1, description = $2, exit_code = $3, finished_at = $4 WHERE run_id = $5 AND idx = $6",
+        )
+        .bind(state)
+        .bind(description)
+        .bind(exit_code)
+        .bind(now_ms())
+        .bind(run_id)
+        .bind(idx)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn run(&self, id: i64) -> Result<Option<Run>, StoreError> {
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {RUN_COLUMNS} FROM runs WHERE id = $1")))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(run_from_row).transpose()
+    }
+
+    /// Runs, newest first, optionally of one repository.
+    pub async fn runs(&self, repo: Option<&str>, limit: i64) -> Result<Vec<Run>, StoreError> {
+        let rows = match repo {
+            Some(repo) => {
+                sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {RUN_COLUMNS} FROM runs WHERE repo = $1 ORDER BY id DESC LIMIT $2")))
+                    .bind(repo)
+                    .bind(limit)
+                    .fetch_all(&self.pool)
+                    .await?
+            }
+            None => {
+                sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {RUN_COLUMNS} FROM runs ORDER BY id DESC LIMIT $1")))
+                    .bind(limit)
+                    .fetch_all(&self.pool)
+                    .await?
+            }
+        };
+        rows.iter().map(run_from_row).collect()
+    }
+
+    /// Runs in a state (e.g. `Running` at start-up, to settle interrupted ones).
+    pub async fn runs_in_state(&self, state: RunState) -> Result<Vec<Run>, StoreError> {
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {RUN_COLUMNS} FROM runs WHERE state = $1 ORDER BY id")))
+            .bind(state.as_str())
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(run_from_row).collect()
+    }
+
+    pub async fn steps(&self, run_id: i64) -> Result<Vec<StepRow>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT idx, name, state, description, exit_code, started_at, finished_at FROM steps WHERE run_id = $1 ORDER BY idx",
+        )
+        .bind(run_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(StepRow {
+                    idx: r.try_get("idx")?,
+                    name: r.try_get("name")?,
+                    state: r.try_get("state")?,
+                    description: r.try_get("description")?,
+                    exit_code: r.try_get("exit_code")?,
+                    started_at: r.try_get("started_at")?,
+                    finished_at: r.try_get("finished_at")?,
+                })
+            })
+            .collect()
+    }
+
+    /// Whether any run exists for this commit of this repository (catch-up).
+    pub async fn has_runs_for(&self, repo: &str, sha: &str) -> Result<bool, StoreError> {
+        let row = sqlx::query("SELECT COUNT(*) FROM runs WHERE repo = $1 AND sha = $2").bind(repo).bind(sha).fetch_one(&self.pool).await?;
+        Ok(row.try_get::<i64, _>(0)? > 0)
+    }
+
+    /// Repositories seen so far, as their newest run knows them.
+    pub async fn known_repos(&self) -> Result<Vec<KnownRepo>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT r.repo, r.repo_id, r.owner_id, r.clone_url, r.default_branch FROM runs r
+             WHERE r.id = (SELECT MAX(o.id) FROM runs o WHERE o.repo = r.repo) ORDER BY r.repo",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(KnownRepo {
+                    repo: r.try_get(0)?,
+                    repo_id: r.try_get(1)?,
+                    owner_id: r.try_get(2)?,
+                    clone_url: r.try_get(3)?,
+                    default_branch: r.try_get(4)?,
+                })
+            })
+            .collect()
+    }
+
+    /// Statuses due for sending: the newest unsent one of each (repo, sha, context); older
+    /// unsent ones of the same key are marked sent without sending (Gitea keeps the newest).
+    pub async fn due_statuses(&self, limit: i64) -> Result<Vec<OutboxEntry>, StoreError> {
+        let now = now_ms();
+        sqlx::query(
+            "UPDATE status_outbox SET sent_at = $1 WHERE sent_at IS NULL AND EXISTS (
+                SELECT 1 FROM status_outbox n WHERE n.sent_at IS NULL AND n.repo = status_outbox.repo
+                AND n.sha = status_outbox.sha AND n.context = status_outbox.context AND n.id > status_outbox.id)",
+        )
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        let rows = sqlx::query(
+            "SELECT id, repo, sha, context, state, description, target_url, attempts FROM status_outbox
+             WHERE sent_at IS NULL AND next_attempt_at <= $1 ORDER BY id LIMIT $2",
+        )
+        .bind(now)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(OutboxEntry {
+                    id: r.try_get("id")?,
+                    repo: r.try_get("repo")?,
+                    sha: r.try_get("sha")?,
+                    context: r.try_get("context")?,
+                    state: r.try_get("state")?,
+                    description: r.try_get("description")?,
+                    target_url: r.try_get("target_url")?,
+                    attempts: r.try_get("attempts")?,
+                })
+            })
+            .collect()
+    }
+
+    pub async fn status_sent(&self, id: i64) -> Result<(), StoreError> {
+        sqlx::query("UPDATE status_outbox SET sent_at = $1 WHERE id = $2").bind(now_ms()).bind(id).execute(&self.pool).await?;
+        Ok(())
+    }
+
+    pub async fn status_failed(&self, id: i64, retry_in_ms: i64) -> Result<(), StoreError> {
+        sqlx::query("UPDATE status_outbox SET attempts = attempts + 1, next_attempt_at = $1 WHERE id = $2")
+            .bind(now_ms() + retry_in_ms)
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// The earliest time an unsent status is due, if any.
+    pub async fn next_status_due(&self) -> Result<Option<i64>, StoreError> {
+        let row = sqlx::query("SELECT MIN(next_attempt_at) FROM status_outbox WHERE sent_at IS NULL").fetch_one(&self.pool).await?;
+        Ok(row.try_get(0)?)
+    }
+
+    /// Queues a status that belongs to no run (e.g. a delivery that could not be processed).
+    pub async fn queue_status(&self, repo: &str, sha: &str, context: &str, state: &str, description: &str, target_url: &str) -> Result<(), StoreError> {
+        let now = now_ms();
+        sqlx::query(
+            "INSERT INTO status_outbox (repo, sha, context, state, description, target_url, created_at, attempts, next_attempt_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, 0, $7)",
+        )
+        .bind(repo)
+        .bind(sha)
+        .bind(context)
+        .bind(state)
+        .bind(clip(description))
+        .bind(target_url)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+}
