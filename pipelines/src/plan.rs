@@ -16,6 +16,7 @@ pub struct RunContext {
     /// `owner/name`.
     pub repo: String,
     pub sha: String,
+    /// The pushed ref; for a pull request its base branch.
     pub git_ref: GitRef,
     pub event: EventKind,
     /// Pull request number.
@@ -126,6 +127,15 @@ impl RunContext {
         }
     }
 
+    /// The ref the run is about: the pushed ref, or `refs/pull/N/head` for a pull request
+    /// (whose `git_ref` is its base branch).
+    pub fn event_ref(&self) -> String {
+        match (self.event, self.pr) {
+            (EventKind::PullRequest, Some(n)) => format!("refs/pull/{n}/head"),
+            _ => self.git_ref.full(),
+        }
+    }
+
     fn render(&self, t: &Template) -> String {
         t.render(|v| self.lookup(v))
     }
@@ -136,7 +146,7 @@ impl RunContext {
             ("CI".to_string(), "true".to_string()),
             ("PIPEWRIGHT_REPO".into(), self.repo.clone()),
             ("PIPEWRIGHT_SHA".into(), self.sha.clone()),
-            ("PIPEWRIGHT_REF".into(), self.git_ref.full()),
+            ("PIPEWRIGHT_REF".into(), self.event_ref()),
             ("PIPEWRIGHT_BRANCH".into(), self.git_ref.branch().unwrap_or_default().to_string()),
             ("PIPEWRIGHT_EVENT".into(), self.event.as_str().to_string()),
             ("PIPEWRIGHT_PR".into(), self.pr.map(|n| n.to_string()).unwrap_or_default()),
@@ -192,7 +202,7 @@ pub fn plan(pipeline: &Pipeline, cx: &RunContext) -> Plan {
         .collect();
     let concurrency_group = match &pipeline.concurrency.group {
         Some(t) => cx.render(t),
-        None => format!("{}/{}/{}", cx.repo, pipeline.name, cx.git_ref.full()),
+        None => format!("{}/{}/{}", cx.repo, pipeline.name, cx.event_ref()),
     };
     Plan {
         pipeline: pipeline.name.clone(),

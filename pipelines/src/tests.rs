@@ -441,6 +441,12 @@ fn default_concurrency_group_names_repo_pipeline_and_ref() {
     let p = pipeline("on: push\nsteps: [{ name: a, image: busybox, run: x }]");
     let cx = context(EventKind::Push, GitRef::Branch("main".into()), vec![]);
     assert_eq!(plan(&p, &cx).concurrency_group, "org/factory/p/refs/heads/main");
+    // Each pull request has its own group, so one PR's plan never cancels another's.
+    let pr = RunContext { pr: Some(7), ..context(EventKind::PullRequest, GitRef::Branch("main".into()), vec![]) };
+    let planned = plan(&p, &pr);
+    assert_eq!(planned.concurrency_group, "org/factory/p/refs/pull/7/head");
+    assert!(planned.steps[0].env.contains(&("PIPEWRIGHT_REF".to_string(), "refs/pull/7/head".to_string())));
+    assert!(planned.steps[0].env.contains(&("PIPEWRIGHT_BRANCH".to_string(), "main".to_string())));
 }
 
 #[test]
