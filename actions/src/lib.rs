@@ -10,7 +10,9 @@ use pipewright_pipelines::{PlannedAction, PlannedStep};
 #[derive(Debug, thiserror::Error)]
 pub enum ActionError {
     /// The action is part of the pipeline format, but this build cannot run it yet.
-    #[error("the built-in action `{action}` cannot run in this build of Pipewright yet; only `run:` steps can")]
+    #[error(
+        "the built-in action `{action}` cannot run in this build of Pipewright yet; only `run:` steps can"
+    )]
     NotAvailable { action: String },
     #[error("step `{step}` is not an action step")]
     NotAnAction { step: String },
@@ -19,7 +21,11 @@ pub enum ActionError {
 /// Checks that an action step can run here, and says what is missing when it cannot.
 pub fn check(step: &PlannedStep) -> Result<(), ActionError> {
     match &step.action {
-        PlannedAction::Uses { action, .. } => Err(ActionError::NotAvailable { action: action.clone() }),
-        PlannedAction::Run { .. } => Err(ActionError::NotAnAction { step: step.name.clone() }),
+        PlannedAction::Uses { action, .. } => Err(ActionError::NotAvailable {
+            action: action.clone(),
+        }),
+        PlannedAction::Run { .. } => Err(ActionError::NotAnAction {
+            step: step.name.clone(),
+        }),
     }
 }

@@ -48,10 +48,20 @@ pub(crate) struct Field {
 
 impl Field {
     pub const fn opt(name: &'static str, ty: Ty, doc: &'static str) -> Field {
-        Field { name, ty, required: false, doc }
+        Field {
+            name,
+            ty,
+            required: false,
+            doc,
+        }
     }
     pub const fn req(name: &'static str, ty: Ty, doc: &'static str) -> Field {
-        Field { name, ty, required: true, doc }
+        Field {
+            name,
+            ty,
+            required: true,
+            doc,
+        }
     }
 }
 
@@ -65,18 +75,34 @@ pub(crate) struct Cx<'s> {
 
 impl<'s> Cx<'s> {
     pub fn new(file: &str, source: &'s str) -> Self {
-        Cx { file: file.to_string(), source, diags: Vec::new() }
+        Cx {
+            file: file.to_string(),
+            source,
+            diags: Vec::new(),
+        }
     }
 
     pub fn error(&mut self, pos: Pos, message: impl Into<String>) {
-        self.diags.push(Diagnostic { file: self.file.clone(), pos, message: message.into() });
+        self.diags.push(Diagnostic {
+            file: self.file.clone(),
+            pos,
+            message: message.into(),
+        });
     }
 
     /// Position of the `nth` occurrence of `needle` inside a scalar's source text, so that a
     /// problem inside a long script points at its own line; the scalar's start otherwise.
     pub fn locate(&self, node: &Node, needle: &str, nth: usize) -> Pos {
-        let start = self.source.char_indices().nth(node.index).map_or(self.source.len(), |(b, _)| b);
-        let Some(offset) = self.source[start..].match_indices(needle).nth(nth).map(|(o, _)| start + o) else {
+        let start = self
+            .source
+            .char_indices()
+            .nth(node.index)
+            .map_or(self.source.len(), |(b, _)| b);
+        let Some(offset) = self.source[start..]
+            .match_indices(needle)
+            .nth(nth)
+            .map(|(o, _)| start + o)
+        else {
             return node.pos;
         };
         let before = &self.source[..offset];
@@ -162,7 +188,10 @@ impl<'s> Cx<'s> {
         for (key, _) in entries {
             let Some(name) = self.key(key) else { continue };
             if let Some((_, first)) = seen.iter().find(|(k, _)| *k == name) {
-                self.error(key.pos, format!("duplicate key `{name}` (first at line {})", first.line));
+                self.error(
+                    key.pos,
+                    format!("duplicate key `{name}` (first at line {})", first.line),
+                );
                 continue;
             }
             seen.push((name, key.pos));
@@ -178,14 +207,21 @@ impl<'s> Cx<'s> {
         }
         for field in object.fields.iter().filter(|f| f.required) {
             if !seen.iter().any(|(k, _)| *k == field.name) {
-                self.error(node.pos, format!("{} needs the key `{}`", object.title, field.name));
+                self.error(
+                    node.pos,
+                    format!("{} needs the key `{}`", object.title, field.name),
+                );
             }
         }
         Some(Obj { entries, object })
     }
 
     /// A mapping with free keys (environment, secrets, `with`): key text, key node, value.
-    pub fn entries<'n>(&mut self, node: &'n Node, what: &str) -> Option<Vec<(&'n str, &'n Node, &'n Node)>> {
+    pub fn entries<'n>(
+        &mut self,
+        node: &'n Node,
+        what: &str,
+    ) -> Option<Vec<(&'n str, &'n Node, &'n Node)>> {
         let Value::Map(entries) = &node.value else {
             self.expected(node, what);
             return None;
@@ -195,7 +231,10 @@ impl<'s> Cx<'s> {
             let Some(name) = self.key(key) else { continue };
             if let Some((_, first, _)) = out.iter().find(|(k, _, _)| *k == name) {
                 let line = first.pos.line;
-                self.error(key.pos, format!("duplicate key `{name}` (first at line {line})"));
+                self.error(
+                    key.pos,
+                    format!("duplicate key `{name}` (first at line {line})"),
+                );
                 continue;
             }
             out.push((name, key, value));

@@ -20,7 +20,10 @@ pub use diag::{Diagnostic, Pos};
 pub use model::*;
 pub use parse::{ACTION_NAMES, ParsedFile, check_input_value, parse_file, parse_files};
 pub use patterns::Patterns;
-pub use plan::{Plan, PlannedAction, PlannedStep, Resolved, RunContext, default_inputs, input_env_name, plan, resolve_inputs};
+pub use plan::{
+    Plan, PlannedAction, PlannedStep, Resolved, RunContext, default_inputs, input_env_name, plan,
+    resolve_inputs,
+};
 pub use schema::json_schema;
 pub use select::{Changes, GitRef, Trigger, paths_match, selects, step_applies};
 pub use template::{Template, Var};

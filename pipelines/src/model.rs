@@ -152,7 +152,10 @@ pub enum StepKind {
     /// `run:` a script with `/bin/sh -e` in `image`.
     Run { image: Template, script: String },
     /// `uses:` a built-in action with its `with:` inputs.
-    Uses { action: String, with: Vec<(String, WithValue)> },
+    Uses {
+        action: String,
+        with: Vec<(String, WithValue)>,
+    },
 }
 
 /// An action input: a templated scalar, a list or a mapping of them.
@@ -181,8 +184,13 @@ pub enum EventKind {
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 5] =
-        [EventKind::Push, EventKind::PullRequest, EventKind::Dispatch, EventKind::Schedule, EventKind::Comment];
+    pub const ALL: [EventKind; 5] = [
+        EventKind::Push,
+        EventKind::PullRequest,
+        EventKind::Dispatch,
+        EventKind::Schedule,
+        EventKind::Comment,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {

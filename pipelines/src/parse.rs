@@ -25,85 +25,208 @@ const EVENTS: &[&str] = &["push", "pull_request", "dispatch", "schedule", "comme
 pub(crate) static PIPELINE: Object = Object {
     title: "pipeline",
     fields: &[
-        Field::opt("name", Ty::String, "Pipeline name; default: the file name without extension. The status context is `pipewright/<name>`."),
-        Field::opt("on", Ty::OneOf(&[Ty::Object(&ON), Ty::ListOrOne(&Ty::Enum(&["push", "pull_request", "dispatch"]))]), "Events that run the pipeline."),
-        Field::opt("concurrency", Ty::OneOf(&[Ty::Template, Ty::Object(&CONCURRENCY)]), "Concurrency group; default group: `<repo>/<pipeline>/<ref>`, runs wait their turn."),
+        Field::opt(
+            "name",
+            Ty::String,
+            "Pipeline name; default: the file name without extension. The status context is `pipewright/<name>`.",
+        ),
+        Field::opt(
+            "on",
+            Ty::OneOf(&[
+                Ty::Object(&ON),
+                Ty::ListOrOne(&Ty::Enum(&["push", "pull_request", "dispatch"])),
+            ]),
+            "Events that run the pipeline.",
+        ),
+        Field::opt(
+            "concurrency",
+            Ty::OneOf(&[Ty::Template, Ty::Object(&CONCURRENCY)]),
+            "Concurrency group; default group: `<repo>/<pipeline>/<ref>`, runs wait their turn.",
+        ),
         Field::opt("runs_on", STRINGS, "Agent labels that must all be present."),
-        Field::opt("timeout", Ty::Duration, "Limit for the whole run, e.g. `30m`; default `1h`."),
-        Field::opt("vault", Ty::Object(&VAULT), "Vault login and the secrets given to every step."),
+        Field::opt(
+            "timeout",
+            Ty::Duration,
+            "Limit for the whole run, e.g. `30m`; default `1h`.",
+        ),
+        Field::opt(
+            "vault",
+            Ty::Object(&VAULT),
+            "Vault login and the secrets given to every step.",
+        ),
         Field::opt("env", ENV, "Environment variables for every step."),
-        Field::opt("volumes", VOLUMES, "Host paths for every step, `HOST:CONTAINER[:ro]`; only paths the repository's `host_volumes` allow."),
-        Field::req("steps", Ty::List(&Ty::Object(&STEP)), "The steps, run in order; names unique."),
+        Field::opt(
+            "volumes",
+            VOLUMES,
+            "Host paths for every step, `HOST:CONTAINER[:ro]`; only paths the repository's `host_volumes` allow.",
+        ),
+        Field::req(
+            "steps",
+            Ty::List(&Ty::Object(&STEP)),
+            "The steps, run in order; names unique.",
+        ),
     ],
 };
 
 static ON: Object = Object {
     title: "triggers (`on`)",
     fields: &[
-        Field::opt("push", Ty::OneOf(&[Ty::Null, Ty::Object(&PUSH)]), "Pushes of branches and tags."),
-        Field::opt("pull_request", Ty::OneOf(&[Ty::Null, Ty::Object(&PULL_REQUEST)]), "Pull requests opened, reopened or pushed to."),
-        Field::opt("dispatch", Ty::OneOf(&[Ty::Null, Ty::Object(&DISPATCH)]), "Manual runs: comment command, run page, API, `pipewright dispatch`."),
-        Field::opt("schedule", Ty::List(&Ty::Object(&SCHEDULE)), "Runs on the default branch at cron times (UTC)."),
+        Field::opt(
+            "push",
+            Ty::OneOf(&[Ty::Null, Ty::Object(&PUSH)]),
+            "Pushes of branches and tags.",
+        ),
+        Field::opt(
+            "pull_request",
+            Ty::OneOf(&[Ty::Null, Ty::Object(&PULL_REQUEST)]),
+            "Pull requests opened, reopened or pushed to.",
+        ),
+        Field::opt(
+            "dispatch",
+            Ty::OneOf(&[Ty::Null, Ty::Object(&DISPATCH)]),
+            "Manual runs: comment command, run page, API, `pipewright dispatch`.",
+        ),
+        Field::opt(
+            "schedule",
+            Ty::List(&Ty::Object(&SCHEDULE)),
+            "Runs on the default branch at cron times (UTC).",
+        ),
     ],
 };
 
 static PUSH: Object = Object {
     title: "`on.push`",
     fields: &[
-        Field::opt("branches", GLOBS, "Branch globs; default: every branch. `!` excludes again."),
-        Field::opt("tags", GLOBS, "Tag globs; without it tag pushes do not run the pipeline."),
-        Field::opt("paths", GLOBS, "Runs only when a changed file matches one of these globs."),
-        Field::opt("paths_ignore", GLOBS, "Does not run when every changed file matching `paths` matches one of these."),
+        Field::opt(
+            "branches",
+            GLOBS,
+            "Branch globs; default: every branch. `!` excludes again.",
+        ),
+        Field::opt(
+            "tags",
+            GLOBS,
+            "Tag globs; without it tag pushes do not run the pipeline.",
+        ),
+        Field::opt(
+            "paths",
+            GLOBS,
+            "Runs only when a changed file matches one of these globs.",
+        ),
+        Field::opt(
+            "paths_ignore",
+            GLOBS,
+            "Does not run when every changed file matching `paths` matches one of these.",
+        ),
     ],
 };
 
 static PULL_REQUEST: Object = Object {
     title: "`on.pull_request`",
     fields: &[
-        Field::opt("branches", GLOBS, "Base branch globs; default: every branch."),
-        Field::opt("paths", GLOBS, "Runs only when a changed file matches one of these globs."),
-        Field::opt("paths_ignore", GLOBS, "Does not run when every changed file matching `paths` matches one of these."),
+        Field::opt(
+            "branches",
+            GLOBS,
+            "Base branch globs; default: every branch.",
+        ),
+        Field::opt(
+            "paths",
+            GLOBS,
+            "Runs only when a changed file matches one of these globs.",
+        ),
+        Field::opt(
+            "paths_ignore",
+            GLOBS,
+            "Does not run when every changed file matching `paths` matches one of these.",
+        ),
     ],
 };
 
 static DISPATCH: Object = Object {
     title: "`on.dispatch`",
     fields: &[
-        Field::opt("inputs", Ty::MapOf(&Ty::Object(&INPUT)), "Typed inputs of a manual run."),
-        Field::opt("confirm", Ty::Bool, "A dispatch must carry the input `confirm` equal to the pipeline's name."),
+        Field::opt(
+            "inputs",
+            Ty::MapOf(&Ty::Object(&INPUT)),
+            "Typed inputs of a manual run.",
+        ),
+        Field::opt(
+            "confirm",
+            Ty::Bool,
+            "A dispatch must carry the input `confirm` equal to the pipeline's name.",
+        ),
     ],
 };
 
 static INPUT: Object = Object {
     title: "dispatch input",
     fields: &[
-        Field::opt("type", Ty::Enum(&["string", "choice", "boolean", "number"]), "Default `string`."),
-        Field::opt("options", Ty::List(&Ty::String), "The choices of a `choice` input."),
-        Field::opt("required", Ty::Bool, "A dispatch without it is refused (unless it has a default)."),
-        Field::opt("default", Ty::String, "Value when the dispatch does not give one, and outside dispatches."),
+        Field::opt(
+            "type",
+            Ty::Enum(&["string", "choice", "boolean", "number"]),
+            "Default `string`.",
+        ),
+        Field::opt(
+            "options",
+            Ty::List(&Ty::String),
+            "The choices of a `choice` input.",
+        ),
+        Field::opt(
+            "required",
+            Ty::Bool,
+            "A dispatch without it is refused (unless it has a default).",
+        ),
+        Field::opt(
+            "default",
+            Ty::String,
+            "Value when the dispatch does not give one, and outside dispatches.",
+        ),
         Field::opt("description", Ty::String, "Shown on the dispatch form."),
     ],
 };
 
 static SCHEDULE: Object = Object {
     title: "schedule entry",
-    fields: &[Field::req("cron", Ty::String, "Five-field cron expression, UTC.")],
+    fields: &[Field::req(
+        "cron",
+        Ty::String,
+        "Five-field cron expression, UTC.",
+    )],
 };
 
 static CONCURRENCY: Object = Object {
     title: "`concurrency`",
     fields: &[
-        Field::opt("group", Ty::Template, "Group name (templated); default `<repo>/<pipeline>/<ref>`."),
-        Field::opt("cancel_in_progress", Ty::Bool, "A new run cancels queued and running runs of the group; default false: they wait, and queued ones are superseded."),
+        Field::opt(
+            "group",
+            Ty::Template,
+            "Group name (templated); default `<repo>/<pipeline>/<ref>`.",
+        ),
+        Field::opt(
+            "cancel_in_progress",
+            Ty::Bool,
+            "A new run cancels queued and running runs of the group; default false: they wait, and queued ones are superseded.",
+        ),
     ],
 };
 
 static VAULT: Object = Object {
     title: "`vault`",
     fields: &[
-        Field::opt("role", Ty::String, "Role of the jwt auth method; default from `[vault].role_template`."),
-        Field::opt("mount", Ty::String, "Mount of the jwt auth method; default `[vault].mount`."),
-        Field::opt("secrets", ENV, "`ENV: path#key`, or `PREFIX_*: path#*` for every key of the secret."),
+        Field::opt(
+            "role",
+            Ty::String,
+            "Role of the jwt auth method; default from `[vault].role_template`.",
+        ),
+        Field::opt(
+            "mount",
+            Ty::String,
+            "Mount of the jwt auth method; default `[vault].mount`.",
+        ),
+        Field::opt(
+            "secrets",
+            ENV,
+            "`ENV: path#key`, or `PREFIX_*: path#*` for every key of the secret.",
+        ),
     ],
 };
 
@@ -112,16 +235,40 @@ static STEP: Object = Object {
     fields: &[
         Field::req("name", Ty::String, "Step name, unique in the pipeline."),
         Field::opt("image", Ty::Template, "Image of a `run` step (templated)."),
-        Field::opt("run", Ty::String, "Script run by `/bin/sh -e` in `/workspace`. Event values reach it only as environment variables."),
+        Field::opt(
+            "run",
+            Ty::String,
+            "Script run by `/bin/sh -e` in `/workspace`. Event values reach it only as environment variables.",
+        ),
         Field::opt("uses", Ty::Enum(ACTION_NAMES), "A built-in action."),
-        Field::opt("with", Ty::OneOf(&[Ty::Object(&TOFU), Ty::Object(&IMAGE), Ty::Object(&POSTGRES)]), "Inputs of the action (templated)."),
-        Field::opt("env", ENV, "Environment variables, added to the pipeline's."),
+        Field::opt(
+            "with",
+            Ty::OneOf(&[Ty::Object(&TOFU), Ty::Object(&IMAGE), Ty::Object(&POSTGRES)]),
+            "Inputs of the action (templated).",
+        ),
+        Field::opt(
+            "env",
+            ENV,
+            "Environment variables, added to the pipeline's.",
+        ),
         Field::opt("volumes", VOLUMES, "Host paths, added to the pipeline's."),
-        Field::opt("when", Ty::Object(&WHEN), "Runs the step only for these events and branches."),
-        Field::opt("timeout", Ty::Duration, "Default: what is left of the run's."),
+        Field::opt(
+            "when",
+            Ty::Object(&WHEN),
+            "Runs the step only for these events and branches.",
+        ),
+        Field::opt(
+            "timeout",
+            Ty::Duration,
+            "Default: what is left of the run's.",
+        ),
         Field::opt("memory", Ty::Memory, "Memory limit, e.g. `512m`."),
         Field::opt("pids", Ty::Integer, "Process limit."),
-        Field::opt("continue_on_error", Ty::Bool, "A failure of this step does not fail the run."),
+        Field::opt(
+            "continue_on_error",
+            Ty::Bool,
+            "A failure of this step does not fail the run.",
+        ),
     ],
 };
 
@@ -129,7 +276,11 @@ static WHEN: Object = Object {
     title: "`when`",
     fields: &[
         Field::opt("event", Ty::ListOrOne(&Ty::Enum(EVENTS)), "Event kinds."),
-        Field::opt("branch", GLOBS, "Branch globs (the base branch for pull requests)."),
+        Field::opt(
+            "branch",
+            GLOBS,
+            "Branch globs (the base branch for pull requests).",
+        ),
     ],
 };
 
@@ -139,43 +290,126 @@ pub const ACTION_NAMES: &[&str] = &["tofu", "image", "postgres"];
 pub(crate) static TOFU: Object = Object {
     title: "`with` of `uses: tofu`",
     fields: &[
-        Field::opt("path", Ty::Template, "Directory of the root module; default `.`."),
-        Field::opt("version", Ty::Template, "OpenTofu version of the default image."),
-        Field::opt("image", Ty::Template, "Image with a `tofu` binary (instead of `version`)."),
-        Field::opt("var_files", Ty::ListOrOne(&Ty::Template), "`-var-file` arguments."),
-        Field::opt("backend_config", Ty::OneOf(&[Ty::MapOf(&Ty::Template), Ty::ListOrOne(&Ty::Template)]), "`-backend-config` arguments for `init`."),
-        Field::opt("allow_destroy", Ty::Bool, "Default false: a plan that destroys fails before apply."),
-        Field::opt("command", Ty::Enum(&["auto", "plan", "apply"]), "`auto` (default): apply on a push to the default branch or a dispatch with `mode: apply`, plan otherwise."),
-        Field::opt("fail_on_changes", Ty::Bool, "A plan with changes fails (drift detection)."),
+        Field::opt(
+            "path",
+            Ty::Template,
+            "Directory of the root module; default `.`.",
+        ),
+        Field::opt(
+            "version",
+            Ty::Template,
+            "OpenTofu version of the default image.",
+        ),
+        Field::opt(
+            "image",
+            Ty::Template,
+            "Image with a `tofu` binary (instead of `version`).",
+        ),
+        Field::opt(
+            "var_files",
+            Ty::ListOrOne(&Ty::Template),
+            "`-var-file` arguments.",
+        ),
+        Field::opt(
+            "backend_config",
+            Ty::OneOf(&[Ty::MapOf(&Ty::Template), Ty::ListOrOne(&Ty::Template)]),
+            "`-backend-config` arguments for `init`.",
+        ),
+        Field::opt(
+            "allow_destroy",
+            Ty::Bool,
+            "Default false: a plan that destroys fails before apply.",
+        ),
+        Field::opt(
+            "command",
+            Ty::Enum(&["auto", "plan", "apply"]),
+            "`auto` (default): apply on a push to the default branch or a dispatch with `mode: apply`, plan otherwise.",
+        ),
+        Field::opt(
+            "fail_on_changes",
+            Ty::Bool,
+            "A plan with changes fails (drift detection).",
+        ),
     ],
 };
 
 pub(crate) static IMAGE: Object = Object {
     title: "`with` of `uses: image`",
     fields: &[
-        Field::opt("context", Ty::Template, "Build context directory; default `.`."),
-        Field::opt("dockerfile", Ty::Template, "Dockerfile, relative to the context; default `Dockerfile`."),
-        Field::req("tags", Ty::ListOrOne(&Ty::Template), "Image names with tags (templated)."),
+        Field::opt(
+            "context",
+            Ty::Template,
+            "Build context directory; default `.`.",
+        ),
+        Field::opt(
+            "dockerfile",
+            Ty::Template,
+            "Dockerfile, relative to the context; default `Dockerfile`.",
+        ),
+        Field::req(
+            "tags",
+            Ty::ListOrOne(&Ty::Template),
+            "Image names with tags (templated).",
+        ),
         Field::opt("build_args", Ty::MapOf(&Ty::Template), "Build arguments."),
-        Field::opt("push", Ty::Bool, "Default: push on the default branch only, never on pull requests."),
+        Field::opt(
+            "push",
+            Ty::Bool,
+            "Default: push on the default branch only, never on pull requests.",
+        ),
         Field::opt("registry", Ty::Template, "Registry host to log in to."),
         Field::opt("username", Ty::Template, "Registry user."),
-        Field::opt("password_secret", Ty::String, "Name of the Vault secret (a `vault.secrets` variable) holding the password."),
+        Field::opt(
+            "password_secret",
+            Ty::String,
+            "Name of the Vault secret (a `vault.secrets` variable) holding the password.",
+        ),
     ],
 };
 
 pub(crate) static POSTGRES: Object = Object {
     title: "`with` of `uses: postgres`",
     fields: &[
-        Field::req("files", Ty::ListOrOne(&Ty::Template), "SQL files or globs, run in order, each in one transaction."),
+        Field::req(
+            "files",
+            Ty::ListOrOne(&Ty::Template),
+            "SQL files or globs, run in order, each in one transaction.",
+        ),
         Field::req("host", Ty::Template, "Server host."),
         Field::opt("port", Ty::Template, "Server port; default 5432."),
         Field::req("database", Ty::Template, "Database name."),
-        Field::opt("version", Ty::Template, "PostgreSQL client version of the default image `postgres:<version>`."),
-        Field::opt("image", Ty::Template, "Image with `psql` (instead of `version`)."),
-        Field::opt("credentials", Ty::Template, "Vault KV secret with `username` and `password`, as `path`."),
-        Field::opt("database_role", Ty::Template, "Vault database secrets engine role: credentials from `database/creds/<role>`, revoked after the step."),
-        Field::opt("sslmode", Ty::Enum(&["disable", "allow", "prefer", "require", "verify-ca", "verify-full"]), "libpq `sslmode`; default `prefer`."),
+        Field::opt(
+            "version",
+            Ty::Template,
+            "PostgreSQL client version of the default image `postgres:<version>`.",
+        ),
+        Field::opt(
+            "image",
+            Ty::Template,
+            "Image with `psql` (instead of `version`).",
+        ),
+        Field::opt(
+            "credentials",
+            Ty::Template,
+            "Vault KV secret with `username` and `password`, as `path`.",
+        ),
+        Field::opt(
+            "database_role",
+            Ty::Template,
+            "Vault database secrets engine role: credentials from `database/creds/<role>`, revoked after the step.",
+        ),
+        Field::opt(
+            "sslmode",
+            Ty::Enum(&[
+                "disable",
+                "allow",
+                "prefer",
+                "require",
+                "verify-ca",
+                "verify-full",
+            ]),
+            "libpq `sslmode`; default `prefer`.",
+        ),
     ],
 };
 
@@ -201,7 +435,10 @@ pub struct ParsedFile {
 /// Reads a set of pipeline files (path relative to the repository root, text), checking
 /// each on its own and the set for duplicate names.
 pub fn parse_files(files: &[(String, String)]) -> Vec<ParsedFile> {
-    let mut out: Vec<ParsedFile> = files.iter().map(|(file, text)| parse_file(file, text)).collect();
+    let mut out: Vec<ParsedFile> = files
+        .iter()
+        .map(|(file, text)| parse_file(file, text))
+        .collect();
     let mut names: HashMap<String, String> = HashMap::new();
     for parsed in &mut out {
         if let Some(first) = names.get(&parsed.name) {
@@ -224,7 +461,10 @@ pub fn parse_files(files: &[(String, String)]) -> Vec<ParsedFile> {
 /// Reads one pipeline file.
 pub fn parse_file(file: &str, source: &str) -> ParsedFile {
     let stem = file.rsplit('/').next().unwrap_or(file);
-    let stem = stem.strip_suffix(".yml").or_else(|| stem.strip_suffix(".yaml")).unwrap_or(stem);
+    let stem = stem
+        .strip_suffix(".yml")
+        .or_else(|| stem.strip_suffix(".yaml"))
+        .unwrap_or(stem);
     let mut cx = Cx::new(file, source);
     let mut name = stem.to_string();
     let pipeline = match yaml::parse(source) {
@@ -233,7 +473,10 @@ pub fn parse_file(file: &str, source: &str) -> ParsedFile {
             None
         }
         Ok(None) => {
-            cx.error(Pos { line: 1, col: 1 }, "empty pipeline file; expected a mapping with `steps`");
+            cx.error(
+                Pos { line: 1, col: 1 },
+                "empty pipeline file; expected a mapping with `steps`",
+            );
             None
         }
         Ok(Some(root)) => pipeline(&mut cx, &root, stem, &mut name),
@@ -245,7 +488,11 @@ pub fn parse_file(file: &str, source: &str) -> ParsedFile {
             Err(cx.diags)
         }
     };
-    ParsedFile { file: file.to_string(), name, result }
+    ParsedFile {
+        file: file.to_string(),
+        name,
+        result,
+    }
 }
 
 fn pipeline(cx: &mut Cx, root: &Node, stem: &str, name_out: &mut String) -> Option<Pipeline> {
@@ -270,19 +517,38 @@ fn pipeline(cx: &mut Cx, root: &Node, stem: &str, name_out: &mut String) -> Opti
             None
         }
     };
-    let inputs: Vec<Input> = on.as_ref().and_then(|t| t.dispatch.as_ref()).map(|d| d.inputs.clone()).unwrap_or_default();
+    let inputs: Vec<Input> = on
+        .as_ref()
+        .and_then(|t| t.dispatch.as_ref())
+        .map(|d| d.inputs.clone())
+        .unwrap_or_default();
     let concurrency = match obj.value("concurrency") {
-        None => Some(Concurrency { group: None, cancel_in_progress: false }),
+        None => Some(Concurrency {
+            group: None,
+            cancel_in_progress: false,
+        }),
         Some(n) => concurrency(cx, n, &inputs),
     };
-    let runs_on = obj.value("runs_on").map(|n| string_list(cx, n, "agent labels")).unwrap_or(Some(Vec::new()));
-    let timeout = obj.value("timeout").map(|n| duration(cx, n)).unwrap_or(Some(DEFAULT_TIMEOUT));
+    let runs_on = obj
+        .value("runs_on")
+        .map(|n| string_list(cx, n, "agent labels"))
+        .unwrap_or(Some(Vec::new()));
+    let timeout = obj
+        .value("timeout")
+        .map(|n| duration(cx, n))
+        .unwrap_or(Some(DEFAULT_TIMEOUT));
     let vault = match obj.value("vault") {
         None => Some(None),
         Some(n) => vault(cx, n).map(Some),
     };
-    let env = obj.value("env").map(|n| env(cx, n)).unwrap_or(Some(Vec::new()));
-    let volumes = obj.value("volumes").map(|n| volumes(cx, n)).unwrap_or(Some(Vec::new()));
+    let env = obj
+        .value("env")
+        .map(|n| env(cx, n))
+        .unwrap_or(Some(Vec::new()));
+    let volumes = obj
+        .value("volumes")
+        .map(|n| volumes(cx, n))
+        .unwrap_or(Some(Vec::new()));
     let steps = obj.get("steps").and_then(|n| steps(cx, n, &inputs));
     Some(Pipeline {
         name: name?,
@@ -299,13 +565,21 @@ fn pipeline(cx: &mut Cx, root: &Node, stem: &str, name_out: &mut String) -> Opti
 }
 
 fn is_name(s: &str) -> bool {
-    !s.is_empty() && s.len() <= 100 && s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+    !s.is_empty()
+        && s.len() <= 100
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
 }
 
 fn check_name(cx: &mut Cx, node: &Node, s: &str) -> bool {
     let ok = is_name(s);
     if !ok {
-        cx.error(node.pos, format!("`{s}` is not a valid name: use letters, digits, `.`, `_` and `-` (at most 100)"));
+        cx.error(
+            node.pos,
+            format!(
+                "`{s}` is not a valid name: use letters, digits, `.`, `_` and `-` (at most 100)"
+            ),
+        );
     }
     ok
 }
@@ -357,10 +631,19 @@ fn triggers(cx: &mut Cx, node: &Node) -> Option<Triggers> {
 }
 
 fn unknown_event(cx: &mut Cx, node: &Node, name: &str) {
-    let hint = crate::diag::alias(name).or_else(|| did_you_mean(name, ["push", "pull_request", "dispatch", "schedule"]));
+    let hint = crate::diag::alias(name)
+        .or_else(|| did_you_mean(name, ["push", "pull_request", "dispatch", "schedule"]));
     match hint {
-        Some(h) => cx.error(node.pos, format!("unknown event `{name}`; did you mean `{h}`?")),
-        None => cx.error(node.pos, format!("unknown event `{name}`; expected one of: push, pull_request, dispatch, schedule")),
+        Some(h) => cx.error(
+            node.pos,
+            format!("unknown event `{name}`; did you mean `{h}`?"),
+        ),
+        None => cx.error(
+            node.pos,
+            format!(
+                "unknown event `{name}`; expected one of: push, pull_request, dispatch, schedule"
+            ),
+        ),
     }
 }
 
@@ -420,7 +703,10 @@ fn dispatch(cx: &mut Cx, node: &Node) -> Option<DispatchTrigger> {
         return Some(DispatchTrigger::default());
     }
     let obj = cx.object(node, &DISPATCH)?;
-    let confirm = obj.value("confirm").map(|n| cx.bool(n)).unwrap_or(Some(false));
+    let confirm = obj
+        .value("confirm")
+        .map(|n| cx.bool(n))
+        .unwrap_or(Some(false));
     let mut inputs = Some(Vec::new());
     if let Some(n) = obj.value("inputs") {
         for (name, key, value) in cx.entries(n, "a mapping of inputs").unwrap_or_default() {
@@ -430,7 +716,10 @@ fn dispatch(cx: &mut Cx, node: &Node) -> Option<DispatchTrigger> {
                 continue;
             }
             if name == "confirm" && confirm == Some(true) {
-                cx.error(key.pos, "the input `confirm` is implied by `confirm: true`; do not declare it");
+                cx.error(
+                    key.pos,
+                    "the input `confirm` is implied by `confirm: true`; do not declare it",
+                );
                 inputs = None;
                 continue;
             }
@@ -444,13 +733,19 @@ fn dispatch(cx: &mut Cx, node: &Node) -> Option<DispatchTrigger> {
             }
         }
     }
-    Some(DispatchTrigger { inputs: inputs?, confirm: confirm? })
+    Some(DispatchTrigger {
+        inputs: inputs?,
+        confirm: confirm?,
+    })
 }
 
 fn input(cx: &mut Cx, name: &str, node: &Node) -> Option<Input> {
     let empty;
     let node = if matches!(node.value, Value::Null) {
-        empty = Node { value: Value::Map(Vec::new()), ..node.clone() };
+        empty = Node {
+            value: Value::Map(Vec::new()),
+            ..node.clone()
+        };
         &empty
     } else {
         node
@@ -470,20 +765,34 @@ fn input(cx: &mut Cx, name: &str, node: &Node) -> Option<Input> {
         ("number", None) => InputKind::Number,
         ("choice", Some(opts)) if !opts.is_empty() => InputKind::Choice(opts),
         ("choice", _) => {
-            cx.error(obj.key_pos("type").unwrap_or(node.pos), format!("input `{name}` of type choice needs a non-empty `options` list"));
+            cx.error(
+                obj.key_pos("type").unwrap_or(node.pos),
+                format!("input `{name}` of type choice needs a non-empty `options` list"),
+            );
             return None;
         }
         ("string" | "boolean" | "number", Some(_)) => {
-            cx.error(obj.key_pos("options").unwrap_or(node.pos), format!("`options` go with `type: choice` only (input `{name}`)"));
+            cx.error(
+                obj.key_pos("options").unwrap_or(node.pos),
+                format!("`options` go with `type: choice` only (input `{name}`)"),
+            );
             return None;
         }
         (other, _) => {
             let n = obj.value("type").unwrap_or(node);
-            cx.error(n.pos, format!("unknown input type `{other}`; expected one of: string, choice, boolean, number"));
+            cx.error(
+                n.pos,
+                format!(
+                    "unknown input type `{other}`; expected one of: string, choice, boolean, number"
+                ),
+            );
             return None;
         }
     };
-    let required = obj.value("required").map(|n| cx.bool(n)).unwrap_or(Some(false))?;
+    let required = obj
+        .value("required")
+        .map(|n| cx.bool(n))
+        .unwrap_or(Some(false))?;
     let default = match obj.value("default") {
         Some(n) => {
             let d = cx.string(n, "a default value")?;
@@ -499,7 +808,13 @@ fn input(cx: &mut Cx, name: &str, node: &Node) -> Option<Input> {
         Some(n) => Some(cx.string(n, "a description")?),
         None => None,
     };
-    Some(Input { name: name.to_string(), kind, required, default, description })
+    Some(Input {
+        name: name.to_string(),
+        kind,
+        required,
+        default,
+        description,
+    })
 }
 
 /// Whether `value` fits an input of this kind; the error says what was expected.
@@ -511,7 +826,10 @@ pub fn check_input_value(kind: &InputKind, value: &str) -> Result<(), String> {
         InputKind::Number if value.parse::<f64>().is_ok_and(f64::is_finite) => Ok(()),
         InputKind::Number => Err(format!("expected a number, found `{value}`")),
         InputKind::Choice(options) if options.iter().any(|o| o == value) => Ok(()),
-        InputKind::Choice(options) => Err(format!("expected one of: {}, found `{value}`", options.join(", "))),
+        InputKind::Choice(options) => Err(format!(
+            "expected one of: {}, found `{value}`",
+            options.join(", ")
+        )),
     }
 }
 
@@ -546,23 +864,36 @@ fn schedules(cx: &mut Cx, node: &Node) -> Option<Vec<Schedule>> {
 fn check_cron(expr: &str) -> Result<(), String> {
     let fields = expr.split_whitespace().count();
     if fields != 5 {
-        return Err(format!("expected 5 fields (minute hour day month weekday), found {fields}"));
+        return Err(format!(
+            "expected 5 fields (minute hour day month weekday), found {fields}"
+        ));
     }
-    expr.parse::<croner::Cron>().map(|_| ()).map_err(|e| e.to_string())
+    expr.parse::<croner::Cron>()
+        .map(|_| ())
+        .map_err(|e| e.to_string())
 }
 
 fn concurrency(cx: &mut Cx, node: &Node, inputs: &[Input]) -> Option<Concurrency> {
     if let Value::Scalar { .. } = node.value {
         let group = template(cx, node, inputs)?;
-        return Some(Concurrency { group: Some(group), cancel_in_progress: false });
+        return Some(Concurrency {
+            group: Some(group),
+            cancel_in_progress: false,
+        });
     }
     let obj = cx.object(node, &CONCURRENCY)?;
     let group = match obj.value("group") {
         Some(n) => Some(template(cx, n, inputs)?),
         None => None,
     };
-    let cancel_in_progress = obj.value("cancel_in_progress").map(|n| cx.bool(n)).unwrap_or(Some(false))?;
-    Some(Concurrency { group, cancel_in_progress })
+    let cancel_in_progress = obj
+        .value("cancel_in_progress")
+        .map(|n| cx.bool(n))
+        .unwrap_or(Some(false))?;
+    Some(Concurrency {
+        group,
+        cancel_in_progress,
+    })
 }
 
 fn template(cx: &mut Cx, node: &Node, inputs: &[Input]) -> Option<Template> {
@@ -584,8 +915,13 @@ fn template(cx: &mut Cx, node: &Node, inputs: &[Input]) -> Option<Template> {
             let declared: Vec<&str> = inputs.iter().map(|i| i.name.as_str()).collect();
             let message = match did_you_mean(name, declared.iter().copied()) {
                 Some(close) => format!("no dispatch input `{name}`; did you mean `{close}`?"),
-                None if declared.is_empty() => format!("no dispatch input `{name}`: `on.dispatch.inputs` declares none"),
-                None => format!("no dispatch input `{name}`; declared: {}", declared.join(", ")),
+                None if declared.is_empty() => {
+                    format!("no dispatch input `{name}`: `on.dispatch.inputs` declares none")
+                }
+                None => format!(
+                    "no dispatch input `{name}`; declared: {}",
+                    declared.join(", ")
+                ),
             };
             cx.error(pos, message);
             ok = false;
@@ -622,21 +958,30 @@ fn string_list(cx: &mut Cx, node: &Node, what: &str) -> Option<Vec<String>> {
 
 fn duration(cx: &mut Cx, node: &Node) -> Option<std::time::Duration> {
     let text = cx.string(node, "a duration such as `30m`")?;
-    parse_duration(&text).map_err(|why| cx.error(node.pos, why)).ok()
+    parse_duration(&text)
+        .map_err(|why| cx.error(node.pos, why))
+        .ok()
 }
 
 fn is_env_name(s: &str) -> bool {
     let mut chars = s.chars();
-    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_') && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
 fn check_env_name(cx: &mut Cx, key: &Node, name: &str) -> bool {
     if !is_env_name(name) {
-        cx.error(key.pos, format!("`{name}` is not a valid environment variable name"));
+        cx.error(
+            key.pos,
+            format!("`{name}` is not a valid environment variable name"),
+        );
         return false;
     }
     if name.starts_with("PIPEWRIGHT_") || name == "CI" || name == "TERRAFORM_VAULT_AUTH_JWT" {
-        cx.error(key.pos, format!("`{name}` is set by Pipewright and cannot be overridden"));
+        cx.error(
+            key.pos,
+            format!("`{name}` is set by Pipewright and cannot be overridden"),
+        );
         return false;
     }
     true
@@ -647,8 +992,15 @@ fn env(cx: &mut Cx, node: &Node) -> Option<Vec<(String, String)>> {
     let mut out = Some(Vec::new());
     for (name, key, value) in entries {
         let ok = check_env_name(cx, key, name);
-        let text = if matches!(value.value, Value::Null) { Some(String::new()) } else { cx.string(value, "a string value") };
-        let ok = ok && text.as_ref().is_some_and(|t| no_template(cx, value, t, "`env`"));
+        let text = if matches!(value.value, Value::Null) {
+            Some(String::new())
+        } else {
+            cx.string(value, "a string value")
+        };
+        let ok = ok
+            && text
+                .as_ref()
+                .is_some_and(|t| no_template(cx, value, t, "`env`"));
         match (ok, text, &mut out) {
             (true, Some(t), Some(list)) => list.push((name.to_string(), t)),
             _ => out = None,
@@ -661,13 +1013,15 @@ fn volumes(cx: &mut Cx, node: &Node) -> Option<Vec<Volume>> {
     let items = cx.list(node, "a list of `HOST:CONTAINER[:ro]`")?;
     let mut out = Some(Vec::new());
     for item in items {
-        let parsed = cx.string(item, "`HOST:CONTAINER[:ro]`").and_then(|text| match parse_volume(&text) {
-            Ok(v) => Some(v),
-            Err(why) => {
-                cx.error(item.pos, format!("invalid volume `{text}`: {why}"));
-                None
-            }
-        });
+        let parsed =
+            cx.string(item, "`HOST:CONTAINER[:ro]`")
+                .and_then(|text| match parse_volume(&text) {
+                    Ok(v) => Some(v),
+                    Err(why) => {
+                        cx.error(item.pos, format!("invalid volume `{text}`: {why}"));
+                        None
+                    }
+                });
         match (parsed, &mut out) {
             (Some(v), Some(list)) => list.push(v),
             _ => out = None,
@@ -690,12 +1044,18 @@ fn parse_volume(text: &str) -> Result<Volume, String> {
         return Err(format!("host path `{host}` must be absolute, without `..`"));
     }
     if !clean(container) {
-        return Err(format!("container path `{container}` must be absolute, without `..`"));
+        return Err(format!(
+            "container path `{container}` must be absolute, without `..`"
+        ));
     }
     if container == "/workspace" || container.starts_with("/workspace/") {
         return Err("`/workspace` is the checkout; mount elsewhere".into());
     }
-    Ok(Volume { host: host.to_string(), container: container.to_string(), read_only })
+    Ok(Volume {
+        host: host.to_string(),
+        container: container.to_string(),
+        read_only,
+    })
 }
 
 fn vault(cx: &mut Cx, node: &Node) -> Option<VaultSpec> {
@@ -710,24 +1070,39 @@ fn vault(cx: &mut Cx, node: &Node) -> Option<VaultSpec> {
     };
     let mut secrets = Some(Vec::new());
     if let Some(n) = obj.value("secrets") {
-        for (name, key, value) in cx.entries(n, "a mapping of `ENV: path#key`").unwrap_or_default() {
-            let parsed = cx.string(value, "`path#key`").and_then(|text| secret(cx, key, value, name, &text));
+        for (name, key, value) in cx
+            .entries(n, "a mapping of `ENV: path#key`")
+            .unwrap_or_default()
+        {
+            let parsed = cx
+                .string(value, "`path#key`")
+                .and_then(|text| secret(cx, key, value, name, &text));
             match (parsed, &mut secrets) {
                 (Some(s), Some(list)) => list.push(s),
                 _ => secrets = None,
             }
         }
     }
-    Some(VaultSpec { role, mount, secrets: secrets? })
+    Some(VaultSpec {
+        role,
+        mount,
+        secrets: secrets?,
+    })
 }
 
 fn secret(cx: &mut Cx, key: &Node, value: &Node, name: &str, text: &str) -> Option<SecretRef> {
     let Some((path, field)) = text.rsplit_once('#') else {
-        cx.error(value.pos, format!("expected `path#key` (or `path#*`), found `{text}`"));
+        cx.error(
+            value.pos,
+            format!("expected `path#key` (or `path#*`), found `{text}`"),
+        );
         return None;
     };
     if path.is_empty() || field.is_empty() {
-        cx.error(value.pos, format!("expected `path#key` (or `path#*`), found `{text}`"));
+        cx.error(
+            value.pos,
+            format!("expected `path#key` (or `path#*`), found `{text}`"),
+        );
         return None;
     }
     let target = match (name.strip_suffix('*'), field) {
@@ -735,10 +1110,15 @@ fn secret(cx: &mut Cx, key: &Node, value: &Node, name: &str, text: &str) -> Opti
             if !prefix.is_empty() && !check_env_name(cx, key, prefix) {
                 return None;
             }
-            SecretTarget::All { prefix: prefix.to_string() }
+            SecretTarget::All {
+                prefix: prefix.to_string(),
+            }
         }
         (Some(_), _) => {
-            cx.error(value.pos, format!("`{name}` takes every key of a secret: write `{path}#*`"));
+            cx.error(
+                value.pos,
+                format!("`{name}` takes every key of a secret: write `{path}#*`"),
+            );
             return None;
         }
         (None, "*") => {
@@ -749,16 +1129,25 @@ fn secret(cx: &mut Cx, key: &Node, value: &Node, name: &str, text: &str) -> Opti
             if !check_env_name(cx, key, name) {
                 return None;
             }
-            SecretTarget::Key { env: name.to_string(), key: field.to_string() }
+            SecretTarget::Key {
+                env: name.to_string(),
+                key: field.to_string(),
+            }
         }
     };
-    Some(SecretRef { path: path.trim_matches('/').to_string(), target })
+    Some(SecretRef {
+        path: path.trim_matches('/').to_string(),
+        target,
+    })
 }
 
 fn steps(cx: &mut Cx, node: &Node, inputs: &[Input]) -> Option<Vec<Step>> {
     let items = cx.list(node, "a list of steps")?;
     if items.is_empty() {
-        cx.error(node.pos, "`steps` is empty; a pipeline needs at least one step");
+        cx.error(
+            node.pos,
+            "`steps` is empty; a pipeline needs at least one step",
+        );
         return None;
     }
     let mut out = Some(Vec::new());
@@ -773,13 +1162,25 @@ fn steps(cx: &mut Cx, node: &Node, inputs: &[Input]) -> Option<Vec<Step>> {
     out
 }
 
-fn step(cx: &mut Cx, node: &Node, inputs: &[Input], names: &mut Vec<(String, Pos)>) -> Option<Step> {
+fn step(
+    cx: &mut Cx,
+    node: &Node,
+    inputs: &[Input],
+    names: &mut Vec<(String, Pos)>,
+) -> Option<Step> {
     let obj = cx.object(node, &STEP)?;
     let mut ok = true;
-    let name = obj.get("name").and_then(|n| cx.string(n, "a step name").filter(|s| check_name(cx, n, s)).map(|s| (s, n.pos)));
+    let name = obj.get("name").and_then(|n| {
+        cx.string(n, "a step name")
+            .filter(|s| check_name(cx, n, s))
+            .map(|s| (s, n.pos))
+    });
     if let Some((s, pos)) = &name {
         if let Some((_, first)) = names.iter().find(|(n, _)| n == s) {
-            cx.error(*pos, format!("duplicate step name `{s}` (first at line {})", first.line));
+            cx.error(
+                *pos,
+                format!("duplicate step name `{s}` (first at line {})", first.line),
+            );
             ok = false;
         } else {
             names.push((s.clone(), *pos));
@@ -797,8 +1198,14 @@ fn step(cx: &mut Cx, node: &Node, inputs: &[Input], names: &mut Vec<(String, Pos
         (Some(run), None) => run_step(cx, &obj, node, run, inputs),
         (None, Some(uses)) => uses_step(cx, &obj, uses, inputs),
     };
-    let env = obj.value("env").map(|n| env(cx, n)).unwrap_or(Some(Vec::new()));
-    let volumes = obj.value("volumes").map(|n| volumes(cx, n)).unwrap_or(Some(Vec::new()));
+    let env = obj
+        .value("env")
+        .map(|n| env(cx, n))
+        .unwrap_or(Some(Vec::new()));
+    let volumes = obj
+        .value("volumes")
+        .map(|n| volumes(cx, n))
+        .unwrap_or(Some(Vec::new()));
     let when = match obj.value("when") {
         None => Some(None),
         Some(n) => when(cx, n).map(Some),
@@ -809,13 +1216,21 @@ fn step(cx: &mut Cx, node: &Node, inputs: &[Input], names: &mut Vec<(String, Pos
     };
     let memory = match obj.value("memory") {
         None => Some(None),
-        Some(n) => cx.string(n, "a size such as `512m`").and_then(|t| parse_memory(&t).map_err(|why| cx.error(n.pos, why)).ok()).map(Some),
+        Some(n) => cx
+            .string(n, "a size such as `512m`")
+            .and_then(|t| parse_memory(&t).map_err(|why| cx.error(n.pos, why)).ok())
+            .map(Some),
     };
     let pids = match obj.value("pids") {
         None => Some(None),
-        Some(n) => cx.positive_int(n, "a positive number of processes").map(Some),
+        Some(n) => cx
+            .positive_int(n, "a positive number of processes")
+            .map(Some),
     };
-    let continue_on_error = obj.value("continue_on_error").map(|n| cx.bool(n)).unwrap_or(Some(false));
+    let continue_on_error = obj
+        .value("continue_on_error")
+        .map(|n| cx.bool(n))
+        .unwrap_or(Some(false));
     if !ok {
         return None;
     }
@@ -834,12 +1249,18 @@ fn step(cx: &mut Cx, node: &Node, inputs: &[Input], names: &mut Vec<(String, Pos
 
 fn run_step(cx: &mut Cx, obj: &Obj, step: &Node, run: &Node, inputs: &[Input]) -> Option<StepKind> {
     if obj.value("with").is_some() {
-        cx.error(obj.key_pos("with").unwrap_or(step.pos), "`with` goes with `uses`; a `run` step takes `env`");
+        cx.error(
+            obj.key_pos("with").unwrap_or(step.pos),
+            "`with` goes with `uses`; a `run` step takes `env`",
+        );
     }
     let script = cx.string(run, "a script")?;
     let script_ok = no_template(cx, run, &script, "`run`");
     let Some(image_node) = obj.value("image") else {
-        cx.error(obj.key_pos("run").unwrap_or(step.pos), "a `run` step needs `image`");
+        cx.error(
+            obj.key_pos("run").unwrap_or(step.pos),
+            "a `run` step needs `image`",
+        );
         return None;
     };
     let image = template(cx, image_node, inputs)?;
@@ -847,7 +1268,10 @@ fn run_step(cx: &mut Cx, obj: &Obj, step: &Node, run: &Node, inputs: &[Input]) -
 }
 
 fn uses_step(cx: &mut Cx, obj: &Obj, uses: &Node, inputs: &[Input]) -> Option<StepKind> {
-    if let Some(pos) = obj.key_pos("image").filter(|_| obj.value("image").is_some()) {
+    if let Some(pos) = obj
+        .key_pos("image")
+        .filter(|_| obj.value("image").is_some())
+    {
         cx.error(pos, "`image` goes with `run`; an action chooses its image (`with: { image: … }` where the action offers it)");
     }
     let action = cx.string(uses, "an action name")?;
@@ -858,19 +1282,27 @@ fn uses_step(cx: &mut Cx, obj: &Obj, uses: &Node, inputs: &[Input]) -> Option<St
         cx.error(uses.pos, format!("unknown action `{action}`; {hint}"));
         return None;
     };
-    let empty = Node { value: Value::Map(Vec::new()), ..uses.clone() };
+    let empty = Node {
+        value: Value::Map(Vec::new()),
+        ..uses.clone()
+    };
     let with_node = obj.value("with").unwrap_or(&empty);
     let with_obj = cx.object(with_node, table)?;
     let mut with = Some(Vec::new());
     for field in table.fields {
-        let Some(n) = with_obj.value(field.name) else { continue };
+        let Some(n) = with_obj.value(field.name) else {
+            continue;
+        };
         let v = with_value(cx, n, &field.ty, inputs);
         match (v, &mut with) {
             (Some(v), Some(list)) => list.push((field.name.to_string(), v)),
             _ => with = None,
         }
     }
-    Some(StepKind::Uses { action, with: with? })
+    Some(StepKind::Uses {
+        action,
+        with: with?,
+    })
 }
 
 /// Decodes an action input of type `ty` into a [`WithValue`].
@@ -887,7 +1319,10 @@ fn with_value(cx: &mut Cx, node: &Node, ty: &Ty, inputs: &[Input]) -> Option<Wit
         Ty::Enum(words) => {
             let text = cx.string(node, "a word")?;
             if !text.contains("${{") && !words.contains(&text.as_str()) {
-                cx.error(node.pos, format!("expected one of: {}, found `{text}`", words.join(", ")));
+                cx.error(
+                    node.pos,
+                    format!("expected one of: {}, found `{text}`", words.join(", ")),
+                );
                 return None;
             }
             template(cx, node, inputs).map(WithValue::Scalar)
@@ -915,11 +1350,23 @@ fn with_value(cx: &mut Cx, node: &Node, ty: &Ty, inputs: &[Input]) -> Option<Wit
             out.map(WithValue::Map)
         }
         Ty::OneOf(options) => {
-            let pick = options.iter().find(|t| matches!((t, &node.value), (Ty::MapOf(_), Value::Map(_)) | (Ty::ListOrOne(_) | Ty::List(_), Value::Seq(_) | Value::Scalar { .. })));
+            let pick = options.iter().find(|t| {
+                matches!(
+                    (t, &node.value),
+                    (Ty::MapOf(_), Value::Map(_))
+                        | (
+                            Ty::ListOrOne(_) | Ty::List(_),
+                            Value::Seq(_) | Value::Scalar { .. }
+                        )
+                )
+            });
             match pick {
                 Some(t) => with_value(cx, node, t, inputs),
                 None => {
-                    cx.error(node.pos, format!("expected a mapping or a list, found {}", node.kind()));
+                    cx.error(
+                        node.pos,
+                        format!("expected a mapping or a list, found {}", node.kind()),
+                    );
                     None
                 }
             }
@@ -935,7 +1382,10 @@ fn when(cx: &mut Cx, node: &Node) -> Option<When> {
         None => None,
         Some(n) => {
             let mut kinds = Vec::new();
-            for item in cx.list_or_one(n, "a list of event kinds").unwrap_or_default() {
+            for item in cx
+                .list_or_one(n, "a list of event kinds")
+                .unwrap_or_default()
+            {
                 let Some(text) = cx.string(item, "an event kind") else {
                     ok = false;
                     continue;
@@ -943,10 +1393,20 @@ fn when(cx: &mut Cx, node: &Node) -> Option<When> {
                 match EventKind::parse(&text) {
                     Some(k) => kinds.push(k),
                     None => {
-                        let hint = crate::diag::alias(&text).or_else(|| did_you_mean(&text, EVENTS.iter().copied()));
+                        let hint = crate::diag::alias(&text)
+                            .or_else(|| did_you_mean(&text, EVENTS.iter().copied()));
                         match hint {
-                            Some(h) => cx.error(item.pos, format!("unknown event `{text}`; did you mean `{h}`?")),
-                            None => cx.error(item.pos, format!("unknown event `{text}`; expected one of: {}", EVENTS.join(", "))),
+                            Some(h) => cx.error(
+                                item.pos,
+                                format!("unknown event `{text}`; did you mean `{h}`?"),
+                            ),
+                            None => cx.error(
+                                item.pos,
+                                format!(
+                                    "unknown event `{text}`; expected one of: {}",
+                                    EVENTS.join(", ")
+                                ),
+                            ),
                         }
                         ok = false;
                     }

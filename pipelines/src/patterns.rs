@@ -36,7 +36,11 @@ impl Patterns {
             negated.push(neg);
         }
         let set = builder.build().map_err(|e| (0, e.to_string()))?;
-        Ok(Patterns { source: patterns.iter().map(|p| p.as_ref().to_string()).collect(), negated, set })
+        Ok(Patterns {
+            source: patterns.iter().map(|p| p.as_ref().to_string()).collect(),
+            negated,
+            set,
+        })
     }
 
     /// Whether the last pattern matching `name` is a positive one.

@@ -46,8 +46,14 @@ pub struct PlannedStep {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum PlannedAction {
-    Run { image: String, script: String },
-    Uses { action: String, with: Vec<(String, Resolved)> },
+    Run {
+        image: String,
+        script: String,
+    },
+    Uses {
+        action: String,
+        with: Vec<(String, Resolved)>,
+    },
 }
 
 /// A rendered action input.
@@ -69,14 +75,21 @@ pub struct Plan {
 
 /// Checks a dispatch's inputs against the pipeline's declaration and fills in defaults.
 /// Every problem is reported, each naming the input.
-pub fn resolve_inputs(pipeline: &Pipeline, given: &[(String, String)]) -> Result<Vec<(String, String)>, Vec<String>> {
+pub fn resolve_inputs(
+    pipeline: &Pipeline,
+    given: &[(String, String)],
+) -> Result<Vec<(String, String)>, Vec<String>> {
     let Some(dispatch) = &pipeline.on.dispatch else {
-        return Err(vec![format!("pipeline `{}` has no `on.dispatch`: it cannot be dispatched", pipeline.name)]);
+        return Err(vec![format!(
+            "pipeline `{}` has no `on.dispatch`: it cannot be dispatched",
+            pipeline.name
+        )]);
     };
     let mut errors = Vec::new();
     let mut out = Vec::new();
     for (name, _) in given {
-        let declared = dispatch.inputs.iter().any(|i| &i.name == name) || (dispatch.confirm && name == "confirm");
+        let declared = dispatch.inputs.iter().any(|i| &i.name == name)
+            || (dispatch.confirm && name == "confirm");
         if !declared {
             errors.push(format!("unknown input `{name}`"));
         }
@@ -89,8 +102,12 @@ pub fn resolve_inputs(pipeline: &Pipeline, given: &[(String, String)]) -> Result
             },
             None => match &input.default {
                 Some(d) => out.push((input.name.clone(), d.clone())),
-                None if input.required => errors.push(format!("missing required input `{}`", input.name)),
-                None if input.kind == InputKind::Boolean => out.push((input.name.clone(), "false".into())),
+                None if input.required => {
+                    errors.push(format!("missing required input `{}`", input.name))
+                }
+                None if input.kind == InputKind::Boolean => {
+                    out.push((input.name.clone(), "false".into()))
+                }
                 None => out.push((input.name.clone(), String::new())),
             },
         }
@@ -98,22 +115,43 @@ pub fn resolve_inputs(pipeline: &Pipeline, given: &[(String, String)]) -> Result
     if dispatch.confirm {
         match given.iter().rev().find(|(n, _)| n == "confirm") {
             Some((_, v)) if v == &pipeline.name => out.push(("confirm".into(), v.clone())),
-            Some((_, v)) => errors.push(format!("input `confirm` must be `{}` to run this pipeline, found `{v}`", pipeline.name)),
-            None => errors.push(format!("missing input `confirm`: this pipeline runs only with confirm={}", pipeline.name)),
+            Some((_, v)) => errors.push(format!(
+                "input `confirm` must be `{}` to run this pipeline, found `{v}`",
+                pipeline.name
+            )),
+            None => errors.push(format!(
+                "missing input `confirm`: this pipeline runs only with confirm={}",
+                pipeline.name
+            )),
         }
     }
-    if errors.is_empty() { Ok(out) } else { Err(errors) }
+    if errors.is_empty() {
+        Ok(out)
+    } else {
+        Err(errors)
+    }
 }
 
 /// Input values outside dispatches: the declared defaults.
 pub fn default_inputs(pipeline: &Pipeline) -> Vec<(String, String)> {
-    let inputs = pipeline.on.dispatch.as_ref().map(|d| d.inputs.as_slice()).unwrap_or_default();
-    inputs.iter().map(|i| (i.name.clone(), i.default.clone().unwrap_or_default())).collect()
+    let inputs = pipeline
+        .on
+        .dispatch
+        .as_ref()
+        .map(|d| d.inputs.as_slice())
+        .unwrap_or_default();
+    inputs
+        .iter()
+        .map(|i| (i.name.clone(), i.default.clone().unwrap_or_default()))
+        .collect()
 }
 
 /// Environment variable carrying a dispatch input.
 pub fn input_env_name(name: &str) -> String {
-    format!("PIPEWRIGHT_INPUT_{}", name.to_ascii_uppercase().replace('-', "_"))
+    format!(
+        "PIPEWRIGHT_INPUT_{}",
+        name.to_ascii_uppercase().replace('-', "_")
+    )
 }
 
 impl RunContext {
@@ -123,7 +161,12 @@ impl RunContext {
             Var::ShortSha => self.sha.chars().take(8).collect(),
             Var::RefName => self.git_ref.name().to_string(),
             Var::Repo => self.repo.clone(),
-            Var::Input(name) => self.inputs.iter().find(|(n, _)| n == name).map(|(_, v)| v.clone()).unwrap_or_default(),
+            Var::Input(name) => self
+                .inputs
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, v)| v.clone())
+                .unwrap_or_default(),
         }
     }
 
@@ -147,13 +190,23 @@ impl RunContext {
             ("PIPEWRIGHT_REPO".into(), self.repo.clone()),
             ("PIPEWRIGHT_SHA".into(), self.sha.clone()),
             ("PIPEWRIGHT_REF".into(), self.event_ref()),
-            ("PIPEWRIGHT_BRANCH".into(), self.git_ref.branch().unwrap_or_default().to_string()),
+            (
+                "PIPEWRIGHT_BRANCH".into(),
+                self.git_ref.branch().unwrap_or_default().to_string(),
+            ),
             ("PIPEWRIGHT_EVENT".into(), self.event.as_str().to_string()),
-            ("PIPEWRIGHT_PR".into(), self.pr.map(|n| n.to_string()).unwrap_or_default()),
+            (
+                "PIPEWRIGHT_PR".into(),
+                self.pr.map(|n| n.to_string()).unwrap_or_default(),
+            ),
             ("PIPEWRIGHT_RUN_ID".into(), self.run_id.clone()),
             ("PIPEWRIGHT_PIPELINE".into(), pipeline.to_string()),
         ];
-        env.extend(self.inputs.iter().map(|(n, v)| (input_env_name(n), v.clone())));
+        env.extend(
+            self.inputs
+                .iter()
+                .map(|(n, v)| (input_env_name(n), v.clone())),
+        );
         env
     }
 }
@@ -162,7 +215,12 @@ fn resolve(cx: &RunContext, v: &WithValue) -> Resolved {
     match v {
         WithValue::Scalar(t) => Resolved::Str(cx.render(t)),
         WithValue::List(items) => Resolved::List(items.iter().map(|i| resolve(cx, i)).collect()),
-        WithValue::Map(entries) => Resolved::Map(entries.iter().map(|(k, v)| (k.clone(), resolve(cx, v))).collect()),
+        WithValue::Map(entries) => Resolved::Map(
+            entries
+                .iter()
+                .map(|(k, v)| (k.clone(), resolve(cx, v)))
+                .collect(),
+        ),
     }
 }
 
@@ -175,10 +233,16 @@ pub fn plan(pipeline: &Pipeline, cx: &RunContext) -> Plan {
         .enumerate()
         .map(|(index, step)| {
             let action = match &step.kind {
-                StepKind::Run { image, script } => PlannedAction::Run { image: cx.render(image), script: script.clone() },
+                StepKind::Run { image, script } => PlannedAction::Run {
+                    image: cx.render(image),
+                    script: script.clone(),
+                },
                 StepKind::Uses { action, with } => PlannedAction::Uses {
                     action: action.clone(),
-                    with: with.iter().map(|(k, v)| (k.clone(), resolve(cx, v))).collect(),
+                    with: with
+                        .iter()
+                        .map(|(k, v)| (k.clone(), resolve(cx, v)))
+                        .collect(),
                 },
             };
             let mut env = base.clone();

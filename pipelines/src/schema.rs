@@ -9,9 +9,18 @@ use crate::decode::{Object, Ty};
 pub fn json_schema() -> String {
     let mut root = object(&crate::parse::PIPELINE);
     if let Value::Object(map) = &mut root {
-        map.insert("$schema".into(), json!("http://json-schema.org/draft-07/schema#"));
-        map.insert("$id".into(), json!("https://pipewright.dev/schema/pipeline.json"));
-        map.insert("description".into(), json!("A Pipewright pipeline: one file under .pipewright/"));
+        map.insert(
+            "$schema".into(),
+            json!("http://json-schema.org/draft-07/schema#"),
+        );
+        map.insert(
+            "$id".into(),
+            json!("https://pipewright.dev/schema/pipeline.json"),
+        );
+        map.insert(
+            "description".into(),
+            json!("A Pipewright pipeline: one file under .pipewright/"),
+        );
     }
     let mut text = serde_json::to_string_pretty(&root).expect("a JSON value always serializes");
     text.push('\n');
@@ -28,15 +37,21 @@ fn ty(t: &Ty) -> Value {
         Ty::String => scalar(),
         Ty::Template => {
             let mut s = scalar();
-            s["description"] = json!("May use ${{ sha }}, ${{ short_sha }}, ${{ ref_name }}, ${{ repo }}, ${{ inputs.NAME }}.");
+            s["description"] = json!(
+                "May use ${{ sha }}, ${{ short_sha }}, ${{ ref_name }}, ${{ repo }}, ${{ inputs.NAME }}."
+            );
             s
         }
         Ty::Bool => json!({ "type": "boolean" }),
         Ty::Integer => json!({ "type": "integer", "minimum": 1 }),
         Ty::Duration => json!({ "type": "string", "pattern": "^([0-9]+[smhd])+$" }),
-        Ty::Memory => json!({ "type": ["string", "integer"], "pattern": "^[0-9]+([kKmMgG][bB]?)?$" }),
+        Ty::Memory => {
+            json!({ "type": ["string", "integer"], "pattern": "^[0-9]+([kKmMgG][bB]?)?$" })
+        }
         Ty::Enum(words) => json!({ "enum": words }),
-        Ty::ListOrOne(inner) => json!({ "anyOf": [ty(inner), { "type": "array", "items": ty(inner) }] }),
+        Ty::ListOrOne(inner) => {
+            json!({ "anyOf": [ty(inner), { "type": "array", "items": ty(inner) }] })
+        }
         Ty::List(inner) => json!({ "type": "array", "items": ty(inner) }),
         Ty::MapOf(inner) => json!({ "type": "object", "additionalProperties": ty(inner) }),
         Ty::Object(o) => object(o),
@@ -54,7 +69,12 @@ fn object(o: &Object) -> Value {
         }
         properties.insert(field.name.into(), schema);
     }
-    let required: Vec<&str> = o.fields.iter().filter(|f| f.required).map(|f| f.name).collect();
+    let required: Vec<&str> = o
+        .fields
+        .iter()
+        .filter(|f| f.required)
+        .map(|f| f.name)
+        .collect();
     let mut out = json!({ "type": "object", "title": o.title, "properties": properties, "additionalProperties": false });
     if !required.is_empty() {
         out["required"] = json!(required);

@@ -18,7 +18,8 @@ impl GitRef {
         if let Some(b) = full.strip_prefix("refs/heads/") {
             Some(GitRef::Branch(b.to_string()))
         } else {
-            full.strip_prefix("refs/tags/").map(|t| GitRef::Tag(t.to_string()))
+            full.strip_prefix("refs/tags/")
+                .map(|t| GitRef::Tag(t.to_string()))
         }
     }
 
@@ -74,14 +75,21 @@ pub fn selects(pipeline: &Pipeline, event: &Trigger) -> bool {
                         (None, Some(_)) => false,
                         (None, None) => true,
                     };
-                    branch_ok && paths_match(push.paths.as_ref(), push.paths_ignore.as_ref(), &event.changes)
+                    branch_ok
+                        && paths_match(
+                            push.paths.as_ref(),
+                            push.paths_ignore.as_ref(),
+                            &event.changes,
+                        )
                 }
                 // Path filters are not evaluated for tags, as in GitHub Actions.
                 GitRef::Tag(t) => push.tags.as_ref().is_some_and(|tags| tags.matches(t)),
             }
         }
         EventKind::PullRequest => {
-            let Some(pr) = &on.pull_request else { return false };
+            let Some(pr) = &on.pull_request else {
+                return false;
+            };
             let base_ok = match (&pr.branches, &event.git_ref) {
                 (None, _) => true,
                 (Some(branches), GitRef::Branch(b)) => branches.matches(b),
@@ -97,7 +105,13 @@ pub fn selects(pipeline: &Pipeline, event: &Trigger) -> bool {
 /// GitHub Actions semantics: the files that `paths` selects (all, without `paths`) must not
 /// all be excluded by `paths_ignore`.
 pub fn paths_match(paths: Option<&Patterns>, ignore: Option<&Patterns>, changes: &Changes) -> bool {
-    let Changes::Files(files) = changes else { return true };
+    // Without filters every event runs, even one that changed no file (an empty commit).
+    if paths.is_none() && ignore.is_none() {
+        return true;
+    }
+    let Changes::Files(files) = changes else {
+        return true;
+    };
     files
         .iter()
         .filter(|f| paths.is_none_or(|p| p.matches(f)))
@@ -107,7 +121,13 @@ pub fn paths_match(paths: Option<&Patterns>, ignore: Option<&Patterns>, changes:
 /// Whether a step's `when` holds for this event.
 pub fn step_applies(step: &Step, kind: EventKind, git_ref: &GitRef) -> bool {
     let Some(when) = &step.when else { return true };
-    let event_ok = when.event.as_ref().is_none_or(|kinds| kinds.contains(&kind));
-    let branch_ok = when.branch.as_ref().is_none_or(|globs| git_ref.branch().is_some_and(|b| globs.matches(b)));
+    let event_ok = when
+        .event
+        .as_ref()
+        .is_none_or(|kinds| kinds.contains(&kind));
+    let branch_ok = when
+        .branch
+        .as_ref()
+        .is_none_or(|globs| git_ref.branch().is_some_and(|b| globs.matches(b)));
     event_ok && branch_ok
 }

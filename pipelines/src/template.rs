@@ -54,7 +54,9 @@ pub(crate) const EXPRESSIONS: &str = "sha, short_sha, ref_name, repo, inputs.NAM
 impl Template {
     /// A template without any expression.
     pub fn literal(text: impl Into<String>) -> Template {
-        Template { parts: vec![Part::Text(text.into())] }
+        Template {
+            parts: vec![Part::Text(text.into())],
+        }
     }
 
     pub(crate) fn parse(text: &str) -> Result<Template, TemplateError> {
@@ -67,7 +69,10 @@ impl Template {
             }
             let after = &rest[start + 3..];
             let Some(end) = after.find("}}") else {
-                return Err(TemplateError { occurrence, message: "`${{` without its closing `}}`".into() });
+                return Err(TemplateError {
+                    occurrence,
+                    message: "`${{` without its closing `}}`".into(),
+                });
             };
             let expr = after[..end].trim();
             let var = match expr {
@@ -80,7 +85,9 @@ impl Template {
                     _ => {
                         return Err(TemplateError {
                             occurrence,
-                            message: format!("unknown expression `{expr}` in `${{{{ }}}}`; expected one of: {EXPRESSIONS}"),
+                            message: format!(
+                                "unknown expression `{expr}` in `${{{{ }}}}`; expected one of: {EXPRESSIONS}"
+                            ),
                         });
                     }
                 },
@@ -140,7 +147,10 @@ mod tests {
     #[test]
     fn parse_and_render() {
         let t = Template::parse("reg/app:${{ short_sha }}-${{inputs.mode}}").unwrap();
-        assert_eq!(t.vars().cloned().collect::<Vec<_>>(), vec![Var::ShortSha, Var::Input("mode".into())]);
+        assert_eq!(
+            t.vars().cloned().collect::<Vec<_>>(),
+            vec![Var::ShortSha, Var::Input("mode".into())]
+        );
         let out = t.render(|v| match v {
             Var::ShortSha => "abc12345".into(),
             _ => "plan".into(),

@@ -24,16 +24,37 @@ fn pipeline(text: &str) -> Pipeline {
 }
 
 const FACTORY: &[(&str, &str)] = &[
-    (".pipewright/iac.yml", include_str!("../../examples/factory/.pipewright/iac.yml")),
-    (".pipewright/postgres.yml", include_str!("../../examples/factory/.pipewright/postgres.yml")),
-    (".pipewright/image.yml", include_str!("../../examples/factory/.pipewright/image.yml")),
-    (".pipewright/drift.yml", include_str!("../../examples/factory/.pipewright/drift.yml")),
-    (".pipewright/recover-pvc.yml", include_str!("../../examples/factory/.pipewright/recover-pvc.yml")),
+    (
+        ".pipewright/iac.yml",
+        include_str!("../../examples/factory/.pipewright/iac.yml"),
+    ),
+    (
+        ".pipewright/postgres.yml",
+        include_str!("../../examples/factory/.pipewright/postgres.yml"),
+    ),
+    (
+        ".pipewright/image.yml",
+        include_str!("../../examples/factory/.pipewright/image.yml"),
+    ),
+    (
+        ".pipewright/drift.yml",
+        include_str!("../../examples/factory/.pipewright/drift.yml"),
+    ),
+    (
+        ".pipewright/recover-pvc.yml",
+        include_str!("../../examples/factory/.pipewright/recover-pvc.yml"),
+    ),
 ];
 
 fn factory() -> Vec<Pipeline> {
-    let files: Vec<(String, String)> = FACTORY.iter().map(|(f, t)| (f.to_string(), t.to_string())).collect();
-    parse_files(&files).into_iter().map(|p| p.result.unwrap_or_else(|d| panic!("{}: {d:?}", p.file))).collect()
+    let files: Vec<(String, String)> = FACTORY
+        .iter()
+        .map(|(f, t)| (f.to_string(), t.to_string()))
+        .collect();
+    parse_files(&files)
+        .into_iter()
+        .map(|p| p.result.unwrap_or_else(|d| panic!("{}: {d:?}", p.file)))
+        .collect()
 }
 
 #[test]
@@ -44,22 +65,46 @@ fn factory_examples_are_valid() {
     let dispatch = recover.on.dispatch.as_ref().unwrap();
     assert!(dispatch.confirm);
     assert_eq!(recover.runs_on, ["pi1"]);
-    assert_eq!(recover.volumes, [Volume { host: "/mnt/backups/k3s_pvc".into(), container: "/backups".into(), read_only: true }]);
+    assert_eq!(
+        recover.volumes,
+        [Volume {
+            host: "/mnt/backups/k3s_pvc".into(),
+            container: "/backups".into(),
+            read_only: true
+        }]
+    );
     let postgres = &factory()[1];
     let vault = postgres.vault.as_ref().unwrap();
-    assert_eq!(vault.secrets[1].target, SecretTarget::All { prefix: "TF_VAR_postgres_".into() });
-    assert_eq!(SecretTarget::env_for("TF_VAR_postgres_", "username"), "TF_VAR_postgres_username");
-    assert_eq!(SecretTarget::env_for("OVH_", "application_key"), "OVH_APPLICATION_KEY");
+    assert_eq!(
+        vault.secrets[1].target,
+        SecretTarget::All {
+            prefix: "TF_VAR_postgres_".into()
+        }
+    );
+    assert_eq!(
+        SecretTarget::env_for("TF_VAR_postgres_", "username"),
+        "TF_VAR_postgres_username"
+    );
+    assert_eq!(
+        SecretTarget::env_for("OVH_", "application_key"),
+        "OVH_APPLICATION_KEY"
+    );
 }
 
 #[test]
 fn broken_files() {
-    check("", expect![[r#"
+    check(
+        "",
+        expect![[r#"
         .pipewright/broken.yml:1:1: empty pipeline file; expected a mapping with `steps`
-    "#]]);
-    check("on: push\nsteps:\n  - name: a\n    image: busybox\n     run: true\n", expect![[r#"
+    "#]],
+    );
+    check(
+        "on: push\nsteps:\n  - name: a\n    image: busybox\n     run: true\n",
+        expect![[r#"
         .pipewright/broken.yml:5:9: invalid YAML: mapping values are not allowed in this context
-    "#]]);
+    "#]],
+    );
     check(
         r#"
 on:
@@ -238,22 +283,34 @@ steps:
             .pipewright/broken.yml:18:52: invalid volume `/mnt/c:/c:rx`: unknown mode `rx`; expected `ro` or `rw`
         "#]],
     );
-    check("on: push\nsteps: [{name: a, image: busybox, run: x}]\nfoo: &a [1]\nbar: *a\n---\nx: 1\n", expect![[r#"
+    check(
+        "on: push\nsteps: [{name: a, image: busybox, run: x}]\nfoo: &a [1]\nbar: *a\n---\nx: 1\n",
+        expect![[r#"
         .pipewright/broken.yml:5:1: invalid YAML: a pipeline file holds one YAML document; found a second one
-    "#]]);
+    "#]],
+    );
 }
 
 #[test]
 fn duplicate_pipeline_names_across_files() {
     let step = "steps: [{ name: a, image: busybox, run: x }]\n";
     let files = vec![
-        (".pipewright/a.yml".to_string(), format!("on: push\nname: deploy\n{step}")),
-        (".pipewright/deploy.yaml".to_string(), format!("on: push\n{step}")),
+        (
+            ".pipewright/a.yml".to_string(),
+            format!("on: push\nname: deploy\n{step}"),
+        ),
+        (
+            ".pipewright/deploy.yaml".to_string(),
+            format!("on: push\n{step}"),
+        ),
     ];
     let parsed = parse_files(&files);
     assert!(parsed[0].result.is_ok());
     let errors = parsed[1].result.as_ref().unwrap_err();
-    assert_eq!(errors[0].to_string(), ".pipewright/deploy.yaml:1:1: pipeline name `deploy` is already used by .pipewright/a.yml");
+    assert_eq!(
+        errors[0].to_string(),
+        ".pipewright/deploy.yaml:1:1: pipeline name `deploy` is already used by .pipewright/a.yml"
+    );
 }
 
 fn push(branch: &str, files: &[&str]) -> Trigger {
@@ -265,7 +322,11 @@ fn push(branch: &str, files: &[&str]) -> Trigger {
 }
 
 fn selected(pipelines: &[Pipeline], event: &Trigger) -> Vec<String> {
-    pipelines.iter().filter(|p| selects(p, event)).map(|p| p.name.clone()).collect()
+    pipelines
+        .iter()
+        .filter(|p| selects(p, event))
+        .map(|p| p.name.clone())
+        .collect()
 }
 
 #[test]
@@ -278,25 +339,64 @@ fn factory_selection() {
         (push("main", &["iac/modules/dns/records.tfvars"]), &["iac"]),
         (push("main", &["iac/README.md"]), &[]),
         (push("main", &["README.md"]), &[]),
-        (push("main", &["app/index.txt", "postgres/iac/main.tf"]), &["postgres", "image"]),
+        (
+            push("main", &["app/index.txt", "postgres/iac/main.tf"]),
+            &["postgres", "image"],
+        ),
         (push("main", &["Dockerfile"]), &["image"]),
         // Another branch runs nothing: every push trigger is limited to main.
         (push("feature", &["iac/main.tf", "app/index.txt"]), &[]),
         // Unknown changes (a local run without --changed): every path filter matches.
-        (Trigger { kind: EventKind::Push, git_ref: GitRef::Branch("main".into()), changes: Changes::All }, &["iac", "postgres", "image"]),
+        (
+            Trigger {
+                kind: EventKind::Push,
+                git_ref: GitRef::Branch("main".into()),
+                changes: Changes::All,
+            },
+            &["iac", "postgres", "image"],
+        ),
         // A tag runs nothing here: no pipeline lists `tags`.
-        (Trigger { kind: EventKind::Push, git_ref: GitRef::Tag("v1".into()), changes: Changes::All }, &[]),
+        (
+            Trigger {
+                kind: EventKind::Push,
+                git_ref: GitRef::Tag("v1".into()),
+                changes: Changes::All,
+            },
+            &[],
+        ),
         // Pull requests: base branch filter. image.yml has no branches: any base.
         (
-            Trigger { kind: EventKind::PullRequest, git_ref: GitRef::Branch("main".into()), changes: Changes::Files(vec!["iac/main.tf".into(), "app/x".into()]) },
+            Trigger {
+                kind: EventKind::PullRequest,
+                git_ref: GitRef::Branch("main".into()),
+                changes: Changes::Files(vec!["iac/main.tf".into(), "app/x".into()]),
+            },
             &["iac", "image"],
         ),
         (
-            Trigger { kind: EventKind::PullRequest, git_ref: GitRef::Branch("develop".into()), changes: Changes::Files(vec!["iac/main.tf".into(), "app/x".into()]) },
+            Trigger {
+                kind: EventKind::PullRequest,
+                git_ref: GitRef::Branch("develop".into()),
+                changes: Changes::Files(vec!["iac/main.tf".into(), "app/x".into()]),
+            },
             &["image"],
         ),
-        (Trigger { kind: EventKind::Dispatch, git_ref: GitRef::Branch("main".into()), changes: Changes::All }, &["iac", "postgres", "drift", "recover-pvc"]),
-        (Trigger { kind: EventKind::Schedule, git_ref: GitRef::Branch("main".into()), changes: Changes::All }, &["drift"]),
+        (
+            Trigger {
+                kind: EventKind::Dispatch,
+                git_ref: GitRef::Branch("main".into()),
+                changes: Changes::All,
+            },
+            &["iac", "postgres", "drift", "recover-pvc"],
+        ),
+        (
+            Trigger {
+                kind: EventKind::Schedule,
+                git_ref: GitRef::Branch("main".into()),
+                changes: Changes::All,
+            },
+            &["drift"],
+        ),
     ];
     for (event, expected) in cases {
         assert_eq!(selected(&all, event), *expected, "{event:?}");
@@ -306,13 +406,24 @@ fn factory_selection() {
 #[test]
 fn path_filters_follow_github_actions() {
     let p = |paths: Option<&[&str]>, ignore: Option<&[&str]>| {
-        (paths.map(|p| Patterns::new(p).unwrap()), ignore.map(|p| Patterns::new(p).unwrap()))
+        (
+            paths.map(|p| Patterns::new(p).unwrap()),
+            ignore.map(|p| Patterns::new(p).unwrap()),
+        )
     };
     let files = |f: &[&str]| Changes::Files(f.iter().map(|s| s.to_string()).collect());
-    let cases: &[(Option<&[&str]>, Option<&[&str]>, &[&str], bool)] = &[
+    type Case<'a> = (
+        Option<&'a [&'a str]>,
+        Option<&'a [&'a str]>,
+        &'a [&'a str],
+        bool,
+    );
+    let cases: &[Case] = &[
         (None, None, &["a"], true),
-        // No file changed at all: nothing to match.
-        (None, None, &[], false),
+        // No file changed at all: runs without filters, not with them.
+        (None, None, &[], true),
+        (Some(&["src/**"]), None, &[], false),
+        (None, Some(&["docs/**"]), &[], false),
         (Some(&["src/**"]), None, &["docs/a.md"], false),
         (Some(&["src/**"]), None, &["docs/a.md", "src/x/y.rs"], true),
         // `*` does not cross `/`.
@@ -322,16 +433,45 @@ fn path_filters_follow_github_actions() {
         (None, Some(&["**/*.md"]), &["README.md", "docs/a.md"], false),
         (None, Some(&["**/*.md"]), &["README.md", "src/lib.rs"], true),
         // Both: a file must match paths and not be ignored.
-        (Some(&["src/**"]), Some(&["src/**/*.md"]), &["src/notes.md"], false),
-        (Some(&["src/**"]), Some(&["src/**/*.md"]), &["src/notes.md", "src/lib.rs"], true),
-        (Some(&["src/**"]), Some(&["src/**/*.md"]), &["src/notes.md", "README"], false),
+        (
+            Some(&["src/**"]),
+            Some(&["src/**/*.md"]),
+            &["src/notes.md"],
+            false,
+        ),
+        (
+            Some(&["src/**"]),
+            Some(&["src/**/*.md"]),
+            &["src/notes.md", "src/lib.rs"],
+            true,
+        ),
+        (
+            Some(&["src/**"]),
+            Some(&["src/**/*.md"]),
+            &["src/notes.md", "README"],
+            false,
+        ),
         // `!` in paths excludes again, last match wins.
-        (Some(&["docs/**", "!docs/internal/**"]), None, &["docs/internal/a.md"], false),
-        (Some(&["docs/**", "!docs/internal/**", "docs/internal/keep.md"]), None, &["docs/internal/keep.md"], true),
+        (
+            Some(&["docs/**", "!docs/internal/**"]),
+            None,
+            &["docs/internal/a.md"],
+            false,
+        ),
+        (
+            Some(&["docs/**", "!docs/internal/**", "docs/internal/keep.md"]),
+            None,
+            &["docs/internal/keep.md"],
+            true,
+        ),
     ];
     for (paths, ignore, changed, expected) in cases {
         let (paths_p, ignore_p) = p(*paths, *ignore);
-        assert_eq!(paths_match(paths_p.as_ref(), ignore_p.as_ref(), &files(changed)), *expected, "{paths:?} {ignore:?} {changed:?}");
+        assert_eq!(
+            paths_match(paths_p.as_ref(), ignore_p.as_ref(), &files(changed)),
+            *expected,
+            "{paths:?} {ignore:?} {changed:?}"
+        );
     }
 }
 
@@ -340,23 +480,50 @@ fn branch_and_tag_triggers() {
     let step = "steps: [{ name: a, image: busybox, run: x }]";
     let any = pipeline(&format!("on: push\n{step}"));
     let tags_only = pipeline(&format!("on:\n  push:\n    tags: [\"v*\"]\n{step}"));
-    let both = pipeline(&format!("on:\n  push:\n    branches: [main, \"release/**\", \"!release/old\"]\n    tags: [\"v*\"]\n    paths: [src/**]\n{step}"));
-    let branch = |b: &str| Trigger { kind: EventKind::Push, git_ref: GitRef::Branch(b.into()), changes: Changes::Files(vec!["src/a".into()]) };
-    let tag = |t: &str| Trigger { kind: EventKind::Push, git_ref: GitRef::Tag(t.into()), changes: Changes::Files(vec!["docs/a".into()]) };
+    let both = pipeline(&format!(
+        "on:\n  push:\n    branches: [main, \"release/**\", \"!release/old\"]\n    tags: [\"v*\"]\n    paths: [src/**]\n{step}"
+    ));
+    let branch = |b: &str| Trigger {
+        kind: EventKind::Push,
+        git_ref: GitRef::Branch(b.into()),
+        changes: Changes::Files(vec!["src/a".into()]),
+    };
+    let tag = |t: &str| Trigger {
+        kind: EventKind::Push,
+        git_ref: GitRef::Tag(t.into()),
+        changes: Changes::Files(vec!["docs/a".into()]),
+    };
     // A new branch: the runner compares it with the default branch and passes those files.
     assert!(selects(&any, &branch("feature/new")));
-    assert!(!selects(&any, &tag("v1")), "no `tags`: tag pushes do not run");
+    assert!(
+        !selects(&any, &tag("v1")),
+        "no `tags`: tag pushes do not run"
+    );
     assert!(selects(&tags_only, &tag("v1.2")));
     assert!(!selects(&tags_only, &tag("latest")));
-    assert!(!selects(&tags_only, &branch("main")), "only `tags`: branch pushes do not run");
+    assert!(
+        !selects(&tags_only, &branch("main")),
+        "only `tags`: branch pushes do not run"
+    );
     assert!(selects(&both, &branch("release/2.0")));
     assert!(!selects(&both, &branch("release/old")));
     assert!(!selects(&both, &branch("dev")));
-    assert!(selects(&both, &tag("v2")), "paths are not evaluated for tags");
+    assert!(
+        selects(&both, &tag("v2")),
+        "paths are not evaluated for tags"
+    );
 }
 
 fn context(event: EventKind, git_ref: GitRef, inputs: Vec<(String, String)>) -> RunContext {
-    RunContext { repo: "org/factory".into(), sha: "0123456789abcdef".into(), git_ref, event, pr: None, run_id: "42".into(), inputs }
+    RunContext {
+        repo: "org/factory".into(),
+        sha: "0123456789abcdef".into(),
+        git_ref,
+        event,
+        pr: None,
+        run_id: "42".into(),
+        inputs,
+    }
 }
 
 #[test]
@@ -386,15 +553,39 @@ steps:
     with: { path: iac, command: "${{ inputs.mode }}", var_files: ["${{ repo }}.tfvars"] }
 "#,
     );
-    let inputs = resolve_inputs(&p, &[("target-env".into(), "prod".into()), ("mode".into(), "apply".into())]).unwrap();
+    let inputs = resolve_inputs(
+        &p,
+        &[
+            ("target-env".into(), "prod".into()),
+            ("mode".into(), "apply".into()),
+        ],
+    )
+    .unwrap();
     let cx = context(EventKind::Dispatch, GitRef::Branch("main".into()), inputs);
     let plan = plan(&p, &cx);
     assert_eq!(plan.concurrency_group, "deploy-main");
     assert!(!plan.steps[0].applies, "lint runs only on pull requests");
-    assert_eq!(plan.steps[1].action, PlannedAction::Run { image: "reg/tool:01234567".into(), script: "echo \"$PIPEWRIGHT_INPUT_MODE\"".into() });
+    assert_eq!(
+        plan.steps[1].action,
+        PlannedAction::Run {
+            image: "reg/tool:01234567".into(),
+            script: "echo \"$PIPEWRIGHT_INPUT_MODE\"".into()
+        }
+    );
     let env = &plan.steps[1].env;
-    for (k, v) in [("CI", "true"), ("PIPEWRIGHT_EVENT", "dispatch"), ("PIPEWRIGHT_REF", "refs/heads/main"), ("PIPEWRIGHT_INPUT_MODE", "apply"), ("PIPEWRIGHT_INPUT_TARGET_ENV", "prod"), ("A", "1"), ("B", "2")] {
-        assert!(env.contains(&(k.to_string(), v.to_string())), "{k}={v} in {env:?}");
+    for (k, v) in [
+        ("CI", "true"),
+        ("PIPEWRIGHT_EVENT", "dispatch"),
+        ("PIPEWRIGHT_REF", "refs/heads/main"),
+        ("PIPEWRIGHT_INPUT_MODE", "apply"),
+        ("PIPEWRIGHT_INPUT_TARGET_ENV", "prod"),
+        ("A", "1"),
+        ("B", "2"),
+    ] {
+        assert!(
+            env.contains(&(k.to_string(), v.to_string())),
+            "{k}={v} in {env:?}"
+        );
     }
     assert_eq!(
         plan.steps[2].action,
@@ -402,13 +593,20 @@ steps:
             action: "tofu".into(),
             with: vec![
                 ("path".into(), Resolved::Str("iac".into())),
-                ("var_files".into(), Resolved::List(vec![Resolved::Str("org/factory.tfvars".into())])),
+                (
+                    "var_files".into(),
+                    Resolved::List(vec![Resolved::Str("org/factory.tfvars".into())])
+                ),
                 ("command".into(), Resolved::Str("apply".into())),
             ]
         }
     );
     // Outside dispatches inputs take their defaults; the default group names the ref.
-    let cx = context(EventKind::PullRequest, GitRef::Branch("main".into()), default_inputs(&p));
+    let cx = context(
+        EventKind::PullRequest,
+        GitRef::Branch("main".into()),
+        default_inputs(&p),
+    );
     assert!(plan_of(&p, &cx).steps[0].applies);
 }
 
@@ -418,8 +616,18 @@ fn plan_of(p: &Pipeline, cx: &RunContext) -> Plan {
 
 #[test]
 fn dispatch_inputs_are_checked() {
-    let recover = factory().into_iter().find(|p| p.name == "recover-pvc").unwrap();
-    let errors = resolve_inputs(&recover, &[("date".into(), "20260413".into()), ("dry".into(), "1".into())]).unwrap_err();
+    let recover = factory()
+        .into_iter()
+        .find(|p| p.name == "recover-pvc")
+        .unwrap();
+    let errors = resolve_inputs(
+        &recover,
+        &[
+            ("date".into(), "20260413".into()),
+            ("dry".into(), "1".into()),
+        ],
+    )
+    .unwrap_err();
     expect![[r#"
         [
             "unknown input `dry`",
@@ -428,10 +636,19 @@ fn dispatch_inputs_are_checked() {
     "#]]
     .assert_debug_eq(&errors);
     let ok = resolve_inputs(&recover, &[("confirm".into(), "recover-pvc".into())]).unwrap();
-    assert_eq!(ok, [("date".to_string(), String::new()), ("confirm".to_string(), "recover-pvc".to_string())]);
+    assert_eq!(
+        ok,
+        [
+            ("date".to_string(), String::new()),
+            ("confirm".to_string(), "recover-pvc".to_string())
+        ]
+    );
     let iac = factory().into_iter().find(|p| p.name == "iac").unwrap();
     let errors = resolve_inputs(&iac, &[("mode".into(), "destroy".into())]).unwrap_err();
-    assert_eq!(errors, ["input `mode`: expected one of: plan, apply, found `destroy`"]);
+    assert_eq!(
+        errors,
+        ["input `mode`: expected one of: plan, apply, found `destroy`"]
+    );
     let image = factory().into_iter().find(|p| p.name == "image").unwrap();
     assert!(resolve_inputs(&image, &[]).unwrap_err()[0].contains("has no `on.dispatch`"));
 }
@@ -440,18 +657,39 @@ fn dispatch_inputs_are_checked() {
 fn default_concurrency_group_names_repo_pipeline_and_ref() {
     let p = pipeline("on: push\nsteps: [{ name: a, image: busybox, run: x }]");
     let cx = context(EventKind::Push, GitRef::Branch("main".into()), vec![]);
-    assert_eq!(plan(&p, &cx).concurrency_group, "org/factory/p/refs/heads/main");
+    assert_eq!(
+        plan(&p, &cx).concurrency_group,
+        "org/factory/p/refs/heads/main"
+    );
     // Each pull request has its own group, so one PR's plan never cancels another's.
-    let pr = RunContext { pr: Some(7), ..context(EventKind::PullRequest, GitRef::Branch("main".into()), vec![]) };
+    let pr = RunContext {
+        pr: Some(7),
+        ..context(
+            EventKind::PullRequest,
+            GitRef::Branch("main".into()),
+            vec![],
+        )
+    };
     let planned = plan(&p, &pr);
     assert_eq!(planned.concurrency_group, "org/factory/p/refs/pull/7/head");
-    assert!(planned.steps[0].env.contains(&("PIPEWRIGHT_REF".to_string(), "refs/pull/7/head".to_string())));
-    assert!(planned.steps[0].env.contains(&("PIPEWRIGHT_BRANCH".to_string(), "main".to_string())));
+    assert!(
+        planned.steps[0]
+            .env
+            .contains(&("PIPEWRIGHT_REF".to_string(), "refs/pull/7/head".to_string()))
+    );
+    assert!(
+        planned.steps[0]
+            .env
+            .contains(&("PIPEWRIGHT_BRANCH".to_string(), "main".to_string()))
+    );
 }
 
 #[test]
 fn json_schema_is_current() {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../schema/pipeline.schema.json");
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../schema/pipeline.schema.json"
+    );
     let generated = json_schema();
     if std::env::var_os("UPDATE_SCHEMA").is_some() {
         std::fs::write(path, &generated).unwrap();

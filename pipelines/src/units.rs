@@ -4,7 +4,8 @@ use std::time::Duration;
 
 /// Parses `1h30m`, `45s`, `2d`: one or more number-unit pairs, units `s`, `m`, `h`, `d`.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let expected = || format!("expected a duration such as `90s`, `30m` or `1h30m`, found `{text}`");
+    let expected =
+        || format!("expected a duration such as `90s`, `30m` or `1h30m`, found `{text}`");
     let mut total: u64 = 0;
     let mut digits = String::new();
     for c in text.trim().chars() {
@@ -20,7 +21,10 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
             _ => return Err(expected()),
         };
         let n: u64 = digits.parse().map_err(|_| expected())?;
-        total = n.checked_mul(unit).and_then(|s| total.checked_add(s)).ok_or_else(expected)?;
+        total = n
+            .checked_mul(unit)
+            .and_then(|s| total.checked_add(s))
+            .ok_or_else(expected)?;
         digits.clear();
     }
     if !digits.is_empty() || total == 0 {
@@ -41,8 +45,12 @@ pub fn parse_memory(text: &str) -> Result<u64, String> {
     };
     match num.parse::<u64>().ok().and_then(|n| n.checked_mul(mult)) {
         Some(bytes) if bytes >= 6 << 20 => Ok(bytes),
-        Some(_) => Err(format!("memory limit `{text}` is below Docker's minimum of 6m")),
-        None => Err(format!("expected a size such as `512m` or `2g`, found `{text}`")),
+        Some(_) => Err(format!(
+            "memory limit `{text}` is below Docker's minimum of 6m"
+        )),
+        None => Err(format!(
+            "expected a size such as `512m` or `2g`, found `{text}`"
+        )),
     }
 }
 

@@ -25,7 +25,10 @@ pub(crate) struct Node {
 pub(crate) enum Value {
     Null,
     /// A scalar as written (no type guessed: decoders ask for the type they need).
-    Scalar { text: String, plain: bool },
+    Scalar {
+        text: String,
+        plain: bool,
+    },
     Seq(Vec<Node>),
     Map(Vec<(Node, Node)>),
 }
@@ -49,15 +52,27 @@ pub(crate) struct SyntaxError {
 }
 
 fn pos_of(span: &Span) -> Pos {
-    Pos { line: span.start.line() as u32, col: span.start.col() as u32 + 1 }
+    Pos {
+        line: span.start.line() as u32,
+        col: span.start.col() as u32 + 1,
+    }
 }
 
 /// Parses one YAML document. An empty file gives `Ok(None)`.
 pub(crate) fn parse(source: &str) -> Result<Option<Node>, SyntaxError> {
-    let mut builder = Builder { anchors: HashMap::new(), stack: Vec::new(), root: None, nodes: 0, docs: 0 };
+    let mut builder = Builder {
+        anchors: HashMap::new(),
+        stack: Vec::new(),
+        root: None,
+        nodes: 0,
+        docs: 0,
+    };
     for event in Parser::new_from_str(source) {
         let (event, span) = event.map_err(|e| SyntaxError {
-            pos: Pos { line: e.marker().line() as u32, col: e.marker().col() as u32 + 1 },
+            pos: Pos {
+                line: e.marker().line() as u32,
+                col: e.marker().col() as u32 + 1,
+            },
             message: e.info().to_string(),
         })?;
         builder.event(event, &span)?;
@@ -66,8 +81,17 @@ pub(crate) fn parse(source: &str) -> Result<Option<Node>, SyntaxError> {
 }
 
 enum Frame {
-    Seq { node: Node, anchor: usize, items: Vec<Node> },
-    Map { node: Node, anchor: usize, entries: Vec<(Node, Node)>, key: Option<Node> },
+    Seq {
+        node: Node,
+        anchor: usize,
+        items: Vec<Node>,
+    },
+    Map {
+        node: Node,
+        anchor: usize,
+        entries: Vec<(Node, Node)>,
+        key: Option<Node>,
+    },
 }
 
 struct Builder {
@@ -87,7 +111,11 @@ impl Builder {
             Event::DocumentStart(_) => {
                 self.docs += 1;
                 if self.docs > 1 {
-                    return Err(SyntaxError { pos, message: "a pipeline file holds one YAML document; found a second one".into() });
+                    return Err(SyntaxError {
+                        pos,
+                        message: "a pipeline file holds one YAML document; found a second one"
+                            .into(),
+                    });
                 }
             }
             Event::Scalar(text, style, anchor, _tag) => {
@@ -95,13 +123,18 @@ impl Builder {
                 let value = if plain && matches!(&*text, "" | "~" | "null" | "Null" | "NULL") {
                     Value::Null
                 } else {
-                    Value::Scalar { text: text.into_owned(), plain }
+                    Value::Scalar {
+                        text: text.into_owned(),
+                        plain,
+                    }
                 };
                 self.complete(Node { value, pos, index }, anchor)?;
             }
-            Event::SequenceStart(anchor, _) => {
-                self.stack.push(Frame::Seq { node: blank(Value::Null), anchor, items: Vec::new() })
-            }
+            Event::SequenceStart(anchor, _) => self.stack.push(Frame::Seq {
+                node: blank(Value::Null),
+                anchor,
+                items: Vec::new(),
+            }),
             Event::MappingStart(anchor, _) => self.stack.push(Frame::Map {
                 node: blank(Value::Null),
                 anchor,
@@ -110,11 +143,20 @@ impl Builder {
             }),
             Event::SequenceEnd | Event::MappingEnd => {
                 let (node, anchor) = match self.stack.pop() {
-                    Some(Frame::Seq { mut node, anchor, items }) => {
+                    Some(Frame::Seq {
+                        mut node,
+                        anchor,
+                        items,
+                    }) => {
                         node.value = Value::Seq(items);
                         (node, anchor)
                     }
-                    Some(Frame::Map { mut node, anchor, entries, .. }) => {
+                    Some(Frame::Map {
+                        mut node,
+                        anchor,
+                        entries,
+                        ..
+                    }) => {
                         node.value = Value::Map(entries);
                         (node, anchor)
                     }
@@ -124,7 +166,10 @@ impl Builder {
             }
             Event::Alias(id) => {
                 let Some(mut node) = self.anchors.get(&id).cloned() else {
-                    return Err(SyntaxError { pos, message: "alias to an unknown anchor".into() });
+                    return Err(SyntaxError {
+                        pos,
+                        message: "alias to an unknown anchor".into(),
+                    });
                 };
                 self.nodes += count(&node);
                 node.pos = pos;
@@ -140,7 +185,9 @@ impl Builder {
         if self.nodes > MAX_NODES {
             return Err(SyntaxError {
                 pos: node.pos,
-                message: format!("the file expands to more than {MAX_NODES} values (too many aliases?)"),
+                message: format!(
+                    "the file expands to more than {MAX_NODES} values (too many aliases?)"
+                ),
             });
         }
         if anchor != 0 {
@@ -161,7 +208,12 @@ impl Builder {
 fn count(node: &Node) -> usize {
     match &node.value {
         Value::Seq(items) => 1 + items.iter().map(count).sum::<usize>(),
-        Value::Map(entries) => 1 + entries.iter().map(|(k, v)| count(k) + count(v)).sum::<usize>(),
+        Value::Map(entries) => {
+            1 + entries
+                .iter()
+                .map(|(k, v)| count(k) + count(v))
+                .sum::<usize>()
+        }
         _ => 1,
     }
 }

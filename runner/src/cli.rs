@@ -87,15 +87,34 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("PIPEWRIGHT_LOG").unwrap_or_else(|_| "warn,pipewright=info".into()),
+            tracing_subscriber::EnvFilter::try_from_env("PIPEWRIGHT_LOG")
+                .unwrap_or_else(|_| "warn,pipewright=info".into()),
         )
         .with_writer(std::io::stderr)
         .init();
     let result = match cli.command {
         Command::Serve { config } => serve_blocking(config.as_deref()),
         Command::Validate { dir } => validate(&dir),
-        Command::Exec { dir, event, pipeline, inputs, changed, branch, docker_host, vault_addr } => {
-            let args = ExecArgs { dir, event: event.into(), pipeline, inputs, changed, branch, docker_host, vault_addr };
+        Command::Exec {
+            dir,
+            event,
+            pipeline,
+            inputs,
+            changed,
+            branch,
+            docker_host,
+            vault_addr,
+        } => {
+            let args = ExecArgs {
+                dir,
+                event: event.into(),
+                pipeline,
+                inputs,
+                changed,
+                branch,
+                docker_host,
+                vault_addr,
+            };
             exec_blocking(args)
         }
     };
@@ -134,7 +153,9 @@ fn validate(dir: &std::path::Path) -> anyhow::Result<u8> {
 
 fn exec_blocking(args: ExecArgs) -> anyhow::Result<u8> {
     exec::check_dir(&args.dir)?;
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     runtime.block_on(async {
         let cancel = CancellationToken::new();
         let on_signal = cancel.clone();
@@ -156,7 +177,9 @@ fn serve_blocking(file: Option<&std::path::Path>) -> anyhow::Result<u8> {
             return Ok(EXIT_ERROR);
         }
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     runtime.block_on(async {
         let listener = tokio::net::TcpListener::bind(config.server.listen)
             .await

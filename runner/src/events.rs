@@ -26,7 +26,11 @@ impl RepoInfo {
             id: r.id,
             owner_id: r.owner.id,
             clone_url: r.clone_url.clone(),
-            default_branch: if r.default_branch.is_empty() { "main".into() } else { r.default_branch.clone() },
+            default_branch: if r.default_branch.is_empty() {
+                "main".into()
+            } else {
+                r.default_branch.clone()
+            },
             sha256: r.object_format_name == "sha256" || sha_hint.len() == 64,
         }
     }
@@ -71,9 +75,23 @@ impl Event {
     /// repository, organisation and system hooks share it.
     pub fn dedupe_key(&self) -> String {
         match self {
-            Event::Push { repo, git_ref, after, .. } => format!("push:{}:{}:{after}", repo.full_name, git_ref.full()),
-            Event::PullRequest { repo, number, head_sha, action, .. } => {
-                format!("pull_request:{}:{number}:{head_sha}:{action}", repo.full_name)
+            Event::Push {
+                repo,
+                git_ref,
+                after,
+                ..
+            } => format!("push:{}:{}:{after}", repo.full_name, git_ref.full()),
+            Event::PullRequest {
+                repo,
+                number,
+                head_sha,
+                action,
+                ..
+            } => {
+                format!(
+                    "pull_request:{}:{number}:{head_sha}:{action}",
+                    repo.full_name
+                )
             }
         }
     }
@@ -100,7 +118,10 @@ pub struct PayloadError {
 
 /// Classifies a delivery by Gitea's `X-Gitea-Event-Type`.
 pub fn classify(event_type: &str, body: &[u8]) -> Result<Classified, PayloadError> {
-    let bad = |source| PayloadError { event_type: event_type.to_string(), source };
+    let bad = |source| PayloadError {
+        event_type: event_type.to_string(),
+        source,
+    };
     match event_type {
         "push" => {
             let push: payload::Push = serde_json::from_slice(body).map_err(bad)?;
@@ -108,12 +129,20 @@ pub fn classify(event_type: &str, body: &[u8]) -> Result<Classified, PayloadErro
                 return Ok(Classified::Ping);
             }
             if is_zero(&push.after) {
-                return Ok(Classified::Ignore(format!("{} deleted: nothing to run", push.git_ref)));
+                return Ok(Classified::Ignore(format!(
+                    "{} deleted: nothing to run",
+                    push.git_ref
+                )));
             }
             if GitRef::from_full(&push.git_ref).is_none() {
-                return Ok(Classified::Ignore(format!("{} is neither a branch nor a tag", push.git_ref)));
+                return Ok(Classified::Ignore(format!(
+                    "{} is neither a branch nor a tag",
+                    push.git_ref
+                )));
             }
-            Ok(Classified::Act { repo: push.repository.full_name })
+            Ok(Classified::Act {
+                repo: push.repository.full_name,
+            })
         }
         "pull_request" | "pull_request_sync" => {
             let pr: payload::PullRequestEvent = serde_json::from_slice(body).map_err(bad)?;
@@ -123,30 +152,50 @@ pub fn classify(event_type: &str, body: &[u8]) -> Result<Classified, PayloadErro
                 _ => false,
             };
             if !acts {
-                return Ok(Classified::Ignore(format!("pull request {}: nothing to run", pr.action)));
+                return Ok(Classified::Ignore(format!(
+                    "pull request {}: nothing to run",
+                    pr.action
+                )));
             }
             if pr.pull_request.is_none() {
-                return Ok(Classified::Ignore("pull request payload without `pull_request`".into()));
+                return Ok(Classified::Ignore(
+                    "pull request payload without `pull_request`".into(),
+                ));
             }
-            Ok(Classified::Act { repo: pr.repository.full_name })
+            Ok(Classified::Act {
+                repo: pr.repository.full_name,
+            })
         }
-        "status" => Ok(Classified::Ignore("status events are Pipewright's own echo: ignored".into())),
+        "status" => Ok(Classified::Ignore(
+            "status events are Pipewright's own echo: ignored".into(),
+        )),
         other => {
             // Still a JSON document, or Gitea would not have sent it.
             serde_json::from_slice::<serde::de::IgnoredAny>(body).map_err(bad)?;
-            Ok(Classified::Ignore(format!("event type `{other}` runs nothing")))
+            Ok(Classified::Ignore(format!(
+                "event type `{other}` runs nothing"
+            )))
         }
     }
 }
 
 /// The domain event of a stored delivery (one that [`classify`] said to act on).
 pub fn parse(event_type: &str, body: &[u8]) -> Result<Option<Event>, PayloadError> {
-    let bad = |source| PayloadError { event_type: event_type.to_string(), source };
+    let bad = |source| PayloadError {
+        event_type: event_type.to_string(),
+        source,
+    };
     match event_type {
         "push" => {
             let push: payload::Push = serde_json::from_slice(body).map_err(bad)?;
-            let Some(git_ref) = GitRef::from_full(&push.git_ref) else { return Ok(None) };
-            let actor = push.sender.or(push.pusher).map(|u| u.login).unwrap_or_default();
+            let Some(git_ref) = GitRef::from_full(&push.git_ref) else {
+                return Ok(None);
+            };
+            let actor = push
+                .sender
+                .or(push.pusher)
+                .map(|u| u.login)
+                .unwrap_or_default();
             Ok(Some(Event::Push {
                 repo: RepoInfo::from_payload(&push.repository, &push.after),
                 git_ref,
@@ -157,12 +206,18 @@ pub fn parse(event_type: &str, body: &[u8]) -> Result<Option<Event>, PayloadErro
         }
         "pull_request" | "pull_request_sync" => {
             let ev: payload::PullRequestEvent = serde_json::from_slice(body).map_err(bad)?;
-            let Some(pr) = ev.pull_request else { return Ok(None) };
+            let Some(pr) = ev.pull_request else {
+                return Ok(None);
+            };
             let repo = RepoInfo::from_payload(&ev.repository, &pr.head.sha);
             Ok(Some(Event::PullRequest {
                 repo,
                 number: if ev.number != 0 { ev.number } else { pr.number },
-                base_branch: pr.base.git_ref.trim_start_matches("refs/heads/").to_string(),
+                base_branch: pr
+                    .base
+                    .git_ref
+                    .trim_start_matches("refs/heads/")
+                    .to_string(),
                 head_sha: pr.head.sha,
                 action: ev.action,
                 actor: ev.sender.map(|u| u.login).unwrap_or_default(),

@@ -10,8 +10,8 @@ use std::{
 use anyhow::{Context, bail};
 use pipewright_containers::{CancellationToken, DockerConfig, DockerExecutor, Stream};
 use pipewright_pipelines::{
-    Changes, EventKind, GitRef, Pipeline, PlannedAction, PlannedStep, RunContext, Trigger, default_inputs, plan,
-    resolve_inputs, selects,
+    Changes, EventKind, GitRef, Pipeline, PlannedAction, PlannedStep, RunContext, Trigger,
+    default_inputs, plan, resolve_inputs, selects,
 };
 
 use crate::{
@@ -41,14 +41,25 @@ pub const EXIT_CANCELLED: u8 = 130;
 pub async fn exec(args: ExecArgs, cancel: CancellationToken) -> anyhow::Result<u8> {
     let parsed = read_pipelines(&args.dir)?;
     let facts = git_facts(&args.dir);
-    let branch = args.branch.clone().or(facts.branch.clone()).unwrap_or_else(|| "main".into());
+    let branch = args
+        .branch
+        .clone()
+        .or(facts.branch.clone())
+        .unwrap_or_else(|| "main".into());
     let git_ref = GitRef::Branch(branch.clone());
     let changes = if args.changed.is_empty() {
-        Changes::Files(list_files(&args.dir).with_context(|| format!("failed to list the files of {}", args.dir.display()))?)
+        Changes::Files(
+            list_files(&args.dir)
+                .with_context(|| format!("failed to list the files of {}", args.dir.display()))?,
+        )
     } else {
         Changes::Files(args.changed.clone())
     };
-    let trigger = Trigger { kind: args.event, git_ref: git_ref.clone(), changes };
+    let trigger = Trigger {
+        kind: args.event,
+        git_ref: git_ref.clone(),
+        changes,
+    };
 
     let mut worst = EXIT_SUCCESS;
     let mut chosen: Vec<Pipeline> = Vec::new();
@@ -74,22 +85,40 @@ pub async fn exec(args: ExecArgs, cancel: CancellationToken) -> anyhow::Result<u
         && chosen.is_empty()
         && worst == EXIT_SUCCESS
     {
-        bail!("no pipeline named `{name}` in {}", args.dir.join(".pipewright").display());
+        bail!(
+            "no pipeline named `{name}` in {}",
+            args.dir.join(".pipewright").display()
+        );
     }
     if chosen.is_empty() {
         println!("no pipeline runs for a {} on {branch}", args.event.as_str());
         return Ok(worst);
     }
 
-    let executor = DockerExecutor::connect(DockerConfig { host: args.docker_host.clone(), ..DockerConfig::default() })
-        .await
-        .context("failed to reach the Docker engine (is it running? set DOCKER_HOST or --docker-host)")?;
+    let executor = DockerExecutor::connect(DockerConfig {
+        host: args.docker_host.clone(),
+        ..DockerConfig::default()
+    })
+    .await
+    .context(
+        "failed to reach the Docker engine (is it running? set DOCKER_HOST or --docker-host)",
+    )?;
     let defaults = StepDefaults::default();
     for pipeline in chosen {
         if cancel.is_cancelled() {
             break;
         }
-        let code = run_one(&args, &executor, &defaults, &pipeline, &facts.repo, &facts.sha, &git_ref, &cancel).await?;
+        let code = run_one(
+            &args,
+            &executor,
+            &defaults,
+            &pipeline,
+            &facts.repo,
+            &facts.sha,
+            &git_ref,
+            &cancel,
+        )
+        .await?;
         worst = worst.max(code);
     }
     Ok(worst)
@@ -107,8 +136,16 @@ async fn run_one(
     cancel: &CancellationToken,
 ) -> anyhow::Result<u8> {
     let run_id = local_run_id();
-    println!("=== pipeline {} ({}, {} on {}) run {run_id}", pipeline.name, pipeline.file, args.event.as_str(), git_ref.name());
-    let inputs = if args.event == EventKind::Dispatch || !args.inputs.is_empty() && pipeline.on.dispatch.is_some() {
+    println!(
+        "=== pipeline {} ({}, {} on {}) run {run_id}",
+        pipeline.name,
+        pipeline.file,
+        args.event.as_str(),
+        git_ref.name()
+    );
+    let inputs = if args.event == EventKind::Dispatch
+        || !args.inputs.is_empty() && pipeline.on.dispatch.is_some()
+    {
         match resolve_inputs(pipeline, &args.inputs) {
             Ok(inputs) => inputs,
             Err(errors) => {
@@ -123,13 +160,23 @@ async fn run_one(
         default_inputs(pipeline)
     };
     if let Some(vault) = &pipeline.vault {
-        let names: Vec<String> = vault.secrets.iter().map(|s| match &s.target {
-            pipewright_pipelines::SecretTarget::Key { env, .. } => env.clone(),
-            pipewright_pipelines::SecretTarget::All { prefix } => format!("{prefix}*"),
-        }).collect();
+        let names: Vec<String> = vault
+            .secrets
+            .iter()
+            .map(|s| match &s.target {
+                pipewright_pipelines::SecretTarget::Key { env, .. } => env.clone(),
+                pipewright_pipelines::SecretTarget::All { prefix } => format!("{prefix}*"),
+            })
+            .collect();
         let why = match &args.vault_addr {
-            None => format!("it reads secrets from Vault ({}) and exec was given no --vault-addr", names.join(", ")),
-            Some(addr) => format!("it reads secrets from Vault ({}), and this build cannot log in to Vault at {addr} yet", names.join(", ")),
+            None => format!(
+                "it reads secrets from Vault ({}) and exec was given no --vault-addr",
+                names.join(", ")
+            ),
+            Some(addr) => format!(
+                "it reads secrets from Vault ({}), and this build cannot log in to Vault at {addr} yet",
+                names.join(", ")
+            ),
         };
         println!("=== pipeline {}: error: not run: {why}", pipeline.name);
         return Ok(EXIT_ERROR);
@@ -144,11 +191,25 @@ async fn run_one(
         inputs,
     };
     let plan = plan(pipeline, &cx);
-    let workspace = tempfile::Builder::new().prefix("pipewright-exec-").tempdir().context("failed to create a workspace")?;
-    copy_tree(&args.dir, workspace.path()).with_context(|| format!("failed to copy {} into the workspace", args.dir.display()))?;
-    let setup = RunSetup { run_id: &run_id, instance: "exec", workspace: workspace.path(), defaults };
-    let mut printer = Printer { out: io::stdout(), err: io::stderr() };
-    let result = run_plan(executor, &plan, &setup, &mut printer, cancel).await.context("the Docker engine failed during the run")?;
+    let workspace = tempfile::Builder::new()
+        .prefix("pipewright-exec-")
+        .tempdir()
+        .context("failed to create a workspace")?;
+    copy_tree(&args.dir, workspace.path())
+        .with_context(|| format!("failed to copy {} into the workspace", args.dir.display()))?;
+    let setup = RunSetup {
+        run_id: &run_id,
+        instance: "exec",
+        workspace: workspace.path(),
+        defaults,
+    };
+    let mut printer = Printer {
+        out: io::stdout(),
+        err: io::stderr(),
+    };
+    let result = run_plan(executor, &plan, &setup, &mut printer, cancel)
+        .await
+        .context("the Docker engine failed during the run")?;
     let code = match &result {
         RunResult::Success => EXIT_SUCCESS,
         RunResult::Failure { .. } => EXIT_FAILURE,
@@ -166,7 +227,9 @@ async fn run_one(
 }
 
 fn local_run_id() -> String {
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
     format!("local-{}-{}", now.as_millis(), std::process::id())
 }
 
@@ -200,9 +263,16 @@ impl RunObserver for Printer {
 
     async fn step_finished(&mut self, step: &PlannedStep, result: &StepResult, elapsed: Duration) {
         let line = match result {
-            StepResult::Skipped => format!("--- step {}: skipped (its `when` excludes this event)", step.name),
+            StepResult::Skipped => format!(
+                "--- step {}: skipped (its `when` excludes this event)",
+                step.name
+            ),
             StepResult::NotRun => format!("--- step {}: not run", step.name),
-            StepResult::Ran(outcome) => format!("<-- step {}: {outcome} in {:.2}s", step.name, elapsed.as_secs_f64()),
+            StepResult::Ran(outcome) => format!(
+                "<-- step {}: {outcome} in {:.2}s",
+                step.name,
+                elapsed.as_secs_f64()
+            ),
             StepResult::Unrunnable(why) => format!("<-- step {}: error: {why}", step.name),
         };
         let _ = writeln!(self.out, "{line}");

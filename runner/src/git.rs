@@ -48,7 +48,12 @@ pub fn is_zero(sha: &str) -> bool {
 
 impl Git {
     pub fn new(root: PathBuf, token: Option<Secret>, ca_file: Option<PathBuf>) -> Git {
-        Git { root, token, ca_file, locks: Mutex::new(HashMap::new()) }
+        Git {
+            root,
+            token,
+            ca_file,
+            locks: Mutex::new(HashMap::new()),
+        }
     }
 
     fn command(&self, dir: Option<&Path>) -> Command {
@@ -63,34 +68,53 @@ impl Git {
             .kill_on_drop(true);
         let mut config: Vec<(&str, String)> = Vec::new();
         if let Some(token) = &self.token {
-            config.push(("http.extraHeader", format!("Authorization: token {}", token.expose())));
+            config.push((
+                "http.extraHeader",
+                format!("Authorization: token {}", token.expose()),
+            ));
         }
         if let Some(ca) = &self.ca_file {
             config.push(("http.sslCAInfo", ca.display().to_string()));
         }
         cmd.env("GIT_CONFIG_COUNT", config.len().to_string());
         for (i, (k, v)) in config.into_iter().enumerate() {
-            cmd.env(format!("GIT_CONFIG_KEY_{i}"), k).env(format!("GIT_CONFIG_VALUE_{i}"), v);
+            cmd.env(format!("GIT_CONFIG_KEY_{i}"), k)
+                .env(format!("GIT_CONFIG_VALUE_{i}"), v);
         }
         cmd
     }
 
     async fn run(&self, dir: Option<&Path>, args: &[&str]) -> Result<Vec<u8>, GitError> {
-        let out = self.command(dir).args(args).output().await.map_err(GitError::Spawn)?;
+        let out = self
+            .command(dir)
+            .args(args)
+            .output()
+            .await
+            .map_err(GitError::Spawn)?;
         if !out.status.success() {
             let stderr = String::from_utf8_lossy(&out.stderr).trim().to_string();
-            return Err(GitError::Failed { what: args.first().copied().unwrap_or("").to_string(), stderr });
+            return Err(GitError::Failed {
+                what: args.first().copied().unwrap_or("").to_string(),
+                stderr,
+            });
         }
         Ok(out.stdout)
     }
 
     async fn text(&self, dir: &Path, args: &[&str]) -> Result<String, GitError> {
-        Ok(String::from_utf8_lossy(&self.run(Some(dir), args).await?).trim().to_string())
+        Ok(String::from_utf8_lossy(&self.run(Some(dir), args).await?)
+            .trim()
+            .to_string())
     }
 
     /// Locks the repository's mirror, creating it if needed, and fetches branches, tags and
     /// pull-request heads. `sha256` selects the object format of a new mirror.
-    pub async fn fetch(&self, repo: &str, clone_url: &str, sha256: bool) -> Result<Mirror, GitError> {
+    pub async fn fetch(
+        &self,
+        repo: &str,
+        clone_url: &str,
+        sha256: bool,
+    ) -> Result<Mirror, GitError> {
         let lock = {
             let mut locks = self.locks.lock().unwrap_or_else(|e| e.into_inner());
             locks.entry(repo.to_string()).or_default().clone()
@@ -99,8 +123,13 @@ impl Git {
         let path = self.root.join(format!("{repo}.git"));
         if !path.join("HEAD").exists() {
             std::fs::create_dir_all(&path).map_err(GitError::Spawn)?;
-            let format = if sha256 { "--object-format=sha256" } else { "--object-format=sha1" };
-            self.run(Some(&path), &["init", "--quiet", "--bare", format]).await?;
+            let format = if sha256 {
+                "--object-format=sha256"
+            } else {
+                "--object-format=sha1"
+            };
+            self.run(Some(&path), &["init", "--quiet", "--bare", format])
+                .await?;
         }
         self.run(
             Some(&path),
@@ -117,62 +146,135 @@ impl Git {
             ],
         )
         .await?;
-        Ok(Mirror { path, _guard: guard })
+        Ok(Mirror {
+            path,
+            _guard: guard,
+        })
     }
 
     pub async fn has_commit(&self, mirror: &Mirror, sha: &str) -> bool {
-        self.run(Some(&mirror.path), &["cat-file", "-e", &format!("{sha}^{{commit}}")]).await.is_ok()
+        self.run(
+            Some(&mirror.path),
+            &["cat-file", "-e", &format!("{sha}^{{commit}}")],
+        )
+        .await
+        .is_ok()
     }
 
     /// Fails unless the commit is in the mirror.
-    pub async fn require_commit(&self, mirror: &Mirror, repo: &str, sha: &str) -> Result<(), GitError> {
+    pub async fn require_commit(
+        &self,
+        mirror: &Mirror,
+        repo: &str,
+        sha: &str,
+    ) -> Result<(), GitError> {
         if self.has_commit(mirror, sha).await {
             Ok(())
         } else {
-            Err(GitError::MissingCommit { repo: repo.to_string(), sha: sha.to_string() })
+            Err(GitError::MissingCommit {
+                repo: repo.to_string(),
+                sha: sha.to_string(),
+            })
         }
     }
 
     /// Files that differ between two commits; a rename counts as both of its paths.
-    pub async fn changed_files(&self, mirror: &Mirror, from: &str, to: &str) -> Result<Vec<String>, GitError> {
-        let out = self.run(Some(&mirror.path), &["diff", "--name-only", "--no-renames", "-z", from, to]).await?;
+    pub async fn changed_files(
+        &self,
+        mirror: &Mirror,
+        from: &str,
+        to: &str,
+    ) -> Result<Vec<String>, GitError> {
+        let out = self
+            .run(
+                Some(&mirror.path),
+                &["diff", "--name-only", "--no-renames", "-z", from, to],
+            )
+            .await?;
         Ok(split_z(&out))
     }
 
     /// Every file of a commit (a first push has nothing to compare with).
     pub async fn all_files(&self, mirror: &Mirror, sha: &str) -> Result<Vec<String>, GitError> {
-        let out = self.run(Some(&mirror.path), &["ls-tree", "-r", "-z", "--name-only", sha]).await?;
+        let out = self
+            .run(
+                Some(&mirror.path),
+                &["ls-tree", "-r", "-z", "--name-only", sha],
+            )
+            .await?;
         Ok(split_z(&out))
     }
 
     pub async fn merge_base(&self, mirror: &Mirror, a: &str, b: &str) -> Option<String> {
-        self.text(&mirror.path, &["merge-base", a, b]).await.ok().filter(|s| !s.is_empty())
+        self.text(&mirror.path, &["merge-base", a, b])
+            .await
+            .ok()
+            .filter(|s| !s.is_empty())
     }
 
     /// Up to `n` commits reachable from `sha`, newest first (`sha` itself first).
-    pub async fn ancestors(&self, mirror: &Mirror, sha: &str, n: usize) -> Result<Vec<String>, GitError> {
-        let out = self.text(&mirror.path, &["rev-list", &format!("--max-count={n}"), sha]).await?;
+    pub async fn ancestors(
+        &self,
+        mirror: &Mirror,
+        sha: &str,
+        n: usize,
+    ) -> Result<Vec<String>, GitError> {
+        let out = self
+            .text(
+                &mirror.path,
+                &["rev-list", &format!("--max-count={n}"), sha],
+            )
+            .await?;
         Ok(out.lines().map(str::to_string).collect())
     }
 
     /// The commit a ref points to, if it exists.
     pub async fn resolve(&self, mirror: &Mirror, git_ref: &str) -> Option<String> {
-        self.text(&mirror.path, &["rev-parse", "--verify", "--quiet", &format!("{git_ref}^{{commit}}")]).await.ok()
+        self.text(
+            &mirror.path,
+            &[
+                "rev-parse",
+                "--verify",
+                "--quiet",
+                &format!("{git_ref}^{{commit}}"),
+            ],
+        )
+        .await
+        .ok()
     }
 
     /// The pipeline files at a commit: `(path, text)` of every `.pipewright/*.yml|yaml` blob.
-    pub async fn pipeline_files(&self, mirror: &Mirror, sha: &str) -> Result<Vec<(String, Result<String, String>)>, GitError> {
-        let listing = self.run(Some(&mirror.path), &["ls-tree", "-z", sha, "--", ".pipewright/"]).await?;
+    pub async fn pipeline_files(
+        &self,
+        mirror: &Mirror,
+        sha: &str,
+    ) -> Result<Vec<(String, Result<String, String>)>, GitError> {
+        let listing = self
+            .run(
+                Some(&mirror.path),
+                &["ls-tree", "-z", sha, "--", ".pipewright/"],
+            )
+            .await?;
         let mut files = Vec::new();
         for entry in split_z(&listing) {
             // `<mode> <type> <object>\t<path>`
-            let Some((meta, path)) = entry.split_once('\t') else { continue };
+            let Some((meta, path)) = entry.split_once('\t') else {
+                continue;
+            };
             let file_name = path.rsplit('/').next().unwrap_or(path);
             if !meta.contains(" blob ") || !pipewright_pipelines::is_pipeline_file(file_name) {
                 continue;
             }
-            let bytes = self.run(Some(&mirror.path), &["cat-file", "blob", &format!("{sha}:{path}")]).await?;
-            files.push((path.to_string(), String::from_utf8(bytes).map_err(|_| "the file is not UTF-8 text".to_string())));
+            let bytes = self
+                .run(
+                    Some(&mirror.path),
+                    &["cat-file", "blob", &format!("{sha}:{path}")],
+                )
+                .await?;
+            files.push((
+                path.to_string(),
+                String::from_utf8(bytes).map_err(|_| "the file is not UTF-8 text".to_string()),
+            ));
         }
         files.sort_by(|a, b| a.0.cmp(&b.0));
         Ok(files)
@@ -182,12 +284,38 @@ impl Git {
     pub async fn checkout(&self, mirror: &Mirror, sha: &str, dest: &Path) -> Result<(), GitError> {
         let mirror_path = mirror.path.display().to_string();
         let dest_text = dest.display().to_string();
-        self.run(None, &["clone", "--quiet", "--no-checkout", "--local", &mirror_path, &dest_text]).await?;
-        self.run(Some(dest), &["-c", "advice.detachedHead=false", "checkout", "--quiet", "--detach", sha]).await?;
+        self.run(
+            None,
+            &[
+                "clone",
+                "--quiet",
+                "--no-checkout",
+                "--local",
+                &mirror_path,
+                &dest_text,
+            ],
+        )
+        .await?;
+        self.run(
+            Some(dest),
+            &[
+                "-c",
+                "advice.detachedHead=false",
+                "checkout",
+                "--quiet",
+                "--detach",
+                sha,
+            ],
+        )
+        .await?;
         Ok(())
     }
 }
 
 fn split_z(bytes: &[u8]) -> Vec<String> {
-    bytes.split(|b| *b == 0).filter(|s| !s.is_empty()).map(|s| String::from_utf8_lossy(s).into_owned()).collect()
+    bytes
+        .split(|b| *b == 0)
+        .filter(|s| !s.is_empty())
+        .map(|s| String::from_utf8_lossy(s).into_owned())
+        .collect()
 }

@@ -2,12 +2,12 @@
 
 pub mod cli;
 pub mod config;
-mod exec;
-mod local;
-pub mod run;
-pub mod store;
 mod events;
+mod exec;
 mod git;
 mod gitea;
+mod local;
 mod logs;
+pub mod run;
 pub mod server;
+pub mod store;

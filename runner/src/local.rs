@@ -14,7 +14,10 @@ use pipewright_pipelines::{PIPELINE_DIR, ParsedFile, is_pipeline_file, parse_fil
 pub fn read_pipelines(root: &Path) -> anyhow::Result<Vec<ParsedFile>> {
     let dir = root.join(PIPELINE_DIR);
     if !dir.is_dir() {
-        bail!("{} has no {PIPELINE_DIR}/ directory: there are no pipelines to read", root.display());
+        bail!(
+            "{} has no {PIPELINE_DIR}/ directory: there are no pipelines to read",
+            root.display()
+        );
     }
     let mut names: Vec<String> = fs::read_dir(&dir)
         .with_context(|| format!("failed to list {}", dir.display()))?
@@ -27,8 +30,10 @@ pub fn read_pipelines(root: &Path) -> anyhow::Result<Vec<ParsedFile>> {
     let mut files = Vec::with_capacity(names.len());
     for name in names {
         let path = dir.join(&name);
-        let bytes = fs::read(&path).with_context(|| format!("failed to read {}", path.display()))?;
-        let text = String::from_utf8(bytes).with_context(|| format!("{} is not UTF-8 text", path.display()))?;
+        let bytes =
+            fs::read(&path).with_context(|| format!("failed to read {}", path.display()))?;
+        let text = String::from_utf8(bytes)
+            .with_context(|| format!("{} is not UTF-8 text", path.display()))?;
         files.push((format!("{PIPELINE_DIR}/{name}"), text));
     }
     Ok(parse_files(&files))
@@ -44,12 +49,23 @@ pub struct GitFacts {
 }
 
 fn git(root: &Path, args: &[&str]) -> Option<String> {
-    let out = Command::new("git").arg("-C").arg(root).args(args).output().ok()?;
-    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_string()).filter(|s| !s.is_empty())
+    let out = Command::new("git")
+        .arg("-C")
+        .arg(root)
+        .args(args)
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+        .filter(|s| !s.is_empty())
 }
 
 pub fn git_facts(root: &Path) -> GitFacts {
-    let dir_name = root.canonicalize().ok().and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()));
+    let dir_name = root
+        .canonicalize()
+        .ok()
+        .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()));
     let repo = git(root, &["remote", "get-url", "origin"])
         .and_then(|url| repo_from_url(&url))
         .unwrap_or_else(|| format!("local/{}", dir_name.unwrap_or_else(|| "repo".into())));
@@ -120,8 +136,17 @@ mod tests {
 
     #[test]
     fn repo_names_from_clone_urls() {
-        assert_eq!(repo_from_url("https://gitea.lab/arcodange-org/factory.git").as_deref(), Some("arcodange-org/factory"));
-        assert_eq!(repo_from_url("git@gitea.lab:org/app.git").as_deref(), Some("org/app"));
-        assert_eq!(repo_from_url("ssh://git@gitea.lab:2222/org/app").as_deref(), Some("org/app"));
+        assert_eq!(
+            repo_from_url("https://gitea.lab/arcodange-org/factory.git").as_deref(),
+            Some("arcodange-org/factory")
+        );
+        assert_eq!(
+            repo_from_url("git@gitea.lab:org/app.git").as_deref(),
+            Some("org/app")
+        );
+        assert_eq!(
+            repo_from_url("ssh://git@gitea.lab:2222/org/app").as_deref(),
+            Some("org/app")
+        );
     }
 }

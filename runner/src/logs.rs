@@ -28,7 +28,11 @@ impl LogStore {
         if let Some(dir) = path.parent() {
             fs::create_dir_all(dir)?;
         }
-        let file = OpenOptions::new().create(true).write(true).truncate(true).open(&path)?;
+        let file = OpenOptions::new()
+            .create(true)
+            .write(true)
+            .truncate(true)
+            .open(&path)?;
         Ok(LogWriter { file, bytes: 0 })
     }
 

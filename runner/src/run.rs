@@ -9,7 +9,8 @@ use std::{
 };
 
 use pipewright_containers::{
-    CancellationToken, ExecError, Executor, LABEL_INSTANCE, LABEL_RUN, LABEL_STEP, LogSink, Mount, Outcome, StepSpec, Stream,
+    CancellationToken, ExecError, Executor, LABEL_INSTANCE, LABEL_RUN, LABEL_STEP, LogSink, Mount,
+    Outcome, StepSpec, Stream,
 };
 use pipewright_pipelines::{Plan, PlannedAction, PlannedStep};
 
@@ -25,7 +26,10 @@ pub struct StepDefaults {
 
 impl Default for StepDefaults {
     fn default() -> Self {
-        StepDefaults { memory_bytes: 4 << 30, pids: 4096 }
+        StepDefaults {
+            memory_bytes: 4 << 30,
+            pids: 4096,
+        }
     }
 }
 
@@ -48,7 +52,10 @@ pub enum StepResult {
 pub enum RunResult {
     Success,
     /// A step failed (status `failure`).
-    Failure { step: String, why: String },
+    Failure {
+        step: String,
+        why: String,
+    },
     /// Pipewright or a service failed (status `error`).
     Error(String),
     Cancelled,
@@ -71,7 +78,12 @@ pub trait RunObserver: Send {
     fn step_started(&mut self, step: &PlannedStep) -> impl Future<Output = ()> + Send;
     /// One line of a step's output. An error stops the step (the log could not be kept).
     fn step_output(&mut self, step: &PlannedStep, stream: Stream, line: &[u8]) -> io::Result<()>;
-    fn step_finished(&mut self, step: &PlannedStep, result: &StepResult, elapsed: Duration) -> impl Future<Output = ()> + Send;
+    fn step_finished(
+        &mut self,
+        step: &PlannedStep,
+        result: &StepResult,
+        elapsed: Duration,
+    ) -> impl Future<Output = ()> + Send;
 }
 
 /// Where a run happens.
@@ -109,60 +121,105 @@ pub async fn run_plan<E: Executor, O: RunObserver>(
     for step in &plan.steps {
         let started = Instant::now();
         if result != RunResult::Success {
-            observer.step_finished(step, &StepResult::NotRun, Duration::ZERO).await;
+            observer
+                .step_finished(step, &StepResult::NotRun, Duration::ZERO)
+                .await;
             continue;
         }
         if !step.applies {
-            observer.step_finished(step, &StepResult::Skipped, Duration::ZERO).await;
+            observer
+                .step_finished(step, &StepResult::Skipped, Duration::ZERO)
+                .await;
             continue;
         }
         let left = deadline.saturating_duration_since(started);
         if left.is_zero() {
-            result = RunResult::Failure { step: step.name.clone(), why: format!("did not start: the run's timeout of {}s ran out", plan.timeout.as_secs()) };
-            observer.step_finished(step, &StepResult::NotRun, Duration::ZERO).await;
+            result = RunResult::Failure {
+                step: step.name.clone(),
+                why: format!(
+                    "did not start: the run's timeout of {}s ran out",
+                    plan.timeout.as_secs()
+                ),
+            };
+            observer
+                .step_finished(step, &StepResult::NotRun, Duration::ZERO)
+                .await;
             continue;
         }
         observer.step_started(step).await;
         let step_result = match &step.action {
             PlannedAction::Uses { .. } => match pipewright_actions::check(step) {
-                Ok(()) => StepResult::Unrunnable(format!("action step {} has no executor", step.name)),
+                Ok(()) => {
+                    StepResult::Unrunnable(format!("action step {} has no executor", step.name))
+                }
                 Err(e) => StepResult::Unrunnable(e.to_string()),
             },
             PlannedAction::Run { image, script } => {
                 let spec = spec_for(step, image, script, setup, left);
-                let mut sink = StepSink { observer: &mut *observer, step };
+                let mut sink = StepSink {
+                    observer: &mut *observer,
+                    step,
+                };
                 let outcome = executor.run_step(&spec, &mut sink, cancel).await?;
                 // The run's own deadline cut the step short: say so rather than blame the step.
                 let outcome = match outcome {
-                    Outcome::TimedOut { .. } if step.timeout.is_none_or(|t| t > left) => Outcome::TimedOut { after: plan.timeout },
+                    Outcome::TimedOut { .. } if step.timeout.is_none_or(|t| t > left) => {
+                        Outcome::TimedOut {
+                            after: plan.timeout,
+                        }
+                    }
                     other => other,
                 };
                 StepResult::Ran(outcome)
             }
         };
-        observer.step_finished(step, &step_result, started.elapsed()).await;
+        observer
+            .step_finished(step, &step_result, started.elapsed())
+            .await;
         result = match step_result {
-            StepResult::Ran(Outcome::Succeeded) | StepResult::Skipped | StepResult::NotRun => RunResult::Success,
-            StepResult::Ran(Outcome::Cancelled) => RunResult::Cancelled,
-            StepResult::Ran(ref o @ (Outcome::ImageUnavailable { .. } | Outcome::StartFailed { .. })) => {
-                RunResult::Error(format!("step {}: {o}", step.name))
+            StepResult::Ran(Outcome::Succeeded) | StepResult::Skipped | StepResult::NotRun => {
+                RunResult::Success
             }
+            StepResult::Ran(Outcome::Cancelled) => RunResult::Cancelled,
+            StepResult::Ran(
+                ref o @ (Outcome::ImageUnavailable { .. } | Outcome::StartFailed { .. }),
+            ) => RunResult::Error(format!("step {}: {o}", step.name)),
             StepResult::Ran(_) if step.continue_on_error => RunResult::Success,
-            StepResult::Ran(o) => RunResult::Failure { step: step.name.clone(), why: o.to_string() },
+            StepResult::Ran(o) => RunResult::Failure {
+                step: step.name.clone(),
+                why: o.to_string(),
+            },
             StepResult::Unrunnable(why) => RunResult::Error(format!("step {}: {why}", step.name)),
         };
     }
     Ok(result)
 }
 
-fn spec_for(step: &PlannedStep, image: &str, script: &str, setup: &RunSetup<'_>, left: Duration) -> StepSpec {
-    let mut mounts = vec![Mount { host: setup.workspace.to_path_buf(), container: WORKSPACE.into(), read_only: false }];
-    mounts.extend(
-        step.volumes.iter().map(|v| Mount { host: PathBuf::from(&v.host), container: v.container.clone(), read_only: v.read_only }),
-    );
+fn spec_for(
+    step: &PlannedStep,
+    image: &str,
+    script: &str,
+    setup: &RunSetup<'_>,
+    left: Duration,
+) -> StepSpec {
+    let mut mounts = vec![Mount {
+        host: setup.workspace.to_path_buf(),
+        container: WORKSPACE.into(),
+        read_only: false,
+    }];
+    mounts.extend(step.volumes.iter().map(|v| Mount {
+        host: PathBuf::from(&v.host),
+        container: v.container.clone(),
+        read_only: v.read_only,
+    }));
     StepSpec {
         image: image.to_string(),
-        command: vec!["/bin/sh".into(), "-e".into(), "-c".into(), script.to_string()],
+        command: vec![
+            "/bin/sh".into(),
+            "-e".into(),
+            "-c".into(),
+            script.to_string(),
+        ],
         env: step.env.clone(),
         working_dir: WORKSPACE.into(),
         mounts,

@@ -2,3 +2,6 @@
 
 mod exec_cli;
 mod executor;
+mod fake_gitea_selftest;
+mod serve;
+mod store;

@@ -24,9 +24,16 @@ pub enum GiteaError {
     #[error("failed to reach Gitea")]
     Http(#[from] reqwest::Error),
     #[error("Gitea answered {status} to {what}: {body}")]
-    Status { status: StatusCode, what: String, body: String },
+    Status {
+        status: StatusCode,
+        what: String,
+        body: String,
+    },
     #[error("failed to read the CA file {path}")]
-    Ca { path: String, source: std::io::Error },
+    Ca {
+        path: String,
+        source: std::io::Error,
+    },
 }
 
 impl GiteaError {
@@ -34,7 +41,9 @@ impl GiteaError {
     pub fn is_transient(&self) -> bool {
         match self {
             GiteaError::Http(_) => true,
-            GiteaError::Status { status, .. } => status.is_server_error() || *status == StatusCode::TOO_MANY_REQUESTS,
+            GiteaError::Status { status, .. } => {
+                status.is_server_error() || *status == StatusCode::TOO_MANY_REQUESTS
+            }
             GiteaError::Ca { .. } => false,
         }
     }
@@ -62,9 +71,14 @@ pub struct CommitRef {
 /// An HTTP client that trusts the system roots and, when given, the homelab CA.
 pub fn http_client(ca_file: Option<&Path>) -> Result<Client, GiteaError> {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let mut builder = Client::builder().connect_timeout(Duration::from_secs(5)).timeout(Duration::from_secs(30));
+    let mut builder = Client::builder()
+        .connect_timeout(Duration::from_secs(5))
+        .timeout(Duration::from_secs(30));
     if let Some(path) = ca_file {
-        let pem = std::fs::read(path).map_err(|source| GiteaError::Ca { path: path.display().to_string(), source })?;
+        let pem = std::fs::read(path).map_err(|source| GiteaError::Ca {
+            path: path.display().to_string(),
+            source,
+        })?;
         for cert in Certificate::from_pem_bundle(&pem)? {
             builder = builder.add_root_certificate(cert);
         }
@@ -74,11 +88,18 @@ pub fn http_client(ca_file: Option<&Path>) -> Result<Client, GiteaError> {
 
 impl Gitea {
     pub fn new(url: &str, token: Option<Secret>, client: Client) -> Gitea {
-        Gitea { base: format!("{}/api/v1", url.trim_end_matches('/')), token, client }
+        Gitea {
+            base: format!("{}/api/v1", url.trim_end_matches('/')),
+            token,
+            client,
+        }
     }
 
     fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
-        let req = self.client.request(method, format!("{}{path}", self.base)).header("accept", "application/json");
+        let req = self
+            .client
+            .request(method, format!("{}{path}", self.base))
+            .header("accept", "application/json");
         match &self.token {
             Some(token) => req.header("authorization", format!("token {}", token.expose())),
             None => req,
@@ -92,7 +113,11 @@ impl Gitea {
         let status = resp.status();
         let mut body = resp.text().await.unwrap_or_default();
         body.truncate(300);
-        Err(GiteaError::Status { status, what: what.to_string(), body })
+        Err(GiteaError::Status {
+            status,
+            what: what.to_string(),
+            body,
+        })
     }
 
     /// `POST /repos/{owner}/{repo}/statuses/{sha}`.
@@ -105,8 +130,20 @@ impl Gitea {
         description: &str,
         target_url: &str,
     ) -> Result<(), GiteaError> {
-        let body = CreateStatus { state, target_url, description, context };
-        let resp = self.request(reqwest::Method::POST, &format!("/repos/{repo}/statuses/{sha}")).json(&body).send().await?;
+        let body = CreateStatus {
+            state,
+            target_url,
+            description,
+            context,
+        };
+        let resp = self
+            .request(
+                reqwest::Method::POST,
+                &format!("/repos/{repo}/statuses/{sha}"),
+            )
+            .json(&body)
+            .send()
+            .await?;
         Self::check(resp, &format!("a status for {repo}@{sha}")).await?;
         Ok(())
     }
@@ -121,12 +158,20 @@ impl Gitea {
         self.paged(repo, "pulls", "&state=open").await
     }
 
-    async fn paged<T: for<'de> Deserialize<'de>>(&self, repo: &str, what: &str, query: &str) -> Result<Vec<T>, GiteaError> {
+    async fn paged<T: for<'de> Deserialize<'de>>(
+        &self,
+        repo: &str,
+        what: &str,
+        query: &str,
+    ) -> Result<Vec<T>, GiteaError> {
         let mut out = Vec::new();
         for page in 1..=100 {
             let path = format!("/repos/{repo}/{what}?limit=50&page={page}{query}");
             let resp = self.request(reqwest::Method::GET, &path).send().await?;
-            let items: Vec<T> = Self::check(resp, &format!("the {what} of {repo}")).await?.json().await?;
+            let items: Vec<T> = Self::check(resp, &format!("the {what} of {repo}"))
+                .await?
+                .json()
+                .await?;
             let done = items.len() < 50;
             out.extend(items);
             if done {

@@ -24,7 +24,10 @@ use crate::{
 
 pub fn router(app: Arc<App>) -> Router {
     Router::new()
-        .route("/hooks/gitea", post(webhook::receive).layer(DefaultBodyLimit::max(webhook::MAX_BODY)))
+        .route(
+            "/hooks/gitea",
+            post(webhook::receive).layer(DefaultBodyLimit::max(webhook::MAX_BODY)),
+        )
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/api/v1/runs", get(list_runs))
@@ -57,7 +60,10 @@ mod subtle_compare {
         use sha2::{Digest, Sha256};
         // Hashing first makes the comparison independent of the lengths too.
         let (ha, hb) = (Sha256::digest(a), Sha256::digest(b));
-        ha.iter().zip(hb.iter()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+        ha.iter()
+            .zip(hb.iter())
+            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+            == 0
     }
 }
 
@@ -66,7 +72,10 @@ pub fn authorized(app: &App, headers: &HeaderMap) -> bool {
     let Some(given) = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
     else {
         return false;
     };
@@ -81,7 +90,10 @@ pub fn require_read(app: &App, headers: &HeaderMap) -> Result<(), ApiError> {
     if app.config.api.read_public || authorized(app, headers) {
         Ok(())
     } else {
-        Err(ApiError(StatusCode::UNAUTHORIZED, "an API token is required (Authorization: Bearer …)".into()))
+        Err(ApiError(
+            StatusCode::UNAUTHORIZED,
+            "an API token is required (Authorization: Bearer …)".into(),
+        ))
     }
 }
 
@@ -89,7 +101,10 @@ fn require_write(app: &App, headers: &HeaderMap) -> Result<(), ApiError> {
     if authorized(app, headers) {
         Ok(())
     } else {
-        Err(ApiError(StatusCode::UNAUTHORIZED, "an API token is required (Authorization: Bearer …)".into()))
+        Err(ApiError(
+            StatusCode::UNAUTHORIZED,
+            "an API token is required (Authorization: Bearer …)".into(),
+        ))
     }
 }
 
@@ -97,7 +112,11 @@ async fn readyz(State(app): State<Arc<App>>) -> Response {
     let db = app.store.ping().await.is_ok();
     let docker = app.executor.ping().await.is_ok();
     let body = serde_json::json!({ "database": db, "docker": docker });
-    let status = if db && docker { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let status = if db && docker {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
     (status, Json(body)).into_response()
 }
 
@@ -166,7 +185,12 @@ pub fn run_dto(app: &App, run: &Run, steps: Option<&[StepRow]>) -> RunDto {
                     exit_code: s.exit_code,
                     started_at: s.started_at.map(rfc3339),
                     finished_at: s.finished_at.map(rfc3339),
-                    log_url: format!("{}/api/v1/runs/{}/steps/{}/log", app.public_url(), run.id, s.idx),
+                    log_url: format!(
+                        "{}/api/v1/runs/{}/steps/{}/log",
+                        app.public_url(),
+                        run.id,
+                        s.idx
+                    ),
                 })
                 .collect()
         }),
@@ -203,17 +227,33 @@ struct ListQuery {
     limit: Option<i64>,
 }
 
-async fn list_runs(State(app): State<Arc<App>>, headers: HeaderMap, Query(q): Query<ListQuery>) -> Result<Json<Vec<RunDto>>, ApiError> {
+async fn list_runs(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    Query(q): Query<ListQuery>,
+) -> Result<Json<Vec<RunDto>>, ApiError> {
     require_read(&app, &headers)?;
-    let runs = app.store.runs(q.repo.as_deref(), q.limit.unwrap_or(50).clamp(1, 500)).await.map_err(internal)?;
+    let runs = app
+        .store
+        .runs(q.repo.as_deref(), q.limit.unwrap_or(50).clamp(1, 500))
+        .await
+        .map_err(internal)?;
     Ok(Json(runs.iter().map(|r| run_dto(&app, r, None)).collect()))
 }
 
 async fn load_run(app: &App, id: i64) -> Result<Run, ApiError> {
-    app.store.run(id).await.map_err(internal)?.ok_or_else(|| ApiError(StatusCode::NOT_FOUND, format!("no run {id}")))
+    app.store
+        .run(id)
+        .await
+        .map_err(internal)?
+        .ok_or_else(|| ApiError(StatusCode::NOT_FOUND, format!("no run {id}")))
 }
 
-async fn get_run(State(app): State<Arc<App>>, headers: HeaderMap, Path(id): Path<i64>) -> Result<Json<RunDto>, ApiError> {
+async fn get_run(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    Path(id): Path<i64>,
+) -> Result<Json<RunDto>, ApiError> {
     require_read(&app, &headers)?;
     let run = load_run(&app, id).await?;
     let steps = app.store.steps(id).await.map_err(internal)?;
@@ -235,7 +275,10 @@ async fn step_log(
     load_run(&app, id).await?;
     let steps = app.store.steps(id).await.map_err(internal)?;
     if !steps.iter().any(|s| s.idx == n) {
-        return Err(ApiError(StatusCode::NOT_FOUND, format!("run {id} has no step {n}")));
+        return Err(ApiError(
+            StatusCode::NOT_FOUND,
+            format!("run {id} has no step {n}"),
+        ));
     }
     let path = app.logs.path(id, n);
     if !q.follow.unwrap_or(false) {
@@ -260,7 +303,14 @@ async fn step_log(
         offset: u64,
         ended: bool,
     }
-    let start = Follow { app: app.clone(), path, run: id, step: n, offset: 0, ended: false };
+    let start = Follow {
+        app: app.clone(),
+        path,
+        run: id,
+        step: n,
+        offset: 0,
+        ended: false,
+    };
     let stream = futures_util::stream::unfold(start, |mut f| async move {
         if f.ended {
             return None;
@@ -281,12 +331,20 @@ async fn step_log(
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     });
-    Ok(Sse::new(stream).keep_alive(KeepAlive::default()).into_response())
+    Ok(Sse::new(stream)
+        .keep_alive(KeepAlive::default())
+        .into_response())
 }
 
 /// Whether a step is over (or will never run), read before the log so no line is missed.
 async fn step_finished(app: &App, run: i64, step: i64) -> bool {
-    let run_over = app.store.run(run).await.ok().flatten().is_none_or(|r| r.state.is_finished());
+    let run_over = app
+        .store
+        .run(run)
+        .await
+        .ok()
+        .flatten()
+        .is_none_or(|r| r.state.is_finished());
     let step_over = app
         .store
         .steps(run)
@@ -297,7 +355,11 @@ async fn step_finished(app: &App, run: i64, step: i64) -> bool {
     run_over || step_over
 }
 
-async fn cancel_run(State(app): State<Arc<App>>, headers: HeaderMap, Path(id): Path<i64>) -> Result<Json<RunDto>, ApiError> {
+async fn cancel_run(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    Path(id): Path<i64>,
+) -> Result<Json<RunDto>, ApiError> {
     require_write(&app, &headers)?;
     let run = load_run(&app, id).await?;
     match run.state {
@@ -305,17 +367,34 @@ async fn cancel_run(State(app): State<Arc<App>>, headers: HeaderMap, Path(id): P
             app.scheduler.cancel(id, "cancelled through the API");
         }
         RunState::Queued => {
-            app.store.finish_run(id, RunState::Cancelled, "cancelled through the API", app.public_url()).await.map_err(internal)?;
+            app.store
+                .finish_run(
+                    id,
+                    RunState::Cancelled,
+                    "cancelled through the API",
+                    app.public_url(),
+                )
+                .await
+                .map_err(internal)?;
             app.reporter_wake.notify_one();
             app.scheduler.wake();
         }
-        _ => return Err(ApiError(StatusCode::CONFLICT, format!("run {id} has already ended ({})", run.state.as_str()))),
+        _ => {
+            return Err(ApiError(
+                StatusCode::CONFLICT,
+                format!("run {id} has already ended ({})", run.state.as_str()),
+            ));
+        }
     }
     let run = load_run(&app, id).await?;
     Ok(Json(run_dto(&app, &run, None)))
 }
 
-async fn rerun(State(app): State<Arc<App>>, headers: HeaderMap, Path(id): Path<i64>) -> Result<(StatusCode, Json<RunDto>), ApiError> {
+async fn rerun(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    Path(id): Path<i64>,
+) -> Result<(StatusCode, Json<RunDto>), ApiError> {
     require_write(&app, &headers)?;
     let old = load_run(&app, id).await?;
     let new = NewRun {
@@ -339,9 +418,16 @@ async fn rerun(State(app): State<Arc<App>>, headers: HeaderMap, Path(id): Path<i
         state: RunState::Queued,
         description: format!("queued (re-run of run {id})"),
     };
-    let enqueued = app.store.enqueue_runs(None, &[new], app.public_url()).await.map_err(internal)?;
+    let enqueued = app
+        .store
+        .enqueue_runs(None, &[new], app.public_url())
+        .await
+        .map_err(internal)?;
     for running in &enqueued.cancel_running {
-        app.scheduler.cancel(*running, "cancelled: a newer run of its concurrency group started");
+        app.scheduler.cancel(
+            *running,
+            "cancelled: a newer run of its concurrency group started",
+        );
     }
     app.scheduler.wake();
     app.reporter_wake.notify_one();

@@ -9,7 +9,11 @@ use pipewright_containers::{CancellationToken, Executor};
 use pipewright_pipelines::GitRef;
 use tracing::{info, warn};
 
-use super::{App, ingest::{enqueue_event, error_chain}, worker::live_runs_filter};
+use super::{
+    App,
+    ingest::{enqueue_event, error_chain},
+    worker::live_runs_filter,
+};
 use crate::{
     events::{Event, RepoInfo},
     git::is_zero,
@@ -57,31 +61,55 @@ async fn reconcile(app: &App, seen: &mut HashSet<(String, String)>) -> anyhow::R
         };
         for branch in branches {
             let sha = branch.commit.id;
-            if is_zero(&sha) || seen.contains(&(repo.full_name.clone(), sha.clone())) || app.store.has_runs_for(&repo.full_name, &sha).await? {
+            if is_zero(&sha)
+                || seen.contains(&(repo.full_name.clone(), sha.clone()))
+                || app.store.has_runs_for(&repo.full_name, &sha).await?
+            {
                 continue;
             }
-            let repo = RepoInfo { sha256: sha.len() == 64, ..repo.clone() };
+            let repo = RepoInfo {
+                sha256: sha.len() == 64,
+                ..repo.clone()
+            };
             let before = last_run_ancestor(app, &repo, &sha).await;
-            missing.push(Event::Push { repo, git_ref: GitRef::Branch(branch.name), before, after: sha, actor: String::new() });
+            missing.push(Event::Push {
+                repo,
+                git_ref: GitRef::Branch(branch.name),
+                before,
+                after: sha,
+                actor: String::new(),
+            });
         }
         match app.gitea.open_pulls(&repo.full_name).await {
             Ok(pulls) => {
                 for pr in pulls {
                     let sha = pr.head.sha.clone();
-                    if sha.is_empty() || seen.contains(&(repo.full_name.clone(), sha.clone())) || app.store.has_runs_for(&repo.full_name, &sha).await? {
+                    if sha.is_empty()
+                        || seen.contains(&(repo.full_name.clone(), sha.clone()))
+                        || app.store.has_runs_for(&repo.full_name, &sha).await?
+                    {
                         continue;
                     }
                     missing.push(Event::PullRequest {
-                        repo: RepoInfo { sha256: sha.len() == 64, ..repo.clone() },
+                        repo: RepoInfo {
+                            sha256: sha.len() == 64,
+                            ..repo.clone()
+                        },
                         number: pr.number,
-                        base_branch: pr.base.git_ref.trim_start_matches("refs/heads/").to_string(),
+                        base_branch: pr
+                            .base
+                            .git_ref
+                            .trim_start_matches("refs/heads/")
+                            .to_string(),
                         head_sha: sha,
                         action: "synchronized".into(),
                         actor: String::new(),
                     });
                 }
             }
-            Err(e) => warn!(repo = %repo.full_name, error = %error_chain(&e), "catch-up: failed to list pull requests"),
+            Err(e) => {
+                warn!(repo = %repo.full_name, error = %error_chain(&e), "catch-up: failed to list pull requests")
+            }
         }
         for event in missing {
             let key = (repo.full_name.clone(), event.sha().to_string());
@@ -92,7 +120,9 @@ async fn reconcile(app: &App, seen: &mut HashSet<(String, String)>) -> anyhow::R
                     }
                     seen.insert(key);
                 }
-                Err(e) => warn!(repo = %repo.full_name, sha = %event.sha(), error = %error_chain(&e), "catch-up failed for a commit"),
+                Err(e) => {
+                    warn!(repo = %repo.full_name, sha = %event.sha(), error = %error_chain(&e), "catch-up failed for a commit")
+                }
             }
         }
     }
@@ -104,11 +134,24 @@ async fn reconcile(app: &App, seen: &mut HashSet<(String, String)>) -> anyhow::R
 /// one, at its parent; on a lone root commit, nowhere (every file counts).
 async fn last_run_ancestor(app: &App, repo: &RepoInfo, sha: &str) -> String {
     let zero = "0".repeat(sha.len());
-    let Ok(mirror) = app.git.fetch(&repo.full_name, &repo.clone_url, repo.sha256).await else { return zero };
-    let Ok(ancestors) = app.git.ancestors(&mirror, sha, 100).await else { return zero };
+    let Ok(mirror) = app
+        .git
+        .fetch(&repo.full_name, &repo.clone_url, repo.sha256)
+        .await
+    else {
+        return zero;
+    };
+    let Ok(ancestors) = app.git.ancestors(&mirror, sha, 100).await else {
+        return zero;
+    };
     drop(mirror);
     for candidate in ancestors.iter().skip(1) {
-        if app.store.has_runs_for(&repo.full_name, candidate).await.unwrap_or(false) {
+        if app
+            .store
+            .has_runs_for(&repo.full_name, candidate)
+            .await
+            .unwrap_or(false)
+        {
             return candidate.clone();
         }
     }

@@ -6,7 +6,8 @@ use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use pipewright_containers::CancellationToken;
 use pipewright_pipelines::{
-    Changes, Diagnostic, EventKind, GitRef, ParsedFile, RunContext, Trigger, default_inputs, parse_files, plan, selects,
+    Changes, Diagnostic, EventKind, GitRef, ParsedFile, RunContext, Trigger, default_inputs,
+    parse_files, plan, selects,
 };
 use tracing::{Instrument, info, info_span, warn};
 
@@ -49,8 +50,11 @@ pub async fn run(app: Arc<App>, stop: CancellationToken) {
                 next_retry = Some(next_retry.map_or(*at, |n| n.min(*at)));
                 continue;
             }
-            let span = info_span!("delivery", delivery_id = %delivery.delivery_id, repo = %delivery.repo);
-            let result = process(&app, delivery.id, &delivery.event_type, &delivery.payload).instrument(span.clone()).await;
+            let span =
+                info_span!("delivery", delivery_id = %delivery.delivery_id, repo = %delivery.repo);
+            let result = process(&app, delivery.id, &delivery.event_type, &delivery.payload)
+                .instrument(span.clone())
+                .await;
             let _enter = span.enter();
             match result {
                 Ok(note) => {
@@ -58,12 +62,17 @@ pub async fn run(app: Arc<App>, stop: CancellationToken) {
                     info!(note = %note, "delivery processed");
                 }
                 Err(e) => {
-                    let entry = failures.entry(delivery.id).or_insert((0, tokio::time::Instant::now()));
+                    let entry = failures
+                        .entry(delivery.id)
+                        .or_insert((0, tokio::time::Instant::now()));
                     entry.0 += 1;
                     if entry.0 >= ATTEMPTS {
                         warn!(error = %error_chain(&e), "giving up on the delivery");
                         failures.remove(&delivery.id);
-                        let _ = app.store.finish_delivery(delivery.id, DeliveryState::Failed, &error_chain(&e)).await;
+                        let _ = app
+                            .store
+                            .finish_delivery(delivery.id, DeliveryState::Failed, &error_chain(&e))
+                            .await;
                         continue;
                     }
                     let pause = Duration::from_secs(1 << entry.0.min(6));
@@ -73,7 +82,9 @@ pub async fn run(app: Arc<App>, stop: CancellationToken) {
                 }
             }
         }
-        let wait = next_retry.map_or(Duration::from_secs(30), |at| at.saturating_duration_since(tokio::time::Instant::now()));
+        let wait = next_retry.map_or(Duration::from_secs(30), |at| {
+            at.saturating_duration_since(tokio::time::Instant::now())
+        });
         tokio::select! {
             _ = app.ingest_wake.notified() => {}
             _ = tokio::time::sleep(wait) => {}
@@ -93,25 +104,46 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
     text
 }
 
-async fn process(app: &App, id: i64, event_type: &str, payload: &[u8]) -> Result<String, IngestError> {
+async fn process(
+    app: &App,
+    id: i64,
+    event_type: &str,
+    payload: &[u8],
+) -> Result<String, IngestError> {
     let event = match parse(event_type, payload) {
         Ok(Some(event)) => event,
         Ok(None) => {
-            app.store.finish_delivery(id, DeliveryState::Processed, "nothing to run").await?;
+            app.store
+                .finish_delivery(id, DeliveryState::Processed, "nothing to run")
+                .await?;
             return Ok("nothing to run".into());
         }
         Err(e) => {
-            app.store.finish_delivery(id, DeliveryState::Failed, &e.to_string()).await?;
+            app.store
+                .finish_delivery(id, DeliveryState::Failed, &e.to_string())
+                .await?;
             return Ok(e.to_string());
         }
     };
     if !app.config.repo_allowed(&event.repo().full_name) {
-        app.store.finish_delivery(id, DeliveryState::Processed, "repository not in [[repos]]: ignored").await?;
+        app.store
+            .finish_delivery(
+                id,
+                DeliveryState::Processed,
+                "repository not in [[repos]]: ignored",
+            )
+            .await?;
         return Ok("repository not allowed by [[repos]]".into());
     }
     let key = event.dedupe_key();
     if app.store.active_dedupe(&key).await? {
-        app.store.finish_delivery(id, DeliveryState::Duplicate, "the same event's runs are still queued or running").await?;
+        app.store
+            .finish_delivery(
+                id,
+                DeliveryState::Duplicate,
+                "the same event's runs are still queued or running",
+            )
+            .await?;
         return Ok("duplicate of an event still running".into());
     }
     let enqueued = enqueue_event(app, Some(id), &event).await?;
@@ -119,26 +151,63 @@ async fn process(app: &App, id: i64, event_type: &str, payload: &[u8]) -> Result
 }
 
 /// Selects and enqueues the runs of an event (also used by catch-up, without a delivery).
-pub async fn enqueue_event(app: &App, delivery: Option<i64>, event: &Event) -> Result<Enqueued, IngestError> {
+pub async fn enqueue_event(
+    app: &App,
+    delivery: Option<i64>,
+    event: &Event,
+) -> Result<Enqueued, IngestError> {
     let repo = event.repo();
-    let mirror = app.git.fetch(&repo.full_name, &repo.clone_url, repo.sha256).await?;
+    let mirror = app
+        .git
+        .fetch(&repo.full_name, &repo.clone_url, repo.sha256)
+        .await?;
     let sha = event.sha().to_string();
-    app.git.require_commit(&mirror, &repo.full_name, &sha).await?;
+    app.git
+        .require_commit(&mirror, &repo.full_name, &sha)
+        .await?;
     let (trigger, pr, actor) = match event {
-        Event::Push { git_ref, before, after, actor, .. } => {
+        Event::Push {
+            git_ref,
+            before,
+            after,
+            actor,
+            ..
+        } => {
             let changes = match git_ref {
                 GitRef::Tag(_) => Changes::All,
-                GitRef::Branch(branch) => push_changes(app, &mirror, branch, &repo.default_branch, before, after).await?,
+                GitRef::Branch(branch) => {
+                    push_changes(app, &mirror, branch, &repo.default_branch, before, after).await?
+                }
             };
-            (Trigger { kind: EventKind::Push, git_ref: git_ref.clone(), changes }, None, actor.clone())
+            (
+                Trigger {
+                    kind: EventKind::Push,
+                    git_ref: git_ref.clone(),
+                    changes,
+                },
+                None,
+                actor.clone(),
+            )
         }
-        Event::PullRequest { number, base_branch, head_sha, actor, .. } => {
+        Event::PullRequest {
+            number,
+            base_branch,
+            head_sha,
+            actor,
+            ..
+        } => {
             let base_ref = format!("refs/heads/{base_branch}");
             let changes = match app.git.merge_base(&mirror, &base_ref, head_sha).await {
-                Some(base) => Changes::Files(app.git.changed_files(&mirror, &base, head_sha).await?),
+                Some(base) => {
+                    Changes::Files(app.git.changed_files(&mirror, &base, head_sha).await?)
+                }
                 None => Changes::Files(app.git.all_files(&mirror, head_sha).await?),
             };
-            let trigger = Trigger { kind: EventKind::PullRequest, git_ref: GitRef::Branch(base_branch.clone()), changes };
+            let trigger = Trigger {
+                kind: EventKind::PullRequest,
+                git_ref: GitRef::Branch(base_branch.clone()),
+                changes,
+            };
             (trigger, Some(*number), actor.clone())
         }
     };
@@ -167,7 +236,10 @@ pub async fn enqueue_event(app: &App, delivery: Option<i64>, event: &Event) -> R
                 let planned = plan(p, &cx);
                 (planned.concurrency_group, planned.cancel_in_progress)
             }
-            None => (format!("{}/{}/{}", repo.full_name, file.name, cx.event_ref()), false),
+            None => (
+                format!("{}/{}/{}", repo.full_name, file.name, cx.event_ref()),
+                false,
+            ),
         };
         runs.push(NewRun {
             repo: repo.full_name.clone(),
@@ -191,9 +263,15 @@ pub async fn enqueue_event(app: &App, delivery: Option<i64>, event: &Event) -> R
             description,
         });
     }
-    let enqueued = app.store.enqueue_runs(delivery, &runs, app.public_url()).await?;
+    let enqueued = app
+        .store
+        .enqueue_runs(delivery, &runs, app.public_url())
+        .await?;
     for id in &enqueued.cancel_running {
-        app.scheduler.cancel(*id, "cancelled: a newer run of its concurrency group started");
+        app.scheduler.cancel(
+            *id,
+            "cancelled: a newer run of its concurrency group started",
+        );
     }
     app.scheduler.wake();
     app.reporter_wake.notify_one();
@@ -201,16 +279,30 @@ pub async fn enqueue_event(app: &App, delivery: Option<i64>, event: &Event) -> R
 }
 
 /// Changed files of a branch push, computed with git, never taken from the payload.
-async fn push_changes(app: &App, mirror: &Mirror, branch: &str, default_branch: &str, before: &str, after: &str) -> Result<Changes, GitError> {
+async fn push_changes(
+    app: &App,
+    mirror: &Mirror,
+    branch: &str,
+    default_branch: &str,
+    before: &str,
+    after: &str,
+) -> Result<Changes, GitError> {
     if !is_zero(before) && app.git.has_commit(mirror, before).await {
-        return Ok(Changes::Files(app.git.changed_files(mirror, before, after).await?));
+        return Ok(Changes::Files(
+            app.git.changed_files(mirror, before, after).await?,
+        ));
     }
     // A new branch (or an unknown `before`, after a force push): compare with the default
     // branch; the default branch itself with nothing to compare counts every file.
     if branch != default_branch
-        && let Some(base) = app.git.merge_base(mirror, &format!("refs/heads/{default_branch}"), after).await
+        && let Some(base) = app
+            .git
+            .merge_base(mirror, &format!("refs/heads/{default_branch}"), after)
+            .await
     {
-        return Ok(Changes::Files(app.git.changed_files(mirror, &base, after).await?));
+        return Ok(Changes::Files(
+            app.git.changed_files(mirror, &base, after).await?,
+        ));
     }
     Ok(Changes::Files(app.git.all_files(mirror, after).await?))
 }
@@ -227,9 +319,23 @@ fn parse_repo_files(files: Vec<(String, Result<String, String>)>) -> Vec<ParsedF
     }
     let mut parsed = parse_files(&texts);
     for (path, why) in broken {
-        let stem = path.rsplit('/').next().unwrap_or(&path).trim_end_matches(".yaml").trim_end_matches(".yml").to_string();
-        let diag = Diagnostic { file: path.clone(), pos: pipewright_pipelines::Pos { line: 1, col: 1 }, message: why };
-        parsed.push(ParsedFile { file: path, name: stem, result: Err(vec![diag]) });
+        let stem = path
+            .rsplit('/')
+            .next()
+            .unwrap_or(&path)
+            .trim_end_matches(".yaml")
+            .trim_end_matches(".yml")
+            .to_string();
+        let diag = Diagnostic {
+            file: path.clone(),
+            pos: pipewright_pipelines::Pos { line: 1, col: 1 },
+            message: why,
+        };
+        parsed.push(ParsedFile {
+            file: path,
+            name: stem,
+            result: Err(vec![diag]),
+        });
     }
     parsed
 }

@@ -55,17 +55,30 @@ impl App {
     /// Connects to the database, Docker and Gitea as the configuration says.
     pub async fn new(config: Config) -> anyhow::Result<Arc<App>> {
         let data_dir = config.server.data_dir.clone();
-        std::fs::create_dir_all(&data_dir).with_context(|| format!("failed to create {}", data_dir.display()))?;
-        let store = Store::open(&config.database.url).await.with_context(|| format!("failed to open the database {}", config.database.url))?;
-        let executor = DockerExecutor::connect(DockerConfig { host: config.docker.host.clone(), stop_grace: config.docker.stop_grace })
+        std::fs::create_dir_all(&data_dir)
+            .with_context(|| format!("failed to create {}", data_dir.display()))?;
+        let store = Store::open(&config.database.url)
             .await
-            .context("failed to reach the Docker engine")?;
+            .with_context(|| format!("failed to open the database {}", config.database.url))?;
+        let executor = DockerExecutor::connect(DockerConfig {
+            host: config.docker.host.clone(),
+            stop_grace: config.docker.stop_grace,
+        })
+        .await
+        .context("failed to reach the Docker engine")?;
         let client = http_client(config.gitea.ca_file.as_deref())?;
         let gitea_url = config.gitea.url.clone().unwrap_or_default();
         let gitea = Gitea::new(&gitea_url, config.gitea.token.clone(), client);
-        let git = Git::new(data_dir.join("git"), config.gitea.token.clone(), config.gitea.ca_file.clone());
+        let git = Git::new(
+            data_dir.join("git"),
+            config.gitea.token.clone(),
+            config.gitea.ca_file.clone(),
+        );
         let logs = LogStore::new(data_dir.join("logs"));
-        let defaults = StepDefaults { memory_bytes: config.docker.default_memory, pids: config.docker.default_pids };
+        let defaults = StepDefaults {
+            memory_bytes: config.docker.default_memory,
+            pids: config.docker.default_pids,
+        };
         let deliveries = DeliveryWriter::new(store.clone());
         let scheduler = Scheduler::new();
         let instance = instance_id(&data_dir)?;
@@ -116,7 +129,11 @@ fn getrandom_bytes(buf: &mut [u8]) {
 /// Serves until `shutdown` fires: then stops taking webhooks and new runs, lets running runs
 /// finish (a second signal in `main` exits at once; such runs end as interrupted at the
 /// next start), and returns.
-pub async fn serve(listener: TcpListener, app: Arc<App>, shutdown: CancellationToken) -> anyhow::Result<()> {
+pub async fn serve(
+    listener: TcpListener,
+    app: Arc<App>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     worker::settle_interrupted(&app).await?;
     let mut tasks = JoinSet::new();
     let stop_work = CancellationToken::new();
@@ -129,7 +146,9 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, shutdown: CancellationT
     let router = api::router(app.clone());
     info!(address = %listener.local_addr()?, "pipewright serving");
     let graceful = shutdown.clone();
-    axum::serve(listener, router).with_graceful_shutdown(async move { graceful.cancelled().await }).await?;
+    axum::serve(listener, router)
+        .with_graceful_shutdown(async move { graceful.cancelled().await })
+        .await?;
     info!("no longer accepting requests; waiting for running runs to finish");
     if let Err(e) = workers.await {
         warn!(error = %e, "the worker stopped abnormally");

@@ -41,7 +41,14 @@ async fn send_due(app: &App) {
     for status in due {
         let result = app
             .gitea
-            .create_status(&status.repo, &status.sha, &status.state, &status.context, &status.description, &status.target_url)
+            .create_status(
+                &status.repo,
+                &status.sha,
+                &status.state,
+                &status.context,
+                &status.description,
+                &status.target_url,
+            )
             .await;
         let recorded = match result {
             Ok(()) => {

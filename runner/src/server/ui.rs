@@ -44,7 +44,11 @@ fn page(title: &str, body: &str) -> Html<String> {
 
 pub async fn index(State(app): State<Arc<App>>, headers: HeaderMap) -> Result<Response, ApiError> {
     require_read(&app, &headers)?;
-    let runs = app.store.runs(None, 100).await.map_err(|_| ApiError(StatusCode::INTERNAL_SERVER_ERROR, "internal error".into()))?;
+    let runs = app
+        .store
+        .runs(None, 100)
+        .await
+        .map_err(|_| ApiError(StatusCode::INTERNAL_SERVER_ERROR, "internal error".into()))?;
     let mut rows = String::new();
     for r in &runs {
         rows.push_str(&format!(
@@ -66,10 +70,19 @@ pub async fn index(State(app): State<Arc<App>>, headers: HeaderMap) -> Result<Re
     Ok(page("Runs", &body).into_response())
 }
 
-pub async fn run_page(State(app): State<Arc<App>>, headers: HeaderMap, Path(id): Path<i64>) -> Result<Response, ApiError> {
+pub async fn run_page(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    Path(id): Path<i64>,
+) -> Result<Response, ApiError> {
     require_read(&app, &headers)?;
     let internal = |_| ApiError(StatusCode::INTERNAL_SERVER_ERROR, "internal error".into());
-    let run = app.store.run(id).await.map_err(internal)?.ok_or_else(|| ApiError(StatusCode::NOT_FOUND, format!("no run {id}")))?;
+    let run = app
+        .store
+        .run(id)
+        .await
+        .map_err(internal)?
+        .ok_or_else(|| ApiError(StatusCode::NOT_FOUND, format!("no run {id}")))?;
     let steps = app.store.steps(id).await.map_err(internal)?;
     let mut body = format!(
         "<h1>{pipeline} #{id}</h1><p>{repo} · {event} {git_ref} · {sha}</p><p class=\"{state}\">{state}: {desc}</p>",
@@ -82,7 +95,12 @@ pub async fn run_page(State(app): State<Arc<App>>, headers: HeaderMap, Path(id):
         desc = escape(&run.description),
     );
     for step in &steps {
-        let log = app.logs.read(id, step.idx).ok().flatten().unwrap_or_default();
+        let log = app
+            .logs
+            .read(id, step.idx)
+            .ok()
+            .flatten()
+            .unwrap_or_default();
         let tail = &log[log.len().saturating_sub(256 << 10)..];
         body.push_str(&format!(
             "<h2 class=\"{state}\">{name} — {state}</h2><p>{desc}</p><pre id=\"log-{idx}\" data-live=\"{live}\">{log}</pre>",

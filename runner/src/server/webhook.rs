@@ -40,20 +40,37 @@ pub struct DeliveryWriter {
 impl DeliveryWriter {
     pub fn new(store: Store) -> DeliveryWriter {
         let (tx, rx) = mpsc::channel(4096);
-        DeliveryWriter { tx, rx: std::sync::Mutex::new(Some(rx)), store }
+        DeliveryWriter {
+            tx,
+            rx: std::sync::Mutex::new(Some(rx)),
+            store,
+        }
     }
 
     /// Stores one delivery; returns once it is durable.
     pub async fn store(&self, delivery: NewDelivery) -> Result<Received, String> {
         let (reply, answer) = oneshot::channel();
-        self.tx.send((delivery, reply)).await.map_err(|_| "the delivery writer has stopped".to_string())?;
-        answer.await.map_err(|_| "the delivery writer has stopped".to_string())?
+        self.tx
+            .send((delivery, reply))
+            .await
+            .map_err(|_| "the delivery writer has stopped".to_string())?;
+        answer
+            .await
+            .map_err(|_| "the delivery writer has stopped".to_string())?
     }
 }
 
 /// The writer task: takes what is waiting, commits it in one transaction, answers all.
 pub async fn run_writer(app: Arc<App>, stop: CancellationToken) {
-    let Some(mut rx) = app.deliveries.rx.lock().unwrap_or_else(|e| e.into_inner()).take() else { return };
+    let Some(mut rx) = app
+        .deliveries
+        .rx
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .take()
+    else {
+        return;
+    };
     let store = app.deliveries.store.clone();
     loop {
         let first = tokio::select! {
@@ -87,16 +104,25 @@ pub async fn run_writer(app: Arc<App>, stop: CancellationToken) {
 }
 
 fn header_str<'a>(headers: &'a HeaderMap, names: &[&str]) -> Option<&'a str> {
-    names.iter().find_map(|n| headers.get(*n).and_then(|v| v.to_str().ok())).map(str::trim).filter(|v| !v.is_empty())
+    names
+        .iter()
+        .find_map(|n| headers.get(*n).and_then(|v| v.to_str().ok()))
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
 }
 
 /// Checks Gitea's signature in constant time: `X-Gitea-Signature` (bare hex) or
 /// `X-Hub-Signature-256` (`sha256=` hex), over the signed bytes.
 fn signature_ok(secret: &[u8], headers: &HeaderMap, signed: &[u8]) -> bool {
-    let given = header_str(headers, &["x-gitea-signature", "x-gogs-signature"])
-        .or_else(|| header_str(headers, &["x-hub-signature-256"]).and_then(|v| v.strip_prefix("sha256=")));
-    let Some(given) = given.and_then(|hex_text| hex::decode(hex_text).ok()) else { return false };
-    let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(secret) else { return false };
+    let given = header_str(headers, &["x-gitea-signature", "x-gogs-signature"]).or_else(|| {
+        header_str(headers, &["x-hub-signature-256"]).and_then(|v| v.strip_prefix("sha256="))
+    });
+    let Some(given) = given.and_then(|hex_text| hex::decode(hex_text).ok()) else {
+        return false;
+    };
+    let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(secret) else {
+        return false;
+    };
     mac.update(signed);
     mac.verify_slice(&given).is_ok()
 }
@@ -113,7 +139,8 @@ fn json_of(headers: &HeaderMap, body: &[u8]) -> Result<Vec<u8>, &'static str> {
     }
     for pair in body.split(|b| *b == b'&') {
         if let Some(value) = pair.strip_prefix(b"payload=") {
-            return percent_decode(value).ok_or("the form's payload field is not valid URL encoding");
+            return percent_decode(value)
+                .ok_or("the form's payload field is not valid URL encoding");
         }
     }
     Err("a form-encoded delivery without a payload field")
@@ -138,7 +165,12 @@ fn percent_decode(input: &[u8]) -> Option<Vec<u8>> {
 }
 
 fn answer(status: StatusCode, message: impl Into<String>) -> Response {
-    (status, [(header::CONTENT_TYPE, "application/json")], serde_json::json!({ "message": message.into() }).to_string()).into_response()
+    (
+        status,
+        [(header::CONTENT_TYPE, "application/json")],
+        serde_json::json!({ "message": message.into() }).to_string(),
+    )
+        .into_response()
 }
 
 pub async fn receive(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) -> Response {
@@ -158,11 +190,22 @@ pub async fn receive(State(app): State<Arc<App>>, headers: HeaderMap, body: Byte
         warn!("webhook refused: missing or wrong signature");
         return answer(StatusCode::UNAUTHORIZED, "invalid signature");
     }
-    let Some(event_type) = header_str(&headers, &["x-gitea-event-type", "x-gogs-event-type", "x-gitea-event", "x-gogs-event"]) else {
+    let Some(event_type) = header_str(
+        &headers,
+        &[
+            "x-gitea-event-type",
+            "x-gogs-event-type",
+            "x-gitea-event",
+            "x-gogs-event",
+        ],
+    ) else {
         return answer(StatusCode::BAD_REQUEST, "no X-Gitea-Event-Type header");
     };
     let event_type = event_type.to_string();
-    let delivery_id = match header_str(&headers, &["x-gitea-delivery", "x-gogs-delivery", "x-github-delivery"]) {
+    let delivery_id = match header_str(
+        &headers,
+        &["x-gitea-delivery", "x-gogs-delivery", "x-github-delivery"],
+    ) {
         Some(id) => id.to_string(),
         None => {
             use sha2::Digest;
@@ -179,14 +222,22 @@ pub async fn receive(State(app): State<Arc<App>>, headers: HeaderMap, body: Byte
     match classified {
         Classified::Ping => {
             info!(delivery_id = %delivery_id, "test delivery received");
-            answer(StatusCode::OK, "pong: Pipewright received the test delivery")
+            answer(
+                StatusCode::OK,
+                "pong: Pipewright received the test delivery",
+            )
         }
         Classified::Ignore(why) => {
             info!(delivery_id = %delivery_id, event_type = %event_type, reason = %why, "delivery ignored");
             answer(StatusCode::ACCEPTED, why)
         }
         Classified::Act { repo } => {
-            let delivery = NewDelivery { delivery_id: delivery_id.clone(), event_type, repo: repo.clone(), payload: json };
+            let delivery = NewDelivery {
+                delivery_id: delivery_id.clone(),
+                event_type,
+                repo: repo.clone(),
+                payload: json,
+            };
             match app.deliveries.store(delivery).await {
                 Ok(Received::New(id)) => {
                     info!(delivery_id = %delivery_id, repo = %repo, id, "delivery stored");
@@ -222,7 +273,10 @@ mod tests {
         assert!(!signature_ok(b"other", &h, body));
         assert!(!signature_ok(b"s3cret", &h, br#"{"a":2}"#));
         let mut hub = HeaderMap::new();
-        hub.insert("x-hub-signature-256", format!("sha256={good}").parse().unwrap());
+        hub.insert(
+            "x-hub-signature-256",
+            format!("sha256={good}").parse().unwrap(),
+        );
         assert!(signature_ok(b"s3cret", &hub, body));
         for bad in ["", "sha256=", "zz", &good[..10]] {
             let mut h = HeaderMap::new();
@@ -235,8 +289,14 @@ mod tests {
     #[test]
     fn form_bodies_yield_the_signed_json() {
         let mut h = HeaderMap::new();
-        h.insert(header::CONTENT_TYPE, "application/x-www-form-urlencoded".parse().unwrap());
-        assert_eq!(json_of(&h, b"payload=%7B%22a%22%3A+1%7D").unwrap(), br#"{"a": 1}"#);
+        h.insert(
+            header::CONTENT_TYPE,
+            "application/x-www-form-urlencoded".parse().unwrap(),
+        );
+        assert_eq!(
+            json_of(&h, b"payload=%7B%22a%22%3A+1%7D").unwrap(),
+            br#"{"a": 1}"#
+        );
         assert!(json_of(&h, b"other=1").is_err());
     }
 }

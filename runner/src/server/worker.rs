@@ -10,7 +10,9 @@ use std::{
     time::Duration,
 };
 
-use pipewright_containers::{CancellationToken, Executor, LABEL_INSTANCE, LABEL_RUN, Outcome, Stream};
+use pipewright_containers::{
+    CancellationToken, Executor, LABEL_INSTANCE, LABEL_RUN, Outcome, Stream,
+};
 use pipewright_pipelines::{EventKind, GitRef, PlannedStep, RunContext, parse_files, plan};
 use tokio::{sync::Notify, task::JoinSet};
 use tracing::{Instrument, info, info_span, warn};
@@ -22,18 +24,28 @@ use crate::{
     store::{LEASE, Run, RunState},
 };
 
+/// A run under way: how to stop it, and why it was stopped (its status description).
+#[derive(Debug)]
+struct Running {
+    cancel: CancellationToken,
+    reason: Arc<Mutex<Option<String>>>,
+}
+
 /// Which runs this process is running, and how to stop them.
 #[derive(Debug, Default)]
 pub struct Scheduler {
     wake: Notify,
-    running: Mutex<HashMap<i64, (CancellationToken, Arc<Mutex<Option<String>>>)>>,
+    running: Mutex<HashMap<i64, Running>>,
     owner: String,
 }
 
 impl Scheduler {
     pub fn new() -> Scheduler {
         let owner = format!("{}-{}", hostname(), std::process::id());
-        Scheduler { owner, ..Scheduler::default() }
+        Scheduler {
+            owner,
+            ..Scheduler::default()
+        }
     }
 
     /// Something changed: look for runs to start.
@@ -45,9 +57,9 @@ impl Scheduler {
     pub fn cancel(&self, id: i64, why: &str) -> bool {
         let running = self.running.lock().unwrap_or_else(|e| e.into_inner());
         match running.get(&id) {
-            Some((token, reason)) => {
-                *reason.lock().unwrap_or_else(|e| e.into_inner()) = Some(why.to_string());
-                token.cancel();
+            Some(run) => {
+                *run.reason.lock().unwrap_or_else(|e| e.into_inner()) = Some(why.to_string());
+                run.cancel.cancel();
                 true
             }
             None => false,
@@ -55,12 +67,17 @@ impl Scheduler {
     }
 
     pub fn is_running(&self, id: i64) -> bool {
-        self.running.lock().unwrap_or_else(|e| e.into_inner()).contains_key(&id)
+        self.running
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains_key(&id)
     }
 }
 
 fn hostname() -> String {
-    std::fs::read_to_string("/etc/hostname").map(|s| s.trim().to_string()).unwrap_or_else(|_| "pipewright".into())
+    std::fs::read_to_string("/etc/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "pipewright".into())
 }
 
 /// At start: runs left `running` by a previous process end as `error` (an interrupted
@@ -70,7 +87,12 @@ pub async fn settle_interrupted(app: &App) -> anyhow::Result<()> {
     for run in app.store.runs_in_state(RunState::Running).await? {
         warn!(run_id = run.id, repo = %run.repo, "run interrupted by a restart");
         app.store
-            .finish_run(run.id, RunState::Error, "interrupted: Pipewright stopped while it ran; not retried automatically", app.public_url())
+            .finish_run(
+                run.id,
+                RunState::Error,
+                "interrupted: Pipewright stopped while it ran; not retried automatically",
+                app.public_url(),
+            )
             .await?;
     }
     let removed = app.executor.reap(&live_runs_filter(app)).await?;
@@ -82,7 +104,7 @@ pub async fn settle_interrupted(app: &App) -> anyhow::Result<()> {
 
 /// Claims and runs until `shutdown`; then waits for the runs under way.
 pub async fn run(app: Arc<App>, shutdown: CancellationToken) {
-    let capacity = app.config.agent.capacity.max(1) as usize;
+    let capacity = app.config.agent.capacity.max(1);
     let mut tasks: JoinSet<()> = JoinSet::new();
     loop {
         while tasks.len() < capacity && !shutdown.is_cancelled() {
@@ -114,7 +136,17 @@ pub async fn run(app: Arc<App>, shutdown: CancellationToken) {
 async fn execute(app: Arc<App>, run: Run) {
     let cancel = CancellationToken::new();
     let reason = Arc::new(Mutex::new(None));
-    app.scheduler.running.lock().unwrap_or_else(|e| e.into_inner()).insert(run.id, (cancel.clone(), reason.clone()));
+    app.scheduler
+        .running
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(
+            run.id,
+            Running {
+                cancel: cancel.clone(),
+                reason: reason.clone(),
+            },
+        );
     let lease = {
         let (app, id, cancel) = (app.clone(), run.id, cancel.clone());
         tokio::spawn(async move {
@@ -137,35 +169,69 @@ async fn execute(app: Arc<App>, run: Run) {
         Ok(RunResult::Failure { step, why }) => (RunState::Failure, format!("step {step} {why}")),
         Ok(RunResult::Error(why)) => (RunState::Error, why),
         Ok(RunResult::Cancelled) => {
-            let why = reason.lock().unwrap_or_else(|e| e.into_inner()).clone().unwrap_or_else(|| "cancelled".into());
+            let why = reason
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone()
+                .unwrap_or_else(|| "cancelled".into());
             (RunState::Cancelled, why)
         }
         Err(why) => (RunState::Error, why),
     };
     lease.abort();
     info!(state = state.as_str(), description = %description, "run finished");
-    if let Err(e) = app.store.finish_run(run.id, state, &description, app.public_url()).await {
+    if let Err(e) = app
+        .store
+        .finish_run(run.id, state, &description, app.public_url())
+        .await
+    {
         warn!(error = ?e, "failed to record the end of the run");
     }
-    app.scheduler.running.lock().unwrap_or_else(|e| e.into_inner()).remove(&run.id);
+    app.scheduler
+        .running
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .remove(&run.id);
     app.scheduler.wake();
     app.reporter_wake.notify_one();
 }
 
 /// Reads the pipeline at the run's commit, checks it out, and runs its plan. `Err` is a
 /// description for an `error` status.
-async fn run_checked_out(app: &App, run: &Run, cancel: &CancellationToken) -> Result<RunResult, String> {
+async fn run_checked_out(
+    app: &App,
+    run: &Run,
+    cancel: &CancellationToken,
+) -> Result<RunResult, String> {
     let sha256 = run.sha.len() == 64;
-    let mirror = app.git.fetch(&run.repo, &run.clone_url, sha256).await.map_err(|e| format!("git: {}", error_chain(&e)))?;
-    let files = app.git.pipeline_files(&mirror, &run.sha).await.map_err(|e| format!("git: {}", error_chain(&e)))?;
-    let texts: Vec<(String, String)> = files.into_iter().filter_map(|(p, t)| t.ok().map(|t| (p, t))).collect();
+    let mirror = app
+        .git
+        .fetch(&run.repo, &run.clone_url, sha256)
+        .await
+        .map_err(|e| format!("git: {}", error_chain(&e)))?;
+    let files = app
+        .git
+        .pipeline_files(&mirror, &run.sha)
+        .await
+        .map_err(|e| format!("git: {}", error_chain(&e)))?;
+    let texts: Vec<(String, String)> = files
+        .into_iter()
+        .filter_map(|(p, t)| t.ok().map(|t| (p, t)))
+        .collect();
     let pipeline = parse_files(&texts)
         .into_iter()
         .find(|f| f.name == run.pipeline)
         .and_then(|f| f.result.ok())
-        .ok_or_else(|| format!("pipeline {} is no longer valid at {}", run.pipeline, run.sha))?;
-    let event = EventKind::parse(&run.event).ok_or_else(|| format!("unknown event kind {}", run.event))?;
-    let git_ref = GitRef::from_full(&run.git_ref).ok_or_else(|| format!("unknown ref {}", run.git_ref))?;
+        .ok_or_else(|| {
+            format!(
+                "pipeline {} is no longer valid at {}",
+                run.pipeline, run.sha
+            )
+        })?;
+    let event =
+        EventKind::parse(&run.event).ok_or_else(|| format!("unknown event kind {}", run.event))?;
+    let git_ref =
+        GitRef::from_full(&run.git_ref).ok_or_else(|| format!("unknown ref {}", run.git_ref))?;
     let cx = RunContext {
         repo: run.repo.clone(),
         sha: run.sha.clone(),
@@ -178,17 +244,38 @@ async fn run_checked_out(app: &App, run: &Run, cancel: &CancellationToken) -> Re
     let planned = plan(&pipeline, &cx);
     check_volumes(app, &run.repo, &planned)?;
     if pipeline.vault.is_some() {
-        return Err("Vault secrets are not available in this build: the run was not started".into());
+        return Err(
+            "Vault secrets are not available in this build: the run was not started".into(),
+        );
     }
-    let names: Vec<(i64, String)> = planned.steps.iter().map(|s| (s.index as i64, s.name.clone())).collect();
-    app.store.insert_steps(run.id, &names).await.map_err(|e| format!("database: {e}"))?;
+    let names: Vec<(i64, String)> = planned
+        .steps
+        .iter()
+        .map(|s| (s.index as i64, s.name.clone()))
+        .collect();
+    app.store
+        .insert_steps(run.id, &names)
+        .await
+        .map_err(|e| format!("database: {e}"))?;
 
     let workspace = workspace_dir(app, run.id);
     let _ = std::fs::remove_dir_all(&workspace);
-    app.git.checkout(&mirror, &run.sha, &workspace).await.map_err(|e| format!("checkout: {}", error_chain(&e)))?;
+    app.git
+        .checkout(&mirror, &run.sha, &workspace)
+        .await
+        .map_err(|e| format!("checkout: {}", error_chain(&e)))?;
     drop(mirror);
-    let setup = RunSetup { run_id: &run.id.to_string(), instance: &app.instance, workspace: &workspace, defaults: &app.defaults };
-    let mut observer = StoreObserver { app, run_id: run.id, writer: None };
+    let setup = RunSetup {
+        run_id: &run.id.to_string(),
+        instance: &app.instance,
+        workspace: &workspace,
+        defaults: &app.defaults,
+    };
+    let mut observer = StoreObserver {
+        app,
+        run_id: run.id,
+        writer: None,
+    };
     let result = run_plan(&app.executor, &planned, &setup, &mut observer, cancel).await;
     if let Err(e) = std::fs::remove_dir_all(&workspace) {
         warn!(error = %e, path = %workspace.display(), "failed to remove the workspace");
@@ -197,8 +284,16 @@ async fn run_checked_out(app: &App, run: &Run, cancel: &CancellationToken) -> Re
 }
 
 /// Host paths may be mounted only when the repository's policy lists them (or a parent).
-fn check_volumes(app: &App, repo: &str, planned: &pipewright_pipelines::Plan) -> Result<(), String> {
-    let allowed: &[PathBuf] = app.config.repo_policy(repo).map(|p| p.host_volumes.as_slice()).unwrap_or_default();
+fn check_volumes(
+    app: &App,
+    repo: &str,
+    planned: &pipewright_pipelines::Plan,
+) -> Result<(), String> {
+    let allowed: &[PathBuf] = app
+        .config
+        .repo_policy(repo)
+        .map(|p| p.host_volumes.as_slice())
+        .unwrap_or_default();
     for step in &planned.steps {
         for volume in &step.volumes {
             let host = std::path::Path::new(&volume.host);
@@ -214,7 +309,11 @@ fn check_volumes(app: &App, repo: &str, planned: &pipewright_pipelines::Plan) ->
 }
 
 fn workspace_dir(app: &App, run: i64) -> PathBuf {
-    app.config.server.data_dir.join("workspaces").join(format!("run-{run}"))
+    app.config
+        .server
+        .data_dir
+        .join("workspaces")
+        .join(format!("run-{run}"))
 }
 
 /// Records steps in the database and their output in the log store.
@@ -233,7 +332,12 @@ impl RunObserver for StoreObserver<'_> {
                 None
             }
         };
-        if let Err(e) = self.app.store.step_started(self.run_id, step.index as i64).await {
+        if let Err(e) = self
+            .app
+            .store
+            .step_started(self.run_id, step.index as i64)
+            .await
+        {
             warn!(error = ?e, step = %step.name, "failed to record the step's start");
         }
     }
@@ -248,16 +352,35 @@ impl RunObserver for StoreObserver<'_> {
     async fn step_finished(&mut self, step: &PlannedStep, result: &StepResult, _elapsed: Duration) {
         self.writer = None;
         let (state, description, exit_code) = match result {
-            StepResult::Skipped => ("skipped", "its `when` excludes this event".to_string(), None),
+            StepResult::Skipped => (
+                "skipped",
+                "its `when` excludes this event".to_string(),
+                None,
+            ),
             StepResult::NotRun => ("not_run", "an earlier step failed".to_string(), None),
             StepResult::Ran(Outcome::Succeeded) => ("success", "succeeded".to_string(), Some(0)),
-            StepResult::Ran(o @ Outcome::Failed { exit_code }) => ("failure", o.to_string(), Some(*exit_code)),
+            StepResult::Ran(o @ Outcome::Failed { exit_code }) => {
+                ("failure", o.to_string(), Some(*exit_code))
+            }
             StepResult::Ran(o @ Outcome::Cancelled) => ("cancelled", o.to_string(), None),
-            StepResult::Ran(o @ (Outcome::ImageUnavailable { .. } | Outcome::StartFailed { .. })) => ("error", o.to_string(), None),
+            StepResult::Ran(
+                o @ (Outcome::ImageUnavailable { .. } | Outcome::StartFailed { .. }),
+            ) => ("error", o.to_string(), None),
             StepResult::Ran(o) => ("failure", o.to_string(), None),
             StepResult::Unrunnable(why) => ("error", why.clone(), None),
         };
-        if let Err(e) = self.app.store.step_finished(self.run_id, step.index as i64, state, &description, exit_code).await {
+        if let Err(e) = self
+            .app
+            .store
+            .step_finished(
+                self.run_id,
+                step.index as i64,
+                state,
+                &description,
+                exit_code,
+            )
+            .await
+        {
             warn!(error = ?e, step = %step.name, "failed to record the step's end");
         }
     }
@@ -266,8 +389,14 @@ impl RunObserver for StoreObserver<'_> {
 /// What reaping keeps: containers of other instances, and of runs this process runs.
 pub fn live_runs_filter(app: &App) -> impl Fn(&[(String, String)]) -> bool + Sync + '_ {
     move |labels: &[(String, String)]| {
-        let ours = labels.iter().any(|(k, v)| k == LABEL_INSTANCE && *v == app.instance);
-        let live = labels.iter().any(|(k, v)| k == LABEL_RUN && v.parse::<i64>().is_ok_and(|id| app.scheduler.is_running(id)));
+        let ours = labels
+            .iter()
+            .any(|(k, v)| k == LABEL_INSTANCE && *v == app.instance);
+        let live = labels.iter().any(|(k, v)| {
+            k == LABEL_RUN
+                && v.parse::<i64>()
+                    .is_ok_and(|id| app.scheduler.is_running(id))
+        });
         !ours || live
     }
 }

@@ -15,7 +15,9 @@ pub use runs::*;
 
 /// Milliseconds since the epoch: the one time format of the database.
 pub fn now_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -61,7 +63,9 @@ impl Store {
             _ => url.to_string(),
         };
         if backend == Backend::Sqlite
-            && let Some(path) = url.strip_prefix("sqlite://").and_then(|p| p.split('?').next())
+            && let Some(path) = url
+                .strip_prefix("sqlite://")
+                .and_then(|p| p.split('?').next())
             && let Some(dir) = std::path::Path::new(path).parent()
             && !dir.as_os_str().is_empty()
         {
@@ -119,9 +123,12 @@ impl Store {
             .replace("{blob}", blob);
         let mut tx = self.pool.begin().await?;
         for statement in ddl.split(';').map(str::trim).filter(|s| !s.is_empty()) {
-            tx.execute(sqlx::AssertSqlSafe(statement.to_string())).await?;
+            tx.execute(sqlx::AssertSqlSafe(statement.to_string()))
+                .await?;
         }
-        sqlx::query("INSERT INTO schema_version (version) VALUES (1)").execute(&mut *tx).await?;
+        sqlx::query("INSERT INTO schema_version (version) VALUES (1)")
+            .execute(&mut *tx)
+            .await?;
         tx.commit().await?;
         Ok(())
     }
@@ -188,7 +195,10 @@ impl DeliveryState {
 
 impl Store {
     /// Stores deliveries in one transaction (one disk sync for the whole batch).
-    pub async fn insert_deliveries(&self, batch: &[NewDelivery]) -> Result<Vec<Received>, StoreError> {
+    pub async fn insert_deliveries(
+        &self,
+        batch: &[NewDelivery],
+    ) -> Result<Vec<Received>, StoreError> {
         let mut tx = self.pool.begin().await?;
         let mut out = Vec::with_capacity(batch.len());
         let now = now_ms();
@@ -226,7 +236,12 @@ impl Store {
         rows.iter().map(delivery_from_row).collect()
     }
 
-    pub async fn finish_delivery(&self, id: i64, state: DeliveryState, note: &str) -> Result<(), StoreError> {
+    pub async fn finish_delivery(
+        &self,
+        id: i64,
+        state: DeliveryState,
+        note: &str,
+    ) -> Result<(), StoreError> {
         sqlx::query("UPDATE deliveries SET state = $1, note = $2 WHERE id = $3")
             .bind(state.as_str())
             .bind(note)
@@ -238,7 +253,10 @@ impl Store {
 
     /// Counts deliveries by `X-Gitea-Delivery` id (for tests and the API).
     pub async fn delivery_count(&self) -> Result<i64, StoreError> {
-        Ok(sqlx::query("SELECT COUNT(*) FROM deliveries").fetch_one(&self.pool).await?.try_get(0)?)
+        Ok(sqlx::query("SELECT COUNT(*) FROM deliveries")
+            .fetch_one(&self.pool)
+            .await?
+            .try_get(0)?)
     }
 }
 

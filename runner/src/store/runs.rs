@@ -175,10 +175,12 @@ fn run_from_row(row: &AnyRow) -> Result<Run, StoreError> {
         sha: row.try_get("sha")?,
         pr: row.try_get("pr")?,
         actor: row.try_get("actor")?,
-        inputs: serde_json::from_str(&inputs).map_err(|e| StoreError::Corrupt(format!("run inputs: {e}")))?,
+        inputs: serde_json::from_str(&inputs)
+            .map_err(|e| StoreError::Corrupt(format!("run inputs: {e}")))?,
         concurrency_group: row.try_get("concurrency_group")?,
         cancel_in_progress: row.try_get::<i64, _>("cancel_in_progress")? != 0,
-        state: RunState::parse(&state).ok_or_else(|| StoreError::Corrupt(format!("run state `{state}`")))?,
+        state: RunState::parse(&state)
+            .ok_or_else(|| StoreError::Corrupt(format!("run state `{state}`")))?,
         description: row.try_get("description")?,
         created_at: row.try_get("created_at")?,
         started_at: row.try_get("started_at")?,
@@ -225,10 +227,12 @@ async fn outbox_insert(
 }
 
 async fn run_in(tx: &mut Transaction<'_, Any>, id: i64) -> Result<Run, StoreError> {
-    let row = sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {RUN_COLUMNS} FROM runs WHERE id = $1")))
-        .bind(id)
-        .fetch_one(&mut **tx)
-        .await?;
+    let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT {RUN_COLUMNS} FROM runs WHERE id = $1"
+    )))
+    .bind(id)
+    .fetch_one(&mut **tx)
+    .await?;
     run_from_row(&row)
 }
 
@@ -273,7 +277,8 @@ impl Store {
         let mut out = Enqueued::default();
         for new in runs {
             let now = now_ms();
-            let inputs = serde_json::to_string(&new.inputs).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            let inputs = serde_json::to_string(&new.inputs)
+                .map_err(|e| StoreError::Corrupt(e.to_string()))?;
             let id: i64 = sqlx::query(
                 "INSERT INTO runs (delivery, repo, repo_id, owner_id, clone_url, default_branch, status_repo, pipeline,
                    pipeline_file, event, git_ref, sha, pr, actor, inputs, dedupe_key, concurrency_group,
@@ -325,7 +330,8 @@ impl Store {
             for (old, state) in older {
                 match (state.as_str(), new.cancel_in_progress) {
                     ("queued", true) => {
-                        let why = format!("cancelled: superseded by run {id} ({})", short(&new.sha));
+                        let why =
+                            format!("cancelled: superseded by run {id} ({})", short(&new.sha));
                         finish_in(&mut tx, old, RunState::Cancelled, &why, target_base).await?;
                     }
                     ("queued", false) => {
@@ -350,10 +356,12 @@ impl Store {
 
     /// Whether runs for this dedupe key are still queued or running.
     pub async fn active_dedupe(&self, key: &str) -> Result<bool, StoreError> {
-        let row = sqlx::query("SELECT COUNT(*) FROM runs WHERE dedupe_key = $1 AND state IN ('queued', 'running')")
-            .bind(key)
-            .fetch_one(&self.pool)
-            .await?;
+        let row = sqlx::query(
+            "SELECT COUNT(*) FROM runs WHERE dedupe_key = $1 AND state IN ('queued', 'running')",
+        )
+        .bind(key)
+        .fetch_one(&self.pool)
+        .await?;
         Ok(row.try_get::<i64, _>(0)? > 0)
     }
 
@@ -408,7 +416,13 @@ impl Store {
     }
 
     /// Ends a run (if it is not ended already) and queues its final status.
-    pub async fn finish_run(&self, id: i64, state: RunState, description: &str, target_base: &str) -> Result<bool, StoreError> {
+    pub async fn finish_run(
+        &self,
+        id: i64,
+        state: RunState,
+        description: &str,
+        target_base: &str,
+    ) -> Result<bool, StoreError> {
         let mut tx = self.pool.begin().await?;
         let changed = finish_in(&mut tx, id, state, description, target_base).await?;
         tx.commit().await?;
@@ -416,7 +430,11 @@ impl Store {
     }
 
     /// Records the steps of a run as it starts.
-    pub async fn insert_steps(&self, run_id: i64, names: &[(i64, String)]) -> Result<(), StoreError> {
+    pub async fn insert_steps(
+        &self,
+        run_id: i64,
+        names: &[(i64, String)],
+    ) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
         for (idx, name) in names {
             sqlx::query(
@@ -434,16 +452,25 @@ impl Store {
     }
 
     pub async fn step_started(&self, run_id: i64, idx: i64) -> Result<(), StoreError> {
-        sqlx::query("UPDATE steps SET state = 'running', started_at = $1 WHERE run_id = $2 AND idx = $3")
-            .bind(now_ms())
-            .bind(run_id)
-            .bind(idx)
-            .execute(&self.pool)
-            .await?;
+        sqlx::query(
+            "UPDATE steps SET state = 'running', started_at = $1 WHERE run_id = $2 AND idx = $3",
+        )
+        .bind(now_ms())
+        .bind(run_id)
+        .bind(idx)
+        .execute(&self.pool)
+        .await?;
         Ok(())
     }
 
-    pub async fn step_finished(&self, run_id: i64, idx: i64, state: &str, description: &str, exit_code: Option<i64>) -> Result<(), StoreError> {
+    pub async fn step_finished(
+        &self,
+        run_id: i64,
+        idx: i64,
+        state: &str,
+        description: &str,
+        exit_code: Option<i64>,
+    ) -> Result<(), StoreError> {
         sqlx::query(
             "UPDATE steps SET state = $1, description = $2, exit_code = $3, finished_at = $4 WHERE run_id = $5 AND idx = $6",
         )
@@ -459,10 +486,12 @@ impl Store {
     }
 
     pub async fn run(&self, id: i64) -> Result<Option<Run>, StoreError> {
-        let row = sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {RUN_COLUMNS} FROM runs WHERE id = $1")))
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?;
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {RUN_COLUMNS} FROM runs WHERE id = $1"
+        )))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
         row.as_ref().map(run_from_row).transpose()
     }
 
@@ -470,17 +499,21 @@ impl Store {
     pub async fn runs(&self, repo: Option<&str>, limit: i64) -> Result<Vec<Run>, StoreError> {
         let rows = match repo {
             Some(repo) => {
-                sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {RUN_COLUMNS} FROM runs WHERE repo = $1 ORDER BY id DESC LIMIT $2")))
-                    .bind(repo)
-                    .bind(limit)
-                    .fetch_all(&self.pool)
-                    .await?
+                sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "SELECT {RUN_COLUMNS} FROM runs WHERE repo = $1 ORDER BY id DESC LIMIT $2"
+                )))
+                .bind(repo)
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await?
             }
             None => {
-                sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {RUN_COLUMNS} FROM runs ORDER BY id DESC LIMIT $1")))
-                    .bind(limit)
-                    .fetch_all(&self.pool)
-                    .await?
+                sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "SELECT {RUN_COLUMNS} FROM runs ORDER BY id DESC LIMIT $1"
+                )))
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await?
             }
         };
         rows.iter().map(run_from_row).collect()
@@ -488,10 +521,12 @@ impl Store {
 
     /// Runs in a state (e.g. `Running` at start-up, to settle interrupted ones).
     pub async fn runs_in_state(&self, state: RunState) -> Result<Vec<Run>, StoreError> {
-        let rows = sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {RUN_COLUMNS} FROM runs WHERE state = $1 ORDER BY id")))
-            .bind(state.as_str())
-            .fetch_all(&self.pool)
-            .await?;
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {RUN_COLUMNS} FROM runs WHERE state = $1 ORDER BY id"
+        )))
+        .bind(state.as_str())
+        .fetch_all(&self.pool)
+        .await?;
         rows.iter().map(run_from_row).collect()
     }
 
@@ -519,7 +554,11 @@ impl Store {
 
     /// Whether any run exists for this commit of this repository (catch-up).
     pub async fn has_runs_for(&self, repo: &str, sha: &str) -> Result<bool, StoreError> {
-        let row = sqlx::query("SELECT COUNT(*) FROM runs WHERE repo = $1 AND sha = $2").bind(repo).bind(sha).fetch_one(&self.pool).await?;
+        let row = sqlx::query("SELECT COUNT(*) FROM runs WHERE repo = $1 AND sha = $2")
+            .bind(repo)
+            .bind(sha)
+            .fetch_one(&self.pool)
+            .await?;
         Ok(row.try_get::<i64, _>(0)? > 0)
     }
 
@@ -581,27 +620,44 @@ impl Store {
     }
 
     pub async fn status_sent(&self, id: i64) -> Result<(), StoreError> {
-        sqlx::query("UPDATE status_outbox SET sent_at = $1 WHERE id = $2").bind(now_ms()).bind(id).execute(&self.pool).await?;
-        Ok(())
-    }
-
-    pub async fn status_failed(&self, id: i64, retry_in_ms: i64) -> Result<(), StoreError> {
-        sqlx::query("UPDATE status_outbox SET attempts = attempts + 1, next_attempt_at = $1 WHERE id = $2")
-            .bind(now_ms() + retry_in_ms)
+        sqlx::query("UPDATE status_outbox SET sent_at = $1 WHERE id = $2")
+            .bind(now_ms())
             .bind(id)
             .execute(&self.pool)
             .await?;
         Ok(())
     }
 
+    pub async fn status_failed(&self, id: i64, retry_in_ms: i64) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE status_outbox SET attempts = attempts + 1, next_attempt_at = $1 WHERE id = $2",
+        )
+        .bind(now_ms() + retry_in_ms)
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
     /// The earliest time an unsent status is due, if any.
     pub async fn next_status_due(&self) -> Result<Option<i64>, StoreError> {
-        let row = sqlx::query("SELECT MIN(next_attempt_at) FROM status_outbox WHERE sent_at IS NULL").fetch_one(&self.pool).await?;
+        let row =
+            sqlx::query("SELECT MIN(next_attempt_at) FROM status_outbox WHERE sent_at IS NULL")
+                .fetch_one(&self.pool)
+                .await?;
         Ok(row.try_get(0)?)
     }
 
     /// Queues a status that belongs to no run (e.g. a delivery that could not be processed).
-    pub async fn queue_status(&self, repo: &str, sha: &str, context: &str, state: &str, description: &str, target_url: &str) -> Result<(), StoreError> {
+    pub async fn queue_status(
+        &self,
+        repo: &str,
+        sha: &str,
+        context: &str,
+        state: &str,
+        description: &str,
+        target_url: &str,
+    ) -> Result<(), StoreError> {
         let now = now_ms();
         sqlx::query(
             "INSERT INTO status_outbox (repo, sha, context, state, description, target_url, created_at, attempts, next_attempt_at)

@@ -1,0 +1,214 @@
+//! Helpers shared by the integration tests in `it/`: the Docker engine and test image, log
+//! sinks that collect or count, unique labels, and looks at the engine from outside.
+
+use std::{
+    error::Error,
+    io,
+    process::Command,
+    sync::atomic::{AtomicU64, Ordering},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use pipewright_containers::{
+    DockerConfig, DockerExecutor, LABEL_RUN, LABEL_STEP, LogSink, StepSpec, Stream,
+};
+
+/// The image every executor test runs: `FROM scratch` plus busybox, built by
+/// `scripts/test-env.sh`.
+pub fn test_image() -> &'static str {
+    "pipewright-test/busybox:1"
+}
+
+/// Grace between SIGTERM and SIGKILL in tests: long enough for a trap to run, short enough
+/// to keep a step that ignores SIGTERM from slowing the suite.
+pub const TEST_STOP_GRACE: Duration = Duration::from_secs(2);
+
+/// An executor on the local engine. Panics when the engine is unreachable: these tests
+/// fail, they never skip.
+pub async fn docker() -> DockerExecutor {
+    let config = DockerConfig {
+        stop_grace: TEST_STOP_GRACE,
+        ..DockerConfig::default()
+    };
+    match DockerExecutor::connect(config).await {
+        Ok(executor) => executor,
+        Err(err) => panic!(
+            "the Docker engine is not reachable; run scripts/test-env.sh first: {}",
+            error_chain(&err)
+        ),
+    }
+}
+
+/// An error and all its sources on one line.
+pub fn error_chain(err: &dyn Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(err) = source {
+        text.push_str(": ");
+        text.push_str(&err.to_string());
+        source = err.source();
+    }
+    text
+}
+
+/// A value for [`LABEL_RUN`] no other test (or earlier run of this one) uses.
+pub fn unique_run(test: &str) -> String {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |since| since.as_nanos());
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    format!("test-{test}-{}-{nanos}-{n}", std::process::id())
+}
+
+/// A step running `script` with the test image's `/bin/sh`, labelled with `run`.
+pub fn shell_step(run: &str, script: &str) -> StepSpec {
+    StepSpec {
+        image: test_image().to_owned(),
+        command: vec!["/bin/sh".into(), "-c".into(), script.into()],
+        labels: vec![
+            (LABEL_RUN.to_owned(), run.to_owned()),
+            (LABEL_STEP.to_owned(), "test".to_owned()),
+        ],
+        ..StepSpec::default()
+    }
+}
+
+/// A reaction to each line; its error becomes the sink's error.
+type OnLine = Box<dyn FnMut(Stream, &str) -> io::Result<()> + Send>;
+
+/// Keeps every line (as UTF-8, lossily), and may react to each one.
+#[derive(Default)]
+pub struct Collect {
+    pub lines: Vec<(Stream, String)>,
+    on_line: Option<OnLine>,
+}
+
+impl std::fmt::Debug for Collect {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Collect")
+            .field("lines", &self.lines.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Collect {
+    /// A sink that also calls `on_line` with each line; its error is the sink's error.
+    pub fn with(on_line: impl FnMut(Stream, &str) -> io::Result<()> + Send + 'static) -> Self {
+        Collect {
+            lines: Vec::new(),
+            on_line: Some(Box::new(on_line)),
+        }
+    }
+
+    pub fn stdout(&self) -> Vec<&str> {
+        self.of(Stream::Stdout)
+    }
+
+    pub fn stderr(&self) -> Vec<&str> {
+        self.of(Stream::Stderr)
+    }
+
+    fn of(&self, stream: Stream) -> Vec<&str> {
+        self.lines
+            .iter()
+            .filter(|(s, _)| *s == stream)
+            .map(|(_, line)| line.as_str())
+            .collect()
+    }
+}
+
+impl LogSink for Collect {
+    fn line(&mut self, stream: Stream, line: &[u8]) -> io::Result<()> {
+        let line = String::from_utf8_lossy(line).into_owned();
+        if let Some(on_line) = &mut self.on_line {
+            on_line(stream, &line)?;
+        }
+        self.lines.push((stream, line));
+        Ok(())
+    }
+}
+
+/// Counts lines and bytes and remembers nothing else, for steps with huge output.
+#[derive(Debug, Default)]
+pub struct Count {
+    pub lines: u64,
+    pub bytes: u64,
+    pub longest: usize,
+    pub shortest: Option<usize>,
+    pub stderr_lines: u64,
+}
+
+impl LogSink for Count {
+    fn line(&mut self, stream: Stream, line: &[u8]) -> io::Result<()> {
+        if stream == Stream::Stderr {
+            self.stderr_lines += 1;
+            return Ok(());
+        }
+        self.lines += 1;
+        self.bytes += line.len() as u64;
+        self.longest = self.longest.max(line.len());
+        self.shortest = Some(self.shortest.map_or(line.len(), |s| s.min(line.len())));
+        Ok(())
+    }
+}
+
+/// Ids of the containers (running or not) carrying `label=value`, as the docker CLI sees
+/// them: an observer independent of the code under test.
+pub fn containers_labelled(label: &str, value: &str) -> Vec<String> {
+    let output = Command::new("docker")
+        .args(["ps", "--all", "--quiet", "--no-trunc", "--filter"])
+        .arg(format!("label={label}={value}"))
+        .output()
+        .expect("failed to run the docker CLI");
+    assert!(
+        output.status.success(),
+        "docker ps failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Runs the docker CLI and returns its trimmed stdout; panics when it fails.
+pub fn docker_cli(args: &[&str]) -> String {
+    let output = Command::new("docker")
+        .args(args)
+        .output()
+        .expect("failed to run the docker CLI");
+    assert!(
+        output.status.success(),
+        "docker {args:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).trim().to_owned()
+}
+
+/// Polls `condition` every 50 ms until it holds; panics with `what` after `limit`.
+pub async fn wait_for(what: &str, limit: Duration, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !condition() {
+        assert!(
+            Instant::now() < deadline,
+            "gave up after {limit:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The process's peak resident memory so far (`VmHWM`), in bytes.
+pub fn peak_rss_bytes() -> u64 {
+    let status =
+        std::fs::read_to_string("/proc/self/status").expect("failed to read /proc/self/status");
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmHWM:"))
+        .and_then(|value| value.trim().strip_suffix("kB"))
+        .and_then(|kb| kb.trim().parse::<u64>().ok())
+        .map(|kb| kb * 1024)
+        .expect("no VmHWM line in /proc/self/status")
+}
+
+pub mod fake_gitea;
