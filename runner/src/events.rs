@@ -52,6 +52,8 @@ pub enum Event {
         number: i64,
         base_branch: String,
         head_sha: String,
+        /// Whether the head lives in another repository (a fork).
+        from_fork: bool,
         action: String,
         actor: String,
     },
@@ -210,6 +212,8 @@ pub fn parse(event_type: &str, body: &[u8]) -> Result<Option<Event>, PayloadErro
                 return Ok(None);
             };
             let repo = RepoInfo::from_payload(&ev.repository, &pr.head.sha);
+            // A deleted fork shows as repo_id -1: still not the base repository.
+            let from_fork = pr.head.repo_id != repo.id && pr.head.repo_id != 0;
             Ok(Some(Event::PullRequest {
                 repo,
                 number: if ev.number != 0 { ev.number } else { pr.number },
@@ -219,6 +223,7 @@ pub fn parse(event_type: &str, body: &[u8]) -> Result<Option<Event>, PayloadErro
                     .trim_start_matches("refs/heads/")
                     .to_string(),
                 head_sha: pr.head.sha,
+                from_fork,
                 action: ev.action,
                 actor: ev.sender.map(|u| u.login).unwrap_or_default(),
             }))

@@ -16,7 +16,7 @@ use pipewright_pipelines::{
 
 use crate::{
     local::{copy_tree, git_facts, list_files, read_pipelines},
-    run::{RunObserver, RunResult, RunSetup, StepDefaults, StepResult, run_plan},
+    run::{RunObserver, RunResult, RunSetup, StepDefaults, StepExtras, StepResult, run_plan},
 };
 
 /// What `exec` was asked to do.
@@ -197,11 +197,13 @@ async fn run_one(
         .context("failed to create a workspace")?;
     copy_tree(&args.dir, workspace.path())
         .with_context(|| format!("failed to copy {} into the workspace", args.dir.display()))?;
+    let no_extras = |_: &PlannedStep| StepExtras::default();
     let setup = RunSetup {
         run_id: &run_id,
         instance: "exec",
         workspace: workspace.path(),
         defaults,
+        extras: &no_extras,
     };
     let mut printer = Printer {
         out: io::stdout(),

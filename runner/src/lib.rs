@@ -6,8 +6,24 @@ mod events;
 mod exec;
 mod git;
 mod gitea;
+mod identity;
 mod local;
 mod logs;
+mod mask;
 pub mod run;
+mod secrets;
 pub mod server;
+mod vault;
+
+/// An error and its sources on one line (`failed to x: because y: because z`).
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
 pub mod store;

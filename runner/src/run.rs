@@ -14,6 +14,8 @@ use pipewright_containers::{
 };
 use pipewright_pipelines::{Plan, PlannedAction, PlannedStep};
 
+use crate::mask::Masker;
+
 /// Where step containers see the checkout.
 pub const WORKSPACE: &str = "/workspace";
 
@@ -86,8 +88,19 @@ pub trait RunObserver: Send {
     ) -> impl Future<Output = ()> + Send;
 }
 
+/// What a step gets besides its plan: secrets and its identity token (env), the CA bundle
+/// (mounts), and the masker for its output.
+#[derive(Debug, Default)]
+pub struct StepExtras {
+    pub env: Vec<(String, String)>,
+    pub mounts: Vec<Mount>,
+    pub masker: Masker,
+}
+
+/// Gives each step its extras as it starts (so each gets a fresh identity token).
+pub type Extras<'a> = &'a (dyn Fn(&PlannedStep) -> StepExtras + Sync);
+
 /// Where a run happens.
-#[derive(Debug)]
 pub struct RunSetup<'a> {
     pub run_id: &'a str,
     /// The owner of the run's containers ([`LABEL_INSTANCE`]).
@@ -95,16 +108,29 @@ pub struct RunSetup<'a> {
     /// The checkout, mounted read-write at [`WORKSPACE`].
     pub workspace: &'a Path,
     pub defaults: &'a StepDefaults,
+    pub extras: Extras<'a>,
+}
+
+impl std::fmt::Debug for RunSetup<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RunSetup")
+            .field("run_id", &self.run_id)
+            .field("workspace", &self.workspace)
+            .finish_non_exhaustive()
+    }
 }
 
 struct StepSink<'a, O: RunObserver> {
     observer: &'a mut O,
     step: &'a PlannedStep,
+    masker: &'a Masker,
 }
 
 impl<O: RunObserver> LogSink for StepSink<'_, O> {
     fn line(&mut self, stream: Stream, line: &[u8]) -> io::Result<()> {
-        self.observer.step_output(self.step, stream, line)
+        // Masked here, before anything stores, streams or prints the line.
+        self.observer
+            .step_output(self.step, stream, &self.masker.mask(line))
     }
 }
 
@@ -155,10 +181,14 @@ pub async fn run_plan<E: Executor, O: RunObserver>(
                 Err(e) => StepResult::Unrunnable(e.to_string()),
             },
             PlannedAction::Run { image, script } => {
-                let spec = spec_for(step, image, script, setup, left);
+                let extras = (setup.extras)(step);
+                let mut spec = spec_for(step, image, script, setup, left);
+                spec.env.extend(extras.env);
+                spec.mounts.extend(extras.mounts);
                 let mut sink = StepSink {
                     observer: &mut *observer,
                     step,
+                    masker: &extras.masker,
                 };
                 let outcome = executor.run_step(&spec, &mut sink, cancel).await?;
                 // The run's own deadline cut the step short: say so rather than blame the step.

@@ -24,6 +24,8 @@ fn run(pipeline: &str, sha: &str, group: &str, cancel_in_progress: bool) -> NewR
         sha: sha.into(),
         pr: None,
         actor: "alice".into(),
+        from_fork: false,
+        attempt: 1,
         inputs: vec![("mode".into(), "plan".into())],
         dedupe_key: format!("push:{sha}"),
         concurrency_group: group.into(),

@@ -29,6 +29,8 @@ pub fn router(app: Arc<App>) -> Router {
             post(webhook::receive).layer(DefaultBodyLimit::max(webhook::MAX_BODY)),
         )
         .route("/healthz", get(|| async { "ok" }))
+        .route("/.well-known/openid-configuration", get(discovery))
+        .route("/.well-known/jwks.json", get(jwks))
         .route("/readyz", get(readyz))
         .route("/api/v1/runs", get(list_runs))
         .route("/api/v1/runs/{id}", get(get_run))
@@ -106,6 +108,14 @@ fn require_write(app: &App, headers: &HeaderMap) -> Result<(), ApiError> {
             "an API token is required (Authorization: Bearer …)".into(),
         ))
     }
+}
+
+async fn discovery(State(app): State<Arc<App>>) -> Json<serde_json::Value> {
+    Json(app.issuer.discovery())
+}
+
+async fn jwks(State(app): State<Arc<App>>) -> Json<serde_json::Value> {
+    Json(app.issuer.jwks())
 }
 
 async fn readyz(State(app): State<Arc<App>>) -> Response {
@@ -411,6 +421,8 @@ async fn rerun(
         sha: old.sha.clone(),
         pr: old.pr,
         actor: old.actor.clone(),
+        from_fork: old.from_fork,
+        attempt: old.attempt + 1,
         inputs: old.inputs.clone(),
         dedupe_key: format!("rerun:{id}:{}", now_ms()),
         concurrency_group: old.concurrency_group.clone(),

@@ -102,6 +102,7 @@ async fn reconcile(app: &App, seen: &mut HashSet<(String, String)>) -> anyhow::R
                             .trim_start_matches("refs/heads/")
                             .to_string(),
                         head_sha: sha,
+                        from_fork: pr.head.repo_id != repo.id && pr.head.repo_id != 0,
                         action: "synchronized".into(),
                         actor: String::new(),
                     });

@@ -93,16 +93,7 @@ pub async fn run(app: Arc<App>, stop: CancellationToken) {
     }
 }
 
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
-}
+pub use crate::error_chain;
 
 async fn process(
     app: &App,
@@ -165,6 +156,13 @@ pub async fn enqueue_event(
     app.git
         .require_commit(&mirror, &repo.full_name, &sha)
         .await?;
+    let from_fork = matches!(
+        event,
+        Event::PullRequest {
+            from_fork: true,
+            ..
+        }
+    );
     let (trigger, pr, actor) = match event {
         Event::Push {
             git_ref,
@@ -255,6 +253,8 @@ pub async fn enqueue_event(
             sha: sha.clone(),
             pr,
             actor: actor.clone(),
+            from_fork,
+            attempt: 1,
             inputs: cx.inputs.clone(),
             dedupe_key: event.dedupe_key(),
             concurrency_group: group,

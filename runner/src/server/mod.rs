@@ -4,6 +4,7 @@
 //! `main` builds an [`App`] from the configuration and calls [`serve`]; tests build the same
 //! `App` around a `127.0.0.1:0` listener.
 
+mod access;
 mod api;
 mod catchup;
 mod ingest;
@@ -23,11 +24,14 @@ use crate::{
     config::Config,
     git::Git,
     gitea::{Gitea, http_client},
+    identity::Issuer,
     logs::LogStore,
     run::StepDefaults,
     store::Store,
+    vault::Vault,
 };
 
+pub use crate::error_chain;
 pub use webhook::DeliveryWriter;
 pub use worker::Scheduler;
 
@@ -49,6 +53,10 @@ pub struct App {
     pub defaults: StepDefaults,
     /// This instance's name on the containers it creates (kept in `data_dir/instance`).
     pub instance: String,
+    /// Signs run identity tokens; publishes the JWKS.
+    pub issuer: Issuer,
+    /// Where runs log in, when configured.
+    pub vault: Option<Vault>,
 }
 
 impl App {
@@ -68,7 +76,7 @@ impl App {
         .context("failed to reach the Docker engine")?;
         let client = http_client(config.gitea.ca_file.as_deref())?;
         let gitea_url = config.gitea.url.clone().unwrap_or_default();
-        let gitea = Gitea::new(&gitea_url, config.gitea.token.clone(), client);
+        let gitea = Gitea::new(&gitea_url, config.gitea.token.clone(), client.clone());
         let git = Git::new(
             data_dir.join("git"),
             config.gitea.token.clone(),
@@ -82,6 +90,18 @@ impl App {
         let deliveries = DeliveryWriter::new(store.clone());
         let scheduler = Scheduler::new();
         let instance = instance_id(&data_dir)?;
+        let issuer = Issuer::load(
+            &data_dir.join("keys"),
+            config.identity.algorithm,
+            &config.server.public_url,
+            &config.identity.audience,
+            config.identity.token_ttl,
+        )?;
+        let vault = config
+            .vault
+            .address
+            .as_deref()
+            .map(|address| Vault::new(address, client.clone()));
         Ok(Arc::new(App {
             config,
             store,
@@ -95,6 +115,8 @@ impl App {
             reporter_wake: Notify::new(),
             defaults,
             instance,
+            issuer,
+            vault,
         }))
     }
 

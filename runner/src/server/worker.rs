@@ -17,7 +17,7 @@ use pipewright_pipelines::{EventKind, GitRef, PlannedStep, RunContext, parse_fil
 use tokio::{sync::Notify, task::JoinSet};
 use tracing::{Instrument, info, info_span, warn};
 
-use super::{App, ingest::error_chain};
+use super::{App, access::RunAccess, ingest::error_chain};
 use crate::{
     logs::LogWriter,
     run::{RunObserver, RunResult, RunSetup, StepResult, run_plan},
@@ -243,11 +243,21 @@ async fn run_checked_out(
     };
     let planned = plan(&pipeline, &cx);
     check_volumes(app, &run.repo, &planned)?;
-    if pipeline.vault.is_some() {
-        return Err(
-            "Vault secrets are not available in this build: the run was not started".into(),
-        );
-    }
+    // Vault before anything else: when it fails, no step runs.
+    let access = RunAccess::open(app, run, &pipeline).await?;
+    let result = run_with_access(app, run, &planned, mirror, &access, cancel).await;
+    access.close(app).await;
+    result.map_err(|why| access.masker().mask_str(&why))
+}
+
+async fn run_with_access(
+    app: &App,
+    run: &Run,
+    planned: &pipewright_pipelines::Plan,
+    mirror: crate::git::Mirror,
+    access: &RunAccess,
+    cancel: &CancellationToken,
+) -> Result<RunResult, String> {
     let names: Vec<(i64, String)> = planned
         .steps
         .iter()
@@ -257,7 +267,6 @@ async fn run_checked_out(
         .insert_steps(run.id, &names)
         .await
         .map_err(|e| format!("database: {e}"))?;
-
     let workspace = workspace_dir(app, run.id);
     let _ = std::fs::remove_dir_all(&workspace);
     app.git
@@ -265,22 +274,32 @@ async fn run_checked_out(
         .await
         .map_err(|e| format!("checkout: {}", error_chain(&e)))?;
     drop(mirror);
+    let extras = |step: &PlannedStep| access.extras(app, step);
     let setup = RunSetup {
         run_id: &run.id.to_string(),
         instance: &app.instance,
         workspace: &workspace,
         defaults: &app.defaults,
+        extras: &extras,
     };
     let mut observer = StoreObserver {
         app,
         run_id: run.id,
         writer: None,
     };
-    let result = run_plan(&app.executor, &planned, &setup, &mut observer, cancel).await;
+    let result = run_plan(&app.executor, planned, &setup, &mut observer, cancel).await;
     if let Err(e) = std::fs::remove_dir_all(&workspace) {
         warn!(error = %e, path = %workspace.display(), "failed to remove the workspace");
     }
-    result.map_err(|e| format!("the Docker engine failed: {}", error_chain(&e)))
+    let result = result.map_err(|e| format!("the Docker engine failed: {}", error_chain(&e)))?;
+    Ok(match result {
+        RunResult::Failure { step, why } => RunResult::Failure {
+            step,
+            why: access.masker().mask_str(&why),
+        },
+        RunResult::Error(why) => RunResult::Error(access.masker().mask_str(&why)),
+        other => other,
+    })
 }
 
 /// Host paths may be mounted only when the repository's policy lists them (or a parent).

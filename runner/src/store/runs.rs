@@ -76,6 +76,10 @@ pub struct NewRun {
     pub sha: String,
     pub pr: Option<i64>,
     pub actor: String,
+    /// A pull request whose head is in another repository.
+    pub from_fork: bool,
+    /// 1, or one more than the run it re-runs.
+    pub attempt: i64,
     pub inputs: Vec<(String, String)>,
     pub dedupe_key: String,
     pub concurrency_group: String,
@@ -102,6 +106,8 @@ pub struct Run {
     pub sha: String,
     pub pr: Option<i64>,
     pub actor: String,
+    pub from_fork: bool,
+    pub attempt: i64,
     pub inputs: Vec<(String, String)>,
     pub concurrency_group: String,
     pub cancel_in_progress: bool,
@@ -155,7 +161,7 @@ pub struct OutboxEntry {
     pub attempts: i64,
 }
 
-const RUN_COLUMNS: &str = "id, repo, repo_id, owner_id, clone_url, default_branch, status_repo, pipeline, pipeline_file, event, git_ref, sha, pr, actor, inputs, concurrency_group, cancel_in_progress, state, description, created_at, started_at, finished_at";
+const RUN_COLUMNS: &str = "id, repo, repo_id, owner_id, clone_url, default_branch, status_repo, pipeline, pipeline_file, event, git_ref, sha, pr, actor, from_fork, attempt, inputs, concurrency_group, cancel_in_progress, state, description, created_at, started_at, finished_at";
 
 fn run_from_row(row: &AnyRow) -> Result<Run, StoreError> {
     let state: String = row.try_get("state")?;
@@ -175,6 +181,8 @@ fn run_from_row(row: &AnyRow) -> Result<Run, StoreError> {
         sha: row.try_get("sha")?,
         pr: row.try_get("pr")?,
         actor: row.try_get("actor")?,
+        from_fork: row.try_get::<i64, _>("from_fork")? != 0,
+        attempt: row.try_get("attempt")?,
         inputs: serde_json::from_str(&inputs)
             .map_err(|e| StoreError::Corrupt(format!("run inputs: {e}")))?,
         concurrency_group: row.try_get("concurrency_group")?,
@@ -282,8 +290,8 @@ impl Store {
             let id: i64 = sqlx::query(
                 "INSERT INTO runs (delivery, repo, repo_id, owner_id, clone_url, default_branch, status_repo, pipeline,
                    pipeline_file, event, git_ref, sha, pr, actor, inputs, dedupe_key, concurrency_group,
-                   cancel_in_progress, state, description, created_at, finished_at)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22)
+                   cancel_in_progress, state, description, created_at, finished_at, from_fork, attempt)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24)
                  RETURNING id",
             )
             .bind(delivery)
@@ -308,6 +316,8 @@ impl Store {
             .bind(clip(&new.description))
             .bind(now)
             .bind(new.state.is_finished().then_some(now))
+            .bind(i64::from(new.from_fork))
+            .bind(new.attempt)
             .fetch_one(&mut *tx)
             .await?
             .try_get(0)?;

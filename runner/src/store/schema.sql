@@ -30,6 +30,8 @@ CREATE TABLE runs (
     sha TEXT NOT NULL,
     pr BIGINT,
     actor TEXT NOT NULL,
+    from_fork BIGINT NOT NULL,
+    attempt BIGINT NOT NULL,
     inputs TEXT NOT NULL,
     dedupe_key TEXT NOT NULL,
     concurrency_group TEXT NOT NULL,

@@ -1,0 +1,166 @@
+//! What a run may reach: its identity token (a fresh one per step), its Vault login and
+//! secrets, and the CA bundle — decided once per run, revoked when the run ends.
+//!
+//! Pull requests from forks get neither secrets nor a token carrying the base
+//! repository's claims, unless `[[repos]].allow_fork_secrets` says otherwise.
+
+use pipewright_pipelines::{Pipeline, PlannedStep};
+use tracing::{info, warn};
+
+use super::App;
+use crate::{
+    identity::RunClaims,
+    mask::Masker,
+    run::StepExtras,
+    secrets::{ca_for_steps, read_secrets},
+    store::Run,
+    vault::RunToken,
+};
+
+/// A run's credentials. Kept in memory only.
+pub struct RunAccess {
+    /// `None`: a fork's pull request, which gets no identity token.
+    claims: Option<RunClaims>,
+    token: Option<RunToken>,
+    secrets: Vec<(String, String)>,
+    masker: Masker,
+}
+
+impl std::fmt::Debug for RunAccess {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RunAccess")
+            .field("secrets", &self.secrets.len())
+            .finish_non_exhaustive()
+    }
+}
+
+fn claims_for(run: &Run) -> RunClaims {
+    let (owner, _) = run.repo.split_once('/').unwrap_or((&run.repo, ""));
+    let pull_request = run.event == "pull_request";
+    let (git_ref, base_ref) = match (pull_request, run.pr) {
+        (true, Some(n)) => (
+            format!("refs/pull/{n}/head"),
+            Some(run.git_ref.trim_start_matches("refs/heads/").to_string()),
+        ),
+        _ => (run.git_ref.clone(), None),
+    };
+    RunClaims {
+        repository: run.repo.clone(),
+        repository_id: run.repo_id,
+        repository_owner: owner.to_string(),
+        repository_owner_id: run.owner_id,
+        ref_type: if run.git_ref.starts_with("refs/tags/") {
+            "tag"
+        } else {
+            "branch"
+        }
+        .into(),
+        git_ref,
+        sha: run.sha.clone(),
+        event_name: run.event.clone(),
+        pipeline: run.pipeline.clone(),
+        run_id: run.id,
+        run_attempt: run.attempt,
+        actor: run.actor.clone(),
+        base_ref,
+        pull_request,
+    }
+}
+
+impl RunAccess {
+    /// Logs in to Vault and reads the pipeline's secrets. `Err` is the run's `error`
+    /// description, naming Vault, the role or the path.
+    pub async fn open(app: &App, run: &Run, pipeline: &Pipeline) -> Result<RunAccess, String> {
+        let trusted = !run.from_fork
+            || app
+                .config
+                .repo_policy(&run.repo)
+                .is_some_and(|p| p.allow_fork_secrets);
+        let claims = trusted.then(|| claims_for(run));
+        let mut access = RunAccess {
+            claims,
+            token: None,
+            secrets: Vec::new(),
+            masker: Masker::default(),
+        };
+        let Some(spec) = &pipeline.vault else {
+            return Ok(access);
+        };
+        let Some(claims) = access.claims.clone() else {
+            info!(
+                run_id = run.id,
+                "pull request from a fork: no secrets and no identity token"
+            );
+            return Ok(access);
+        };
+        let Some(vault) = &app.vault else {
+            return Err(
+                "the pipeline reads Vault secrets, but no [vault].address is configured".into(),
+            );
+        };
+        let role = spec
+            .role
+            .clone()
+            .unwrap_or_else(|| app.config.role_for(&run.repo));
+        let mount = spec
+            .mount
+            .clone()
+            .unwrap_or_else(|| app.config.vault.mount.clone());
+        let jwt = app.issuer.mint(&claims).map_err(|e| e.to_string())?;
+        let token = vault
+            .login_jwt(&mount, &role, &jwt)
+            .await
+            .map_err(|e| e.to_string())?;
+        let secrets = read_secrets(vault, &token, &spec.secrets).await;
+        access.token = Some(token);
+        match secrets {
+            Ok(secrets) => {
+                access.masker = Masker::new(secrets.iter().map(|(_, v)| v.as_str()));
+                access.secrets = secrets;
+                Ok(access)
+            }
+            Err(e) => {
+                access.close(app).await;
+                Err(e.to_string())
+            }
+        }
+    }
+
+    pub fn masker(&self) -> &Masker {
+        &self.masker
+    }
+
+    /// A step's environment and mounts: secrets, a fresh identity token, the CA bundle.
+    pub fn extras(&self, app: &App, _step: &PlannedStep) -> StepExtras {
+        let (mounts, mut env) = ca_for_steps(app.config.gitea.ca_file.as_deref());
+        if let Some(vault) = &app.vault {
+            env.push(("VAULT_ADDR".into(), vault.address().to_string()));
+        }
+        env.extend(self.secrets.iter().cloned());
+        let mut values: Vec<String> = self.secrets.iter().map(|(_, v)| v.clone()).collect();
+        if let Some(claims) = &self.claims {
+            match app.issuer.mint(claims) {
+                Ok(jwt) => {
+                    env.push(("PIPEWRIGHT_ID_TOKEN".into(), jwt.clone()));
+                    env.push(("TERRAFORM_VAULT_AUTH_JWT".into(), jwt.clone()));
+                    values.push(jwt);
+                }
+                Err(e) => warn!(error = %e, "failed to mint the step's identity token"),
+            }
+        }
+        StepExtras {
+            env,
+            mounts,
+            masker: Masker::new(values.iter().map(String::as_str)),
+        }
+    }
+
+    /// Revokes the run's Vault token, whatever the run's outcome.
+    pub async fn close(&self, app: &App) {
+        if let (Some(vault), Some(token)) = (&app.vault, &self.token)
+            && let Err(e) = vault.revoke(token).await
+        {
+            warn!(error = %e, "failed to revoke the run's Vault token");
+        }
+    }
+}

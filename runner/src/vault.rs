@@ -1,0 +1,253 @@
+//! Vault (or OpenBao) for runs: JWT login with the run's identity token, KV v1/v2 reads with
+//! the version detected per mount, and revocation of the run's token. Small typed requests
+//! over reqwest; every error names Vault, the role or the path, never a secret.
+
+use std::collections::BTreeMap;
+
+use reqwest::{Client, StatusCode};
+use serde_json::{Value, json};
+
+use crate::config::Secret;
+
+#[derive(Debug, thiserror::Error)]
+pub enum VaultError {
+    #[error("Vault at {address} is unreachable: {why}")]
+    Unreachable { address: String, why: String },
+    #[error("Vault refused the login with role `{role}` on auth mount `{mount}`: {message}")]
+    LoginRefused {
+        role: String,
+        mount: String,
+        message: String,
+    },
+    #[error("Vault has no secret at `{path}`")]
+    NotFound { path: String },
+    #[error("Vault denies reading `{path}` to role `{role}`")]
+    Denied { path: String, role: String },
+    #[error("the Vault secret `{path}` has no key `{key}`")]
+    MissingKey { path: String, key: String },
+    #[error("Vault answered {status} to {what}: {message}")]
+    Other {
+        status: u16,
+        what: String,
+        message: String,
+    },
+}
+
+/// A Vault server.
+#[derive(Clone, Debug)]
+pub struct Vault {
+    address: String,
+    client: Client,
+}
+
+/// A token obtained for one run, with the role it came from (for messages).
+#[derive(Debug)]
+pub struct RunToken {
+    pub token: Secret,
+    pub role: String,
+}
+
+/// Vault's error text: `{"errors": ["..."]}`.
+fn errors_of(body: &str) -> String {
+    serde_json::from_str::<Value>(body)
+        .ok()
+        .and_then(|v| {
+            v["errors"].as_array().map(|e| {
+                e.iter()
+                    .filter_map(Value::as_str)
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            })
+        })
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| body.chars().take(200).collect())
+}
+
+impl Vault {
+    pub fn new(address: &str, client: Client) -> Vault {
+        Vault {
+            address: address.trim_end_matches('/').to_string(),
+            client,
+        }
+    }
+
+    pub fn address(&self) -> &str {
+        &self.address
+    }
+
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: Option<&Secret>,
+        body: Option<Value>,
+    ) -> Result<(StatusCode, String), VaultError> {
+        let mut req = self
+            .client
+            .request(method, format!("{}/v1/{path}", self.address));
+        if let Some(t) = token {
+            req = req.header("X-Vault-Token", t.expose());
+        }
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.map_err(|e| VaultError::Unreachable {
+            address: self.address.clone(),
+            why: crate::error_chain(&e),
+        })?;
+        let status = resp.status();
+        let text = resp.text().await.unwrap_or_default();
+        Ok((status, text))
+    }
+
+    /// Logs in with the jwt auth method.
+    pub async fn login_jwt(
+        &self,
+        mount: &str,
+        role: &str,
+        jwt: &str,
+    ) -> Result<RunToken, VaultError> {
+        let (status, body) = self
+            .call(
+                reqwest::Method::POST,
+                &format!("auth/{mount}/login"),
+                None,
+                Some(json!({ "role": role, "jwt": jwt })),
+            )
+            .await?;
+        if !status.is_success() {
+            return Err(VaultError::LoginRefused {
+                role: role.into(),
+                mount: mount.into(),
+                message: errors_of(&body),
+            });
+        }
+        let v: Value = serde_json::from_str(&body).unwrap_or_default();
+        let token = v["auth"]["client_token"]
+            .as_str()
+            .ok_or_else(|| VaultError::LoginRefused {
+                role: role.into(),
+                mount: mount.into(),
+                message: "the answer has no client token".into(),
+            })?;
+        Ok(RunToken {
+            token: Secret::new(token),
+            role: role.to_string(),
+        })
+    }
+
+    /// Reads every key of a KV secret (v1 or v2, detected from its mount).
+    pub async fn read_kv(
+        &self,
+        token: &RunToken,
+        path: &str,
+    ) -> Result<BTreeMap<String, String>, VaultError> {
+        let (status, body) = self
+            .call(
+                reqwest::Method::GET,
+                &format!("sys/internal/ui/mounts/{path}"),
+                Some(&token.token),
+                None,
+            )
+            .await?;
+        let (mount, version) = match status {
+            s if s.is_success() => {
+                let v: Value = serde_json::from_str(&body).unwrap_or_default();
+                let mount = v["data"]["path"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .trim_end_matches('/')
+                    .to_string();
+                let version = v["data"]["options"]["version"]
+                    .as_str()
+                    .unwrap_or("1")
+                    .to_string();
+                (mount, version)
+            }
+            StatusCode::FORBIDDEN => {
+                return Err(VaultError::Denied {
+                    path: path.into(),
+                    role: token.role.clone(),
+                });
+            }
+            StatusCode::NOT_FOUND | StatusCode::BAD_REQUEST => {
+                return Err(VaultError::NotFound { path: path.into() });
+            }
+            s => {
+                return Err(VaultError::Other {
+                    status: s.as_u16(),
+                    what: format!("the mount of `{path}`"),
+                    message: errors_of(&body),
+                });
+            }
+        };
+        let rest = path
+            .strip_prefix(&mount)
+            .unwrap_or(path)
+            .trim_start_matches('/');
+        let api_path = if version == "2" {
+            format!("{mount}/data/{rest}")
+        } else {
+            format!("{mount}/{rest}")
+        };
+        let (status, body) = self
+            .call(reqwest::Method::GET, &api_path, Some(&token.token), None)
+            .await?;
+        match status {
+            s if s.is_success() => {}
+            StatusCode::NOT_FOUND => return Err(VaultError::NotFound { path: path.into() }),
+            StatusCode::FORBIDDEN => {
+                return Err(VaultError::Denied {
+                    path: path.into(),
+                    role: token.role.clone(),
+                });
+            }
+            s => {
+                return Err(VaultError::Other {
+                    status: s.as_u16(),
+                    what: format!("reading `{path}`"),
+                    message: errors_of(&body),
+                });
+            }
+        }
+        let v: Value = serde_json::from_str(&body).unwrap_or_default();
+        let data = if version == "2" {
+            &v["data"]["data"]
+        } else {
+            &v["data"]
+        };
+        let map = data
+            .as_object()
+            .ok_or_else(|| VaultError::NotFound { path: path.into() })?;
+        Ok(map
+            .iter()
+            .map(|(k, v)| {
+                (
+                    k.clone(),
+                    v.as_str().map_or_else(|| v.to_string(), str::to_string),
+                )
+            })
+            .collect())
+    }
+
+    /// Revokes the run's token; a token that is already gone is fine.
+    pub async fn revoke(&self, token: &RunToken) -> Result<(), VaultError> {
+        let (status, body) = self
+            .call(
+                reqwest::Method::POST,
+                "auth/token/revoke-self",
+                Some(&token.token),
+                None,
+            )
+            .await?;
+        if status.is_success() || status == StatusCode::FORBIDDEN {
+            Ok(())
+        } else {
+            Err(VaultError::Other {
+                status: status.as_u16(),
+                what: "revoking the run's token".into(),
+                message: errors_of(&body),
+            })
+        }
+    }
+}
