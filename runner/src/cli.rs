@@ -59,6 +59,9 @@ enum Command {
         /// Vault address, for pipelines that read secrets.
         #[arg(long, env = "VAULT_ADDR")]
         vault_addr: Option<String>,
+        /// Vault token that reads the secrets (never a command-line argument).
+        #[arg(skip)]
+        vault_token: Option<String>,
     },
 }
 
@@ -104,6 +107,7 @@ pub fn main() -> ExitCode {
             branch,
             docker_host,
             vault_addr,
+            ..
         } => {
             let args = ExecArgs {
                 dir,
@@ -114,6 +118,7 @@ pub fn main() -> ExitCode {
                 branch,
                 docker_host,
                 vault_addr,
+                vault_token: std::env::var("VAULT_TOKEN").ok().filter(|t| !t.is_empty()),
             };
             exec_blocking(args)
         }

@@ -10,13 +10,18 @@ use std::{
 use anyhow::{Context, bail};
 use pipewright_containers::{CancellationToken, DockerConfig, DockerExecutor, Stream};
 use pipewright_pipelines::{
-    Changes, EventKind, GitRef, Pipeline, PlannedAction, PlannedStep, RunContext, Trigger,
-    default_inputs, plan, resolve_inputs, selects,
+    Changes, EventKind, GitRef, Pipeline, PlannedAction, PlannedStep, RunContext, SecretTarget,
+    Trigger, default_inputs, plan, resolve_inputs, selects,
 };
 
 use crate::{
+    config::Secret,
+    identity::{Issuer, RunClaims},
     local::{copy_tree, git_facts, list_files, read_pipelines},
+    mask::Masker,
     run::{RunObserver, RunResult, RunSetup, StepDefaults, StepExtras, StepResult, run_plan},
+    secrets::read_secrets,
+    vault::{RunToken, Vault},
 };
 
 /// What `exec` was asked to do.
@@ -30,6 +35,7 @@ pub struct ExecArgs {
     pub branch: Option<String>,
     pub docker_host: Option<String>,
     pub vault_addr: Option<String>,
+    pub vault_token: Option<String>,
 }
 
 /// Exit statuses: the run's result.
@@ -159,28 +165,13 @@ async fn run_one(
     } else {
         default_inputs(pipeline)
     };
-    if let Some(vault) = &pipeline.vault {
-        let names: Vec<String> = vault
-            .secrets
-            .iter()
-            .map(|s| match &s.target {
-                pipewright_pipelines::SecretTarget::Key { env, .. } => env.clone(),
-                pipewright_pipelines::SecretTarget::All { prefix } => format!("{prefix}*"),
-            })
-            .collect();
-        let why = match &args.vault_addr {
-            None => format!(
-                "it reads secrets from Vault ({}) and exec was given no --vault-addr",
-                names.join(", ")
-            ),
-            Some(addr) => format!(
-                "it reads secrets from Vault ({}), and this build cannot log in to Vault at {addr} yet",
-                names.join(", ")
-            ),
-        };
-        println!("=== pipeline {}: error: not run: {why}", pipeline.name);
-        return Ok(EXIT_ERROR);
-    }
+    let secrets = match local_secrets(args, pipeline).await {
+        Ok(secrets) => secrets,
+        Err(why) => {
+            println!("=== pipeline {}: error: not run: {why}", pipeline.name);
+            return Ok(EXIT_ERROR);
+        }
+    };
     let cx = RunContext {
         repo: repo.to_string(),
         sha: sha.to_string(),
@@ -197,13 +188,52 @@ async fn run_one(
         .context("failed to create a workspace")?;
     copy_tree(&args.dir, workspace.path())
         .with_context(|| format!("failed to copy {} into the workspace", args.dir.display()))?;
-    let no_extras = |_: &PlannedStep| StepExtras::default();
+    // A throw-away key signs local identity tokens: only a test Vault told to trust it
+    // (jwt_validation_pubkeys) would accept them.
+    let issuer = Issuer::ephemeral(
+        "https://pipewright.local",
+        "vault",
+        Duration::from_secs(600),
+    );
+    let claims = RunClaims {
+        repository: repo.to_string(),
+        repository_id: 0,
+        repository_owner: repo.split('/').next().unwrap_or_default().to_string(),
+        repository_owner_id: 0,
+        git_ref: git_ref.full(),
+        ref_type: "branch".into(),
+        sha: sha.to_string(),
+        event_name: args.event.as_str().to_string(),
+        pipeline: pipeline.name.clone(),
+        run_id: 0,
+        run_attempt: 1,
+        actor: std::env::var("USER").unwrap_or_default(),
+        base_ref: None,
+        pull_request: false,
+    };
+    let extras = |_: &PlannedStep| {
+        let mut env = secrets.clone();
+        let mut values: Vec<String> = secrets.iter().map(|(_, v)| v.clone()).collect();
+        if let Some(addr) = &args.vault_addr {
+            env.push(("VAULT_ADDR".into(), addr.clone()));
+        }
+        if let Ok(jwt) = issuer.mint(&claims) {
+            env.push(("PIPEWRIGHT_ID_TOKEN".into(), jwt.clone()));
+            env.push(("TERRAFORM_VAULT_AUTH_JWT".into(), jwt.clone()));
+            values.push(jwt);
+        }
+        StepExtras {
+            env,
+            mounts: Vec::new(),
+            masker: Masker::new(values.iter().map(String::as_str)),
+        }
+    };
     let setup = RunSetup {
         run_id: &run_id,
         instance: "exec",
         workspace: workspace.path(),
         defaults,
-        extras: &no_extras,
+        extras: &extras,
     };
     let mut printer = Printer {
         out: io::stdout(),
@@ -226,6 +256,39 @@ async fn run_one(
     };
     println!("=== pipeline {}: {verdict}", pipeline.name);
     Ok(code)
+}
+
+/// The pipeline's Vault secrets, read with the caller's own token (`VAULT_TOKEN`).
+async fn local_secrets(
+    args: &ExecArgs,
+    pipeline: &Pipeline,
+) -> Result<Vec<(String, String)>, String> {
+    let Some(spec) = &pipeline.vault else {
+        return Ok(Vec::new());
+    };
+    let names: Vec<String> = spec
+        .secrets
+        .iter()
+        .map(|s| match &s.target {
+            SecretTarget::Key { env, .. } => env.clone(),
+            SecretTarget::All { prefix } => format!("{prefix}*"),
+        })
+        .collect();
+    let (Some(addr), Some(token)) = (&args.vault_addr, &args.vault_token) else {
+        return Err(format!(
+            "it reads secrets from Vault ({}): give --vault-addr (or VAULT_ADDR) and a token in VAULT_TOKEN",
+            names.join(", ")
+        ));
+    };
+    let client = crate::gitea::http_client(None).map_err(|e| crate::error_chain(&e))?;
+    let vault = Vault::new(addr, client);
+    let token = RunToken {
+        token: Secret::new(token.clone()),
+        role: "(VAULT_TOKEN)".into(),
+    };
+    read_secrets(&vault, &token, &spec.secrets)
+        .await
+        .map_err(|e| e.to_string())
 }
 
 fn local_run_id() -> String {

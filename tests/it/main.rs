@@ -5,3 +5,4 @@ mod executor;
 mod fake_gitea_selftest;
 mod serve;
 mod store;
+mod vault;

@@ -16,14 +16,14 @@ use pipewright_tests::fake_gitea::{
 use serde_json::Value;
 use tokio::{net::TcpListener, task::JoinHandle};
 
-const SECRET: &str = "webhook-secret";
-const API_TOKEN: &str = "api-token-for-tests";
-const IMAGE: &str = "pipewright-test/busybox:1";
+pub(crate) const SECRET: &str = "webhook-secret";
+pub(crate) const API_TOKEN: &str = "api-token-for-tests";
+pub(crate) const IMAGE: &str = "pipewright-test/busybox:1";
 
 /// A Pipewright server in this process, on its own data directory.
-struct Server {
-    url: String,
-    app: Arc<App>,
+pub(crate) struct Server {
+    pub(crate) url: String,
+    pub(crate) app: Arc<App>,
     shutdown: CancellationToken,
     task: Option<JoinHandle<anyhow::Result<()>>>,
     _data: tempfile::TempDir,
@@ -47,7 +47,12 @@ fn env_for(gitea: &FakeGitea, addr: &str, data: &std::path::Path) -> Vec<(String
 }
 
 impl Server {
-    async fn start(gitea: &FakeGitea) -> Server {
+    pub(crate) async fn start(gitea: &FakeGitea) -> Server {
+        Server::start_with(gitea, &[]).await
+    }
+
+    /// A server with more settings (`PIPEWRIGHT_…` pairs) than the defaults of these tests.
+    pub(crate) async fn start_with(gitea: &FakeGitea, extra: &[(&str, &str)]) -> Server {
         let _ = tracing_subscriber::fmt()
             .with_env_filter(
                 tracing_subscriber::EnvFilter::try_from_env("PIPEWRIGHT_LOG")
@@ -58,8 +63,9 @@ impl Server {
         let data = tempfile::tempdir().unwrap();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap().to_string();
-        let config = pipewright::config::load(None, env_for(gitea, &addr, data.path()))
-            .expect("test configuration");
+        let mut env = env_for(gitea, &addr, data.path());
+        env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        let config = pipewright::config::load(None, env).expect("test configuration");
         let app = App::new(config)
             .await
             .expect("the server's parts (is the Docker engine running?)");
@@ -74,15 +80,15 @@ impl Server {
         }
     }
 
-    fn hook(&self) -> String {
+    pub(crate) fn hook(&self) -> String {
         format!("{}/hooks/gitea", self.url)
     }
 
-    async fn api(&self, path: &str) -> Value {
+    pub(crate) async fn api(&self, path: &str) -> Value {
         get_json(&self.url, path).await
     }
 
-    async fn runs(&self) -> Vec<Value> {
+    pub(crate) async fn runs(&self) -> Vec<Value> {
         self.api("/api/v1/runs?limit=500")
             .await
             .as_array()
@@ -90,7 +96,7 @@ impl Server {
             .unwrap_or_default()
     }
 
-    async fn stop(mut self) {
+    pub(crate) async fn stop(mut self) {
         self.shutdown.cancel();
         if let Some(task) = self.task.take() {
             task.await.unwrap().unwrap();
@@ -98,11 +104,11 @@ impl Server {
     }
 }
 
-fn client() -> reqwest::Client {
+pub(crate) fn client() -> reqwest::Client {
     pipewright_tests::fake_gitea::http_client()
 }
 
-async fn get_json(base: &str, path: &str) -> Value {
+pub(crate) async fn get_json(base: &str, path: &str) -> Value {
     let resp = client()
         .get(format!("{base}{path}"))
         .bearer_auth(API_TOKEN)
@@ -114,7 +120,7 @@ async fn get_json(base: &str, path: &str) -> Value {
 }
 
 /// Polls `check` until it gives a value, failing after `within`.
-async fn eventually<T, F, Fut>(within: Duration, what: &str, mut check: F) -> T
+pub(crate) async fn eventually<T, F, Fut>(within: Duration, what: &str, mut check: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Option<T>>,
@@ -129,7 +135,7 @@ where
     }
 }
 
-fn of_context(statuses: &[Status], context: &str) -> Vec<Status> {
+pub(crate) fn of_context(statuses: &[Status], context: &str) -> Vec<Status> {
     statuses
         .iter()
         .filter(|s| s.context == context)
@@ -138,7 +144,7 @@ fn of_context(statuses: &[Status], context: &str) -> Vec<Status> {
 }
 
 /// Waits until the newest status of `context` on `sha` is final, and returns them all.
-async fn final_statuses(repo: &Repo, sha: &str, context: &str) -> Vec<Status> {
+pub(crate) async fn final_statuses(repo: &Repo, sha: &str, context: &str) -> Vec<Status> {
     eventually(
         Duration::from_secs(90),
         &format!("a final {context} status on {sha}"),
@@ -152,12 +158,12 @@ async fn final_statuses(repo: &Repo, sha: &str, context: &str) -> Vec<Status> {
     .await
 }
 
-fn states(list: &[Status]) -> Vec<&str> {
+pub(crate) fn states(list: &[Status]) -> Vec<&str> {
     list.iter().map(|s| s.state.as_str()).collect()
 }
 
 /// A run step in the local test image.
-fn step(name: &str, script: &str) -> String {
+pub(crate) fn step(name: &str, script: &str) -> String {
     format!(
         "  - name: {name}\n    image: {IMAGE}\n    run: |\n{}\n",
         indent(script, 6)

