@@ -107,14 +107,9 @@ impl Git {
             .to_string())
     }
 
-    /// Locks the repository's mirror, creating it if needed, and fetches branches, tags and
-    /// pull-request heads. `sha256` selects the object format of a new mirror.
-    pub async fn fetch(
-        &self,
-        repo: &str,
-        clone_url: &str,
-        sha256: bool,
-    ) -> Result<Mirror, GitError> {
+    /// Locks the repository's mirror, creating it if needed. `sha256` selects the object
+    /// format of a new mirror.
+    pub async fn open(&self, repo: &str, sha256: bool) -> Result<Mirror, GitError> {
         let lock = {
             let mut locks = self.locks.lock().unwrap_or_else(|e| e.into_inner());
             locks.entry(repo.to_string()).or_default().clone()
@@ -131,8 +126,16 @@ impl Git {
             self.run(Some(&path), &["init", "--quiet", "--bare", format])
                 .await?;
         }
+        Ok(Mirror {
+            path,
+            _guard: guard,
+        })
+    }
+
+    /// Brings the mirror up to date: branches, tags and pull-request heads.
+    pub async fn update(&self, mirror: &Mirror, clone_url: &str) -> Result<(), GitError> {
         self.run(
-            Some(&path),
+            Some(&mirror.path),
             &[
                 "fetch",
                 "--quiet",
@@ -146,10 +149,35 @@ impl Git {
             ],
         )
         .await?;
-        Ok(Mirror {
-            path,
-            _guard: guard,
-        })
+        Ok(())
+    }
+
+    /// The mirror, locked and fetched.
+    pub async fn fetch(
+        &self,
+        repo: &str,
+        clone_url: &str,
+        sha256: bool,
+    ) -> Result<Mirror, GitError> {
+        let mirror = self.open(repo, sha256).await?;
+        self.update(&mirror, clone_url).await?;
+        Ok(mirror)
+    }
+
+    /// The mirror, locked, fetched only when it lacks `sha` (a run's commit is normally
+    /// there already: the delivery that queued the run fetched it).
+    pub async fn with_commit(
+        &self,
+        repo: &str,
+        clone_url: &str,
+        sha: &str,
+    ) -> Result<Mirror, GitError> {
+        let mirror = self.open(repo, sha.len() == 64).await?;
+        if !self.has_commit(&mirror, sha).await {
+            self.update(&mirror, clone_url).await?;
+            self.require_commit(&mirror, repo, sha).await?;
+        }
+        Ok(mirror)
     }
 
     pub async fn has_commit(&self, mirror: &Mirror, sha: &str) -> bool {

@@ -233,7 +233,7 @@ fn exec_says_what_is_missing_for_actions_vault_and_images() {
     );
     assert!(
         out.stdout
-            .contains("reads secrets from Vault (TOKEN) and exec was given no --vault-addr"),
+            .contains("reads secrets from Vault (TOKEN): give --vault-addr"),
         "{}",
         out.stdout
     );

@@ -470,3 +470,53 @@ async fn steps_trust_the_configured_ca_and_the_issuer_is_discoverable() {
     assert_eq!(jwks["keys"][0]["crv"], "Ed25519");
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exec_reads_secrets_with_the_callers_vault_token() {
+    let bao = OpenBao::start().await;
+    bao.post(
+        "secret/data/local/app",
+        json!({ "data": { "api_key": "local-api-key-123" } }),
+    )
+    .await;
+    let repo = tempfile::tempdir().unwrap();
+    let pipeline = format!(
+        "on: push\nvault:\n  secrets:\n    API_KEY: secret/local/app#api_key\nsteps:\n{}",
+        step(
+            "use",
+            "test \"$API_KEY\" = local-api-key-123 && echo \"key ok: $API_KEY\"\ntest -n \"$PIPEWRIGHT_ID_TOKEN\" && echo token ok"
+        )
+    );
+    std::fs::create_dir_all(repo.path().join(".pipewright")).unwrap();
+    std::fs::write(repo.path().join(".pipewright/local.yml"), pipeline).unwrap();
+    let bin = crate::exec_cli::pipewright_bin();
+    let run = |token: Option<&str>| {
+        let mut cmd = Command::new(&bin);
+        cmd.arg("exec")
+            .arg(repo.path())
+            .arg("--vault-addr")
+            .arg(&bao.addr)
+            .env_remove("VAULT_TOKEN");
+        if let Some(t) = token {
+            cmd.env("VAULT_TOKEN", t);
+        }
+        cmd.output().unwrap()
+    };
+    let out = run(Some(ROOT));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("use | key ok: ***"), "{stdout}");
+    assert!(stdout.contains("use | token ok"), "{stdout}");
+    assert!(!stdout.contains("local-api-key-123"), "{stdout}");
+    // Without a token: a clear message, no step run.
+    let out = run(None);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stdout.contains("a token in VAULT_TOKEN"), "{stdout}");
+    assert!(!stdout.contains("--> step"), "{stdout}");
+}

@@ -126,6 +126,19 @@ impl App {
     }
 }
 
+/// Keeps the SQLite log short, off the webhook path (see `Store::checkpoint`).
+async fn checkpoints(app: Arc<App>, stop: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = stop.cancelled() => return,
+        }
+        if let Err(e) = app.store.checkpoint().await {
+            warn!(error = ?e, "checkpoint failed");
+        }
+    }
+}
+
 /// The instance's stable name: generated on first start, kept across restarts.
 fn instance_id(data_dir: &std::path::Path) -> anyhow::Result<String> {
     let path = data_dir.join("instance");
@@ -163,6 +176,7 @@ pub async fn serve(
     tasks.spawn(ingest::run(app.clone(), stop_work.clone()));
     tasks.spawn(reporter::run(app.clone(), stop_work.clone()));
     tasks.spawn(catchup::run(app.clone(), stop_work.clone()));
+    tasks.spawn(checkpoints(app.clone(), stop_work.clone()));
     let workers = tokio::spawn(worker::run(app.clone(), shutdown.clone()));
 
     let router = api::router(app.clone());

@@ -203,10 +203,9 @@ async fn run_checked_out(
     run: &Run,
     cancel: &CancellationToken,
 ) -> Result<RunResult, String> {
-    let sha256 = run.sha.len() == 64;
     let mirror = app
         .git
-        .fetch(&run.repo, &run.clone_url, sha256)
+        .with_commit(&run.repo, &run.clone_url, &run.sha)
         .await
         .map_err(|e| format!("git: {}", error_chain(&e)))?;
     let files = app

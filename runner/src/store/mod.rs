@@ -133,6 +133,18 @@ impl Store {
         Ok(())
     }
 
+    /// Copies the SQLite write-ahead log into the database, without blocking writers. Run
+    /// from a background task so that SQLite's automatic checkpoint (which runs in whichever
+    /// connection commits past the threshold) does not land on a webhook's answer.
+    pub async fn checkpoint(&self) -> Result<(), StoreError> {
+        if self.backend == Backend::Sqlite {
+            sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
+                .fetch_all(&self.pool)
+                .await?;
+        }
+        Ok(())
+    }
+
     /// Whether the database answers (readiness).
     pub async fn ping(&self) -> Result<(), StoreError> {
         sqlx::query("SELECT 1").fetch_one(&self.pool).await?;
