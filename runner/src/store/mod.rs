@@ -29,7 +29,12 @@ pub enum Backend {
 /// A handle on the database; cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Store {
+    /// Writes (and reads that must see them in the same transaction). With SQLite this is
+    /// one connection: SQLite has one writer anyway, and queueing writers here in FIFO
+    /// order beats SQLite's busy handler, which sleeps (1, 2, 5… ms) when the lock is taken.
     pool: AnyPool,
+    /// Plain reads: WAL readers never wait for the writer.
+    read: AnyPool,
     backend: Backend,
 }
 
@@ -71,11 +76,27 @@ impl Store {
         {
             std::fs::create_dir_all(dir).map_err(|e| StoreError::Db(sqlx::Error::Io(e)))?;
         }
-        let mut options = AnyPoolOptions::new().max_connections(match backend {
-            // One writer at a time anyway; a few readers for the API.
-            Backend::Sqlite => 4,
-            Backend::Postgres => 8,
-        });
+        let pool = Self::pool(
+            backend,
+            &url,
+            if backend == Backend::Sqlite { 1 } else { 8 },
+        )
+        .await?;
+        let read = match backend {
+            Backend::Sqlite => Self::pool(backend, &url, 4).await?,
+            Backend::Postgres => pool.clone(),
+        };
+        let store = Store {
+            pool,
+            read,
+            backend,
+        };
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    async fn pool(backend: Backend, url: &str, connections: u32) -> Result<AnyPool, StoreError> {
+        let mut options = AnyPoolOptions::new().max_connections(connections);
         if backend == Backend::Sqlite {
             options = options.after_connect(|conn, _| {
                 Box::pin(async move {
@@ -89,10 +110,7 @@ impl Store {
                 })
             });
         }
-        let pool = options.connect(&url).await?;
-        let store = Store { pool, backend };
-        store.migrate().await?;
-        Ok(store)
+        Ok(options.connect(url).await?)
     }
 
     pub fn backend(&self) -> Backend {
@@ -139,7 +157,7 @@ impl Store {
     pub async fn checkpoint(&self) -> Result<(), StoreError> {
         if self.backend == Backend::Sqlite {
             sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
-                .fetch_all(&self.pool)
+                .fetch_all(&self.read)
                 .await?;
         }
         Ok(())
@@ -147,12 +165,13 @@ impl Store {
 
     /// Whether the database answers (readiness).
     pub async fn ping(&self) -> Result<(), StoreError> {
-        sqlx::query("SELECT 1").fetch_one(&self.pool).await?;
+        sqlx::query("SELECT 1").fetch_one(&self.read).await?;
         Ok(())
     }
 
     pub async fn close(&self) {
         self.pool.close().await;
+        self.read.close().await;
     }
 }
 
@@ -243,7 +262,7 @@ impl Store {
              WHERE state = 'received' ORDER BY id LIMIT $1",
         )
         .bind(limit)
-        .fetch_all(&self.pool)
+        .fetch_all(&self.read)
         .await?;
         rows.iter().map(delivery_from_row).collect()
     }
@@ -266,7 +285,7 @@ impl Store {
     /// Counts deliveries by `X-Gitea-Delivery` id (for tests and the API).
     pub async fn delivery_count(&self) -> Result<i64, StoreError> {
         Ok(sqlx::query("SELECT COUNT(*) FROM deliveries")
-            .fetch_one(&self.pool)
+            .fetch_one(&self.read)
             .await?
             .try_get(0)?)
     }

@@ -370,7 +370,7 @@ impl Store {
             "SELECT COUNT(*) FROM runs WHERE dedupe_key = $1 AND state IN ('queued', 'running')",
         )
         .bind(key)
-        .fetch_one(&self.pool)
+        .fetch_one(&self.read)
         .await?;
         Ok(row.try_get::<i64, _>(0)? > 0)
     }
@@ -500,7 +500,7 @@ impl Store {
             "SELECT {RUN_COLUMNS} FROM runs WHERE id = $1"
         )))
         .bind(id)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&self.read)
         .await?;
         row.as_ref().map(run_from_row).transpose()
     }
@@ -514,7 +514,7 @@ impl Store {
                 )))
                 .bind(repo)
                 .bind(limit)
-                .fetch_all(&self.pool)
+                .fetch_all(&self.read)
                 .await?
             }
             None => {
@@ -522,7 +522,7 @@ impl Store {
                     "SELECT {RUN_COLUMNS} FROM runs ORDER BY id DESC LIMIT $1"
                 )))
                 .bind(limit)
-                .fetch_all(&self.pool)
+                .fetch_all(&self.read)
                 .await?
             }
         };
@@ -535,7 +535,7 @@ impl Store {
             "SELECT {RUN_COLUMNS} FROM runs WHERE state = $1 ORDER BY id"
         )))
         .bind(state.as_str())
-        .fetch_all(&self.pool)
+        .fetch_all(&self.read)
         .await?;
         rows.iter().map(run_from_row).collect()
     }
@@ -545,7 +545,7 @@ impl Store {
             "SELECT idx, name, state, description, exit_code, started_at, finished_at FROM steps WHERE run_id = $1 ORDER BY idx",
         )
         .bind(run_id)
-        .fetch_all(&self.pool)
+        .fetch_all(&self.read)
         .await?;
         rows.iter()
             .map(|r| {
@@ -567,7 +567,7 @@ impl Store {
         let row = sqlx::query("SELECT COUNT(*) FROM runs WHERE repo = $1 AND sha = $2")
             .bind(repo)
             .bind(sha)
-            .fetch_one(&self.pool)
+            .fetch_one(&self.read)
             .await?;
         Ok(row.try_get::<i64, _>(0)? > 0)
     }
@@ -578,7 +578,7 @@ impl Store {
             "SELECT r.repo, r.repo_id, r.owner_id, r.clone_url, r.default_branch FROM runs r
              WHERE r.id = (SELECT MAX(o.id) FROM runs o WHERE o.repo = r.repo) ORDER BY r.repo",
         )
-        .fetch_all(&self.pool)
+        .fetch_all(&self.read)
         .await?;
         rows.iter()
             .map(|r| {
@@ -653,7 +653,7 @@ impl Store {
     pub async fn next_status_due(&self) -> Result<Option<i64>, StoreError> {
         let row =
             sqlx::query("SELECT MIN(next_attempt_at) FROM status_outbox WHERE sent_at IS NULL")
-                .fetch_one(&self.pool)
+                .fetch_one(&self.read)
                 .await?;
         Ok(row.try_get(0)?)
     }
