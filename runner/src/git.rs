@@ -32,7 +32,16 @@ pub struct Git {
     token: Option<Secret>,
     ca_file: Option<PathBuf>,
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Pipeline files by (mirror, commit): a commit never changes, and the worker reads
+    /// the files the delivery's processing read a moment before.
+    files: Mutex<HashMap<(PathBuf, String), PipelineFiles>>,
 }
+
+/// The pipeline files of a commit: path and text (or why it is not text).
+pub type PipelineFiles = Vec<(String, Result<String, String>)>;
+
+/// How many commits' pipeline files are remembered.
+const FILES_CACHED: usize = 256;
 
 /// A repository's mirror, locked for the caller while it is held.
 #[derive(Debug)]
@@ -53,6 +62,7 @@ impl Git {
             token,
             ca_file,
             locks: Mutex::new(HashMap::new()),
+            files: Mutex::new(HashMap::new()),
         }
     }
 
@@ -173,7 +183,7 @@ impl Git {
         sha: &str,
     ) -> Result<Mirror, GitError> {
         let mirror = self.open(repo, sha.len() == 64).await?;
-        if !self.has_commit(&mirror, sha).await {
+        if self.cached_files(&mirror, sha).is_none() && !self.has_commit(&mirror, sha).await {
             self.update(&mirror, clone_url).await?;
             self.require_commit(&mirror, repo, sha).await?;
         }
@@ -276,7 +286,10 @@ impl Git {
         &self,
         mirror: &Mirror,
         sha: &str,
-    ) -> Result<Vec<(String, Result<String, String>)>, GitError> {
+    ) -> Result<PipelineFiles, GitError> {
+        if let Some(files) = self.cached_files(mirror, sha) {
+            return Ok(files);
+        }
         let listing = self
             .run(
                 Some(&mirror.path),
@@ -305,7 +318,17 @@ impl Git {
             ));
         }
         files.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut cache = self.files.lock().unwrap_or_else(|e| e.into_inner());
+        if cache.len() >= FILES_CACHED {
+            cache.clear();
+        }
+        cache.insert((mirror.path.clone(), sha.to_string()), files.clone());
         Ok(files)
+    }
+
+    fn cached_files(&self, mirror: &Mirror, sha: &str) -> Option<PipelineFiles> {
+        let cache = self.files.lock().unwrap_or_else(|e| e.into_inner());
+        cache.get(&(mirror.path.clone(), sha.to_string())).cloned()
     }
 
     /// A fresh checkout of `sha` at `dest`, with its own `.git` (steps may run git).

@@ -287,10 +287,10 @@ async fn push_changes(
     before: &str,
     after: &str,
 ) -> Result<Changes, GitError> {
-    if !is_zero(before) && app.git.has_commit(mirror, before).await {
-        return Ok(Changes::Files(
-            app.git.changed_files(mirror, before, after).await?,
-        ));
+    if !is_zero(before)
+        && let Ok(files) = app.git.changed_files(mirror, before, after).await
+    {
+        return Ok(Changes::Files(files));
     }
     // A new branch (or an unknown `before`, after a force push): compare with the default
     // branch; the default branch itself with nothing to compare counts every file.
