@@ -55,6 +55,15 @@ if ! command -v openssl >/dev/null 2>&1; then
   apt_install openssl
 fi
 
+# 3b. Debian's image registry (image tests start `docker-registry serve` on loopback
+#     themselves) and htpasswd, which writes the bcrypt password file of its basic auth.
+if [ ! -x /usr/bin/docker-registry ] || ! command -v htpasswd >/dev/null 2>&1; then
+  log "installing docker-registry and apache2-utils"
+  apt_install docker-registry apache2-utils
+  # Where services may start, the package starts a registry of its own on :5000; no test uses it.
+  /etc/init.d/docker-registry stop >/dev/null 2>&1 || true
+fi
+
 # 4. The test images, built once: FROM scratch plus busybox.
 build_busybox_image() {
   local tag=$1 ctx
@@ -76,4 +85,5 @@ if ! docker image inspect pipewright-test/busybox:1 >/dev/null 2>&1; then
   log "building pipewright-test/busybox:1"
   build_busybox_image pipewright-test/busybox:1
 fi
+"$(dirname "$0")/test-images.sh"  # PostgreSQL and pipewright-test/tools:1 (tofu, psql)
 log "ready: $(docker version --format 'engine {{.Server.Version}}'), $(bao version | cut -d' ' -f1-2), image pipewright-test/busybox:1"

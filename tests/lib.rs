@@ -212,3 +212,5 @@ pub fn peak_rss_bytes() -> u64 {
 }
 
 pub mod fake_gitea;
+pub mod registry;
+pub mod services;

@@ -3,8 +3,12 @@
 //! Everything Pipewright does with a container engine goes through [`Executor`]; the one
 //! implementation is [`DockerExecutor`] (the Docker Engine API through bollard). This crate
 //! knows nothing of pipelines, events or the database: it receives a [`StepSpec`], streams
-//! the step's output line by line into a [`LogSink`], and returns an [`Outcome`].
+//! the step's output line by line into a [`LogSink`], and returns an [`Outcome`]. It also
+//! builds images from a host directory and pushes them ([`BuildSpec`], [`RegistryAuth`]),
+//! for the built-in action `image`: the host's engine builds, no step container gets an
+//! engine socket.
 
+mod build;
 mod docker;
 
 use std::{fmt, io, path::PathBuf, time::Duration};
@@ -115,6 +119,94 @@ impl fmt::Display for Outcome {
     }
 }
 
+/// An image build: a host directory sent to the engine as the build context.
+///
+/// The context is sent as the Docker CLI would send it, with a `.dockerignore` at its root
+/// honoured for the common patterns (`#` comments, `*`, `?`, `**`, `[…]`, `!` exceptions,
+/// a matched directory excluding everything below it; see `containers/src/build.rs`).
+/// Symbolic links are sent as links; one that is absolute or leads out of the context
+/// refuses the build, as does a `dockerfile` outside the context or reached through a link.
+/// `context` itself is trusted: the caller makes sure it lies inside the run's workspace.
+#[derive(Clone, Debug, Default)]
+pub struct BuildSpec {
+    /// The build context, a directory on the engine's host.
+    pub context: PathBuf,
+    /// The Dockerfile, relative to `context` (`Dockerfile`, `docker/app.Dockerfile`).
+    pub dockerfile: String,
+    /// References the built image is tagged with (`registry.lab/team/app:abc123`); a
+    /// reference without a tag gets `latest`. May be empty: the image is then untagged.
+    pub tags: Vec<String>,
+    /// Values of the Dockerfile's `ARG`s.
+    pub build_args: Vec<(String, String)>,
+    /// Labels set on the image.
+    pub labels: Vec<(String, String)>,
+}
+
+/// How a build ended. A failing build is an outcome, not an error.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum BuildOutcome {
+    /// The image was built and carries every tag of the spec.
+    Built {
+        /// The engine's id of the image (`sha256:…`).
+        image_id: String,
+    },
+    /// The build did not produce an image: the builder's error (the failing `RUN` step and
+    /// its exit code, a Dockerfile syntax error), a refused context or an invalid tag.
+    Failed { reason: String },
+    /// The cancellation token fired; the engine abandons the build.
+    Cancelled,
+}
+
+impl fmt::Display for BuildOutcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            BuildOutcome::Built { image_id } => write!(f, "built image {image_id}"),
+            BuildOutcome::Failed { reason } => write!(f, "build failed: {reason}"),
+            BuildOutcome::Cancelled => f.write_str("build cancelled"),
+        }
+    }
+}
+
+/// Credentials for a registry (HTTP basic authentication, through the engine).
+#[derive(Clone, PartialEq, Eq)]
+pub struct RegistryAuth {
+    pub username: String,
+    /// Never shown: [`Debug`](fmt::Debug) prints a placeholder, and no log line has it.
+    pub password: String,
+    /// The registry's address (`registry.lab`, `127.0.0.1:5000`).
+    pub server: String,
+}
+
+impl fmt::Debug for RegistryAuth {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RegistryAuth")
+            .field("username", &self.username)
+            .field("password", &"<redacted>")
+            .field("server", &self.server)
+            .finish()
+    }
+}
+
+/// How a push ended. A refused push is an outcome, not an error.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PushOutcome {
+    /// The registry holds the image; `digest` (`sha256:…`) is its manifest's digest, by
+    /// which it can be pulled (`name@sha256:…`).
+    Pushed { digest: String },
+    /// The registry or the engine refused the push (authentication refused, registry
+    /// unreachable, no such local image), in their words.
+    Failed { reason: String },
+}
+
+impl fmt::Display for PushOutcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PushOutcome::Pushed { digest } => write!(f, "pushed {digest}"),
+            PushOutcome::Failed { reason } => write!(f, "push failed: {reason}"),
+        }
+    }
+}
+
 /// Pipewright itself could not do its job; the step's fate is unknown. Retryable once the
 /// engine is back.
 #[derive(Debug, thiserror::Error)]
@@ -138,6 +230,24 @@ pub enum ExecError {
 ///   idempotent: reaping twice, or reaping a container that is being removed, is fine.
 /// - `Err` means the engine could not be reached or answered nonsense; every outcome of
 ///   the step itself, including that its image does not exist, is an `Ok(Outcome)`.
+/// - [`build_image`](Executor::build_image) builds with the engine's legacy builder (no
+///   BuildKit): the context streams from the host directory without being held in memory,
+///   the builder's output goes line by line to the sink as [`Stream::Stdout`], and the
+///   image gets every tag of the spec. A failing build, a refused context or tag, and any
+///   error the engine reports about the build are [`BuildOutcome::Failed`] with the
+///   builder's message; cancellation abandons the build (the engine kills its `RUN`
+///   container) and gives [`BuildOutcome::Cancelled`].
+/// - [`push_image`](Executor::push_image) pushes one reference (a missing tag means
+///   `latest`; a digest is refused) through the engine, which logs in to the registry with
+///   `auth` when given; it streams the engine's status lines (without progress bars) to the
+///   sink, and reports the manifest digest. Whatever the
+///   registry or engine says against the push (authentication refused, registry
+///   unreachable, no such image) is [`PushOutcome::Failed`]; the password never reaches a
+///   log or a `Debug` output.
+/// - [`remove_image`](Executor::remove_image) removes a reference like `docker rmi
+///   --force`, for cleanup; `Ok(false)` when there was no such image.
+/// - For these three as for steps, `Err` means only that the engine could not be reached
+///   or answered nonsense.
 pub trait Executor: Send + Sync + 'static {
     fn run_step(
         &self,
@@ -153,4 +263,24 @@ pub trait Executor: Send + Sync + 'static {
         &self,
         keep: &(dyn Fn(&[(String, String)]) -> bool + Sync),
     ) -> impl Future<Output = Result<usize, ExecError>> + Send;
+
+    /// Builds an image from `spec.context` and tags it with every tag of `spec`.
+    fn build_image(
+        &self,
+        spec: &BuildSpec,
+        sink: &mut dyn LogSink,
+        cancel: &CancellationToken,
+    ) -> impl Future<Output = Result<BuildOutcome, ExecError>> + Send;
+
+    /// Pushes `reference` (`registry.lab/team/app:abc123`) to its registry.
+    fn push_image(
+        &self,
+        reference: &str,
+        auth: Option<&RegistryAuth>,
+        sink: &mut dyn LogSink,
+    ) -> impl Future<Output = Result<PushOutcome, ExecError>> + Send;
+
+    /// Removes the local image `reference` (a tag, or an id); `Ok(false)` when absent.
+    fn remove_image(&self, reference: &str)
+    -> impl Future<Output = Result<bool, ExecError>> + Send;
 }

@@ -62,6 +62,9 @@ enum Command {
         /// Vault token that reads the secrets (never a command-line argument).
         #[arg(skip)]
         vault_token: Option<String>,
+        /// Docker network of step containers (`host` to reach services on 127.0.0.1).
+        #[arg(long)]
+        network: Option<String>,
     },
 }
 
@@ -107,6 +110,7 @@ pub fn main() -> ExitCode {
             branch,
             docker_host,
             vault_addr,
+            network,
             ..
         } => {
             let args = ExecArgs {
@@ -119,6 +123,7 @@ pub fn main() -> ExitCode {
                 docker_host,
                 vault_addr,
                 vault_token: std::env::var("VAULT_TOKEN").ok().filter(|t| !t.is_empty()),
+                network,
             };
             exec_blocking(args)
         }

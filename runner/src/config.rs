@@ -188,6 +188,10 @@ pub struct DockerConfig {
     pub default_memory: u64,
     /// `default_pids`: process and thread limit of a step that sets none. Default: `4096`.
     pub default_pids: u64,
+    /// `network`: the Docker network of step containers. Default: none, the engine's
+    /// default bridge. `host` shares the host's network (e.g. to reach a database that
+    /// listens on 127.0.0.1); `none` cuts steps off.
+    pub network: Option<String>,
 }
 
 /// `[agent]`.
@@ -505,6 +509,7 @@ fn decode(r: &mut Reader<'_>) -> Config {
         default_pids: r
             .read("docker", "default_pids", |v| positive(v.int()?))
             .unwrap_or(4096),
+        network: r.read("docker", "network", |v| network_name(v.str()?)),
     };
 
     let agent = AgentConfig {
@@ -1106,6 +1111,17 @@ fn role_template(text: &str) -> Result<String, String> {
     match rest.contains('}') {
         true => Err(format!("unbalanced braces in {text:?}")),
         false => Ok(text.to_owned()),
+    }
+}
+
+fn network_name(v: &str) -> Result<String, String> {
+    let ok = !v.is_empty()
+        && v.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if ok {
+        Ok(v.to_owned())
+    } else {
+        Err(format!("expected a Docker network name, found {v:?}"))
     }
 }
 

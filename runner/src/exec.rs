@@ -18,8 +18,10 @@ use crate::{
     config::Secret,
     identity::{Issuer, RunClaims},
     local::{copy_tree, git_facts, list_files, read_pipelines},
-    mask::Masker,
-    run::{RunObserver, RunResult, RunSetup, StepDefaults, StepExtras, StepResult, run_plan},
+    run::{
+        ActionServices, DbCredentials, NoServices, RunFacts, RunObserver, RunResult, RunSetup,
+        StepDefaults, StepExtras, StepResult, run_plan,
+    },
     secrets::read_secrets,
     vault::{RunToken, Vault},
 };
@@ -36,6 +38,8 @@ pub struct ExecArgs {
     pub docker_host: Option<String>,
     pub vault_addr: Option<String>,
     pub vault_token: Option<String>,
+    /// Docker network of step containers (`host` to reach services on 127.0.0.1).
+    pub network: Option<String>,
 }
 
 /// Exit statuses: the run's result.
@@ -225,8 +229,14 @@ async fn run_one(
         StepExtras {
             env,
             mounts: Vec::new(),
-            masker: Masker::new(values.iter().map(String::as_str)),
+            secret_values: values,
         }
+    };
+    let local_vault = local_vault(args);
+    let default_branch = facts_default_branch(git_ref);
+    let services: &dyn ActionServices = match &local_vault {
+        Some(v) => v,
+        None => &NoServices,
     };
     let setup = RunSetup {
         run_id: &run_id,
@@ -234,14 +244,25 @@ async fn run_one(
         workspace: workspace.path(),
         defaults,
         extras: &extras,
+        facts: RunFacts {
+            event: args.event,
+            git_ref,
+            default_branch: &default_branch,
+            inputs: &cx.inputs,
+        },
+        services,
+        network: args.network.as_deref(),
     };
     let mut printer = Printer {
         out: io::stdout(),
         err: io::stderr(),
     };
-    let result = run_plan(executor, &plan, &setup, &mut printer, cancel)
+    let (result, reports) = run_plan(executor, &plan, &setup, &mut printer, cancel)
         .await
         .context("the Docker engine failed during the run")?;
+    if let (RunResult::Success, Some(summary)) = (&result, &reports.summary) {
+        println!("=== pipeline {}: {summary}", pipeline.name);
+    }
     let code = match &result {
         RunResult::Success => EXIT_SUCCESS,
         RunResult::Failure { .. } => EXIT_FAILURE,
@@ -259,6 +280,71 @@ async fn run_one(
 }
 
 /// The pipeline's Vault secrets, read with the caller's own token (`VAULT_TOKEN`).
+/// Vault for the `postgres` action's credentials, with the caller's token.
+struct LocalVault {
+    vault: Vault,
+    token: RunToken,
+}
+
+fn local_vault(args: &ExecArgs) -> Option<LocalVault> {
+    let (addr, token) = (args.vault_addr.as_ref()?, args.vault_token.as_ref()?);
+    let client = crate::gitea::http_client(None).ok()?;
+    Some(LocalVault {
+        vault: Vault::new(addr, client),
+        token: RunToken {
+            token: Secret::new(token.clone()),
+            role: "(VAULT_TOKEN)".into(),
+        },
+    })
+}
+
+type BoxFuture<'a, T> = std::pin::Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+impl ActionServices for LocalVault {
+    fn read_kv<'a>(
+        &'a self,
+        path: &'a str,
+    ) -> BoxFuture<'a, Result<std::collections::BTreeMap<String, String>, String>> {
+        Box::pin(async move {
+            self.vault
+                .read_kv(&self.token, path)
+                .await
+                .map_err(|e| e.to_string())
+        })
+    }
+    fn database_credentials<'a>(
+        &'a self,
+        role: &'a str,
+    ) -> BoxFuture<'a, Result<DbCredentials, String>> {
+        Box::pin(async move {
+            let (username, password, lease_id) = self
+                .vault
+                .database_credentials(&self.token, role)
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok(DbCredentials {
+                username,
+                password,
+                lease_id,
+            })
+        })
+    }
+    fn revoke_lease<'a>(&'a self, lease_id: &'a str) -> BoxFuture<'a, Result<(), String>> {
+        Box::pin(async move {
+            self.vault
+                .revoke_lease(&self.token, lease_id)
+                .await
+                .map_err(|e| e.to_string())
+        })
+    }
+}
+
+/// A local run is on the checkout's branch, taken as the default branch: `exec` on
+/// `main` behaves as a push to `main` would.
+fn facts_default_branch(git_ref: &GitRef) -> String {
+    git_ref.branch().unwrap_or("main").to_string()
+}
+
 async fn local_secrets(
     args: &ExecArgs,
     pipeline: &Pipeline,
@@ -335,6 +421,11 @@ impl RunObserver for Printer {
             StepResult::NotRun => format!("--- step {}: not run", step.name),
             StepResult::Ran(outcome) => format!(
                 "<-- step {}: {outcome} in {:.2}s",
+                step.name,
+                elapsed.as_secs_f64()
+            ),
+            StepResult::Failed(why) => format!(
+                "<-- step {}: failed: {why} in {:.2}s",
                 step.name,
                 elapsed.as_secs_f64()
             ),

@@ -1,5 +1,6 @@
 //! The `pipewright` program: command line, local runs, and (as it grows) the server.
 
+mod action_steps;
 pub mod cli;
 pub mod config;
 mod events;

@@ -57,10 +57,6 @@ impl Masker {
         Masker { matcher }
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.matcher.is_none()
-    }
-
     /// The line with every secret replaced by `***`.
     pub fn mask<'a>(&self, line: &'a [u8]) -> std::borrow::Cow<'a, [u8]> {
         match &self.matcher {
@@ -92,7 +88,7 @@ mod tests {
         assert_eq!(m.mask_str(&STANDARD.encode("hunter2-secret")), "***");
         assert_eq!(m.mask_str(&STANDARD.encode("hunter2-secret\n")), "***");
         assert_eq!(m.mask_str("about ab"), "about ab", "too short to mask");
-        assert!(Masker::new([]).is_empty());
+        assert_eq!(Masker::new([]).mask_str("anything"), "anything");
         let long = "x".repeat(200);
         let wrapped = STANDARD.encode(&long);
         let m = Masker::new([long.as_str()]);

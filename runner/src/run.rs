@@ -12,7 +12,7 @@ use pipewright_containers::{
     CancellationToken, ExecError, Executor, LABEL_INSTANCE, LABEL_RUN, LABEL_STEP, LogSink, Mount,
     Outcome, StepSpec, Stream,
 };
-use pipewright_pipelines::{Plan, PlannedAction, PlannedStep};
+use pipewright_pipelines::{EventKind, GitRef, Plan, PlannedAction, PlannedStep};
 
 use crate::mask::Masker;
 
@@ -44,8 +44,11 @@ pub enum StepResult {
     NotRun,
     /// It ran to this outcome.
     Ran(Outcome),
-    /// It could not run, for a reason that is not the step's own fault (an action this
-    /// build lacks): the run ends as `error`.
+    /// An action judged its own result a failure (a plan that would destroy, a SQL error,
+    /// a failed build): the run ends as `failure` with this reason.
+    Failed(String),
+    /// It could not run, for a reason that is not the step's own fault (Vault, a registry):
+    /// the run ends as `error`.
     Unrunnable(String),
 }
 
@@ -89,12 +92,90 @@ pub trait RunObserver: Send {
 }
 
 /// What a step gets besides its plan: secrets and its identity token (env), the CA bundle
-/// (mounts), and the masker for its output.
+/// (mounts), and the values to mask in its output.
 #[derive(Debug, Default)]
 pub struct StepExtras {
     pub env: Vec<(String, String)>,
     pub mounts: Vec<Mount>,
-    pub masker: Masker,
+    pub secret_values: Vec<String>,
+}
+
+/// Facts about the run that built-in actions decide on.
+#[derive(Clone, Copy, Debug)]
+pub struct RunFacts<'a> {
+    pub event: EventKind,
+    pub git_ref: &'a GitRef,
+    pub default_branch: &'a str,
+    pub inputs: &'a [(String, String)],
+}
+
+/// Database credentials from Vault's database secrets engine.
+#[derive(Debug)]
+pub struct DbCredentials {
+    pub username: String,
+    pub password: String,
+    pub lease_id: String,
+}
+
+type BoxFuture<'a, T> = std::pin::Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// What built-in actions may ask of the run's Vault access (the `postgres` action's
+/// credentials). Errors are descriptions naming Vault and the path.
+pub trait ActionServices: Sync {
+    fn read_kv<'a>(
+        &'a self,
+        path: &'a str,
+    ) -> BoxFuture<'a, Result<std::collections::BTreeMap<String, String>, String>>;
+    fn database_credentials<'a>(
+        &'a self,
+        role: &'a str,
+    ) -> BoxFuture<'a, Result<DbCredentials, String>>;
+    fn revoke_lease<'a>(&'a self, lease_id: &'a str) -> BoxFuture<'a, Result<(), String>>;
+}
+
+/// A run without Vault.
+#[derive(Debug)]
+pub struct NoServices;
+
+impl ActionServices for NoServices {
+    fn read_kv<'a>(
+        &'a self,
+        path: &'a str,
+    ) -> BoxFuture<'a, Result<std::collections::BTreeMap<String, String>, String>> {
+        Box::pin(async move {
+            Err(format!(
+                "reading Vault secret `{path}` needs Vault, which this run has not"
+            ))
+        })
+    }
+    fn database_credentials<'a>(
+        &'a self,
+        role: &'a str,
+    ) -> BoxFuture<'a, Result<DbCredentials, String>> {
+        Box::pin(async move {
+            Err(format!(
+                "database role `{role}` needs Vault, which this run has not"
+            ))
+        })
+    }
+    fn revoke_lease<'a>(&'a self, _lease_id: &'a str) -> BoxFuture<'a, Result<(), String>> {
+        Box::pin(async { Ok(()) })
+    }
+}
+
+/// What the run's actions found out, for the status and the pull request.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Reports {
+    /// The status description when the run succeeds (`plan: 1 to add, …`).
+    pub summary: Option<String>,
+    /// A plan comment for the pull request (`tofu`).
+    pub plan_comment: Option<PlanComment>,
+}
+
+/// The plan summary to publish on a pull request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PlanComment {
+    pub plan: pipewright_actions::tofu::PlanSummary,
 }
 
 /// Gives each step its extras as it starts (so each gets a fresh identity token).
@@ -109,6 +190,10 @@ pub struct RunSetup<'a> {
     pub workspace: &'a Path,
     pub defaults: &'a StepDefaults,
     pub extras: Extras<'a>,
+    pub facts: RunFacts<'a>,
+    pub services: &'a dyn ActionServices,
+    /// Docker network of step containers (`None`: the engine's default bridge).
+    pub network: Option<&'a str>,
 }
 
 impl std::fmt::Debug for RunSetup<'_> {
@@ -120,10 +205,20 @@ impl std::fmt::Debug for RunSetup<'_> {
     }
 }
 
-struct StepSink<'a, O: RunObserver> {
-    observer: &'a mut O,
-    step: &'a PlannedStep,
-    masker: &'a Masker,
+pub(crate) struct StepSink<'a, O: RunObserver> {
+    pub observer: &'a mut O,
+    pub step: &'a PlannedStep,
+    pub masker: Masker,
+}
+
+impl<O: RunObserver> StepSink<'_, O> {
+    /// A line of Pipewright's own about the step (`pipewright: …`), into the step's log.
+    pub fn note(&mut self, text: &str) -> io::Result<()> {
+        for line in text.lines() {
+            self.line(Stream::Stdout, format!("pipewright: {line}").as_bytes())?;
+        }
+        Ok(())
+    }
 }
 
 impl<O: RunObserver> LogSink for StepSink<'_, O> {
@@ -141,9 +236,10 @@ pub async fn run_plan<E: Executor, O: RunObserver>(
     setup: &RunSetup<'_>,
     observer: &mut O,
     cancel: &CancellationToken,
-) -> Result<RunResult, ExecError> {
+) -> Result<(RunResult, Reports), ExecError> {
     let deadline = Instant::now() + plan.timeout;
     let mut result = RunResult::Success;
+    let mut reports = Reports::default();
     for step in &plan.steps {
         let started = Instant::now();
         if result != RunResult::Success {
@@ -173,35 +269,53 @@ pub async fn run_plan<E: Executor, O: RunObserver>(
             continue;
         }
         observer.step_started(step).await;
+        let extras = (setup.extras)(step);
+        let mut sink = StepSink {
+            observer: &mut *observer,
+            step,
+            masker: Masker::new(extras.secret_values.iter().map(String::as_str)),
+        };
+        let mut spec = spec_for(step, setup, left);
+        spec.env.extend(extras.env);
+        spec.mounts.extend(extras.mounts);
         let step_result = match &step.action {
-            PlannedAction::Uses { .. } => match pipewright_actions::check(step) {
-                Ok(()) => {
-                    StepResult::Unrunnable(format!("action step {} has no executor", step.name))
+            PlannedAction::Uses { action, with } => {
+                let ran = crate::action_steps::run(
+                    executor,
+                    crate::action_steps::ActionStep {
+                        step,
+                        action,
+                        with,
+                        spec,
+                        setup,
+                        secret_values: &extras.secret_values,
+                    },
+                    &mut sink,
+                    cancel,
+                )
+                .await?;
+                if ran.summary.is_some() {
+                    reports.summary = ran.summary;
                 }
-                Err(e) => StepResult::Unrunnable(e.to_string()),
-            },
-            PlannedAction::Run { image, script } => {
-                let extras = (setup.extras)(step);
-                let mut spec = spec_for(step, image, script, setup, left);
-                spec.env.extend(extras.env);
-                spec.mounts.extend(extras.mounts);
-                let mut sink = StepSink {
-                    observer: &mut *observer,
-                    step,
-                    masker: &extras.masker,
-                };
-                let outcome = executor.run_step(&spec, &mut sink, cancel).await?;
-                // The run's own deadline cut the step short: say so rather than blame the step.
-                let outcome = match outcome {
-                    Outcome::TimedOut { .. } if step.timeout.is_none_or(|t| t > left) => {
-                        Outcome::TimedOut {
-                            after: plan.timeout,
-                        }
-                    }
-                    other => other,
-                };
-                StepResult::Ran(outcome)
+                if ran.plan.is_some() {
+                    reports.plan_comment = ran.plan.map(|plan| PlanComment { plan });
+                }
+                ran.result
             }
+            PlannedAction::Run { image, script } => {
+                spec.image = image.clone();
+                spec.command = vec!["/bin/sh".into(), "-e".into(), "-c".into(), script.clone()];
+                StepResult::Ran(executor.run_step(&spec, &mut sink, cancel).await?)
+            }
+        };
+        // The run's own deadline cut the step short: say so rather than blame the step.
+        let step_result = match step_result {
+            StepResult::Ran(Outcome::TimedOut { .. }) if step.timeout.is_none_or(|t| t > left) => {
+                StepResult::Ran(Outcome::TimedOut {
+                    after: plan.timeout,
+                })
+            }
+            other => other,
         };
         observer
             .step_finished(step, &step_result, started.elapsed())
@@ -219,19 +333,19 @@ pub async fn run_plan<E: Executor, O: RunObserver>(
                 step: step.name.clone(),
                 why: o.to_string(),
             },
+            StepResult::Failed(_) if step.continue_on_error => RunResult::Success,
+            StepResult::Failed(why) => RunResult::Failure {
+                step: step.name.clone(),
+                why: format!("failed: {why}"),
+            },
             StepResult::Unrunnable(why) => RunResult::Error(format!("step {}: {why}", step.name)),
         };
     }
-    Ok(result)
+    Ok((result, reports))
 }
 
-fn spec_for(
-    step: &PlannedStep,
-    image: &str,
-    script: &str,
-    setup: &RunSetup<'_>,
-    left: Duration,
-) -> StepSpec {
+/// The container of a step, before its image and command are known.
+fn spec_for(step: &PlannedStep, setup: &RunSetup<'_>, left: Duration) -> StepSpec {
     let mut mounts = vec![Mount {
         host: setup.workspace.to_path_buf(),
         container: WORKSPACE.into(),
@@ -243,13 +357,8 @@ fn spec_for(
         read_only: v.read_only,
     }));
     StepSpec {
-        image: image.to_string(),
-        command: vec![
-            "/bin/sh".into(),
-            "-e".into(),
-            "-c".into(),
-            script.to_string(),
-        ],
+        image: String::new(),
+        command: Vec::new(),
         env: step.env.clone(),
         working_dir: WORKSPACE.into(),
         mounts,

@@ -230,6 +230,68 @@ impl Vault {
             .collect())
     }
 
+    /// Credentials from the database secrets engine (`database/creds/<role>`): user name,
+    /// password and the lease to revoke when done.
+    pub async fn database_credentials(
+        &self,
+        token: &RunToken,
+        role: &str,
+    ) -> Result<(String, String, String), VaultError> {
+        let path = format!("database/creds/{role}");
+        let (status, body) = self
+            .call(reqwest::Method::GET, &path, Some(&token.token), None)
+            .await?;
+        match status {
+            s if s.is_success() => {}
+            StatusCode::FORBIDDEN => {
+                return Err(VaultError::Denied {
+                    path,
+                    role: token.role.clone(),
+                });
+            }
+            StatusCode::NOT_FOUND | StatusCode::BAD_REQUEST => {
+                return Err(VaultError::NotFound { path });
+            }
+            s => {
+                return Err(VaultError::Other {
+                    status: s.as_u16(),
+                    what: format!("reading `{path}`"),
+                    message: errors_of(&body),
+                });
+            }
+        }
+        let v: Value = serde_json::from_str(&body).unwrap_or_default();
+        let field = |k: &str| v["data"][k].as_str().map(str::to_string);
+        match (field("username"), field("password"), v["lease_id"].as_str()) {
+            (Some(u), Some(p), Some(lease)) => Ok((u, p, lease.to_string())),
+            _ => Err(VaultError::MissingKey {
+                path,
+                key: "username/password".into(),
+            }),
+        }
+    }
+
+    /// Revokes a lease (database credentials) at once.
+    pub async fn revoke_lease(&self, token: &RunToken, lease_id: &str) -> Result<(), VaultError> {
+        let (status, body) = self
+            .call(
+                reqwest::Method::PUT,
+                "sys/leases/revoke",
+                Some(&token.token),
+                Some(json!({ "lease_id": lease_id })),
+            )
+            .await?;
+        if status.is_success() {
+            Ok(())
+        } else {
+            Err(VaultError::Other {
+                status: status.as_u16(),
+                what: "revoking a lease".into(),
+                message: errors_of(&body),
+            })
+        }
+    }
+
     /// Revokes the run's token; a token that is already gone is fine.
     pub async fn revoke(&self, token: &RunToken) -> Result<(), VaultError> {
         let (status, body) = self

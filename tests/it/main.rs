@@ -1,8 +1,11 @@
 //! Pipewright's one integration-test binary: end-to-end tests against real parts.
 
+mod actions;
 mod exec_cli;
 mod executor;
 mod fake_gitea_selftest;
+mod image_build;
 mod serve;
 mod store;
+mod tools_image;
 mod vault;

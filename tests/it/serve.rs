@@ -53,6 +53,16 @@ impl Server {
 
     /// A server with more settings (`PIPEWRIGHT_…` pairs) than the defaults of these tests.
     pub(crate) async fn start_with(gitea: &FakeGitea, extra: &[(&str, &str)]) -> Server {
+        Server::start_with_config(gitea, extra, "").await
+    }
+
+    /// A server with a configuration file too (for what the environment cannot say, like
+    /// `[[repos]]`).
+    pub(crate) async fn start_with_config(
+        gitea: &FakeGitea,
+        extra: &[(&str, &str)],
+        toml: &str,
+    ) -> Server {
         let _ = tracing_subscriber::fmt()
             .with_env_filter(
                 tracing_subscriber::EnvFilter::try_from_env("PIPEWRIGHT_LOG")
@@ -65,7 +75,9 @@ impl Server {
         let addr = listener.local_addr().unwrap().to_string();
         let mut env = env_for(gitea, &addr, data.path());
         env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
-        let config = pipewright::config::load(None, env).expect("test configuration");
+        let file = data.path().join("pipewright.toml");
+        std::fs::write(&file, toml).unwrap();
+        let config = pipewright::config::load(Some(&file), env).expect("test configuration");
         let app = App::new(config)
             .await
             .expect("the server's parts (is the Docker engine running?)");

@@ -148,6 +148,64 @@ impl Gitea {
         Ok(())
     }
 
+    /// Creates a comment on an issue or pull request, or edits the one that contains
+    /// `marker` (so each push updates one comment instead of adding another).
+    pub async fn upsert_comment(
+        &self,
+        repo: &str,
+        number: i64,
+        marker: &str,
+        body: &str,
+    ) -> Result<(), GiteaError> {
+        #[derive(Deserialize)]
+        struct Comment {
+            id: i64,
+            #[serde(default)]
+            body: String,
+        }
+        let mut existing = None;
+        for page in 1..=20 {
+            let path = format!("/repos/{repo}/issues/{number}/comments?limit=50&page={page}");
+            let resp = self.request(reqwest::Method::GET, &path).send().await?;
+            let comments: Vec<Comment> =
+                Self::check(resp, &format!("the comments of {repo}#{number}"))
+                    .await?
+                    .json()
+                    .await?;
+            let done = comments.len() < 50;
+            if let Some(c) = comments.into_iter().find(|c| c.body.contains(marker)) {
+                existing = Some(c.id);
+                break;
+            }
+            if done {
+                break;
+            }
+        }
+        let body = serde_json::json!({ "body": body });
+        let resp = match existing {
+            Some(id) => {
+                self.request(
+                    reqwest::Method::PATCH,
+                    &format!("/repos/{repo}/issues/comments/{id}"),
+                )
+                .json(&body)
+                .send()
+                .await?
+            }
+            None => {
+                self.request(
+                    reqwest::Method::POST,
+                    &format!("/repos/{repo}/issues/{number}/comments"),
+                )
+                .json(&body)
+                .send()
+                .await?
+            }
+        };
+        Self::check(resp, &format!("a comment on {repo}#{number}")).await?;
+        Ok(())
+    }
+
     /// Every branch of a repository with its head commit.
     pub async fn branches(&self, repo: &str) -> Result<Vec<BranchInfo>, GiteaError> {
         self.paged(repo, "branches", "").await

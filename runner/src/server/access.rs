@@ -5,20 +5,26 @@
 //! repository's claims, unless `[[repos]].allow_fork_secrets` says otherwise.
 
 use pipewright_pipelines::{Pipeline, PlannedStep};
+
+type BoxFuture<'a, T> = std::pin::Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 use tracing::{info, warn};
 
 use super::App;
+use std::collections::BTreeMap;
+
 use crate::{
     identity::RunClaims,
     mask::Masker,
-    run::StepExtras,
+    run::{ActionServices, DbCredentials, StepExtras},
     secrets::{ca_for_steps, read_secrets},
     store::Run,
     vault::RunToken,
+    vault::Vault,
 };
 
 /// A run's credentials. Kept in memory only.
-pub struct RunAccess {
+pub struct RunAccess<'a> {
+    app: &'a App,
     /// `None`: a fork's pull request, which gets no identity token.
     claims: Option<RunClaims>,
     token: Option<RunToken>,
@@ -26,7 +32,7 @@ pub struct RunAccess {
     masker: Masker,
 }
 
-impl std::fmt::Debug for RunAccess {
+impl std::fmt::Debug for RunAccess<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RunAccess")
             .field("secrets", &self.secrets.len())
@@ -67,10 +73,14 @@ fn claims_for(run: &Run) -> RunClaims {
     }
 }
 
-impl RunAccess {
+impl<'a> RunAccess<'a> {
     /// Logs in to Vault and reads the pipeline's secrets. `Err` is the run's `error`
     /// description, naming Vault, the role or the path.
-    pub async fn open(app: &App, run: &Run, pipeline: &Pipeline) -> Result<RunAccess, String> {
+    pub async fn open(
+        app: &'a App,
+        run: &Run,
+        pipeline: &Pipeline,
+    ) -> Result<RunAccess<'a>, String> {
         let trusted = !run.from_fork
             || app
                 .config
@@ -78,6 +88,7 @@ impl RunAccess {
                 .is_some_and(|p| p.allow_fork_secrets);
         let claims = trusted.then(|| claims_for(run));
         let mut access = RunAccess {
+            app,
             claims,
             token: None,
             secrets: Vec::new(),
@@ -151,7 +162,7 @@ impl RunAccess {
         StepExtras {
             env,
             mounts,
-            masker: Masker::new(values.iter().map(String::as_str)),
+            secret_values: values,
         }
     }
 
@@ -161,6 +172,64 @@ impl RunAccess {
             && let Err(e) = vault.revoke(token).await
         {
             warn!(error = %e, "failed to revoke the run's Vault token");
+        }
+    }
+}
+
+impl ActionServices for RunAccess<'_> {
+    fn read_kv<'b>(
+        &'b self,
+        path: &'b str,
+    ) -> BoxFuture<'b, Result<BTreeMap<String, String>, String>> {
+        Box::pin(async move {
+            let (vault, token) = self.vault_login(path)?;
+            vault.read_kv(token, path).await.map_err(|e| e.to_string())
+        })
+    }
+
+    fn database_credentials<'b>(
+        &'b self,
+        role: &'b str,
+    ) -> BoxFuture<'b, Result<DbCredentials, String>> {
+        Box::pin(async move {
+            let (vault, token) = self.vault_login(role)?;
+            let (username, password, lease_id) = vault
+                .database_credentials(token, role)
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok(DbCredentials {
+                username,
+                password,
+                lease_id,
+            })
+        })
+    }
+
+    fn revoke_lease<'b>(&'b self, lease_id: &'b str) -> BoxFuture<'b, Result<(), String>> {
+        Box::pin(async move {
+            let (vault, token) = self.vault_login(lease_id)?;
+            vault
+                .revoke_lease(token, lease_id)
+                .await
+                .map_err(|e| e.to_string())
+        })
+    }
+}
+
+impl RunAccess<'_> {
+    /// The Vault login of this run, which an action needs for `what`.
+    fn vault_login(&self, what: &str) -> Result<(&Vault, &RunToken), String> {
+        match (&self.app.vault, &self.token) {
+            (Some(vault), Some(token)) => Ok((vault, token)),
+            (None, _) => Err(format!(
+                "`{what}` is in Vault, but no [vault].address is configured"
+            )),
+            (Some(_), None) if self.claims.is_none() => Err(format!(
+                "`{what}` is in Vault: pull requests from forks get no Vault access"
+            )),
+            (Some(_), None) => Err(format!(
+                "`{what}` is in Vault: the pipeline needs a `vault:` section to log in"
+            )),
         }
     }
 }

@@ -20,7 +20,7 @@ use tracing::{Instrument, info, info_span, warn};
 use super::{App, access::RunAccess, ingest::error_chain};
 use crate::{
     logs::LogWriter,
-    run::{RunObserver, RunResult, RunSetup, StepResult, run_plan},
+    run::{Reports, RunFacts, RunObserver, RunResult, RunSetup, StepResult, run_plan},
     store::{LEASE, Run, RunState},
 };
 
@@ -164,8 +164,16 @@ async fn execute(app: Arc<App>, run: Run) {
             }
         })
     };
-    let (state, description) = match run_checked_out(&app, &run, &cancel).await {
-        Ok(RunResult::Success) => (RunState::Success, "all steps succeeded".to_string()),
+    let outcome = run_checked_out(&app, &run, &cancel).await;
+    let reports = outcome.as_ref().map(|(_, r)| r.clone()).unwrap_or_default();
+    let (state, description) = match outcome.map(|(result, _)| result) {
+        Ok(RunResult::Success) => (
+            RunState::Success,
+            reports
+                .summary
+                .clone()
+                .unwrap_or_else(|| "all steps succeeded".to_string()),
+        ),
         Ok(RunResult::Failure { step, why }) => (RunState::Failure, format!("step {step} {why}")),
         Ok(RunResult::Error(why)) => (RunState::Error, why),
         Ok(RunResult::Cancelled) => {
@@ -194,15 +202,45 @@ async fn execute(app: Arc<App>, run: Run) {
         .remove(&run.id);
     app.scheduler.wake();
     app.reporter_wake.notify_one();
+    if let (Some(number), Some(comment)) = (run.pr, reports.plan_comment) {
+        // On its own task: a slow Gitea never holds the run's slot.
+        let app = app.clone();
+        let body = comment.plan.comment(
+            &plan_marker(&run.pipeline),
+            &format!("pipewright/{}", run.pipeline),
+            &format!("{}/runs/{}", app.public_url(), run.id),
+        );
+        tokio::spawn(async move {
+            post_plan_comment(&app, &run.status_repo, number, &run.pipeline, &body).await
+        });
+    }
+}
+
+/// Marks Pipewright's plan comment of a pipeline, so the next push edits it.
+fn plan_marker(pipeline: &str) -> String {
+    format!("<!-- pipewright:plan {pipeline} -->")
+}
+
+/// Creates the pipeline's plan comment on the pull request, or edits it; retried with
+/// backoff, never failing anything.
+async fn post_plan_comment(app: &App, repo: &str, number: i64, pipeline: &str, body: &str) {
+    let marker = plan_marker(pipeline);
+    for attempt in 0..6u32 {
+        match app.gitea.upsert_comment(repo, number, &marker, body).await {
+            Ok(()) => return,
+            Err(e) => {
+                warn!(repo, number, error = %error_chain(&e), attempt, "failed to post the plan comment");
+                tokio::time::sleep(Duration::from_secs(1 << attempt)).await;
+            }
+        }
+    }
 }
 
 /// Reads the pipeline at the run's commit, checks it out, and runs its plan. `Err` is a
 /// description for an `error` status.
-async fn run_checked_out(
-    app: &App,
-    run: &Run,
-    cancel: &CancellationToken,
-) -> Result<RunResult, String> {
+type Ran = Result<(RunResult, Reports), String>;
+
+async fn run_checked_out(app: &App, run: &Run, cancel: &CancellationToken) -> Ran {
     let mirror = app
         .git
         .with_commit(&run.repo, &run.clone_url, &run.sha)
@@ -254,9 +292,9 @@ async fn run_with_access(
     run: &Run,
     planned: &pipewright_pipelines::Plan,
     mirror: crate::git::Mirror,
-    access: &RunAccess,
+    access: &RunAccess<'_>,
     cancel: &CancellationToken,
-) -> Result<RunResult, String> {
+) -> Ran {
     let names: Vec<(i64, String)> = planned
         .steps
         .iter()
@@ -274,12 +312,22 @@ async fn run_with_access(
         .map_err(|e| format!("checkout: {}", error_chain(&e)))?;
     drop(mirror);
     let extras = |step: &PlannedStep| access.extras(app, step);
+    let git_ref =
+        GitRef::from_full(&run.git_ref).ok_or_else(|| format!("unknown ref {}", run.git_ref))?;
     let setup = RunSetup {
         run_id: &run.id.to_string(),
         instance: &app.instance,
         workspace: &workspace,
         defaults: &app.defaults,
         extras: &extras,
+        facts: RunFacts {
+            event: EventKind::parse(&run.event).unwrap_or(EventKind::Push),
+            git_ref: &git_ref,
+            default_branch: &run.default_branch,
+            inputs: &run.inputs,
+        },
+        services: access,
+        network: app.config.docker.network.as_deref(),
     };
     let mut observer = StoreObserver {
         app,
@@ -290,15 +338,17 @@ async fn run_with_access(
     if let Err(e) = std::fs::remove_dir_all(&workspace) {
         warn!(error = %e, path = %workspace.display(), "failed to remove the workspace");
     }
-    let result = result.map_err(|e| format!("the Docker engine failed: {}", error_chain(&e)))?;
-    Ok(match result {
+    let (result, reports) =
+        result.map_err(|e| format!("the Docker engine failed: {}", error_chain(&e)))?;
+    let result = match result {
         RunResult::Failure { step, why } => RunResult::Failure {
             step,
             why: access.masker().mask_str(&why),
         },
         RunResult::Error(why) => RunResult::Error(access.masker().mask_str(&why)),
         other => other,
-    })
+    };
+    Ok((result, reports))
 }
 
 /// Host paths may be mounted only when the repository's policy lists them (or a parent).
@@ -385,6 +435,7 @@ impl RunObserver for StoreObserver<'_> {
                 o @ (Outcome::ImageUnavailable { .. } | Outcome::StartFailed { .. }),
             ) => ("error", o.to_string(), None),
             StepResult::Ran(o) => ("failure", o.to_string(), None),
+            StepResult::Failed(why) => ("failure", why.clone(), None),
             StepResult::Unrunnable(why) => ("error", why.clone(), None),
         };
         if let Err(e) = self

@@ -1,0 +1,121 @@
+//! `uses: postgres`: SQL files run with `psql` against a server, each in one transaction,
+//! stopping at the first error with its file and line; credentials from a Vault KV secret
+//! or a Vault database secrets engine role (whose lease is revoked after the step).
+
+use crate::{ActionContext, ActionError, Inputs, bad, relative_path};
+
+/// PostgreSQL major version of the default image `postgres:<version>`.
+pub const DEFAULT_VERSION: &str = "16";
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Postgres {
+    pub image: String,
+    /// Files or globs, relative to the workspace, run in the order given (a glob's matches
+    /// in name order).
+    pub files: Vec<String>,
+    pub host: String,
+    pub port: u16,
+    pub database: String,
+    pub credentials: Credentials,
+    pub sslmode: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Credentials {
+    /// A KV secret path with `username` and `password`.
+    Kv(String),
+    /// A database secrets engine role: `database/creds/<role>`.
+    DatabaseRole(String),
+}
+
+impl Postgres {
+    pub(crate) fn prepare(with: &Inputs, _cx: &ActionContext) -> Result<Postgres, ActionError> {
+        let files = with.list("files")?;
+        if files.is_empty() {
+            return Err(bad("files", "at least one SQL file or glob"));
+        }
+        for f in &files {
+            relative_path("files", f)?;
+        }
+        let image = match (with.string("image")?, with.string("version")?) {
+            (Some(_), Some(_)) => return Err(bad("image", "give `image` or `version`, not both")),
+            (Some(image), None) => image,
+            (None, version) => {
+                format!("postgres:{}", version.as_deref().unwrap_or(DEFAULT_VERSION))
+            }
+        };
+        let port = match with.string("port")? {
+            None => 5432,
+            Some(p) => p
+                .parse()
+                .map_err(|_| bad("port", format!("expected a port number, found `{p}`")))?,
+        };
+        let credentials = match (with.string("credentials")?, with.string("database_role")?) {
+            (Some(path), None) => Credentials::Kv(path),
+            (None, Some(role)) => Credentials::DatabaseRole(role),
+            (Some(_), Some(_)) => {
+                return Err(bad(
+                    "credentials",
+                    "give `credentials` or `database_role`, not both",
+                ));
+            }
+            (None, None) => {
+                return Err(bad(
+                    "credentials",
+                    "a Vault KV path (`credentials`) or a database role (`database_role`)",
+                ));
+            }
+        };
+        Ok(Postgres {
+            image,
+            files,
+            host: with
+                .string("host")?
+                .ok_or_else(|| bad("host", "the server's host"))?,
+            port,
+            database: with
+                .string("database")?
+                .ok_or_else(|| bad("database", "the database name"))?,
+            credentials,
+            sslmode: with.string("sslmode")?.unwrap_or_else(|| "prefer".into()),
+        })
+    }
+
+    /// Waits for the server (run repeatedly until it succeeds or time runs out).
+    pub fn ready(&self) -> Vec<String> {
+        vec![
+            "pg_isready".into(),
+            "-h".into(),
+            self.host.clone(),
+            "-p".into(),
+            self.port.to_string(),
+            "-d".into(),
+            self.database.clone(),
+        ]
+    }
+
+    /// One file, in one transaction, stopping at its first error (`psql` reports the file
+    /// and line: `psql:/workspace/sql/2.sql:3: ERROR: …`).
+    pub fn run_file(&self, file_in_workspace: &str) -> Vec<String> {
+        vec![
+            "psql".into(),
+            "-X".into(),
+            "-v".into(),
+            "ON_ERROR_STOP=1".into(),
+            "--single-transaction".into(),
+            "-f".into(),
+            crate::in_workspace(file_in_workspace),
+        ]
+    }
+
+    /// libpq's variables for the connection; the password is added by the runner.
+    pub fn env(&self, user: &str) -> Vec<(String, String)> {
+        vec![
+            ("PGHOST".into(), self.host.clone()),
+            ("PGPORT".into(), self.port.to_string()),
+            ("PGDATABASE".into(), self.database.clone()),
+            ("PGUSER".into(), user.to_string()),
+            ("PGSSLMODE".into(), self.sslmode.clone()),
+        ]
+    }
+}

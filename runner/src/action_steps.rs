@@ -1,0 +1,517 @@
+//! Carries out a `uses:` step: the action's commands in containers (same limits, mounts and
+//! environment as a `run:` step), its output in the step's log, its results read back.
+
+use std::path::Path;
+
+use pipewright_actions::{
+    Action, ActionContext,
+    image::Image,
+    postgres::{Credentials, Postgres},
+    tofu::{Decision, PlanSummary, Tofu},
+};
+use pipewright_containers::{
+    BuildOutcome, BuildSpec, CancellationToken, ExecError, Executor, LogSink, Outcome, PushOutcome,
+    RegistryAuth, StepSpec, Stream,
+};
+use pipewright_pipelines::{Patterns, PlannedStep, Resolved};
+
+use crate::{
+    mask::Masker,
+    run::{RunObserver, RunSetup, StepResult, StepSink},
+};
+
+/// An action step about to run.
+pub(crate) struct ActionStep<'a> {
+    pub step: &'a PlannedStep,
+    pub action: &'a str,
+    pub with: &'a [(String, Resolved)],
+    /// The step's container, without image and command.
+    pub spec: StepSpec,
+    pub setup: &'a RunSetup<'a>,
+    pub secret_values: &'a [String],
+}
+
+/// How it went, and what it found out.
+pub(crate) struct ActionRan {
+    pub result: StepResult,
+    /// The status description (`plan: 1 to add, …`, `pushed …@sha256:…`).
+    pub summary: Option<String>,
+    pub plan: Option<PlanSummary>,
+}
+
+impl ActionRan {
+    fn result(result: StepResult) -> ActionRan {
+        ActionRan {
+            result,
+            summary: None,
+            plan: None,
+        }
+    }
+}
+
+pub(crate) async fn run<E: Executor, O: RunObserver>(
+    executor: &E,
+    a: ActionStep<'_>,
+    sink: &mut StepSink<'_, O>,
+    cancel: &CancellationToken,
+) -> Result<ActionRan, ExecError> {
+    let facts = a.setup.facts;
+    let cx = ActionContext {
+        event: facts.event,
+        git_ref: facts.git_ref,
+        default_branch: facts.default_branch,
+        inputs: facts.inputs,
+        step: &a.step.name,
+    };
+    let action = match pipewright_actions::prepare(a.action, a.with, &cx) {
+        Ok(action) => action,
+        Err(e) => {
+            return Ok(ActionRan::result(StepResult::Failed(format!(
+                "uses {}: {e}",
+                a.action
+            ))));
+        }
+    };
+    match action {
+        Action::Tofu(tofu) => run_tofu(executor, &tofu, a.spec, sink, cancel).await,
+        Action::Image(image) => run_image(executor, &image, &a, sink, cancel).await,
+        Action::Postgres(pg) => run_postgres(executor, &pg, &a, sink, cancel).await,
+    }
+}
+
+fn log_io(e: std::io::Error) -> ExecError {
+    ExecError::Sink(e)
+}
+
+/// Runs one command of an action in the step's container setup.
+async fn command<E: Executor>(
+    executor: &E,
+    base: &StepSpec,
+    image: &str,
+    workdir: &str,
+    argv: Vec<String>,
+    env: &[(String, String)],
+    sink: &mut dyn LogSink,
+    cancel: &CancellationToken,
+) -> Result<Outcome, ExecError> {
+    let mut spec = base.clone();
+    spec.image = image.to_string();
+    spec.working_dir = workdir.to_string();
+    spec.command = argv;
+    spec.env.extend(env.iter().cloned());
+    executor.run_step(&spec, sink, cancel).await
+}
+
+/// Collects a command's standard output (the plan JSON) instead of logging it; its
+/// standard error still goes to the log.
+struct Capture<'s, S: LogSink + ?Sized> {
+    log: &'s mut S,
+    stdout: Vec<u8>,
+    limit: usize,
+}
+
+impl<S: LogSink + ?Sized> LogSink for Capture<'_, S> {
+    fn line(&mut self, stream: Stream, line: &[u8]) -> std::io::Result<()> {
+        match stream {
+            Stream::Stdout if self.stdout.len() + line.len() <= self.limit => {
+                self.stdout.extend_from_slice(line);
+                Ok(())
+            }
+            Stream::Stdout => Err(std::io::Error::other(
+                "the plan JSON is larger than Pipewright reads",
+            )),
+            Stream::Stderr => self.log.line(stream, line),
+        }
+    }
+}
+
+fn failed_outcome(what: &str, outcome: Outcome) -> StepResult {
+    match outcome {
+        Outcome::Failed { exit_code } => {
+            StepResult::Failed(format!("{what} exited with {exit_code}"))
+        }
+        other => StepResult::Ran(other),
+    }
+}
+
+async fn run_tofu<E: Executor, O: RunObserver>(
+    executor: &E,
+    tofu: &Tofu,
+    base: StepSpec,
+    sink: &mut StepSink<'_, O>,
+    cancel: &CancellationToken,
+) -> Result<ActionRan, ExecError> {
+    let env = [
+        ("TF_IN_AUTOMATION".to_string(), "1".to_string()),
+        ("TF_INPUT".to_string(), "0".to_string()),
+    ];
+    let run = |argv: Vec<String>| (tofu.image.as_str(), tofu.workdir.as_str(), argv);
+    for (what, argv) in [("tofu init", tofu.init()), ("tofu plan", tofu.plan())] {
+        sink.note(&format!("$ {}", argv.join(" ")))
+            .map_err(log_io)?;
+        let (image, dir, argv) = run(argv);
+        let outcome = command(executor, &base, image, dir, argv, &env, sink, cancel).await?;
+        if outcome != Outcome::Succeeded {
+            return Ok(ActionRan::result(failed_outcome(what, outcome)));
+        }
+    }
+    let mut capture = Capture {
+        log: &mut *sink,
+        stdout: Vec::new(),
+        limit: 256 << 20,
+    };
+    let (image, dir, argv) = run(tofu.show());
+    let outcome = command(
+        executor,
+        &base,
+        image,
+        dir,
+        argv,
+        &env,
+        &mut capture,
+        cancel,
+    )
+    .await?;
+    let json = std::mem::take(&mut capture.stdout);
+    if outcome != Outcome::Succeeded {
+        return Ok(ActionRan::result(failed_outcome(
+            "tofu show -json",
+            outcome,
+        )));
+    }
+    let plan = match PlanSummary::from_show_json(&json) {
+        Ok(plan) => plan,
+        Err(why) => return Ok(ActionRan::result(StepResult::Failed(why))),
+    };
+    sink.note(&plan.describe()).map_err(log_io)?;
+    for change in &plan.changes {
+        sink.note(&format!("  {} {}", change.action, change.address))
+            .map_err(log_io)?;
+    }
+    let (result, summary) = match tofu.decide(&plan) {
+        Decision::Done(description) => (StepResult::Ran(Outcome::Succeeded), description),
+        Decision::Fail(why) => {
+            sink.note(&why).map_err(log_io)?;
+            (StepResult::Failed(why.clone()), why)
+        }
+        Decision::Apply => {
+            let argv = tofu.apply();
+            sink.note(&format!("$ {}", argv.join(" ")))
+                .map_err(log_io)?;
+            let (image, dir, argv) = run(argv);
+            let outcome = command(executor, &base, image, dir, argv, &env, sink, cancel).await?;
+            let applied = format!(
+                "applied: {} to add, {} to change, {} to destroy",
+                plan.add, plan.change, plan.destroy
+            );
+            match outcome {
+                Outcome::Succeeded => (StepResult::Ran(Outcome::Succeeded), applied),
+                other => (failed_outcome("tofu apply", other), plan.describe()),
+            }
+        }
+    };
+    Ok(ActionRan {
+        result,
+        summary: Some(summary),
+        plan: Some(plan),
+    })
+}
+
+async fn run_image<E: Executor, O: RunObserver>(
+    executor: &E,
+    image: &Image,
+    a: &ActionStep<'_>,
+    sink: &mut StepSink<'_, O>,
+    cancel: &CancellationToken,
+) -> Result<ActionRan, ExecError> {
+    let context = a.setup.workspace.join(&image.context);
+    let spec = BuildSpec {
+        context,
+        dockerfile: image.dockerfile.clone(),
+        tags: image.tags.clone(),
+        build_args: image.build_args.clone(),
+        labels: vec![("io.pipewright.run".into(), a.setup.run_id.to_string())],
+    };
+    sink.note(&format!(
+        "building {} ({} in {})",
+        image.tags.join(", "),
+        image.dockerfile,
+        image.context
+    ))
+    .map_err(log_io)?;
+    let built = executor.build_image(&spec, sink, cancel).await?;
+    let image_id = match built {
+        BuildOutcome::Built { image_id } => image_id,
+        BuildOutcome::Failed { reason } => {
+            return Ok(ActionRan::result(StepResult::Failed(format!(
+                "build: {reason}"
+            ))));
+        }
+        BuildOutcome::Cancelled => {
+            return Ok(ActionRan::result(StepResult::Ran(Outcome::Cancelled)));
+        }
+    };
+    sink.note(&format!("built {image_id}")).map_err(log_io)?;
+    if !image.push {
+        let summary = format!("built {} (not pushed)", image.tags[0]);
+        return Ok(ActionRan {
+            result: StepResult::Ran(Outcome::Succeeded),
+            summary: Some(summary),
+            plan: None,
+        });
+    }
+    let auth = match (&image.username, &image.password_secret) {
+        (Some(username), Some(secret)) => {
+            let Some(password) = a
+                .spec
+                .env
+                .iter()
+                .rev()
+                .find(|(k, _)| k == secret)
+                .map(|(_, v)| v.clone())
+            else {
+                let why = format!(
+                    "password_secret `{secret}` is not among the step's variables (add it to vault.secrets)"
+                );
+                return Ok(ActionRan::result(StepResult::Unrunnable(why)));
+            };
+            let server = image
+                .registry
+                .clone()
+                .unwrap_or_else(|| registry_of(&image.tags[0]));
+            Some(RegistryAuth {
+                username: username.clone(),
+                password,
+                server,
+            })
+        }
+        _ => None,
+    };
+    let mut pushed = Vec::new();
+    for tag in &image.tags {
+        match executor.push_image(tag, auth.as_ref(), sink).await? {
+            PushOutcome::Pushed { digest } => {
+                sink.note(&format!("pushed {tag}@{digest}"))
+                    .map_err(log_io)?;
+                pushed.push(format!("{tag}@{digest}"));
+            }
+            PushOutcome::Failed { reason } => {
+                return Ok(ActionRan::result(StepResult::Unrunnable(format!(
+                    "push of {tag}: {reason}"
+                ))));
+            }
+        }
+    }
+    Ok(ActionRan {
+        result: StepResult::Ran(Outcome::Succeeded),
+        summary: Some(format!("pushed {}", pushed[0])),
+        plan: None,
+    })
+}
+
+/// The registry host of an image reference (`reg.lab:5000/team/app:1` → `reg.lab:5000`).
+fn registry_of(reference: &str) -> String {
+    match reference.split_once('/') {
+        Some((first, _)) if first.contains('.') || first.contains(':') || first == "localhost" => {
+            first.to_string()
+        }
+        _ => "docker.io".to_string(),
+    }
+}
+
+async fn run_postgres<E: Executor, O: RunObserver>(
+    executor: &E,
+    pg: &Postgres,
+    a: &ActionStep<'_>,
+    sink: &mut StepSink<'_, O>,
+    cancel: &CancellationToken,
+) -> Result<ActionRan, ExecError> {
+    let files = match resolve_files(a.setup.workspace, &pg.files) {
+        Ok(files) => files,
+        Err(why) => return Ok(ActionRan::result(StepResult::Failed(why))),
+    };
+    let services = a.setup.services;
+    let (user, password, lease) = match &pg.credentials {
+        Credentials::Kv(path) => match services.read_kv(path).await {
+            Ok(data) => match (data.get("username"), data.get("password")) {
+                (Some(u), Some(p)) => (u.clone(), p.clone(), None),
+                _ => {
+                    let why = format!(
+                        "the Vault secret `{path}` needs the keys `username` and `password`"
+                    );
+                    return Ok(ActionRan::result(StepResult::Unrunnable(why)));
+                }
+            },
+            Err(why) => return Ok(ActionRan::result(StepResult::Unrunnable(why))),
+        },
+        Credentials::DatabaseRole(role) => match services.database_credentials(role).await {
+            Ok(c) => (c.username, c.password, Some(c.lease_id)),
+            Err(why) => return Ok(ActionRan::result(StepResult::Unrunnable(why))),
+        },
+    };
+    // The password is masked like any secret: in this step's log and its description.
+    let mut values: Vec<String> = a.secret_values.to_vec();
+    values.push(password.clone());
+    sink.masker = Masker::new(values.iter().map(String::as_str));
+    sink.note(&format!(
+        "connecting to {}:{}/{} as {user}",
+        pg.host, pg.port, pg.database
+    ))
+    .map_err(log_io)?;
+    let mut env = pg.env(&user);
+    env.push(("PGPASSWORD".into(), password));
+    let result = run_sql(executor, pg, &a.spec, &files, &env, sink, cancel).await;
+    if let Some(lease) = lease {
+        match services.revoke_lease(&lease).await {
+            Ok(()) => sink.note("database credentials revoked").map_err(log_io)?,
+            Err(why) => sink
+                .note(&format!("failed to revoke the database credentials: {why}"))
+                .map_err(log_io)?,
+        }
+    }
+    let result = result?;
+    let summary = matches!(result, StepResult::Ran(Outcome::Succeeded))
+        .then(|| format!("ran {} SQL files", files.len()));
+    Ok(ActionRan {
+        result,
+        summary,
+        plan: None,
+    })
+}
+
+/// Remembers the last `psql:FILE:LINE: ERROR` line for the failure's description.
+struct LastError<'s, S: LogSink + ?Sized> {
+    log: &'s mut S,
+    error: Option<String>,
+}
+
+impl<S: LogSink + ?Sized> LogSink for LastError<'_, S> {
+    fn line(&mut self, stream: Stream, line: &[u8]) -> std::io::Result<()> {
+        if stream == Stream::Stderr {
+            let text = String::from_utf8_lossy(line);
+            if text.starts_with("psql:") && text.contains("ERROR") {
+                self.error = Some(text.into_owned());
+            }
+        }
+        self.log.line(stream, line)
+    }
+}
+
+async fn run_sql<E: Executor, O: RunObserver>(
+    executor: &E,
+    pg: &Postgres,
+    base: &StepSpec,
+    files: &[String],
+    env: &[(String, String)],
+    sink: &mut StepSink<'_, O>,
+    cancel: &CancellationToken,
+) -> Result<StepResult, ExecError> {
+    // Wait until the server accepts connections (a database just started, say).
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let mut quiet = Discard;
+        let outcome = command(
+            executor,
+            base,
+            &pg.image,
+            "/workspace",
+            pg.ready(),
+            env,
+            &mut quiet,
+            cancel,
+        )
+        .await?;
+        match outcome {
+            Outcome::Succeeded => break,
+            Outcome::Failed { .. } if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            }
+            Outcome::Failed { .. } => {
+                return Ok(StepResult::Unrunnable(format!(
+                    "PostgreSQL at {}:{} did not accept connections within 60s",
+                    pg.host, pg.port
+                )));
+            }
+            other => return Ok(StepResult::Ran(other)),
+        }
+    }
+    for file in files {
+        sink.note(&format!("$ psql --single-transaction -f {file}"))
+            .map_err(log_io)?;
+        let mut watch = LastError {
+            log: &mut *sink,
+            error: None,
+        };
+        let outcome = command(
+            executor,
+            base,
+            &pg.image,
+            "/workspace",
+            pg.run_file(file),
+            env,
+            &mut watch,
+            cancel,
+        )
+        .await?;
+        let error = watch.error.take();
+        match outcome {
+            Outcome::Succeeded => {}
+            Outcome::Failed { .. } => {
+                let why = error.unwrap_or_else(|| format!("psql failed on {file}"));
+                return Ok(StepResult::Failed(
+                    why.trim_start_matches("psql:")
+                        .replacen("/workspace/", "", 1),
+                ));
+            }
+            other => return Ok(StepResult::Ran(other)),
+        }
+    }
+    Ok(StepResult::Ran(Outcome::Succeeded))
+}
+
+struct Discard;
+
+impl LogSink for Discard {
+    fn line(&mut self, _: Stream, _: &[u8]) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The SQL files, in the order given; a glob's matches in name order.
+fn resolve_files(workspace: &Path, patterns: &[String]) -> Result<Vec<String>, String> {
+    let all = crate::local::list_files(workspace)
+        .map_err(|e| format!("failed to list the workspace: {e}"))?;
+    let mut out = Vec::new();
+    for pattern in patterns {
+        let pattern = pattern.trim_start_matches("./");
+        if pattern.contains(['*', '?', '[', '{']) {
+            let globs = Patterns::new(&[pattern])
+                .map_err(|(_, why)| format!("invalid glob `{pattern}`: {why}"))?;
+            let matched: Vec<&String> = all.iter().filter(|f| globs.matches(f)).collect();
+            if matched.is_empty() {
+                return Err(format!("no file matches `{pattern}`"));
+            }
+            out.extend(matched.into_iter().cloned());
+        } else if all.iter().any(|f| f == pattern) {
+            out.push(pattern.to_string());
+        } else {
+            return Err(format!("no file `{pattern}` in the repository"));
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::registry_of;
+
+    #[test]
+    fn registries_of_references() {
+        assert_eq!(
+            registry_of("gitea.arcodange.lab/arcodange-org/factory:abc"),
+            "gitea.arcodange.lab"
+        );
+        assert_eq!(registry_of("127.0.0.1:5000/org/app:1"), "127.0.0.1:5000");
+        assert_eq!(registry_of("library/busybox:1"), "docker.io");
+    }
+}
