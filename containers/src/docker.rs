@@ -789,7 +789,7 @@ fn create_body(spec: &StepSpec) -> Result<ContainerCreateBody, String> {
             init: Some(true),
             security_opt: Some(vec!["no-new-privileges:true".to_owned()]),
             cap_drop: Some(CAP_DROP.iter().map(|&cap| cap.to_owned()).collect()),
-            network_mode: Some("bridge".to_owned()),
+            network_mode: Some(spec.network.clone().unwrap_or_else(|| "bridge".to_owned())),
             auto_remove: Some(false),
             ..HostConfig::default()
         }),

@@ -52,6 +52,8 @@ pub struct StepSpec {
     pub pids_limit: Option<i64>,
     /// Wall-clock limit from the moment the container starts.
     pub timeout: Option<Duration>,
+    /// Docker network (`None`: the default bridge; `host`, `none`, or a network's name).
+    pub network: Option<String>,
 }
 
 /// A host path mounted into a step container.

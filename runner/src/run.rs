@@ -370,5 +370,6 @@ fn spec_for(step: &PlannedStep, setup: &RunSetup<'_>, left: Duration) -> StepSpe
         memory_bytes: Some(step.memory.unwrap_or(setup.defaults.memory_bytes) as i64),
         pids_limit: Some(step.pids.unwrap_or(setup.defaults.pids) as i64),
         timeout: Some(step.timeout.map_or(left, |t| t.min(left))),
+        network: setup.network.map(str::to_string),
     }
 }

@@ -4,9 +4,17 @@
 
 use std::time::Duration;
 
-use pipewright_tests::fake_gitea::{FakeGitea, PullAction, Repo};
+use pipewright_tests::{
+    fake_gitea::{FakeGitea, PullAction, Repo},
+    registry::Registry,
+    services::Postgres,
+};
+use serde_json::json;
 
-use crate::serve::{SECRET, Server, eventually, final_statuses, get_json};
+use crate::{
+    serve::{SECRET, Server, eventually, final_statuses, get_json},
+    vault::OpenBao,
+};
 
 pub(crate) const TOOLS: &str = "pipewright-test/tools:1";
 
@@ -217,5 +225,321 @@ async fn tofu_plans_on_pull_requests_applies_on_main_and_refuses_destroys() {
 
     let runs = get_json(&server.url, "/api/v1/runs").await;
     assert_eq!(runs.as_array().unwrap().len(), 7, "{runs:#}");
+    server.stop().await;
+}
+
+/// OpenBao's jwt auth trusting `server`, with one role bound to `repo` (and to `git_ref`
+/// when given).
+async fn jwt_role(
+    bao: &OpenBao,
+    server: &Server,
+    role: &str,
+    repo: &str,
+    git_ref: Option<&str>,
+    policy: &str,
+) {
+    let mut bound = json!({ "repository": repo });
+    if let Some(r) = git_ref {
+        bound["ref"] = json!(r);
+    }
+    bao.post("sys/auth/jwt", json!({ "type": "jwt" })).await;
+    bao.post(
+        "auth/jwt/config",
+        json!({ "oidc_discovery_url": server.url, "bound_issuer": server.url }),
+    )
+    .await;
+    bao.call(
+        reqwest::Method::PUT,
+        &format!("sys/policies/acl/{role}"),
+        Some(json!({ "policy": policy })),
+    )
+    .await;
+    bao.post(
+        &format!("auth/jwt/role/{role}"),
+        json!({
+            "role_type": "jwt",
+            "user_claim": "sub",
+            "bound_audiences": ["vault"],
+            "bound_claims": bound,
+            "token_policies": [role],
+            "token_ttl": "5m",
+        }),
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_runs_sql_with_vault_database_credentials_and_revokes_them() {
+    let pg = Postgres::start();
+    pg.sql("CREATE DATABASE app");
+    let bao = OpenBao::start().await;
+    let gitea = FakeGitea::start().await;
+    let server = Server::start_with(
+        &gitea,
+        &[
+            ("PIPEWRIGHT_VAULT__ADDRESS", bao.addr.as_str()),
+            ("PIPEWRIGHT_DOCKER__NETWORK", "host"),
+        ],
+    )
+    .await;
+    // The database secrets engine makes a role per run, and drops it on revocation.
+    bao.post("sys/mounts/database", json!({ "type": "database" }))
+        .await;
+    bao.post(
+        "database/config/app",
+        json!({
+            "plugin_name": "postgresql-database-plugin",
+            "connection_url": format!("postgresql://{{{{username}}}}:{{{{password}}}}@127.0.0.1:{}/app?sslmode=disable", pg.port()),
+            "allowed_roles": ["app-migrate"],
+            "username": Postgres::ADMIN_USER,
+            "password": Postgres::ADMIN_PASSWORD,
+        }),
+    )
+    .await;
+    bao.post(
+        "database/roles/app-migrate",
+        json!({
+            "db_name": "app",
+            "creation_statements": ["CREATE ROLE \"{{name}}\" WITH LOGIN PASSWORD '{{password}}' VALID UNTIL '{{expiration}}'; GRANT ALL ON SCHEMA public TO \"{{name}}\"; GRANT ALL ON ALL TABLES IN SCHEMA public TO \"{{name}}\";"],
+            "revocation_statements": ["REASSIGN OWNED BY \"{{name}}\" TO admin; DROP OWNED BY \"{{name}}\"; DROP ROLE IF EXISTS \"{{name}}\";"],
+            "default_ttl": "10m",
+        }),
+    )
+    .await;
+    let policy = "path \"database/creds/app-migrate\" { capabilities = [\"read\"] }\npath \"sys/leases/revoke\" { capabilities = [\"update\"] }\n";
+    jwt_role(
+        &bao,
+        &server,
+        "gitea_cicd_db",
+        "org/db",
+        Some("refs/heads/main"),
+        policy,
+    )
+    .await;
+
+    let repo = gitea.create_repo("org", "db");
+    let pipeline = format!(
+        "on: push\nvault:\n  role: gitea_cicd_db\nsteps:\n  - name: migrate\n    uses: postgres\n    with:\n      files: [\"sql/*.sql\"]\n      host: 127.0.0.1\n      port: {}\n      database: app\n      database_role: app-migrate\n      sslmode: disable\n      image: {TOOLS}\n",
+        pg.port()
+    );
+    let c0 = repo
+        .commit("main", "init")
+        .write("README.md", "db\n")
+        .push();
+    let c1 = repo
+        .commit("main", "schema")
+        .write(".pipewright/db.yml", &pipeline)
+        .write(
+            "sql/001_tables.sql",
+            "CREATE TABLE IF NOT EXISTS users (id int PRIMARY KEY, name text);\n",
+        )
+        .write(
+            "sql/002_seed.sql",
+            "INSERT INTO users VALUES (1, 'ada'), (2, 'grace')\n  ON CONFLICT DO NOTHING;\n",
+        )
+        .push();
+    assert_eq!(
+        repo.push_event("main", &c0, &c1)
+            .deliver(&server.hook(), SECRET)
+            .await
+            .0,
+        202
+    );
+    assert_eq!(
+        last_status(&repo, &c1, "pipewright/db").await,
+        ("success".into(), "ran 2 SQL files".into())
+    );
+    assert_eq!(pg.sql_in("app", "SELECT count(*) FROM users").trim(), "2");
+    // The run's credentials are gone: the lease was revoked, the role dropped.
+    let dynamic = || {
+        pg.sql("SELECT count(*) FROM pg_roles WHERE rolname LIKE 'v-%'")
+            .trim()
+            .to_string()
+    };
+    assert_eq!(dynamic(), "0");
+
+    // A failing file stops the run, names the file and line, and rolls its transaction back.
+    let c2 = repo
+        .commit("main", "bad")
+        .write(
+            "sql/003_more.sql",
+            "INSERT INTO users VALUES (3, 'barbara');\nINSERT INTO nope VALUES (1);\n",
+        )
+        .push();
+    assert_eq!(
+        repo.push_event("main", &c1, &c2)
+            .deliver(&server.hook(), SECRET)
+            .await
+            .0,
+        202
+    );
+    let (state, description) = last_status(&repo, &c2, "pipewright/db").await;
+    assert_eq!(state, "failure");
+    assert!(
+        description.contains("sql/003_more.sql:2: ERROR") && description.contains("nope"),
+        "{description}"
+    );
+    assert_eq!(
+        pg.sql_in("app", "SELECT count(*) FROM users").trim(),
+        "2",
+        "the failing file's transaction was rolled back"
+    );
+    assert_eq!(dynamic(), "0");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn image_builds_and_pushes_from_main_and_only_builds_for_pull_requests() {
+    let registry = Registry::with_auth("ci-bot", "registry-pw-42").await;
+    let host = registry.host();
+    let bao = OpenBao::start().await;
+    let gitea = FakeGitea::start().await;
+    let server =
+        Server::start_with(&gitea, &[("PIPEWRIGHT_VAULT__ADDRESS", bao.addr.as_str())]).await;
+    bao.post(
+        "secret/data/app/registry",
+        json!({ "data": { "password": "registry-pw-42" } }),
+    )
+    .await;
+    // Pull requests of this repository may read the password too (they build, not push).
+    jwt_role(
+        &bao,
+        &server,
+        "gitea_cicd_img",
+        "org/img",
+        None,
+        "path \"secret/data/app/*\" { capabilities = [\"read\"] }\n",
+    )
+    .await;
+
+    let repo = gitea.create_repo("org", "img");
+    let pipeline = format!(
+        "on:\n  push:\n    branches: [main]\n  pull_request: {{}}\nvault:\n  role: gitea_cicd_img\n  secrets:\n    REGISTRY_PASSWORD: secret/app/registry#password\nsteps:\n  - name: build\n    uses: image\n    with:\n      tags: [\"{host}/org/img:${{{{ short_sha }}}}\", \"{host}/org/img:latest\"]\n      build_args: {{ GREETING: hello }}\n      registry: \"{host}\"\n      username: ci-bot\n      password_secret: REGISTRY_PASSWORD\n"
+    );
+    let dockerfile = "FROM pipewright-test/busybox:1\nARG GREETING\nCOPY app.txt /app.txt\nRUN echo \"$GREETING\" > /greeting\n";
+    let c0 = repo
+        .commit("main", "init")
+        .write("README.md", "img\n")
+        .push();
+    let c1 = repo
+        .commit("main", "image")
+        .write(".pipewright/image.yml", &pipeline)
+        .write("Dockerfile", dockerfile)
+        .write("app.txt", "the app\n")
+        .push();
+    assert_eq!(
+        repo.push_event("main", &c0, &c1)
+            .deliver(&server.hook(), SECRET)
+            .await
+            .0,
+        202
+    );
+    let short = &c1[..8];
+    let (state, description) = last_status(&repo, &c1, "pipewright/image").await;
+    assert_eq!(state, "success", "{description}");
+    let digest = description.rsplit('@').next().unwrap().to_string();
+    assert!(
+        description.starts_with(&format!("pushed {host}/org/img:{short}@sha256:")),
+        "{description}"
+    );
+    assert_eq!(
+        registry.manifest_digest("org/img", short).await.as_deref(),
+        Some(digest.as_str())
+    );
+    let mut tags = registry.tags("org/img").await;
+    tags.sort();
+    let mut expected = vec!["latest".to_string(), short.to_string()];
+    expected.sort();
+    assert_eq!(tags, expected);
+    // Pulled back by digest, it is the image that was built.
+    let by_digest = format!("{host}/org/img@{digest}");
+    // A throw-away client configuration, so logging in leaves nothing in ~/.docker.
+    let client_config = tempfile::tempdir().unwrap();
+    let docker = |args: &[&str]| {
+        std::process::Command::new("docker")
+            .arg("--config")
+            .arg(client_config.path())
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let mut login = std::process::Command::new("docker")
+        .arg("--config")
+        .arg(client_config.path())
+        .args(["login", "--username", "ci-bot", "--password-stdin", &host])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        login
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(b"registry-pw-42")
+            .unwrap();
+    }
+    assert!(
+        login.wait().unwrap().success(),
+        "docker login to the test registry"
+    );
+    for tag in [
+        format!("{host}/org/img:{short}"),
+        format!("{host}/org/img:latest"),
+    ] {
+        docker(&["image", "rm", &tag]);
+    }
+    let pulled = docker(&["pull", &by_digest]);
+    assert!(
+        pulled.status.success(),
+        "{}",
+        String::from_utf8_lossy(&pulled.stderr)
+    );
+    let ran = docker(&[
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        &by_digest,
+        "cat",
+        "/app.txt",
+        "/greeting",
+    ]);
+    assert_eq!(String::from_utf8_lossy(&ran.stdout), "the app\nhello\n");
+    docker(&["image", "rm", &by_digest]);
+
+    // A pull request builds without pushing.
+    repo.create_branch("change", "main");
+    let p1 = repo
+        .commit("change", "change")
+        .write("app.txt", "changed\n")
+        .push();
+    let number = repo.open_pull("change", "main");
+    assert_eq!(
+        repo.pull_request_event(number, PullAction::Opened)
+            .deliver(&server.hook(), SECRET)
+            .await
+            .0,
+        202
+    );
+    let (state, description) = last_status(&repo, &p1, "pipewright/image").await;
+    assert_eq!(
+        (state.as_str(), description.as_str()),
+        (
+            "success",
+            format!("built {host}/org/img:{} (not pushed)", &p1[..8]).as_str()
+        )
+    );
+    let mut after = registry.tags("org/img").await;
+    after.sort();
+    assert_eq!(after, tags, "nothing pushed from a pull request");
+    docker(&[
+        "image",
+        "rm",
+        &format!("{host}/org/img:{}", &p1[..8]),
+        &format!("{host}/org/img:latest"),
+    ]);
     server.stop().await;
 }

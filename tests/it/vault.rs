@@ -13,9 +13,9 @@ use serde_json::{Value, json};
 use crate::serve::{API_TOKEN, SECRET, Server, client, eventually, final_statuses, states, step};
 
 /// `bao server -dev` on a free loopback port, stopped on drop.
-struct OpenBao {
+pub(crate) struct OpenBao {
     child: Child,
-    addr: String,
+    pub(crate) addr: String,
 }
 
 const ROOT: &str = "pipewright-test-root";
@@ -23,7 +23,7 @@ const REGISTRY_PASSWORD: &str = "s3cret-registry-pw";
 const GOOGLE: &str = "{\n  \"type\": \"service_account\",\n  \"private_key\": \"-----BEGIN PRIVATE KEY-----MIIEvAIBADANBgkq\"\n}";
 
 impl OpenBao {
-    async fn start() -> OpenBao {
+    pub(crate) async fn start() -> OpenBao {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -60,7 +60,12 @@ impl OpenBao {
         bao
     }
 
-    async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
+    pub(crate) async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Value {
         let mut req = client()
             .request(method.clone(), format!("{}/v1/{path}", self.addr))
             .header("X-Vault-Token", ROOT);
@@ -74,7 +79,7 @@ impl OpenBao {
         serde_json::from_str(&text).unwrap_or(Value::Null)
     }
 
-    async fn post(&self, path: &str, body: Value) -> Value {
+    pub(crate) async fn post(&self, path: &str, body: Value) -> Value {
         self.call(reqwest::Method::POST, path, Some(body)).await
     }
 
