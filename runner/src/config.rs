@@ -1315,6 +1315,7 @@ host_volumes = ["/mnt/backups"]   # host paths this repo's pipelines may mount
                     stop_grace: 10s,
                     default_memory: 4294967296,
                     default_pids: 4096,
+                    network: None,
                 },
                 agent: AgentConfig {
                     labels: [
@@ -1393,6 +1394,7 @@ host_volumes = ["/mnt/backups"]   # host paths this repo's pipelines may mount
                     stop_grace: 10s,
                     default_memory: 4294967296,
                     default_pids: 4096,
+                    network: None,
                 },
                 agent: AgentConfig {
                     labels: [],

@@ -204,12 +204,12 @@ steps:
 }
 
 #[test]
-fn exec_says_what_is_missing_for_actions_vault_and_images() {
+fn exec_says_what_is_missing_for_vault_and_images() {
     let repo = tempfile::tempdir().unwrap();
     write(
         repo.path(),
         ".pipewright/plan.yml",
-        "on: push\nsteps:\n  - { name: tofu, uses: tofu, with: { path: iac } }\n",
+        "on: push\nsteps:\n  - { name: tofu, uses: tofu, with: { path: iac, image: \"localhost:1/absent/tofu:0\" } }\n",
     );
     write(
         repo.path(),
@@ -221,13 +221,13 @@ fn exec_says_what_is_missing_for_actions_vault_and_images() {
     write(
         repo.path(),
         ".pipewright/missing.yml",
-        "on: push\nsteps:\n  - { name: a, image: pipewright-test/absent:0, run: 'true' }\n",
+        "on: push\nsteps:\n  - { name: a, image: \"localhost:1/pipewright-test/absent:0\", run: 'true' }\n",
     );
     let out = pipewright(&["exec"], repo.path());
     assert_eq!(out.code, 2, "{}\n{}", out.stdout, out.stderr);
     assert!(
         out.stdout
-            .contains("step tofu: error: the built-in action `tofu` cannot run in this build"),
+            .contains("<-- step tofu: image localhost:1/absent/tofu:0 is not available"),
         "{}",
         out.stdout
     );
