@@ -19,11 +19,11 @@ use crate::{
     identity::{Issuer, RunClaims},
     local::{copy_tree, git_facts, list_files, read_pipelines},
     run::{
-        ActionServices, DbCredentials, NoServices, RunFacts, RunObserver, RunResult, RunSetup,
-        StepDefaults, StepExtras, StepResult, run_plan,
+        ActionServices, NoServices, RunFacts, RunObserver, RunResult, RunSetup, StepDefaults,
+        StepExtras, StepResult, run_plan,
     },
     secrets::read_secrets,
-    vault::{RunToken, Vault},
+    vault::{RunToken, Session, Vault},
 };
 
 /// What `exec` was asked to do.
@@ -233,9 +233,12 @@ async fn run_one(
         }
     };
     let local_vault = local_vault(args);
+    let session = local_vault
+        .as_ref()
+        .map(|(vault, token)| Session { vault, token });
     let default_branch = facts_default_branch(git_ref);
-    let services: &dyn ActionServices = match &local_vault {
-        Some(v) => v,
+    let services: &dyn ActionServices = match &session {
+        Some(s) => s,
         None => &NoServices,
     };
     let setup = RunSetup {
@@ -281,68 +284,22 @@ async fn run_one(
 
 /// The pipeline's Vault secrets, read with the caller's own token (`VAULT_TOKEN`).
 /// Vault for the `postgres` action's credentials, with the caller's token.
-struct LocalVault {
-    vault: Vault,
-    token: RunToken,
-}
-
-fn local_vault(args: &ExecArgs) -> Option<LocalVault> {
+fn local_vault(args: &ExecArgs) -> Option<(Vault, RunToken)> {
     let (addr, token) = (args.vault_addr.as_ref()?, args.vault_token.as_ref()?);
     let client = crate::gitea::http_client(None).ok()?;
-    Some(LocalVault {
-        vault: Vault::new(addr, client),
-        token: RunToken {
-            token: Secret::new(token.clone()),
-            role: "(VAULT_TOKEN)".into(),
-        },
-    })
+    let token = RunToken {
+        token: Secret::new(token.clone()),
+        role: "(VAULT_TOKEN)".into(),
+    };
+    Some((Vault::new(addr, client), token))
 }
 
-type BoxFuture<'a, T> = std::pin::Pin<Box<dyn Future<Output = T> + Send + 'a>>;
-
-impl ActionServices for LocalVault {
-    fn read_kv<'a>(
-        &'a self,
-        path: &'a str,
-    ) -> BoxFuture<'a, Result<std::collections::BTreeMap<String, String>, String>> {
-        Box::pin(async move {
-            self.vault
-                .read_kv(&self.token, path)
-                .await
-                .map_err(|e| e.to_string())
-        })
-    }
-    fn database_credentials<'a>(
-        &'a self,
-        role: &'a str,
-    ) -> BoxFuture<'a, Result<DbCredentials, String>> {
-        Box::pin(async move {
-            let (username, password, lease_id) = self
-                .vault
-                .database_credentials(&self.token, role)
-                .await
-                .map_err(|e| e.to_string())?;
-            Ok(DbCredentials {
-                username,
-                password,
-                lease_id,
-            })
-        })
-    }
-    fn revoke_lease<'a>(&'a self, lease_id: &'a str) -> BoxFuture<'a, Result<(), String>> {
-        Box::pin(async move {
-            self.vault
-                .revoke_lease(&self.token, lease_id)
-                .await
-                .map_err(|e| e.to_string())
-        })
-    }
-}
-
-/// A local run is on the checkout's branch, taken as the default branch: `exec` on
-/// `main` behaves as a push to `main` would.
-fn facts_default_branch(git_ref: &GitRef) -> String {
-    git_ref.branch().unwrap_or("main").to_string()
+/// A local run is never on "the default branch": `tofu` plans without applying and
+/// `image` builds without pushing unless the pipeline says `command: apply` / `push: true`
+/// (or a dispatch asks for `mode: apply`). Applying real infrastructure from a laptop by
+/// surprise is worse than typing one more flag.
+fn facts_default_branch(_git_ref: &GitRef) -> String {
+    String::new()
 }
 
 async fn local_secrets(

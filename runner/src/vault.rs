@@ -7,7 +7,54 @@ use std::collections::BTreeMap;
 use reqwest::{Client, StatusCode};
 use serde_json::{Value, json};
 
-use crate::config::Secret;
+use crate::{
+    config::Secret,
+    run::{ActionServices, DbCredentials},
+};
+
+type BoxFuture<'a, T> = std::pin::Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// A Vault login as built-in actions use it (the `postgres` action's credentials).
+#[derive(Debug)]
+pub struct Session<'a> {
+    pub vault: &'a Vault,
+    pub token: &'a RunToken,
+}
+
+impl ActionServices for Session<'_> {
+    fn read_kv<'b>(
+        &'b self,
+        path: &'b str,
+    ) -> BoxFuture<'b, Result<BTreeMap<String, String>, String>> {
+        Box::pin(async move {
+            self.vault
+                .read_kv(self.token, path)
+                .await
+                .map_err(|e| e.to_string())
+        })
+    }
+
+    fn database_credentials<'b>(
+        &'b self,
+        role: &'b str,
+    ) -> BoxFuture<'b, Result<DbCredentials, String>> {
+        Box::pin(async move {
+            self.vault
+                .database_credentials(self.token, role)
+                .await
+                .map_err(|e| e.to_string())
+        })
+    }
+
+    fn revoke_lease<'b>(&'b self, lease_id: &'b str) -> BoxFuture<'b, Result<(), String>> {
+        Box::pin(async move {
+            self.vault
+                .revoke_lease(self.token, lease_id)
+                .await
+                .map_err(|e| e.to_string())
+        })
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum VaultError {
@@ -236,7 +283,7 @@ impl Vault {
         &self,
         token: &RunToken,
         role: &str,
-    ) -> Result<(String, String, String), VaultError> {
+    ) -> Result<DbCredentials, VaultError> {
         let path = format!("database/creds/{role}");
         let (status, body) = self
             .call(reqwest::Method::GET, &path, Some(&token.token), None)
@@ -263,7 +310,11 @@ impl Vault {
         let v: Value = serde_json::from_str(&body).unwrap_or_default();
         let field = |k: &str| v["data"][k].as_str().map(str::to_string);
         match (field("username"), field("password"), v["lease_id"].as_str()) {
-            (Some(u), Some(p), Some(lease)) => Ok((u, p, lease.to_string())),
+            (Some(username), Some(password), Some(lease)) => Ok(DbCredentials {
+                username,
+                password,
+                lease_id: lease.to_string(),
+            }),
             _ => Err(VaultError::MissingKey {
                 path,
                 key: "username/password".into(),

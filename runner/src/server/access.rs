@@ -19,7 +19,7 @@ use crate::{
     secrets::{ca_for_steps, read_secrets},
     store::Run,
     vault::RunToken,
-    vault::Vault,
+    vault::Session,
 };
 
 /// A run's credentials. Kept in memory only.
@@ -181,46 +181,26 @@ impl ActionServices for RunAccess<'_> {
         &'b self,
         path: &'b str,
     ) -> BoxFuture<'b, Result<BTreeMap<String, String>, String>> {
-        Box::pin(async move {
-            let (vault, token) = self.vault_login(path)?;
-            vault.read_kv(token, path).await.map_err(|e| e.to_string())
-        })
+        Box::pin(async move { self.session(path)?.read_kv(path).await })
     }
 
     fn database_credentials<'b>(
         &'b self,
         role: &'b str,
     ) -> BoxFuture<'b, Result<DbCredentials, String>> {
-        Box::pin(async move {
-            let (vault, token) = self.vault_login(role)?;
-            let (username, password, lease_id) = vault
-                .database_credentials(token, role)
-                .await
-                .map_err(|e| e.to_string())?;
-            Ok(DbCredentials {
-                username,
-                password,
-                lease_id,
-            })
-        })
+        Box::pin(async move { self.session(role)?.database_credentials(role).await })
     }
 
     fn revoke_lease<'b>(&'b self, lease_id: &'b str) -> BoxFuture<'b, Result<(), String>> {
-        Box::pin(async move {
-            let (vault, token) = self.vault_login(lease_id)?;
-            vault
-                .revoke_lease(token, lease_id)
-                .await
-                .map_err(|e| e.to_string())
-        })
+        Box::pin(async move { self.session(lease_id)?.revoke_lease(lease_id).await })
     }
 }
 
 impl RunAccess<'_> {
     /// The Vault login of this run, which an action needs for `what`.
-    fn vault_login(&self, what: &str) -> Result<(&Vault, &RunToken), String> {
+    fn session(&self, what: &str) -> Result<Session<'_>, String> {
         match (&self.app.vault, &self.token) {
-            (Some(vault), Some(token)) => Ok((vault, token)),
+            (Some(vault), Some(token)) => Ok(Session { vault, token }),
             (None, _) => Err(format!(
                 "`{what}` is in Vault, but no [vault].address is configured"
             )),
