@@ -6,7 +6,7 @@
 //! 2. time from a push webhook to its first step container started (image present, small
 //!    repository), side by side with a bare `git fetch` of the same commit.
 //!
-//! Durations and rates can be shortened with PIPEWRIGHT_BENCH_SECONDS (phase 1 length).
+//! PIPEWRIGHT_BENCH_SECONDS shortens phase 1; PIPEWRIGHT_BENCH_ONLY=ack|event runs one.
 
 use std::{
     io::{BufRead, BufReader},
@@ -318,6 +318,12 @@ async fn main() {
         .unwrap_or(30);
     let gitea = FakeGitea::start().await;
     let _ = http_client();
-    ack_latency(&gitea, seconds).await;
-    event_to_container(&gitea, 10).await;
+    // PIPEWRIGHT_BENCH_ONLY=ack or =event runs one half.
+    let only = std::env::var("PIPEWRIGHT_BENCH_ONLY").unwrap_or_default();
+    if only != "event" {
+        ack_latency(&gitea, seconds).await;
+    }
+    if only != "ack" {
+        event_to_container(&gitea, 10).await;
+    }
 }

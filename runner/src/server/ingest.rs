@@ -153,9 +153,6 @@ pub async fn enqueue_event(
         .fetch(&repo.full_name, &repo.clone_url, repo.sha256)
         .await?;
     let sha = event.sha().to_string();
-    app.git
-        .require_commit(&mirror, &repo.full_name, &sha)
-        .await?;
     let from_fork = matches!(
         event,
         Event::PullRequest {
@@ -163,44 +160,67 @@ pub async fn enqueue_event(
             ..
         }
     );
-    let (trigger, pr, actor) = match event {
-        Event::Push {
-            git_ref,
-            before,
-            after,
-            actor,
-            ..
-        } => {
-            let changes = match git_ref {
-                GitRef::Tag(_) => Changes::All,
-                GitRef::Branch(branch) => {
-                    push_changes(app, &mirror, branch, &repo.default_branch, before, after).await?
+    // The changed paths and the pipeline files, read at once: each is a git process or two.
+    let changes = async {
+        match event {
+            Event::Push {
+                git_ref: GitRef::Tag(_),
+                ..
+            } => Ok(Changes::All),
+            Event::Push {
+                git_ref: GitRef::Branch(branch),
+                before,
+                after,
+                ..
+            } => push_changes(app, &mirror, branch, &repo.default_branch, before, after).await,
+            Event::PullRequest {
+                base_branch,
+                head_sha,
+                ..
+            } => {
+                let base_ref = format!("refs/heads/{base_branch}");
+                match app.git.merge_base(&mirror, &base_ref, head_sha).await {
+                    Some(base) => app
+                        .git
+                        .changed_files(&mirror, &base, head_sha)
+                        .await
+                        .map(Changes::Files),
+                    None => app
+                        .git
+                        .all_files(&mirror, head_sha)
+                        .await
+                        .map(Changes::Files),
                 }
-            };
-            (
-                Trigger {
-                    kind: EventKind::Push,
-                    git_ref: git_ref.clone(),
-                    changes,
-                },
-                None,
-                actor.clone(),
-            )
+            }
         }
+    };
+    let (changes, files) = match tokio::try_join!(changes, app.git.pipeline_files(&mirror, &sha)) {
+        Ok(both) => both,
+        Err(e) => {
+            // Say the plain thing when the commit itself is missing.
+            app.git
+                .require_commit(&mirror, &repo.full_name, &sha)
+                .await?;
+            return Err(e.into());
+        }
+    };
+    drop(mirror);
+    let (trigger, pr, actor) = match event {
+        Event::Push { git_ref, actor, .. } => (
+            Trigger {
+                kind: EventKind::Push,
+                git_ref: git_ref.clone(),
+                changes,
+            },
+            None,
+            actor.clone(),
+        ),
         Event::PullRequest {
             number,
             base_branch,
-            head_sha,
             actor,
             ..
         } => {
-            let base_ref = format!("refs/heads/{base_branch}");
-            let changes = match app.git.merge_base(&mirror, &base_ref, head_sha).await {
-                Some(base) => {
-                    Changes::Files(app.git.changed_files(&mirror, &base, head_sha).await?)
-                }
-                None => Changes::Files(app.git.all_files(&mirror, head_sha).await?),
-            };
             let trigger = Trigger {
                 kind: EventKind::PullRequest,
                 git_ref: GitRef::Branch(base_branch.clone()),
@@ -209,8 +229,6 @@ pub async fn enqueue_event(
             (trigger, Some(*number), actor.clone())
         }
     };
-    let files = app.git.pipeline_files(&mirror, &sha).await?;
-    drop(mirror);
     let parsed = parse_repo_files(files);
 
     let mut runs = Vec::new();
