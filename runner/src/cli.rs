@@ -1,4 +1,4 @@
-//! The command line: `pipewright validate` and `pipewright exec`.
+//! The command line: `pipewright serve`, `validate`, `exec` and `dispatch`.
 
 use std::{path::PathBuf, process::ExitCode};
 
@@ -26,6 +26,24 @@ enum Command {
         /// PIPEWRIGHT_<SECTION>__<KEY>. Without one: embedded defaults.
         #[arg(long)]
         config: Option<PathBuf>,
+    },
+    /// Ask a running server to run a pipeline by hand (token in PIPEWRIGHT_API_TOKEN).
+    Dispatch {
+        /// The server's URL, e.g. https://ci.example.lab.
+        #[arg(long)]
+        server: String,
+        /// The repository, OWNER/NAME.
+        #[arg(long)]
+        repo: String,
+        /// The pipeline's name.
+        #[arg(long)]
+        pipeline: String,
+        /// Branch or tag; default: the repository's default branch.
+        #[arg(long = "ref")]
+        git_ref: Option<String>,
+        /// A dispatch input, KEY=VALUE (repeatable).
+        #[arg(long = "input", value_name = "KEY=VALUE", value_parser = exec::key_value)]
+        inputs: Vec<(String, String)>,
     },
     /// Check every pipeline file under DIR/.pipewright/; exit 0 only if all are valid.
     Validate {
@@ -101,6 +119,13 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve { config } => serve_blocking(config.as_deref()),
         Command::Validate { dir } => validate(&dir),
+        Command::Dispatch {
+            server,
+            repo,
+            pipeline,
+            git_ref,
+            inputs,
+        } => dispatch_blocking(&server, &repo, &pipeline, git_ref, inputs),
         Command::Exec {
             dir,
             event,
@@ -222,4 +247,55 @@ async fn wait_for_signal() {
         _ = term.recv() => {}
         _ = tokio::signal::ctrl_c() => {}
     }
+}
+
+fn dispatch_blocking(
+    server: &str,
+    repo: &str,
+    pipeline: &str,
+    git_ref: Option<String>,
+    inputs: Vec<(String, String)>,
+) -> anyhow::Result<u8> {
+    let Ok(token) = std::env::var("PIPEWRIGHT_API_TOKEN") else {
+        anyhow::bail!("set PIPEWRIGHT_API_TOKEN to an API token of the server");
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let client = crate::gitea::http_client(None)?;
+        let url = format!(
+            "{}/api/v1/repos/{repo}/pipelines/{pipeline}/dispatch",
+            server.trim_end_matches('/')
+        );
+        let inputs: serde_json::Map<String, serde_json::Value> =
+            inputs.into_iter().map(|(k, v)| (k, v.into())).collect();
+        let mut body = serde_json::json!({ "inputs": inputs });
+        if let Some(r) = git_ref {
+            body["ref"] = r.into();
+        }
+        let resp = client
+            .post(&url)
+            .bearer_auth(token.trim())
+            .json(&body)
+            .send()
+            .await?;
+        let status = resp.status();
+        let answer: serde_json::Value = resp.json().await.unwrap_or_default();
+        if status.is_success() {
+            println!(
+                "queued run {} of {pipeline} on {}: {}",
+                answer["id"],
+                answer["ref"].as_str().unwrap_or("?"),
+                answer["url"].as_str().unwrap_or("")
+            );
+            Ok(0)
+        } else {
+            eprintln!(
+                "dispatch refused ({status}): {}",
+                answer["message"].as_str().unwrap_or("no message")
+            );
+            Ok(EXIT_ERROR)
+        }
+    })
 }

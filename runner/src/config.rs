@@ -30,11 +30,12 @@ use pipewright_pipelines::{parse_duration, parse_memory};
 pub const ENV_PREFIX: &str = "PIPEWRIGHT_";
 
 /// `PIPEWRIGHT_` variables that are not settings and are not reported as unknown:
-/// `PIPEWRIGHT_LOG` (the log filter), and the variables Pipewright sets in step containers,
+/// `PIPEWRIGHT_LOG` (the log filter), `PIPEWRIGHT_API_TOKEN` (`pipewright dispatch`'s token), and the variables Pipewright sets in step containers,
 /// so that a server or agent started inside a Pipewright step (an end-to-end pipeline) is
 /// not refused because of its own step environment.
 const ENV_NOT_SETTINGS: &[&str] = &[
     "PIPEWRIGHT_LOG",
+    "PIPEWRIGHT_API_TOKEN",
     "PIPEWRIGHT_BRANCH",
     "PIPEWRIGHT_EVENT",
     "PIPEWRIGHT_ID_TOKEN",

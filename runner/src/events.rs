@@ -20,7 +20,7 @@ pub struct RepoInfo {
 }
 
 impl RepoInfo {
-    fn from_payload(r: &Repository, sha_hint: &str) -> RepoInfo {
+    pub fn from_payload(r: &Repository, sha_hint: &str) -> RepoInfo {
         RepoInfo {
             full_name: r.full_name.clone(),
             id: r.id,

@@ -660,3 +660,120 @@ async fn a_delivery_answered_before_a_crash_runs_exactly_once_after_restart() {
     );
     drop(restarted);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dispatch_runs_a_pipeline_by_hand_with_checked_inputs() {
+    let gitea = FakeGitea::start().await;
+    let server = Server::start(&gitea).await;
+    let repo = gitea.create_repo("org", "ops");
+    let recover = format!(
+        "on:\n  dispatch:\n    confirm: true\n    inputs:\n      date: {{ type: string, required: false }}\n      dry: {{ type: boolean, default: \"false\" }}\nsteps:\n{}",
+        step(
+            "restore",
+            "echo \"restoring ${PIPEWRIGHT_INPUT_DATE:-latest} dry=$PIPEWRIGHT_INPUT_DRY on $PIPEWRIGHT_REF ($PIPEWRIGHT_EVENT)\""
+        )
+    );
+    let head = repo
+        .commit("main", "ops")
+        .write(".pipewright/recover.yml", &recover)
+        .push();
+    let url = format!(
+        "{}/api/v1/repos/org/ops/pipelines/recover/dispatch",
+        server.url
+    );
+    let post = |body: Value, token: Option<&'static str>| {
+        let mut req = client().post(&url).json(&body);
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        async move {
+            let resp = req.send().await.unwrap();
+            let status = resp.status().as_u16();
+            (status, resp.json::<Value>().await.unwrap_or_default())
+        }
+    };
+    assert_eq!(post(serde_json::json!({}), None).await.0, 401);
+    let (code, body) = post(
+        serde_json::json!({ "inputs": { "date": "20260413" } }),
+        Some(API_TOKEN),
+    )
+    .await;
+    assert_eq!(code, 422);
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("missing input `confirm`"),
+        "{body}"
+    );
+    let (code, body) = post(
+        serde_json::json!({ "inputs": { "confirm": "recover", "dry": "maybe", "when": "now" } }),
+        Some(API_TOKEN),
+    )
+    .await;
+    assert_eq!(code, 422);
+    let message = body["message"].as_str().unwrap();
+    assert!(
+        message.contains("unknown input `when`")
+            && message.contains("input `dry`: expected true or false"),
+        "{message}"
+    );
+    let missing = client()
+        .post(format!(
+            "{}/api/v1/repos/org/ops/pipelines/nope/dispatch",
+            server.url
+        ))
+        .bearer_auth(API_TOKEN)
+        .json(&serde_json::json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(missing.status(), 404);
+
+    // The command line, as a person runs it.
+    let out = Command::new(crate::exec_cli::pipewright_bin())
+        .args([
+            "dispatch",
+            "--server",
+            &server.url,
+            "--repo",
+            "org/ops",
+            "--pipeline",
+            "recover",
+            "--input",
+            "date=20260413",
+            "--input",
+            "confirm=recover",
+        ])
+        .env("PIPEWRIGHT_API_TOKEN", API_TOKEN)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.starts_with("queued run "), "{stdout}");
+    assert_eq!(
+        states(&final_statuses(&repo, &head, "pipewright/recover").await),
+        ["pending", "success"]
+    );
+    let runs = server.runs().await;
+    let id = runs[0]["id"].as_i64().unwrap();
+    assert_eq!(runs[0]["event"], "dispatch");
+    let log = client()
+        .get(format!("{}/api/v1/runs/{id}/steps/0/log", server.url))
+        .bearer_auth(API_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(
+        log,
+        "restoring 20260413 dry=false on refs/heads/main (dispatch)\n"
+    );
+    server.stop().await;
+}

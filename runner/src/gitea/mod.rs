@@ -206,6 +206,23 @@ impl Gitea {
         Ok(())
     }
 
+    /// A repository (`GET /repos/{owner}/{repo}`); `None` when Gitea says it does not exist.
+    pub async fn repository(&self, repo: &str) -> Result<Option<payload::Repository>, GiteaError> {
+        let resp = self
+            .request(reqwest::Method::GET, &format!("/repos/{repo}"))
+            .send()
+            .await?;
+        if resp.status() == StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        Ok(Some(
+            Self::check(resp, &format!("the repository {repo}"))
+                .await?
+                .json()
+                .await?,
+        ))
+    }
+
     /// Every branch of a repository with its head commit.
     pub async fn branches(&self, repo: &str) -> Result<Vec<BranchInfo>, GiteaError> {
         self.paged(repo, "branches", "").await

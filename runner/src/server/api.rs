@@ -37,6 +37,10 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/api/v1/runs/{id}/steps/{n}/log", get(step_log))
         .route("/api/v1/runs/{id}/cancel", post(cancel_run))
         .route("/api/v1/runs/{id}/rerun", post(rerun))
+        .route(
+            "/api/v1/repos/{owner}/{repo}/pipelines/{name}/dispatch",
+            post(super::dispatch::dispatch),
+        )
         .route("/", get(ui::index))
         .route("/runs/{id}", get(ui::run_page))
         .with_state(app)
@@ -99,7 +103,7 @@ pub fn require_read(app: &App, headers: &HeaderMap) -> Result<(), ApiError> {
     }
 }
 
-fn require_write(app: &App, headers: &HeaderMap) -> Result<(), ApiError> {
+pub fn require_write(app: &App, headers: &HeaderMap) -> Result<(), ApiError> {
     if authorized(app, headers) {
         Ok(())
     } else {

@@ -7,6 +7,7 @@
 mod access;
 mod api;
 mod catchup;
+mod dispatch;
 mod ingest;
 mod reporter;
 mod ui;
