@@ -12,7 +12,7 @@ use pipewright_tests::{
 use serde_json::json;
 
 use crate::{
-    serve::{SECRET, Server, eventually, final_statuses, get_json},
+    serve::{Server, eventually, final_statuses, get_json},
     vault::OpenBao,
 };
 
@@ -77,13 +77,7 @@ async fn tofu_plans_on_pull_requests_applies_on_main_and_refuses_destroys() {
         .push();
 
     // A push to main applies the saved plan.
-    assert_eq!(
-        repo.push_event("main", &c0, &c1)
-            .deliver(&server.hook(), SECRET)
-            .await
-            .0,
-        202
-    );
+    assert_eq!(server.deliver(repo.push_event("main", &c0, &c1)).await, 202);
     assert_eq!(
         last_status(&repo, &c1, "pipewright/iac").await,
         (
@@ -95,13 +89,7 @@ async fn tofu_plans_on_pull_requests_applies_on_main_and_refuses_destroys() {
 
     // No drift: the plan-only pipeline succeeds.
     repo.create_tag("drift-1", &c1);
-    assert_eq!(
-        repo.new_tag_event("drift-1")
-            .deliver(&server.hook(), SECRET)
-            .await
-            .0,
-        202
-    );
+    assert_eq!(server.deliver(repo.new_tag_event("drift-1")).await, 202);
     assert_eq!(
         last_status(&repo, &c1, "pipewright/drift").await,
         (
@@ -118,10 +106,9 @@ async fn tofu_plans_on_pull_requests_applies_on_main_and_refuses_destroys() {
         .push();
     let number = repo.open_pull("dns", "main");
     assert_eq!(
-        repo.pull_request_event(number, PullAction::Opened)
-            .deliver(&server.hook(), SECRET)
-            .await
-            .0,
+        server
+            .deliver(repo.pull_request_event(number, PullAction::Opened))
+            .await,
         202
     );
     assert_eq!(
@@ -156,10 +143,9 @@ async fn tofu_plans_on_pull_requests_applies_on_main_and_refuses_destroys() {
         .push();
     repo.sync_pull(number);
     assert_eq!(
-        repo.pull_request_event(number, PullAction::Synchronized)
-            .deliver(&server.hook(), SECRET)
-            .await
-            .0,
+        server
+            .deliver(repo.pull_request_event(number, PullAction::Synchronized))
+            .await,
         202
     );
     assert_eq!(
@@ -178,10 +164,7 @@ async fn tofu_plans_on_pull_requests_applies_on_main_and_refuses_destroys() {
     // Merged: main applies both.
     let merged = repo.merge_pull(number);
     assert_eq!(
-        repo.push_event("main", &c1, &merged)
-            .deliver(&server.hook(), SECRET)
-            .await
-            .0,
+        server.deliver(repo.push_event("main", &c1, &merged)).await,
         202
     );
     assert_eq!(
@@ -196,10 +179,9 @@ async fn tofu_plans_on_pull_requests_applies_on_main_and_refuses_destroys() {
         .write("iac/main.tf", &main_tf(&["edge", "dns"]))
         .push();
     assert_eq!(
-        repo.push_event("main", &merged, &removal)
-            .deliver(&server.hook(), SECRET)
-            .await
-            .0,
+        server
+            .deliver(repo.push_event("main", &merged, &removal))
+            .await,
         202
     );
     let (state_name, description) = last_status(&repo, &removal, "pipewright/iac").await;
@@ -212,13 +194,7 @@ async fn tofu_plans_on_pull_requests_applies_on_main_and_refuses_destroys() {
 
     // Drift: the configuration and the real state differ, and fail_on_changes says so.
     repo.create_tag("drift-2", &removal);
-    assert_eq!(
-        repo.new_tag_event("drift-2")
-            .deliver(&server.hook(), SECRET)
-            .await
-            .0,
-        202
-    );
+    assert_eq!(server.deliver(repo.new_tag_event("drift-2")).await, 202);
     let (state_name, description) = last_status(&repo, &removal, "pipewright/drift").await;
     assert_eq!(state_name, "failure");
     assert!(description.contains("drift"), "{description}");
@@ -338,13 +314,7 @@ async fn postgres_runs_sql_with_vault_database_credentials_and_revokes_them() {
             "INSERT INTO users VALUES (1, 'ada'), (2, 'grace')\n  ON CONFLICT DO NOTHING;\n",
         )
         .push();
-    assert_eq!(
-        repo.push_event("main", &c0, &c1)
-            .deliver(&server.hook(), SECRET)
-            .await
-            .0,
-        202
-    );
+    assert_eq!(server.deliver(repo.push_event("main", &c0, &c1)).await, 202);
     assert_eq!(
         last_status(&repo, &c1, "pipewright/db").await,
         ("success".into(), "ran 2 SQL files".into())
@@ -366,13 +336,7 @@ async fn postgres_runs_sql_with_vault_database_credentials_and_revokes_them() {
             "INSERT INTO users VALUES (3, 'barbara');\nINSERT INTO nope VALUES (1);\n",
         )
         .push();
-    assert_eq!(
-        repo.push_event("main", &c1, &c2)
-            .deliver(&server.hook(), SECRET)
-            .await
-            .0,
-        202
-    );
+    assert_eq!(server.deliver(repo.push_event("main", &c1, &c2)).await, 202);
     let (state, description) = last_status(&repo, &c2, "pipewright/db").await;
     assert_eq!(state, "failure");
     assert!(
@@ -427,13 +391,7 @@ async fn image_builds_and_pushes_from_main_and_only_builds_for_pull_requests() {
         .write("Dockerfile", dockerfile)
         .write("app.txt", "the app\n")
         .push();
-    assert_eq!(
-        repo.push_event("main", &c0, &c1)
-            .deliver(&server.hook(), SECRET)
-            .await
-            .0,
-        202
-    );
+    assert_eq!(server.deliver(repo.push_event("main", &c0, &c1)).await, 202);
     let short = &c1[..8];
     let (state, description) = last_status(&repo, &c1, "pipewright/image").await;
     assert_eq!(state, "success", "{description}");
@@ -518,10 +476,9 @@ async fn image_builds_and_pushes_from_main_and_only_builds_for_pull_requests() {
         .push();
     let number = repo.open_pull("change", "main");
     assert_eq!(
-        repo.pull_request_event(number, PullAction::Opened)
-            .deliver(&server.hook(), SECRET)
-            .await
-            .0,
+        server
+            .deliver(repo.pull_request_event(number, PullAction::Opened))
+            .await,
         202
     );
     let (state, description) = last_status(&repo, &p1, "pipewright/image").await;

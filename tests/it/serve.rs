@@ -11,7 +11,7 @@ use std::{
 use pipewright::server::{App, serve};
 use pipewright_containers::CancellationToken;
 use pipewright_tests::fake_gitea::{
-    DeliverOptions, FakeGitea, PullAction, Repo, SignatureMode, Status,
+    DeliverOptions, Delivery, FakeGitea, PullAction, Repo, SignatureMode, Status,
 };
 use serde_json::Value;
 use tokio::{net::TcpListener, task::JoinHandle};
@@ -90,6 +90,24 @@ impl Server {
             task: Some(task),
             _data: data,
         }
+    }
+
+    /// Delivers a signed webhook; returns the HTTP status of the answer.
+    pub(crate) async fn deliver(&self, delivery: Delivery) -> u16 {
+        delivery.deliver(&self.hook(), SECRET).await.0
+    }
+
+    /// The stored log of a run's step.
+    pub(crate) async fn log(&self, run: i64, step: i64) -> String {
+        client()
+            .get(format!("{}/api/v1/runs/{run}/steps/{step}/log", self.url))
+            .bearer_auth(API_TOKEN)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
     }
 
     pub(crate) fn hook(&self) -> String {
@@ -255,15 +273,7 @@ async fn a_push_runs_the_pipelines_its_paths_select_and_reports_them() {
     let run = server.api(&format!("/api/v1/runs/{run_id}")).await;
     assert_eq!(run["state"], "success");
     assert_eq!(run["steps"][1]["state"], "success");
-    let log = client()
-        .get(format!("{}/api/v1/runs/{run_id}/steps/1/log", server.url))
-        .bearer_auth(API_TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let log = server.log(run_id, 1).await;
     assert_eq!(log, format!("planned\nsha {second} on main\n"));
     // The API needs a token.
     let anonymous = client()
@@ -762,15 +772,7 @@ async fn dispatch_runs_a_pipeline_by_hand_with_checked_inputs() {
     let runs = server.runs().await;
     let id = runs[0]["id"].as_i64().unwrap();
     assert_eq!(runs[0]["event"], "dispatch");
-    let log = client()
-        .get(format!("{}/api/v1/runs/{id}/steps/0/log", server.url))
-        .bearer_auth(API_TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let log = server.log(id, 0).await;
     assert_eq!(
         log,
         "restoring 20260413 dry=false on refs/heads/main (dispatch)\n"

@@ -170,18 +170,6 @@ impl Drop for OpenBao {
 
 const SECRETS: &str = "vault:\n  secrets:\n    GOOGLE: kvv1/google/credentials#credentials\n    REG: secret/factory/registry#password\n    OVH_*: kvv1/ovh/app#*\n";
 
-async fn log_of(server: &Server, run: i64, step: i64) -> String {
-    client()
-        .get(format!("{}/api/v1/runs/{run}/steps/{step}/log", server.url))
-        .bearer_auth(API_TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
-}
-
 async fn followed_log_of(server: &Server, run: i64, step: i64) -> String {
     client()
         .get(format!(
@@ -269,7 +257,7 @@ sleep 1"#;
     let statuses = final_statuses(&repo, &sha, "pipewright/deploy").await;
     assert_eq!(states(&statuses), ["pending", "success"], "{statuses:?}");
 
-    let log = log_of(&server, id, 0).await;
+    let log = server.log(id, 0).await;
     for ok in [
         "registry ok",
         "google ok",
@@ -307,7 +295,7 @@ async fn claims_the_role_does_not_allow_fail_closed_before_any_step() {
         "on: push\nvault:\n  role: gitea_cicd_app\n  secrets:\n    REG: secret/factory/registry#password\nsteps:\n{step_script}"
     );
     let (sha, delivery) = push(&other, &pipeline);
-    assert_eq!(delivery.deliver(&server.hook(), SECRET).await.0, 202);
+    assert_eq!(server.deliver(delivery).await, 202);
     let statuses = final_statuses(&other, &sha, "pipewright/deploy").await;
     let last = statuses.last().unwrap();
     assert_eq!(last.state, "error");
@@ -334,10 +322,9 @@ async fn claims_the_role_does_not_allow_fail_closed_before_any_step() {
     let head = app.commit("change", "change").write("x.txt", "x\n").push();
     let number = app.open_pull("change", "main");
     assert_eq!(
-        app.pull_request_event(number, PullAction::Opened)
-            .deliver(&server.hook(), SECRET)
-            .await
-            .0,
+        server
+            .deliver(app.pull_request_event(number, PullAction::Opened))
+            .await,
         202
     );
     let statuses = final_statuses(&app, &head, "pipewright/deploy").await;
@@ -360,10 +347,9 @@ async fn claims_the_role_does_not_allow_fail_closed_before_any_step() {
         .push();
     let previous = app.git(&["rev-parse", &format!("{sha}^")]);
     assert_eq!(
-        app.push_event("main", previous.trim(), &sha)
-            .deliver(&server.hook(), SECRET)
-            .await
-            .0,
+        server
+            .deliver(app.push_event("main", previous.trim(), &sha))
+            .await,
         202
     );
     let statuses = final_statuses(&app, &sha, "pipewright/deploy").await;
@@ -398,10 +384,9 @@ async fn a_fork_pull_request_gets_no_secret_and_no_token() {
     let head = fork.commit("main", "innocent").write("x.txt", "x\n").push();
     let number = app.open_pull_from(&fork, "main", "main");
     assert_eq!(
-        app.pull_request_event(number, PullAction::Opened)
-            .deliver(&server.hook(), SECRET)
-            .await
-            .0,
+        server
+            .deliver(app.pull_request_event(number, PullAction::Opened))
+            .await,
         202
     );
     let statuses = final_statuses(&app, &head, "pipewright/deploy").await;
@@ -411,7 +396,7 @@ async fn a_fork_pull_request_gets_no_secret_and_no_token() {
         "statuses go on the base repository: {statuses:?}"
     );
     let id = run_id_for(&server, "org/app", "deploy").await;
-    assert_eq!(log_of(&server, id, 0).await, "no secrets, no token\n");
+    assert_eq!(server.log(id, 0).await, "no secrets, no token\n");
     server.stop().await;
 }
 
@@ -450,13 +435,13 @@ async fn steps_trust_the_configured_ca_and_the_issuer_is_discoverable() {
     let script = "test \"$SSL_CERT_FILE\" = /etc/ssl/certs/pipewright-ca.pem\nfor v in NODE_EXTRA_CA_CERTS REQUESTS_CA_BUNDLE CURL_CA_BUNDLE VAULT_CACERT; do eval test \"\\$$v\" = \"$SSL_CERT_FILE\"; done\ncat \"$SSL_CERT_FILE\"\n! touch \"$SSL_CERT_FILE\" 2>/dev/null";
     let pipeline = format!("on: push\nsteps:\n{}", step("trust", script));
     let (sha, delivery) = push(&repo, &pipeline);
-    assert_eq!(delivery.deliver(&server.hook(), SECRET).await.0, 202);
+    assert_eq!(server.deliver(delivery).await, 202);
     assert_eq!(
         states(&final_statuses(&repo, &sha, "pipewright/deploy").await),
         ["pending", "success"]
     );
     let id = run_id_for(&server, "org/ca", "deploy").await;
-    assert_eq!(log_of(&server, id, 0).await, pem);
+    assert_eq!(server.log(id, 0).await, pem);
 
     let discovery = crate::serve::get_json(&server.url, "/.well-known/openid-configuration").await;
     assert_eq!(discovery["issuer"], server.url);
