@@ -18,7 +18,7 @@ mod yaml;
 
 pub use diag::{Diagnostic, Pos};
 pub use model::*;
-pub use parse::{ACTION_NAMES, ParsedFile, check_input_value, parse_file, parse_files};
+pub use parse::{ACTION_NAMES, ParsedFile, check_input_value, cron_due, parse_file, parse_files};
 pub use patterns::Patterns;
 pub use plan::{
     Plan, PlannedAction, PlannedStep, Resolved, RunContext, default_inputs, input_env_name, plan,

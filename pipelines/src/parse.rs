@@ -861,6 +861,19 @@ fn schedules(cx: &mut Cx, node: &Node) -> Option<Vec<Schedule>> {
     out
 }
 
+/// Whether a (valid) five-field cron expression fires in the UTC minute that contains
+/// `epoch_secs`.
+pub fn cron_due(expr: &str, epoch_secs: i64) -> bool {
+    let Some(at) = chrono::DateTime::from_timestamp(epoch_secs - epoch_secs.rem_euclid(60), 0)
+    else {
+        return false;
+    };
+    expr.parse::<croner::Cron>()
+        .ok()
+        .and_then(|c| c.is_time_matching(&at).ok())
+        .unwrap_or(false)
+}
+
 fn check_cron(expr: &str) -> Result<(), String> {
     let fields = expr.split_whitespace().count();
     if fields != 5 {

@@ -700,3 +700,17 @@ fn json_schema_is_current() {
         "schema/pipeline.schema.json is stale: regenerate it with `UPDATE_SCHEMA=1 cargo test -p pipewright-pipelines json_schema`"
     );
 }
+
+#[test]
+fn cron_schedules_fire_in_their_minute() {
+    // 2026-11-22T04:00:30Z
+    let at_four = 1_795_320_030;
+    assert!(cron_due("0 4 * * *", at_four));
+    assert!(!cron_due("0 4 * * *", at_four + 60));
+    assert!(cron_due("*/15 * * * *", at_four));
+    assert!(
+        cron_due("0 4 * * sun", at_four),
+        "22 November 2026 is a Sunday"
+    );
+    assert!(!cron_due("0 4 * * mon", at_four));
+}

@@ -20,6 +20,17 @@ pub struct RepoInfo {
 }
 
 impl RepoInfo {
+    /// The repository as the store remembers it.
+    pub fn known(&self) -> crate::store::KnownRepo {
+        crate::store::KnownRepo {
+            repo: self.full_name.clone(),
+            repo_id: self.id,
+            owner_id: self.owner_id,
+            clone_url: self.clone_url.clone(),
+            default_branch: self.default_branch.clone(),
+        }
+    }
+
     pub fn from_payload(r: &Repository, sha_hint: &str) -> RepoInfo {
         RepoInfo {
             full_name: r.full_name.clone(),

@@ -779,3 +779,62 @@ async fn dispatch_runs_a_pipeline_by_hand_with_checked_inputs() {
     );
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schedules_run_once_per_due_minute_on_the_default_branch() {
+    let gitea = FakeGitea::start().await;
+    let server = Server::start(&gitea).await;
+    let repo = gitea.create_repo("org", "nightly");
+    let nightly = format!(
+        "on:\n  schedule:\n    - cron: \"0 4 * * *\"\nsteps:\n{}",
+        step(
+            "drift",
+            "echo \"checking $PIPEWRIGHT_BRANCH on $PIPEWRIGHT_EVENT\""
+        )
+    );
+    let c0 = repo
+        .commit("main", "init")
+        .write("README.md", "hi\n")
+        .push();
+    let c1 = repo
+        .commit("main", "nightly")
+        .write(".pipewright/nightly.yml", &nightly)
+        .push();
+    // A push runs nothing here, but makes the repository known.
+    assert_eq!(server.deliver(repo.push_event("main", &c0, &c1)).await, 202);
+    eventually(
+        Duration::from_secs(30),
+        "the repository to be known",
+        || async { (!server.app.store.known_repos().await.unwrap().is_empty()).then_some(()) },
+    )
+    .await;
+    assert!(server.runs().await.is_empty());
+
+    let four_am = 1_795_320_030; // 2026-11-22T04:00:30Z
+    assert_eq!(
+        pipewright::server::schedule_tick(&server.app, four_am).await,
+        Ok(1)
+    );
+    assert_eq!(
+        pipewright::server::schedule_tick(&server.app, four_am + 20).await,
+        Ok(0),
+        "once per minute"
+    );
+    assert_eq!(
+        pipewright::server::schedule_tick(&server.app, four_am + 60).await,
+        Ok(0),
+        "not due at 04:01"
+    );
+    assert_eq!(
+        states(&final_statuses(&repo, &c1, "pipewright/nightly").await),
+        ["pending", "success"]
+    );
+    let runs = server.runs().await;
+    assert_eq!(
+        (runs[0]["event"].as_str(), runs[0]["actor"].as_str()),
+        (Some("schedule"), Some("schedule"))
+    );
+    let id = runs[0]["id"].as_i64().unwrap();
+    assert_eq!(server.log(id, 0).await, "checking main on schedule\n");
+    server.stop().await;
+}

@@ -10,18 +10,15 @@ use axum::{
     extract::{Path, State},
     http::{HeaderMap, StatusCode},
 };
-use pipewright_pipelines::{EventKind, GitRef, RunContext, parse_files, plan, resolve_inputs};
+use pipewright_pipelines::{EventKind, GitRef, RunContext, parse_files, resolve_inputs};
 use serde::Deserialize;
 
 use super::{
     App,
     api::{ApiError, RunDto, require_write, run_dto},
-    ingest::error_chain,
+    ingest::{error_chain, queued_run},
 };
-use crate::{
-    events::RepoInfo,
-    store::{NewRun, RunState},
-};
+use crate::events::RepoInfo;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -137,30 +134,15 @@ pub async fn dispatch(
         run_id: String::new(),
         inputs: inputs.clone(),
     };
-    let planned = plan(&pipeline, &cx);
-    let run = NewRun {
-        repo: repo.full_name.clone(),
-        repo_id: repo.id,
-        owner_id: repo.owner_id,
-        clone_url: repo.clone_url.clone(),
-        default_branch: repo.default_branch.clone(),
-        status_repo: repo.full_name.clone(),
-        pipeline: pipeline.name.clone(),
-        pipeline_file: pipeline.file.clone(),
-        event: EventKind::Dispatch.as_str().to_string(),
-        git_ref: git_ref.full(),
-        sha,
-        pr: None,
-        actor: "api".into(),
-        from_fork: false,
-        attempt: 1,
-        inputs,
-        dedupe_key: format!("dispatch:{}:{}", repo.full_name, crate::store::now_ms()),
-        concurrency_group: planned.concurrency_group,
-        cancel_in_progress: planned.cancel_in_progress,
-        state: RunState::Queued,
-        description: "queued (dispatched)".into(),
-    };
+    let dedupe_key = format!("dispatch:{}:{}", repo.full_name, crate::store::now_ms());
+    let run = queued_run(
+        &repo,
+        &pipeline,
+        &cx,
+        "api",
+        dedupe_key,
+        "queued (dispatched)",
+    );
     let enqueued = app
         .store
         .enqueue_runs(None, &[run], app.public_url())

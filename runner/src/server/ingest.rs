@@ -6,14 +6,14 @@ use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use pipewright_containers::CancellationToken;
 use pipewright_pipelines::{
-    Changes, Diagnostic, EventKind, GitRef, ParsedFile, RunContext, Trigger, default_inputs,
-    parse_files, plan, selects,
+    Changes, Diagnostic, EventKind, GitRef, ParsedFile, Pipeline, RunContext, Trigger,
+    default_inputs, parse_files, plan, selects,
 };
 use tracing::{Instrument, info, info_span, warn};
 
 use super::App;
 use crate::{
-    events::{Event, parse},
+    events::{Event, RepoInfo, parse},
     git::{GitError, Mirror, is_zero},
     store::{DeliveryState, Enqueued, NewRun, RunState, StoreError},
 };
@@ -148,6 +148,7 @@ pub async fn enqueue_event(
     event: &Event,
 ) -> Result<Enqueued, IngestError> {
     let repo = event.repo();
+    app.store.remember_repo(&repo.known()).await?;
     let mirror = app
         .git
         .fetch(&repo.full_name, &repo.clone_url, repo.sha256)
@@ -364,5 +365,40 @@ fn invalid_description(diags: &[Diagnostic]) -> String {
     match diags.len() {
         0 | 1 => format!("invalid pipeline: {first}"),
         n => format!("invalid pipeline: {first} (+{} more)", n - 1),
+    }
+}
+
+/// A queued run of a valid pipeline (dispatches and schedules).
+pub fn queued_run(
+    repo: &RepoInfo,
+    pipeline: &Pipeline,
+    cx: &RunContext,
+    actor: &str,
+    dedupe_key: String,
+    description: &str,
+) -> NewRun {
+    let planned = plan(pipeline, cx);
+    NewRun {
+        repo: repo.full_name.clone(),
+        repo_id: repo.id,
+        owner_id: repo.owner_id,
+        clone_url: repo.clone_url.clone(),
+        default_branch: repo.default_branch.clone(),
+        status_repo: repo.full_name.clone(),
+        pipeline: pipeline.name.clone(),
+        pipeline_file: pipeline.file.clone(),
+        event: cx.event.as_str().to_string(),
+        git_ref: cx.git_ref.full(),
+        sha: cx.sha.clone(),
+        pr: None,
+        actor: actor.to_string(),
+        from_fork: false,
+        attempt: 1,
+        inputs: cx.inputs.clone(),
+        dedupe_key,
+        concurrency_group: planned.concurrency_group,
+        cancel_in_progress: planned.cancel_in_progress,
+        state: RunState::Queued,
+        description: description.to_string(),
     }
 }

@@ -10,6 +10,7 @@ mod catchup;
 mod dispatch;
 mod ingest;
 mod reporter;
+mod schedule;
 mod ui;
 mod webhook;
 mod worker;
@@ -33,6 +34,7 @@ use crate::{
 };
 
 pub use crate::error_chain;
+pub use schedule::tick as schedule_tick;
 pub use webhook::DeliveryWriter;
 pub use worker::Scheduler;
 
@@ -178,6 +180,7 @@ pub async fn serve(
     tasks.spawn(reporter::run(app.clone(), stop_work.clone()));
     tasks.spawn(catchup::run(app.clone(), stop_work.clone()));
     tasks.spawn(checkpoints(app.clone(), stop_work.clone()));
+    tasks.spawn(schedule::run(app.clone(), stop_work.clone()));
     let workers = tokio::spawn(worker::run(app.clone(), shutdown.clone()));
 
     let router = api::router(app.clone());

@@ -572,14 +572,30 @@ impl Store {
         Ok(row.try_get::<i64, _>(0)? > 0)
     }
 
-    /// Repositories seen so far, as their newest run knows them.
-    pub async fn known_repos(&self) -> Result<Vec<KnownRepo>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT r.repo, r.repo_id, r.owner_id, r.clone_url, r.default_branch FROM runs r
-             WHERE r.id = (SELECT MAX(o.id) FROM runs o WHERE o.repo = r.repo) ORDER BY r.repo",
+    /// Remembers a repository an event came from (for catch-up and schedules).
+    pub async fn remember_repo(&self, repo: &KnownRepo) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO repos (full_name, repo_id, owner_id, clone_url, default_branch, updated_at)
+             VALUES ($1, $2, $3, $4, $5, $6)
+             ON CONFLICT (full_name) DO UPDATE SET repo_id = $2, owner_id = $3, clone_url = $4,
+               default_branch = $5, updated_at = $6",
         )
-        .fetch_all(&self.read)
+        .bind(&repo.repo)
+        .bind(repo.repo_id)
+        .bind(repo.owner_id)
+        .bind(&repo.clone_url)
+        .bind(&repo.default_branch)
+        .bind(now_ms())
+        .execute(&self.pool)
         .await?;
+        Ok(())
+    }
+
+    /// Repositories events came from.
+    pub async fn known_repos(&self) -> Result<Vec<KnownRepo>, StoreError> {
+        let rows = sqlx::query("SELECT full_name, repo_id, owner_id, clone_url, default_branch FROM repos ORDER BY full_name")
+            .fetch_all(&self.read)
+            .await?;
         rows.iter()
             .map(|r| {
                 Ok(KnownRepo {
@@ -591,6 +607,15 @@ impl Store {
                 })
             })
             .collect()
+    }
+
+    /// Whether any run, in any state, carries this dedupe key (a schedule's minute).
+    pub async fn dedupe_used(&self, key: &str) -> Result<bool, StoreError> {
+        let row = sqlx::query("SELECT COUNT(*) FROM runs WHERE dedupe_key = $1")
+            .bind(key)
+            .fetch_one(&self.read)
+            .await?;
+        Ok(row.try_get::<i64, _>(0)? > 0)
     }
 
     /// Statuses due for sending: the newest unsent one of each (repo, sha, context); older

@@ -75,3 +75,12 @@ CREATE TABLE status_outbox (
     sent_at BIGINT
 );
 CREATE INDEX status_outbox_pending ON status_outbox (sent_at, next_attempt_at);
+
+CREATE TABLE repos (
+    full_name TEXT PRIMARY KEY,
+    repo_id BIGINT NOT NULL,
+    owner_id BIGINT NOT NULL,
+    clone_url TEXT NOT NULL,
+    default_branch TEXT NOT NULL,
+    updated_at BIGINT NOT NULL
+);

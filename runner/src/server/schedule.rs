@@ -1,0 +1,131 @@
+//! Schedules: every minute, the `on.schedule` crons of the pipelines on each known
+//! repository's default branch (as its mirror has it: pushes keep it current) are checked,
+//! and a due pipeline gets a run on that branch's head. A run per pipeline and minute at
+//! most, also across restarts (its dedupe key names the minute).
+
+use std::{sync::Arc, time::Duration};
+
+use pipewright_containers::CancellationToken;
+use pipewright_pipelines::{EventKind, GitRef, RunContext, cron_due, default_inputs, parse_files};
+use tracing::{info, warn};
+
+use super::{
+    App,
+    ingest::{error_chain, queued_run},
+};
+use crate::{events::RepoInfo, store::now_ms};
+
+pub async fn run(app: Arc<App>, stop: CancellationToken) {
+    loop {
+        // Just past the next minute boundary.
+        let now = now_ms();
+        let wait = 60_000 - now.rem_euclid(60_000) + 1_000;
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(wait as u64)) => {}
+            _ = stop.cancelled() => return,
+        }
+        match tick(&app, now_ms() / 1000).await {
+            Ok(0) => {}
+            Ok(n) => info!(runs = n, "scheduled runs queued"),
+            Err(why) => warn!(error = %why, "schedules failed"),
+        }
+    }
+}
+
+/// Queues the runs due in the minute of `epoch_secs`; returns how many.
+pub async fn tick(app: &App, epoch_secs: i64) -> Result<usize, String> {
+    let minute = epoch_secs / 60;
+    let mut queued = 0;
+    for known in app.store.known_repos().await.map_err(|e| error_chain(&e))? {
+        let repo = RepoInfo {
+            full_name: known.repo.clone(),
+            id: known.repo_id,
+            owner_id: known.owner_id,
+            clone_url: known.clone_url.clone(),
+            default_branch: known.default_branch.clone(),
+            sha256: false,
+        };
+        let Ok(mirror) = app.git.open(&repo.full_name, false).await else {
+            continue;
+        };
+        let Some(head) = app
+            .git
+            .resolve(&mirror, &format!("refs/heads/{}", repo.default_branch))
+            .await
+        else {
+            continue;
+        };
+        let files = match app.git.pipeline_files(&mirror, &head).await {
+            Ok(files) => files,
+            Err(e) => {
+                warn!(repo = %repo.full_name, error = %error_chain(&e), "schedules: failed to read pipelines");
+                continue;
+            }
+        };
+        drop(mirror);
+        let texts: Vec<(String, String)> = files
+            .into_iter()
+            .filter_map(|(p, t)| t.ok().map(|t| (p, t)))
+            .collect();
+        let mut runs = Vec::new();
+        for pipeline in parse_files(&texts)
+            .into_iter()
+            .filter_map(|f| f.result.ok())
+        {
+            if !pipeline
+                .on
+                .schedule
+                .iter()
+                .any(|s| cron_due(&s.cron, epoch_secs))
+            {
+                continue;
+            }
+            let key = format!("schedule:{}:{}:{minute}", repo.full_name, pipeline.name);
+            if app
+                .store
+                .dedupe_used(&key)
+                .await
+                .map_err(|e| error_chain(&e))?
+            {
+                continue;
+            }
+            let cx = RunContext {
+                repo: repo.full_name.clone(),
+                sha: head.clone(),
+                git_ref: GitRef::Branch(repo.default_branch.clone()),
+                event: EventKind::Schedule,
+                pr: None,
+                run_id: String::new(),
+                inputs: default_inputs(&pipeline),
+            };
+            runs.push(queued_run(
+                &repo,
+                &pipeline,
+                &cx,
+                "schedule",
+                key,
+                "queued (scheduled)",
+            ));
+        }
+        if runs.is_empty() {
+            continue;
+        }
+        let enqueued = app
+            .store
+            .enqueue_runs(None, &runs, app.public_url())
+            .await
+            .map_err(|e| error_chain(&e))?;
+        queued += enqueued.ids.len();
+        for id in &enqueued.cancel_running {
+            app.scheduler.cancel(
+                *id,
+                "cancelled: a newer run of its concurrency group started",
+            );
+        }
+    }
+    if queued > 0 {
+        app.scheduler.wake();
+        app.reporter_wake.notify_one();
+    }
+    Ok(queued)
+}
