@@ -117,7 +117,7 @@ pub struct DbCredentials {
     pub lease_id: String,
 }
 
-type BoxFuture<'a, T> = std::pin::Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// What built-in actions may ask of the run's Vault access (the `postgres` action's
 /// credentials). Errors are descriptions naming Vault and the path.

@@ -9,10 +9,8 @@ use serde_json::{Value, json};
 
 use crate::{
     config::Secret,
-    run::{ActionServices, DbCredentials},
+    run::{ActionServices, BoxFuture, DbCredentials},
 };
-
-type BoxFuture<'a, T> = std::pin::Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// A Vault login as built-in actions use it (the `postgres` action's credentials).
 #[derive(Debug)]

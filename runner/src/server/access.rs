@@ -6,7 +6,6 @@
 
 use pipewright_pipelines::{Pipeline, PlannedStep};
 
-type BoxFuture<'a, T> = std::pin::Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 use tracing::{info, warn};
 
 use super::App;
@@ -15,7 +14,7 @@ use std::collections::BTreeMap;
 use crate::{
     identity::RunClaims,
     mask::Masker,
-    run::{ActionServices, DbCredentials, StepExtras},
+    run::{ActionServices, BoxFuture, DbCredentials, StepExtras},
     secrets::{ca_for_steps, read_secrets},
     store::Run,
     vault::RunToken,

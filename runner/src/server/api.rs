@@ -434,19 +434,7 @@ async fn rerun(
         state: RunState::Queued,
         description: format!("queued (re-run of run {id})"),
     };
-    let enqueued = app
-        .store
-        .enqueue_runs(None, &[new], app.public_url())
-        .await
-        .map_err(internal)?;
-    for running in &enqueued.cancel_running {
-        app.scheduler.cancel(
-            *running,
-            "cancelled: a newer run of its concurrency group started",
-        );
-    }
-    app.scheduler.wake();
-    app.reporter_wake.notify_one();
+    let enqueued = app.enqueue(None, &[new]).await.map_err(internal)?;
     let run = load_run(&app, enqueued.ids[0]).await?;
     Ok((StatusCode::CREATED, Json(run_dto(&app, &run, None))))
 }

@@ -143,22 +143,10 @@ pub async fn dispatch(
         dedupe_key,
         "queued (dispatched)",
     );
-    let enqueued = app
-        .store
-        .enqueue_runs(None, &[run], app.public_url())
-        .await
-        .map_err(|e| {
-            tracing::warn!(error = ?e, "failed to enqueue a dispatch");
-            refused(StatusCode::INTERNAL_SERVER_ERROR, "internal error")
-        })?;
-    for id in &enqueued.cancel_running {
-        app.scheduler.cancel(
-            *id,
-            "cancelled: a newer run of its concurrency group started",
-        );
-    }
-    app.scheduler.wake();
-    app.reporter_wake.notify_one();
+    let enqueued = app.enqueue(None, &[run]).await.map_err(|e| {
+        tracing::warn!(error = ?e, "failed to enqueue a dispatch");
+        refused(StatusCode::INTERNAL_SERVER_ERROR, "internal error")
+    })?;
     let stored = app
         .store
         .run(enqueued.ids[0])

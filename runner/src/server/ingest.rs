@@ -282,18 +282,7 @@ pub async fn enqueue_event(
             description,
         });
     }
-    let enqueued = app
-        .store
-        .enqueue_runs(delivery, &runs, app.public_url())
-        .await?;
-    for id in &enqueued.cancel_running {
-        app.scheduler.cancel(
-            *id,
-            "cancelled: a newer run of its concurrency group started",
-        );
-    }
-    app.scheduler.wake();
-    app.reporter_wake.notify_one();
+    let enqueued = app.enqueue(delivery, &runs).await?;
     Ok(enqueued)
 }
 

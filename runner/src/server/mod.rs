@@ -29,7 +29,7 @@ use crate::{
     identity::Issuer,
     logs::LogStore,
     run::StepDefaults,
-    store::Store,
+    store::{Enqueued, NewRun, Store, StoreError},
     vault::Vault,
 };
 
@@ -121,6 +121,28 @@ impl App {
             issuer,
             vault,
         }))
+    }
+
+    /// Enqueues runs (for a delivery, when given), stops the running runs their
+    /// `cancel_in_progress` groups ask to stop, and wakes the worker and the reporter.
+    pub async fn enqueue(
+        &self,
+        delivery: Option<i64>,
+        runs: &[NewRun],
+    ) -> Result<Enqueued, StoreError> {
+        let enqueued = self
+            .store
+            .enqueue_runs(delivery, runs, self.public_url())
+            .await?;
+        for id in &enqueued.cancel_running {
+            self.scheduler.cancel(
+                *id,
+                "cancelled: a newer run of its concurrency group started",
+            );
+        }
+        self.scheduler.wake();
+        self.reporter_wake.notify_one();
+        Ok(enqueued)
     }
 
     /// `<public_url>/runs/<id>`: status links.

@@ -111,21 +111,10 @@ pub async fn tick(app: &App, epoch_secs: i64) -> Result<usize, String> {
             continue;
         }
         let enqueued = app
-            .store
-            .enqueue_runs(None, &runs, app.public_url())
+            .enqueue(None, &runs)
             .await
             .map_err(|e| error_chain(&e))?;
         queued += enqueued.ids.len();
-        for id in &enqueued.cancel_running {
-            app.scheduler.cancel(
-                *id,
-                "cancelled: a newer run of its concurrency group started",
-            );
-        }
-    }
-    if queued > 0 {
-        app.scheduler.wake();
-        app.reporter_wake.notify_one();
     }
     Ok(queued)
 }
