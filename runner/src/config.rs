@@ -116,6 +116,10 @@ pub struct GiteaConfig {
     /// `ca_file`: an extra CA bundle (PEM) trusted for Gitea, Vault and registries, and
     /// mounted into step containers. Default: none (system roots only).
     pub ca_file: Option<PathBuf>,
+    /// `git_timeout`: how long one `git fetch` from Gitea may take before it is stopped
+    /// (a stalled remote fails that repository's delivery, which is retried; others go on).
+    /// Default: `10m`.
+    pub git_timeout: Duration,
 }
 
 /// `[identity]`.
@@ -475,6 +479,9 @@ fn decode(r: &mut Reader<'_>) -> Config {
         token: r.secret("gitea", "token", "token_file"),
         webhook_secret: r.secret("gitea", "webhook_secret", "webhook_secret_file"),
         ca_file: r.read("gitea", "ca_file", |v| path(v.str()?)),
+        git_timeout: r
+            .read("gitea", "git_timeout", |v| parse_duration(v.str()?))
+            .unwrap_or(Duration::from_secs(10 * 60)),
     };
 
     let identity = IdentityConfig {
@@ -1296,6 +1303,7 @@ host_volumes = ["/mnt/backups"]   # host paths this repo's pipelines may mount
                     ca_file: Some(
                         "/etc/ssl/homelab.pem",
                     ),
+                    git_timeout: 600s,
                 },
                 identity: IdentityConfig {
                     audience: "vault",
@@ -1379,6 +1387,7 @@ host_volumes = ["/mnt/backups"]   # host paths this repo's pipelines may mount
                     token: None,
                     webhook_secret: None,
                     ca_file: None,
+                    git_timeout: 600s,
                 },
                 identity: IdentityConfig {
                     audience: "vault",

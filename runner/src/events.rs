@@ -4,17 +4,18 @@
 use pipewright_pipelines::GitRef;
 
 use crate::{
+    checked,
     git::is_zero,
     gitea::payload::{self, Repository},
 };
 
-/// A repository as runs need it.
+/// A repository as runs need it. Its name has been checked ([`checked::is_repo_name`]):
+/// the clone URL is built from it and `[gitea].url`, never taken from a payload.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RepoInfo {
     pub full_name: String,
     pub id: i64,
     pub owner_id: i64,
-    pub clone_url: String,
     pub default_branch: String,
     pub sha256: bool,
 }
@@ -26,33 +27,79 @@ impl RepoInfo {
             repo: self.full_name.clone(),
             repo_id: self.id,
             owner_id: self.owner_id,
-            clone_url: self.clone_url.clone(),
             default_branch: self.default_branch.clone(),
         }
     }
 
-    pub fn from_payload(r: &Repository, sha_hint: &str) -> RepoInfo {
+    /// A repository remembered from an earlier event (checked then).
+    pub fn from_known(known: &crate::store::KnownRepo) -> RepoInfo {
         RepoInfo {
+            full_name: known.repo.clone(),
+            id: known.repo_id,
+            owner_id: known.owner_id,
+            default_branch: known.default_branch.clone(),
+            sha256: false,
+        }
+    }
+
+    /// The repository of a payload or of Gitea's API, checked. `sha_hint` is a commit id
+    /// of the event (its length tells SHA-256 repositories before Gitea 1.22).
+    pub fn from_payload(r: &Repository, sha_hint: &str) -> Result<RepoInfo, Invalid> {
+        if !checked::is_repo_name(&r.full_name) {
+            return Err(Invalid::new("repository.full_name", &r.full_name));
+        }
+        if r.id <= 0 {
+            return Err(Invalid::new("repository.id", &r.id.to_string()));
+        }
+        if r.owner.id <= 0 {
+            return Err(Invalid::new("repository.owner.id", &r.owner.id.to_string()));
+        }
+        let default_branch = if r.default_branch.is_empty() {
+            "main".to_string()
+        } else if checked::is_ref_name(&r.default_branch) {
+            r.default_branch.clone()
+        } else {
+            return Err(Invalid::new("repository.default_branch", &r.default_branch));
+        };
+        Ok(RepoInfo {
             full_name: r.full_name.clone(),
             id: r.id,
             owner_id: r.owner.id,
-            clone_url: r.clone_url.clone(),
-            default_branch: if r.default_branch.is_empty() {
-                "main".into()
-            } else {
-                r.default_branch.clone()
-            },
+            default_branch,
             sha256: r.object_format_name == "sha256" || sha_hint.len() == 64,
+        })
+    }
+}
+
+/// A payload field that is not what Gitea sends: its name, and the value (shortened).
+#[derive(Debug, thiserror::Error)]
+#[error("{field} is not valid: {value}")]
+pub struct Invalid {
+    pub field: &'static str,
+    pub value: String,
+}
+
+impl Invalid {
+    fn new(field: &'static str, value: &str) -> Invalid {
+        let mut shown: String = value.chars().take(80).collect();
+        if shown.len() < value.len() {
+            shown.push('…');
+        }
+        Invalid {
+            field,
+            value: format!("{shown:?}"),
         }
     }
 }
 
-/// An event Pipewright acts on.
+/// An event Pipewright acts on. Every field has been checked: names and refs by
+/// [`checked`], commit ids are full hex ids.
 #[derive(Clone, Debug)]
 pub enum Event {
     Push {
         repo: RepoInfo,
         git_ref: GitRef,
+        /// The commit before the push: a commit id, or zeros for a new ref.
         before: String,
         after: String,
         actor: String,
@@ -63,8 +110,10 @@ pub enum Event {
         number: i64,
         base_branch: String,
         head_sha: String,
-        /// Whether the head lives in another repository (a fork).
-        from_fork: bool,
+        /// The head repository's id (-1 for a deleted fork, 0 when Gitea left it out).
+        head_repo_id: i64,
+        /// Who opened the pull request ("" when the payload does not say).
+        author: String,
         action: String,
         actor: String,
     },
@@ -85,7 +134,8 @@ impl Event {
     }
 
     /// (event type, repository, ref, commit, action): deliveries of one event through
-    /// repository, organisation and system hooks share it.
+    /// repository, organisation and system hooks share it. For a push it is also what makes
+    /// a replayed body run nothing: (repository, ref, after) runs once, ever.
     pub fn dedupe_key(&self) -> String {
         match self {
             Event::Push {
@@ -110,11 +160,11 @@ impl Event {
     }
 }
 
-/// What to do with a delivery, decided before answering it.
+/// What a delivery means.
 #[derive(Debug)]
-pub enum Classified {
-    /// Store it and process it: the repository's full name.
-    Act { repo: String },
+pub enum Decoded {
+    /// Store it and process it.
+    Act(Event),
     /// A test delivery: answer 200, run nothing.
     Ping,
     /// A delivery of an event that runs nothing: answer 202 with the reason.
@@ -122,123 +172,148 @@ pub enum Classified {
 }
 
 #[derive(Debug, thiserror::Error)]
-#[error("the {event_type} payload is not what Gitea sends: {source}")]
-pub struct PayloadError {
-    event_type: String,
-    #[source]
-    source: serde_json::Error,
+pub enum PayloadError {
+    #[error("the {event_type} payload is not what Gitea sends: {source}")]
+    Json {
+        event_type: String,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("the {event_type} payload is refused: {source}")]
+    Invalid {
+        event_type: String,
+        #[source]
+        source: Invalid,
+    },
 }
 
-/// Classifies a delivery by Gitea's `X-Gitea-Event-Type`.
-pub fn classify(event_type: &str, body: &[u8]) -> Result<Classified, PayloadError> {
-    let bad = |source| PayloadError {
+/// Decodes and checks a delivery by Gitea's `X-Gitea-Event-Type`: the one rule for both the
+/// webhook's answer and the later processing of the stored delivery.
+pub fn decode(event_type: &str, body: &[u8]) -> Result<Decoded, PayloadError> {
+    let json = |source| PayloadError::Json {
+        event_type: event_type.to_string(),
+        source,
+    };
+    let invalid = |source| PayloadError::Invalid {
         event_type: event_type.to_string(),
         source,
     };
     match event_type {
         "push" => {
-            let push: payload::Push = serde_json::from_slice(body).map_err(bad)?;
-            if is_zero(&push.after) && push.before == push.after {
-                return Ok(Classified::Ping);
-            }
-            if is_zero(&push.after) {
-                return Ok(Classified::Ignore(format!(
-                    "{} deleted: nothing to run",
-                    push.git_ref
-                )));
-            }
-            if GitRef::from_full(&push.git_ref).is_none() {
-                return Ok(Classified::Ignore(format!(
-                    "{} is neither a branch nor a tag",
-                    push.git_ref
-                )));
-            }
-            Ok(Classified::Act {
-                repo: push.repository.full_name,
-            })
+            let push: payload::Push = serde_json::from_slice(body).map_err(json)?;
+            decode_push(push).map_err(invalid)
         }
         "pull_request" | "pull_request_sync" => {
-            let pr: payload::PullRequestEvent = serde_json::from_slice(body).map_err(bad)?;
-            let acts = match pr.action.as_str() {
-                "opened" | "reopened" | "synchronized" => true,
-                "edited" => pr.changes.as_ref().is_some_and(|c| c.base_ref.is_some()),
-                _ => false,
-            };
-            if !acts {
-                return Ok(Classified::Ignore(format!(
-                    "pull request {}: nothing to run",
-                    pr.action
-                )));
-            }
-            if pr.pull_request.is_none() {
-                return Ok(Classified::Ignore(
-                    "pull request payload without `pull_request`".into(),
-                ));
-            }
-            Ok(Classified::Act {
-                repo: pr.repository.full_name,
-            })
+            let pr: payload::PullRequestEvent = serde_json::from_slice(body).map_err(json)?;
+            decode_pull_request(pr).map_err(invalid)
         }
-        "status" => Ok(Classified::Ignore(
+        "status" => Ok(Decoded::Ignore(
             "status events are Pipewright's own echo: ignored".into(),
         )),
         other => {
             // Still a JSON document, or Gitea would not have sent it.
-            serde_json::from_slice::<serde::de::IgnoredAny>(body).map_err(bad)?;
-            Ok(Classified::Ignore(format!(
+            serde_json::from_slice::<serde::de::IgnoredAny>(body).map_err(json)?;
+            Ok(Decoded::Ignore(format!(
                 "event type `{other}` runs nothing"
             )))
         }
     }
 }
 
-/// The domain event of a stored delivery (one that [`classify`] said to act on).
-pub fn parse(event_type: &str, body: &[u8]) -> Result<Option<Event>, PayloadError> {
-    let bad = |source| PayloadError {
-        event_type: event_type.to_string(),
-        source,
-    };
-    match event_type {
-        "push" => {
-            let push: payload::Push = serde_json::from_slice(body).map_err(bad)?;
-            let Some(git_ref) = GitRef::from_full(&push.git_ref) else {
-                return Ok(None);
-            };
-            let actor = push
-                .sender
-                .or(push.pusher)
-                .map(|u| u.login)
-                .unwrap_or_default();
-            Ok(Some(Event::Push {
-                repo: RepoInfo::from_payload(&push.repository, &push.after),
-                git_ref,
-                before: push.before,
-                after: push.after,
-                actor,
-            }))
-        }
-        "pull_request" | "pull_request_sync" => {
-            let ev: payload::PullRequestEvent = serde_json::from_slice(body).map_err(bad)?;
-            let Some(pr) = ev.pull_request else {
-                return Ok(None);
-            };
-            let repo = RepoInfo::from_payload(&ev.repository, &pr.head.sha);
-            // A deleted fork shows as repo_id -1: still not the base repository.
-            let from_fork = pr.head.repo_id != repo.id && pr.head.repo_id != 0;
-            Ok(Some(Event::PullRequest {
-                repo,
-                number: if ev.number != 0 { ev.number } else { pr.number },
-                base_branch: pr
-                    .base
-                    .git_ref
-                    .trim_start_matches("refs/heads/")
-                    .to_string(),
-                head_sha: pr.head.sha,
-                from_fork,
-                action: ev.action,
-                actor: ev.sender.map(|u| u.login).unwrap_or_default(),
-            }))
-        }
-        _ => Ok(None),
+/// A commit id, or git's zero id (`allow_zero`), of the push's length.
+fn commit_field(field: &'static str, sha: &str, allow_zero: bool) -> Result<(), Invalid> {
+    if checked::is_commit_id(sha) && (allow_zero || !is_zero(sha)) {
+        Ok(())
+    } else {
+        Err(Invalid::new(field, sha))
     }
+}
+
+/// A login as an actor: Gitea's logins are `[A-Za-z0-9_.-]`; anything else is dropped.
+fn login(user: Option<payload::User>) -> Option<String> {
+    user.map(|u| u.login).filter(|l| {
+        !l.is_empty()
+            && l.len() <= 100
+            && l.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+    })
+}
+
+fn decode_push(push: payload::Push) -> Result<Decoded, Invalid> {
+    commit_field("after", &push.after, true)?;
+    commit_field("before", &push.before, true)?;
+    if push.before.len() != push.after.len() {
+        return Err(Invalid::new("before", &push.before));
+    }
+    if is_zero(&push.after) && push.before == push.after {
+        return Ok(Decoded::Ping);
+    }
+    if is_zero(&push.after) {
+        return Ok(Decoded::Ignore(format!(
+            "{} deleted: nothing to run",
+            Invalid::new("ref", &push.git_ref).value
+        )));
+    }
+    let Some(git_ref) = GitRef::from_full(&push.git_ref) else {
+        return Ok(Decoded::Ignore(format!(
+            "{} is neither a branch nor a tag",
+            Invalid::new("ref", &push.git_ref).value
+        )));
+    };
+    if !checked::is_full_ref(&push.git_ref) {
+        return Err(Invalid::new("ref", &push.git_ref));
+    }
+    let repo = RepoInfo::from_payload(&push.repository, &push.after)?;
+    Ok(Decoded::Act(Event::Push {
+        repo,
+        git_ref,
+        before: push.before,
+        after: push.after,
+        actor: login(push.sender)
+            .or_else(|| login(push.pusher))
+            .unwrap_or_default(),
+    }))
+}
+
+fn decode_pull_request(ev: payload::PullRequestEvent) -> Result<Decoded, Invalid> {
+    let acts = match ev.action.as_str() {
+        "opened" | "reopened" | "synchronized" => true,
+        "edited" => ev.changes.as_ref().is_some_and(|c| c.base_ref.is_some()),
+        _ => false,
+    };
+    if !acts {
+        return Ok(Decoded::Ignore(format!(
+            "pull request {}: nothing to run",
+            Invalid::new("action", &ev.action).value
+        )));
+    }
+    let Some(pr) = ev.pull_request else {
+        return Ok(Decoded::Ignore(
+            "pull request payload without `pull_request`".into(),
+        ));
+    };
+    commit_field("pull_request.head.sha", &pr.head.sha, false)?;
+    let repo = RepoInfo::from_payload(&ev.repository, &pr.head.sha)?;
+    let base_branch = pr
+        .base
+        .git_ref
+        .strip_prefix("refs/heads/")
+        .unwrap_or(&pr.base.git_ref);
+    if !checked::is_ref_name(base_branch) {
+        return Err(Invalid::new("pull_request.base.ref", &pr.base.git_ref));
+    }
+    let number = if ev.number != 0 { ev.number } else { pr.number };
+    if number <= 0 {
+        return Err(Invalid::new("number", &number.to_string()));
+    }
+    Ok(Decoded::Act(Event::PullRequest {
+        repo,
+        number,
+        base_branch: base_branch.to_string(),
+        head_sha: pr.head.sha,
+        head_repo_id: pr.head.repo_id,
+        author: login(pr.user).unwrap_or_default(),
+        action: ev.action,
+        actor: login(ev.sender).unwrap_or_default(),
+    }))
 }

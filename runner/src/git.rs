@@ -3,12 +3,19 @@
 //!
 //! The token travels in `GIT_CONFIG_*` environment variables as an `http.extraHeader`, so it
 //! is neither on a command line (visible in `ps`) nor in the mirror's config on disk.
+//!
+//! Nothing from a payload decides what git does: the remote is built from `[gitea].url` and
+//! a checked repository name, commit ids and refs are checked before they get here and
+//! always follow `--end-of-options`, only http(s) remotes are allowed (and the local
+//! mirror for checkouts), and every git process is killed when it outlives its timeout
+//! (`[gitea].git_timeout` for fetches, which also abort below 1 KB/s for 30 s).
 
 use std::{
     collections::HashMap,
     path::{Path, PathBuf},
     process::Stdio,
     sync::{Arc, Mutex},
+    time::Duration,
 };
 
 use tokio::process::Command;
@@ -23,12 +30,23 @@ pub enum GitError {
     Failed { what: String, stderr: String },
     #[error("commit {sha} is not in {repo} after fetching it")]
     MissingCommit { repo: String, sha: String },
+    #[error("git {what} did not finish within {}s and was stopped", after.as_secs())]
+    TimedOut { what: String, after: Duration },
+    #[error("`{0}` is not a repository name Pipewright accepts")]
+    BadRepo(String),
 }
+
+/// How long a git command that reads only the local mirror may take.
+const LOCAL_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// The mirrors, and what reaching Gitea's git needs.
 #[derive(Debug)]
 pub struct Git {
     root: PathBuf,
+    /// `[gitea].url`, without a trailing `/`: remotes are `<base>/<owner>/<name>.git`.
+    base_url: String,
+    /// How long a fetch may take.
+    fetch_timeout: Duration,
     token: Option<Secret>,
     ca_file: Option<PathBuf>,
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
@@ -56,9 +74,17 @@ pub fn is_zero(sha: &str) -> bool {
 }
 
 impl Git {
-    pub fn new(root: PathBuf, token: Option<Secret>, ca_file: Option<PathBuf>) -> Git {
+    pub fn new(
+        root: PathBuf,
+        base_url: &str,
+        fetch_timeout: Duration,
+        token: Option<Secret>,
+        ca_file: Option<PathBuf>,
+    ) -> Git {
         Git {
             root,
+            base_url: base_url.trim_end_matches('/').to_string(),
+            fetch_timeout,
             token,
             ca_file,
             locks: Mutex::new(HashMap::new()),
@@ -66,7 +92,17 @@ impl Git {
         }
     }
 
-    fn command(&self, dir: Option<&Path>) -> Command {
+    /// The remote of a repository: `<[gitea].url>/<owner>/<name>.git`.
+    pub fn remote(&self, repo: &str) -> Result<String, GitError> {
+        if !crate::checked::is_repo_name(repo) {
+            return Err(GitError::BadRepo(repo.to_string()));
+        }
+        Ok(format!("{}/{repo}.git", self.base_url))
+    }
+
+    /// A git command with Pipewright's settings. `local_clone`: the one command that reads
+    /// the mirror through git's file transport (a workspace's `clone --local`).
+    fn command(&self, dir: Option<&Path>, local_clone: bool) -> Command {
         let mut cmd = Command::new("git");
         if let Some(dir) = dir {
             cmd.arg("-C").arg(dir);
@@ -74,9 +110,23 @@ impl Git {
         cmd.env("GIT_TERMINAL_PROMPT", "0")
             .env("GIT_CONFIG_NOSYSTEM", "1")
             .env("GIT_CONFIG_GLOBAL", "/dev/null")
+            .env_remove("GIT_DIR")
+            .env_remove("GIT_ALLOW_PROTOCOL")
             .stdin(Stdio::null())
             .kill_on_drop(true);
-        let mut config: Vec<(&str, String)> = Vec::new();
+        let low_speed_time = self.fetch_timeout.as_secs().clamp(1, 30).to_string();
+        let mut config: Vec<(&str, String)> = vec![
+            ("protocol.allow", "never".into()),
+            ("protocol.http.allow", "always".into()),
+            ("protocol.https.allow", "always".into()),
+            (
+                "protocol.file.allow",
+                if local_clone { "always" } else { "never" }.into(),
+            ),
+            ("http.lowSpeedLimit", "1000".into()),
+            ("http.lowSpeedTime", low_speed_time),
+            ("core.hooksPath", "/dev/null".into()),
+        ];
         if let Some(token) = &self.token {
             config.push((
                 "http.extraHeader",
@@ -95,18 +145,31 @@ impl Git {
     }
 
     async fn run(&self, dir: Option<&Path>, args: &[&str]) -> Result<Vec<u8>, GitError> {
-        let out = self
-            .command(dir)
-            .args(args)
-            .output()
-            .await
-            .map_err(GitError::Spawn)?;
+        self.run_with(dir, args, false, LOCAL_TIMEOUT).await
+    }
+
+    /// Runs git, killing it (`kill_on_drop`) when it outlives `timeout`.
+    async fn run_with(
+        &self,
+        dir: Option<&Path>,
+        args: &[&str],
+        local_clone: bool,
+        timeout: Duration,
+    ) -> Result<Vec<u8>, GitError> {
+        let what = args.first().copied().unwrap_or("").to_string();
+        let output = self.command(dir, local_clone).args(args).output();
+        let out = match tokio::time::timeout(timeout, output).await {
+            Ok(out) => out.map_err(GitError::Spawn)?,
+            Err(_) => {
+                return Err(GitError::TimedOut {
+                    what,
+                    after: timeout,
+                });
+            }
+        };
         if !out.status.success() {
             let stderr = String::from_utf8_lossy(&out.stderr).trim().to_string();
-            return Err(GitError::Failed {
-                what: args.first().copied().unwrap_or("").to_string(),
-                stderr,
-            });
+            return Err(GitError::Failed { what, stderr });
         }
         Ok(out.stdout)
     }
@@ -120,6 +183,9 @@ impl Git {
     /// Locks the repository's mirror, creating it if needed. `sha256` selects the object
     /// format of a new mirror.
     pub async fn open(&self, repo: &str, sha256: bool) -> Result<Mirror, GitError> {
+        if !crate::checked::is_repo_name(repo) {
+            return Err(GitError::BadRepo(repo.to_string()));
+        }
         let lock = {
             let mut locks = self.locks.lock().unwrap_or_else(|e| e.into_inner());
             locks.entry(repo.to_string()).or_default().clone()
@@ -142,9 +208,10 @@ impl Git {
         })
     }
 
-    /// Brings the mirror up to date: branches, tags and pull-request heads.
-    pub async fn update(&self, mirror: &Mirror, clone_url: &str) -> Result<(), GitError> {
-        self.run(
+    /// Brings the mirror of `repo` up to date: branches, tags and pull-request heads.
+    pub async fn update(&self, mirror: &Mirror, repo: &str) -> Result<(), GitError> {
+        let remote = self.remote(repo)?;
+        self.run_with(
             Some(&mirror.path),
             &[
                 "fetch",
@@ -152,39 +219,32 @@ impl Git {
                 "--prune",
                 "--no-tags",
                 "--force",
-                clone_url,
+                "--end-of-options",
+                &remote,
                 "+refs/heads/*:refs/heads/*",
                 "+refs/tags/*:refs/tags/*",
                 "+refs/pull/*/head:refs/pull/*/head",
             ],
+            false,
+            self.fetch_timeout,
         )
         .await?;
         Ok(())
     }
 
     /// The mirror, locked and fetched.
-    pub async fn fetch(
-        &self,
-        repo: &str,
-        clone_url: &str,
-        sha256: bool,
-    ) -> Result<Mirror, GitError> {
+    pub async fn fetch(&self, repo: &str, sha256: bool) -> Result<Mirror, GitError> {
         let mirror = self.open(repo, sha256).await?;
-        self.update(&mirror, clone_url).await?;
+        self.update(&mirror, repo).await?;
         Ok(mirror)
     }
 
     /// The mirror, locked, fetched only when it lacks `sha` (a run's commit is normally
     /// there already: the delivery that queued the run fetched it).
-    pub async fn with_commit(
-        &self,
-        repo: &str,
-        clone_url: &str,
-        sha: &str,
-    ) -> Result<Mirror, GitError> {
+    pub async fn with_commit(&self, repo: &str, sha: &str) -> Result<Mirror, GitError> {
         let mirror = self.open(repo, sha.len() == 64).await?;
         if self.cached_files(&mirror, sha).is_none() && !self.has_commit(&mirror, sha).await {
-            self.update(&mirror, clone_url).await?;
+            self.update(&mirror, repo).await?;
             self.require_commit(&mirror, repo, sha).await?;
         }
         Ok(mirror)
@@ -193,7 +253,12 @@ impl Git {
     pub async fn has_commit(&self, mirror: &Mirror, sha: &str) -> bool {
         self.run(
             Some(&mirror.path),
-            &["cat-file", "-e", &format!("{sha}^{{commit}}")],
+            &[
+                "cat-file",
+                "-e",
+                "--end-of-options",
+                &format!("{sha}^{{commit}}"),
+            ],
         )
         .await
         .is_ok()
@@ -226,7 +291,15 @@ impl Git {
         let out = self
             .run(
                 Some(&mirror.path),
-                &["diff", "--name-only", "--no-renames", "-z", from, to],
+                &[
+                    "diff",
+                    "--name-only",
+                    "--no-renames",
+                    "-z",
+                    "--end-of-options",
+                    from,
+                    to,
+                ],
             )
             .await?;
         Ok(split_z(&out))
@@ -237,17 +310,40 @@ impl Git {
         let out = self
             .run(
                 Some(&mirror.path),
-                &["ls-tree", "-r", "-z", "--name-only", sha],
+                &[
+                    "ls-tree",
+                    "-r",
+                    "-z",
+                    "--name-only",
+                    "--end-of-options",
+                    sha,
+                ],
             )
             .await?;
         Ok(split_z(&out))
     }
 
     pub async fn merge_base(&self, mirror: &Mirror, a: &str, b: &str) -> Option<String> {
-        self.text(&mirror.path, &["merge-base", a, b])
+        self.text(&mirror.path, &["merge-base", "--end-of-options", a, b])
             .await
             .ok()
             .filter(|s| !s.is_empty())
+    }
+
+    /// Whether `commit` is `tip` or one of its ancestors.
+    pub async fn is_ancestor(&self, mirror: &Mirror, commit: &str, tip: &str) -> bool {
+        self.run(
+            Some(&mirror.path),
+            &[
+                "merge-base",
+                "--is-ancestor",
+                "--end-of-options",
+                commit,
+                tip,
+            ],
+        )
+        .await
+        .is_ok()
     }
 
     /// Up to `n` commits reachable from `sha`, newest first (`sha` itself first).
@@ -260,7 +356,12 @@ impl Git {
         let out = self
             .text(
                 &mirror.path,
-                &["rev-list", &format!("--max-count={n}"), sha],
+                &[
+                    "rev-list",
+                    &format!("--max-count={n}"),
+                    "--end-of-options",
+                    sha,
+                ],
             )
             .await?;
         Ok(out.lines().map(str::to_string).collect())
@@ -274,6 +375,7 @@ impl Git {
                 "rev-parse",
                 "--verify",
                 "--quiet",
+                "--end-of-options",
                 &format!("{git_ref}^{{commit}}"),
             ],
         )
@@ -293,7 +395,14 @@ impl Git {
         let listing = self
             .run(
                 Some(&mirror.path),
-                &["ls-tree", "-z", sha, "--", ".pipewright/"],
+                &[
+                    "ls-tree",
+                    "-z",
+                    "--end-of-options",
+                    sha,
+                    "--",
+                    ".pipewright/",
+                ],
             )
             .await?;
         let mut files = Vec::new();
@@ -309,7 +418,12 @@ impl Git {
             let bytes = self
                 .run(
                     Some(&mirror.path),
-                    &["cat-file", "blob", &format!("{sha}:{path}")],
+                    &[
+                        "cat-file",
+                        "blob",
+                        "--end-of-options",
+                        &format!("{sha}:{path}"),
+                    ],
                 )
                 .await?;
             files.push((
@@ -331,20 +445,26 @@ impl Git {
         cache.get(&(mirror.path.clone(), sha.to_string())).cloned()
     }
 
-    /// A fresh checkout of `sha` at `dest`, with its own `.git` (steps may run git).
+    /// A fresh checkout of `sha` at `dest`, with its own `.git` (steps may run git) sharing
+    /// no file with the mirror.
     pub async fn checkout(&self, mirror: &Mirror, sha: &str, dest: &Path) -> Result<(), GitError> {
         let mirror_path = mirror.path.display().to_string();
         let dest_text = dest.display().to_string();
-        self.run(
+        self.run_with(
             None,
             &[
                 "clone",
                 "--quiet",
                 "--no-checkout",
-                "--local",
+                // Copies, not hard links: a step may write to its workspace as root, and a
+                // hard-linked object would be the mirror's own file, which later runs read.
+                "--no-hardlinks",
+                "--end-of-options",
                 &mirror_path,
                 &dest_text,
             ],
+            true,
+            LOCAL_TIMEOUT,
         )
         .await?;
         self.run(
@@ -355,6 +475,7 @@ impl Git {
                 "checkout",
                 "--quiet",
                 "--detach",
+                "--end-of-options",
                 sha,
             ],
         )

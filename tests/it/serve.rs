@@ -496,17 +496,33 @@ async fn signatures_duplicates_and_events_that_run_nothing() {
         ["pending", "success"]
     );
     assert_eq!(server.runs().await.len(), 1);
-    // A later replay is a deliberate re-run.
+    // A later replay (Gitea's "Replay" button, or a signed body sent again with a fresh
+    // delivery id) runs nothing: that push has run. A re-run is asked of Pipewright.
     let (code, _) = push.replay().deliver(&server.hook(), SECRET).await;
     assert_eq!(code, 202);
     eventually(
-        Duration::from_secs(60),
-        "the replay's run to finish",
+        Duration::from_secs(30),
+        "the replay to be processed",
         || async {
-            let runs = server.runs().await;
-            (runs.len() == 2 && runs.iter().all(|r| r["state"] == "success")).then_some(())
+            let deliveries = server.app.store.delivery_count().await.unwrap();
+            let pending = server.app.store.pending_deliveries(10).await.unwrap();
+            (deliveries == 3 && pending.is_empty()).then_some(())
         },
     )
+    .await;
+    assert_eq!(server.runs().await.len(), 1, "a replayed push runs nothing");
+    let first_run = server.runs().await[0]["id"].as_i64().unwrap();
+    let resp = client()
+        .post(format!("{}/api/v1/runs/{first_run}/rerun", server.url))
+        .bearer_auth(API_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 201);
+    eventually(Duration::from_secs(60), "the re-run to finish", || async {
+        let runs = server.runs().await;
+        (runs.len() == 2 && runs.iter().all(|r| r["state"] == "success")).then_some(())
+    })
     .await;
 
     // A form-encoded delivery is verified over its payload field.

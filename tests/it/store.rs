@@ -14,7 +14,6 @@ fn run(pipeline: &str, sha: &str, group: &str, cancel_in_progress: bool) -> NewR
         repo: "org/app".into(),
         repo_id: 1,
         owner_id: 2,
-        clone_url: "http://gitea/org/app.git".into(),
         default_branch: "main".into(),
         status_repo: "org/app".into(),
         pipeline: pipeline.into(),

@@ -223,6 +223,36 @@ impl Gitea {
         ))
     }
 
+    /// Whether `login` may write to `repo`: Gitea's collaborator permission (`write`,
+    /// `admin` or `owner`). Needs Pipewright's user to be a repository admin (Gitea answers
+    /// 403 otherwise, which is an error here, never a yes).
+    pub async fn can_write(&self, repo: &str, login: &str) -> Result<bool, GiteaError> {
+        #[derive(Deserialize)]
+        struct Permission {
+            #[serde(default)]
+            permission: String,
+        }
+        let resp = self
+            .request(
+                reqwest::Method::GET,
+                &format!("/repos/{repo}/collaborators/{login}/permission"),
+            )
+            .send()
+            .await?;
+        if resp.status() == StatusCode::NOT_FOUND {
+            // No such user (any more): nobody vouches for the pull request.
+            return Ok(false);
+        }
+        let answer: Permission = Self::check(resp, &format!("{login}'s permission on {repo}"))
+            .await?
+            .json()
+            .await?;
+        Ok(matches!(
+            answer.permission.as_str(),
+            "write" | "admin" | "owner"
+        ))
+    }
+
     /// Every branch of a repository with its head commit.
     pub async fn branches(&self, repo: &str) -> Result<Vec<BranchInfo>, GiteaError> {
         self.paged(repo, "branches", "").await

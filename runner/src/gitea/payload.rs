@@ -66,6 +66,10 @@ pub struct Branch {
 pub struct PullRequest {
     #[serde(default)]
     pub number: i64,
+    /// The poster: who opened the pull request (for AGit-flow pull requests, whose head is
+    /// the base repository, the only sign of who wrote it).
+    #[serde(default)]
+    pub user: Option<User>,
     pub base: Branch,
     pub head: Branch,
     #[serde(default)]

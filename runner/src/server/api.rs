@@ -415,7 +415,6 @@ async fn rerun(
         repo: old.repo.clone(),
         repo_id: old.repo_id,
         owner_id: old.owner_id,
-        clone_url: old.clone_url.clone(),
         default_branch: old.default_branch.clone(),
         status_repo: old.status_repo.clone(),
         pipeline: old.pipeline.clone(),

@@ -15,6 +15,7 @@ use super::{
     worker::live_runs_filter,
 };
 use crate::{
+    checked,
     events::{Event, RepoInfo},
     git::is_zero,
 };
@@ -22,6 +23,19 @@ use crate::{
 pub async fn run(app: Arc<App>, stop: CancellationToken) {
     // Commits already looked at (whether or not they selected a pipeline).
     let mut seen: HashSet<(String, String)> = HashSet::new();
+    // Deliveries received before a restart come first: they know the event's actor and
+    // `before`, which catch-up has to guess. (Running an event twice is impossible either
+    // way: both add runs under the same dedupe key.)
+    for _ in 0..100 {
+        match app.store.pending_deliveries(1).await {
+            Ok(pending) if !pending.is_empty() => {}
+            _ => break,
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(std::time::Duration::from_millis(100)) => {}
+            _ = stop.cancelled() => return,
+        }
+    }
     loop {
         if let Err(e) = reconcile(&app, &mut seen).await {
             warn!(error = %e, "catch-up failed");
@@ -43,14 +57,7 @@ async fn reconcile(app: &App, seen: &mut HashSet<(String, String)>) -> anyhow::R
         return Ok(());
     }
     for known in app.store.known_repos().await? {
-        let repo = RepoInfo {
-            sha256: false,
-            full_name: known.repo.clone(),
-            id: known.repo_id,
-            owner_id: known.owner_id,
-            clone_url: known.clone_url.clone(),
-            default_branch: known.default_branch.clone(),
-        };
+        let repo = RepoInfo::from_known(&known);
         let mut missing: Vec<Event> = Vec::new();
         let branches = match app.gitea.branches(&repo.full_name).await {
             Ok(b) => b,
@@ -61,7 +68,9 @@ async fn reconcile(app: &App, seen: &mut HashSet<(String, String)>) -> anyhow::R
         };
         for branch in branches {
             let sha = branch.commit.id;
-            if is_zero(&sha)
+            if !checked::is_commit_id(&sha)
+                || !checked::is_ref_name(&branch.name)
+                || is_zero(&sha)
                 || seen.contains(&(repo.full_name.clone(), sha.clone()))
                 || app.store.has_runs_for(&repo.full_name, &sha).await?
             {
@@ -84,7 +93,10 @@ async fn reconcile(app: &App, seen: &mut HashSet<(String, String)>) -> anyhow::R
             Ok(pulls) => {
                 for pr in pulls {
                     let sha = pr.head.sha.clone();
-                    if sha.is_empty()
+                    let base_branch = pr.base.git_ref.trim_start_matches("refs/heads/");
+                    if !checked::is_commit_id(&sha)
+                        || !checked::is_ref_name(base_branch)
+                        || pr.number <= 0
                         || seen.contains(&(repo.full_name.clone(), sha.clone()))
                         || app.store.has_runs_for(&repo.full_name, &sha).await?
                     {
@@ -96,13 +108,10 @@ async fn reconcile(app: &App, seen: &mut HashSet<(String, String)>) -> anyhow::R
                             ..repo.clone()
                         },
                         number: pr.number,
-                        base_branch: pr
-                            .base
-                            .git_ref
-                            .trim_start_matches("refs/heads/")
-                            .to_string(),
+                        base_branch: base_branch.to_string(),
                         head_sha: sha,
-                        from_fork: pr.head.repo_id != repo.id && pr.head.repo_id != 0,
+                        head_repo_id: pr.head.repo_id,
+                        author: pr.user.map(|u| u.login).unwrap_or_default(),
                         action: "synchronized".into(),
                         actor: String::new(),
                     });
@@ -135,11 +144,7 @@ async fn reconcile(app: &App, seen: &mut HashSet<(String, String)>) -> anyhow::R
 /// one, at its parent; on a lone root commit, nowhere (every file counts).
 async fn last_run_ancestor(app: &App, repo: &RepoInfo, sha: &str) -> String {
     let zero = "0".repeat(sha.len());
-    let Ok(mirror) = app
-        .git
-        .fetch(&repo.full_name, &repo.clone_url, repo.sha256)
-        .await
-    else {
+    let Ok(mirror) = app.git.fetch(&repo.full_name, repo.sha256).await else {
         return zero;
     };
     let Ok(ancestors) = app.git.ancestors(&mirror, sha, 100).await else {

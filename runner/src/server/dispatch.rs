@@ -65,7 +65,12 @@ pub async fn dispatch(
                 format!("Gitea has no repository {full_name}"),
             )
         })?;
-    let repo = RepoInfo::from_payload(&payload, "");
+    let repo = RepoInfo::from_payload(&payload, "").map_err(|e| {
+        refused(
+            StatusCode::BAD_GATEWAY,
+            format!("Gitea's answer for {full_name} is refused: {e}"),
+        )
+    })?;
     let wanted = request
         .git_ref
         .clone()
@@ -73,7 +78,7 @@ pub async fn dispatch(
 
     let mirror = app
         .git
-        .fetch(&repo.full_name, &repo.clone_url, repo.sha256)
+        .fetch(&repo.full_name, repo.sha256)
         .await
         .map_err(|e| gitea_down(&e))?;
     let (git_ref, sha) = resolve_ref(&app, &mirror, &wanted).await.ok_or_else(|| {

@@ -2,20 +2,29 @@
 //! git, read `.pipewright/` at the commit, select pipelines, enqueue runs with `pending`
 //! statuses. Deliveries stay stored until this succeeds, so none is lost to a crash.
 
-use std::{collections::HashMap, sync::Arc, time::Duration};
+use std::{
+    collections::{HashMap, HashSet},
+    panic::AssertUnwindSafe,
+    sync::Arc,
+    time::Duration,
+};
+
+use futures_util::FutureExt;
 
 use pipewright_containers::CancellationToken;
 use pipewright_pipelines::{
     Changes, Diagnostic, EventKind, GitRef, ParsedFile, Pipeline, RunContext, Trigger,
     default_inputs, parse_files, plan, selects,
 };
+use tokio::task::JoinSet;
 use tracing::{Instrument, info, info_span, warn};
 
 use super::App;
 use crate::{
-    events::{Event, RepoInfo, parse},
+    events::{Decoded, Event, RepoInfo, decode},
     git::{GitError, Mirror, is_zero},
-    store::{DeliveryState, Enqueued, NewRun, RunState, StoreError},
+    gitea::GiteaError,
+    store::{Delivery, DeliveryState, Enqueued, NewRun, RunState, StoreError},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -24,15 +33,34 @@ pub enum IngestError {
     Git(#[from] GitError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error("failed to ask Gitea whether the pull request's author may write")]
+    Gitea(#[from] GiteaError),
+    #[error("processing panicked: {0}")]
+    Panicked(String),
 }
 
-/// Tries a failing delivery this many times (with growing pauses) before giving up on it.
-const ATTEMPTS: u32 = 6;
+/// A delivery is started this many times at most (failures and crashes of the process
+/// alike, counted in the database) before it is given up with a log line.
+const ATTEMPTS: i64 = 5;
+
+/// Deliveries processed at once, each of its own repository: a repository whose remote
+/// stalls holds one of these until `[gitea].git_timeout`, never the others.
+const PARALLEL: usize = 8;
+
+/// What became of one delivery's processing.
+struct Done {
+    id: i64,
+    repo: String,
+    result: Result<String, IngestError>,
+}
 
 pub async fn run(app: Arc<App>, stop: CancellationToken) {
+    // Deliveries that failed: how often in this process, and when they may be tried again.
     let mut failures: HashMap<i64, (u32, tokio::time::Instant)> = HashMap::new();
+    let mut busy: HashSet<String> = HashSet::new();
+    let mut tasks: JoinSet<Done> = JoinSet::new();
     loop {
-        let pending = match app.store.pending_deliveries(64).await {
+        let pending = match app.store.pending_deliveries(256).await {
             Ok(p) => p,
             Err(e) => {
                 warn!(error = ?e, "failed to read pending deliveries");
@@ -41,8 +69,11 @@ pub async fn run(app: Arc<App>, stop: CancellationToken) {
         };
         let mut next_retry: Option<tokio::time::Instant> = None;
         for delivery in pending {
-            if stop.is_cancelled() {
-                return;
+            if stop.is_cancelled() || tasks.len() >= PARALLEL {
+                break;
+            }
+            if busy.contains(&delivery.repo) {
+                continue;
             }
             if let Some((_, at)) = failures.get(&delivery.id)
                 && *at > tokio::time::Instant::now()
@@ -50,47 +81,87 @@ pub async fn run(app: Arc<App>, stop: CancellationToken) {
                 next_retry = Some(next_retry.map_or(*at, |n| n.min(*at)));
                 continue;
             }
+            busy.insert(delivery.repo.clone());
             let span =
                 info_span!("delivery", delivery_id = %delivery.delivery_id, repo = %delivery.repo);
-            let result = process(&app, delivery.id, &delivery.event_type, &delivery.payload)
-                .instrument(span.clone())
-                .await;
-            let _enter = span.enter();
-            match result {
-                Ok(note) => {
-                    failures.remove(&delivery.id);
-                    info!(note = %note, "delivery processed");
-                }
-                Err(e) => {
-                    let entry = failures
-                        .entry(delivery.id)
-                        .or_insert((0, tokio::time::Instant::now()));
-                    entry.0 += 1;
-                    if entry.0 >= ATTEMPTS {
-                        warn!(error = %error_chain(&e), "giving up on the delivery");
-                        failures.remove(&delivery.id);
-                        let _ = app
-                            .store
-                            .finish_delivery(delivery.id, DeliveryState::Failed, &error_chain(&e))
-                            .await;
-                        continue;
+            let app = app.clone();
+            tasks.spawn(
+                async move {
+                    // A panic is this delivery's failure, not the loop's.
+                    let result = AssertUnwindSafe(attempt(&app, &delivery))
+                        .catch_unwind()
+                        .await
+                        .unwrap_or_else(|panic| Err(IngestError::Panicked(panic_text(&*panic))));
+                    Done {
+                        id: delivery.id,
+                        repo: delivery.repo,
+                        result,
                     }
-                    let pause = Duration::from_secs(1 << entry.0.min(6));
-                    entry.1 = tokio::time::Instant::now() + pause;
-                    next_retry = Some(next_retry.map_or(entry.1, |n| n.min(entry.1)));
-                    warn!(error = %error_chain(&e), attempt = entry.0, retry_in = ?pause, "failed to process the delivery");
                 }
-            }
+                .instrument(span),
+            );
         }
         let wait = next_retry.map_or(Duration::from_secs(30), |at| {
             at.saturating_duration_since(tokio::time::Instant::now())
         });
         tokio::select! {
+            Some(done) = tasks.join_next(), if !tasks.is_empty() => {
+                if let Ok(done) = done {
+                    busy.remove(&done.repo);
+                    settle(&done, &mut failures);
+                }
+            }
             _ = app.ingest_wake.notified() => {}
             _ = tokio::time::sleep(wait) => {}
             _ = stop.cancelled() => return,
         }
     }
+}
+
+fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic".into())
+}
+
+/// Logs how processing ended and schedules a retry after a failure.
+fn settle(done: &Done, failures: &mut HashMap<i64, (u32, tokio::time::Instant)>) {
+    match &done.result {
+        Ok(note) => {
+            failures.remove(&done.id);
+            info!(delivery = done.id, note = %note, "delivery processed");
+        }
+        Err(e) => {
+            let entry = failures
+                .entry(done.id)
+                .or_insert((0, tokio::time::Instant::now()));
+            entry.0 += 1;
+            let pause = Duration::from_secs(1 << entry.0.min(6));
+            entry.1 = tokio::time::Instant::now() + pause;
+            warn!(delivery = done.id, error = %error_chain(e), attempt = entry.0, retry_in = ?pause, "failed to process the delivery");
+        }
+    }
+}
+
+/// One start of a delivery's processing: counted durably first, so that a delivery that
+/// crashes the process is given up after [`ATTEMPTS`] starts instead of crashing every
+/// restart; given up, too, after that many ordinary failures.
+async fn attempt(app: &App, delivery: &Delivery) -> Result<String, IngestError> {
+    let started = app.store.start_delivery(delivery.id).await?;
+    if started > ATTEMPTS {
+        let why = format!(
+            "given up: its processing was started {} times without finishing (failures, or crashes of the process)",
+            started - 1
+        );
+        warn!(delivery = delivery.id, "{why}");
+        app.store
+            .finish_delivery(delivery.id, DeliveryState::Failed, &why)
+            .await?;
+        return Ok(why);
+    }
+    process(app, delivery.id, &delivery.event_type, &delivery.payload).await
 }
 
 pub use crate::error_chain;
@@ -101,19 +172,20 @@ async fn process(
     event_type: &str,
     payload: &[u8],
 ) -> Result<String, IngestError> {
-    let event = match parse(event_type, payload) {
-        Ok(Some(event)) => event,
-        Ok(None) => {
+    let event = match decode(event_type, payload) {
+        Ok(Decoded::Act(event)) => event,
+        Ok(Decoded::Ping | Decoded::Ignore(_)) => {
             app.store
                 .finish_delivery(id, DeliveryState::Processed, "nothing to run")
                 .await?;
             return Ok("nothing to run".into());
         }
         Err(e) => {
+            let why = error_chain(&e);
             app.store
-                .finish_delivery(id, DeliveryState::Failed, &e.to_string())
+                .finish_delivery(id, DeliveryState::Failed, &why)
                 .await?;
-            return Ok(e.to_string());
+            return Ok(why);
         }
     };
     if !app.config.repo_allowed(&event.repo().full_name) {
@@ -126,18 +198,10 @@ async fn process(
             .await?;
         return Ok("repository not allowed by [[repos]]".into());
     }
-    let key = event.dedupe_key();
-    if app.store.active_dedupe(&key).await? {
-        app.store
-            .finish_delivery(
-                id,
-                DeliveryState::Duplicate,
-                "the same event's runs are still queued or running",
-            )
-            .await?;
-        return Ok("duplicate of an event still running".into());
-    }
     let enqueued = enqueue_event(app, Some(id), &event).await?;
+    if enqueued.duplicate {
+        return Ok("the same event already has runs: nothing added".into());
+    }
     Ok(format!("{} runs", enqueued.ids.len()))
 }
 
@@ -149,18 +213,22 @@ pub async fn enqueue_event(
 ) -> Result<Enqueued, IngestError> {
     let repo = event.repo();
     app.store.remember_repo(&repo.known()).await?;
-    let mirror = app
-        .git
-        .fetch(&repo.full_name, &repo.clone_url, repo.sha256)
-        .await?;
+    let mirror = app.git.fetch(&repo.full_name, repo.sha256).await?;
     let sha = event.sha().to_string();
-    let from_fork = matches!(
-        event,
-        Event::PullRequest {
-            from_fork: true,
-            ..
+    if let Some(why) = not_on_its_ref(app, &mirror, event).await {
+        drop(mirror);
+        warn!(repo = %repo.full_name, sha = %sha, reason = %why, "event refused: its commit is not on its ref");
+        if let Some(d) = delivery {
+            app.store
+                .finish_delivery(d, DeliveryState::Processed, &why)
+                .await?;
         }
-    );
+        return Ok(Enqueued::default());
+    }
+    let from_fork = match event {
+        Event::PullRequest { .. } => untrusted_pull_request(app, event).await?,
+        Event::Push { .. } => false,
+    };
     // The changed paths and the pipeline files, read at once: each is a git process or two.
     let changes = async {
         match event {
@@ -262,7 +330,6 @@ pub async fn enqueue_event(
             repo: repo.full_name.clone(),
             repo_id: repo.id,
             owner_id: repo.owner_id,
-            clone_url: repo.clone_url.clone(),
             default_branch: repo.default_branch.clone(),
             status_repo: repo.full_name.clone(),
             pipeline: file.name.clone(),
@@ -276,7 +343,7 @@ pub async fn enqueue_event(
             attempt: 1,
             inputs: cx.inputs.clone(),
             dedupe_key: event.dedupe_key(),
-            concurrency_group: group,
+            concurrency_group: group_key(&repo.full_name, &group),
             cancel_in_progress,
             state,
             description,
@@ -284,6 +351,65 @@ pub async fn enqueue_event(
     }
     let enqueued = app.enqueue(delivery, &runs).await?;
     Ok(enqueued)
+}
+
+/// Why the event's commit is not on its ref in the mirror just fetched, if it is not: a
+/// push's `after` must be its branch's head or behind it (a tag's must be the tag), a pull
+/// request's head must be `refs/pull/<n>/head` or behind it. A payload can name any commit
+/// of the repository; only a verified ref ends up in a run and its identity token.
+async fn not_on_its_ref(app: &App, mirror: &Mirror, event: &Event) -> Option<String> {
+    let (git_ref, sha, exact) = match event {
+        Event::Push { git_ref, after, .. } => (
+            git_ref.full(),
+            after.as_str(),
+            matches!(git_ref, GitRef::Tag(_)),
+        ),
+        Event::PullRequest {
+            number, head_sha, ..
+        } => (format!("refs/pull/{number}/head"), head_sha.as_str(), false),
+    };
+    let Some(tip) = app.git.resolve(mirror, &git_ref).await else {
+        return Some(format!("{git_ref} does not exist in the repository"));
+    };
+    let Some(commit) = app.git.resolve(mirror, sha).await else {
+        return Some(format!("commit {sha} is not in the repository"));
+    };
+    if tip == commit || (!exact && app.git.is_ancestor(mirror, &commit, &tip).await) {
+        return None;
+    }
+    Some(format!(
+        "commit {sha} is not on {git_ref} (its tip is {tip})"
+    ))
+}
+
+/// Whether a pull request runs as untrusted (no secrets, identity token or host volumes):
+/// when its head is in another repository, when the payload does not say which (ids
+/// missing or 0), and when its author may not write to the base repository (Gitea's AGit
+/// flow lets a reader open a pull request whose head is the base repository).
+async fn untrusted_pull_request(app: &App, event: &Event) -> Result<bool, IngestError> {
+    let Event::PullRequest {
+        repo,
+        head_repo_id,
+        author,
+        ..
+    } = event
+    else {
+        return Ok(false);
+    };
+    if *head_repo_id <= 0 || repo.id <= 0 || *head_repo_id != repo.id || author.is_empty() {
+        return Ok(true);
+    }
+    Ok(!app.gitea.can_write(&repo.full_name, author).await?)
+}
+
+/// A concurrency group's key: always within its repository, so that no pipeline can wait
+/// on, supersede or cancel another repository's runs by naming their group.
+pub fn group_key(repo: &str, group: &str) -> String {
+    if group.starts_with(&format!("{repo}/")) {
+        group.to_string()
+    } else {
+        format!("{repo}/{group}")
+    }
 }
 
 /// Changed files of a branch push, computed with git, never taken from the payload.
@@ -371,7 +497,6 @@ pub fn queued_run(
         repo: repo.full_name.clone(),
         repo_id: repo.id,
         owner_id: repo.owner_id,
-        clone_url: repo.clone_url.clone(),
         default_branch: repo.default_branch.clone(),
         status_repo: repo.full_name.clone(),
         pipeline: pipeline.name.clone(),
@@ -385,7 +510,7 @@ pub fn queued_run(
         attempt: 1,
         inputs: cx.inputs.clone(),
         dedupe_key,
-        concurrency_group: planned.concurrency_group,
+        concurrency_group: group_key(&repo.full_name, &planned.concurrency_group),
         cancel_in_progress: planned.cancel_in_progress,
         state: RunState::Queued,
         description: description.to_string(),

@@ -82,6 +82,8 @@ impl App {
         let gitea = Gitea::new(&gitea_url, config.gitea.token.clone(), client.clone());
         let git = Git::new(
             data_dir.join("git"),
+            &gitea_url,
+            config.gitea.git_timeout,
             config.gitea.token.clone(),
             config.gitea.ca_file.clone(),
         );

@@ -37,14 +37,7 @@ pub async fn tick(app: &App, epoch_secs: i64) -> Result<usize, String> {
     let minute = epoch_secs / 60;
     let mut queued = 0;
     for known in app.store.known_repos().await.map_err(|e| error_chain(&e))? {
-        let repo = RepoInfo {
-            full_name: known.repo.clone(),
-            id: known.repo_id,
-            owner_id: known.owner_id,
-            clone_url: known.clone_url.clone(),
-            default_branch: known.default_branch.clone(),
-            sha256: false,
-        };
+        let repo = RepoInfo::from_known(&known);
         let Ok(mirror) = app.git.open(&repo.full_name, false).await else {
             continue;
         };

@@ -20,7 +20,7 @@ use tracing::{info, warn};
 
 use super::App;
 use crate::{
-    events::{Classified, classify},
+    events::{Decoded, decode},
     store::{NewDelivery, Received, Store},
 };
 
@@ -201,37 +201,55 @@ pub async fn receive(State(app): State<Arc<App>>, headers: HeaderMap, body: Byte
     ) else {
         return answer(StatusCode::BAD_REQUEST, "no X-Gitea-Event-Type header");
     };
+    if event_type.len() > 64
+        || !event_type
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b == b'_')
+    {
+        return answer(
+            StatusCode::BAD_REQUEST,
+            "X-Gitea-Event-Type is not an event type (lowercase letters and `_`)",
+        );
+    }
     let event_type = event_type.to_string();
     let delivery_id = match header_str(
         &headers,
         &["x-gitea-delivery", "x-gogs-delivery", "x-github-delivery"],
     ) {
-        Some(id) => id.to_string(),
+        Some(id) if id.len() <= 200 && id.bytes().all(|b| b.is_ascii_graphic()) => id.to_string(),
+        Some(_) => {
+            return answer(
+                StatusCode::BAD_REQUEST,
+                "X-Gitea-Delivery is not a delivery id (at most 200 printable ASCII characters)",
+            );
+        }
         None => {
             use sha2::Digest;
             format!("sha256:{}", hex::encode(Sha256::digest(&json)))
         }
     };
-    let classified = match classify(&event_type, &json) {
-        Ok(c) => c,
+    let decoded = match decode(&event_type, &json) {
+        Ok(d) => d,
         Err(e) => {
-            info!(delivery_id = %delivery_id, event_type = %event_type, error = %e, "webhook refused: bad payload");
-            return answer(StatusCode::BAD_REQUEST, e.to_string());
+            let why = crate::error_chain(&e);
+            info!(delivery_id = %delivery_id, event_type = %event_type, error = %why, "webhook refused: bad payload");
+            return answer(StatusCode::BAD_REQUEST, why);
         }
     };
-    match classified {
-        Classified::Ping => {
+    match decoded {
+        Decoded::Ping => {
             info!(delivery_id = %delivery_id, "test delivery received");
             answer(
                 StatusCode::OK,
                 "pong: Pipewright received the test delivery",
             )
         }
-        Classified::Ignore(why) => {
+        Decoded::Ignore(why) => {
             info!(delivery_id = %delivery_id, event_type = %event_type, reason = %why, "delivery ignored");
             answer(StatusCode::ACCEPTED, why)
         }
-        Classified::Act { repo } => {
+        Decoded::Act(event) => {
+            let repo = event.repo().full_name.clone();
             let delivery = NewDelivery {
                 delivery_id: delivery_id.clone(),
                 event_type,

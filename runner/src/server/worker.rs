@@ -243,7 +243,7 @@ type Ran = Result<(RunResult, Reports), String>;
 async fn run_checked_out(app: &App, run: &Run, cancel: &CancellationToken) -> Ran {
     let mirror = app
         .git
-        .with_commit(&run.repo, &run.clone_url, &run.sha)
+        .with_commit(&run.repo, &run.sha)
         .await
         .map_err(|e| format!("git: {}", error_chain(&e)))?;
     let files = app

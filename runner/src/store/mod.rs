@@ -50,6 +50,16 @@ pub enum StoreError {
 
 const SCHEMA: &str = include_str!("schema.sql");
 
+/// Changes after version 1, in order: (version, one portable statement).
+const MIGRATIONS: &[(i64, &str)] = &[
+    // How often processing a delivery was started: a delivery that keeps crashing the
+    // process is given up after a few starts instead of crashing it at every restart.
+    (
+        2,
+        "ALTER TABLE deliveries ADD COLUMN attempts BIGINT NOT NULL DEFAULT 0",
+    ),
+];
+
 impl Store {
     /// Opens (creating when needed) the database and brings its schema up to date.
     pub async fn open(url: &str) -> Result<Store, StoreError> {
@@ -125,9 +135,27 @@ impl Store {
             .fetch_one(&self.pool)
             .await?
             .try_get(0)?;
-        if version.unwrap_or(0) >= 1 {
-            return Ok(());
+        let version = version.unwrap_or(0);
+        if version < 1 {
+            self.create_schema().await?;
         }
+        for (number, statement) in MIGRATIONS {
+            if version < *number {
+                let mut tx = self.pool.begin().await?;
+                tx.execute(sqlx::AssertSqlSafe(statement.to_string()))
+                    .await?;
+                sqlx::query("INSERT INTO schema_version (version) VALUES ($1)")
+                    .bind(*number)
+                    .execute(&mut *tx)
+                    .await?;
+                tx.commit().await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Version 1, the schema of `schema.sql`.
+    async fn create_schema(&self) -> Result<(), StoreError> {
         let (id, blob) = match self.backend {
             Backend::Sqlite => ("INTEGER PRIMARY KEY AUTOINCREMENT", "BLOB"),
             Backend::Postgres => ("BIGSERIAL PRIMARY KEY", "BYTEA"),
@@ -280,6 +308,18 @@ impl Store {
             .execute(&self.pool)
             .await?;
         Ok(())
+    }
+
+    /// Records that processing of a delivery starts, durably, before it starts; returns how
+    /// many times it has been started, this time included.
+    pub async fn start_delivery(&self, id: i64) -> Result<i64, StoreError> {
+        let row = sqlx::query(
+            "UPDATE deliveries SET attempts = attempts + 1 WHERE id = $1 RETURNING attempts",
+        )
+        .bind(id)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(row.try_get(0)?)
     }
 
     /// Counts deliveries by `X-Gitea-Delivery` id (for tests and the API).

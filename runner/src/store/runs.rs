@@ -65,7 +65,6 @@ pub struct NewRun {
     pub repo: String,
     pub repo_id: i64,
     pub owner_id: i64,
-    pub clone_url: String,
     pub default_branch: String,
     /// The repository whose commit gets the status (the base repository for fork PRs).
     pub status_repo: String,
@@ -76,12 +75,18 @@ pub struct NewRun {
     pub sha: String,
     pub pr: Option<i64>,
     pub actor: String,
-    /// A pull request whose head is in another repository.
+    /// An untrusted pull request: its head is in another repository, the payload did not
+    /// say which, or its author may not write to the base repository (AGit flow). Such a
+    /// run gets no secrets, identity token or host volumes.
     pub from_fork: bool,
     /// 1, or one more than the run it re-runs.
     pub attempt: i64,
     pub inputs: Vec<(String, String)>,
+    /// Runs with a key that is already used add nothing: ever for most events (a push's
+    /// (repository, ref, after), a schedule's minute; dispatches and re-runs have keys of
+    /// their own), while its runs are queued or running for a pull request's.
     pub dedupe_key: String,
+    /// Prefixed with the repository (`owner/name/…`): groups never span repositories.
     pub concurrency_group: String,
     pub cancel_in_progress: bool,
     /// `Queued`, or `Error` for a pipeline that cannot run (invalid file).
@@ -96,7 +101,6 @@ pub struct Run {
     pub repo: String,
     pub repo_id: i64,
     pub owner_id: i64,
-    pub clone_url: String,
     pub default_branch: String,
     pub status_repo: String,
     pub pipeline: String,
@@ -134,6 +138,8 @@ pub struct StepRow {
 #[derive(Clone, Debug, Default)]
 pub struct Enqueued {
     pub ids: Vec<i64>,
+    /// The runs were not added: runs with their dedupe key exist (see [`NewRun::dedupe_key`]).
+    pub duplicate: bool,
     /// Running runs that a `cancel_in_progress` group asks to stop.
     pub cancel_running: Vec<i64>,
 }
@@ -144,7 +150,6 @@ pub struct KnownRepo {
     pub repo: String,
     pub repo_id: i64,
     pub owner_id: i64,
-    pub clone_url: String,
     pub default_branch: String,
 }
 
@@ -161,7 +166,7 @@ pub struct OutboxEntry {
     pub attempts: i64,
 }
 
-const RUN_COLUMNS: &str = "id, repo, repo_id, owner_id, clone_url, default_branch, status_repo, pipeline, pipeline_file, event, git_ref, sha, pr, actor, from_fork, attempt, inputs, concurrency_group, cancel_in_progress, state, description, created_at, started_at, finished_at";
+const RUN_COLUMNS: &str = "id, repo, repo_id, owner_id, default_branch, status_repo, pipeline, pipeline_file, event, git_ref, sha, pr, actor, from_fork, attempt, inputs, concurrency_group, cancel_in_progress, state, description, created_at, started_at, finished_at";
 
 fn run_from_row(row: &AnyRow) -> Result<Run, StoreError> {
     let state: String = row.try_get("state")?;
@@ -171,7 +176,6 @@ fn run_from_row(row: &AnyRow) -> Result<Run, StoreError> {
         repo: row.try_get("repo")?,
         repo_id: row.try_get("repo_id")?,
         owner_id: row.try_get("owner_id")?,
-        clone_url: row.try_get("clone_url")?,
         default_branch: row.try_get("default_branch")?,
         status_repo: row.try_get("status_repo")?,
         pipeline: row.try_get("pipeline")?,
@@ -283,6 +287,36 @@ impl Store {
     ) -> Result<Enqueued, StoreError> {
         let mut tx = self.pool.begin().await?;
         let mut out = Enqueued::default();
+        let mut keys: Vec<&str> = runs.iter().map(|r| r.dedupe_key.as_str()).collect();
+        keys.dedup();
+        for (key, new) in keys
+            .iter()
+            .filter_map(|k| runs.iter().find(|r| r.dedupe_key == *k).map(|r| (k, r)))
+        {
+            let active_only = new.event == "pull_request";
+            let used: i64 = sqlx::query(
+                "SELECT COUNT(*) FROM runs WHERE dedupe_key = $1 AND ($2 = 0 OR state IN ('queued', 'running'))",
+            )
+            .bind(*key)
+            .bind(i64::from(active_only))
+            .fetch_one(&mut *tx)
+            .await?
+            .try_get(0)?;
+            if used > 0 {
+                out.duplicate = true;
+            }
+        }
+        if out.duplicate {
+            if let Some(d) = delivery {
+                sqlx::query("UPDATE deliveries SET state = 'duplicate', note = $1 WHERE id = $2")
+                    .bind("the same event already has runs")
+                    .bind(d)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            tx.commit().await?;
+            return Ok(out);
+        }
         for new in runs {
             let now = now_ms();
             let inputs = serde_json::to_string(&new.inputs)
@@ -291,14 +325,13 @@ impl Store {
                 "INSERT INTO runs (delivery, repo, repo_id, owner_id, clone_url, default_branch, status_repo, pipeline,
                    pipeline_file, event, git_ref, sha, pr, actor, inputs, dedupe_key, concurrency_group,
                    cancel_in_progress, state, description, created_at, finished_at, from_fork, attempt)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24)
+                 VALUES ($1, $2, $3, $4, '', $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23)
                  RETURNING id",
             )
             .bind(delivery)
             .bind(&new.repo)
             .bind(new.repo_id)
             .bind(new.owner_id)
-            .bind(&new.clone_url)
             .bind(&new.default_branch)
             .bind(&new.status_repo)
             .bind(&new.pipeline)
@@ -327,11 +360,17 @@ impl Store {
             if new.state != RunState::Queued {
                 continue;
             }
+            // A pull request's run affects only runs of the same pull request, and other runs
+            // never affect a pull request's (a superseded run reports `success`, which on a
+            // pull request's head would pass a check that never ran).
             let older: Vec<(i64, String)> = sqlx::query(
-                "SELECT id, state FROM runs WHERE concurrency_group = $1 AND id < $2 AND state IN ('queued', 'running')",
+                "SELECT id, state FROM runs WHERE concurrency_group = $1 AND id < $2 AND state IN ('queued', 'running')
+                 AND ((event = 'pull_request') = ($3 = 1)) AND ($3 = 0 OR pr = $4)",
             )
             .bind(&new.concurrency_group)
             .bind(id)
+            .bind(i64::from(new.event == "pull_request"))
+            .bind(new.pr)
             .fetch_all(&mut *tx)
             .await?
             .iter()
@@ -362,17 +401,6 @@ impl Store {
         }
         tx.commit().await?;
         Ok(out)
-    }
-
-    /// Whether runs for this dedupe key are still queued or running.
-    pub async fn active_dedupe(&self, key: &str) -> Result<bool, StoreError> {
-        let row = sqlx::query(
-            "SELECT COUNT(*) FROM runs WHERE dedupe_key = $1 AND state IN ('queued', 'running')",
-        )
-        .bind(key)
-        .fetch_one(&self.read)
-        .await?;
-        Ok(row.try_get::<i64, _>(0)? > 0)
     }
 
     /// Claims the oldest queued run whose concurrency group is free (no running run, no
@@ -576,14 +604,13 @@ impl Store {
     pub async fn remember_repo(&self, repo: &KnownRepo) -> Result<(), StoreError> {
         sqlx::query(
             "INSERT INTO repos (full_name, repo_id, owner_id, clone_url, default_branch, updated_at)
-             VALUES ($1, $2, $3, $4, $5, $6)
-             ON CONFLICT (full_name) DO UPDATE SET repo_id = $2, owner_id = $3, clone_url = $4,
-               default_branch = $5, updated_at = $6",
+             VALUES ($1, $2, $3, '', $4, $5)
+             ON CONFLICT (full_name) DO UPDATE SET repo_id = $2, owner_id = $3,
+               default_branch = $4, updated_at = $5",
         )
         .bind(&repo.repo)
         .bind(repo.repo_id)
         .bind(repo.owner_id)
-        .bind(&repo.clone_url)
         .bind(&repo.default_branch)
         .bind(now_ms())
         .execute(&self.pool)
@@ -593,17 +620,18 @@ impl Store {
 
     /// Repositories events came from.
     pub async fn known_repos(&self) -> Result<Vec<KnownRepo>, StoreError> {
-        let rows = sqlx::query("SELECT full_name, repo_id, owner_id, clone_url, default_branch FROM repos ORDER BY full_name")
-            .fetch_all(&self.read)
-            .await?;
+        let rows = sqlx::query(
+            "SELECT full_name, repo_id, owner_id, default_branch FROM repos ORDER BY full_name",
+        )
+        .fetch_all(&self.read)
+        .await?;
         rows.iter()
             .map(|r| {
                 Ok(KnownRepo {
                     repo: r.try_get(0)?,
                     repo_id: r.try_get(1)?,
                     owner_id: r.try_get(2)?,
-                    clone_url: r.try_get(3)?,
-                    default_branch: r.try_get(4)?,
+                    default_branch: r.try_get(3)?,
                 })
             })
             .collect()

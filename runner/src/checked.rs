@@ -1,0 +1,168 @@
+//! Checks for values that arrive from outside (webhook payloads, API requests, Gitea's
+//! answers) before they reach git, a URL or a path: repository names, commit ids, ref names.
+//!
+//! Each check is a whitelist: what passes can be put on a git command line after
+//! `--end-of-options`, into a URL path or a file name without being read as anything but
+//! the value it is.
+
+/// `owner/name` as Gitea allows them: `[A-Za-z0-9_.-]+` on both sides, neither side `.`,
+/// `..` or starting with `-` or `.`, no `..` anywhere (so no path can climb out of the git
+/// mirrors' directory).
+pub fn is_repo_name(full_name: &str) -> bool {
+    let Some((owner, name)) = full_name.split_once('/') else {
+        return false;
+    };
+    let part = |s: &str| {
+        !s.is_empty()
+            && s.len() <= 100
+            && !s.starts_with(['-', '.'])
+            && !s.contains("..")
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+    };
+    part(owner) && part(name)
+}
+
+/// A full commit id: 40 (SHA-1) or 64 (SHA-256) lowercase hex digits.
+pub fn is_commit_id(sha: &str) -> bool {
+    matches!(sha.len(), 40 | 64) && sha.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+/// A branch or tag name as git's `check-ref-format` accepts it, and also not starting with
+/// `-` (it would read as an option) and at most 255 bytes: no `..`, `@{`, `//`, control
+/// characters, space, `~ ^ : ? * [ \`, no component starting with `.` or ending in `.lock`,
+/// no leading or trailing `/`, no trailing `.`, not `@`.
+pub fn is_ref_name(name: &str) -> bool {
+    if name.is_empty()
+        || name.len() > 255
+        || name == "@"
+        || name.starts_with(['-', '/'])
+        || name.ends_with(['/', '.'])
+        || name.contains("..")
+        || name.contains("@{")
+        || name.contains("//")
+    {
+        return false;
+    }
+    let bad_byte = |b: u8| {
+        b < 0x20 || b == 0x7f || matches!(b, b' ' | b'~' | b'^' | b':' | b'?' | b'*' | b'[' | b'\\')
+    };
+    if name.bytes().any(bad_byte) {
+        return false;
+    }
+    name.split('/')
+        .all(|c| !c.starts_with('.') && !c.ends_with(".lock"))
+}
+
+/// A full ref Pipewright acts on: `refs/heads/<name>` or `refs/tags/<name>` with a checked
+/// name.
+pub fn is_full_ref(full: &str) -> bool {
+    full.strip_prefix("refs/heads/")
+        .or_else(|| full.strip_prefix("refs/tags/"))
+        .is_some_and(is_ref_name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn repository_names() {
+        for good in [
+            "arcodange-org/factory",
+            "a/b",
+            "A_b.c-d/x.y",
+            "org/repo.git",
+        ] {
+            assert!(is_repo_name(good), "{good}");
+        }
+        for bad in [
+            "",
+            "a",
+            "a/",
+            "/b",
+            "a/b/c",
+            "../b",
+            "a/..",
+            "a/.git",
+            ".a/b",
+            "-a/b",
+            "a/-b",
+            "a/b c",
+            "a/b;c",
+            "a/b\n",
+            "a/..b",
+            "ä/b",
+            "a/b%2f",
+            "a\\b/c",
+            "--upload-pack=x/y",
+        ] {
+            assert!(!is_repo_name(bad), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn commit_ids() {
+        assert!(is_commit_id(&"a".repeat(40)));
+        assert!(is_commit_id(&"0123456789abcdef".repeat(4)));
+        for bad in [
+            "".to_string(),
+            "a".repeat(39),
+            "a".repeat(41),
+            "A".repeat(40),
+            "g".repeat(40),
+            format!("--output=/tmp/{}", "a".repeat(26)),
+            "HEAD".to_string(),
+            format!("{}~1", "a".repeat(38)),
+        ] {
+            assert!(!is_commit_id(&bad), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn ref_names() {
+        for good in ["main", "feature/x", "v1.2.3", "release-1.0", "a@b", "ünï"] {
+            assert!(is_ref_name(good), "{good}");
+        }
+        for bad in [
+            "",
+            "@",
+            "-x",
+            "--upload-pack=y",
+            "/a",
+            "a/",
+            "a.",
+            "a..b",
+            "a@{1}",
+            "a//b",
+            "a b",
+            "a~1",
+            "a^",
+            "a:b",
+            "a?",
+            "a*",
+            "a[",
+            "a\\b",
+            ".hidden",
+            "a/.b",
+            "x.lock",
+            "a/x.lock/b",
+            "a\u{7f}",
+            "a\tb",
+        ] {
+            assert!(!is_ref_name(bad), "{bad:?}");
+        }
+        assert!(!is_ref_name(&"a".repeat(256)));
+        assert!(is_full_ref("refs/heads/main"));
+        assert!(is_full_ref("refs/tags/v1"));
+        for bad in [
+            "main",
+            "refs/pull/1/head",
+            "refs/heads/",
+            "refs/heads/-x",
+            "refs/heads/a..b",
+        ] {
+            assert!(!is_full_ref(bad), "{bad}");
+        }
+    }
+}
