@@ -54,7 +54,7 @@
 //!   once, as Gitea's does.
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, HashMap, HashSet},
     fmt,
     fs::File,
     io::{self, Read, Write},
@@ -482,6 +482,10 @@ struct Shared {
     up_tx: tokio::sync::watch::Sender<bool>,
     listening: Mutex<bool>,
     listening_changed: Condvar,
+    /// Repositories (`owner/name`, lowercase) whose git service answers nothing: a request
+    /// is held open until the repository is released ([`Repo::stall_git`]).
+    stalled: Mutex<HashSet<String>>,
+    stall_released: tokio::sync::Notify,
 }
 
 impl Shared {
@@ -873,6 +877,8 @@ impl FakeGitea {
             scratch_counter: AtomicU64::new(0),
             last_commit_time: AtomicI64::new(0),
             down: AtomicBool::new(false),
+            stalled: Mutex::new(HashSet::new()),
+            stall_released: tokio::sync::Notify::new(),
             up_tx,
             listening: Mutex::new(true),
             listening_changed: Condvar::new(),
@@ -1394,6 +1400,23 @@ impl Repo {
             state.permission(state.repo(self.id), BOT_LOGIN),
             true,
         )
+    }
+
+    /// Stalls (`true`) or releases this repository's git service: while stalled, clones and
+    /// fetches connect but get no answer.
+    pub fn stall_git(&self, stalled: bool) {
+        let key = self.full_name().to_lowercase();
+        let mut set = self
+            .shared
+            .stalled
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if stalled {
+            set.insert(key);
+        } else {
+            set.remove(&key);
+            self.shared.stall_released.notify_waiters();
+        }
     }
 
     /// Sets `login`'s permission on this repository (what the collaborator-permission
@@ -3250,6 +3273,21 @@ async fn git_http(
         return down_response();
     }
     let name = repo.strip_suffix(".git").unwrap_or(repo);
+    // A stalled remote: the connection stays open and silent (what a hung Gitea or a
+    // half-dead network looks like to git) until the repository is released.
+    let key = format!("{owner}/{name}").to_lowercase();
+    loop {
+        let released = shared.stall_released.notified();
+        if !shared
+            .stalled
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .contains(&key)
+        {
+            break;
+        }
+        released.await;
+    }
     let query = parts.uri.query().unwrap_or("").to_owned();
     let service_param = query_get(&parse_query(&query), "service");
     let is_pull = match service {

@@ -185,6 +185,40 @@ pub enum PayloadError {
         #[source]
         source: Invalid,
     },
+    #[error("the {event_type} payload nests deeper than {MAX_DEPTH} levels")]
+    TooDeep { event_type: String },
+}
+
+/// How deeply a payload may nest arrays and objects: Gitea's nest about 5 levels.
+pub const MAX_DEPTH: usize = 64;
+
+/// Whether a JSON document nests arrays and objects at most `max` levels deep, counted
+/// outside strings in one pass without recursion (before any parser sees it).
+fn depth_within(body: &[u8], max: usize) -> bool {
+    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+    for &b in body {
+        if in_string {
+            match (escaped, b) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > max {
+                    return false;
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    true
 }
 
 /// Decodes and checks a delivery by Gitea's `X-Gitea-Event-Type`: the one rule for both the
@@ -198,6 +232,11 @@ pub fn decode(event_type: &str, body: &[u8]) -> Result<Decoded, PayloadError> {
         event_type: event_type.to_string(),
         source,
     };
+    if !depth_within(body, MAX_DEPTH) {
+        return Err(PayloadError::TooDeep {
+            event_type: event_type.to_string(),
+        });
+    }
     match event_type {
         "push" => {
             let push: payload::Push = serde_json::from_slice(body).map_err(json)?;
@@ -316,4 +355,19 @@ fn decode_pull_request(ev: payload::PullRequestEvent) -> Result<Decoded, Invalid
         action: ev.action,
         actor: login(ev.sender).unwrap_or_default(),
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nesting_is_counted_outside_strings() {
+        assert!(depth_within(br#"{"a":[{"b":1}]}"#, 3));
+        assert!(!depth_within(br#"{"a":[{"b":1}]}"#, 2));
+        assert!(depth_within(br#"{"a":"[[[[{{{{\"[[["}"#, 1));
+        assert!(!depth_within("[".repeat(100_000).as_bytes(), MAX_DEPTH));
+        let err = decode("push", "[".repeat(100_000).as_bytes()).unwrap_err();
+        assert!(matches!(err, PayloadError::TooDeep { .. }), "{err}");
+    }
 }

@@ -578,26 +578,38 @@ async fn signatures_duplicates_and_events_that_run_nothing() {
     server.stop().await;
 }
 
-/// The real binary, killed with SIGKILL right after it answered a delivery.
-struct Process {
+/// The real binary `pipewright serve`, which tests may kill with SIGKILL.
+pub(crate) struct Process {
     child: Child,
 }
 
 impl Process {
-    fn start(gitea: &FakeGitea, addr: &str, data: &std::path::Path) -> Process {
+    pub(crate) fn start(gitea: &FakeGitea, addr: &str, data: &std::path::Path) -> Process {
+        Process::start_with(gitea, addr, data, &[], Stdio::null())
+    }
+
+    /// With more settings, and its standard error (its log) going to `stderr`.
+    pub(crate) fn start_with(
+        gitea: &FakeGitea,
+        addr: &str,
+        data: &std::path::Path,
+        extra: &[(&str, &str)],
+        stderr: Stdio,
+    ) -> Process {
         let child = Command::new(crate::exec_cli::pipewright_bin())
             .arg("serve")
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .envs(env_for(gitea, addr, data))
+            .envs(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())))
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(stderr)
             .spawn()
             .expect("failed to start pipewright serve");
         Process { child }
     }
 
-    async fn ready(&self, url: &str) {
+    pub(crate) async fn ready(&self, url: &str) {
         eventually(
             Duration::from_secs(30),
             "the server to answer /healthz",
@@ -614,7 +626,7 @@ impl Process {
         .await;
     }
 
-    fn kill(mut self) {
+    pub(crate) fn kill(mut self) {
         self.child.kill().unwrap();
         self.child.wait().unwrap();
     }
