@@ -9,7 +9,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use pipewright_tests::fake_gitea::{Delivery, FakeGitea, PullAction, Repo};
+use pipewright_tests::fake_gitea::{Delivery, FakeGitea, PullAction};
 use serde_json::Value;
 
 use crate::serve::{
