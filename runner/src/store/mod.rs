@@ -9,6 +9,7 @@ use sqlx::{
     any::{AnyPoolOptions, AnyRow},
 };
 
+mod images;
 mod runs;
 
 pub use runs::*;
@@ -92,6 +93,7 @@ impl Store {
             backend,
         };
         store.migrate().await?;
+        store.migrate_image_pins().await?;
         Ok(store)
     }
 
