@@ -286,7 +286,10 @@ async fn run_image<E: Executor, O: RunObserver>(
     let facts = a.setup.facts;
     let workspace = a.setup.workspace;
     let checked = inside_workspace(workspace, "context", &image.context).and_then(|context| {
-        let dockerfile = format!("{context}/{}", image.dockerfile);
+        let dockerfile = match context.as_str() {
+            "." => image.dockerfile.clone(),
+            dir => format!("{dir}/{}", image.dockerfile),
+        };
         inside_workspace(workspace, "dockerfile", &dockerfile).map(|_| context)
     });
     let context = match checked {

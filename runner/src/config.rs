@@ -196,7 +196,7 @@ pub struct DockerConfig {
     /// `max_pids`: the most processes a step may ask for (`pids:`). Default: `32768`.
     pub max_pids: u64,
     /// `max_timeout`: the longest `timeout` a pipeline or a step may ask for; a run asking
-    /// more is refused (status `error`). Default: `6h`.
+    /// more is refused (status `error`). At least `1h` (a pipeline's default). Default: `6h`.
     pub max_timeout: Duration,
     /// `max_log_bytes`: the most output a step's stored log keeps; past it one note line
     /// says so, further output is dropped and the step goes on. Default: `64m`.
@@ -536,7 +536,16 @@ fn decode(r: &mut Reader<'_>) -> Config {
         max_memory,
         max_pids,
         max_timeout: r
-            .read("docker", "max_timeout", |v| parse_duration(v.str()?))
+            .read("docker", "max_timeout", |v| {
+                let ceiling = parse_duration(v.str()?)?;
+                match ceiling >= pipewright_pipelines::DEFAULT_TIMEOUT {
+                    true => Ok(ceiling),
+                    false => Err(format!(
+                        "{} is below 1h, the timeout of a pipeline that sets none",
+                        v.str()?
+                    )),
+                }
+            })
             .unwrap_or(Duration::from_secs(6 * 3600)),
         max_log_bytes: r
             .read("docker", "max_log_bytes", |v| parse_size(v.str()?))
@@ -1604,10 +1613,11 @@ name = "A/B"
         assert_eq!(config.docker.max_timeout, Duration::from_secs(7200));
         assert_eq!(config.docker.max_log_bytes, 1 << 20);
         check_errors(
-            "[docker]\nmax_memory = \"1g\"\ndefault_memory = \"2g\"\nmax_pids = 10\n",
+            "[docker]\nmax_memory = \"1g\"\ndefault_memory = \"2g\"\nmax_pids = 10\nmax_timeout = \"30m\"\n",
             &[],
             expect![[r#"
                 config.toml: [docker].default_memory: 2147483648 is above [docker].max_memory (1073741824); raise max_memory or lower this
+                config.toml: [docker].max_timeout: 30m is below 1h, the timeout of a pipeline that sets none
             "#]],
         );
         // Unset defaults stay within the ceilings.

@@ -17,6 +17,12 @@ use tracing::warn;
 
 use crate::store::Store;
 
+/// An image id as the Docker CLI shows it (12 hex digits), to fit a status description.
+fn short_id(id: &str) -> &str {
+    let hex = id.strip_prefix("sha256:").unwrap_or(id);
+    hex.get(..12).unwrap_or(hex)
+}
+
 /// The engine as one run sees it.
 #[derive(Clone, Debug)]
 pub struct Pinned {
@@ -46,7 +52,9 @@ impl Pinned {
         }
         Err(Outcome::StartFailed {
             reason: format!(
-                "image {reference} changed since it was first used (id {pinned}, now {now})"
+                "image {reference} changed since it was first used (id {}, now {})",
+                short_id(&pinned),
+                short_id(now)
             ),
         })
     }
