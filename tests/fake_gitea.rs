@@ -1865,15 +1865,19 @@ impl CommitBuilder<'_> {
 
     /// Adds or replaces an executable file (mode 100755).
     pub fn write_executable(mut self, path: &str, contents: &str) -> Self {
-        self.changes
-            .push((path.to_owned(), Some((contents.as_bytes().to_vec(), "100755"))));
+        self.changes.push((
+            path.to_owned(),
+            Some((contents.as_bytes().to_vec(), "100755")),
+        ));
         self
     }
 
     /// Adds or replaces a symbolic link (mode 120000) to `target`, which may point anywhere.
     pub fn symlink(mut self, path: &str, target: &str) -> Self {
-        self.changes
-            .push((path.to_owned(), Some((target.as_bytes().to_vec(), "120000"))));
+        self.changes.push((
+            path.to_owned(),
+            Some((target.as_bytes().to_vec(), "120000")),
+        ));
         self
     }
 

@@ -775,7 +775,10 @@ mod tests {
         // A link that stays in the workspace is followed.
         let context =
             Context::prepare(&workspace.join("inside"), "Dockerfile", Some(&workspace)).unwrap();
-        assert_eq!(context.root, fs::canonicalize(workspace.join("app")).unwrap());
+        assert_eq!(
+            context.root,
+            fs::canonicalize(workspace.join("app")).unwrap()
+        );
         // Without `within`, the context is taken wherever it leads.
         assert!(Context::prepare(&workspace.join("out"), "Dockerfile", None).is_ok());
     }

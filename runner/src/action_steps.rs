@@ -64,8 +64,8 @@ impl ActionRan {
 /// symbolic links followed: the path, relative to the workspace, that it really names. `Err`
 /// (for the user) when it does not exist or leads outside the workspace.
 fn inside_workspace(workspace: &Path, key: &str, rel: &str) -> Result<String, String> {
-    let root = fs::canonicalize(workspace)
-        .map_err(|e| format!("the workspace cannot be opened: {e}"))?;
+    let root =
+        fs::canonicalize(workspace).map_err(|e| format!("the workspace cannot be opened: {e}"))?;
     let resolved = match fs::canonicalize(root.join(rel)) {
         Ok(path) => path,
         Err(e) if e.kind() == io::ErrorKind::NotFound => {

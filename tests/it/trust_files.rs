@@ -127,11 +127,16 @@ async fn a_fork_pull_request_reads_nothing_outside_its_workspace_through_links()
     let secrets = Secrets::of(&data_dir, &[host_marker, data_marker]);
 
     let repo = gitea.create_repo("org", "app");
-    let base = repo.commit("main", "init").write("README.md", "app\n").push();
+    let base = repo
+        .commit("main", "init")
+        .write("README.md", "app\n")
+        .push();
     let fork = gitea.fork_repo(&repo, "mallory");
     let leak = "FROM pipewright-test/busybox:1\nCOPY . /ctx\nRUN cat /ctx/key /ctx/marker.txt /ctx/keys/* || true\n";
     let image = |name: &str, with: &str| {
-        format!("  - name: {name}\n    continue_on_error: true\n    uses: image\n    with: {{ tags: [\"evil/{name}:1\"], {with} }}\n")
+        format!(
+            "  - name: {name}\n    continue_on_error: true\n    uses: image\n    with: {{ tags: [\"evil/{name}:1\"], {with} }}\n"
+        )
     };
     let files = format!(
         "on: pull_request\nsteps:\n{}{}{}{}{}{}{}",
@@ -205,7 +210,12 @@ async fn a_fork_pull_request_reads_nothing_outside_its_workspace_through_links()
             .contains("a pull request from a fork gets no host volumes"),
         "{volume_run}"
     );
-    for tag in ["context-root", "context-data", "dockerfile-key", "link-in-context"] {
+    for tag in [
+        "context-root",
+        "context-data",
+        "dockerfile-key",
+        "link-in-context",
+    ] {
         let listed = docker_cli(&["image", "ls", "-q", &format!("evil/{tag}")]);
         assert!(listed.trim().is_empty(), "an image was built for {tag}");
     }
@@ -312,7 +322,10 @@ async fn a_pull_request_builds_under_its_run_name_and_replaces_no_local_tag() {
         log.contains(&format!("Successfully tagged {local}")),
         "{log}"
     );
-    assert!(!log.contains(&format!("Successfully tagged {tag}")), "{log}");
+    assert!(
+        !log.contains(&format!("Successfully tagged {tag}")),
+        "{log}"
+    );
     assert_eq!(
         run["description"],
         format!("built {local} for {tag} (not pushed)")
@@ -333,9 +346,8 @@ async fn a_trusted_run_refuses_an_image_retagged_since_its_first_use() {
     let gitea = pipewright_tests::fake_gitea::FakeGitea::start().await;
     let server = Server::start(&gitea).await;
     let repo = gitea.create_repo("org", "pin");
-    let pipeline = format!(
-        "on: push\nsteps:\n  - name: use\n    image: {tag}\n    run: echo ran\n"
-    );
+    let pipeline =
+        format!("on: push\nsteps:\n  - name: use\n    image: {tag}\n    run: echo ran\n");
     let c0 = repo.commit("main", "init").write("README.md", "x\n").push();
     let c1 = repo
         .commit("main", "ci")
@@ -349,7 +361,10 @@ async fn a_trusted_run_refuses_an_image_retagged_since_its_first_use() {
     docker_cli(&["tag", "pipewright-test/tools:1", &tag]);
     let now = image_id(&tag).unwrap();
     assert_ne!(now, first);
-    let c2 = repo.commit("main", "again").write("README.md", "y\n").push();
+    let c2 = repo
+        .commit("main", "again")
+        .write("README.md", "y\n")
+        .push();
     assert_eq!(server.deliver(repo.push_event("main", &c1, &c2)).await, 202);
     let second = eventually(Duration::from_secs(120), "the second run", || async {
         let runs = server.runs().await;
@@ -359,9 +374,11 @@ async fn a_trusted_run_refuses_an_image_retagged_since_its_first_use() {
     })
     .await;
     assert_eq!(second["state"], "error", "{second}");
-    let (a, b) = (&first["sha256:".len()..][..12], &now["sha256:".len()..][..12]);
-    let refusal =
-        format!("image {tag} changed since it was first used (id {a}, now {b})");
+    let (a, b) = (
+        &first["sha256:".len()..][..12],
+        &now["sha256:".len()..][..12],
+    );
+    let refusal = format!("image {tag} changed since it was first used (id {a}, now {b})");
     assert_eq!(
         second["steps"][0]["description"],
         format!("failed to start: {refusal}")
@@ -395,11 +412,16 @@ async fn pipelines_asking_more_than_the_ceilings_are_refused() {
         format!("on: push\n{extra}steps:\n  - name: ask\n    image: {IMAGE}\n    run: echo ran\n")
     };
     let step_with = |key: &str| {
-        format!("on: push\nsteps:\n  - name: ask\n    image: {IMAGE}\n    run: echo ran\n    {key}\n")
+        format!(
+            "on: push\nsteps:\n  - name: ask\n    image: {IMAGE}\n    run: echo ran\n    {key}\n"
+        )
     };
     let noisy = format!(
         "on: push\nsteps:\n{}",
-        step("noisy", "i=0; while [ $i -lt 2000 ]; do echo \"line $i\"; i=$((i+1)); done")
+        step(
+            "noisy",
+            "i=0; while [ $i -lt 2000 ]; do echo \"line $i\"; i=$((i+1)); done"
+        )
     );
     let c0 = repo.commit("main", "init").write("README.md", "x\n").push();
     let c1 = repo
@@ -412,10 +434,22 @@ async fn pipelines_asking_more_than_the_ceilings_are_refused() {
         .push();
     assert_eq!(server.deliver(repo.push_event("main", &c0, &c1)).await, 202);
     for (pipeline, description) in [
-        ("memory", "step ask: memory 128m is above [docker].max_memory (64m)"),
-        ("pids", "step ask: pids 200 is above [docker].max_pids (100)"),
-        ("steptime", "step ask: timeout 3h is above [docker].max_timeout (2h)"),
-        ("runtime", "the pipeline's timeout 4h is above [docker].max_timeout (2h)"),
+        (
+            "memory",
+            "step ask: memory 128m is above [docker].max_memory (64m)",
+        ),
+        (
+            "pids",
+            "step ask: pids 200 is above [docker].max_pids (100)",
+        ),
+        (
+            "steptime",
+            "step ask: timeout 3h is above [docker].max_timeout (2h)",
+        ),
+        (
+            "runtime",
+            "the pipeline's timeout 4h is above [docker].max_timeout (2h)",
+        ),
     ] {
         let run = finished_run(&server, pipeline).await;
         assert_eq!(
