@@ -16,6 +16,14 @@ const TABLE: &str = "CREATE TABLE IF NOT EXISTS image_pins (
     PRIMARY KEY (repo, reference)
 )";
 
+const FIRST_USE: &str = "INSERT INTO image_pins (repo, reference, image_id, run_id, pinned_at)
+     VALUES ($1, $2, $3, $4, $5) ON CONFLICT (repo, reference) DO NOTHING";
+
+const REPIN: &str = "INSERT INTO image_pins (repo, reference, image_id, run_id, pinned_at)
+     VALUES ($1, $2, $3, $4, $5) ON CONFLICT (repo, reference)
+     DO UPDATE SET image_id = excluded.image_id, run_id = excluded.run_id,
+         pinned_at = excluded.pinned_at";
+
 impl Store {
     pub(super) async fn migrate_image_pins(&self) -> Result<(), StoreError> {
         self.pool.execute(TABLE).await?;
@@ -31,17 +39,8 @@ impl Store {
         image_id: &str,
         run_id: i64,
     ) -> Result<String, StoreError> {
-        sqlx::query(
-            "INSERT INTO image_pins (repo, reference, image_id, run_id, pinned_at)
-             VALUES ($1, $2, $3, $4, $5) ON CONFLICT (repo, reference) DO NOTHING",
-        )
-        .bind(repo)
-        .bind(reference)
-        .bind(image_id)
-        .bind(run_id)
-        .bind(now_ms())
-        .execute(&self.pool)
-        .await?;
+        self.write_pin(FIRST_USE, repo, reference, image_id, run_id)
+            .await?;
         let row = sqlx::query("SELECT image_id FROM image_pins WHERE repo = $1 AND reference = $2")
             .bind(repo)
             .bind(reference)
@@ -59,19 +58,26 @@ impl Store {
         image_id: &str,
         run_id: i64,
     ) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO image_pins (repo, reference, image_id, run_id, pinned_at)
-             VALUES ($1, $2, $3, $4, $5) ON CONFLICT (repo, reference)
-             DO UPDATE SET image_id = excluded.image_id, run_id = excluded.run_id,
-                 pinned_at = excluded.pinned_at",
-        )
-        .bind(repo)
-        .bind(reference)
-        .bind(image_id)
-        .bind(run_id)
-        .bind(now_ms())
-        .execute(&self.pool)
-        .await?;
+        self.write_pin(REPIN, repo, reference, image_id, run_id)
+            .await
+    }
+
+    async fn write_pin(
+        &self,
+        statement: &'static str,
+        repo: &str,
+        reference: &str,
+        image_id: &str,
+        run_id: i64,
+    ) -> Result<(), StoreError> {
+        sqlx::query(statement)
+            .bind(repo)
+            .bind(reference)
+            .bind(image_id)
+            .bind(run_id)
+            .bind(now_ms())
+            .execute(&self.pool)
+            .await?;
         Ok(())
     }
 }
