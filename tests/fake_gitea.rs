@@ -1858,7 +1858,8 @@ fn noreply_email(login: &str) -> String {
     format!("{}@{NOREPLY_DOMAIN}", login.to_lowercase())
 }
 
-type FileChange = (String, Option<(Vec<u8>, bool)>);
+/// Path and new contents with their git mode (`100644`, `100755`, `120000` for a link).
+type FileChange = (String, Option<(Vec<u8>, &'static str)>);
 
 /// A commit being prepared by [`Repo::commit`].
 #[derive(Debug)]
@@ -1881,14 +1882,25 @@ impl CommitBuilder<'_> {
     /// Adds or replaces a file with any bytes.
     pub fn write_bytes(mut self, path: &str, contents: &[u8]) -> Self {
         self.changes
-            .push((path.to_owned(), Some((contents.to_vec(), false))));
+            .push((path.to_owned(), Some((contents.to_vec(), "100644"))));
         self
     }
 
     /// Adds or replaces an executable file (mode 100755).
     pub fn write_executable(mut self, path: &str, contents: &str) -> Self {
-        self.changes
-            .push((path.to_owned(), Some((contents.as_bytes().to_vec(), true))));
+        self.changes.push((
+            path.to_owned(),
+            Some((contents.as_bytes().to_vec(), "100755")),
+        ));
+        self
+    }
+
+    /// Adds or replaces a symbolic link (mode 120000) to `target`, which may point anywhere.
+    pub fn symlink(mut self, path: &str, target: &str) -> Self {
+        self.changes.push((
+            path.to_owned(),
+            Some((target.as_bytes().to_vec(), "120000")),
+        ));
         self
     }
 
@@ -1944,14 +1956,13 @@ impl CommitBuilder<'_> {
         let mut lines = String::new();
         for (path, change) in &self.changes {
             match change {
-                Some((contents, executable)) => {
+                Some((contents, mode)) => {
                     let blob = shared.git_with(
                         &repo.path,
                         &["hash-object", "-w", "--stdin"],
                         Some(contents),
                         &[],
                     );
-                    let mode = if *executable { "100755" } else { "100644" };
                     lines.push_str(&format!("{mode} {blob}\t{path}\n"));
                 }
                 None => lines.push_str(&format!("0 {}\t{path}\n", repo.zero_sha())),

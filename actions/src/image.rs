@@ -1,6 +1,10 @@
 //! `uses: image`: build `context` with `dockerfile` on the host's engine (no engine socket
 //! in any container), tag it, and push it — by default only on a push to the default
 //! branch, never on a pull request unless `push: true` says so.
+//!
+//! A pull request never builds under the names its pipeline gives: its image is named
+//! [`pull_request_name`] (per repository and run), so that it cannot replace a local image
+//! another run uses; the runner removes that name when the run ends.
 
 use crate::{ActionContext, ActionError, Inputs, bad, relative_path};
 
@@ -64,9 +68,40 @@ impl Image {
     }
 }
 
+/// Where a pull request's image is built: `pipewright-pr/<owner>-<name>/run-<run>:<step>`,
+/// the repository folded into the characters an image name allows (lower-case letters,
+/// digits, single `-` between them).
+pub fn pull_request_name(repo: &str, run_id: &str, step: usize) -> String {
+    let mut folded = String::with_capacity(repo.len());
+    for c in repo.chars() {
+        if c.is_ascii_alphanumeric() {
+            folded.push(c.to_ascii_lowercase());
+        } else if !folded.is_empty() && !folded.ends_with('-') {
+            folded.push('-');
+        }
+    }
+    let folded = folded.trim_end_matches('-');
+    let folded = if folded.is_empty() { "repo" } else { folded };
+    let run: String = run_id.chars().filter(char::is_ascii_digit).collect();
+    format!("pipewright-pr/{folded}/run-{run}:{step}")
+}
+
 #[cfg(test)]
 mod tests {
+    use super::pull_request_name;
     use crate::{Action, ActionContext, prepare};
+
+    #[test]
+    fn pull_request_names_are_valid_image_names() {
+        assert_eq!(
+            pull_request_name("Org/My_App.v2", "17", 3),
+            "pipewright-pr/org-my-app-v2/run-17:3"
+        );
+        assert_eq!(
+            pull_request_name("--/__", "5", 0),
+            "pipewright-pr/repo/run-5:0"
+        );
+    }
     use pipewright_pipelines::{EventKind, GitRef, Resolved};
 
     #[test]

@@ -54,15 +54,34 @@ pub(crate) struct Context {
 }
 
 impl Context {
-    /// Checks the context directory and the Dockerfile path, and reads `.dockerignore`.
-    /// Blocking. `Err` is a reason to refuse the build, fit for the user.
-    pub(crate) fn prepare(context: &Path, dockerfile: &str) -> Result<Context, String> {
+    /// Checks the context directory (inside `within` once resolved, when given) and the
+    /// Dockerfile path, and reads `.dockerignore`. Blocking. `Err` is a reason to refuse the
+    /// build, fit for the user.
+    pub(crate) fn prepare(
+        context: &Path,
+        dockerfile: &str,
+        within: Option<&Path>,
+    ) -> Result<Context, String> {
         let root = fs::canonicalize(context).map_err(|err| {
             format!(
                 "the build context {} cannot be opened: {err}",
                 context.display()
             )
         })?;
+        if let Some(within) = within {
+            let allowed = fs::canonicalize(within).map_err(|err| {
+                format!(
+                    "the directory {} that holds the build context cannot be opened: {err}",
+                    within.display()
+                )
+            })?;
+            if !root.starts_with(&allowed) {
+                return Err(format!(
+                    "the build context {} is outside the workspace once its symbolic links are resolved",
+                    context.display()
+                ));
+            }
+        }
         if !root.is_dir() {
             return Err(format!(
                 "the build context {} is not a directory",
@@ -542,7 +561,7 @@ mod tests {
 
     /// The archive's entries as `(path, type, content)`, or the error that ended it.
     async fn archive(root: &Path, dockerfile: &str) -> Result<Vec<(String, char, String)>, String> {
-        let context = Context::prepare(root, dockerfile)?;
+        let context = Context::prepare(root, dockerfile, None)?;
         let (body, task) = context.stream();
         let chunks: Vec<Result<Bytes, io::Error>> = body.collect().await;
         let result = task.await.unwrap();
@@ -611,7 +630,7 @@ mod tests {
                 ("b/up".into(), 'l', "../a.txt".into()),
             ]
         );
-        let context = Context::prepare(root, "Dockerfile").unwrap();
+        let context = Context::prepare(root, "Dockerfile", None).unwrap();
         let (body, task) = context.stream();
         let bytes: Vec<u8> = body.map(|chunk| chunk.unwrap().to_vec()).concat().await;
         task.await.unwrap().unwrap();
@@ -683,7 +702,7 @@ mod tests {
         write(root, ".dockerignore", "build\n.dockerignore\n");
         let entries = archive(root, "./build//Dockerfile").await.unwrap();
         assert_eq!(names(&entries), [".dockerignore", "build/Dockerfile"]);
-        let context = Context::prepare(root, "./build//Dockerfile").unwrap();
+        let context = Context::prepare(root, "./build//Dockerfile", None).unwrap();
         assert_eq!(context.dockerfile(), "build/Dockerfile");
     }
 
@@ -731,12 +750,37 @@ mod tests {
             (".", "not a file"),
             ("", "no dockerfile"),
         ] {
-            let err = Context::prepare(&root, dockerfile).unwrap_err();
+            let err = Context::prepare(&root, dockerfile, None).unwrap_err();
             assert!(err.contains(expected), "{dockerfile}: {err}");
         }
-        assert!(Context::prepare(&root, "sub/../Dockerfile").is_ok());
-        let err = Context::prepare(&root.join("nope"), "Dockerfile").unwrap_err();
+        assert!(Context::prepare(&root, "sub/../Dockerfile", None).is_ok());
+        let err = Context::prepare(&root.join("nope"), "Dockerfile", None).unwrap_err();
         assert!(err.contains("cannot be opened"), "{err}");
+    }
+
+    #[test]
+    fn a_context_leading_out_of_its_workspace_is_refused() {
+        let outer = tempfile::tempdir().unwrap();
+        let workspace = outer.path().join("ws");
+        write(&workspace, "app/Dockerfile", "FROM scratch\n");
+        write(outer.path(), "secret/Dockerfile", "FROM scratch\n");
+        symlink("../secret", workspace.join("out")).unwrap();
+        symlink("/", workspace.join("root")).unwrap();
+        symlink("app", workspace.join("inside")).unwrap();
+        for context in ["out", "root", "app/../out"] {
+            let err = Context::prepare(&workspace.join(context), "Dockerfile", Some(&workspace))
+                .unwrap_err();
+            assert!(err.contains("outside the workspace"), "{context}: {err}");
+        }
+        // A link that stays in the workspace is followed.
+        let context =
+            Context::prepare(&workspace.join("inside"), "Dockerfile", Some(&workspace)).unwrap();
+        assert_eq!(
+            context.root,
+            fs::canonicalize(workspace.join("app")).unwrap()
+        );
+        // Without `within`, the context is taken wherever it leads.
+        assert!(Context::prepare(&workspace.join("out"), "Dockerfile", None).is_ok());
     }
 
     #[test]
@@ -771,7 +815,7 @@ mod tests {
         write(root, "Dockerfile", "FROM scratch\n");
         let big = vec![7u8; 3 * CHUNK + 123];
         fs::write(root.join("big"), &big).unwrap();
-        let context = Context::prepare(root, "Dockerfile").unwrap();
+        let context = Context::prepare(root, "Dockerfile", None).unwrap();
         let (mut body, task) = context.stream();
         let mut total = 0;
         while let Some(chunk) = body.next().await {
@@ -789,7 +833,7 @@ mod tests {
         let root = dir.path();
         write(root, "Dockerfile", "FROM scratch\n");
         fs::write(root.join("big"), vec![0u8; 20 * CHUNK]).unwrap();
-        let context = Context::prepare(root, "Dockerfile").unwrap();
+        let context = Context::prepare(root, "Dockerfile", None).unwrap();
         let (mut body, task) = context.stream();
         body.next().await.unwrap().unwrap();
         drop(body);

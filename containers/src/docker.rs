@@ -368,6 +368,11 @@ impl DockerExecutor {
         if let Some(tag) = &first_tag {
             options = options.t(tag);
         }
+        if let Some(memory) = spec.memory_bytes {
+            // The engine API client takes 32 bits here; a lower limit is still a limit.
+            let memory = i32::try_from(memory).unwrap_or(i32::MAX);
+            options = options.memory(memory).memswap(memory);
+        }
         let (body, writer) = context.stream();
         let mut progress =
             self.docker
@@ -515,7 +520,10 @@ impl Executor for DockerExecutor {
             }
         }
         let (dir, dockerfile) = (spec.context.clone(), spec.dockerfile.clone());
-        let prepared = tokio::task::spawn_blocking(move || Context::prepare(&dir, &dockerfile));
+        let within = spec.within.clone();
+        let prepared = tokio::task::spawn_blocking(move || {
+            Context::prepare(&dir, &dockerfile, within.as_deref())
+        });
         let context = match prepared.await {
             Ok(Ok(context)) => context,
             Ok(Err(reason)) => return Ok(BuildOutcome::Failed { reason }),
@@ -646,6 +654,15 @@ impl Executor for DockerExecutor {
             Ok(_) => Ok(true),
             Err(err) if status(&err) == Some(404) => Ok(false),
             Err(source) => Err(engine_error(format!("remove image {reference}"), source)),
+        }
+    }
+
+    async fn local_image_id(&self, reference: &str) -> Result<Option<String>, ExecError> {
+        match self.docker.inspect_image(reference).await {
+            Ok(image) => Ok(image.id),
+            Err(err) if status(&err) == Some(404) => Ok(None),
+            Err(err) if is_client_error(&err) => Ok(None),
+            Err(source) => Err(engine_error(format!("inspect image {reference}"), source)),
         }
     }
 }

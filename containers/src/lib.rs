@@ -128,11 +128,16 @@ impl fmt::Display for Outcome {
 /// a matched directory excluding everything below it; see `containers/src/build.rs`).
 /// Symbolic links are sent as links; one that is absolute or leads out of the context
 /// refuses the build, as does a `dockerfile` outside the context or reached through a link.
-/// `context` itself is trusted: the caller makes sure it lies inside the run's workspace.
+/// The context directory itself is resolved (symbolic links followed) and, when `within`
+/// is given, must lie inside it once resolved: a context that is or passes through a link
+/// leading out of the run's workspace refuses the build before anything is sent.
 #[derive(Clone, Debug, Default)]
 pub struct BuildSpec {
     /// The build context, a directory on the engine's host.
     pub context: PathBuf,
+    /// The directory the context must stay in once resolved (the run's workspace); `None`
+    /// trusts `context` wherever it leads.
+    pub within: Option<PathBuf>,
     /// The Dockerfile, relative to `context` (`Dockerfile`, `docker/app.Dockerfile`).
     pub dockerfile: String,
     /// References the built image is tagged with (`registry.lab/team/app:abc123`); a
@@ -142,6 +147,9 @@ pub struct BuildSpec {
     pub build_args: Vec<(String, String)>,
     /// Labels set on the image.
     pub labels: Vec<(String, String)>,
+    /// Memory limit in bytes of the build's `RUN` containers (swap included). The engine API
+    /// takes a 32-bit value here: a larger limit is lowered to `i32::MAX` bytes.
+    pub memory_bytes: Option<i64>,
 }
 
 /// How a build ended. A failing build is an outcome, not an error.
@@ -248,7 +256,9 @@ pub enum ExecError {
 ///   log or a `Debug` output.
 /// - [`remove_image`](Executor::remove_image) removes a reference like `docker rmi
 ///   --force`, for cleanup; `Ok(false)` when there was no such image.
-/// - For these three as for steps, `Err` means only that the engine could not be reached
+/// - [`local_image_id`](Executor::local_image_id) says which image a reference names on
+///   the engine now (`sha256:…`), without pulling; `Ok(None)` when it names none.
+/// - For these as for steps, `Err` means only that the engine could not be reached
 ///   or answered nonsense.
 pub trait Executor: Send + Sync + 'static {
     fn run_step(
@@ -285,4 +295,10 @@ pub trait Executor: Send + Sync + 'static {
     /// Removes the local image `reference` (a tag, or an id); `Ok(false)` when absent.
     fn remove_image(&self, reference: &str)
     -> impl Future<Output = Result<bool, ExecError>> + Send;
+
+    /// The id of the local image `reference` names; `Ok(None)` when there is none.
+    fn local_image_id(
+        &self,
+        reference: &str,
+    ) -> impl Future<Output = Result<Option<String>, ExecError>> + Send;
 }

@@ -1,7 +1,15 @@
 //! Carries out a `uses:` step: the action's commands in containers (same limits, mounts and
 //! environment as a `run:` step), its output in the step's log, its results read back.
+//!
+//! Every path an action takes from `with:` (`context`, `dockerfile`, `path`, `var_files`,
+//! `files`) is resolved on the host, symbolic links followed, and must name something inside
+//! the run's workspace; the commands then get the resolved path, so a container reads what
+//! was checked. A pull request's checkout is hostile input: a link in it may point anywhere.
 
-use std::path::Path;
+use std::{
+    fs, io,
+    path::{Path, PathBuf},
+};
 
 use pipewright_actions::{
     Action, ActionContext,
@@ -13,7 +21,7 @@ use pipewright_containers::{
     BuildOutcome, BuildSpec, CancellationToken, ExecError, Executor, LogSink, Outcome, PushOutcome,
     RegistryAuth, StepSpec, Stream,
 };
-use pipewright_pipelines::{Patterns, PlannedStep, Resolved};
+use pipewright_pipelines::{EventKind, Patterns, PlannedStep, Resolved};
 
 use crate::{
     mask::Masker,
@@ -37,6 +45,8 @@ pub(crate) struct ActionRan {
     /// The status description (`plan: 1 to add, …`, `pushed …@sha256:…`).
     pub summary: Option<String>,
     pub plan: Option<PlanSummary>,
+    /// Local images to remove when the run ends (a pull request's builds).
+    pub leftovers: Vec<String>,
 }
 
 impl ActionRan {
@@ -45,7 +55,36 @@ impl ActionRan {
             result,
             summary: None,
             plan: None,
+            leftovers: Vec::new(),
         }
+    }
+}
+
+/// `rel` (a path inside the repository, from `with.KEY`) resolved on the host with its
+/// symbolic links followed: the path, relative to the workspace, that it really names. `Err`
+/// (for the user) when it does not exist or leads outside the workspace.
+fn inside_workspace(workspace: &Path, key: &str, rel: &str) -> Result<String, String> {
+    let root =
+        fs::canonicalize(workspace).map_err(|e| format!("the workspace cannot be opened: {e}"))?;
+    let resolved = match fs::canonicalize(root.join(rel)) {
+        Ok(path) => path,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            return Err(format!(
+                "`with.{key}`: `{rel}` does not exist in the repository (or is a broken link)"
+            ));
+        }
+        Err(e) => return Err(format!("`with.{key}`: `{rel}` cannot be read: {e}")),
+    };
+    let refused = || {
+        format!(
+            "`with.{key}`: `{rel}` leads outside the workspace through a symbolic link: refused"
+        )
+    };
+    let inside = resolved.strip_prefix(&root).map_err(|_| refused())?;
+    match inside.to_str() {
+        Some("") => Ok(".".into()),
+        Some(path) => Ok(path.to_string()),
+        None => Err(format!("`with.{key}`: `{rel}` is not a UTF-8 path")),
     }
 }
 
@@ -72,11 +111,33 @@ pub(crate) async fn run<E: Executor, O: RunObserver>(
             ))));
         }
     };
+    let refused = |why: String| {
+        Ok(ActionRan::result(StepResult::Failed(format!(
+            "uses {}: {why}",
+            a.action
+        ))))
+    };
     match action {
-        Action::Tofu(tofu) => run_tofu(executor, &tofu, a.spec, sink, cancel).await,
+        Action::Tofu(mut tofu) => {
+            if let Err(why) = resolve_tofu(a.setup.workspace, &mut tofu) {
+                return refused(why);
+            }
+            run_tofu(executor, &tofu, a.spec, sink, cancel).await
+        }
         Action::Image(image) => run_image(executor, &image, &a, sink, cancel).await,
         Action::Postgres(pg) => run_postgres(executor, &pg, &a, sink, cancel).await,
     }
+}
+
+/// Points the tofu commands at the resolved module directory and variable files.
+fn resolve_tofu(workspace: &Path, tofu: &mut Tofu) -> Result<(), String> {
+    let module = inside_workspace(workspace, "path", &tofu.path)?;
+    for file in &mut tofu.var_files {
+        let rel = inside_workspace(workspace, "var_files", &format!("{}/{file}", tofu.path))?;
+        *file = pipewright_actions::in_workspace(&rel);
+    }
+    tofu.workdir = pipewright_actions::in_workspace(&module);
+    Ok(())
 }
 
 fn log_io(e: std::io::Error) -> ExecError {
@@ -211,6 +272,7 @@ async fn run_tofu<E: Executor, O: RunObserver>(
         result,
         summary: Some(summary),
         plan: Some(plan),
+        leftovers: Vec::new(),
     })
 }
 
@@ -221,13 +283,42 @@ async fn run_image<E: Executor, O: RunObserver>(
     sink: &mut StepSink<'_, O>,
     cancel: &CancellationToken,
 ) -> Result<ActionRan, ExecError> {
-    let context = a.setup.workspace.join(&image.context);
+    let facts = a.setup.facts;
+    let workspace = a.setup.workspace;
+    let checked = inside_workspace(workspace, "context", &image.context).and_then(|context| {
+        let dockerfile = match context.as_str() {
+            "." => image.dockerfile.clone(),
+            dir => format!("{dir}/{}", image.dockerfile),
+        };
+        inside_workspace(workspace, "dockerfile", &dockerfile).map(|_| context)
+    });
+    let context = match checked {
+        Ok(context) => context,
+        Err(why) => {
+            return Ok(ActionRan::result(StepResult::Failed(format!(
+                "uses image: {why}"
+            ))));
+        }
+    };
+    // A pull request builds under a name of its run only, so that it replaces no image
+    // another run uses; a fork's never pushes.
+    let local = (facts.event == EventKind::PullRequest).then(|| {
+        pipewright_actions::image::pull_request_name(facts.repo, a.setup.run_id, a.step.index)
+    });
+    let push = image.push && !facts.from_fork;
+    let mut tags = Vec::new();
+    tags.extend(local.clone());
+    if local.is_none() || push {
+        tags.extend(image.tags.iter().cloned());
+    }
     let spec = BuildSpec {
-        context,
+        context: workspace.join(&context),
+        within: Some(PathBuf::from(workspace)),
         dockerfile: image.dockerfile.clone(),
-        tags: image.tags.clone(),
+        tags: tags.clone(),
         build_args: image.build_args.clone(),
         labels: vec![("io.pipewright.run".into(), a.setup.run_id.to_string())],
+        memory_bytes: a.spec.memory_bytes,
     };
     sink.note(&format!(
         "building {} ({} in {})",
@@ -236,26 +327,41 @@ async fn run_image<E: Executor, O: RunObserver>(
         image.context
     ))
     .map_err(log_io)?;
+    if let Some(local) = &local {
+        sink.note(&format!(
+            "pull request: built as {local}, not under the pipeline's names; removed when the run ends"
+        ))
+        .map_err(log_io)?;
+    }
+    if image.push && facts.from_fork {
+        sink.note("pull request from a fork: the image is not pushed")
+            .map_err(log_io)?;
+    }
+    // Removed once the run ends, pushed or not: a pull request leaves no local image.
+    let leftovers = if local.is_some() { tags } else { Vec::new() };
     let built = executor.build_image(&spec, sink, cancel).await?;
+    let ended = |result: StepResult, summary: Option<String>| ActionRan {
+        result,
+        summary,
+        plan: None,
+        leftovers: leftovers.clone(),
+    };
     let image_id = match built {
         BuildOutcome::Built { image_id } => image_id,
         BuildOutcome::Failed { reason } => {
-            return Ok(ActionRan::result(StepResult::Failed(format!(
-                "build: {reason}"
-            ))));
+            return Ok(ended(StepResult::Failed(format!("build: {reason}")), None));
         }
         BuildOutcome::Cancelled => {
-            return Ok(ActionRan::result(StepResult::Ran(Outcome::Cancelled)));
+            return Ok(ended(StepResult::Ran(Outcome::Cancelled), None));
         }
     };
     sink.note(&format!("built {image_id}")).map_err(log_io)?;
-    if !image.push {
-        let summary = format!("built {} (not pushed)", image.tags[0]);
-        return Ok(ActionRan {
-            result: StepResult::Ran(Outcome::Succeeded),
-            summary: Some(summary),
-            plan: None,
-        });
+    if !push {
+        let summary = match &local {
+            Some(local) => format!("built {local} for {} (not pushed)", image.tags[0]),
+            None => format!("built {} (not pushed)", image.tags[0]),
+        };
+        return Ok(ended(StepResult::Ran(Outcome::Succeeded), Some(summary)));
     }
     let auth = match (&image.username, &image.password_secret) {
         (Some(username), Some(secret)) => {
@@ -270,7 +376,7 @@ async fn run_image<E: Executor, O: RunObserver>(
                 let why = format!(
                     "password_secret `{secret}` is not among the step's variables (add it to vault.secrets)"
                 );
-                return Ok(ActionRan::result(StepResult::Unrunnable(why)));
+                return Ok(ended(StepResult::Unrunnable(why), None));
             };
             let server = image
                 .registry
@@ -293,17 +399,13 @@ async fn run_image<E: Executor, O: RunObserver>(
                 pushed.push(format!("{tag}@{digest}"));
             }
             PushOutcome::Failed { reason } => {
-                return Ok(ActionRan::result(StepResult::Unrunnable(format!(
-                    "push of {tag}: {reason}"
-                ))));
+                let why = format!("push of {tag}: {reason}");
+                return Ok(ended(StepResult::Unrunnable(why), None));
             }
         }
     }
-    Ok(ActionRan {
-        result: StepResult::Ran(Outcome::Succeeded),
-        summary: Some(format!("pushed {}", pushed[0])),
-        plan: None,
-    })
+    let summary = format!("pushed {}", pushed[0]);
+    Ok(ended(StepResult::Ran(Outcome::Succeeded), Some(summary)))
 }
 
 /// The registry host of an image reference (`reg.lab:5000/team/app:1` → `reg.lab:5000`).
@@ -373,6 +475,7 @@ async fn run_postgres<E: Executor, O: RunObserver>(
         result,
         summary,
         plan: None,
+        leftovers: Vec::new(),
     })
 }
 
@@ -466,8 +569,16 @@ impl LogSink for Discard {
     }
 }
 
-/// The SQL files, in the order given; a glob's matches in name order.
+/// The SQL files, in the order given; a glob's matches in name order; each resolved to what
+/// it names inside the workspace (a link leading out refuses the step).
 fn resolve_files(workspace: &Path, patterns: &[String]) -> Result<Vec<String>, String> {
+    match_files(workspace, patterns)?
+        .iter()
+        .map(|file| inside_workspace(workspace, "files", file))
+        .collect()
+}
+
+fn match_files(workspace: &Path, patterns: &[String]) -> Result<Vec<String>, String> {
     let all = crate::local::list_files(workspace)
         .map_err(|e| format!("failed to list the workspace: {e}"))?;
     let mut out = Vec::new();

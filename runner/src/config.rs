@@ -189,10 +189,22 @@ pub struct DockerConfig {
     /// Default: `10s`.
     pub stop_grace: Duration,
     /// `default_memory`: memory limit in bytes of a step that sets none, written as a size
-    /// (`512m`, `4g`). Default: `4g` (4 GiB).
+    /// (`512m`, `4g`). Default: `4g` (4 GiB), or `max_memory` when that is lower.
     pub default_memory: u64,
-    /// `default_pids`: process and thread limit of a step that sets none. Default: `4096`.
+    /// `default_pids`: process and thread limit of a step that sets none. Default: `4096`,
+    /// or `max_pids` when that is lower.
     pub default_pids: u64,
+    /// `max_memory`: the most memory a step may ask for (`memory:`); a step asking more is
+    /// refused (status `error`). Image builds get the step's limit too. Default: `16g`.
+    pub max_memory: u64,
+    /// `max_pids`: the most processes a step may ask for (`pids:`). Default: `32768`.
+    pub max_pids: u64,
+    /// `max_timeout`: the longest `timeout` a pipeline or a step may ask for; a run asking
+    /// more is refused (status `error`). At least `1h` (a pipeline's default). Default: `6h`.
+    pub max_timeout: Duration,
+    /// `max_log_bytes`: the most output a step's stored log keeps; past it one note line
+    /// says so, further output is dropped and the step goes on. Default: `64m`.
+    pub max_log_bytes: u64,
     /// `network`: the Docker network of step containers. Default: none, the engine's
     /// default bridge. `host` shares the host's network (e.g. to reach a database that
     /// listens on 127.0.0.1); `none` cuts steps off.
@@ -506,18 +518,45 @@ fn decode(r: &mut Reader<'_>) -> Config {
             .unwrap_or_else(|| "gitea_cicd_{repo}".to_owned()),
     };
 
+    let max_memory = r
+        .read("docker", "max_memory", |v| parse_memory(v.str()?))
+        .unwrap_or(16 << 30);
+    let max_pids = r
+        .read("docker", "max_pids", |v| positive(v.int()?))
+        .unwrap_or(32_768);
     let docker = DockerConfig {
         host: r.read("docker", "host", |v| docker_host(v.str()?)),
         stop_grace: r
             .read("docker", "stop_grace", |v| parse_duration(v.str()?))
             .unwrap_or(Duration::from_secs(10)),
         default_memory: r
-            .read("docker", "default_memory", |v| parse_memory(v.str()?))
-            .unwrap_or(4 << 30),
+            .read("docker", "default_memory", |v| {
+                at_most(parse_memory(v.str()?)?, max_memory, "max_memory")
+            })
+            .unwrap_or((4 << 30).min(max_memory)),
         default_pids: r
-            .read("docker", "default_pids", |v| positive(v.int()?))
-            .unwrap_or(4096),
+            .read("docker", "default_pids", |v| {
+                at_most(positive(v.int()?)?, max_pids, "max_pids")
+            })
+            .unwrap_or(4096.min(max_pids)),
         network: r.read("docker", "network", |v| network_name(v.str()?)),
+        max_memory,
+        max_pids,
+        max_timeout: r
+            .read("docker", "max_timeout", |v| {
+                let ceiling = parse_duration(v.str()?)?;
+                match ceiling >= pipewright_pipelines::DEFAULT_TIMEOUT {
+                    true => Ok(ceiling),
+                    false => Err(format!(
+                        "{} is below 1h, the timeout of a pipeline that sets none",
+                        v.str()?
+                    )),
+                }
+            })
+            .unwrap_or(Duration::from_secs(6 * 3600)),
+        max_log_bytes: r
+            .read("docker", "max_log_bytes", |v| parse_size(v.str()?))
+            .unwrap_or(64 << 20),
     };
 
     let agent = AgentConfig {
@@ -1042,6 +1081,33 @@ fn non_empty(text: &str) -> Result<String, String> {
     }
 }
 
+/// A default that must not exceed its ceiling (`[docker].max_…`).
+fn at_most(value: u64, ceiling: u64, key: &str) -> Result<u64, String> {
+    match value <= ceiling {
+        true => Ok(value),
+        false => Err(format!(
+            "{value} is above [docker].{key} ({ceiling}); raise {key} or lower this"
+        )),
+    }
+}
+
+/// A size in bytes, `k`, `m` or `g` (binary units), without Docker's memory minimum.
+fn parse_size(text: &str) -> Result<u64, String> {
+    let t = text.trim().to_ascii_lowercase();
+    let (num, mult) = match t.char_indices().last() {
+        Some((i, 'k')) => (&t[..i], 1u64 << 10),
+        Some((i, 'm')) => (&t[..i], 1 << 20),
+        Some((i, 'g')) => (&t[..i], 1 << 30),
+        _ => (t.as_str(), 1),
+    };
+    match num.parse::<u64>().ok().and_then(|n| n.checked_mul(mult)) {
+        Some(bytes) if bytes > 0 => Ok(bytes),
+        _ => Err(format!(
+            "expected a size such as `64m` or `1g`, found `{text}`"
+        )),
+    }
+}
+
 fn positive(n: i64) -> Result<u64, String> {
     match u64::try_from(n) {
         Ok(n) if n > 0 => Ok(n),
@@ -1324,6 +1390,10 @@ host_volumes = ["/mnt/backups"]   # host paths this repo's pipelines may mount
                     stop_grace: 10s,
                     default_memory: 4294967296,
                     default_pids: 4096,
+                    max_memory: 17179869184,
+                    max_pids: 32768,
+                    max_timeout: 21600s,
+                    max_log_bytes: 67108864,
                     network: None,
                 },
                 agent: AgentConfig {
@@ -1404,6 +1474,10 @@ host_volumes = ["/mnt/backups"]   # host paths this repo's pipelines may mount
                     stop_grace: 10s,
                     default_memory: 4294967296,
                     default_pids: 4096,
+                    max_memory: 17179869184,
+                    max_pids: 32768,
+                    max_timeout: 21600s,
+                    max_log_bytes: 67108864,
                     network: None,
                 },
                 agent: AgentConfig {
@@ -1480,6 +1554,7 @@ role_template = "gitea_{name}"
 host = "/var/run/docker.sock"
 default_memory = "1m"
 default_pids = 0
+max_log_bytes = "lots"
 
 [agent]
 labels = ["linux", 64]
@@ -1518,6 +1593,7 @@ name = "A/B"
                 config.toml: [docker].host: expected an engine address such as unix:///var/run/docker.sock or tcp://host:2375, found "/var/run/docker.sock"
                 config.toml: [docker].default_memory: memory limit `1m` is below Docker's minimum of 6m
                 config.toml: [docker].default_pids: expected a positive integer, found 0
+                config.toml: [docker].max_log_bytes: expected a size such as `64m` or `1g`, found `lots`
                 config.toml: [agent].labels: expected a list of strings, found integer at index 1
                 config.toml: [agent].capacity: expected a positive integer, found 0
                 config.toml: [api].read_public: expected a boolean, found string
@@ -1532,6 +1608,31 @@ name = "A/B"
                 config.toml: listen: unknown key; did you mean `[server].listen`?
             "#]],
         );
+    }
+
+    #[test]
+    fn step_ceilings() {
+        let config = from_text(
+            "[docker]\nmax_memory = \"8g\"\nmax_pids = 500\nmax_timeout = \"2h\"\nmax_log_bytes = \"1m\"\ndefault_pids = 400\n",
+            &[],
+        )
+        .unwrap();
+        assert_eq!(config.docker.max_memory, 8 << 30);
+        assert_eq!(config.docker.max_pids, 500);
+        assert_eq!(config.docker.max_timeout, Duration::from_secs(7200));
+        assert_eq!(config.docker.max_log_bytes, 1 << 20);
+        check_errors(
+            "[docker]\nmax_memory = \"1g\"\ndefault_memory = \"2g\"\nmax_pids = 10\nmax_timeout = \"30m\"\n",
+            &[],
+            expect![[r#"
+                config.toml: [docker].default_memory: 2147483648 is above [docker].max_memory (1073741824); raise max_memory or lower this
+                config.toml: [docker].max_timeout: 30m is below 1h, the timeout of a pipeline that sets none
+            "#]],
+        );
+        // Unset defaults stay within the ceilings.
+        let config = from_text("[docker]\nmax_memory = \"1g\"\nmax_pids = 10\n", &[]).unwrap();
+        assert_eq!(config.docker.default_memory, 1 << 30);
+        assert_eq!(config.docker.default_pids, 10);
     }
 
     #[test]

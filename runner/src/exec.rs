@@ -248,6 +248,8 @@ async fn run_one(
         defaults,
         extras: &extras,
         facts: RunFacts {
+            repo,
+            from_fork: false,
             event: args.event,
             git_ref,
             default_branch: &default_branch,

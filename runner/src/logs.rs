@@ -1,5 +1,8 @@
 //! Step logs on disk: one file per step under `data_dir/logs/<run>/<step>.log`, written line
 //! by line as the step prints, read back whole or followed while the step runs.
+//!
+//! A step's log holds at most the store's limit (`[docker].max_log_bytes`): past it, one
+//! note line says so and further output is dropped while the step goes on running.
 
 use std::{
     fs::{self, File, OpenOptions},
@@ -11,11 +14,24 @@ use std::{
 #[derive(Clone, Debug)]
 pub struct LogStore {
     dir: PathBuf,
+    limit: u64,
 }
 
 impl LogStore {
+    /// Logs without a size limit.
     pub fn new(dir: PathBuf) -> LogStore {
-        LogStore { dir }
+        LogStore {
+            dir,
+            limit: u64::MAX,
+        }
+    }
+
+    /// At most `bytes` of each step's output are kept.
+    pub fn with_limit(self, bytes: u64) -> LogStore {
+        LogStore {
+            limit: bytes,
+            ..self
+        }
     }
 
     pub fn path(&self, run: i64, step: i64) -> PathBuf {
@@ -33,7 +49,12 @@ impl LogStore {
             .write(true)
             .truncate(true)
             .open(&path)?;
-        Ok(LogWriter { file, bytes: 0 })
+        Ok(LogWriter {
+            file,
+            bytes: 0,
+            limit: self.limit,
+            full: false,
+        })
     }
 
     /// The whole log of a step so far (`None`: the step never started).
@@ -60,10 +81,28 @@ impl LogStore {
 pub struct LogWriter {
     file: File,
     bytes: u64,
+    limit: u64,
+    /// The limit was reached: the note is written, lines are dropped.
+    full: bool,
 }
 
 impl LogWriter {
     pub fn line(&mut self, line: &[u8]) -> io::Result<()> {
+        if self.full {
+            return Ok(());
+        }
+        if self.bytes.saturating_add(line.len() as u64 + 1) > self.limit {
+            self.full = true;
+            let note = format!(
+                "pipewright: the log reached its limit of {} bytes ([docker].max_log_bytes); further output is dropped",
+                self.limit
+            );
+            return self.write(note.as_bytes());
+        }
+        self.write(line)
+    }
+
+    fn write(&mut self, line: &[u8]) -> io::Result<()> {
         let mut buf = Vec::with_capacity(line.len() + 1);
         buf.extend_from_slice(line);
         buf.push(b'\n');
@@ -92,4 +131,24 @@ pub fn read_from(path: &Path, offset: u64) -> io::Result<(Vec<u8>, u64)> {
     buf.truncate(complete);
     let next = offset + complete as u64;
     Ok((buf, next))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn output_past_the_limit_is_dropped_after_one_note() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LogStore::new(dir.path().to_path_buf()).with_limit(10);
+        let mut writer = store.writer(1, 0).unwrap();
+        for line in ["1234", "5678", "9", "more", "and more"] {
+            writer.line(line.as_bytes()).unwrap();
+        }
+        let text = String::from_utf8(store.read(1, 0).unwrap().unwrap()).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines[..2], ["1234", "5678"]);
+        assert_eq!(lines.len(), 3, "{text}");
+        assert!(lines[2].contains("max_log_bytes"), "{text}");
+    }
 }

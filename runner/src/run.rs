@@ -19,11 +19,16 @@ use crate::mask::Masker;
 /// Where step containers see the checkout.
 pub const WORKSPACE: &str = "/workspace";
 
-/// Limits a step gets when its pipeline names none.
+/// Limits a step gets when its pipeline names none, and the operator's ceilings on what a
+/// pipeline may ask for (`[docker]` `max_*`): a run or step asking more is refused.
 #[derive(Clone, Debug)]
 pub struct StepDefaults {
     pub memory_bytes: u64,
     pub pids: u64,
+    pub max_memory: u64,
+    pub max_pids: u64,
+    /// Ceiling of the pipeline's `timeout` and of every step's.
+    pub max_timeout: Duration,
 }
 
 impl Default for StepDefaults {
@@ -31,6 +36,9 @@ impl Default for StepDefaults {
         StepDefaults {
             memory_bytes: 4 << 30,
             pids: 4096,
+            max_memory: 16 << 30,
+            max_pids: 32_768,
+            max_timeout: Duration::from_secs(6 * 3600),
         }
     }
 }
@@ -103,7 +111,11 @@ pub struct StepExtras {
 /// Facts about the run that built-in actions decide on.
 #[derive(Clone, Copy, Debug)]
 pub struct RunFacts<'a> {
+    /// `owner/name`.
+    pub repo: &'a str,
     pub event: EventKind,
+    /// A pull request from a fork: its image builds never push.
+    pub from_fork: bool,
     pub git_ref: &'a GitRef,
     pub default_branch: &'a str,
     pub inputs: &'a [(String, String)],
@@ -240,6 +252,16 @@ pub async fn run_plan<E: Executor, O: RunObserver>(
     let deadline = Instant::now() + plan.timeout;
     let mut result = RunResult::Success;
     let mut reports = Reports::default();
+    let ceiling = setup.defaults.max_timeout;
+    if plan.timeout > ceiling {
+        result = RunResult::Error(format!(
+            "the pipeline's timeout {} is above [docker].max_timeout ({})",
+            show_duration(plan.timeout),
+            show_duration(ceiling)
+        ));
+    }
+    // Images the run's actions leave that nothing may use once it ends.
+    let mut leftovers = Vec::new();
     for step in &plan.steps {
         let started = Instant::now();
         if result != RunResult::Success {
@@ -269,6 +291,12 @@ pub async fn run_plan<E: Executor, O: RunObserver>(
             continue;
         }
         observer.step_started(step).await;
+        if let Some(why) = above_ceiling(step, setup.defaults) {
+            let refused = StepResult::Unrunnable(why.clone());
+            observer.step_finished(step, &refused, Duration::ZERO).await;
+            result = RunResult::Error(format!("step {}: {why}", step.name));
+            continue;
+        }
         let extras = (setup.extras)(step);
         let mut sink = StepSink {
             observer: &mut *observer,
@@ -300,6 +328,7 @@ pub async fn run_plan<E: Executor, O: RunObserver>(
                 if ran.plan.is_some() {
                     reports.plan_comment = ran.plan.map(|plan| PlanComment { plan });
                 }
+                leftovers.extend(ran.leftovers);
                 ran.result
             }
             PlannedAction::Run { image, script } => {
@@ -341,7 +370,61 @@ pub async fn run_plan<E: Executor, O: RunObserver>(
             StepResult::Unrunnable(why) => RunResult::Error(format!("step {}: {why}", step.name)),
         };
     }
+    for image in leftovers {
+        if let Err(e) = executor.remove_image(&image).await {
+            tracing::warn!(image, error = %crate::error_chain(&e), "failed to remove an image of the run");
+        }
+    }
     Ok((result, reports))
+}
+
+/// Why a step asks more than the operator allows (`[docker]` `max_*`), if it does.
+fn above_ceiling(step: &PlannedStep, limits: &StepDefaults) -> Option<String> {
+    if let Some(memory) = step.memory
+        && memory > limits.max_memory
+    {
+        return Some(format!(
+            "memory {} is above [docker].max_memory ({})",
+            show_size(memory),
+            show_size(limits.max_memory)
+        ));
+    }
+    if let Some(pids) = step.pids
+        && pids > limits.max_pids
+    {
+        return Some(format!(
+            "pids {pids} is above [docker].max_pids ({})",
+            limits.max_pids
+        ));
+    }
+    if let Some(timeout) = step.timeout
+        && timeout > limits.max_timeout
+    {
+        return Some(format!(
+            "timeout {} is above [docker].max_timeout ({})",
+            show_duration(timeout),
+            show_duration(limits.max_timeout)
+        ));
+    }
+    None
+}
+
+/// `16g`, `512m`, or bytes: as the configuration is written.
+fn show_size(bytes: u64) -> String {
+    match bytes {
+        b if b >= 1 << 30 && b % (1 << 30) == 0 => format!("{}g", b >> 30),
+        b if b >= 1 << 20 && b % (1 << 20) == 0 => format!("{}m", b >> 20),
+        b => format!("{b} bytes"),
+    }
+}
+
+/// `6h`, `90m`, `45s`: as pipelines write durations.
+fn show_duration(d: Duration) -> String {
+    match d.as_secs() {
+        s if s >= 3600 && s % 3600 == 0 => format!("{}h", s / 3600),
+        s if s >= 60 && s % 60 == 0 => format!("{}m", s / 60),
+        s => format!("{s}s"),
+    }
 }
 
 /// The container of a step, before its image and command are known.

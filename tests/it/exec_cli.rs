@@ -211,6 +211,7 @@ fn exec_says_what_is_missing_for_vault_and_images() {
         ".pipewright/plan.yml",
         "on: push\nsteps:\n  - { name: tofu, uses: tofu, with: { path: iac, image: \"localhost:1/absent/tofu:0\" } }\n",
     );
+    write(repo.path(), "iac/main.tf", "");
     write(
         repo.path(),
         ".pipewright/secret.yml",

@@ -145,6 +145,7 @@ async fn build_push_and_pull_back_by_digest() {
         tags: vec![first.clone(), second.clone()],
         build_args: vec![("GREETING".into(), "from-build-args".into())],
         labels: vec![("io.pipewright.test-run".into(), run.clone())],
+        ..BuildSpec::default()
     };
     let (outcome, sink) = build(&executor, &spec, &CancellationToken::new()).await;
     let BuildOutcome::Built { image_id } = outcome else {

@@ -8,5 +8,6 @@ mod image_build;
 mod serve;
 mod store;
 mod tools_image;
+mod trust_files;
 mod trust_payload;
 mod vault;

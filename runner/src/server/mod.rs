@@ -8,6 +8,7 @@ mod access;
 mod api;
 mod catchup;
 mod dispatch;
+mod images;
 mod ingest;
 mod reporter;
 mod schedule;
@@ -87,10 +88,13 @@ impl App {
             config.gitea.token.clone(),
             config.gitea.ca_file.clone(),
         );
-        let logs = LogStore::new(data_dir.join("logs"));
+        let logs = LogStore::new(data_dir.join("logs")).with_limit(config.docker.max_log_bytes);
         let defaults = StepDefaults {
             memory_bytes: config.docker.default_memory,
             pids: config.docker.default_pids,
+            max_memory: config.docker.max_memory,
+            max_pids: config.docker.max_pids,
+            max_timeout: config.docker.max_timeout,
         };
         let deliveries = DeliveryWriter::new(store.clone());
         let scheduler = Scheduler::new();

@@ -278,8 +278,8 @@ async fn run_checked_out(app: &App, run: &Run, cancel: &CancellationToken) -> Ra
         run_id: run.id.to_string(),
         inputs: run.inputs.clone(),
     };
-    let planned = plan(&pipeline, &cx);
-    check_volumes(app, &run.repo, &planned)?;
+    let mut planned = plan(&pipeline, &cx);
+    check_volumes(app, run, &mut planned)?;
     // Vault before anything else: when it fails, no step runs.
     let access = RunAccess::open(app, run, &pipeline).await?;
     let result = run_with_access(app, run, &planned, mirror, &access, cancel).await;
@@ -321,6 +321,8 @@ async fn run_with_access(
         defaults: &app.defaults,
         extras: &extras,
         facts: RunFacts {
+            repo: &run.repo,
+            from_fork: run.from_fork,
             event: EventKind::parse(&run.event).unwrap_or(EventKind::Push),
             git_ref: &git_ref,
             default_branch: &run.default_branch,
@@ -334,7 +336,14 @@ async fn run_with_access(
         run_id: run.id,
         writer: None,
     };
-    let result = run_plan(&app.executor, planned, &setup, &mut observer, cancel).await;
+    let executor = super::images::Pinned {
+        inner: app.executor.clone(),
+        store: app.store.clone(),
+        repo: run.repo.clone(),
+        run_id: run.id,
+        trusted: is_trusted(run),
+    };
+    let result = run_plan(&executor, planned, &setup, &mut observer, cancel).await;
     if let Err(e) = std::fs::remove_dir_all(&workspace) {
         warn!(error = %e, path = %workspace.display(), "failed to remove the workspace");
     }
@@ -351,29 +360,62 @@ async fn run_with_access(
     Ok((result, reports))
 }
 
-/// Host paths may be mounted only when the repository's policy lists them (or a parent).
+/// Host paths may be mounted only when the repository's policy lists them (or a parent),
+/// compared once both are resolved (symbolic links followed); the resolved path is what is
+/// mounted. A path that does not exist is refused, and a fork's pull request mounts nothing.
 fn check_volumes(
     app: &App,
-    repo: &str,
-    planned: &pipewright_pipelines::Plan,
+    run: &Run,
+    planned: &mut pipewright_pipelines::Plan,
 ) -> Result<(), String> {
-    let allowed: &[PathBuf] = app
+    let repo = &run.repo;
+    let allowed: Vec<PathBuf> = app
         .config
         .repo_policy(repo)
         .map(|p| p.host_volumes.as_slice())
-        .unwrap_or_default();
-    for step in &planned.steps {
-        for volume in &step.volumes {
-            let host = std::path::Path::new(&volume.host);
-            if !allowed.iter().any(|a| host.starts_with(a)) {
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|a| std::fs::canonicalize(a).ok())
+        .collect();
+    for step in &mut planned.steps {
+        for volume in &mut step.volumes {
+            if run.from_fork {
+                return Err(format!(
+                    "step {} mounts {}: a pull request from a fork gets no host volumes",
+                    step.name, volume.host
+                ));
+            }
+            let resolved = std::fs::canonicalize(&volume.host).map_err(|e| {
+                format!(
+                    "step {} mounts {}, which cannot be resolved on the host: {e}",
+                    step.name, volume.host
+                )
+            })?;
+            if !allowed.iter().any(|a| resolved.starts_with(a)) {
                 return Err(format!(
                     "step {} mounts {}, which [[repos]] host_volumes does not allow for {repo}",
                     step.name, volume.host
                 ));
             }
+            volume.host = resolved
+                .to_str()
+                .ok_or_else(|| format!("step {} mounts a path that is not UTF-8", step.name))?
+                .to_string();
         }
     }
     Ok(())
+}
+
+/// A run whose ref only people with write access move: it must not run images that an
+/// untrusted run could have made (see `images.rs`).
+fn is_trusted(run: &Run) -> bool {
+    match EventKind::parse(&run.event) {
+        Some(EventKind::Push) => {
+            run.git_ref.strip_prefix("refs/heads/") == Some(run.default_branch.as_str())
+        }
+        Some(EventKind::Dispatch | EventKind::Schedule) => true,
+        _ => false,
+    }
 }
 
 fn workspace_dir(app: &App, run: i64) -> PathBuf {

@@ -9,6 +9,7 @@ use sqlx::{
     any::{AnyPoolOptions, AnyRow},
 };
 
+mod images;
 mod runs;
 
 pub use runs::*;
@@ -58,6 +59,8 @@ const MIGRATIONS: &[(i64, &str)] = &[
         2,
         "ALTER TABLE deliveries ADD COLUMN attempts BIGINT NOT NULL DEFAULT 0",
     ),
+    // Which image a reference named when a trusted run of a repository first used it.
+    (3, images::TABLE),
 ];
 
 impl Store {
