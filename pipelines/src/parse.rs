@@ -47,7 +47,7 @@ pub(crate) static PIPELINE: Object = Object {
         Field::opt(
             "timeout",
             Ty::Duration,
-            "Limit for the whole run, e.g. `30m`; default `1h`.",
+            "Limit for the whole run, e.g. `30m`; default `1h`, at most `30d`.",
         ),
         Field::opt(
             "vault",
@@ -63,7 +63,7 @@ pub(crate) static PIPELINE: Object = Object {
         Field::req(
             "steps",
             Ty::List(&Ty::Object(&STEP)),
-            "The steps, run in order; names unique.",
+            "The steps, run in order; names unique; at most 256.",
         ),
     ],
 };
@@ -260,10 +260,18 @@ static STEP: Object = Object {
         Field::opt(
             "timeout",
             Ty::Duration,
-            "Default: what is left of the run's.",
+            "Default: what is left of the run's; at most `30d`.",
         ),
-        Field::opt("memory", Ty::Memory, "Memory limit, e.g. `512m`."),
-        Field::opt("pids", Ty::Integer, "Process limit."),
+        Field::opt(
+            "memory",
+            Ty::Memory,
+            "Memory limit, e.g. `512m`; from `6m` to `1024g`.",
+        ),
+        Field::opt(
+            "pids",
+            Ty::Integer(MAX_PIDS),
+            "Process limit, from 1 to 4194304.",
+        ),
         Field::opt(
             "continue_on_error",
             Ty::Bool,
@@ -283,6 +291,14 @@ static WHEN: Object = Object {
         ),
     ],
 };
+
+/// Most steps in a pipeline. A plan gives every step its own copy of the pipeline's
+/// environment and volumes, so this bounds a plan's size to a few hundred times the file's.
+pub const MAX_STEPS: usize = 256;
+
+/// Largest `pids` limit, Linux's `PID_MAX_LIMIT`: a number above it cannot be meant, and
+/// it always fits Docker's signed 64-bit limit.
+pub const MAX_PIDS: u64 = 4_194_304;
 
 /// Names of the built-in actions.
 pub const ACTION_NAMES: &[&str] = &["tofu", "image", "postgres"];
@@ -469,7 +485,7 @@ pub fn parse_file(file: &str, source: &str) -> ParsedFile {
     let mut name = stem.to_string();
     let pipeline = match yaml::parse(source) {
         Err(e) => {
-            cx.error(e.pos, format!("invalid YAML: {}", e.message));
+            cx.error(e.pos, e.message);
             None
         }
         Ok(None) => {
@@ -482,11 +498,8 @@ pub fn parse_file(file: &str, source: &str) -> ParsedFile {
         Ok(Some(root)) => pipeline(&mut cx, &root, stem, &mut name),
     };
     let result = match pipeline {
-        Some(p) if cx.diags.is_empty() => Ok(p),
-        _ => {
-            cx.diags.sort_by_key(|d| d.pos);
-            Err(cx.diags)
-        }
+        Some(p) if cx.diags.is_empty() && cx.dropped == 0 => Ok(p),
+        _ => Err(cx.finish()),
     };
     ParsedFile {
         file: file.to_string(),
@@ -823,14 +836,47 @@ pub fn check_input_value(kind: &InputKind, value: &str) -> Result<(), String> {
         InputKind::String => Ok(()),
         InputKind::Boolean if matches!(value, "true" | "false") => Ok(()),
         InputKind::Boolean => Err(format!("expected true or false, found `{value}`")),
-        InputKind::Number if value.parse::<f64>().is_ok_and(f64::is_finite) => Ok(()),
-        InputKind::Number => Err(format!("expected a number, found `{value}`")),
+        InputKind::Number if !is_decimal(value) => {
+            Err(format!("expected a number, found `{value}`"))
+        }
+        InputKind::Number if !value.parse::<f64>().is_ok_and(f64::is_finite) => Err(format!(
+            "number `{value}` is out of range (it must fit a 64-bit float)"
+        )),
+        InputKind::Number => Ok(()),
         InputKind::Choice(options) if options.iter().any(|o| o == value) => Ok(()),
         InputKind::Choice(options) => Err(format!(
             "expected one of: {}, found `{value}`",
             options.join(", ")
         )),
     }
+}
+
+/// A number as JSON writes it (`-12`, `0.5`, `1e3`): no `inf`, `NaN`, hex or `_`, so that
+/// every program a step hands it to reads the same number.
+fn is_decimal(s: &str) -> bool {
+    let digits = |s: &str| -> usize { s.bytes().take_while(u8::is_ascii_digit).count() };
+    let s = s.strip_prefix('-').unwrap_or(s);
+    let int = digits(s);
+    if int == 0 {
+        return false;
+    }
+    let mut rest = &s[int..];
+    if let Some(frac) = rest.strip_prefix('.') {
+        let n = digits(frac);
+        if n == 0 {
+            return false;
+        }
+        rest = &frac[n..];
+    }
+    if let Some(exp) = rest.strip_prefix(['e', 'E']) {
+        let exp = exp.strip_prefix(['+', '-']).unwrap_or(exp);
+        let n = digits(exp);
+        if n == 0 {
+            return false;
+        }
+        rest = &exp[n..];
+    }
+    rest.is_empty()
 }
 
 fn schedules(cx: &mut Cx, node: &Node) -> Option<Vec<Schedule>> {
@@ -990,7 +1036,7 @@ fn check_env_name(cx: &mut Cx, key: &Node, name: &str) -> bool {
         );
         return false;
     }
-    if name.starts_with("PIPEWRIGHT_") || name == "CI" || name == "TERRAFORM_VAULT_AUTH_JWT" {
+    if is_reserved_env(name) {
         cx.error(
             key.pos,
             format!("`{name}` is set by Pipewright and cannot be overridden"),
@@ -998,6 +1044,27 @@ fn check_env_name(cx: &mut Cx, key: &Node, name: &str) -> bool {
         return false;
     }
     true
+}
+
+/// Variable-name prefixes that only Pipewright sets (the event facts, the identity token,
+/// Vault's address and CA for the steps).
+pub const RESERVED_ENV_PREFIXES: &[&str] = &["PIPEWRIGHT_", "VAULT_"];
+/// Variable names that only Pipewright sets.
+pub const RESERVED_ENV_NAMES: &[&str] = &["CI", "TERRAFORM_VAULT_AUTH_JWT"];
+
+/// Whether `name` is a variable that only Pipewright sets, so that neither `env:` nor a
+/// secret (one key or a `PREFIX_*` fan-out, checked again on the final names at run time)
+/// may set it.
+pub fn is_reserved_env(name: &str) -> bool {
+    RESERVED_ENV_NAMES.contains(&name) || RESERVED_ENV_PREFIXES.iter().any(|p| name.starts_with(p))
+}
+
+/// The reserved prefix that every name of a `PREFIX_*` fan-out would start with, if any.
+fn reserved_fan_out(prefix: &str) -> Option<&'static str> {
+    RESERVED_ENV_PREFIXES
+        .iter()
+        .copied()
+        .find(|p| prefix.starts_with(p))
 }
 
 fn env(cx: &mut Cx, node: &Node) -> Option<Vec<(String, String)>> {
@@ -1119,8 +1186,20 @@ fn secret(cx: &mut Cx, key: &Node, value: &Node, name: &str, text: &str) -> Opti
         return None;
     }
     let target = match (name.strip_suffix('*'), field) {
+        (Some(""), "*") => {
+            cx.error(key.pos, format!("`*` needs a prefix: every key of `{path}` would become a variable of its own name, Pipewright's included; write e.g. `APP_*`"));
+            return None;
+        }
         (Some(prefix), "*") => {
-            if !prefix.is_empty() && !check_env_name(cx, key, prefix) {
+            if let Some(reserved) = reserved_fan_out(prefix) {
+                cx.error(key.pos, format!("`{name}` would only give names that Pipewright sets (`{reserved}*`); choose another prefix"));
+                return None;
+            }
+            if !is_env_name(prefix) {
+                cx.error(
+                    key.pos,
+                    format!("`{prefix}` is not a valid prefix of environment variable names"),
+                );
                 return None;
             }
             SecretTarget::All {
@@ -1160,6 +1239,16 @@ fn steps(cx: &mut Cx, node: &Node, inputs: &[Input]) -> Option<Vec<Step>> {
         cx.error(
             node.pos,
             "`steps` is empty; a pipeline needs at least one step",
+        );
+        return None;
+    }
+    if items.len() > MAX_STEPS {
+        cx.error(
+            node.pos,
+            format!(
+                "{} steps, more than the limit of {MAX_STEPS} steps in a pipeline",
+                items.len()
+            ),
         );
         return None;
     }
@@ -1237,7 +1326,7 @@ fn step(
     let pids = match obj.value("pids") {
         None => Some(None),
         Some(n) => cx
-            .positive_int(n, "a positive number of processes")
+            .positive_int(n, "a positive number of processes", MAX_PIDS)
             .map(Some),
     };
     let continue_on_error = obj
