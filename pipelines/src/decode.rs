@@ -202,7 +202,7 @@ impl<'s> Cx<'s> {
         let text = self.string(node, what)?;
         let digits = !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit());
         match text.parse::<u64>() {
-            Ok(n) if (1..=max).contains(&n) => Some(n),
+            Ok(n) if digits && (1..=max).contains(&n) => Some(n),
             Ok(_) | Err(_) if digits && text.trim_start_matches('0') != "" => {
                 self.error(
                     node.pos,

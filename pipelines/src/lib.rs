@@ -19,8 +19,8 @@ mod yaml;
 pub use diag::{Diagnostic, Pos};
 pub use model::*;
 pub use parse::{
-    ACTION_NAMES, MAX_PIDS, MAX_STEPS, ParsedFile, RESERVED_ENV_NAMES, RESERVED_ENV_PREFIXES,
-    check_input_value, cron_due, is_reserved_env, parse_file, parse_files,
+    ACTION_NAMES, MAX_INPUTS, MAX_PIDS, MAX_PLAN_BYTES, MAX_STEPS, ParsedFile, RESERVED_ENV_NAMES,
+    RESERVED_ENV_PREFIXES, check_input_value, cron_due, is_reserved_env, parse_file, parse_files,
 };
 pub use patterns::Patterns;
 pub use plan::{

@@ -300,6 +300,13 @@ pub const MAX_STEPS: usize = 256;
 /// it always fits Docker's signed 64-bit limit.
 pub const MAX_PIDS: u64 = 4_194_304;
 
+/// Most dispatch inputs a pipeline declares.
+pub const MAX_INPUTS: usize = 100;
+
+/// Most bytes a plan copies from the pipeline into its steps (`env`, `volumes` and input
+/// defaults, times the number of steps).
+pub const MAX_PLAN_BYTES: usize = 16 << 20;
+
 /// Names of the built-in actions.
 pub const ACTION_NAMES: &[&str] = &["tofu", "image", "postgres"];
 
@@ -563,6 +570,21 @@ fn pipeline(cx: &mut Cx, root: &Node, stem: &str, name_out: &mut String) -> Opti
         .map(|n| volumes(cx, n))
         .unwrap_or(Some(Vec::new()));
     let steps = obj.get("steps").and_then(|n| steps(cx, n, &inputs));
+    if let (Some(env), Some(volumes), Some(list)) = (&env, &volumes, &steps) {
+        let shared = shared_bytes(env, volumes, &inputs);
+        if shared.saturating_mul(list.len()) > MAX_PLAN_BYTES {
+            cx.error(
+                obj.key_pos("steps").unwrap_or(root.pos),
+                format!(
+                    "the pipeline's `env`, `volumes` and input defaults ({} KiB) are given to each of its {} steps: more than {} MiB in all; set variables on the steps that need them",
+                    shared >> 10,
+                    list.len(),
+                    MAX_PLAN_BYTES >> 20
+                ),
+            );
+            return None;
+        }
+    }
     Some(Pipeline {
         name: name?,
         file: cx.file.clone(),
@@ -575,6 +597,21 @@ fn pipeline(cx: &mut Cx, root: &Node, stem: &str, name_out: &mut String) -> Opti
         volumes: volumes?,
         steps: steps?,
     })
+}
+
+/// What a plan copies into every step from the pipeline, roughly in bytes.
+fn shared_bytes(env: &[(String, String)], volumes: &[Volume], inputs: &[Input]) -> usize {
+    const ENTRY: usize = 64;
+    let env: usize = env.iter().map(|(k, v)| k.len() + v.len() + ENTRY).sum();
+    let volumes: usize = volumes
+        .iter()
+        .map(|v| v.host.len() + v.container.len() + ENTRY)
+        .sum();
+    let inputs: usize = inputs
+        .iter()
+        .map(|i| i.name.len() + i.default.as_ref().map_or(0, String::len) + ENTRY)
+        .sum();
+    env + volumes + inputs
 }
 
 fn is_name(s: &str) -> bool {
@@ -722,7 +759,18 @@ fn dispatch(cx: &mut Cx, node: &Node) -> Option<DispatchTrigger> {
         .unwrap_or(Some(false));
     let mut inputs = Some(Vec::new());
     if let Some(n) = obj.value("inputs") {
-        for (name, key, value) in cx.entries(n, "a mapping of inputs").unwrap_or_default() {
+        let entries = cx.entries(n, "a mapping of inputs").unwrap_or_default();
+        if entries.len() > MAX_INPUTS {
+            cx.error(
+                n.pos,
+                format!(
+                    "{} inputs, more than the limit of {MAX_INPUTS} dispatch inputs",
+                    entries.len()
+                ),
+            );
+            return None;
+        }
+        for (name, key, value) in entries {
             if !is_identifier(name) {
                 cx.error(key.pos, format!("`{name}` is not a valid input name: use letters, digits, `_` and `-`, starting with a letter"));
                 inputs = None;
@@ -910,8 +958,8 @@ fn schedules(cx: &mut Cx, node: &Node) -> Option<Vec<Schedule>> {
 /// Whether a (valid) five-field cron expression fires in the UTC minute that contains
 /// `epoch_secs`.
 pub fn cron_due(expr: &str, epoch_secs: i64) -> bool {
-    let Some(at) = chrono::DateTime::from_timestamp(epoch_secs - epoch_secs.rem_euclid(60), 0)
-    else {
+    let minute = epoch_secs.checked_sub(epoch_secs.rem_euclid(60));
+    let Some(at) = minute.and_then(|m| chrono::DateTime::from_timestamp(m, 0)) else {
         return false;
     };
     expr.parse::<croner::Cron>()
@@ -970,6 +1018,12 @@ fn template(cx: &mut Cx, node: &Node, inputs: &[Input]) -> Option<Template> {
         if let crate::template::Var::Input(name) = var
             && !inputs.iter().any(|input| &input.name == name)
         {
+            ok = false;
+            if cx.full() {
+                // Not kept: spare the hint.
+                cx.error(node.pos, "");
+                continue;
+            }
             let pos = cx.locate(node, "${{", i);
             let declared: Vec<&str> = inputs.iter().map(|i| i.name.as_str()).collect();
             let message = match did_you_mean(name, declared.iter().copied()) {
@@ -983,7 +1037,6 @@ fn template(cx: &mut Cx, node: &Node, inputs: &[Input]) -> Option<Template> {
                 ),
             };
             cx.error(pos, message);
-            ok = false;
         }
     }
     ok.then_some(t)
@@ -1187,7 +1240,7 @@ fn secret(cx: &mut Cx, key: &Node, value: &Node, name: &str, text: &str) -> Opti
     }
     let target = match (name.strip_suffix('*'), field) {
         (Some(""), "*") => {
-            cx.error(key.pos, format!("`*` needs a prefix: every key of `{path}` would become a variable of its own name, Pipewright's included; write e.g. `APP_*`"));
+            cx.error(key.pos, format!("`*` needs a prefix, e.g. `APP_*`: without one the keys of `{path}` could name any variable, Pipewright's included"));
             return None;
         }
         (Some(prefix), "*") => {

@@ -220,7 +220,9 @@ impl Builder {
                     anchor,
                 )?;
             }
-            Event::SequenceStart(anchor, _) => self.open(pos, index, anchor, Kind::Seq(Vec::new()))?,
+            Event::SequenceStart(anchor, _) => {
+                self.open(pos, index, anchor, Kind::Seq(Vec::new()))?
+            }
             Event::MappingStart(anchor, _) => self.open(
                 pos,
                 index,
@@ -264,8 +266,9 @@ impl Builder {
                 // Counted before copying, so a copy never exceeds the budget.
                 self.count(nodes, bytes, pos)?;
                 let mut built = self.anchors[&id].clone();
+                // Problems are reported at the alias; text inside the value is still
+                // looked for where it is written, at the anchor (`index` is kept).
                 built.node.pos = pos;
-                built.node.index = index;
                 self.attach(built);
             }
             Event::Nothing | Event::StreamStart | Event::StreamEnd | Event::DocumentEnd => {}
@@ -294,7 +297,9 @@ impl Builder {
         self.nodes = self.nodes.saturating_add(nodes);
         self.bytes = self.bytes.saturating_add(bytes);
         let message = if self.nodes > MAX_NODES {
-            format!("more than {MAX_NODES} values in the file (every copy made by an anchor or alias counts)")
+            format!(
+                "more than {MAX_NODES} values in the file (every copy made by an anchor or alias counts)"
+            )
         } else if self.bytes > MAX_TEXT_BYTES {
             format!(
                 "more than {} MiB of text in the file's values (every copy made by an anchor or alias counts)",
