@@ -6,6 +6,7 @@
 
 mod decode;
 mod diag;
+pub mod fuzzing;
 mod model;
 mod parse;
 mod patterns;
