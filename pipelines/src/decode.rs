@@ -108,7 +108,7 @@ impl<'s> Cx<'s> {
                 cut -= 1;
             }
             message.truncate(cut);
-            message.push_str("…");
+            message.push('…');
         }
         self.diags.push(Diagnostic {
             file: self.file.clone(),
@@ -203,7 +203,7 @@ impl<'s> Cx<'s> {
         let digits = !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit());
         match text.parse::<u64>() {
             Ok(n) if digits && (1..=max).contains(&n) => Some(n),
-            Ok(_) | Err(_) if digits && text.trim_start_matches('0') != "" => {
+            Ok(_) | Err(_) if digits && !text.trim_start_matches('0').is_empty() => {
                 self.error(
                     node.pos,
                     format!("`{text}` is too large: expected {what}, at most {max}"),

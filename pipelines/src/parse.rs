@@ -706,7 +706,9 @@ fn patterns(cx: &mut Cx, node: &Node, what: &str) -> Option<Patterns> {
     match Patterns::new(&texts) {
         Ok(p) => Some(p),
         Err((i, why)) => {
-            cx.error(items[i].pos, format!("invalid glob `{}`: {why}", texts[i]));
+            let pos = items.get(i).map_or(node.pos, |n| n.pos);
+            let text = texts.get(i).map_or("", String::as_str);
+            cx.error(pos, format!("invalid glob `{text}`: {why}"));
             None
         }
     }

@@ -188,9 +188,9 @@ fn fuzz_bounded(name: &str, corpus_dir: &Path, iterations: usize, target: impl F
     let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("fuzz");
     fs::create_dir_all(&out).unwrap();
     let mut current = fs::File::create(out.join(format!("{name}.current"))).unwrap();
-    let seed = name
-        .bytes()
-        .fold(0x9e37_79b9_7f4a_7c15_u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
+    let seed = name.bytes().fold(0x9e37_79b9_7f4a_7c15_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+    });
     let mut rng = Rng(seed | 1);
     // Some mutants are kept and mutated further, so that changes compound (a blind
     // stand-in for the inputs libFuzzer keeps for their coverage).
