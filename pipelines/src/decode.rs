@@ -1,6 +1,8 @@
 //! Helpers for decoding the YAML tree into the pipeline model while collecting every
 //! problem, and the field tables that both the decoders and the JSON Schema read.
 
+use std::collections::HashMap;
+
 use crate::{
     diag::{Diagnostic, Pos, alias, did_you_mean},
     yaml::{Node, Value},
@@ -13,7 +15,8 @@ pub(crate) enum Ty {
     /// A string that may contain `${{ … }}` expressions.
     Template,
     Bool,
-    Integer,
+    /// A whole number from 1 to this maximum.
+    Integer(u64),
     /// `90s`, `30m`, `1h30m`.
     Duration,
     /// `512m`, `2g`, or a number of bytes.
@@ -65,12 +68,21 @@ impl Field {
     }
 }
 
+/// Most problems reported for one file; past it one last diagnostic says so. Keeps the
+/// work and the output of a file with a problem on every line bounded.
+pub(crate) const MAX_DIAGNOSTICS: usize = 100;
+
+/// Longest diagnostic message; longer ones (quoting a long value) are cut.
+const MAX_MESSAGE_BYTES: usize = 1000;
+
 /// Decoding state: the file being read and the problems found so far.
 #[derive(Debug)]
 pub(crate) struct Cx<'s> {
     pub file: String,
     pub source: &'s str,
     pub diags: Vec<Diagnostic>,
+    /// Problems found past [`MAX_DIAGNOSTICS`], counted but not kept.
+    pub dropped: usize,
 }
 
 impl<'s> Cx<'s> {
@@ -79,20 +91,61 @@ impl<'s> Cx<'s> {
             file: file.to_string(),
             source,
             diags: Vec::new(),
+            dropped: 0,
         }
     }
 
     pub fn error(&mut self, pos: Pos, message: impl Into<String>) {
+        if self.full() {
+            self.dropped += 1;
+            return;
+        }
+        let mut message = message.into();
+        if message.len() > MAX_MESSAGE_BYTES {
+            // A message quotes what it found; a long value is cut, not echoed whole.
+            let mut cut = MAX_MESSAGE_BYTES;
+            while !message.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            message.truncate(cut);
+            message.push('…');
+        }
         self.diags.push(Diagnostic {
             file: self.file.clone(),
             pos,
-            message: message.into(),
+            message,
         });
+    }
+
+    /// Whether further problems are only counted: costly hints can be skipped.
+    pub fn full(&self) -> bool {
+        self.diags.len() >= MAX_DIAGNOSTICS
+    }
+
+    /// The problems, in file order, with a last one saying how many were left out.
+    pub fn finish(mut self) -> Vec<Diagnostic> {
+        self.diags.sort_by_key(|d| d.pos);
+        if self.dropped > 0 {
+            let pos = self.diags.last().map(|d| d.pos).unwrap_or_default();
+            self.diags.push(Diagnostic {
+                file: self.file.clone(),
+                pos,
+                message: format!(
+                    "{} more problems not shown (at most {MAX_DIAGNOSTICS} are reported)",
+                    self.dropped
+                ),
+            });
+        }
+        self.diags
     }
 
     /// Position of the `nth` occurrence of `needle` inside a scalar's source text, so that a
     /// problem inside a long script points at its own line; the scalar's start otherwise.
     pub fn locate(&self, node: &Node, needle: &str, nth: usize) -> Pos {
+        if self.full() {
+            // The diagnostic will not be kept: spare the walk through the text.
+            return node.pos;
+        }
         let start = self
             .source
             .char_indices()
@@ -143,10 +196,20 @@ impl<'s> Cx<'s> {
         }
     }
 
-    pub fn positive_int(&mut self, node: &Node, what: &str) -> Option<u64> {
+    /// A whole number from 1 to `max`. Digits past `max` (or past what 64 bits hold) are
+    /// refused as too large, never wrapped or cut.
+    pub fn positive_int(&mut self, node: &Node, what: &str, max: u64) -> Option<u64> {
         let text = self.string(node, what)?;
+        let digits = !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit());
         match text.parse::<u64>() {
-            Ok(n) if n > 0 => Some(n),
+            Ok(n) if digits && (1..=max).contains(&n) => Some(n),
+            Ok(_) | Err(_) if digits && !text.trim_start_matches('0').is_empty() => {
+                self.error(
+                    node.pos,
+                    format!("`{text}` is too large: expected {what}, at most {max}"),
+                );
+                None
+            }
             _ => {
                 self.error(node.pos, format!("expected {what}, found `{text}`"));
                 None
@@ -184,17 +247,18 @@ impl<'s> Cx<'s> {
             return None;
         };
         let known: Vec<&str> = object.fields.iter().map(|f| f.name).collect();
-        let mut seen: Vec<(&str, Pos)> = Vec::new();
+        let mut seen: HashMap<&str, Pos> = HashMap::new();
         for (key, _) in entries {
             let Some(name) = self.key(key) else { continue };
-            if let Some((_, first)) = seen.iter().find(|(k, _)| *k == name) {
+            if let Some(first) = seen.get(name) {
+                let line = first.line;
                 self.error(
                     key.pos,
-                    format!("duplicate key `{name}` (first at line {})", first.line),
+                    format!("duplicate key `{name}` (first at line {line})"),
                 );
                 continue;
             }
-            seen.push((name, key.pos));
+            seen.insert(name, key.pos);
             if !known.contains(&name) {
                 let mut message = format!("unknown key `{name}` in {}", object.title);
                 let close = alias(name).filter(|a| known.contains(a));
@@ -206,7 +270,7 @@ impl<'s> Cx<'s> {
             }
         }
         for field in object.fields.iter().filter(|f| f.required) {
-            if !seen.iter().any(|(k, _)| *k == field.name) {
+            if !seen.contains_key(field.name) {
                 self.error(
                     node.pos,
                     format!("{} needs the key `{}`", object.title, field.name),
@@ -227,16 +291,18 @@ impl<'s> Cx<'s> {
             return None;
         };
         let mut out: Vec<(&'n str, &'n Node, &'n Node)> = Vec::new();
+        let mut seen: HashMap<&str, Pos> = HashMap::new();
         for (key, value) in entries {
             let Some(name) = self.key(key) else { continue };
-            if let Some((_, first, _)) = out.iter().find(|(k, _, _)| *k == name) {
-                let line = first.pos.line;
+            if let Some(first) = seen.get(name) {
+                let line = first.line;
                 self.error(
                     key.pos,
                     format!("duplicate key `{name}` (first at line {line})"),
                 );
                 continue;
             }
+            seen.insert(name, key.pos);
             out.push((name, key, value));
         }
         Some(out)

@@ -27,13 +27,20 @@ impl fmt::Display for Diagnostic {
     }
 }
 
+/// Words longer than this get no "did you mean": comparing long strings costs their product.
+const MAX_HINT_LEN: usize = 64;
+
 /// Closest candidate to `word` when it is close enough to be a likely typo.
 pub(crate) fn did_you_mean<'a>(
     word: &str,
     candidates: impl IntoIterator<Item = &'a str>,
 ) -> Option<&'a str> {
+    if word.len() > MAX_HINT_LEN {
+        return None;
+    }
     candidates
         .into_iter()
+        .filter(|c| c.len() <= MAX_HINT_LEN)
         .map(|c| (strsim::jaro_winkler(word, c), c))
         .filter(|(score, _)| *score >= 0.8)
         .max_by(|a, b| a.0.total_cmp(&b.0))

@@ -6,6 +6,7 @@
 
 mod decode;
 mod diag;
+pub mod fuzzing;
 mod model;
 mod parse;
 mod patterns;
@@ -18,7 +19,10 @@ mod yaml;
 
 pub use diag::{Diagnostic, Pos};
 pub use model::*;
-pub use parse::{ACTION_NAMES, ParsedFile, check_input_value, cron_due, parse_file, parse_files};
+pub use parse::{
+    ACTION_NAMES, MAX_INPUTS, MAX_PIDS, MAX_PLAN_BYTES, MAX_STEPS, ParsedFile, RESERVED_ENV_NAMES,
+    RESERVED_ENV_PREFIXES, check_input_value, cron_due, is_reserved_env, parse_file, parse_files,
+};
 pub use patterns::Patterns;
 pub use plan::{
     Plan, PlannedAction, PlannedStep, Resolved, RunContext, default_inputs, input_env_name, plan,
@@ -27,7 +31,8 @@ pub use plan::{
 pub use schema::json_schema;
 pub use select::{Changes, GitRef, Trigger, paths_match, selects, step_applies};
 pub use template::{Template, Var};
-pub use units::{parse_duration, parse_memory};
+pub use units::{MAX_DURATION, MAX_MEMORY, parse_duration, parse_memory};
+pub use yaml::{MAX_DEPTH, MAX_FILE_BYTES, MAX_NODES, MAX_TEXT_BYTES};
 
 /// Where pipeline files live in a repository.
 pub const PIPELINE_DIR: &str = ".pipewright";

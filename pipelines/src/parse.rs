@@ -47,7 +47,7 @@ pub(crate) static PIPELINE: Object = Object {
         Field::opt(
             "timeout",
             Ty::Duration,
-            "Limit for the whole run, e.g. `30m`; default `1h`.",
+            "Limit for the whole run, e.g. `30m`; default `1h`, at most `30d`.",
         ),
         Field::opt(
             "vault",
@@ -63,7 +63,7 @@ pub(crate) static PIPELINE: Object = Object {
         Field::req(
             "steps",
             Ty::List(&Ty::Object(&STEP)),
-            "The steps, run in order; names unique.",
+            "The steps, run in order; names unique; at most 256.",
         ),
     ],
 };
@@ -260,10 +260,18 @@ static STEP: Object = Object {
         Field::opt(
             "timeout",
             Ty::Duration,
-            "Default: what is left of the run's.",
+            "Default: what is left of the run's; at most `30d`.",
         ),
-        Field::opt("memory", Ty::Memory, "Memory limit, e.g. `512m`."),
-        Field::opt("pids", Ty::Integer, "Process limit."),
+        Field::opt(
+            "memory",
+            Ty::Memory,
+            "Memory limit, e.g. `512m`; from `6m` to `1024g`.",
+        ),
+        Field::opt(
+            "pids",
+            Ty::Integer(MAX_PIDS),
+            "Process limit, from 1 to 4194304.",
+        ),
         Field::opt(
             "continue_on_error",
             Ty::Bool,
@@ -283,6 +291,21 @@ static WHEN: Object = Object {
         ),
     ],
 };
+
+/// Most steps in a pipeline. A plan gives every step its own copy of the pipeline's
+/// environment and volumes, so this bounds a plan's size to a few hundred times the file's.
+pub const MAX_STEPS: usize = 256;
+
+/// Largest `pids` limit, Linux's `PID_MAX_LIMIT`: a number above it cannot be meant, and
+/// it always fits Docker's signed 64-bit limit.
+pub const MAX_PIDS: u64 = 4_194_304;
+
+/// Most dispatch inputs a pipeline declares.
+pub const MAX_INPUTS: usize = 100;
+
+/// Most bytes a plan copies from the pipeline into its steps (`env`, `volumes` and input
+/// defaults, times the number of steps).
+pub const MAX_PLAN_BYTES: usize = 16 << 20;
 
 /// Names of the built-in actions.
 pub const ACTION_NAMES: &[&str] = &["tofu", "image", "postgres"];
@@ -469,7 +492,7 @@ pub fn parse_file(file: &str, source: &str) -> ParsedFile {
     let mut name = stem.to_string();
     let pipeline = match yaml::parse(source) {
         Err(e) => {
-            cx.error(e.pos, format!("invalid YAML: {}", e.message));
+            cx.error(e.pos, e.message);
             None
         }
         Ok(None) => {
@@ -482,11 +505,8 @@ pub fn parse_file(file: &str, source: &str) -> ParsedFile {
         Ok(Some(root)) => pipeline(&mut cx, &root, stem, &mut name),
     };
     let result = match pipeline {
-        Some(p) if cx.diags.is_empty() => Ok(p),
-        _ => {
-            cx.diags.sort_by_key(|d| d.pos);
-            Err(cx.diags)
-        }
+        Some(p) if cx.diags.is_empty() && cx.dropped == 0 => Ok(p),
+        _ => Err(cx.finish()),
     };
     ParsedFile {
         file: file.to_string(),
@@ -550,6 +570,21 @@ fn pipeline(cx: &mut Cx, root: &Node, stem: &str, name_out: &mut String) -> Opti
         .map(|n| volumes(cx, n))
         .unwrap_or(Some(Vec::new()));
     let steps = obj.get("steps").and_then(|n| steps(cx, n, &inputs));
+    if let (Some(env), Some(volumes), Some(list)) = (&env, &volumes, &steps) {
+        let shared = shared_bytes(env, volumes, &inputs);
+        if shared.saturating_mul(list.len()) > MAX_PLAN_BYTES {
+            cx.error(
+                obj.key_pos("steps").unwrap_or(root.pos),
+                format!(
+                    "the pipeline's `env`, `volumes` and input defaults ({} KiB) are given to each of its {} steps: more than {} MiB in all; set variables on the steps that need them",
+                    shared >> 10,
+                    list.len(),
+                    MAX_PLAN_BYTES >> 20
+                ),
+            );
+            return None;
+        }
+    }
     Some(Pipeline {
         name: name?,
         file: cx.file.clone(),
@@ -562,6 +597,21 @@ fn pipeline(cx: &mut Cx, root: &Node, stem: &str, name_out: &mut String) -> Opti
         volumes: volumes?,
         steps: steps?,
     })
+}
+
+/// What a plan copies into every step from the pipeline, roughly in bytes.
+fn shared_bytes(env: &[(String, String)], volumes: &[Volume], inputs: &[Input]) -> usize {
+    const ENTRY: usize = 64;
+    let env: usize = env.iter().map(|(k, v)| k.len() + v.len() + ENTRY).sum();
+    let volumes: usize = volumes
+        .iter()
+        .map(|v| v.host.len() + v.container.len() + ENTRY)
+        .sum();
+    let inputs: usize = inputs
+        .iter()
+        .map(|i| i.name.len() + i.default.as_ref().map_or(0, String::len) + ENTRY)
+        .sum();
+    env + volumes + inputs
 }
 
 fn is_name(s: &str) -> bool {
@@ -656,7 +706,9 @@ fn patterns(cx: &mut Cx, node: &Node, what: &str) -> Option<Patterns> {
     match Patterns::new(&texts) {
         Ok(p) => Some(p),
         Err((i, why)) => {
-            cx.error(items[i].pos, format!("invalid glob `{}`: {why}", texts[i]));
+            let pos = items.get(i).map_or(node.pos, |n| n.pos);
+            let text = texts.get(i).map_or("", String::as_str);
+            cx.error(pos, format!("invalid glob `{text}`: {why}"));
             None
         }
     }
@@ -709,7 +761,18 @@ fn dispatch(cx: &mut Cx, node: &Node) -> Option<DispatchTrigger> {
         .unwrap_or(Some(false));
     let mut inputs = Some(Vec::new());
     if let Some(n) = obj.value("inputs") {
-        for (name, key, value) in cx.entries(n, "a mapping of inputs").unwrap_or_default() {
+        let entries = cx.entries(n, "a mapping of inputs").unwrap_or_default();
+        if entries.len() > MAX_INPUTS {
+            cx.error(
+                n.pos,
+                format!(
+                    "{} inputs, more than the limit of {MAX_INPUTS} dispatch inputs",
+                    entries.len()
+                ),
+            );
+            return None;
+        }
+        for (name, key, value) in entries {
             if !is_identifier(name) {
                 cx.error(key.pos, format!("`{name}` is not a valid input name: use letters, digits, `_` and `-`, starting with a letter"));
                 inputs = None;
@@ -823,14 +886,47 @@ pub fn check_input_value(kind: &InputKind, value: &str) -> Result<(), String> {
         InputKind::String => Ok(()),
         InputKind::Boolean if matches!(value, "true" | "false") => Ok(()),
         InputKind::Boolean => Err(format!("expected true or false, found `{value}`")),
-        InputKind::Number if value.parse::<f64>().is_ok_and(f64::is_finite) => Ok(()),
-        InputKind::Number => Err(format!("expected a number, found `{value}`")),
+        InputKind::Number if !is_decimal(value) => {
+            Err(format!("expected a number, found `{value}`"))
+        }
+        InputKind::Number if !value.parse::<f64>().is_ok_and(f64::is_finite) => Err(format!(
+            "number `{value}` is out of range (it must fit a 64-bit float)"
+        )),
+        InputKind::Number => Ok(()),
         InputKind::Choice(options) if options.iter().any(|o| o == value) => Ok(()),
         InputKind::Choice(options) => Err(format!(
             "expected one of: {}, found `{value}`",
             options.join(", ")
         )),
     }
+}
+
+/// A number as JSON writes it (`-12`, `0.5`, `1e3`): no `inf`, `NaN`, hex or `_`, so that
+/// every program a step hands it to reads the same number.
+fn is_decimal(s: &str) -> bool {
+    let digits = |s: &str| -> usize { s.bytes().take_while(u8::is_ascii_digit).count() };
+    let s = s.strip_prefix('-').unwrap_or(s);
+    let int = digits(s);
+    if int == 0 {
+        return false;
+    }
+    let mut rest = &s[int..];
+    if let Some(frac) = rest.strip_prefix('.') {
+        let n = digits(frac);
+        if n == 0 {
+            return false;
+        }
+        rest = &frac[n..];
+    }
+    if let Some(exp) = rest.strip_prefix(['e', 'E']) {
+        let exp = exp.strip_prefix(['+', '-']).unwrap_or(exp);
+        let n = digits(exp);
+        if n == 0 {
+            return false;
+        }
+        rest = &exp[n..];
+    }
+    rest.is_empty()
 }
 
 fn schedules(cx: &mut Cx, node: &Node) -> Option<Vec<Schedule>> {
@@ -864,8 +960,8 @@ fn schedules(cx: &mut Cx, node: &Node) -> Option<Vec<Schedule>> {
 /// Whether a (valid) five-field cron expression fires in the UTC minute that contains
 /// `epoch_secs`.
 pub fn cron_due(expr: &str, epoch_secs: i64) -> bool {
-    let Some(at) = chrono::DateTime::from_timestamp(epoch_secs - epoch_secs.rem_euclid(60), 0)
-    else {
+    let minute = epoch_secs.checked_sub(epoch_secs.rem_euclid(60));
+    let Some(at) = minute.and_then(|m| chrono::DateTime::from_timestamp(m, 0)) else {
         return false;
     };
     expr.parse::<croner::Cron>()
@@ -924,6 +1020,12 @@ fn template(cx: &mut Cx, node: &Node, inputs: &[Input]) -> Option<Template> {
         if let crate::template::Var::Input(name) = var
             && !inputs.iter().any(|input| &input.name == name)
         {
+            ok = false;
+            if cx.full() {
+                // Not kept: spare the hint.
+                cx.error(node.pos, "");
+                continue;
+            }
             let pos = cx.locate(node, "${{", i);
             let declared: Vec<&str> = inputs.iter().map(|i| i.name.as_str()).collect();
             let message = match did_you_mean(name, declared.iter().copied()) {
@@ -937,7 +1039,6 @@ fn template(cx: &mut Cx, node: &Node, inputs: &[Input]) -> Option<Template> {
                 ),
             };
             cx.error(pos, message);
-            ok = false;
         }
     }
     ok.then_some(t)
@@ -990,7 +1091,7 @@ fn check_env_name(cx: &mut Cx, key: &Node, name: &str) -> bool {
         );
         return false;
     }
-    if name.starts_with("PIPEWRIGHT_") || name == "CI" || name == "TERRAFORM_VAULT_AUTH_JWT" {
+    if is_reserved_env(name) {
         cx.error(
             key.pos,
             format!("`{name}` is set by Pipewright and cannot be overridden"),
@@ -998,6 +1099,27 @@ fn check_env_name(cx: &mut Cx, key: &Node, name: &str) -> bool {
         return false;
     }
     true
+}
+
+/// Variable-name prefixes that only Pipewright sets (the event facts, the identity token,
+/// Vault's address and CA for the steps).
+pub const RESERVED_ENV_PREFIXES: &[&str] = &["PIPEWRIGHT_", "VAULT_"];
+/// Variable names that only Pipewright sets.
+pub const RESERVED_ENV_NAMES: &[&str] = &["CI", "TERRAFORM_VAULT_AUTH_JWT"];
+
+/// Whether `name` is a variable that only Pipewright sets, so that neither `env:` nor a
+/// secret (one key or a `PREFIX_*` fan-out, checked again on the final names at run time)
+/// may set it.
+pub fn is_reserved_env(name: &str) -> bool {
+    RESERVED_ENV_NAMES.contains(&name) || RESERVED_ENV_PREFIXES.iter().any(|p| name.starts_with(p))
+}
+
+/// The reserved prefix that every name of a `PREFIX_*` fan-out would start with, if any.
+fn reserved_fan_out(prefix: &str) -> Option<&'static str> {
+    RESERVED_ENV_PREFIXES
+        .iter()
+        .copied()
+        .find(|p| prefix.starts_with(p))
 }
 
 fn env(cx: &mut Cx, node: &Node) -> Option<Vec<(String, String)>> {
@@ -1119,8 +1241,20 @@ fn secret(cx: &mut Cx, key: &Node, value: &Node, name: &str, text: &str) -> Opti
         return None;
     }
     let target = match (name.strip_suffix('*'), field) {
+        (Some(""), "*") => {
+            cx.error(key.pos, format!("`*` needs a prefix, e.g. `APP_*`: without one the keys of `{path}` could name any variable, Pipewright's included"));
+            return None;
+        }
         (Some(prefix), "*") => {
-            if !prefix.is_empty() && !check_env_name(cx, key, prefix) {
+            if let Some(reserved) = reserved_fan_out(prefix) {
+                cx.error(key.pos, format!("`{name}` would only give names that Pipewright sets (`{reserved}*`); choose another prefix"));
+                return None;
+            }
+            if !is_env_name(prefix) {
+                cx.error(
+                    key.pos,
+                    format!("`{prefix}` is not a valid prefix of environment variable names"),
+                );
                 return None;
             }
             SecretTarget::All {
@@ -1160,6 +1294,16 @@ fn steps(cx: &mut Cx, node: &Node, inputs: &[Input]) -> Option<Vec<Step>> {
         cx.error(
             node.pos,
             "`steps` is empty; a pipeline needs at least one step",
+        );
+        return None;
+    }
+    if items.len() > MAX_STEPS {
+        cx.error(
+            node.pos,
+            format!(
+                "{} steps, more than the limit of {MAX_STEPS} steps in a pipeline",
+                items.len()
+            ),
         );
         return None;
     }
@@ -1237,7 +1381,7 @@ fn step(
     let pids = match obj.value("pids") {
         None => Some(None),
         Some(n) => cx
-            .positive_int(n, "a positive number of processes")
+            .positive_int(n, "a positive number of processes", MAX_PIDS)
             .map(Some),
     };
     let continue_on_error = obj

@@ -35,7 +35,13 @@ impl Patterns {
             builder.add(glob);
             negated.push(neg);
         }
-        let set = builder.build().map_err(|e| (0, e.to_string()))?;
+        let set = builder.build().map_err(|e| {
+            let n = patterns.len();
+            (
+                0,
+                format!("these {n} patterns together are too many or too complex to match: {e}"),
+            )
+        })?;
         Ok(Patterns {
             source: patterns.iter().map(|p| p.as_ref().to_string()).collect(),
             negated,

@@ -43,7 +43,7 @@ fn ty(t: &Ty) -> Value {
             s
         }
         Ty::Bool => json!({ "type": "boolean" }),
-        Ty::Integer => json!({ "type": "integer", "minimum": 1 }),
+        Ty::Integer(max) => json!({ "type": "integer", "minimum": 1, "maximum": max }),
         Ty::Duration => json!({ "type": "string", "pattern": "^([0-9]+[smhd])+$" }),
         Ty::Memory => {
             json!({ "type": ["string", "integer"], "pattern": "^[0-9]+([kKmMgG][bB]?)?$" })

@@ -714,3 +714,350 @@ fn cron_schedules_fire_in_their_minute() {
     );
     assert!(!cron_due("0 4 * * mon", at_four));
 }
+
+/// A valid pipeline with `extra` added at the top level.
+fn with_top(extra: &str) -> String {
+    format!("on: push\nsteps: [{{ name: a, image: busybox, run: x }}]\n{extra}")
+}
+
+/// A valid pipeline whose one step has `extra` (YAML flow keys) added.
+fn with_step(extra: &str) -> String {
+    format!("on: push\nsteps:\n  - {{ name: a, image: busybox, run: x, {extra} }}\n")
+}
+
+#[test]
+fn limits_on_size_nesting_and_values() {
+    // 50 000 levels, flow and block: refused at the 65th, in the parse's first pass.
+    check(
+        &"[".repeat(50_000),
+        expect![[r#"
+            .pipewright/broken.yml:1:256: invalid YAML: recursion limit exceeded
+        "#]],
+    );
+    check(
+        &"{a: ".repeat(50_000),
+        expect![[r#"
+            .pipewright/broken.yml:1:1021: invalid YAML: recursion limit exceeded
+        "#]],
+    );
+    check(
+        &format!("{}x\n", "- ".repeat(50_000)),
+        expect![[r#"
+            .pipewright/broken.yml:1:129: nesting deeper than 64 levels; a pipeline file nests lists and mappings at most 64 deep
+        "#]],
+    );
+    let block: String = (0..100)
+        .map(|i| format!("{}a:\n", "  ".repeat(i)))
+        .collect();
+    check(
+        &block,
+        expect![[r#"
+            .pipewright/broken.yml:65:129: nesting deeper than 64 levels; a pipeline file nests lists and mappings at most 64 deep
+        "#]],
+    );
+    // 64 levels are fine (here as an unknown key's value).
+    check(
+        &with_top(&format!("deep: {}{}\n", "[".repeat(63), "]".repeat(63))),
+        expect![[r#"
+            .pipewright/broken.yml:3:1: unknown key `deep` in pipeline; expected one of: name, on, concurrency, runs_on, timeout, vault, env, volumes, steps
+        "#]],
+    );
+    // An alias cannot nest deeper than its anchor could.
+    check(
+        &with_top(&format!(
+            "x-deep: &d {}{}\nx-use: [[[*d]]]\n",
+            "[".repeat(62),
+            "]".repeat(62)
+        )),
+        expect![[r#"
+            .pipewright/broken.yml:4:11: nesting deeper than 64 levels once the alias is expanded; a pipeline file nests lists and mappings at most 64 deep
+        "#]],
+    );
+    // 10 MB: refused from its length, before parsing.
+    let big = with_top(&format!("x: \"{}\"\n", "y".repeat(10 << 20)));
+    check(
+        &big,
+        expect![[r#"
+            .pipewright/broken.yml:1:1: the file is 10485820 bytes, larger than the limit of 1024 KiB for a pipeline file
+        "#]],
+    );
+    // Billion laughs: ten levels of ten aliases each.
+    let mut laughs = String::from("l0: &l0 [lol, lol, lol, lol, lol, lol, lol, lol, lol, lol]\n");
+    for i in 1..10 {
+        let refs = vec![format!("*l{}", i - 1); 10].join(", ");
+        laughs.push_str(&format!("l{i}: &l{i} [{refs}]\n"));
+    }
+    check(
+        &laughs,
+        expect![[r#"
+            .pipewright/broken.yml:5:40: more than 100000 values in the file (every copy made by an anchor or alias counts)
+        "#]],
+    );
+    // An alias of a long scalar, many times.
+    let long = format!(
+        "s: &s \"{}\"\nt: [{}]\n",
+        "z".repeat(100_000),
+        vec!["*s"; 100].join(", ")
+    );
+    check(
+        &long,
+        expect![[r#"
+            .pipewright/broken.yml:2:161: more than 4 MiB of text in the file's values (every copy made by an anchor or alias counts)
+        "#]],
+    );
+    // Values without any alias count too.
+    check(
+        &format!("x: [{}]\n", vec!["1"; 100_001].join(",")),
+        expect![[r#"
+            .pipewright/broken.yml:1:199999: more than 100000 values in the file (every copy made by an anchor or alias counts)
+        "#]],
+    );
+    check(
+        "x: *nothing\n",
+        expect![[r#"
+            .pipewright/broken.yml:1:4: invalid YAML: while parsing node, found unknown anchor
+        "#]],
+    );
+}
+
+#[test]
+fn problems_and_messages_are_bounded() {
+    let unknown: Vec<String> = (0..150).map(|i| format!("k{i}: 1")).collect();
+    let text = with_step(&unknown.join(", "));
+    let diags = diagnostics(".pipewright/broken.yml", &text);
+    let lines: Vec<&str> = diags.lines().collect();
+    assert_eq!(lines.len(), 101, "{diags}");
+    expect![".pipewright/broken.yml:3:822: 50 more problems not shown (at most 100 are reported)"]
+        .assert_eq(lines[100]);
+    // A long value is quoted cut, not whole.
+    let text = with_top(&format!("timeout: \"{}\"\n", "é".repeat(5000)));
+    let diags = diagnostics(".pipewright/broken.yml", &text);
+    assert!(diags.len() < 1200 && diags.ends_with("…\n"), "{diags}");
+    // Too many steps.
+    let steps: String = (0..300)
+        .map(|i| format!("  - {{ name: s{i}, image: busybox, run: x }}\n"))
+        .collect();
+    check(
+        &format!("on: push\nsteps:\n{steps}"),
+        expect![[r#"
+            .pipewright/broken.yml:3:3: 300 steps, more than the limit of 256 steps in a pipeline
+        "#]],
+    );
+}
+
+#[test]
+fn counts_that_multiply_are_bounded() {
+    // Dispatch inputs: each one is looked up by every template and becomes a variable.
+    let inputs: String = (0..101).map(|i| format!("      i{i}: {{}}\n")).collect();
+    check(
+        &format!(
+            "on:\n  dispatch:\n    inputs:\n{inputs}steps: [{{ name: a, image: busybox, run: x }}]\n"
+        ),
+        expect![[r#"
+            .pipewright/broken.yml:4:7: 101 inputs, more than the limit of 100 dispatch inputs
+        "#]],
+    );
+    // The pipeline's `env` is copied into each step of a plan.
+    let env: String = (0..1000).map(|i| format!("  E{i}: v\n")).collect();
+    let steps: String = (0..256)
+        .map(|i| format!("  - {{ name: s{i}, image: busybox, run: x }}\n"))
+        .collect();
+    check(
+        &format!("on: push\nenv:\n{env}steps:\n{steps}"),
+        expect![[r#"
+            .pipewright/broken.yml:1003:1: the pipeline's `env`, `volumes` and input defaults (67 KiB) are given to each of its 256 steps: more than 16 MiB in all; set variables on the steps that need them
+        "#]],
+    );
+    // Globs compiled together beyond what the matcher can build: an error, not a hang.
+    let globs: String = (0..20_000)
+        .map(|i| format!("\"a*b[cd]{{e,f}}{i}\","))
+        .collect();
+    let diags = diagnostics(
+        ".pipewright/p.yml",
+        &format!(
+            "on:\n  push:\n    paths: [{globs}]\nsteps: [{{ name: a, image: busybox, run: x }}]\n"
+        ),
+    );
+    assert!(diags.contains("too many or too complex"), "{diags}");
+    assert!(!cron_due("* * * * *", i64::MIN) && !cron_due("* * * * *", i64::MAX));
+}
+
+#[test]
+fn numbers_that_do_not_fit_are_refused() {
+    // Integers, sizes and durations past their range, past 64 bits, or negative.
+    check(
+        r#"
+on: push
+timeout: 9999999999h
+steps:
+  - name: a
+    image: busybox
+    run: x
+    pids: 18446744073709551615
+    memory: 99999999999999999999g
+    timeout: 99999999999999999999999m
+  - name: b
+    image: busybox
+    run: x
+    pids: 184467440737095516150000
+    memory: 1025g
+    timeout: 29d24h1s
+  - name: c
+    image: busybox
+    run: x
+    pids: 4194305
+    memory: 18446744073709551615
+  - { name: d, image: busybox, run: x, memory: -1g }
+"#,
+        expect![[r#"
+            .pipewright/broken.yml:3:10: duration `9999999999h` is longer than the longest accepted, 30d
+            .pipewright/broken.yml:8:11: `18446744073709551615` is too large: expected a positive number of processes, at most 4194304
+            .pipewright/broken.yml:9:13: memory limit `99999999999999999999g` is larger than the largest accepted, 1024g
+            .pipewright/broken.yml:10:14: duration `99999999999999999999999m` is longer than the longest accepted, 30d
+            .pipewright/broken.yml:14:11: `184467440737095516150000` is too large: expected a positive number of processes, at most 4194304
+            .pipewright/broken.yml:15:13: memory limit `1025g` is larger than the largest accepted, 1024g
+            .pipewright/broken.yml:16:14: duration `29d24h1s` is longer than the longest accepted, 30d
+            .pipewright/broken.yml:20:11: `4194305` is too large: expected a positive number of processes, at most 4194304
+            .pipewright/broken.yml:21:13: memory limit `18446744073709551615` is larger than the largest accepted, 1024g
+            .pipewright/broken.yml:22:48: expected a size such as `512m` or `2g`, found `-1g`
+        "#]],
+    );
+    assert!(parse_duration("18446744073709551615s").is_err());
+    for bad in ["-1", "0", "000", "1e3", "0x10", "+5", "٣"] {
+        let diags = diagnostics(".pipewright/p.yml", &with_step(&format!("pids: \"{bad}\"")));
+        assert!(
+            diags.contains(&format!(
+                "expected a positive number of processes, found `{bad}`"
+            )),
+            "{bad}: {diags}"
+        );
+    }
+    assert_eq!(
+        pipeline(&with_step("pids: 4194304")).steps[0].pids,
+        Some(MAX_PIDS)
+    );
+    assert_eq!(pipeline(&with_top("timeout: 30d")).timeout, MAX_DURATION);
+    // Cron fields out of range, odd steps and huge numbers are errors, not panics.
+    let crons = [
+        "*/0 * * * *",
+        "99999999999999999999 * * * *",
+        "0 0 31 2 *",
+        "0-99999 * * * *",
+        "5-1 * * * *",
+        "*/4294967296 * * * *",
+        "0 0 * * 8",
+        "0 0 L * *",
+        "0 0 * * 5#9",
+        "١ * * * *",
+    ];
+    let entries: String = crons
+        .iter()
+        .map(|c| format!("    - cron: \"{c}\"\n"))
+        .collect();
+    check(
+        &format!("on:\n  schedule:\n{entries}steps: [{{ name: a, image: busybox, run: x }}]\n"),
+        expect![[r#"
+            .pipewright/broken.yml:3:13: invalid cron `*/0 * * * *`: Component error: Step cannot be zero.
+            .pipewright/broken.yml:4:13: invalid cron `99999999999999999999 * * * *`: Component error: Invalid number.
+            .pipewright/broken.yml:6:13: invalid cron `0-99999 * * * *`: Component error: Invalid end of range.
+            .pipewright/broken.yml:7:13: invalid cron `5-1 * * * *`: Component error: Range out of bounds.
+            .pipewright/broken.yml:8:13: invalid cron `*/4294967296 * * * *`: Component error: Invalid step.
+            .pipewright/broken.yml:9:13: invalid cron `0 0 * * 8`: Component error: Number out of bounds.
+            .pipewright/broken.yml:11:13: invalid cron `0 0 * * 5#9`: Component error: Nth specifier out of bounds.
+            .pipewright/broken.yml:12:13: invalid cron `١ * * * *`: Pattern contains illegal characters: CronPattern contains illegal character '١' in part '١'
+        "#]],
+    );
+    // Dispatch `number` inputs: decimal numbers that fit a 64-bit float.
+    let numbers = [
+        "1e999",
+        "NaN",
+        "inf",
+        "-infinity",
+        "0x10",
+        "1_000",
+        " 1",
+        "1.",
+        ".5",
+        "+1",
+        "1e",
+        "--1",
+    ];
+    let inputs: String = numbers
+        .iter()
+        .enumerate()
+        .map(|(i, n)| format!("      n{i}: {{ type: number, default: \"{n}\" }}\n"))
+        .collect();
+    check(
+        &format!(
+            "on:\n  dispatch:\n    inputs:\n{inputs}steps: [{{ name: a, image: busybox, run: x }}]\n"
+        ),
+        expect![[r#"
+            .pipewright/broken.yml:4:36: default of input `n0`: number `1e999` is out of range (it must fit a 64-bit float)
+            .pipewright/broken.yml:5:36: default of input `n1`: expected a number, found `NaN`
+            .pipewright/broken.yml:6:36: default of input `n2`: expected a number, found `inf`
+            .pipewright/broken.yml:7:36: default of input `n3`: expected a number, found `-infinity`
+            .pipewright/broken.yml:8:36: default of input `n4`: expected a number, found `0x10`
+            .pipewright/broken.yml:9:36: default of input `n5`: expected a number, found `1_000`
+            .pipewright/broken.yml:10:36: default of input `n6`: expected a number, found ` 1`
+            .pipewright/broken.yml:11:36: default of input `n7`: expected a number, found `1.`
+            .pipewright/broken.yml:12:36: default of input `n8`: expected a number, found `.5`
+            .pipewright/broken.yml:13:36: default of input `n9`: expected a number, found `+1`
+            .pipewright/broken.yml:14:37: default of input `n10`: expected a number, found `1e`
+            .pipewright/broken.yml:15:37: default of input `n11`: expected a number, found `--1`
+        "#]],
+    );
+    for good in ["0", "-12", "0.5", "1e3", "-2.5E-3", "18446744073709551616"] {
+        assert_eq!(
+            check_input_value(&InputKind::Number, good),
+            Ok(()),
+            "{good}"
+        );
+    }
+}
+
+#[test]
+fn fan_out_prefixes_that_give_reserved_names_are_refused() {
+    check(
+        r#"
+on: push
+vault:
+  secrets:
+    "*": kv/x#*
+    PIPEWRIGHT_*: kv/x#*
+    VAULT_*: kv/x#*
+    VAULT_TOKEN: kv/x#token
+    1A_*: kv/x#*
+    CI_*: kv/ci#*
+    app_*: kv/app#*
+env:
+  VAULT_ADDR: http://evil
+  CI: "false"
+steps:
+  - { name: a, image: busybox, run: x }
+"#,
+        expect![[r#"
+            .pipewright/broken.yml:5:5: `*` needs a prefix, e.g. `APP_*`: without one the keys of `kv/x` could name any variable, Pipewright's included
+            .pipewright/broken.yml:6:5: `PIPEWRIGHT_*` would only give names that Pipewright sets (`PIPEWRIGHT_*`); choose another prefix
+            .pipewright/broken.yml:7:5: `VAULT_*` would only give names that Pipewright sets (`VAULT_*`); choose another prefix
+            .pipewright/broken.yml:8:5: `VAULT_TOKEN` is set by Pipewright and cannot be overridden
+            .pipewright/broken.yml:9:5: `1A_` is not a valid prefix of environment variable names
+            .pipewright/broken.yml:13:3: `VAULT_ADDR` is set by Pipewright and cannot be overridden
+            .pipewright/broken.yml:14:3: `CI` is set by Pipewright and cannot be overridden
+        "#]],
+    );
+    assert!(is_reserved_env("PIPEWRIGHT_SHA") && is_reserved_env("VAULT_ADDR"));
+    assert!(is_reserved_env("CI") && is_reserved_env("TERRAFORM_VAULT_AUTH_JWT"));
+    assert!(!is_reserved_env("CIRCLE") && !is_reserved_env("vault_addr"));
+}
+
+#[test]
+fn positions_in_non_ascii_text() {
+    check(
+        "on: push\nsteps:\n  - name: é\n    image: \"ünïcode ${{ bad }}\"\n    run: \"日本 ${{ sha }}\"\n",
+        expect![[r#"
+            .pipewright/broken.yml:3:11: `é` is not a valid name: use letters, digits, `.`, `_` and `-` (at most 100)
+            .pipewright/broken.yml:4:21: unknown expression `bad` in `${{ }}`; expected one of: sha, short_sha, ref_name, repo, inputs.NAME
+            .pipewright/broken.yml:5:14: `${{ }}` is not evaluated in `run`: event values reach the script only as environment variables, e.g. "$PIPEWRIGHT_SHA", "$PIPEWRIGHT_INPUT_<NAME>"
+        "#]],
+    );
+}

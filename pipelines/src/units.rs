@@ -2,10 +2,20 @@
 
 use std::time::Duration;
 
-/// Parses `1h30m`, `45s`, `2d`: one or more number-unit pairs, units `s`, `m`, `h`, `d`.
+/// Longest duration accepted, 30 days: any duration read here can be added to an instant
+/// or a timestamp without overflow, and no run is meant to be longer.
+pub const MAX_DURATION: Duration = Duration::from_secs(30 * 86_400);
+
+/// Largest memory size accepted, 1 TiB: it fits Docker's signed 64-bit byte counts.
+pub const MAX_MEMORY: u64 = 1 << 40;
+
+/// Parses `1h30m`, `45s`, `2d`: one or more number-unit pairs, units `s`, `m`, `h`, `d`,
+/// at most [`MAX_DURATION`].
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let expected =
         || format!("expected a duration such as `90s`, `30m` or `1h30m`, found `{text}`");
+    let too_long = || format!("duration `{text}` is longer than the longest accepted, 30d");
+    let max = MAX_DURATION.as_secs();
     let mut total: u64 = 0;
     let mut digits = String::new();
     for c in text.trim().chars() {
@@ -20,11 +30,17 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
             'd' => 86_400,
             _ => return Err(expected()),
         };
-        let n: u64 = digits.parse().map_err(|_| expected())?;
-        total = n
-            .checked_mul(unit)
+        if digits.is_empty() {
+            return Err(expected());
+        }
+        // Digits too many for 64 bits are a number too large, not a malformed one.
+        total = digits
+            .parse::<u64>()
+            .ok()
+            .and_then(|n| n.checked_mul(unit))
             .and_then(|s| total.checked_add(s))
-            .ok_or_else(expected)?;
+            .filter(|&t| t <= max)
+            .ok_or_else(too_long)?;
         digits.clear();
     }
     if !digits.is_empty() || total == 0 {
@@ -33,7 +49,8 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs(total))
 }
 
-/// Parses `512m`, `2g`, `1024k` or plain bytes (binary units, as Docker reads them).
+/// Parses `512m`, `2g`, `1024k` or plain bytes (binary units, as Docker reads them), from
+/// Docker's minimum of 6m to [`MAX_MEMORY`].
 pub fn parse_memory(text: &str) -> Result<u64, String> {
     let t = text.trim().to_ascii_lowercase();
     let t = t.strip_suffix('b').unwrap_or(&t);
@@ -43,13 +60,21 @@ pub fn parse_memory(text: &str) -> Result<u64, String> {
         Some((i, 'g')) => (&t[..i], 1 << 30),
         _ => (t, 1),
     };
+    if num.is_empty() || !num.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(format!(
+            "expected a size such as `512m` or `2g`, found `{text}`"
+        ));
+    }
     match num.parse::<u64>().ok().and_then(|n| n.checked_mul(mult)) {
+        Some(bytes) if bytes > MAX_MEMORY => Err(format!(
+            "memory limit `{text}` is larger than the largest accepted, 1024g"
+        )),
         Some(bytes) if bytes >= 6 << 20 => Ok(bytes),
         Some(_) => Err(format!(
             "memory limit `{text}` is below Docker's minimum of 6m"
         )),
         None => Err(format!(
-            "expected a size such as `512m` or `2g`, found `{text}`"
+            "memory limit `{text}` is larger than the largest accepted, 1024g"
         )),
     }
 }
@@ -63,7 +88,8 @@ mod tests {
         assert_eq!(parse_duration("90s"), Ok(Duration::from_secs(90)));
         assert_eq!(parse_duration("1h30m"), Ok(Duration::from_secs(5400)));
         assert_eq!(parse_duration("2d"), Ok(Duration::from_secs(172_800)));
-        for bad in ["", "30", "m", "0s", "1x", "1.5h", "-3m"] {
+        assert_eq!(parse_duration("30d"), Ok(MAX_DURATION));
+        for bad in ["", "30", "m", "0s", "1x", "1.5h", "-3m", "h5", "30d1s"] {
             assert!(parse_duration(bad).is_err(), "{bad}");
         }
     }
@@ -76,5 +102,9 @@ mod tests {
         assert_eq!(parse_memory("8388608"), Ok(8 << 20));
         assert!(parse_memory("1k").is_err());
         assert!(parse_memory("lots").is_err());
+        assert_eq!(parse_memory("1024g"), Ok(MAX_MEMORY));
+        for bad in ["1025g", "+512m", "-1g", "18446744073709551615", "g", ""] {
+            assert!(parse_memory(bad).is_err(), "{bad}");
+        }
     }
 }

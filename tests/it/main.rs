@@ -4,6 +4,7 @@ mod actions;
 mod exec_cli;
 mod executor;
 mod fake_gitea_selftest;
+mod fuzz;
 mod image_build;
 mod serve;
 mod store;
