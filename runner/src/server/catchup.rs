@@ -1,7 +1,8 @@
 //! Catch-up: Gitea never resends a delivery missed while Pipewright was down, so at start
 //! and every `[server].catch_up_interval` Pipewright compares the branch heads and open
 //! pull-request heads of the repositories it knows with the runs it has, and runs what is
-//! missing. It also removes containers that belong to no live run.
+//! missing (only for repositories `[[repos]]` allows). It also removes containers that
+//! belong to no live run.
 
 use std::{collections::HashSet, sync::Arc};
 
@@ -43,6 +44,10 @@ async fn reconcile(app: &App, seen: &mut HashSet<(String, String)>) -> anyhow::R
         return Ok(());
     }
     for known in app.store.known_repos().await? {
+        // A repository remembered from before `[[repos]]` left it out is not run.
+        if !app.config.repo_allowed(&known.repo) {
+            continue;
+        }
         let repo = RepoInfo {
             sha256: false,
             full_name: known.repo.clone(),

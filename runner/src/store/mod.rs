@@ -9,6 +9,7 @@ use sqlx::{
     any::{AnyPoolOptions, AnyRow},
 };
 
+mod access;
 mod runs;
 
 pub use runs::*;
