@@ -108,8 +108,13 @@ pub struct HttpLimits {
     /// `max_connections`: connections served at once; more wait to be accepted. Default:
     /// `512`.
     pub max_connections: usize,
-    /// `max_deliveries`: webhook deliveries read at once (each up to 5 MiB); more wait,
-    /// up to `body_timeout`, then get 503. Default: `32`.
+    /// `body_memory`: bytes of request bodies held at once, all requests together (a
+    /// body holds what has arrived of it until it is answered); a request that finds it
+    /// taken for `body_timeout` gets 503. At least 5 MiB (one delivery). Default: `64m`.
+    pub body_memory: u64,
+    /// `max_deliveries`: webhook deliveries processed at once once their body arrived
+    /// (parsing a payload takes several times its size); more wait, up to `body_timeout`,
+    /// then get 503. Default: `32`.
     pub max_deliveries: usize,
 }
 
@@ -552,6 +557,9 @@ fn decode(r: &mut Reader<'_>) -> Config {
             .read("server", "body_timeout", |v| parse_duration(v.str()?))
             .unwrap_or(Duration::from_secs(10)),
         max_connections: r.read("server", "max_connections", count).unwrap_or(512),
+        body_memory: r
+            .read("server", "body_memory", |v| parse_memory(v.str()?))
+            .unwrap_or(64 << 20),
         max_deliveries: r.read("server", "max_deliveries", count).unwrap_or(32),
     };
     let server = ServerConfig {
@@ -1518,6 +1526,7 @@ host_volumes = ["/mnt/backups"]   # host paths this repo's pipelines may mount
                         header_timeout: 10s,
                         body_timeout: 10s,
                         max_connections: 512,
+                        body_memory: 67108864,
                         max_deliveries: 32,
                     },
                 },
@@ -1616,6 +1625,7 @@ host_volumes = ["/mnt/backups"]   # host paths this repo's pipelines may mount
                         header_timeout: 10s,
                         body_timeout: 10s,
                         max_connections: 512,
+                        body_memory: 67108864,
                         max_deliveries: 32,
                     },
                 },

@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use super::{
     App,
     auth::{Caller, require},
-    http::{BodyBounds, bounded_body},
+    http::{BodyBounds, body_budget, bounded_body},
     ui, webhook,
 };
 use crate::{
@@ -30,7 +30,8 @@ use crate::{
 
 pub fn router(app: Arc<App>) -> Router {
     let limits = &app.config.server.http;
-    let deliveries = BodyBounds::deliveries(limits, webhook::MAX_BODY);
+    let budget = body_budget(limits, webhook::MAX_BODY);
+    let deliveries = BodyBounds::deliveries(limits, budget.clone(), webhook::MAX_BODY);
     let hooks = Router::new()
         .route(
             "/hooks/gitea",
@@ -54,7 +55,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/", get(ui::index))
         .route("/runs/{id}", get(ui::run_page))
         .layer(middleware::from_fn_with_state(
-            BodyBounds::api(limits),
+            BodyBounds::api(limits, budget),
             bounded_body,
         ))
         .merge(hooks)

@@ -1,10 +1,18 @@
-//! The HTTP server loop and its bounds on clients: a cap on connections, a header read
-//! timeout (hyper's, which also closes idle keep-alive connections), a body read timeout,
-//! body size caps, and a cap on webhook deliveries read at once. A slow or hostile client
-//! holds at most one connection slot for `header_timeout` + `body_timeout`, and memory for
-//! bodies is bounded by `max_deliveries` × 5 MiB plus `max_connections` × 64 KiB.
+//! The HTTP server loop and its bounds on clients, so that neither slow nor many clients
+//! exhaust memory or descriptors: a cap on connections (at the cap, the oldest connection
+//! that has not sent a request yet makes room for a new one), hyper's header read timeout
+//! (which also closes idle keep-alive connections), a body read timeout, body size caps, a
+//! memory budget for request bodies (a stalled body holds only what it sent), and a cap on
+//! webhook deliveries processed at once.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    collections::BTreeMap,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
 
 use axum::{
     Router,
@@ -14,13 +22,18 @@ use axum::{
     middleware::Next,
     response::{IntoResponse, Response},
 };
-use http_body_util::{BodyExt, LengthLimitError, Limited};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
 use hyper_util::{
     rt::{TokioIo, TokioTimer},
     service::TowerToHyperService,
 };
 use pipewright_containers::CancellationToken;
-use tokio::{net::TcpListener, sync::Semaphore, task::JoinSet};
+use tokio::{
+    net::TcpListener,
+    sync::{OwnedSemaphorePermit, Semaphore},
+    task::JoinSet,
+};
 use tracing::{debug, warn};
 
 use crate::config::HttpLimits;
@@ -32,28 +45,40 @@ const MAX_API_BODY: usize = 64 << 10;
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 /// Bounds for the routes: every request body is read whole, within `body_timeout`, before
-/// a handler runs; deliveries (`deliveries: true`) also wait for one of `max_deliveries`
-/// slots first.
+/// a handler runs, holding its share of the body memory budget (shared by every route)
+/// until the answer; deliveries then also wait for one of `max_deliveries` processing
+/// slots (parsing a 5 MiB payload takes several times that).
 #[derive(Clone, Debug)]
 pub struct BodyBounds {
     timeout: Duration,
     max_bytes: usize,
+    /// Body memory in KiB.
+    budget: Arc<Semaphore>,
     slots: Option<Arc<Semaphore>>,
 }
 
+/// The body memory budget of the whole server, in KiB (room for one largest body at least).
+pub fn body_budget(limits: &HttpLimits, largest_body: usize) -> Arc<Semaphore> {
+    let kib = usize::try_from(limits.body_memory >> 10).unwrap_or(usize::MAX);
+    let kib = kib.clamp(largest_body >> 10, Semaphore::MAX_PERMITS);
+    Arc::new(Semaphore::new(kib))
+}
+
 impl BodyBounds {
-    pub fn api(limits: &HttpLimits) -> BodyBounds {
+    pub fn api(limits: &HttpLimits, budget: Arc<Semaphore>) -> BodyBounds {
         BodyBounds {
             timeout: limits.body_timeout,
             max_bytes: MAX_API_BODY,
+            budget,
             slots: None,
         }
     }
 
-    pub fn deliveries(limits: &HttpLimits, max_bytes: usize) -> BodyBounds {
+    pub fn deliveries(limits: &HttpLimits, budget: Arc<Semaphore>, max_bytes: usize) -> BodyBounds {
         BodyBounds {
             timeout: limits.body_timeout,
             max_bytes,
+            budget,
             slots: Some(Arc::new(Semaphore::new(limits.max_deliveries.max(1)))),
         }
     }
@@ -65,68 +90,143 @@ fn refuse(status: StatusCode, message: &str) -> Response {
     (status, [(header::CONNECTION, "close")], body).into_response()
 }
 
+fn busy(message: &str) -> Response {
+    let mut answer = refuse(StatusCode::SERVICE_UNAVAILABLE, message);
+    answer
+        .headers_mut()
+        .insert(header::RETRY_AFTER, header::HeaderValue::from_static("5"));
+    answer
+}
+
 /// Middleware: reads the request body as [`BodyBounds`] say, then hands the request on.
 pub async fn bounded_body(
     State(bounds): State<BodyBounds>,
     request: Request,
     next: Next,
 ) -> Response {
+    let too_large = || {
+        let message = format!("the body is over {} bytes", bounds.max_bytes);
+        refuse(StatusCode::PAYLOAD_TOO_LARGE, &message)
+    };
     let declared = request
         .headers()
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<u64>().ok());
     if declared.is_some_and(|n| n > bounds.max_bytes as u64) {
-        let message = format!("the body is over {} bytes", bounds.max_bytes);
-        return refuse(StatusCode::PAYLOAD_TOO_LARGE, &message);
+        return too_large();
+    }
+    let deadline = tokio::time::Instant::now() + bounds.timeout;
+    let (parts, mut body) = request.into_parts();
+    let mut bytes = Vec::new();
+    let mut held: Option<OwnedSemaphorePermit> = None;
+    loop {
+        let frame = match tokio::time::timeout_at(deadline, body.frame()).await {
+            Ok(Some(Ok(frame))) => frame,
+            Ok(None) => break,
+            Ok(Some(Err(e))) => {
+                debug!(error = %e, "failed to read a request body");
+                return refuse(StatusCode::BAD_REQUEST, "failed to read the request body");
+            }
+            Err(_) => {
+                debug!(path = %parts.uri.path(), "a request body did not arrive in time");
+                let message = format!(
+                    "the request body did not arrive within {}s",
+                    bounds.timeout.as_secs_f32()
+                );
+                return refuse(StatusCode::REQUEST_TIMEOUT, &message);
+            }
+        };
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        if bytes.len() + data.len() > bounds.max_bytes {
+            return too_large();
+        }
+        let kib = u32::try_from(data.len().div_ceil(1024)).unwrap_or(u32::MAX);
+        let share = bounds.budget.clone().acquire_many_owned(kib);
+        match tokio::time::timeout_at(deadline, share).await {
+            Ok(Ok(share)) => match &mut held {
+                Some(held) => held.merge(share),
+                None => held = Some(share),
+            },
+            _ => {
+                warn!("the memory for request bodies is taken: a request refused");
+                return busy("too many request bodies at once; try again");
+            }
+        }
+        bytes.extend_from_slice(&data);
     }
     let _slot = match &bounds.slots {
         Some(slots) => {
             match tokio::time::timeout(bounds.timeout, slots.clone().acquire_owned()).await {
                 Ok(Ok(permit)) => Some(permit),
                 _ => {
-                    warn!("too many deliveries are being read at once: one refused");
-                    let mut answer = refuse(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        "too many deliveries at once; try again",
-                    );
-                    answer
-                        .headers_mut()
-                        .insert(header::RETRY_AFTER, header::HeaderValue::from_static("5"));
-                    return answer;
+                    warn!("too many deliveries at once: one refused");
+                    return busy("too many deliveries at once; try again");
                 }
             }
         }
         None => None,
     };
-    let (parts, body) = request.into_parts();
-    let read = Limited::new(body, bounds.max_bytes).collect();
-    let bytes = match tokio::time::timeout(bounds.timeout, read).await {
-        Ok(Ok(collected)) => collected.to_bytes(),
-        Ok(Err(e)) if e.is::<LengthLimitError>() => {
-            let message = format!("the body is over {} bytes", bounds.max_bytes);
-            return refuse(StatusCode::PAYLOAD_TOO_LARGE, &message);
-        }
-        Ok(Err(e)) => {
-            debug!(error = %e, "failed to read a request body");
-            return refuse(StatusCode::BAD_REQUEST, "failed to read the request body");
-        }
-        Err(_) => {
-            debug!(path = %parts.uri.path(), "a request body did not arrive in time");
-            let message = format!(
-                "the request body did not arrive within {}s",
-                bounds.timeout.as_secs_f32()
-            );
-            return refuse(StatusCode::REQUEST_TIMEOUT, &message);
-        }
-    };
-    next.run(Request::from_parts(parts, Body::from(bytes)))
-        .await
+    let answer = next
+        .run(Request::from_parts(parts, Body::from(bytes)))
+        .await;
+    drop(held);
+    answer
 }
 
-/// Accepts connections (at most `max_connections` at once) and serves `router` on each over
-/// HTTP/1.1 with a header read timeout, until `shutdown`; then lets open connections finish
-/// their requests for a few seconds.
+/// Connections that have not sent a whole request yet, oldest first: when every slot is
+/// taken, a new connection closes the oldest of them (a slowloris connection, most likely),
+/// so deliveries keep being answered whatever the number of slow clients.
+#[derive(Debug, Default)]
+struct Unproven {
+    connections: Mutex<BTreeMap<u64, CancellationToken>>,
+}
+
+impl Unproven {
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, CancellationToken>> {
+        self.connections.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn evict_oldest(&self) -> bool {
+        match self.lock().pop_first() {
+            Some((_, close)) => {
+                close.cancel();
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+/// The router as one connection's service: its first request proves the connection.
+struct Connection {
+    id: u64,
+    unproven: Arc<Unproven>,
+    proven: AtomicBool,
+    inner: TowerToHyperService<Router>,
+}
+
+impl hyper::service::Service<Request<Incoming>> for Connection {
+    type Response =
+        <TowerToHyperService<Router> as hyper::service::Service<Request<Incoming>>>::Response;
+    type Error = <TowerToHyperService<Router> as hyper::service::Service<Request<Incoming>>>::Error;
+    type Future =
+        <TowerToHyperService<Router> as hyper::service::Service<Request<Incoming>>>::Future;
+
+    fn call(&self, request: Request<Incoming>) -> Self::Future {
+        if !self.proven.swap(true, Ordering::Relaxed) {
+            self.unproven.lock().remove(&self.id);
+        }
+        self.inner.call(request)
+    }
+}
+
+/// Accepts connections and serves `router` on each over HTTP/1.1 with a header read
+/// timeout, at most `max_connections` at once (at the cap, a new connection closes the
+/// oldest one that has not sent a request yet, or waits), until `shutdown`; then lets open
+/// connections finish their requests for a few seconds.
 pub async fn serve_http(
     listener: TcpListener,
     router: Router,
@@ -134,6 +234,7 @@ pub async fn serve_http(
     shutdown: CancellationToken,
 ) {
     let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+    let unproven = Arc::new(Unproven::default());
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
         .timer(TokioTimer::new())
@@ -141,18 +242,13 @@ pub async fn serve_http(
         .max_buf_size(64 << 10);
     let builder = Arc::new(builder);
     let mut connections: JoinSet<()> = JoinSet::new();
-    loop {
-        let slot = tokio::select! {
-            slot = slots.clone().acquire_owned() => slot,
-            _ = shutdown.cancelled() => break,
-        };
-        let Ok(slot) = slot else { break };
+    for id in 0u64.. {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
             _ = shutdown.cancelled() => break,
         };
-        let (stream, _peer) = match accepted {
-            Ok(pair) => pair,
+        let stream = match accepted {
+            Ok((stream, _peer)) => stream,
             Err(e) => {
                 // Out of descriptors, or a connection reset before it was accepted: wait
                 // a little instead of spinning.
@@ -161,21 +257,45 @@ pub async fn serve_http(
                 continue;
             }
         };
+        let slot = match slots.clone().try_acquire_owned() {
+            Ok(slot) => slot,
+            Err(_) => {
+                if unproven.evict_oldest() {
+                    debug!("at the connection cap: closed the oldest connection without a request");
+                }
+                tokio::select! {
+                    slot = slots.clone().acquire_owned() => match slot {
+                        Ok(slot) => slot,
+                        Err(_) => break,
+                    },
+                    _ = shutdown.cancelled() => break,
+                }
+            }
+        };
         let _ = stream.set_nodelay(true);
         while connections.try_join_next().is_some() {}
-        let service = TowerToHyperService::new(router.clone());
-        let (builder, stop) = (builder.clone(), shutdown.clone());
+        let close = CancellationToken::new();
+        unproven.lock().insert(id, close.clone());
+        let service = Connection {
+            id,
+            unproven: unproven.clone(),
+            proven: AtomicBool::new(false),
+            inner: TowerToHyperService::new(router.clone()),
+        };
+        let (builder, stop, unproven) = (builder.clone(), shutdown.clone(), unproven.clone());
         connections.spawn(async move {
             let _slot = slot;
             let connection = builder.serve_connection(TokioIo::new(stream), service);
             tokio::pin!(connection);
             let result = tokio::select! {
                 result = connection.as_mut() => result,
+                _ = close.cancelled() => Ok(()),
                 _ = stop.cancelled() => {
                     connection.as_mut().graceful_shutdown();
                     connection.await
                 }
             };
+            unproven.lock().remove(&id);
             if let Err(e) = result {
                 debug!(error = %e, "connection ended with an error");
             }
