@@ -39,6 +39,11 @@ pub async fn run(app: Arc<App>, stop: CancellationToken) {
     }
 }
 
+/// One catch-up pass over every known repository, as the background task makes.
+pub async fn once(app: &App) -> anyhow::Result<()> {
+    reconcile(app, &mut HashSet::new()).await
+}
+
 async fn reconcile(app: &App, seen: &mut HashSet<(String, String)>) -> anyhow::Result<()> {
     if app.config.gitea.url.is_none() {
         return Ok(());

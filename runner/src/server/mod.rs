@@ -38,6 +38,7 @@ use crate::{
 };
 
 pub use crate::error_chain;
+pub use catchup::once as catch_up;
 pub use schedule::tick as schedule_tick;
 pub use tasks::Tasks;
 pub use webhook::DeliveryWriter;
@@ -184,24 +185,20 @@ fn private_data_dir(data_dir: &std::path::Path) -> anyhow::Result<()> {
 }
 
 /// Removes the workspaces a crash left behind (a run's workspace is otherwise removed when
-/// the run ends; no run is running before the worker starts).
+/// the run ends; no run is running before the worker starts), and their directory, which
+/// is made again, private, by the next run.
 fn remove_leftover_workspaces(data_dir: &std::path::Path) {
     let dir = data_dir.join("workspaces");
-    let Ok(entries) = std::fs::read_dir(&dir) else {
-        return;
+    let leftovers = match std::fs::read_dir(&dir) {
+        Ok(entries) => entries.count(),
+        Err(_) => return,
     };
-    for entry in entries.flatten() {
-        let path = entry.path();
-        let removed = match entry.file_type() {
-            Ok(t) if t.is_dir() => std::fs::remove_dir_all(&path),
-            _ => std::fs::remove_file(&path),
-        };
-        match removed {
-            Ok(()) => info!(path = %path.display(), "removed a workspace left by a crash"),
-            Err(e) => {
-                warn!(path = %path.display(), error = %e, "failed to remove a leftover workspace")
-            }
+    match std::fs::remove_dir_all(&dir) {
+        Ok(()) if leftovers > 0 => {
+            info!(count = leftovers, "removed the workspaces left by a crash")
         }
+        Ok(()) => {}
+        Err(e) => warn!(path = %dir.display(), error = %e, "failed to remove leftover workspaces"),
     }
 }
 
