@@ -4,9 +4,9 @@
 //! Precedence: environment over file over the defaults documented on each field. Values
 //! from the environment are text: lists are comma-separated
 //! (`PIPEWRIGHT_AGENT__LABELS=linux,arm64`), booleans are `true`/`false`, numbers and
-//! durations are written as in the file. `[[repos]]` exists only in the file.
+//! durations are written as in the file. `[[repos]]` and `[[api.token]]` exist only in the file.
 //!
-//! Secrets (`token`, `webhook_secret`, `[api].tokens`) can be given directly or as a
+//! Secrets (`token`, `webhook_secret`, `[api].tokens`, `[[api.token]]`) can be given directly or as a
 //! `*_file` whose content is read at load; giving both in one place (the file, or the
 //! environment) is an error, and either form given in the environment replaces both forms
 //! of the file. Relative paths are relative to the working directory, as the database URL
