@@ -843,37 +843,14 @@ impl<'a> Reader<'a> {
         else {
             return Vec::new();
         };
-        let Some(entries) = value.as_array() else {
-            let at = format!("{}: [api].token", self.file_name);
-            let found = value.type_str();
-            self.problem(at, format!("expected [[api.token]] tables, found {found}"));
-            return Vec::new();
-        };
+        let at = format!("{}: [api].token", self.file_name);
         let mut tokens: Vec<(usize, ScopedToken)> = Vec::new();
-        for (i, entry) in entries.iter().enumerate() {
-            let at = format!("{}: [[api.token]][{i}]", self.file_name);
-            let Some(table) = entry.as_table() else {
-                self.problem(at, format!("expected a table, found {}", entry.type_str()));
-                continue;
-            };
-            let mut keys = Vec::new();
-            let mut val = |key: &'static str| {
-                keys.push(key);
-                let value = table.get(key)?;
-                Some(Val {
-                    at: format!("{at}.{key}"),
-                    name: format!("`{key}`"),
-                    raw: Raw::Toml(value),
-                })
-            };
+        for (i, mut entry) in self.tables(value, "[[api.token]]", at) {
+            let at = entry.at.clone();
+            let mut val = |key| entry.val(key);
             let (token, token_file) = (val("token"), val("token_file"));
             let (repos, scopes) = (val("repos"), val("scopes"));
-            for key in table.keys() {
-                if !keys.contains(&key.as_str()) {
-                    let message = unknown("key", key, keys.iter().copied(), |k| format!("`{k}`"));
-                    self.problem(format!("{at}.{key}"), message);
-                }
-            }
+            self.problems.extend(entry.unknown_keys());
             let token = match (token, token_file) {
                 (Some(token), Some(_)) => {
                     self.problem(token.at, "`token_file` is also given; keep one of the two");
@@ -922,33 +899,15 @@ impl<'a> Reader<'a> {
         let Some(value) = file.get("repos") else {
             return Vec::new();
         };
-        let Some(entries) = value.as_array() else {
-            let at = match value.is_table() {
-                true => format!("{}: [repos]", self.file_name),
-                false => format!("{}: repos", self.file_name),
-            };
-            let found = value.type_str();
-            self.problem(at, format!("expected [[repos]] tables, found {found}"));
-            return Vec::new();
+        let at = match value.is_table() {
+            true => format!("{}: [repos]", self.file_name),
+            false => format!("{}: repos", self.file_name),
         };
         // With the index of their entry, for problems about duplicates.
         let mut repos: Vec<(usize, RepoPolicy)> = Vec::new();
-        for (i, entry) in entries.iter().enumerate() {
-            let at = format!("{}: [[repos]][{i}]", self.file_name);
-            let Some(table) = entry.as_table() else {
-                self.problem(at, format!("expected a table, found {}", entry.type_str()));
-                continue;
-            };
-            let mut keys = Vec::new();
-            let mut val = |key: &'static str| {
-                keys.push(key);
-                let value = table.get(key)?;
-                Some(Val {
-                    at: format!("{at}.{key}"),
-                    name: format!("`{key}`"),
-                    raw: Raw::Toml(value),
-                })
-            };
+        for (i, mut entry) in self.tables(value, "[[repos]]", at) {
+            let at = entry.at.clone();
+            let mut val = |key| entry.val(key);
             let name = val("name");
             let host_volumes = val("host_volumes");
             let allow_fork_secrets = val("allow_fork_secrets");
@@ -963,12 +922,7 @@ impl<'a> Reader<'a> {
                 v.list()?.iter().map(|p| absolute_path(p)).collect()
             });
             let allow_fork_secrets = self.check(allow_fork_secrets, Val::bool);
-            for key in table.keys() {
-                if !keys.contains(&key.as_str()) {
-                    let message = unknown("key", key, keys.iter().copied(), |k| format!("`{k}`"));
-                    self.problem(format!("{at}.{key}"), message);
-                }
-            }
+            self.problems.extend(entry.unknown_keys());
             let Some(name) = name else { continue };
             if let Some((j, _)) = repos
                 .iter()
@@ -986,6 +940,36 @@ impl<'a> Reader<'a> {
             repos.push((i, policy));
         }
         repos.into_iter().map(|(_, policy)| policy).collect()
+    }
+
+    /// The tables of an array of tables (`what`, at `at`); other entries are problems.
+    fn tables(
+        &mut self,
+        value: &'a toml::Value,
+        what: &str,
+        at: String,
+    ) -> Vec<(usize, Entry<'a>)> {
+        let Some(entries) = value.as_array() else {
+            let found = value.type_str();
+            self.problem(at, format!("expected {what} tables, found {found}"));
+            return Vec::new();
+        };
+        let mut tables = Vec::new();
+        for (i, entry) in entries.iter().enumerate() {
+            let at = format!("{}: {what}[{i}]", self.file_name);
+            match entry.as_table() {
+                Some(table) => tables.push((
+                    i,
+                    Entry {
+                        at,
+                        table,
+                        keys: Vec::new(),
+                    },
+                )),
+                None => self.problem(at, format!("expected a table, found {}", entry.type_str())),
+            }
+        }
+        tables
     }
 
     /// Reports the file's sections and keys the decoder did not ask for.
@@ -1082,6 +1066,38 @@ impl<'a> Reader<'a> {
             });
         }
         self.problems.extend(problems);
+    }
+}
+
+/// One table of an array of tables, and the keys asked of it.
+struct Entry<'a> {
+    at: String,
+    table: &'a toml::Table,
+    keys: Vec<&'static str>,
+}
+
+impl<'a> Entry<'a> {
+    fn val(&mut self, key: &'static str) -> Option<Val<'a>> {
+        self.keys.push(key);
+        let value = self.table.get(key)?;
+        Some(Val {
+            at: format!("{}.{key}", self.at),
+            name: format!("`{key}`"),
+            raw: Raw::Toml(value),
+        })
+    }
+
+    /// The keys of the table that were not asked for.
+    fn unknown_keys(&self) -> Vec<Problem> {
+        let known = || self.keys.iter().copied();
+        self.table
+            .keys()
+            .filter(|key| !self.keys.contains(&key.as_str()))
+            .map(|key| Problem {
+                at: format!("{}.{key}", self.at),
+                message: unknown("key", key, known(), |k| format!("`{k}`")),
+            })
+            .collect()
     }
 }
 

@@ -141,6 +141,27 @@ fn quiet_repo(gitea: &FakeGitea, name: &str) -> (Repo, pipewright_tests::fake_gi
     (repo, push)
 }
 
+/// A repository whose second commit adds a push pipeline with one step: the repository,
+/// and the push delivery of that commit with its id.
+fn ci_repo(
+    gitea: &FakeGitea,
+    name: &str,
+    script: &str,
+) -> (Repo, pipewright_tests::fake_gitea::Delivery, String) {
+    let repo = gitea.create_repo("org", name);
+    let first = repo
+        .commit("main", "init")
+        .write("README.md", "hi\n")
+        .push();
+    let pipeline = format!("on: push\nsteps:\n{}", step("ci", script));
+    let second = repo
+        .commit("main", "ci")
+        .write(".pipewright/ci.yml", &pipeline)
+        .push();
+    let push = repo.push_event("main", &first, &second);
+    (repo, push, second)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slowloris_connections_are_cut_while_deliveries_are_answered() {
     let gitea = FakeGitea::start().await;
@@ -318,26 +339,10 @@ async fn background_tasks_that_die_come_back_and_readyz_says_so() {
     assert_eq!(body["tasks"]["reporter"]["restarts"], 0);
 
     // Both work again: a delivery is stored and runs.
-    let repo = gitea.create_repo("org", "revived");
-    let first = repo
-        .commit("main", "init")
-        .write("README.md", "hi\n")
-        .push();
-    let second = repo
-        .commit("main", "ci")
-        .write(
-            ".pipewright/ci.yml",
-            &format!("on: push\nsteps:\n{}", step("ok", "echo ok")),
-        )
-        .push();
+    let (repo, push, head) = ci_repo(&gitea, "revived", "echo ok");
+    assert_eq!(server.deliver(push).await, 202);
     assert_eq!(
-        server
-            .deliver(repo.push_event("main", &first, &second))
-            .await,
-        202
-    );
-    assert_eq!(
-        states(&final_statuses(&repo, &second, "pipewright/ci").await),
+        states(&final_statuses(&repo, &head, "pipewright/ci").await),
         ["pending", "success"]
     );
     server.stop().await;
@@ -363,21 +368,7 @@ fn walk(dir: &Path, out: &mut Vec<(String, u32)>) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn data_dir_is_private_and_crash_leftovers_are_removed() {
     let gitea = FakeGitea::start().await;
-    let repo = gitea.create_repo("org", "private");
-    let first = repo
-        .commit("main", "init")
-        .write("README.md", "hi\n")
-        .push();
-    let second = repo
-        .commit("main", "ci")
-        .write(
-            ".pipewright/ci.yml",
-            &format!(
-                "on: push\nsteps:\n{}",
-                step("write", "echo secret > out.txt\necho done")
-            ),
-        )
-        .push();
+    let (repo, push, head) = ci_repo(&gitea, "private", "echo secret > out.txt");
     let data = tempfile::tempdir().unwrap();
     // An older version left the directory open to everyone, and a crash left a workspace.
     std::fs::set_permissions(data.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
@@ -386,14 +377,9 @@ async fn data_dir_is_private_and_crash_leftovers_are_removed() {
     std::fs::write(leftover.join("terraform.tfstate"), "secrets of run 77").unwrap();
 
     let server = Server::start_in(data, &gitea, &[], "").await;
+    assert_eq!(server.deliver(push).await, 202);
     assert_eq!(
-        server
-            .deliver(repo.push_event("main", &first, &second))
-            .await,
-        202
-    );
-    assert_eq!(
-        states(&final_statuses(&repo, &second, "pipewright/ci").await),
+        states(&final_statuses(&repo, &head, "pipewright/ci").await),
         ["pending", "success"]
     );
     assert!(!leftover.exists(), "the leftover workspace is still there");

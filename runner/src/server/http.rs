@@ -98,26 +98,40 @@ fn busy(message: &str) -> Response {
     answer
 }
 
+/// 413, once the rest of the body is read and dropped (if it arrives before `deadline`).
+async fn too_large(body: &mut Body, deadline: tokio::time::Instant, message: &str) -> Response {
+    let drain = async { while let Some(Ok(_)) = body.frame().await {} };
+    match tokio::time::timeout_at(deadline, drain).await {
+        Ok(()) => {
+            let body = axum::Json(serde_json::json!({ "message": message }));
+            (StatusCode::PAYLOAD_TOO_LARGE, body).into_response()
+        }
+        Err(_) => refuse(StatusCode::PAYLOAD_TOO_LARGE, message),
+    }
+}
+
 /// Middleware: reads the request body as [`BodyBounds`] say, then hands the request on.
 pub async fn bounded_body(
     State(bounds): State<BodyBounds>,
     request: Request,
     next: Next,
 ) -> Response {
-    let too_large = || {
-        let message = format!("the body is over {} bytes", bounds.max_bytes);
-        refuse(StatusCode::PAYLOAD_TOO_LARGE, &message)
-    };
+    let deadline = tokio::time::Instant::now() + bounds.timeout;
     let declared = request
         .headers()
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<u64>().ok());
-    if declared.is_some_and(|n| n > bounds.max_bytes as u64) {
-        return too_large();
-    }
-    let deadline = tokio::time::Instant::now() + bounds.timeout;
     let (parts, mut body) = request.into_parts();
+    let message = format!("the body is over {} bytes", bounds.max_bytes);
+    if declared.is_some_and(|n| n > bounds.max_bytes as u64) {
+        // Read the rest, in time, so that the client sees the answer (closing with unread
+        // bytes resets the connection); a body far over the limit is not worth reading.
+        if declared.is_some_and(|n| n <= 4 * bounds.max_bytes as u64) {
+            return too_large(&mut body, deadline, &message).await;
+        }
+        return refuse(StatusCode::PAYLOAD_TOO_LARGE, &message);
+    }
     let mut bytes = Vec::new();
     let mut held: Option<OwnedSemaphorePermit> = None;
     loop {
@@ -141,7 +155,8 @@ pub async fn bounded_body(
             continue;
         };
         if bytes.len() + data.len() > bounds.max_bytes {
-            return too_large();
+            drop(held);
+            return too_large(&mut body, deadline, &message).await;
         }
         let kib = u32::try_from(data.len().div_ceil(1024)).unwrap_or(u32::MAX);
         let share = bounds.budget.clone().acquire_many_owned(kib);
