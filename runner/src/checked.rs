@@ -29,29 +29,55 @@ pub fn is_commit_id(sha: &str) -> bool {
 }
 
 /// A branch or tag name as git's `check-ref-format` accepts it, and also not starting with
-/// `-` (it would read as an option) and at most 255 bytes: no `..`, `@{`, `//`, control
-/// characters, space, `~ ^ : ? * [ \`, no component starting with `.` or ending in `.lock`,
-/// no leading or trailing `/`, no trailing `.`, not `@`.
+/// `-` (it would read as an option), not `HEAD`, `@` or a full commit id (revisions, not
+/// names) and at most 255 bytes: no `..`, `@{`, `//`, control characters, space,
+/// `~ ^ : ? * [ \`, no component starting with `.` or ending in `.lock`, no leading or
+/// trailing `/`, no trailing `.`.
 pub fn is_ref_name(name: &str) -> bool {
-    if name.is_empty()
-        || name.len() > 255
-        || name == "@"
-        || name.starts_with(['-', '/'])
-        || name.ends_with(['/', '.'])
-        || name.contains("..")
-        || name.contains("@{")
-        || name.contains("//")
+    ref_name_problem(name).is_none()
+}
+
+/// What makes `name` no branch or tag name by [`is_ref_name`]'s rules, in words.
+pub fn ref_name_problem(name: &str) -> Option<String> {
+    if name.is_empty() {
+        return Some("it is empty".into());
+    }
+    if name.len() > 255 {
+        return Some("it is longer than 255 bytes".into());
+    }
+    if name.starts_with('-') {
+        return Some("it starts with `-`".into());
+    }
+    if name == "HEAD" || name == "@" {
+        return Some(format!("`{name}` is not a branch"));
+    }
+    if is_commit_id(&name.to_ascii_lowercase()) {
+        return Some("it is a commit id; a branch or a tag is needed".into());
+    }
+    if let Some(c) = name.chars().find(|c| {
+        c.is_ascii_control() || matches!(c, ' ' | '~' | '^' | ':' | '?' | '*' | '[' | '\\')
+    }) {
+        return Some(format!("`{}` is not allowed", c.escape_debug()));
+    }
+    for (bad, why) in [
+        ("..", "`..` is not allowed"),
+        ("@{", "`@{` is not allowed"),
+        ("//", "`//` is not allowed"),
+    ] {
+        if name.contains(bad) {
+            return Some(why.into());
+        }
+    }
+    if name.starts_with('/') || name.ends_with('/') || name.ends_with('.') {
+        return Some("it starts or ends with `/`, or ends with `.`".into());
+    }
+    if name
+        .split('/')
+        .any(|part| part.starts_with('.') || part.ends_with(".lock"))
     {
-        return false;
+        return Some("a part starts with `.` or ends with `.lock`".into());
     }
-    let bad_byte = |b: u8| {
-        b < 0x20 || b == 0x7f || matches!(b, b' ' | b'~' | b'^' | b':' | b'?' | b'*' | b'[' | b'\\')
-    };
-    if name.bytes().any(bad_byte) {
-        return false;
-    }
-    name.split('/')
-        .all(|c| !c.starts_with('.') && !c.ends_with(".lock"))
+    None
 }
 
 /// A full ref Pipewright acts on: `refs/heads/<name>` or `refs/tags/<name>` with a checked

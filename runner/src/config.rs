@@ -4,9 +4,9 @@
 //! Precedence: environment over file over the defaults documented on each field. Values
 //! from the environment are text: lists are comma-separated
 //! (`PIPEWRIGHT_AGENT__LABELS=linux,arm64`), booleans are `true`/`false`, numbers and
-//! durations are written as in the file. `[[repos]]` exists only in the file.
+//! durations are written as in the file. `[[repos]]` and `[[api.token]]` exist only in the file.
 //!
-//! Secrets (`token`, `webhook_secret`, `[api].tokens`) can be given directly or as a
+//! Secrets (`token`, `webhook_secret`, `[api].tokens`, `[[api.token]]`) can be given directly or as a
 //! `*_file` whose content is read at load; giving both in one place (the file, or the
 //! environment) is an error, and either form given in the environment replaces both forms
 //! of the file. Relative paths are relative to the working directory, as the database URL
@@ -24,7 +24,7 @@ use std::{
     time::Duration,
 };
 
-use pipewright_pipelines::{parse_duration, parse_memory};
+use pipewright_pipelines::{Patterns, parse_duration, parse_memory};
 
 /// Prefix of every configuration environment variable.
 pub const ENV_PREFIX: &str = "PIPEWRIGHT_";
@@ -91,6 +91,31 @@ pub struct ServerConfig {
     /// `catch_up_interval`: how often branch and pull-request heads are compared with
     /// the statuses set, to run what a missed delivery would have run. Default: `5m`.
     pub catch_up_interval: Duration,
+    /// Bounds on HTTP clients.
+    pub http: HttpLimits,
+}
+
+/// `[server]` bounds on HTTP clients, so that slow or many clients cannot exhaust memory or
+/// file descriptors (slowloris, bodies that stall).
+#[derive(Clone, Debug)]
+pub struct HttpLimits {
+    /// `header_timeout`: a connection that has not sent a request's headers within this
+    /// time (also while idle between requests) is closed. Default: `10s`.
+    pub header_timeout: Duration,
+    /// `body_timeout`: a request whose body has not fully arrived within this time is
+    /// answered 408 and its connection closed. Default: `10s` (Gitea gives up after 5 s).
+    pub body_timeout: Duration,
+    /// `max_connections`: connections served at once; more wait to be accepted. Default:
+    /// `512`.
+    pub max_connections: usize,
+    /// `body_memory`: bytes of request bodies held at once, all requests together (a
+    /// body holds what has arrived of it until it is answered); a request that finds it
+    /// taken for `body_timeout` gets 503. At least 5 MiB (one delivery). Default: `64m`.
+    pub body_memory: u64,
+    /// `max_deliveries`: webhook deliveries processed at once once their body arrived
+    /// (parsing a payload takes several times its size); more wait, up to `body_timeout`,
+    /// then get 503. Default: `32`.
+    pub max_deliveries: usize,
 }
 
 /// `[database]`.
@@ -228,6 +253,74 @@ pub struct ApiConfig {
     pub tokens: Vec<Secret>,
     /// `read_public`: runs and logs are readable without a token. Default: `false`.
     pub read_public: bool,
+    /// `[[api.token]]`: tokens limited to some repositories and scopes. Default: none.
+    pub scoped_tokens: Vec<ScopedToken>,
+}
+
+/// One `[[api.token]]` entry: a bearer token that may do only what its scopes say, and
+/// only on the repositories its globs match. The plain `tokens` are full access.
+#[derive(Clone)]
+pub struct ScopedToken {
+    /// `token` or `token_file` (its content without the final newline): the bearer token
+    /// (required, one of the two).
+    pub token: Secret,
+    /// `repos`: globs over `owner/name`, as in `branches:` (`*` stays within one name,
+    /// `!` excludes again), matched without regard to ASCII case: `["arcodange-org/*"]`,
+    /// `["*/*"]` for every repository (required).
+    pub repos: Patterns,
+    /// `scopes`: what the token may do (required, not empty).
+    pub scopes: Vec<Scope>,
+}
+
+impl ScopedToken {
+    /// Whether the token's globs match a repository (`owner/name`).
+    pub fn covers(&self, repo: &str) -> bool {
+        self.repos.matches(&repo.to_ascii_lowercase())
+    }
+
+    /// Whether the token has a scope (`admin` has them all).
+    pub fn allows(&self, scope: Scope) -> bool {
+        self.scopes.contains(&scope) || self.scopes.contains(&Scope::Admin)
+    }
+}
+
+impl fmt::Debug for ScopedToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ScopedToken")
+            .field("token", &self.token)
+            .field("repos", &self.repos.as_strings())
+            .field("scopes", &self.scopes)
+            .finish()
+    }
+}
+
+/// What an API token may do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scope {
+    /// `read`: runs, steps and logs (API and web UI).
+    Read,
+    /// `dispatch`: start pipelines by hand.
+    Dispatch,
+    /// `control`: cancel and re-run runs.
+    Control,
+    /// `admin`: all of the above.
+    Admin,
+}
+
+impl Scope {
+    const ALL: [(&'static str, Scope); 4] = [
+        ("read", Scope::Read),
+        ("dispatch", Scope::Dispatch),
+        ("control", Scope::Control),
+        ("admin", Scope::Admin),
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        Scope::ALL
+            .iter()
+            .find(|(_, s)| *s == self)
+            .map_or("", |(name, _)| name)
+    }
 }
 
 /// One `[[repos]]` entry: what a repository's pipelines may do.
@@ -469,11 +562,28 @@ fn decode(r: &mut Reader<'_>) -> Config {
     let catch_up_interval = r
         .read("server", "catch_up_interval", |v| parse_duration(v.str()?))
         .unwrap_or(Duration::from_secs(5 * 60));
+    let count = |v: &Val<'_>| {
+        positive(v.int()?).and_then(|n| usize::try_from(n).map_err(|e| e.to_string()))
+    };
+    let http = HttpLimits {
+        header_timeout: r
+            .read("server", "header_timeout", |v| parse_duration(v.str()?))
+            .unwrap_or(Duration::from_secs(10)),
+        body_timeout: r
+            .read("server", "body_timeout", |v| parse_duration(v.str()?))
+            .unwrap_or(Duration::from_secs(10)),
+        max_connections: r.read("server", "max_connections", count).unwrap_or(512),
+        body_memory: r
+            .read("server", "body_memory", |v| parse_memory(v.str()?))
+            .unwrap_or(64 << 20),
+        max_deliveries: r.read("server", "max_deliveries", count).unwrap_or(32),
+    };
     let server = ServerConfig {
         listen,
         public_url,
         data_dir,
         catch_up_interval,
+        http,
     };
 
     let url = r
@@ -573,6 +683,7 @@ fn decode(r: &mut Reader<'_>) -> Config {
     let api = ApiConfig {
         tokens: r.tokens().unwrap_or_default(),
         read_public: r.read("api", "read_public", Val::bool).unwrap_or(false),
+        scoped_tokens: r.scoped_tokens(),
     };
 
     let repos = r.repos();
@@ -732,14 +843,7 @@ impl<'a> Reader<'a> {
     ) -> Option<Secret> {
         let (value, path) = self.pair(section, key, file_key);
         let from_value = self.check(value, |v| non_empty(v.str()?));
-        let from_file = self.check(path, |v| {
-            let (path, text) = read_secret_file(v)?;
-            let text = text.trim_end_matches(['\n', '\r']);
-            match text.is_empty() {
-                true => Err(format!("{path:?} is empty")),
-                false => Ok(text.to_owned()),
-            }
-        });
+        let from_file = self.check(path, one_secret_file);
         from_value.or(from_file).map(Secret)
     }
 
@@ -769,39 +873,87 @@ impl<'a> Reader<'a> {
         Some(tokens.into_iter().map(Secret).collect())
     }
 
+    /// `[[api.token]]`, which exists only in the file (like `[[repos]]`).
+    fn scoped_tokens(&mut self) -> Vec<ScopedToken> {
+        self.register("api", "token");
+        let env_name = env_name("api", "token");
+        if self.env.contains_key(&env_name) {
+            let message = "[[api.token]] cannot be set from the environment; use the config file";
+            self.problem(env_name, message);
+        }
+        let file: &'a toml::Table = self.file;
+        let Some(value) = file
+            .get("api")
+            .and_then(toml::Value::as_table)
+            .and_then(|api| api.get("token"))
+        else {
+            return Vec::new();
+        };
+        let at = format!("{}: [api].token", self.file_name);
+        let mut tokens: Vec<(usize, ScopedToken)> = Vec::new();
+        for (i, mut entry) in self.tables(value, "[[api.token]]", at) {
+            let at = entry.at.clone();
+            let mut val = |key| entry.val(key);
+            let (token, token_file) = (val("token"), val("token_file"));
+            let (repos, scopes) = (val("repos"), val("scopes"));
+            self.problems.extend(entry.unknown_keys());
+            let token = match (token, token_file) {
+                (Some(token), Some(_)) => {
+                    self.problem(token.at, "`token_file` is also given; keep one of the two");
+                    None
+                }
+                (None, None) => {
+                    self.problem(at.clone(), "missing `token` or `token_file`");
+                    None
+                }
+                (token, file) => {
+                    let from_value = self.check(token, |v| non_empty(v.str()?));
+                    from_value.or_else(|| self.check(file, one_secret_file))
+                }
+            };
+            for (key, given) in [("repos", repos.is_none()), ("scopes", scopes.is_none())] {
+                if given {
+                    self.problem(at.clone(), format!("missing `{key}`"));
+                }
+            }
+            let repos = self.check(repos, |v| repo_globs(v.list()?));
+            let scopes = self.check(scopes, |v| api_scopes(v.list()?));
+            let (Some(token), Some(repos), Some(scopes)) = (token, repos, scopes) else {
+                continue;
+            };
+            if let Some((j, _)) = tokens.iter().find(|(_, t)| t.token.0 == token) {
+                let message = format!("the same token is given in [[api.token]][{j}]");
+                self.problem(at, message);
+                continue;
+            }
+            let token = Secret(token);
+            tokens.push((
+                i,
+                ScopedToken {
+                    token,
+                    repos,
+                    scopes,
+                },
+            ));
+        }
+        tokens.into_iter().map(|(_, token)| token).collect()
+    }
+
     fn repos(&mut self) -> Vec<RepoPolicy> {
         self.known.push(("repos", Vec::new()));
         let file: &'a toml::Table = self.file;
         let Some(value) = file.get("repos") else {
             return Vec::new();
         };
-        let Some(entries) = value.as_array() else {
-            let at = match value.is_table() {
-                true => format!("{}: [repos]", self.file_name),
-                false => format!("{}: repos", self.file_name),
-            };
-            let found = value.type_str();
-            self.problem(at, format!("expected [[repos]] tables, found {found}"));
-            return Vec::new();
+        let at = match value.is_table() {
+            true => format!("{}: [repos]", self.file_name),
+            false => format!("{}: repos", self.file_name),
         };
         // With the index of their entry, for problems about duplicates.
         let mut repos: Vec<(usize, RepoPolicy)> = Vec::new();
-        for (i, entry) in entries.iter().enumerate() {
-            let at = format!("{}: [[repos]][{i}]", self.file_name);
-            let Some(table) = entry.as_table() else {
-                self.problem(at, format!("expected a table, found {}", entry.type_str()));
-                continue;
-            };
-            let mut keys = Vec::new();
-            let mut val = |key: &'static str| {
-                keys.push(key);
-                let value = table.get(key)?;
-                Some(Val {
-                    at: format!("{at}.{key}"),
-                    name: format!("`{key}`"),
-                    raw: Raw::Toml(value),
-                })
-            };
+        for (i, mut entry) in self.tables(value, "[[repos]]", at) {
+            let at = entry.at.clone();
+            let mut val = |key| entry.val(key);
             let name = val("name");
             let host_volumes = val("host_volumes");
             let allow_fork_secrets = val("allow_fork_secrets");
@@ -816,12 +968,7 @@ impl<'a> Reader<'a> {
                 v.list()?.iter().map(|p| absolute_path(p)).collect()
             });
             let allow_fork_secrets = self.check(allow_fork_secrets, Val::bool);
-            for key in table.keys() {
-                if !keys.contains(&key.as_str()) {
-                    let message = unknown("key", key, keys.iter().copied(), |k| format!("`{k}`"));
-                    self.problem(format!("{at}.{key}"), message);
-                }
-            }
+            self.problems.extend(entry.unknown_keys());
             let Some(name) = name else { continue };
             if let Some((j, _)) = repos
                 .iter()
@@ -839,6 +986,36 @@ impl<'a> Reader<'a> {
             repos.push((i, policy));
         }
         repos.into_iter().map(|(_, policy)| policy).collect()
+    }
+
+    /// The tables of an array of tables (`what`, at `at`); other entries are problems.
+    fn tables(
+        &mut self,
+        value: &'a toml::Value,
+        what: &str,
+        at: String,
+    ) -> Vec<(usize, Entry<'a>)> {
+        let Some(entries) = value.as_array() else {
+            let found = value.type_str();
+            self.problem(at, format!("expected {what} tables, found {found}"));
+            return Vec::new();
+        };
+        let mut tables = Vec::new();
+        for (i, entry) in entries.iter().enumerate() {
+            let at = format!("{}: {what}[{i}]", self.file_name);
+            match entry.as_table() {
+                Some(table) => tables.push((
+                    i,
+                    Entry {
+                        at,
+                        table,
+                        keys: Vec::new(),
+                    },
+                )),
+                None => self.problem(at, format!("expected a table, found {}", entry.type_str())),
+            }
+        }
+        tables
     }
 
     /// Reports the file's sections and keys the decoder did not ask for.
@@ -938,6 +1115,38 @@ impl<'a> Reader<'a> {
     }
 }
 
+/// One table of an array of tables, and the keys asked of it.
+struct Entry<'a> {
+    at: String,
+    table: &'a toml::Table,
+    keys: Vec<&'static str>,
+}
+
+impl<'a> Entry<'a> {
+    fn val(&mut self, key: &'static str) -> Option<Val<'a>> {
+        self.keys.push(key);
+        let value = self.table.get(key)?;
+        Some(Val {
+            at: format!("{}.{key}", self.at),
+            name: format!("`{key}`"),
+            raw: Raw::Toml(value),
+        })
+    }
+
+    /// The keys of the table that were not asked for.
+    fn unknown_keys(&self) -> Vec<Problem> {
+        let known = || self.keys.iter().copied();
+        self.table
+            .keys()
+            .filter(|key| !self.keys.contains(&key.as_str()))
+            .map(|key| Problem {
+                at: format!("{}.{key}", self.at),
+                message: unknown("key", key, known(), |k| format!("`{k}`")),
+            })
+            .collect()
+    }
+}
+
 impl Val<'_> {
     fn str(&self) -> Result<&str, String> {
         match &self.raw {
@@ -1030,6 +1239,56 @@ fn read_secret_file(v: &Val<'_>) -> Result<(String, String), String> {
     match fs::read_to_string(path) {
         Ok(text) => Ok((path.to_owned(), text)),
         Err(err) => Err(format!("cannot read {path:?}: {err}")),
+    }
+}
+
+/// A secret file holding one value (the final newline is not part of it).
+fn one_secret_file(v: &Val<'_>) -> Result<String, String> {
+    let (path, text) = read_secret_file(v)?;
+    let text = text.trim_end_matches(['\n', '\r']);
+    match text.is_empty() {
+        true => Err(format!("{path:?} is empty")),
+        false => Ok(text.to_owned()),
+    }
+}
+
+/// `[[api.token]].repos`: globs over `owner/name`, compiled in lower case.
+fn repo_globs(globs: Vec<String>) -> Result<Patterns, String> {
+    if globs.is_empty() {
+        return Err("expected at least one repository glob, such as \"org/*\"".to_owned());
+    }
+    if let Some(glob) = globs.iter().find(|g| !g.contains('/')) {
+        return Err(format!(
+            "{glob:?} is not an `owner/name` glob (`*` does not cross `/`: \"*/*\" is every repository)"
+        ));
+    }
+    let lower: Vec<String> = globs.iter().map(|g| g.to_ascii_lowercase()).collect();
+    Patterns::new(&lower).map_err(|(i, why)| format!("bad glob {:?}: {why}", globs[i]))
+}
+
+/// `[[api.token]].scopes`.
+fn api_scopes(names: Vec<String>) -> Result<Vec<Scope>, String> {
+    if names.is_empty() {
+        return Err("expected at least one scope (read, dispatch, control, admin)".to_owned());
+    }
+    let mut bad = Vec::new();
+    let mut scopes = Vec::new();
+    for name in &names {
+        match Scope::ALL.iter().find(|(n, _)| n == name) {
+            Some((_, scope)) => scopes.push(*scope),
+            None => {
+                let known = Scope::ALL.iter().map(|(n, _)| *n);
+                let message = unknown("scope", name, known, |n| format!("`{n}`"));
+                bad.push(message.replacen("scope", &format!("scope `{name}`"), 1));
+            }
+        }
+    }
+    match bad.is_empty() {
+        true => Ok(scopes),
+        false => Err(format!(
+            "{}; scopes are read, dispatch, control, admin",
+            bad.join("; ")
+        )),
     }
 }
 
@@ -1352,6 +1611,13 @@ host_volumes = ["/mnt/backups"]   # host paths this repo's pipelines may mount
                     public_url: "https://ci.example.lab",
                     data_dir: "./pipewright-data",
                     catch_up_interval: 300s,
+                    http: HttpLimits {
+                        header_timeout: 10s,
+                        body_timeout: 10s,
+                        max_connections: 512,
+                        body_memory: 67108864,
+                        max_deliveries: 32,
+                    },
                 },
                 database: DatabaseConfig {
                     url: "sqlite://./pipewright-data/pipewright.db",
@@ -1408,6 +1674,7 @@ host_volumes = ["/mnt/backups"]   # host paths this repo's pipelines may mount
                         ***,
                     ],
                     read_public: false,
+                    scoped_tokens: [],
                 },
                 repos: [
                     RepoPolicy {
@@ -1448,6 +1715,13 @@ host_volumes = ["/mnt/backups"]   # host paths this repo's pipelines may mount
                     public_url: "http://127.0.0.1:8080",
                     data_dir: "./pipewright-data",
                     catch_up_interval: 300s,
+                    http: HttpLimits {
+                        header_timeout: 10s,
+                        body_timeout: 10s,
+                        max_connections: 512,
+                        body_memory: 67108864,
+                        max_deliveries: 32,
+                    },
                 },
                 database: DatabaseConfig {
                     url: "sqlite://./pipewright-data/pipewright.db",
@@ -1487,6 +1761,7 @@ host_volumes = ["/mnt/backups"]   # host paths this repo's pipelines may mount
                 api: ApiConfig {
                     tokens: [],
                     read_public: false,
+                    scoped_tokens: [],
                 },
                 repos: [],
             }"#]]
@@ -1775,6 +2050,78 @@ name = "A/B"
             config.toml: [gitea].webhook_secret_file: "$TMP/empty" is empty
             config.toml: [api].tokens_file: "$TMP/comments" holds no token"#]]
         .assert_eq(&err.to_string().replace(&tmp, "$TMP"));
+    }
+
+    #[test]
+    fn scoped_api_tokens() {
+        let dir = tempfile::tempdir().unwrap();
+        let bot = secret_file(&dir, "deploy-bot", "bot-token\n");
+        let text = format!(
+            "[api]\ntokens = [\"full\"]\n[[api.token]]\ntoken_file = {bot:?}\nrepos = [\"Arcodange-org/*\", \"!arcodange-org/secret\"]\nscopes = [\"read\", \"dispatch\"]\n[[api.token]]\ntoken = \"ops\"\nrepos = [\"*/*\"]\nscopes = [\"admin\"]\n"
+        );
+        let config = from_text(&text, &[]).unwrap();
+        let [bot, ops] = &config.api.scoped_tokens[..] else {
+            panic!("{:?}", config.api.scoped_tokens)
+        };
+        assert_eq!(bot.token.expose(), "bot-token");
+        assert!(bot.covers("arcodange-org/factory") && bot.covers("ARCODANGE-ORG/Factory"));
+        assert!(!bot.covers("arcodange-org/secret") && !bot.covers("other/factory"));
+        assert!(!bot.covers("arcodange-org/a/b"), "`*` does not cross `/`");
+        assert!(bot.allows(Scope::Read) && bot.allows(Scope::Dispatch));
+        assert!(!bot.allows(Scope::Control) && !bot.allows(Scope::Admin));
+        assert!(ops.covers("any/repo") && ops.allows(Scope::Control));
+        assert_eq!(
+            format!("{bot:?}"),
+            r#"ScopedToken { token: ***, repos: ["arcodange-org/*", "!arcodange-org/secret"], scopes: [Read, Dispatch] }"#
+        );
+    }
+
+    #[test]
+    fn scoped_api_token_problems() {
+        let text = r#"
+[api]
+tokens = ["full"]
+[[api.token]]
+repos = ["org/*"]
+scopes = ["read", "reed", "root"]
+[[api.token]]
+token = "a"
+token_file = "/nonexistent"
+repos = ["org/[abc"]
+scopes = []
+[[api.token]]
+token = "b"
+repo = ["org/*"]
+[[api.token]]
+token = "c"
+repos = ["*", "org/x"]
+scopes = ["control"]
+[[api.token]]
+token = "d"
+repos = ["org/x"]
+scopes = ["read"]
+[[api.token]]
+token = "d"
+repos = ["org/y"]
+scopes = ["read"]
+"#;
+        check_errors(
+            text,
+            &[("PIPEWRIGHT_API__TOKEN", "x")],
+            expect![[r#"
+                PIPEWRIGHT_API__TOKEN: [[api.token]] cannot be set from the environment; use the config file
+                config.toml: [[api.token]][0]: missing `token` or `token_file`
+                config.toml: [[api.token]][0].scopes: unknown scope `reed`; did you mean `read`?; unknown scope `root`; scopes are read, dispatch, control, admin
+                config.toml: [[api.token]][1].token: `token_file` is also given; keep one of the two
+                config.toml: [[api.token]][1].repos: bad glob "org/[abc": unclosed character class; missing ']'
+                config.toml: [[api.token]][1].scopes: expected at least one scope (read, dispatch, control, admin)
+                config.toml: [[api.token]][2].repo: unknown key; did you mean `repos`?
+                config.toml: [[api.token]][2]: missing `repos`
+                config.toml: [[api.token]][2]: missing `scopes`
+                config.toml: [[api.token]][3].repos: "*" is not an `owner/name` glob (`*` does not cross `/`: "*/*" is every repository)
+                config.toml: [[api.token]][5]: the same token is given in [[api.token]][4]
+            "#]],
+        );
     }
 
     #[test]

@@ -10,5 +10,6 @@ mod serve;
 mod store;
 mod tools_image;
 mod trust_files;
+mod trust_http;
 mod trust_payload;
 mod vault;

@@ -63,6 +63,16 @@ impl Server {
         extra: &[(&str, &str)],
         toml: &str,
     ) -> Server {
+        Server::start_in(tempfile::tempdir().unwrap(), gitea, extra, toml).await
+    }
+
+    /// A server on a given data directory (one an earlier server used, say).
+    pub(crate) async fn start_in(
+        data: tempfile::TempDir,
+        gitea: &FakeGitea,
+        extra: &[(&str, &str)],
+        toml: &str,
+    ) -> Server {
         let _ = tracing_subscriber::fmt()
             .with_env_filter(
                 tracing_subscriber::EnvFilter::try_from_env("PIPEWRIGHT_LOG")
@@ -70,7 +80,6 @@ impl Server {
             )
             .with_test_writer()
             .try_init();
-        let data = tempfile::tempdir().unwrap();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap().to_string();
         let mut env = env_for(gitea, &addr, data.path());
@@ -126,11 +135,17 @@ impl Server {
             .unwrap_or_default()
     }
 
-    pub(crate) async fn stop(mut self) {
+    pub(crate) async fn stop(self) {
+        self.stop_keeping_data().await;
+    }
+
+    /// Stops the server and hands back its data directory.
+    pub(crate) async fn stop_keeping_data(mut self) -> tempfile::TempDir {
         self.shutdown.cancel();
         if let Some(task) = self.task.take() {
             task.await.unwrap().unwrap();
         }
+        self._data
     }
 }
 

@@ -6,6 +6,7 @@ pub mod payload;
 
 use std::{path::Path, time::Duration};
 
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use reqwest::{Certificate, Client, StatusCode};
 use serde::{Deserialize, Serialize};
 
@@ -34,6 +35,8 @@ pub enum GiteaError {
         path: String,
         source: std::io::Error,
     },
+    #[error("{0:?} cannot be a part of a Gitea API path")]
+    Path(String),
 }
 
 impl GiteaError {
@@ -44,7 +47,7 @@ impl GiteaError {
             GiteaError::Status { status, .. } => {
                 status.is_server_error() || *status == StatusCode::TOO_MANY_REQUESTS
             }
-            GiteaError::Ca { .. } => false,
+            GiteaError::Ca { .. } | GiteaError::Path(_) => false,
         }
     }
 }
@@ -66,6 +69,32 @@ pub struct BranchInfo {
 #[derive(Clone, Debug, Deserialize)]
 pub struct CommitRef {
     pub id: String,
+}
+
+/// What stays unescaped in a path segment: RFC 3986's unreserved characters.
+const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~');
+
+/// `/repos/{owner}/{name}/{rest…}` with every segment percent-encoded, so that a `/`, `?`,
+/// `#` or `%` in a name stays inside its segment (`%` is encoded too, so `%2e%2e` stays a
+/// name). `repo` is `owner/name` (a `/` in the name is encoded). Empty, `.` and `..`
+/// segments are refused: a URL parser would remove them and change the path.
+pub fn repo_path(repo: &str, rest: &[&str]) -> Result<String, GiteaError> {
+    let (owner, name) = repo
+        .split_once('/')
+        .ok_or_else(|| GiteaError::Path(repo.to_owned()))?;
+    let mut path = String::from("/repos");
+    for segment in [owner, name].iter().chain(rest) {
+        if matches!(*segment, "" | "." | "..") {
+            return Err(GiteaError::Path((*segment).to_owned()));
+        }
+        path.push('/');
+        path.extend(utf8_percent_encode(segment, SEGMENT));
+    }
+    Ok(path)
 }
 
 /// An HTTP client that trusts the system roots and, when given, the homelab CA.
@@ -137,10 +166,7 @@ impl Gitea {
             context,
         };
         let resp = self
-            .request(
-                reqwest::Method::POST,
-                &format!("/repos/{repo}/statuses/{sha}"),
-            )
+            .request(reqwest::Method::POST, &repo_path(repo, &["statuses", sha])?)
             .json(&body)
             .send()
             .await?;
@@ -165,7 +191,8 @@ impl Gitea {
         }
         let mut existing = None;
         for page in 1..=20 {
-            let path = format!("/repos/{repo}/issues/{number}/comments?limit=50&page={page}");
+            let comments = repo_path(repo, &["issues", &number.to_string(), "comments"])?;
+            let path = format!("{comments}?limit=50&page={page}");
             let resp = self.request(reqwest::Method::GET, &path).send().await?;
             let comments: Vec<Comment> =
                 Self::check(resp, &format!("the comments of {repo}#{number}"))
@@ -186,7 +213,7 @@ impl Gitea {
             Some(id) => {
                 self.request(
                     reqwest::Method::PATCH,
-                    &format!("/repos/{repo}/issues/comments/{id}"),
+                    &repo_path(repo, &["issues", "comments", &id.to_string()])?,
                 )
                 .json(&body)
                 .send()
@@ -195,7 +222,7 @@ impl Gitea {
             None => {
                 self.request(
                     reqwest::Method::POST,
-                    &format!("/repos/{repo}/issues/{number}/comments"),
+                    &repo_path(repo, &["issues", &number.to_string(), "comments"])?,
                 )
                 .json(&body)
                 .send()
@@ -209,7 +236,7 @@ impl Gitea {
     /// A repository (`GET /repos/{owner}/{repo}`); `None` when Gitea says it does not exist.
     pub async fn repository(&self, repo: &str) -> Result<Option<payload::Repository>, GiteaError> {
         let resp = self
-            .request(reqwest::Method::GET, &format!("/repos/{repo}"))
+            .request(reqwest::Method::GET, &repo_path(repo, &[])?)
             .send()
             .await?;
         if resp.status() == StatusCode::NOT_FOUND {
@@ -235,7 +262,7 @@ impl Gitea {
         let resp = self
             .request(
                 reqwest::Method::GET,
-                &format!("/repos/{repo}/collaborators/{login}/permission"),
+                &repo_path(repo, &["collaborators", login, "permission"])?,
             )
             .send()
             .await?;
@@ -271,7 +298,7 @@ impl Gitea {
     ) -> Result<Vec<T>, GiteaError> {
         let mut out = Vec::new();
         for page in 1..=100 {
-            let path = format!("/repos/{repo}/{what}?limit=50&page={page}{query}");
+            let path = format!("{}?limit=50&page={page}{query}", repo_path(repo, &[what])?);
             let resp = self.request(reqwest::Method::GET, &path).send().await?;
             let items: Vec<T> = Self::check(resp, &format!("the {what} of {repo}"))
                 .await?
@@ -284,5 +311,49 @@ impl Gitea {
             }
         }
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_segment_is_escaped() {
+        let ok = |repo: &str, rest: &[&str]| repo_path(repo, rest).unwrap();
+        assert_eq!(ok("org/app", &[]), "/repos/org/app");
+        assert_eq!(
+            ok("org/app", &["statuses", "0a1b"]),
+            "/repos/org/app/statuses/0a1b"
+        );
+        assert_eq!(ok("org/my.app_2-x~", &[]), "/repos/org/my.app_2-x~");
+        // Nothing in a segment can change the path or add a query.
+        assert_eq!(
+            ok("org/a/../../admin", &[]),
+            "/repos/org/a%2F..%2F..%2Fadmin"
+        );
+        assert_eq!(
+            ok("org/app", &["statuses", "x?state=y#z"]),
+            "/repos/org/app/statuses/x%3Fstate%3Dy%23z"
+        );
+        assert_eq!(ok("org/a%2Fb", &[]), "/repos/org/a%252Fb");
+        assert_eq!(ok("org/%2e%2E", &[]), "/repos/org/%252e%252E");
+        assert_eq!(ok("org/é", &[]), "/repos/org/%C3%A9");
+        assert_eq!(ok("org/a b", &["issues"]), "/repos/org/a%20b/issues");
+        for (repo, rest) in [
+            ("org/..", &[][..]),
+            ("../app", &[]),
+            ("org/.", &[]),
+            ("org/", &[]),
+            ("/app", &[]),
+            ("noslash", &[]),
+            ("org/app", &[".."]),
+            ("org/app", &[""]),
+        ] {
+            assert!(
+                matches!(repo_path(repo, rest), Err(GiteaError::Path(_))),
+                "{repo} {rest:?}"
+            );
+        }
     }
 }

@@ -7,6 +7,7 @@ use axum::{
     body::Body,
     extract::{DefaultBodyLimit, Path, Query, State},
     http::{HeaderMap, StatusCode, header},
+    middleware,
     response::{
         IntoResponse, Response,
         sse::{Event as SseEvent, KeepAlive, Sse},
@@ -14,20 +15,30 @@ use axum::{
     routing::{get, post},
 };
 use serde::{Deserialize, Serialize};
-use subtle_compare::constant_time_eq;
 
-use super::{App, ui, webhook};
+use super::{
+    App,
+    auth::{Caller, require},
+    http::{BodyBounds, body_budget, bounded_body},
+    ui, webhook,
+};
 use crate::{
+    config::Scope,
     logs::read_from,
-    store::{NewRun, Run, RunState, StepRow, now_ms},
+    store::{NewRun, Run, RunState, StepRow, StoreError, now_ms},
 };
 
 pub fn router(app: Arc<App>) -> Router {
-    Router::new()
+    let limits = &app.config.server.http;
+    let budget = body_budget(limits, webhook::MAX_BODY);
+    let deliveries = BodyBounds::deliveries(limits, budget.clone(), webhook::MAX_BODY);
+    let hooks = Router::new()
         .route(
             "/hooks/gitea",
             post(webhook::receive).layer(DefaultBodyLimit::max(webhook::MAX_BODY)),
         )
+        .route_layer(middleware::from_fn_with_state(deliveries, bounded_body));
+    Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/.well-known/openid-configuration", get(discovery))
         .route("/.well-known/jwks.json", get(jwks))
@@ -43,6 +54,11 @@ pub fn router(app: Arc<App>) -> Router {
         )
         .route("/", get(ui::index))
         .route("/runs/{id}", get(ui::run_page))
+        .layer(middleware::from_fn_with_state(
+            BodyBounds::api(limits, budget),
+            bounded_body,
+        ))
+        .merge(hooks)
         .with_state(app)
 }
 
@@ -60,60 +76,6 @@ fn internal(e: impl std::fmt::Debug) -> ApiError {
     ApiError(StatusCode::INTERNAL_SERVER_ERROR, "internal error".into())
 }
 
-mod subtle_compare {
-    /// Compares secrets without an early exit on the first differing byte.
-    pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-        use sha2::{Digest, Sha256};
-        // Hashing first makes the comparison independent of the lengths too.
-        let (ha, hb) = (Sha256::digest(a), Sha256::digest(b));
-        ha.iter()
-            .zip(hb.iter())
-            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
-            == 0
-    }
-}
-
-/// Whether the request carries one of the configured API tokens.
-pub fn authorized(app: &App, headers: &HeaderMap) -> bool {
-    let Some(given) = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            v.strip_prefix("Bearer ")
-                .or_else(|| v.strip_prefix("bearer "))
-        })
-    else {
-        return false;
-    };
-    let mut ok = false;
-    for token in &app.config.api.tokens {
-        ok |= constant_time_eq(token.expose().as_bytes(), given.trim().as_bytes());
-    }
-    ok
-}
-
-pub fn require_read(app: &App, headers: &HeaderMap) -> Result<(), ApiError> {
-    if app.config.api.read_public || authorized(app, headers) {
-        Ok(())
-    } else {
-        Err(ApiError(
-            StatusCode::UNAUTHORIZED,
-            "an API token is required (Authorization: Bearer …)".into(),
-        ))
-    }
-}
-
-pub fn require_write(app: &App, headers: &HeaderMap) -> Result<(), ApiError> {
-    if authorized(app, headers) {
-        Ok(())
-    } else {
-        Err(ApiError(
-            StatusCode::UNAUTHORIZED,
-            "an API token is required (Authorization: Bearer …)".into(),
-        ))
-    }
-}
-
 async fn discovery(State(app): State<Arc<App>>) -> Json<serde_json::Value> {
     Json(app.issuer.discovery())
 }
@@ -122,11 +84,27 @@ async fn jwks(State(app): State<Arc<App>>) -> Json<serde_json::Value> {
     Json(app.issuer.jwks())
 }
 
+/// `{"ready", "database", "docker", "tasks": {name: state}, "problems": [...]}`: 503 unless
+/// the database and Docker answer and every background task runs and has not died lately.
 async fn readyz(State(app): State<Arc<App>>) -> Response {
     let db = app.store.ping().await.is_ok();
     let docker = app.executor.ping().await.is_ok();
-    let body = serde_json::json!({ "database": db, "docker": docker });
-    let status = if db && docker {
+    let (tasks, mut problems) = app.tasks.report();
+    if !db {
+        problems.insert(0, "the database does not answer".to_owned());
+    }
+    if !docker {
+        problems.insert(0, "the Docker engine does not answer".to_owned());
+    }
+    let ready = problems.is_empty();
+    let body = serde_json::json!({
+        "ready": ready,
+        "database": db,
+        "docker": docker,
+        "tasks": tasks,
+        "problems": problems,
+    });
+    let status = if ready {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
@@ -246,20 +224,44 @@ async fn list_runs(
     headers: HeaderMap,
     Query(q): Query<ListQuery>,
 ) -> Result<Json<Vec<RunDto>>, ApiError> {
-    require_read(&app, &headers)?;
-    let runs = app
-        .store
-        .runs(q.repo.as_deref(), q.limit.unwrap_or(50).clamp(1, 500))
+    let caller = require(&app, &headers, Scope::Read)?;
+    let limit = q.limit.unwrap_or(50).clamp(1, 500);
+    let runs = visible_runs(&app, caller, q.repo.as_deref(), limit)
         .await
         .map_err(internal)?;
     Ok(Json(runs.iter().map(|r| run_dto(&app, r, None)).collect()))
 }
 
-async fn load_run(app: &App, id: i64) -> Result<Run, ApiError> {
+/// Runs newest first, of one repository or all, limited to what the caller covers.
+pub async fn visible_runs(
+    app: &App,
+    caller: Caller<'_>,
+    repo: Option<&str>,
+    limit: i64,
+) -> Result<Vec<Run>, StoreError> {
+    if matches!(caller, Caller::Everything) {
+        return app.store.runs(repo, limit).await;
+    }
+    let repos: Vec<String> = match repo {
+        Some(repo) => vec![repo.to_owned()],
+        None => app.store.run_repos().await?,
+    };
+    let mut runs = Vec::new();
+    for repo in repos.iter().filter(|r| caller.covers(r)) {
+        runs.extend(app.store.runs(Some(repo), limit).await?);
+    }
+    runs.sort_by_key(|r| std::cmp::Reverse(r.id));
+    runs.truncate(usize::try_from(limit).unwrap_or(0));
+    Ok(runs)
+}
+
+/// A run the caller covers; any other is, to the caller, a run that does not exist.
+pub async fn load_run(app: &App, caller: Caller<'_>, id: i64) -> Result<Run, ApiError> {
     app.store
         .run(id)
         .await
         .map_err(internal)?
+        .filter(|run| caller.covers(&run.repo))
         .ok_or_else(|| ApiError(StatusCode::NOT_FOUND, format!("no run {id}")))
 }
 
@@ -268,8 +270,8 @@ async fn get_run(
     headers: HeaderMap,
     Path(id): Path<i64>,
 ) -> Result<Json<RunDto>, ApiError> {
-    require_read(&app, &headers)?;
-    let run = load_run(&app, id).await?;
+    let caller = require(&app, &headers, Scope::Read)?;
+    let run = load_run(&app, caller, id).await?;
     let steps = app.store.steps(id).await.map_err(internal)?;
     Ok(Json(run_dto(&app, &run, Some(&steps))))
 }
@@ -285,8 +287,8 @@ async fn step_log(
     Path((id, n)): Path<(i64, i64)>,
     Query(q): Query<LogQuery>,
 ) -> Result<Response, ApiError> {
-    require_read(&app, &headers)?;
-    load_run(&app, id).await?;
+    let caller = require(&app, &headers, Scope::Read)?;
+    load_run(&app, caller, id).await?;
     let steps = app.store.steps(id).await.map_err(internal)?;
     if !steps.iter().any(|s| s.idx == n) {
         return Err(ApiError(
@@ -374,8 +376,8 @@ async fn cancel_run(
     headers: HeaderMap,
     Path(id): Path<i64>,
 ) -> Result<Json<RunDto>, ApiError> {
-    require_write(&app, &headers)?;
-    let run = load_run(&app, id).await?;
+    let caller = require(&app, &headers, Scope::Control)?;
+    let run = load_run(&app, caller, id).await?;
     match run.state {
         RunState::Running => {
             app.scheduler.cancel(id, "cancelled through the API");
@@ -400,7 +402,7 @@ async fn cancel_run(
             ));
         }
     }
-    let run = load_run(&app, id).await?;
+    let run = load_run(&app, caller, id).await?;
     Ok(Json(run_dto(&app, &run, None)))
 }
 
@@ -409,8 +411,8 @@ async fn rerun(
     headers: HeaderMap,
     Path(id): Path<i64>,
 ) -> Result<(StatusCode, Json<RunDto>), ApiError> {
-    require_write(&app, &headers)?;
-    let old = load_run(&app, id).await?;
+    let caller = require(&app, &headers, Scope::Control)?;
+    let old = load_run(&app, caller, id).await?;
     let new = NewRun {
         repo: old.repo.clone(),
         repo_id: old.repo_id,
@@ -434,6 +436,6 @@ async fn rerun(
         description: format!("queued (re-run of run {id})"),
     };
     let enqueued = app.enqueue(None, &[new]).await.map_err(internal)?;
-    let run = load_run(&app, enqueued.ids[0]).await?;
+    let run = load_run(&app, caller, enqueued.ids[0]).await?;
     Ok((StatusCode::CREATED, Json(run_dto(&app, &run, None))))
 }

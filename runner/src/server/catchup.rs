@@ -1,7 +1,8 @@
 //! Catch-up: Gitea never resends a delivery missed while Pipewright was down, so at start
 //! and every `[server].catch_up_interval` Pipewright compares the branch heads and open
 //! pull-request heads of the repositories it knows with the runs it has, and runs what is
-//! missing. It also removes containers that belong to no live run.
+//! missing (only for repositories `[[repos]]` allows). It also removes containers that
+//! belong to no live run.
 
 use std::{collections::HashSet, sync::Arc};
 
@@ -52,11 +53,20 @@ pub async fn run(app: Arc<App>, stop: CancellationToken) {
     }
 }
 
+/// One catch-up pass over every known repository, as the background task makes.
+pub async fn once(app: &App) -> anyhow::Result<()> {
+    reconcile(app, &mut HashSet::new()).await
+}
+
 async fn reconcile(app: &App, seen: &mut HashSet<(String, String)>) -> anyhow::Result<()> {
     if app.config.gitea.url.is_none() {
         return Ok(());
     }
     for known in app.store.known_repos().await? {
+        // A repository remembered from before `[[repos]]` left it out is not run.
+        if !app.config.repo_allowed(&known.repo) {
+            continue;
+        }
         let repo = RepoInfo::from_known(&known);
         let mut missing: Vec<Event> = Vec::new();
         let branches = match app.gitea.branches(&repo.full_name).await {

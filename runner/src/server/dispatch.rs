@@ -15,10 +15,11 @@ use serde::Deserialize;
 
 use super::{
     App,
-    api::{ApiError, RunDto, require_write, run_dto},
+    api::{ApiError, RunDto, run_dto},
+    auth::require,
     ingest::{error_chain, queued_run},
 };
-use crate::events::RepoInfo;
+use crate::{config::Scope, events::RepoInfo};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -40,8 +41,21 @@ pub async fn dispatch(
     Path((owner, name, pipeline_name)): Path<(String, String, String)>,
     Json(request): Json<DispatchRequest>,
 ) -> Result<(StatusCode, Json<RunDto>), ApiError> {
-    require_write(&app, &headers)?;
+    let caller = require(&app, &headers, Scope::Dispatch)?;
+    for segment in [&owner, &name] {
+        check_repo_segment(segment)
+            .map_err(|why| refused(StatusCode::UNPROCESSABLE_ENTITY, why))?;
+    }
     let full_name = format!("{owner}/{name}");
+    if !caller.covers(&full_name) {
+        return Err(refused(
+            StatusCode::FORBIDDEN,
+            format!("this token does not cover {full_name}"),
+        ));
+    }
+    if let Some(wanted) = &request.git_ref {
+        check_ref_name(wanted).map_err(|why| refused(StatusCode::UNPROCESSABLE_ENTITY, why))?;
+    }
     if !app.config.repo_allowed(&full_name) {
         return Err(refused(
             StatusCode::FORBIDDEN,
@@ -75,6 +89,7 @@ pub async fn dispatch(
         .git_ref
         .clone()
         .unwrap_or_else(|| repo.default_branch.clone());
+    check_ref_name(&wanted).map_err(|why| refused(StatusCode::UNPROCESSABLE_ENTITY, why))?;
 
     let mirror = app
         .git
@@ -169,13 +184,196 @@ async fn resolve_ref(
     mirror: &crate::git::Mirror,
     wanted: &str,
 ) -> Option<(GitRef, String)> {
-    let name = wanted.trim_start_matches("refs/heads/");
+    let name = wanted.strip_prefix("refs/heads/").unwrap_or(wanted);
     if let Some(sha) = app.git.resolve(mirror, &format!("refs/heads/{name}")).await {
         return Some((GitRef::Branch(name.to_string()), sha));
     }
-    let tag = wanted.trim_start_matches("refs/tags/");
+    let tag = wanted.strip_prefix("refs/tags/").unwrap_or(wanted);
     if let Some(sha) = app.git.resolve(mirror, &format!("refs/tags/{tag}")).await {
         return Some((GitRef::Tag(tag.to_string()), sha));
     }
     None
+}
+
+/// An owner or repository name as Gitea allows them (letters, digits, `-`, `_`, `.`; not
+/// `.` or `..`): a name from the URL never reaches Gitea's API or git otherwise.
+fn check_repo_segment(segment: &str) -> Result<(), String> {
+    if crate::checked::is_repo_name(&format!("{segment}/x")) {
+        Ok(())
+    } else {
+        Err(format!("{segment:?} is not an owner or repository name"))
+    }
+}
+
+/// A dispatch names a branch or a tag exactly (`main`, `refs/heads/main`, `v1.2`,
+/// `refs/tags/v1.2`), by git's `check-ref-format` rules, and never revision syntax that
+/// git would resolve to another commit (`main~1`, `main^`, `@{-1}`, `HEAD`, a commit id)
+/// or an option (`--upload-pack=…`).
+pub fn check_ref_name(wanted: &str) -> Result<(), String> {
+    let name = wanted
+        .strip_prefix("refs/heads/")
+        .or_else(|| wanted.strip_prefix("refs/tags/"))
+        .unwrap_or(wanted);
+    let why = crate::checked::ref_name_problem(name);
+    match why {
+        None => Ok(()),
+        Some(why) => Err(format!(
+            "`{}` is not a branch or tag name: {why}",
+            wanted.escape_debug()
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refs_are_exact_branch_or_tag_names() {
+        let ok = [
+            "main",
+            "refs/heads/main",
+            "feature/new-ui",
+            "v1.2.3",
+            "refs/tags/v1.2.3",
+            "release-2026.11",
+            "deadbeef",
+            "utf8-é",
+        ];
+        for name in ok {
+            assert_eq!(check_ref_name(name), Ok(()), "{name}");
+        }
+        let refused = [
+            (
+                "main~1",
+                "`main~1` is not a branch or tag name: `~` is not allowed",
+            ),
+            (
+                "main^",
+                "`main^` is not a branch or tag name: `^` is not allowed",
+            ),
+            (
+                "main^{tree}",
+                "`main^{tree}` is not a branch or tag name: `^` is not allowed",
+            ),
+            (
+                "@{-1}",
+                "`@{-1}` is not a branch or tag name: `@{` is not allowed",
+            ),
+            (
+                "main@{yesterday}",
+                "`main@{yesterday}` is not a branch or tag name: `@{` is not allowed",
+            ),
+            (
+                "HEAD",
+                "`HEAD` is not a branch or tag name: `HEAD` is not a branch",
+            ),
+            (
+                "refs/heads/HEAD",
+                "`refs/heads/HEAD` is not a branch or tag name: `HEAD` is not a branch",
+            ),
+            ("@", "`@` is not a branch or tag name: `@` is not a branch"),
+            (
+                "--upload-pack=touch /tmp/x",
+                "`--upload-pack=touch /tmp/x` is not a branch or tag name: it starts with `-`",
+            ),
+            ("-b", "`-b` is not a branch or tag name: it starts with `-`"),
+            (
+                "main..other",
+                "`main..other` is not a branch or tag name: `..` is not allowed",
+            ),
+            (
+                "../../etc",
+                "`../../etc` is not a branch or tag name: `..` is not allowed",
+            ),
+            (
+                "0123456789abcdef0123456789abcdef01234567",
+                "`0123456789abcdef0123456789abcdef01234567` is not a branch or tag name: it is a commit id; a branch or a tag is needed",
+            ),
+            (
+                "a:b",
+                "`a:b` is not a branch or tag name: `:` is not allowed",
+            ),
+            (
+                "a b",
+                "`a b` is not a branch or tag name: ` ` is not allowed",
+            ),
+            (
+                "a\nb",
+                "`a\\nb` is not a branch or tag name: `\\n` is not allowed",
+            ),
+            (
+                "ma*n",
+                "`ma*n` is not a branch or tag name: `*` is not allowed",
+            ),
+            (
+                "ma?n",
+                "`ma?n` is not a branch or tag name: `?` is not allowed",
+            ),
+            (
+                "ma[n",
+                "`ma[n` is not a branch or tag name: `[` is not allowed",
+            ),
+            (
+                "a\\b",
+                "`a\\\\b` is not a branch or tag name: `\\\\` is not allowed",
+            ),
+            ("", "`` is not a branch or tag name: it is empty"),
+            (
+                "refs/heads/",
+                "`refs/heads/` is not a branch or tag name: it is empty",
+            ),
+            (
+                "a//b",
+                "`a//b` is not a branch or tag name: `//` is not allowed",
+            ),
+            (
+                "/main",
+                "`/main` is not a branch or tag name: it starts or ends with `/`, or ends with `.`",
+            ),
+            (
+                "main/",
+                "`main/` is not a branch or tag name: it starts or ends with `/`, or ends with `.`",
+            ),
+            (
+                "main.",
+                "`main.` is not a branch or tag name: it starts or ends with `/`, or ends with `.`",
+            ),
+            (
+                ".hidden",
+                "`.hidden` is not a branch or tag name: a part starts with `.` or ends with `.lock`",
+            ),
+            (
+                "a/.b",
+                "`a/.b` is not a branch or tag name: a part starts with `.` or ends with `.lock`",
+            ),
+            (
+                "main.lock",
+                "`main.lock` is not a branch or tag name: a part starts with `.` or ends with `.lock`",
+            ),
+        ];
+        for (name, message) in refused {
+            assert_eq!(check_ref_name(name), Err(message.to_owned()), "{name}");
+        }
+    }
+
+    #[test]
+    fn repository_segments_are_plain_names() {
+        for ok in ["org", "my-repo", "a_b.c", "Repo2"] {
+            assert_eq!(check_repo_segment(ok), Ok(()));
+        }
+        for bad in [
+            "",
+            ".",
+            "..",
+            "a/b",
+            "org/../admin",
+            "a%2Fb",
+            "a?b",
+            "a#b",
+            "a b",
+        ] {
+            assert!(check_repo_segment(bad).is_err(), "{bad}");
+        }
+    }
 }

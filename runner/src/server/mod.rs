@@ -6,12 +6,15 @@
 
 mod access;
 mod api;
+mod auth;
 mod catchup;
 mod dispatch;
+mod http;
 mod images;
 mod ingest;
 mod reporter;
 mod schedule;
+mod tasks;
 mod ui;
 mod webhook;
 mod worker;
@@ -20,6 +23,7 @@ use std::{sync::Arc, time::Duration};
 
 use anyhow::Context;
 use pipewright_containers::{CancellationToken, DockerConfig, DockerExecutor};
+use tasks::{TaskFn, supervise};
 use tokio::{net::TcpListener, sync::Notify, task::JoinSet};
 use tracing::{info, warn};
 
@@ -35,7 +39,9 @@ use crate::{
 };
 
 pub use crate::error_chain;
+pub use catchup::once as catch_up;
 pub use schedule::tick as schedule_tick;
+pub use tasks::Tasks;
 pub use webhook::DeliveryWriter;
 pub use worker::Scheduler;
 
@@ -61,14 +67,15 @@ pub struct App {
     pub issuer: Issuer,
     /// Where runs log in, when configured.
     pub vault: Option<Vault>,
+    /// The background tasks' states, for `/readyz`.
+    pub tasks: Tasks,
 }
 
 impl App {
     /// Connects to the database, Docker and Gitea as the configuration says.
     pub async fn new(config: Config) -> anyhow::Result<Arc<App>> {
         let data_dir = config.server.data_dir.clone();
-        std::fs::create_dir_all(&data_dir)
-            .with_context(|| format!("failed to create {}", data_dir.display()))?;
+        private_data_dir(&data_dir)?;
         let store = Store::open(&config.database.url)
             .await
             .with_context(|| format!("failed to open the database {}", config.database.url))?;
@@ -126,6 +133,7 @@ impl App {
             instance,
             issuer,
             vault,
+            tasks: Tasks::default(),
         }))
     }
 
@@ -170,6 +178,36 @@ async fn checkpoints(app: Arc<App>, stop: CancellationToken) {
     }
 }
 
+/// Makes everything Pipewright creates from now on private to its user (umask 077: dirs
+/// 0700, files 0600, git's and the database's included), creates `data_dir` and makes it
+/// 0700 even when an older version left it open.
+fn private_data_dir(data_dir: &std::path::Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
+    std::fs::create_dir_all(data_dir)
+        .with_context(|| format!("failed to create {}", data_dir.display()))?;
+    std::fs::set_permissions(data_dir, std::fs::Permissions::from_mode(0o700))
+        .with_context(|| format!("failed to make {} private (mode 0700)", data_dir.display()))
+}
+
+/// Removes the workspaces a crash left behind (a run's workspace is otherwise removed when
+/// the run ends; no run is running before the worker starts), and their directory, which
+/// is made again, private, by the next run.
+fn remove_leftover_workspaces(data_dir: &std::path::Path) {
+    let dir = data_dir.join("workspaces");
+    let leftovers = match std::fs::read_dir(&dir) {
+        Ok(entries) => entries.count(),
+        Err(_) => return,
+    };
+    match std::fs::remove_dir_all(&dir) {
+        Ok(()) if leftovers > 0 => {
+            info!(count = leftovers, "removed the workspaces left by a crash")
+        }
+        Ok(()) => {}
+        Err(e) => warn!(path = %dir.display(), error = %e, "failed to remove leftover workspaces"),
+    }
+}
+
 /// The instance's stable name: generated on first start, kept across restarts.
 fn instance_id(data_dir: &std::path::Path) -> anyhow::Result<String> {
     let path = data_dir.join("instance");
@@ -192,6 +230,18 @@ fn getrandom_bytes(buf: &mut [u8]) {
     }
 }
 
+/// The supervised background tasks, by name (as `/readyz` names them).
+const TASKS: [(&str, TaskFn); 6] = [
+    ("webhook writer", |app, stop| {
+        Box::pin(webhook::run_writer(app, stop))
+    }),
+    ("ingest", |app, stop| Box::pin(ingest::run(app, stop))),
+    ("reporter", |app, stop| Box::pin(reporter::run(app, stop))),
+    ("catch-up", |app, stop| Box::pin(catchup::run(app, stop))),
+    ("checkpoints", |app, stop| Box::pin(checkpoints(app, stop))),
+    ("schedules", |app, stop| Box::pin(schedule::run(app, stop))),
+];
+
 /// Serves until `shutdown` fires: then stops taking webhooks and new runs, lets running runs
 /// finish (a second signal in `main` exits at once; such runs end as interrupted at the
 /// next start), and returns.
@@ -200,23 +250,19 @@ pub async fn serve(
     app: Arc<App>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    private_data_dir(&app.config.server.data_dir)?;
     worker::settle_interrupted(&app).await?;
+    remove_leftover_workspaces(&app.config.server.data_dir);
     let mut tasks = JoinSet::new();
     let stop_work = CancellationToken::new();
-    tasks.spawn(webhook::run_writer(app.clone(), stop_work.clone()));
-    tasks.spawn(ingest::run(app.clone(), stop_work.clone()));
-    tasks.spawn(reporter::run(app.clone(), stop_work.clone()));
-    tasks.spawn(catchup::run(app.clone(), stop_work.clone()));
-    tasks.spawn(checkpoints(app.clone(), stop_work.clone()));
-    tasks.spawn(schedule::run(app.clone(), stop_work.clone()));
+    for (name, task) in TASKS {
+        tasks.spawn(supervise(name, app.clone(), stop_work.clone(), task));
+    }
     let workers = tokio::spawn(worker::run(app.clone(), shutdown.clone()));
 
     let router = api::router(app.clone());
     info!(address = %listener.local_addr()?, "pipewright serving");
-    let graceful = shutdown.clone();
-    axum::serve(listener, router)
-        .with_graceful_shutdown(async move { graceful.cancelled().await })
-        .await?;
+    http::serve_http(listener, router, &app.config.server.http, shutdown.clone()).await;
     info!("no longer accepting requests; waiting for running runs to finish");
     if let Err(e) = workers.await {
         warn!(error = %e, "the worker stopped abnormally");

@@ -1,5 +1,6 @@
 //! Schedules: every minute, the `on.schedule` crons of the pipelines on each known
-//! repository's default branch (as its mirror has it: pushes keep it current) are checked,
+//! repository's default branch (as its mirror has it: pushes keep it current; only
+//! repositories `[[repos]]` allows) are checked,
 //! and a due pipeline gets a run on that branch's head. A run per pipeline and minute at
 //! most, also across restarts (its dedupe key names the minute).
 
@@ -37,6 +38,10 @@ pub async fn tick(app: &App, epoch_secs: i64) -> Result<usize, String> {
     let minute = epoch_secs / 60;
     let mut queued = 0;
     for known in app.store.known_repos().await.map_err(|e| error_chain(&e))? {
+        // A repository remembered from before `[[repos]]` left it out is not run.
+        if !app.config.repo_allowed(&known.repo) {
+            continue;
+        }
         let repo = RepoInfo::from_known(&known);
         let Ok(mirror) = app.git.open(&repo.full_name, false).await else {
             continue;

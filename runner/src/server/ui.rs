@@ -11,8 +11,10 @@ use axum::{
 
 use super::{
     App,
-    api::{ApiError, require_read, rfc3339},
+    api::{ApiError, load_run, rfc3339, visible_runs},
+    auth::require,
 };
+use crate::config::Scope;
 
 fn escape(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
@@ -43,10 +45,8 @@ fn page(title: &str, body: &str) -> Html<String> {
 }
 
 pub async fn index(State(app): State<Arc<App>>, headers: HeaderMap) -> Result<Response, ApiError> {
-    require_read(&app, &headers)?;
-    let runs = app
-        .store
-        .runs(None, 100)
+    let caller = require(&app, &headers, Scope::Read)?;
+    let runs = visible_runs(&app, caller, None, 100)
         .await
         .map_err(|_| ApiError(StatusCode::INTERNAL_SERVER_ERROR, "internal error".into()))?;
     let mut rows = String::new();
@@ -58,7 +58,7 @@ pub async fn index(State(app): State<Arc<App>>, headers: HeaderMap) -> Result<Re
             pipeline = escape(&r.pipeline),
             event = escape(&r.event),
             git_ref = escape(&r.git_ref),
-            sha = escape(&r.sha[..r.sha.len().min(8)]),
+            sha = escape(&r.sha.chars().take(8).collect::<String>()),
             state = r.state.as_str(),
             desc = escape(&r.description),
             at = rfc3339(r.created_at),
@@ -75,14 +75,9 @@ pub async fn run_page(
     headers: HeaderMap,
     Path(id): Path<i64>,
 ) -> Result<Response, ApiError> {
-    require_read(&app, &headers)?;
+    let caller = require(&app, &headers, Scope::Read)?;
     let internal = |_| ApiError(StatusCode::INTERNAL_SERVER_ERROR, "internal error".into());
-    let run = app
-        .store
-        .run(id)
-        .await
-        .map_err(internal)?
-        .ok_or_else(|| ApiError(StatusCode::NOT_FOUND, format!("no run {id}")))?;
+    let run = load_run(&app, caller, id).await?;
     let steps = app.store.steps(id).await.map_err(internal)?;
     let mut body = format!(
         "<h1>{pipeline} #{id}</h1><p>{repo} · {event} {git_ref} · {sha}</p><p class=\"{state}\">{state}: {desc}</p>",

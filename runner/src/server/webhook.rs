@@ -33,7 +33,8 @@ type Reply = oneshot::Sender<Result<Received, String>>;
 #[derive(Debug)]
 pub struct DeliveryWriter {
     tx: mpsc::Sender<(NewDelivery, Reply)>,
-    rx: std::sync::Mutex<Option<mpsc::Receiver<(NewDelivery, Reply)>>>,
+    /// Held by the running writer task; a restarted writer (after a panic) takes it again.
+    rx: tokio::sync::Mutex<mpsc::Receiver<(NewDelivery, Reply)>>,
     store: Store,
 }
 
@@ -42,7 +43,7 @@ impl DeliveryWriter {
         let (tx, rx) = mpsc::channel(4096);
         DeliveryWriter {
             tx,
-            rx: std::sync::Mutex::new(Some(rx)),
+            rx: tokio::sync::Mutex::new(rx),
             store,
         }
     }
@@ -62,15 +63,7 @@ impl DeliveryWriter {
 
 /// The writer task: takes what is waiting, commits it in one transaction, answers all.
 pub async fn run_writer(app: Arc<App>, stop: CancellationToken) {
-    let Some(mut rx) = app
-        .deliveries
-        .rx
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .take()
-    else {
-        return;
-    };
+    let mut rx = app.deliveries.rx.lock().await;
     let store = app.deliveries.store.clone();
     loop {
         let first = tokio::select! {

@@ -9,6 +9,7 @@ use sqlx::{
     any::{AnyPoolOptions, AnyRow},
 };
 
+mod access;
 mod images;
 mod runs;
 
