@@ -1,9 +1,9 @@
 //! Masking secrets in step output and in every text that leaves a step, before it is
 //! stored, streamed, printed or sent to Gitea: every secret value, each line of a
-//! multi-line value, their hex, URL-encoded, JSON-escaped and base64 forms (at each of the
-//! three byte offsets of a longer stream), and each segment of a JWT become `***`. Lines
-//! that reach the masker in pieces are masked across the cuts ([`Masker::mask_piece`]).
-
+//! multi-line value, their hex, URL-encoded, JSON-escaped, backslash-doubled and base64
+//! forms (base64 at each of the three byte offsets of a longer stream), and each segment
+//! of a JWT become `***`. Lines that reach the masker in pieces are masked across the cuts
+//! ([`Masker::mask_piece`]).
 use std::{borrow::Cow, collections::HashSet, fmt};
 
 use aho_corasick::{AhoCorasick, MatchKind};
@@ -176,6 +176,8 @@ impl Needles {
         for form in json_forms(value) {
             self.add(&form);
         }
+        // Backslashes doubled: SQL `E''` literals (psql's `:'var'`), most languages' repr.
+        self.add(&value.replace('\\', "\\\\"));
         self.base64_whole(value);
         for engine in [STANDARD_NO_PAD, URL_SAFE_NO_PAD] {
             for offset in 0..3 {
@@ -389,6 +391,8 @@ mod tests {
         let python_upper = r#"a\"b\\c\nd\te\u0001\u00E9\uD83D\uDE00/<x>"#;
         let php = r#"a\"b\\c\nd\te\u0001é😀\/<x>"#;
         let go = r#"a\"b\\c\nd\te\u0001é😀/\u003cx\u003e"#;
+        let doubled = "a\"b\\\\c\nd\te\u{1}é😀/<x>";
+        assert_eq!(masked(&m, doubled), "***", "backslashes doubled");
         for form in [python, python_upper, php, go] {
             assert_eq!(masked(&m, &format!("\"{form}\"")), "\"***\"", "{form}");
         }

@@ -275,11 +275,9 @@ fn masked_result(masker: &Masker, result: StepResult) -> StepResult {
                 reason: text(reason),
             })
         }
-        StepResult::Ran(Outcome::StartFailed { reason }) => {
-            StepResult::Ran(Outcome::StartFailed {
-                reason: text(reason),
-            })
-        }
+        StepResult::Ran(Outcome::StartFailed { reason }) => StepResult::Ran(Outcome::StartFailed {
+            reason: text(reason),
+        }),
         StepResult::Failed(why) => StepResult::Failed(text(why)),
         StepResult::Unrunnable(why) => StepResult::Unrunnable(text(why)),
         other => other,

@@ -24,9 +24,7 @@ pub enum SecretsError {
         "the Vault secret `{path}` would set `{name}`, which only Pipewright sets: no step runs"
     )]
     Reserved { path: String, name: String },
-    #[error(
-        "the Vault secret `{path}` has a key `{key}` that cannot be part of a variable name"
-    )]
+    #[error("the Vault secret `{path}` has a key `{key}` that cannot be part of a variable name")]
     BadKey { path: String, key: String },
 }
 
@@ -35,7 +33,9 @@ pub enum SecretsError {
 /// applied again to the names a `PREFIX_*` secret gives once its keys are known.
 pub fn is_reserved_env(name: &str) -> bool {
     ["CI", "TERRAFORM_VAULT_AUTH_JWT"].contains(&name)
-        || ["PIPEWRIGHT_", "VAULT_"].iter().any(|p| name.starts_with(p))
+        || ["PIPEWRIGHT_", "VAULT_"]
+            .iter()
+            .any(|p| name.starts_with(p))
 }
 
 /// Reads the pipeline's secrets (each path once) into environment variables. Every final
@@ -177,7 +177,10 @@ mod tests {
         // A lower-case prefix keeps the key: `c` + `I` is not `CI`.
         assert_eq!(fan_out("c", &["I"]).unwrap(), ["cI"]);
         let err = fan_out("", &["CI"]).unwrap_err();
-        assert!(err.contains("no prefix") && err.contains("`APP_*`"), "{err}");
+        assert!(
+            err.contains("no prefix") && err.contains("`APP_*`"),
+            "{err}"
+        );
         let err = fan_out("X_", &["a=b"]).unwrap_err();
         assert!(err.contains("key `a=b`"), "{err}");
     }
@@ -193,12 +196,20 @@ mod tests {
         };
         let data = [("token".to_string(), "t0ken-value".to_string())].into();
         let err = variables(&r, &data).unwrap_err().to_string();
-        assert!(err.contains("`VAULT_TOKEN`") && !err.contains("t0ken"), "{err}");
+        assert!(
+            err.contains("`VAULT_TOKEN`") && !err.contains("t0ken"),
+            "{err}"
+        );
     }
 
     #[test]
     fn reserved_names() {
-        for name in ["CI", "PIPEWRIGHT_SHA", "VAULT_ADDR", "TERRAFORM_VAULT_AUTH_JWT"] {
+        for name in [
+            "CI",
+            "PIPEWRIGHT_SHA",
+            "VAULT_ADDR",
+            "TERRAFORM_VAULT_AUTH_JWT",
+        ] {
             assert!(is_reserved_env(name), "{name}");
         }
         for name in ["CIRCLE", "ci", "PIPEWRIGHT", "TF_VAR_x", "MY_VAULT_ADDR"] {

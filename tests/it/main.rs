@@ -8,4 +8,5 @@ mod image_build;
 mod serve;
 mod store;
 mod tools_image;
+mod trust_mask;
 mod vault;
