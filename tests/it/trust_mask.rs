@@ -4,7 +4,7 @@
 //! comment; none of it may reach a stored log, the API, or Gitea. And a `PREFIX_*` secret
 //! whose keys would set a variable only Pipewright sets ends the run before any step.
 
-use std::time::Duration;
+use std::{process::Command, time::Duration};
 
 use base64::{
     Engine as _,
@@ -19,7 +19,7 @@ use serde_json::json;
 use crate::{
     actions::{TOOLS, jwt_role},
     serve::{Server, eventually, final_statuses, step},
-    vault::OpenBao,
+    vault::{OpenBao, ROOT},
 };
 
 /// The secret: two lines, with characters that every encoding changes (space, quote,
@@ -147,8 +147,9 @@ async fn assert_nothing_leaked(
     }
 }
 
-/// Shell that prints `$LEAK` and `$PIPEWRIGHT_ID_TOKEN` in every form, and across cuts.
-fn printing_script() -> String {
+/// Shell that prints `$LEAK` and `$PIPEWRIGHT_ID_TOKEN` in every form, and across cuts;
+/// the token is also written to `token_file`, for the test to know it.
+fn printing_script(token_file: &str) -> String {
     let offsets: Vec<String> = [38, 30, 20, 10, 2, 1, 0]
         .iter()
         .map(|back| (CUT - back).to_string())
@@ -156,7 +157,7 @@ fn printing_script() -> String {
     format!(
         r#"S="$LEAK"
 T="$PIPEWRIGHT_ID_TOKEN"
-printf %s "$T" > /out/token
+printf %s "$T" > {token_file}
 L1=$(printf %s "$S" | head -n 1)
 hex() {{ printf %s "$1" | od -An -v -tx1 | tr -d ' \n'; }}
 urlenc() {{
@@ -186,7 +187,7 @@ for n in {offsets}; do
   done
 done
 echo "printed everything""#,
-        offsets = offsets.join(" ")
+        offsets = offsets.join(" "),
     )
 }
 
@@ -218,7 +219,7 @@ async fn no_form_of_a_secret_or_token_leaves_a_step() {
     // message, hence the step's and the run's descriptions and the commit status.
     let pipeline = format!(
         "on: push\nvault:\n  role: gitea_cicd_mask\n  secrets:\n    LEAK: kvv1/mask/app#value\nvolumes: [\"{out_dir}:/out\"]\nsteps:\n{}  - name: describe\n    uses: postgres\n    with:\n      files: [\"sql/*.sql\"]\n      host: 127.0.0.1\n      port: {}\n      database: postgres\n      credentials: kvv1/mask/db\n      sslmode: disable\n      image: {TOOLS}\n",
-        step("print", &printing_script()),
+        step("print", &printing_script("/out/token")),
         pg.port()
     );
     let c0 = repo
@@ -390,4 +391,46 @@ async fn fan_out_into_a_reserved_name_ends_the_run_before_any_step() {
         assert!(!out.path().join(format!("{name}-ran")).exists());
     }
     server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exec_prints_no_form_of_a_secret_or_token() {
+    let bao = OpenBao::start().await;
+    bao.post(
+        "secret/data/mask/app",
+        json!({ "data": { "value": VALUE } }),
+    )
+    .await;
+    let repo = tempfile::tempdir().unwrap();
+    let pipeline = format!(
+        "on: push\nvault:\n  secrets:\n    LEAK: secret/mask/app#value\nsteps:\n{}",
+        step(
+            "print",
+            &format!(
+                "{}\necho \"$LEAK\" >&2\nexit 3",
+                printing_script("/dev/null")
+            )
+        )
+    );
+    std::fs::create_dir_all(repo.path().join(".pipewright")).unwrap();
+    std::fs::write(repo.path().join(".pipewright/leak.yml"), pipeline).unwrap();
+    let out = Command::new(crate::exec_cli::pipewright_bin())
+        .arg("exec")
+        .arg(repo.path())
+        .arg("--vault-addr")
+        .arg(&bao.addr)
+        .env("VAULT_TOKEN", ROOT)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stdout.contains("print | printed everything"), "{stderr}");
+    assert_eq!(stdout.matches("*** after").count(), 7 * 3);
+    assert!(stderr.contains("print | ***"), "{stderr}");
+    let forbidden = forbidden(&[]);
+    assert_clean("exec's standard output", &stdout, &forbidden);
+    assert_clean("exec's standard error", &stderr, &forbidden);
+    // The identity token's header and payload are JSON objects: base64 `eyJ…`.
+    assert!(!stdout.contains("eyJ"), "a token leaked");
 }
