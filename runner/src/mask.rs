@@ -90,10 +90,10 @@ impl Masker {
     }
 
     /// Masks a piece of a line that goes on in later pieces. `carry` holds what is not
-    /// decided yet (at most the longest needle less one byte, or the rest of a secret that
-    /// straddles the cut): it is put before `piece`, and what comes back is final. Every
-    /// byte comes out exactly once and in order; the pieces that come back, followed by
-    /// [`mask_end`](Masker::mask_end), are the whole line masked at once.
+    /// decided yet (at most the longest needle less one byte: where a secret that may
+    /// straddle the cut could start): it is put before `piece`, and what comes back is
+    /// final. Every byte comes out exactly once and in order; the pieces that come back,
+    /// followed by [`mask_end`](Masker::mask_end), are the whole line masked at once.
     pub fn mask_piece(&self, carry: &mut Vec<u8>, piece: &[u8]) -> Vec<u8> {
         carry.extend_from_slice(piece);
         let Some(m) = &self.matcher else {
