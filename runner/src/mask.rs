@@ -150,8 +150,6 @@ impl Needles {
             return;
         }
         self.value(value);
-        // `echo "$S" | base64`: the newline is encoded too.
-        self.base64_whole(&format!("{value}\n"));
         for line in value.lines() {
             self.value(line.trim());
         }
@@ -179,6 +177,8 @@ impl Needles {
         // Backslashes doubled: SQL `E''` literals (psql's `:'var'`), most languages' repr.
         self.add(&value.replace('\\', "\\\\"));
         self.base64_whole(value);
+        // `echo "$S" | base64`: the newline is encoded too.
+        self.base64_whole(&format!("{value}\n"));
         for engine in [STANDARD_NO_PAD, URL_SAFE_NO_PAD] {
             for offset in 0..3 {
                 self.add(&base64_inner(&engine, value.as_bytes(), offset));
