@@ -961,8 +961,9 @@ impl LineSplitter {
             } else {
                 whole
             };
+            // The line goes on in what is kept.
             for piece in partial[..cut].chunks(MAX_LINE) {
-                sink.line(stream, piece)?;
+                sink.piece(stream, piece)?;
             }
             partial.drain(..cut);
         }
@@ -984,16 +985,16 @@ impl LineSplitter {
     }
 }
 
-/// A complete line without its ending, in `MAX_LINE` pieces when longer.
+/// A complete line without its ending, in `MAX_LINE` pieces when longer (the last one
+/// through [`LogSink::line`]).
 fn emit_line(stream: Stream, line: &[u8], sink: &mut dyn LogSink) -> std::io::Result<()> {
-    let line = line.strip_suffix(b"\r").unwrap_or(line);
-    if line.is_empty() {
-        return sink.line(stream, line);
+    let mut line = line.strip_suffix(b"\r").unwrap_or(line);
+    while line.len() > MAX_LINE {
+        let (piece, rest) = line.split_at(MAX_LINE);
+        sink.piece(stream, piece)?;
+        line = rest;
     }
-    for piece in line.chunks(MAX_LINE) {
-        sink.line(stream, piece)?;
-    }
-    Ok(())
+    sink.line(stream, line)
 }
 
 #[cfg(test)]
@@ -1006,6 +1007,25 @@ mod tests {
     impl LogSink for Lines {
         fn line(&mut self, stream: Stream, line: &[u8]) -> std::io::Result<()> {
             self.0.push((stream, line.to_vec()));
+            Ok(())
+        }
+    }
+
+    /// Lines, each with the pieces it came in.
+    #[derive(Default)]
+    struct Pieces {
+        lines: Vec<Vec<Vec<u8>>>,
+        open: Vec<Vec<u8>>,
+    }
+
+    impl LogSink for Pieces {
+        fn line(&mut self, _: Stream, line: &[u8]) -> std::io::Result<()> {
+            self.open.push(line.to_vec());
+            self.lines.push(std::mem::take(&mut self.open));
+            Ok(())
+        }
+        fn piece(&mut self, _: Stream, piece: &[u8]) -> std::io::Result<()> {
+            self.open.push(piece.to_vec());
             Ok(())
         }
     }
@@ -1059,6 +1079,44 @@ mod tests {
                 [out(&x), out(&x), out(b"y")],
                 "{chunk_size}"
             );
+        }
+    }
+
+    #[test]
+    fn pieces_say_that_their_line_goes_on() {
+        let x = vec![b'x'; MAX_LINE];
+        let long = [x.as_slice(), x.as_slice(), b"y"].concat();
+        let exact = [x.as_slice(), x.as_slice()].concat();
+        let text = [&long[..], b"\nshort\n", &exact[..], b"\r\n", &long[..]].concat();
+        for chunk_size in [1000, MAX_LINE - 1, MAX_LINE, MAX_LINE + 1, text.len()] {
+            let mut splitter = LineSplitter::default();
+            let mut sink = Pieces::default();
+            for chunk in text.chunks(chunk_size) {
+                splitter.push(Stream::Stdout, chunk, &mut sink).unwrap();
+            }
+            splitter.finish(&mut sink).unwrap();
+            let whole = |l: &Vec<Vec<u8>>| l.concat();
+            assert_eq!(
+                sink.lines.iter().map(whole).collect::<Vec<_>>(),
+                [long.clone(), b"short".to_vec(), exact.clone(), long.clone()],
+                "{chunk_size}"
+            );
+            let sizes: Vec<Vec<usize>> = sink
+                .lines
+                .iter()
+                .map(|l| l.iter().map(Vec::len).collect())
+                .collect();
+            assert_eq!(
+                sizes,
+                [
+                    vec![MAX_LINE, MAX_LINE, 1],
+                    vec![5],
+                    vec![MAX_LINE, MAX_LINE],
+                    vec![MAX_LINE, MAX_LINE, 1]
+                ],
+                "{chunk_size}"
+            );
+            assert!(sink.open.is_empty());
         }
     }
 

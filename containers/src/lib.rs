@@ -74,10 +74,22 @@ pub enum Stream {
 /// Receives a step's output as it comes, one line at a time (without the line ending; a
 /// last line without a newline is delivered too). Lines of one stream arrive in order.
 ///
+/// A line longer than [`MAX_LINE`] arrives in pieces of that size: each piece but the
+/// last through [`piece`](LogSink::piece), the last through [`line`](LogSink::line), so a
+/// sink that looks for text across the cuts (the runner's masking) knows where a line
+/// goes on. Pieces of one stream's line may be interleaved with the other stream's lines.
+///
 /// An error from the sink (a full disk) stops the step: the container is killed and
 /// [`Executor::run_step`] returns [`ExecError::Sink`].
 pub trait LogSink: Send {
+    /// A whole line, or the last piece of a long one.
     fn line(&mut self, stream: Stream, line: &[u8]) -> io::Result<()>;
+
+    /// A piece of a long line that goes on in the next `piece` or `line` of `stream`.
+    /// By default a piece is taken as a line of its own.
+    fn piece(&mut self, stream: Stream, piece: &[u8]) -> io::Result<()> {
+        self.line(stream, piece)
+    }
 }
 
 /// How a step ended. A failing step is an outcome, not an error.
@@ -233,8 +245,9 @@ pub enum ExecError {
 /// - [`run_step`](Executor::run_step) does a whole step: make sure the image is present
 ///   (pull it if not), create the container (labelled, limited, unprivileged, no engine
 ///   socket), attach to its output before starting it so that no byte is missed, start,
-///   stream lines into the sink, wait, and remove the container — on every path, failures
-///   and cancellation included. Removal runs outside the cancellation.
+///   stream lines into the sink (a line longer than [`MAX_LINE`] as pieces, see
+///   [`LogSink`]), wait, and remove the container — on every path, failures and
+///   cancellation included. Removal runs outside the cancellation.
 /// - Several `run_step` calls may run at once on one executor.
 /// - [`reap`](Executor::reap) removes leftovers (containers of a crashed process) and is
 ///   idempotent: reaping twice, or reaping a container that is being removed, is fine.

@@ -181,6 +181,13 @@ impl<S: LogSink + ?Sized> LogSink for Capture<'_, S> {
             Stream::Stderr => self.log.line(stream, line),
         }
     }
+
+    fn piece(&mut self, stream: Stream, piece: &[u8]) -> std::io::Result<()> {
+        match stream {
+            Stream::Stdout => self.line(stream, piece),
+            Stream::Stderr => self.log.piece(stream, piece),
+        }
+    }
 }
 
 fn failed_outcome(what: &str, outcome: Outcome) -> StepResult {
@@ -483,10 +490,22 @@ async fn run_postgres<E: Executor, O: RunObserver>(
 struct LastError<'s, S: LogSink + ?Sized> {
     log: &'s mut S,
     error: Option<String>,
+    /// The next standard error line ends a line that came in pieces.
+    cut: bool,
 }
 
 impl<S: LogSink + ?Sized> LogSink for LastError<'_, S> {
+    fn piece(&mut self, stream: Stream, piece: &[u8]) -> std::io::Result<()> {
+        // The end of a cut line is no error line of its own (and could hold the end of a
+        // secret that its masking cannot recognise alone).
+        self.cut |= stream == Stream::Stderr;
+        self.log.piece(stream, piece)
+    }
+
     fn line(&mut self, stream: Stream, line: &[u8]) -> std::io::Result<()> {
+        if stream == Stream::Stderr && std::mem::take(&mut self.cut) {
+            return self.log.line(stream, line);
+        }
         if stream == Stream::Stderr {
             let text = String::from_utf8_lossy(line);
             if text.starts_with("psql:") && text.contains("ERROR") {
@@ -537,6 +556,7 @@ async fn run_sql<E: Executor, O: RunObserver>(
         let mut watch = LastError {
             log: &mut *sink,
             error: None,
+            cut: false,
         };
         let outcome = executor
             .run_step(

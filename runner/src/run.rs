@@ -221,9 +221,28 @@ pub(crate) struct StepSink<'a, O: RunObserver> {
     pub observer: &'a mut O,
     pub step: &'a PlannedStep,
     pub masker: Masker,
+    /// Per stream, the end of a cut line that masking has not decided on yet.
+    carry: [Vec<u8>; 2],
+}
+
+fn stream_index(stream: Stream) -> usize {
+    match stream {
+        Stream::Stdout => 0,
+        Stream::Stderr => 1,
+    }
 }
 
 impl<O: RunObserver> StepSink<'_, O> {
+    /// Hands on what a line cut short (an engine that failed mid-line) kept back.
+    fn flush(&mut self) -> io::Result<()> {
+        for stream in [Stream::Stdout, Stream::Stderr] {
+            if !self.carry[stream_index(stream)].is_empty() {
+                self.line(stream, b"")?;
+            }
+        }
+        Ok(())
+    }
+
     /// A line of Pipewright's own about the step (`pipewright: …`), into the step's log.
     pub fn note(&mut self, text: &str) -> io::Result<()> {
         for line in text.lines() {
@@ -233,11 +252,47 @@ impl<O: RunObserver> StepSink<'_, O> {
     }
 }
 
+// Masked here, before anything stores, streams or prints the output. A long line is
+// masked across its cuts: what might be the start of a secret waits in `carry` for the
+// next piece.
 impl<O: RunObserver> LogSink for StepSink<'_, O> {
     fn line(&mut self, stream: Stream, line: &[u8]) -> io::Result<()> {
-        // Masked here, before anything stores, streams or prints the line.
-        self.observer
-            .step_output(self.step, stream, &self.masker.mask(line))
+        let carry = &mut self.carry[stream_index(stream)];
+        let masked = if carry.is_empty() {
+            self.masker.mask(line)
+        } else {
+            std::borrow::Cow::Owned(self.masker.mask_end(carry, line))
+        };
+        self.observer.step_output(self.step, stream, &masked)
+    }
+
+    fn piece(&mut self, stream: Stream, piece: &[u8]) -> io::Result<()> {
+        let done = self
+            .masker
+            .mask_piece(&mut self.carry[stream_index(stream)], piece);
+        if done.is_empty() {
+            return Ok(());
+        }
+        self.observer.step_output(self.step, stream, &done)
+    }
+}
+
+/// `result` with every text in it masked: it becomes a step's and the run's description.
+fn masked_result(masker: &Masker, result: StepResult) -> StepResult {
+    let text = |s: String| masker.mask_str(&s);
+    match result {
+        StepResult::Ran(Outcome::ImageUnavailable { image, reason }) => {
+            StepResult::Ran(Outcome::ImageUnavailable {
+                image: text(image),
+                reason: text(reason),
+            })
+        }
+        StepResult::Ran(Outcome::StartFailed { reason }) => StepResult::Ran(Outcome::StartFailed {
+            reason: text(reason),
+        }),
+        StepResult::Failed(why) => StepResult::Failed(text(why)),
+        StepResult::Unrunnable(why) => StepResult::Unrunnable(text(why)),
+        other => other,
     }
 }
 
@@ -262,6 +317,10 @@ pub async fn run_plan<E: Executor, O: RunObserver>(
     }
     // Images the run's actions leave that nothing may use once it ends.
     let mut leftovers = Vec::new();
+    // Every secret value a step was given so far (a later step may print what an earlier
+    // one left in the workspace), and what masks every text the run hands out.
+    let mut secret_values: Vec<String> = Vec::new();
+    let mut run_masker = Masker::default();
     for step in &plan.steps {
         let started = Instant::now();
         if result != RunResult::Success {
@@ -298,10 +357,16 @@ pub async fn run_plan<E: Executor, O: RunObserver>(
             continue;
         }
         let extras = (setup.extras)(step);
+        for value in extras.secret_values {
+            if !secret_values.contains(&value) {
+                secret_values.push(value);
+            }
+        }
         let mut sink = StepSink {
             observer: &mut *observer,
             step,
-            masker: Masker::new(extras.secret_values.iter().map(String::as_str)),
+            masker: Masker::new(secret_values.iter().map(String::as_str)),
+            carry: Default::default(),
         };
         let mut spec = spec_for(step, setup, left);
         spec.env.extend(extras.env);
@@ -316,7 +381,7 @@ pub async fn run_plan<E: Executor, O: RunObserver>(
                         with,
                         spec,
                         setup,
-                        secret_values: &extras.secret_values,
+                        secret_values: &secret_values,
                     },
                     &mut sink,
                     cancel,
@@ -337,6 +402,10 @@ pub async fn run_plan<E: Executor, O: RunObserver>(
                 StepResult::Ran(executor.run_step(&spec, &mut sink, cancel).await?)
             }
         };
+        sink.flush().map_err(ExecError::Sink)?;
+        // The step's masker may know more than it was given (an action's database password).
+        run_masker = run_masker.union(&sink.masker);
+        let step_result = masked_result(&run_masker, step_result);
         // The run's own deadline cut the step short: say so rather than blame the step.
         let step_result = match step_result {
             StepResult::Ran(Outcome::TimedOut { .. }) if step.timeout.is_none_or(|t| t > left) => {
@@ -375,7 +444,20 @@ pub async fn run_plan<E: Executor, O: RunObserver>(
             tracing::warn!(image, error = %crate::error_chain(&e), "failed to remove an image of the run");
         }
     }
-    Ok((result, reports))
+    Ok((result, masked_reports(&run_masker, reports)))
+}
+
+/// The status description and plan comment, masked (a plan's addresses can hold values).
+fn masked_reports(masker: &Masker, reports: Reports) -> Reports {
+    Reports {
+        summary: reports.summary.map(|s| masker.mask_str(&s)),
+        plan_comment: reports.plan_comment.map(|mut comment| {
+            for change in &mut comment.plan.changes {
+                change.address = masker.mask_str(&change.address);
+            }
+            PlanComment { plan: comment.plan }
+        }),
+    }
 }
 
 /// Why a step asks more than the operator allows (`[docker]` `max_*`), if it does.

@@ -206,7 +206,7 @@ async fn tofu_plans_on_pull_requests_applies_on_main_and_refuses_destroys() {
 
 /// OpenBao's jwt auth trusting `server`, with one role bound to `repo` (and to `git_ref`
 /// when given).
-async fn jwt_role(
+pub(crate) async fn jwt_role(
     bao: &OpenBao,
     server: &Server,
     role: &str,

@@ -11,5 +11,6 @@ mod store;
 mod tools_image;
 mod trust_files;
 mod trust_http;
+mod trust_mask;
 mod trust_payload;
 mod vault;

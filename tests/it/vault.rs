@@ -18,7 +18,7 @@ pub(crate) struct OpenBao {
     pub(crate) addr: String,
 }
 
-const ROOT: &str = "pipewright-test-root";
+pub(crate) const ROOT: &str = "pipewright-test-root";
 const REGISTRY_PASSWORD: &str = "s3cret-registry-pw";
 const GOOGLE: &str = "{\n  \"type\": \"service_account\",\n  \"private_key\": \"-----BEGIN PRIVATE KEY-----MIIEvAIBADANBgkq\"\n}";
 
