@@ -58,8 +58,12 @@ pub struct Git {
 /// The pipeline files of a commit: path and text (or why it is not text).
 pub type PipelineFiles = Vec<(String, Result<String, String>)>;
 
-/// How many commits' pipeline files are remembered.
+/// How many commits' pipeline files are remembered...
 const FILES_CACHED: usize = 256;
+/// ...when they are at most this large together (so the cache stays under 64 MiB).
+const CACHED_BYTES_PER_COMMIT: usize = 256 << 10;
+/// Pipeline files read from one commit at most.
+const MAX_PIPELINE_FILES: usize = 64;
 
 /// A repository's mirror, locked for the caller while it is held.
 #[derive(Debug)]
@@ -398,6 +402,7 @@ impl Git {
                 &[
                     "ls-tree",
                     "-z",
+                    "-l",
                     "--end-of-options",
                     sha,
                     "--",
@@ -407,12 +412,37 @@ impl Git {
             .await?;
         let mut files = Vec::new();
         for entry in split_z(&listing) {
-            // `<mode> <type> <object>\t<path>`
+            // `<mode> <type> <object> <size>\t<path>` (the size padded with spaces)
             let Some((meta, path)) = entry.split_once('\t') else {
                 continue;
             };
             let file_name = path.rsplit('/').next().unwrap_or(path);
             if !meta.contains(" blob ") || !pipewright_pipelines::is_pipeline_file(file_name) {
+                continue;
+            }
+            if files.len() == MAX_PIPELINE_FILES {
+                files.push((
+                    path.to_string(),
+                    Err(format!(
+                        "more than {MAX_PIPELINE_FILES} pipeline files in .pipewright/: this one and the rest are not read"
+                    )),
+                ));
+                break;
+            }
+            let size: u64 = meta
+                .split_whitespace()
+                .last()
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(u64::MAX);
+            if size > pipewright_pipelines::MAX_FILE_BYTES as u64 {
+                // Never read into memory: a pull request can commit a blob of any size.
+                files.push((
+                    path.to_string(),
+                    Err(format!(
+                        "the file is {size} bytes, larger than the limit of {} KiB for a pipeline file",
+                        pipewright_pipelines::MAX_FILE_BYTES >> 10
+                    )),
+                ));
                 continue;
             }
             let bytes = self
@@ -432,6 +462,13 @@ impl Git {
             ));
         }
         files.sort_by(|a, b| a.0.cmp(&b.0));
+        let bytes: usize = files
+            .iter()
+            .map(|(_, text)| text.as_ref().map_or(0, String::len))
+            .sum();
+        if bytes > CACHED_BYTES_PER_COMMIT {
+            return Ok(files);
+        }
         let mut cache = self.files.lock().unwrap_or_else(|e| e.into_inner());
         if cache.len() >= FILES_CACHED {
             cache.clear();

@@ -6,6 +6,7 @@ pub mod cli;
 pub mod config;
 mod events;
 mod exec;
+pub mod fuzzing;
 mod git;
 mod gitea;
 mod identity;

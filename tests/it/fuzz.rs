@@ -31,7 +31,18 @@ fn pipeline_parser_survives_mutated_files() {
     );
 }
 
-/// Tokens that change the shape of a YAML document, inserted by the mutator.
+#[test]
+fn webhook_decoder_survives_mutated_deliveries() {
+    fuzz_bounded(
+        "webhook_decode",
+        &corpus("webhook_decode"),
+        // JSON decoding is fast: many more inputs than the pipeline pass in the same time.
+        60_000,
+        pipewright::fuzzing::webhook_decode,
+    );
+}
+
+/// Tokens that change the shape of a YAML or JSON document, inserted by the mutator.
 const TOKENS: &[&[u8]] = &[
     b"[",
     b"]",
@@ -78,6 +89,17 @@ const TOKENS: &[&[u8]] = &[
     b"PIPEWRIGHT_*",
     b"*: kv/x#*",
     b"#*",
+    // JSON and payload fields, for the webhook decoder.
+    b"\"ref\": ",
+    b"\"refs/heads/",
+    b"\"0000000000000000000000000000000000000000\"",
+    b"\"--upload-pack=x\"",
+    b"\"../",
+    b"\\\"",
+    b"\\ud800",
+    b"1e400",
+    b"[[[[[[[[[[[[[[[[",
+    b"true",
 ];
 
 /// xorshift64*: small, seeded, the same sequence on every machine.

@@ -678,3 +678,93 @@ async fn pull_requests_that_only_look_trusted_get_no_identity_token() {
     );
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fork_pull_request_with_hostile_pipeline_files_cannot_crash_the_server() {
+    let gitea = FakeGitea::start().await;
+    let server = Server::start(&gitea).await;
+    let repo = gitea.create_repo("org", "app");
+    repo.commit("main", "ci")
+        .write(".pipewright/ci.yml", &on_push("echo fine"))
+        .push();
+    let fork = gitea.fork_repo(&repo, "mallory");
+    // 50 000 levels of nesting (the review's crash, at every restart), aliases that would
+    // expand to billions of values, a file of 10 MB, and a pids count past i64.
+    let deep = format!(
+        "on: push\nsteps: {}{}\n",
+        "[".repeat(50_000),
+        "]".repeat(50_000)
+    );
+    let mut laughs = String::from("a: &a [x, x, x, x, x, x, x, x, x, x]\n");
+    for (i, name) in ["b", "c", "d", "e", "f", "g", "h", "i", "j"]
+        .iter()
+        .enumerate()
+    {
+        let prev = ["a", "b", "c", "d", "e", "f", "g", "h", "i"][i];
+        laughs.push_str(&format!(
+            "{name}: &{name} [*{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}]\n"
+        ));
+    }
+    laughs.push_str("on: push\nsteps: *j\n");
+    let huge = format!("on: push\n# {}\nsteps: []\n", "x".repeat(10 << 20));
+    let pids = "on: pull_request\nsteps:\n  - name: s\n    image: busybox\n    run: \"true\"\n    pids: 18446744073709551615\n";
+    let head = fork
+        .commit("main", "hostile")
+        .write(".pipewright/deep.yml", &deep)
+        .write(".pipewright/laughs.yml", &laughs)
+        .write(".pipewright/huge.yml", &huge)
+        .write(".pipewright/pids.yml", pids)
+        .push();
+    let number = repo.open_pull_from(&fork, "main", "main");
+    let opened = repo.pull_request_event(number, PullAction::Opened);
+    assert_eq!(server.deliver(opened.clone()).await, 202);
+    for (context, says) in [
+        (
+            "pipewright/deep",
+            &["nesting deeper than 64", "recursion limit"][..],
+        ),
+        ("pipewright/laughs", &["values"]),
+        ("pipewright/huge", &["larger than the limit"]),
+        ("pipewright/pids", &["pids"]),
+    ] {
+        let statuses = final_statuses(&repo, &head, context).await;
+        let last = statuses.last().unwrap();
+        assert_eq!(last.state, "error", "{context}: {statuses:?}");
+        assert!(
+            says.iter().any(|s| last.description.contains(s)),
+            "{context}: {}",
+            last.description
+        );
+        assert!(
+            last.description.chars().count() <= 140,
+            "{}",
+            last.description
+        );
+    }
+    healthy(&server).await;
+    // The delivery is done with: a restart on the same data finds nothing to choke on, and
+    // the repository's own pushes still run.
+    let data = server.stop_keeping_data().await;
+    let server = Server::start_in(data, &gitea, &[], "").await;
+    healthy(&server).await;
+    assert!(
+        server
+            .app
+            .store
+            .pending_deliveries(10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let before = repo.head("main");
+    let after = repo.commit("main", "more").write("b.txt", "b\n").push();
+    assert_eq!(
+        server
+            .deliver(repo.push_event("main", &before, &after))
+            .await,
+        202
+    );
+    let statuses = final_statuses(&repo, &after, "pipewright/ci").await;
+    assert_eq!(states(&statuses).last(), Some(&"success"));
+    server.stop().await;
+}
