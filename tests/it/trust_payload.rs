@@ -9,7 +9,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use pipewright_tests::fake_gitea::{Delivery, FakeGitea, PullAction};
+use pipewright_tests::fake_gitea::{Delivery, FakeGitea, PullAction, Repo};
 use serde_json::Value;
 
 use crate::serve::{
@@ -19,6 +19,27 @@ use crate::serve::{
 /// A pipeline run on every push (and pull request) in the local test image.
 fn on_push(script: &str) -> String {
     format!("on: [push, pull_request]\nsteps:\n{}", step("say", script))
+}
+
+/// A repository `org/<name>` whose second commit adds a pipeline running `script` on every
+/// push; returns it with both commits.
+fn ci_repo(gitea: &FakeGitea, name: &str, script: &str) -> (Repo, String, String) {
+    let repo = gitea.create_repo("org", name);
+    let (first, second) = ci_commits(&repo, script);
+    (repo, first, second)
+}
+
+/// The two commits of [`ci_repo`], on an existing repository.
+fn ci_commits(repo: &Repo, script: &str) -> (String, String) {
+    let first = repo
+        .commit("main", "init")
+        .write("README.md", "hi\n")
+        .push();
+    let second = repo
+        .commit("main", "ci")
+        .write(".pipewright/ci.yml", &on_push(script))
+        .push();
+    (first, second)
 }
 
 /// Waits until every stored delivery has been processed.
@@ -48,15 +69,7 @@ async fn healthy(server: &Server) {
 async fn payload_fields_never_reach_git_as_options_urls_or_paths() {
     let gitea = FakeGitea::start().await;
     let server = Server::start(&gitea).await;
-    let repo = gitea.create_repo("org", "app");
-    let first = repo
-        .commit("main", "init")
-        .write("README.md", "hi\n")
-        .push();
-    let second = repo
-        .commit("main", "ci")
-        .write(".pipewright/ci.yml", &on_push("echo ran"))
-        .push();
+    let (repo, first, second) = ci_repo(&gitea, "app", "echo ran");
     let scratch = tempfile::tempdir().unwrap();
     let victim = scratch.path().join("victim");
     std::fs::write(&victim, "intact\n").unwrap();
@@ -230,15 +243,7 @@ async fn a_commit_that_is_not_on_its_ref_runs_nothing() {
 async fn a_replayed_push_runs_nothing_even_after_its_run_ended() {
     let gitea = FakeGitea::start().await;
     let server = Server::start(&gitea).await;
-    let repo = gitea.create_repo("org", "app");
-    let first = repo
-        .commit("main", "init")
-        .write("README.md", "hi\n")
-        .push();
-    let second = repo
-        .commit("main", "ci")
-        .write(".pipewright/ci.yml", &on_push("echo once"))
-        .push();
+    let (repo, first, second) = ci_repo(&gitea, "app", "echo once");
     let push = repo.push_event("main", &first, &second);
     assert_eq!(push.deliver(&server.hook(), SECRET).await.0, 202);
     final_statuses(&repo, &second, "pipewright/ci").await;
@@ -270,15 +275,7 @@ fn deep_push(push: &Delivery, depth: usize) -> Delivery {
 async fn payloads_built_to_crash_the_server_are_refused_and_it_stays_up() {
     let gitea = FakeGitea::start().await;
     let server = Server::start(&gitea).await;
-    let repo = gitea.create_repo("org", "app");
-    let first = repo
-        .commit("main", "init")
-        .write("README.md", "hi\n")
-        .push();
-    let second = repo
-        .commit("main", "ci")
-        .write(".pipewright/ci.yml", &on_push("echo ran"))
-        .push();
+    let (repo, first, second) = ci_repo(&gitea, "app", "echo ran");
     let push = repo.push_event("main", &first, &second);
 
     let mut bodies: Vec<(&str, Vec<u8>)> = vec![
@@ -339,18 +336,10 @@ async fn a_stalled_remote_delays_only_its_own_repository() {
     let server = Server::start_with(&gitea, &[("PIPEWRIGHT_GITEA__GIT_TIMEOUT", "2s")]).await;
     let stuck = gitea.create_repo("org", "stuck");
     let fine = gitea.create_repo("org", "fine");
-    let mut heads = Vec::new();
-    for repo in [&stuck, &fine] {
-        let first = repo
-            .commit("main", "init")
-            .write("README.md", "hi\n")
-            .push();
-        let second = repo
-            .commit("main", "ci")
-            .write(".pipewright/ci.yml", &on_push("echo ran"))
-            .push();
-        heads.push((first, second));
-    }
+    let heads = [
+        ci_commits(&stuck, "echo ran"),
+        ci_commits(&fine, "echo ran"),
+    ];
     stuck.stall_git(true);
     let started = Instant::now();
     let (first, second) = &heads[0];
@@ -389,15 +378,7 @@ async fn a_stalled_remote_delays_only_its_own_repository() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_delivery_that_keeps_crashing_the_process_is_given_up() {
     let gitea = FakeGitea::start().await;
-    let repo = gitea.create_repo("org", "crashy");
-    let first = repo
-        .commit("main", "init")
-        .write("README.md", "hi\n")
-        .push();
-    let second = repo
-        .commit("main", "ci")
-        .write(".pipewright/ci.yml", &on_push("echo ran"))
-        .push();
+    let (repo, first, second) = ci_repo(&gitea, "crashy", "echo ran");
     let data = tempfile::tempdir().unwrap();
     let addr = {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
