@@ -161,10 +161,24 @@ impl Git {
         timeout: Duration,
     ) -> Result<Vec<u8>, GitError> {
         let what = args.first().copied().unwrap_or("").to_string();
-        let output = self.command(dir, local_clone).args(args).output();
-        let out = match tokio::time::timeout(timeout, output).await {
+        // Its own process group, so that a timeout also stops the helpers git starts
+        // (`git-remote-https` holds the stalled connection, not `git`).
+        let child = self
+            .command(dir, local_clone)
+            .args(args)
+            .process_group(0)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(GitError::Spawn)?;
+        let group = child.id();
+        let out = match tokio::time::timeout(timeout, child.wait_with_output()).await {
             Ok(out) => out.map_err(GitError::Spawn)?,
             Err(_) => {
+                if let Some(pid) = group.and_then(|id| rustix::process::Pid::from_raw(id as i32))
+                {
+                    let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
+                }
                 return Err(GitError::TimedOut {
                     what,
                     after: timeout,
