@@ -175,8 +175,7 @@ impl Git {
         let out = match tokio::time::timeout(timeout, child.wait_with_output()).await {
             Ok(out) => out.map_err(GitError::Spawn)?,
             Err(_) => {
-                if let Some(pid) = group.and_then(|id| rustix::process::Pid::from_raw(id as i32))
-                {
+                if let Some(pid) = group.and_then(|id| rustix::process::Pid::from_raw(id as i32)) {
                     let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
                 }
                 return Err(GitError::TimedOut {
