@@ -401,11 +401,7 @@ impl Git {
     }
 
     /// The pipeline files at a commit: `(path, text)` of every `.pipewright/*.yml|yaml` blob.
-    pub async fn pipeline_files(
-        &self,
-        mirror: &Mirror,
-        sha: &str,
-    ) -> Result<PipelineFiles, GitError> {
+    async fn pipeline_files(&self, mirror: &Mirror, sha: &str) -> Result<PipelineFiles, GitError> {
         if let Some(files) = self.cached_files(mirror, sha) {
             return Ok(files);
         }
@@ -488,6 +484,46 @@ impl Git {
         }
         cache.insert((mirror.path.clone(), sha.to_string()), files.clone());
         Ok(files)
+    }
+
+    /// The pipelines of a commit, parsed: every `.pipewright/*.yml|yaml` file, a file that
+    /// cannot be read as text (not UTF-8, over the size limit) reported like any other
+    /// invalid file. The one way ingest, the worker, dispatches and schedules read them.
+    pub async fn pipelines_at(
+        &self,
+        mirror: &Mirror,
+        sha: &str,
+    ) -> Result<Vec<pipewright_pipelines::ParsedFile>, GitError> {
+        use pipewright_pipelines::{Diagnostic, ParsedFile, Pos, parse_files};
+        let mut texts = Vec::new();
+        let mut unreadable = Vec::new();
+        for (path, text) in self.pipeline_files(mirror, sha).await? {
+            match text {
+                Ok(t) => texts.push((path, t)),
+                Err(why) => unreadable.push((path, why)),
+            }
+        }
+        let mut parsed = parse_files(&texts);
+        for (path, message) in unreadable {
+            let name = path
+                .rsplit('/')
+                .next()
+                .unwrap_or(&path)
+                .trim_end_matches(".yaml")
+                .trim_end_matches(".yml")
+                .to_string();
+            let diag = Diagnostic {
+                file: path.clone(),
+                pos: Pos { line: 1, col: 1 },
+                message,
+            };
+            parsed.push(ParsedFile {
+                file: path,
+                name,
+                result: Err(vec![diag]),
+            });
+        }
+        Ok(parsed)
     }
 
     fn cached_files(&self, mirror: &Mirror, sha: &str) -> Option<PipelineFiles> {

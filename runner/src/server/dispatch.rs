@@ -10,7 +10,7 @@ use axum::{
     extract::{Path, State},
     http::{HeaderMap, StatusCode},
 };
-use pipewright_pipelines::{EventKind, GitRef, RunContext, parse_files, resolve_inputs};
+use pipewright_pipelines::{EventKind, GitRef, RunContext, resolve_inputs};
 use serde::Deserialize;
 
 use super::{
@@ -102,17 +102,13 @@ pub async fn dispatch(
             format!("{full_name} has no branch or tag `{wanted}`"),
         )
     })?;
-    let files = app
+    let parsed = app
         .git
-        .pipeline_files(&mirror, &sha)
+        .pipelines_at(&mirror, &sha)
         .await
         .map_err(|e| gitea_down(&e))?;
     drop(mirror);
-    let texts: Vec<(String, String)> = files
-        .into_iter()
-        .filter_map(|(p, t)| t.ok().map(|t| (p, t)))
-        .collect();
-    let parsed = parse_files(&texts)
+    let parsed = parsed
         .into_iter()
         .find(|f| f.name == pipeline_name)
         .ok_or_else(|| {

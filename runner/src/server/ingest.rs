@@ -13,8 +13,8 @@ use futures_util::FutureExt;
 
 use pipewright_containers::CancellationToken;
 use pipewright_pipelines::{
-    Changes, Diagnostic, EventKind, GitRef, ParsedFile, Pipeline, RunContext, Trigger,
-    default_inputs, parse_files, plan, selects,
+    Changes, Diagnostic, EventKind, GitRef, Pipeline, RunContext, Trigger, default_inputs, plan,
+    selects,
 };
 use tokio::task::JoinSet;
 use tracing::{Instrument, info, info_span, warn};
@@ -263,7 +263,7 @@ pub async fn enqueue_event(
             }
         }
     };
-    let (changes, files) = match tokio::try_join!(changes, app.git.pipeline_files(&mirror, &sha)) {
+    let (changes, files) = match tokio::try_join!(changes, app.git.pipelines_at(&mirror, &sha)) {
         Ok(both) => both,
         Err(e) => {
             // Say the plain thing when the commit itself is missing.
@@ -298,7 +298,7 @@ pub async fn enqueue_event(
             (trigger, Some(*number), actor.clone())
         }
     };
-    let parsed = parse_repo_files(files);
+    let parsed = files;
 
     let mut runs = Vec::new();
     for file in parsed {
@@ -439,39 +439,6 @@ async fn push_changes(
         ));
     }
     Ok(Changes::Files(app.git.all_files(mirror, after).await?))
-}
-
-/// Pipeline files read from git, non-UTF-8 ones reported like any other invalid file.
-fn parse_repo_files(files: Vec<(String, Result<String, String>)>) -> Vec<ParsedFile> {
-    let mut texts = Vec::new();
-    let mut broken = Vec::new();
-    for (path, text) in files {
-        match text {
-            Ok(t) => texts.push((path, t)),
-            Err(why) => broken.push((path, why)),
-        }
-    }
-    let mut parsed = parse_files(&texts);
-    for (path, why) in broken {
-        let stem = path
-            .rsplit('/')
-            .next()
-            .unwrap_or(&path)
-            .trim_end_matches(".yaml")
-            .trim_end_matches(".yml")
-            .to_string();
-        let diag = Diagnostic {
-            file: path.clone(),
-            pos: pipewright_pipelines::Pos { line: 1, col: 1 },
-            message: why,
-        };
-        parsed.push(ParsedFile {
-            file: path,
-            name: stem,
-            result: Err(vec![diag]),
-        });
-    }
-    parsed
 }
 
 /// `invalid pipeline: .pipewright/x.yml:3:5: unknown key … (+2 more)`.

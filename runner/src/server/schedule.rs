@@ -7,7 +7,7 @@
 use std::{sync::Arc, time::Duration};
 
 use pipewright_containers::CancellationToken;
-use pipewright_pipelines::{EventKind, GitRef, RunContext, cron_due, default_inputs, parse_files};
+use pipewright_pipelines::{EventKind, GitRef, RunContext, cron_due, default_inputs};
 use tracing::{info, warn};
 
 use super::{
@@ -53,7 +53,7 @@ pub async fn tick(app: &App, epoch_secs: i64) -> Result<usize, String> {
         else {
             continue;
         };
-        let files = match app.git.pipeline_files(&mirror, &head).await {
+        let files = match app.git.pipelines_at(&mirror, &head).await {
             Ok(files) => files,
             Err(e) => {
                 warn!(repo = %repo.full_name, error = %error_chain(&e), "schedules: failed to read pipelines");
@@ -61,15 +61,8 @@ pub async fn tick(app: &App, epoch_secs: i64) -> Result<usize, String> {
             }
         };
         drop(mirror);
-        let texts: Vec<(String, String)> = files
-            .into_iter()
-            .filter_map(|(p, t)| t.ok().map(|t| (p, t)))
-            .collect();
         let mut runs = Vec::new();
-        for pipeline in parse_files(&texts)
-            .into_iter()
-            .filter_map(|f| f.result.ok())
-        {
+        for pipeline in files.into_iter().filter_map(|f| f.result.ok()) {
             if !pipeline
                 .on
                 .schedule

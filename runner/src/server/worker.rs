@@ -13,7 +13,7 @@ use std::{
 use pipewright_containers::{
     CancellationToken, Executor, LABEL_INSTANCE, LABEL_RUN, Outcome, Stream,
 };
-use pipewright_pipelines::{EventKind, GitRef, PlannedStep, RunContext, parse_files, plan};
+use pipewright_pipelines::{EventKind, GitRef, PlannedStep, RunContext, plan};
 use tokio::{sync::Notify, task::JoinSet};
 use tracing::{Instrument, info, info_span, warn};
 
@@ -246,16 +246,11 @@ async fn run_checked_out(app: &App, run: &Run, cancel: &CancellationToken) -> Ra
         .with_commit(&run.repo, &run.sha)
         .await
         .map_err(|e| format!("git: {}", error_chain(&e)))?;
-    let files = app
+    let pipeline = app
         .git
-        .pipeline_files(&mirror, &run.sha)
+        .pipelines_at(&mirror, &run.sha)
         .await
-        .map_err(|e| format!("git: {}", error_chain(&e)))?;
-    let texts: Vec<(String, String)> = files
-        .into_iter()
-        .filter_map(|(p, t)| t.ok().map(|t| (p, t)))
-        .collect();
-    let pipeline = parse_files(&texts)
+        .map_err(|e| format!("git: {}", error_chain(&e)))?
         .into_iter()
         .find(|f| f.name == run.pipeline)
         .and_then(|f| f.result.ok())
