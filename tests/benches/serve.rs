@@ -2,7 +2,9 @@
 //!
 //! 1. webhook acknowledgement latency (signature checked, delivery committed to SQLite) at a
 //!    steady 200 deliveries/s for 30 s, then 1000/s for 10 s, side by side with the same
-//!    load on `GET /healthz` (an answer with no durable write) as the baseline;
+//!    load on `GET /healthz` (an answer with no durable write) as the baseline; then 200/s
+//!    again with a new connection for every request, as a simple webhook sender (Gitea
+//!    among them) does it;
 //! 2. time from a push webhook to its first step container started (image present, small
 //!    repository), side by side with a bare `git fetch` of the same commit.
 //!
@@ -109,7 +111,7 @@ async fn load(
 
 fn report(name: &str, rate: u32, (lat, failed): &(Vec<Duration>, usize)) {
     println!(
-        "{name:<34} {rate:>5}/s {:>6} req {:>4} failed   p50 {:>7} ms   p99 {:>7} ms   max {:>8} ms",
+        "{name:<40} {rate:>5}/s {:>6} req {:>4} failed   p50 {:>7} ms   p99 {:>7} ms   max {:>8} ms",
         lat.len(),
         failed,
         ms(percentile(lat, 0.50)),
@@ -147,8 +149,27 @@ async fn ack_latency(gitea: &FakeGitea, seconds: u32) {
             .header("x-gitea-signature", &signature)
             .body(body.clone())
     };
+    // No idle connections kept: every request opens its own.
+    let fresh = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap();
+    let make_fresh_hook = |i: u64| {
+        fresh
+            .post(&hook)
+            .header("content-type", "application/json")
+            .header("x-gitea-event", "push")
+            .header("x-gitea-event-type", "push")
+            .header(
+                "x-gitea-delivery",
+                format!("bench-fresh-{}-{i}", std::process::id()),
+            )
+            .header("x-gitea-signature", &signature)
+            .body(body.clone())
+    };
     let health = format!("{}/healthz", bench.url);
     let make_health = |_| client.get(&health);
+    let make_fresh_health = |_| fresh.get(&health);
     // Warm up both paths.
     load(100, 1, |i| make_hook(10_000_000 + i)).await;
     load(100, 1, make_health).await;
@@ -176,6 +197,16 @@ async fn ack_latency(gitea: &FakeGitea, seconds: u32) {
         "POST /hooks/gitea (durable)",
         1000,
         &load(1000, burst, |i| make_hook(1_000_000 + i)).await,
+    );
+    report(
+        "GET /healthz (new connection each)",
+        200,
+        &load(200, seconds, make_fresh_health).await,
+    );
+    report(
+        "POST /hooks/gitea (new connection each)",
+        200,
+        &load(200, seconds, make_fresh_hook).await,
     );
     println!(
         "budget (DESIGN.md): p99 under 5 ms at 200/s; 1000/s sustained, every answer well inside 5 s"
