@@ -165,11 +165,13 @@ fn ci_repo(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slowloris_connections_are_cut_while_deliveries_are_answered() {
     let gitea = FakeGitea::start().await;
-    let server = Server::start_with(&gitea, &[("PIPEWRIGHT_SERVER__HEADER_TIMEOUT", "5s")]).await;
+    let server = Server::start_with(&gitea, &[("PIPEWRIGHT_SERVER__HEADER_TIMEOUT", "10s")]).await;
     let (_repo, push) = quiet_repo(&gitea, "slow");
     let (mut attackers, cut, give_up) = start_slowloris(&server, 300).await;
-    eventually(Duration::from_secs(30), "300 slow connections", || async {
-        (server_side_connections(port(&server)) >= 300).then_some(())
+    // Most of them connected and trickling at once (on a busy machine the first may already
+    // have been cut by the header timeout when the last connects).
+    eventually(Duration::from_secs(30), "slow connections", || async {
+        (server_side_connections(port(&server)) >= 250).then_some(())
     })
     .await;
 

@@ -9,9 +9,7 @@ use std::{process::Stdio, time::Duration};
 use pipewright_tests::fake_gitea::{Delivery, FakeGitea, PullAction, Repo};
 use serde_json::Value;
 
-use crate::serve::{
-    Process, SECRET, Server, client, eventually, final_statuses, get_json, states, step,
-};
+use crate::serve::{Process, SECRET, Server, client, eventually, final_statuses, states, step};
 
 /// A pipeline run on every push (and pull request) in the local test image.
 fn on_push(script: &str) -> String {
@@ -453,7 +451,8 @@ async fn a_delivery_that_keeps_crashing_the_process_is_given_up() {
         text.contains("started 5 times without finishing"),
         "the log says why: {text}"
     );
-    // The server goes on serving, and the next event of that repository runs.
+    // The server goes on serving, and the next event of that repository runs. (Catch-up may
+    // run the given-up commit too, from Gitea's branch list rather than the payload.)
     let third = repo.commit("main", "more").write("b.txt", "b\n").push();
     let (code, _) = repo
         .push_event("main", &second, &third)
@@ -462,14 +461,6 @@ async fn a_delivery_that_keeps_crashing_the_process_is_given_up() {
     assert_eq!(code, 202);
     let statuses = final_statuses(&repo, &third, "pipewright/ci").await;
     assert_eq!(states(&statuses).last(), Some(&"success"));
-    let runs = get_json(&url, "/api/v1/runs").await;
-    assert!(
-        runs.as_array()
-            .unwrap()
-            .iter()
-            .all(|r| r["sha"] != second.as_str()),
-        "the given-up delivery did not run: {runs:#}"
-    );
     drop(last);
 }
 
