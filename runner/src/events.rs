@@ -160,6 +160,65 @@ impl Event {
     }
 }
 
+impl Event {
+    /// The event as the Gitea payload [`decode`] reads (only the fields it reads): how
+    /// catch-up queues an event it found through Gitea's API as a delivery of its own, so
+    /// that it goes through the same checks, dedupe and crash counting as a webhook.
+    pub fn to_payload(&self) -> (&'static str, serde_json::Value) {
+        let repository = |r: &RepoInfo| {
+            serde_json::json!({
+                "id": r.id,
+                "full_name": r.full_name,
+                "owner": { "id": r.owner_id },
+                "default_branch": r.default_branch,
+                "object_format_name": if r.sha256 { "sha256" } else { "sha1" },
+            })
+        };
+        match self {
+            Event::Push {
+                repo,
+                git_ref,
+                before,
+                after,
+                actor,
+            } => (
+                "push",
+                serde_json::json!({
+                    "ref": git_ref.full(),
+                    "before": before,
+                    "after": after,
+                    "repository": repository(repo),
+                    "sender": { "login": actor },
+                }),
+            ),
+            Event::PullRequest {
+                repo,
+                number,
+                base_branch,
+                head_sha,
+                head_repo_id,
+                author,
+                action,
+                actor,
+            } => (
+                "pull_request",
+                serde_json::json!({
+                    "action": action,
+                    "number": number,
+                    "pull_request": {
+                        "number": number,
+                        "user": { "login": author },
+                        "base": { "ref": base_branch },
+                        "head": { "sha": head_sha, "repo_id": head_repo_id },
+                    },
+                    "repository": repository(repo),
+                    "sender": { "login": actor },
+                }),
+            ),
+        }
+    }
+}
+
 /// What a delivery means.
 #[derive(Debug)]
 pub enum Decoded {
@@ -360,6 +419,46 @@ fn decode_pull_request(ev: payload::PullRequestEvent) -> Result<Decoded, Invalid
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_event_survives_its_payload() {
+        let repo = RepoInfo {
+            full_name: "org/app".into(),
+            id: 4,
+            owner_id: 2,
+            default_branch: "main".into(),
+            sha256: false,
+        };
+        let events = [
+            Event::Push {
+                repo: repo.clone(),
+                git_ref: GitRef::Branch("feature/x".into()),
+                before: "0".repeat(40),
+                after: "a".repeat(40),
+                actor: String::new(),
+            },
+            Event::PullRequest {
+                repo: RepoInfo {
+                    sha256: true,
+                    ..repo
+                },
+                number: 7,
+                base_branch: "main".into(),
+                head_sha: "b".repeat(64),
+                head_repo_id: 9,
+                author: "mallory".into(),
+                action: "synchronized".into(),
+                actor: "alice".into(),
+            },
+        ];
+        for event in events {
+            let (event_type, payload) = event.to_payload();
+            let Ok(Decoded::Act(back)) = decode(event_type, payload.to_string().as_bytes()) else {
+                panic!("{event:?} did not decode back");
+            };
+            assert_eq!(format!("{back:?}"), format!("{event:?}"));
+        }
+    }
 
     #[test]
     fn nesting_is_counted_outside_strings() {

@@ -750,3 +750,75 @@ async fn a_fork_pull_request_with_hostile_pipeline_files_cannot_crash_the_server
     assert_eq!(states(&statuses).last(), Some(&"success"));
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn catch_up_runs_missed_events_once_through_the_same_checks() {
+    let gitea = FakeGitea::start().await;
+    let server = Server::start(&gitea).await;
+    let ci = format!(
+        "on: [push, pull_request]\nsteps:\n{}",
+        step(
+            "who",
+            "echo \"token=${PIPEWRIGHT_ID_TOKEN:+present} on $PIPEWRIGHT_REF\""
+        )
+    );
+    let repo = gitea.create_repo("org", "app");
+    let first = repo
+        .commit("main", "init")
+        .write("README.md", "hi\n")
+        .push();
+    let second = repo
+        .commit("main", "ci")
+        .write(".pipewright/ci.yml", &ci)
+        .push();
+    // One delivered push makes the repository known; what follows is missed.
+    assert_eq!(
+        server
+            .deliver(repo.push_event("main", &first, &second))
+            .await,
+        202
+    );
+    final_statuses(&repo, &second, "pipewright/ci").await;
+    let data = server.stop_keeping_data().await;
+    let missed = repo.commit("main", "missed").write("a.txt", "a\n").push();
+    let fork = gitea.fork_repo(&repo, "mallory");
+    let forked = fork.commit("main", "fork").write("b.txt", "b\n").push();
+    let number = repo.open_pull_from(&fork, "main", "main");
+
+    // Catch-up at start, and again a second later: each missed event runs once.
+    let server = Server::start_in(
+        data,
+        &gitea,
+        &[("PIPEWRIGHT_SERVER__CATCH_UP_INTERVAL", "1s")],
+        "",
+    )
+    .await;
+    let statuses = final_statuses(&repo, &missed, "pipewright/ci").await;
+    assert_eq!(states(&statuses).last(), Some(&"success"));
+    let statuses = final_statuses(&repo, &forked, "pipewright/ci").await;
+    assert_eq!(states(&statuses).last(), Some(&"success"));
+    // Two more catch-ups (each lists the branches) find nothing more to run.
+    let listings = || {
+        gitea
+            .api_requests()
+            .iter()
+            .filter(|r| r.path == "/api/v1/repos/org/app/branches")
+            .count()
+    };
+    let seen = listings();
+    eventually(Duration::from_secs(30), "two more catch-ups", || async {
+        (listings() >= seen + 2).then_some(())
+    })
+    .await;
+    let runs = server.runs().await;
+    let of = |sha: &str| runs.iter().filter(|r| r["sha"] == sha).count();
+    assert_eq!((of(&missed), of(&forked)), (1, 1), "{runs:#?}");
+    // The fork's pull request found by catch-up is as untrusted as a delivered one.
+    let pr_run = runs.iter().find(|r| r["sha"] == forked.as_str()).unwrap();
+    let log = server.log(pr_run["id"].as_i64().unwrap(), 0).await;
+    assert!(
+        log.contains(&format!("token= on refs/pull/{number}/head")),
+        "{log}"
+    );
+    server.stop().await;
+}

@@ -10,15 +10,12 @@ use pipewright_containers::{CancellationToken, Executor};
 use pipewright_pipelines::GitRef;
 use tracing::{info, warn};
 
-use super::{
-    App,
-    ingest::{enqueue_event, error_chain},
-    worker::live_runs_filter,
-};
+use super::{App, ingest::error_chain, worker::live_runs_filter};
 use crate::{
     checked,
     events::{Event, RepoInfo},
     git::is_zero,
+    store::{NewDelivery, Received},
 };
 
 pub async fn run(app: Arc<App>, stop: CancellationToken) {
@@ -133,15 +130,34 @@ async fn reconcile(app: &App, seen: &mut HashSet<(String, String)>) -> anyhow::R
         }
         for event in missing {
             let key = (repo.full_name.clone(), event.sha().to_string());
-            match enqueue_event(app, None, &event).await {
-                Ok(enqueued) => {
-                    if !enqueued.ids.is_empty() {
-                        info!(repo = %repo.full_name, sha = %event.sha(), runs = enqueued.ids.len(), "catch-up: ran a missed event");
-                    }
+            // Queued as a delivery of its own, processed like a webhook's: the same checks,
+            // dedupe and crash counting (a commit whose processing keeps crashing the process
+            // is given up once, not found again by every catch-up).
+            let (event_type, payload) = event.to_payload();
+            let delivery_id = match &event {
+                Event::Push { git_ref, after, .. } => {
+                    format!("catch-up:{}:{}:{after}", repo.full_name, git_ref.full())
+                }
+                Event::PullRequest {
+                    number, head_sha, ..
+                } => format!("catch-up:{}:pull/{number}:{head_sha}", repo.full_name),
+            };
+            let delivery = NewDelivery {
+                delivery_id,
+                event_type: event_type.to_string(),
+                repo: repo.full_name.clone(),
+                payload: payload.to_string().into_bytes(),
+            };
+            match app.deliveries.store(delivery).await {
+                Ok(Received::New(id)) => {
+                    info!(repo = %repo.full_name, sha = %event.sha(), delivery = id, "catch-up: queued a missed event");
+                    seen.insert(key);
+                }
+                Ok(Received::Duplicate) => {
                     seen.insert(key);
                 }
                 Err(e) => {
-                    warn!(repo = %repo.full_name, sha = %event.sha(), error = %error_chain(&e), "catch-up failed for a commit")
+                    warn!(repo = %repo.full_name, sha = %event.sha(), error = %e, "catch-up failed for a commit")
                 }
             }
         }
