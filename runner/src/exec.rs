@@ -257,6 +257,7 @@ async fn run_one(
         },
         services,
         network: args.network.as_deref(),
+        volumes_resolved: false,
     };
     let mut printer = Printer {
         out: io::stdout(),

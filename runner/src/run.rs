@@ -206,6 +206,10 @@ pub struct RunSetup<'a> {
     pub services: &'a dyn ActionServices,
     /// Docker network of step containers (`None`: the engine's default bridge).
     pub network: Option<&'a str>,
+    /// The plan's host volumes were resolved (symlinks included) and checked when the run
+    /// started: each step re-checks that its paths still resolve to themselves, so an
+    /// earlier step cannot swap a directory for a link before a later step mounts it.
+    pub volumes_resolved: bool,
 }
 
 impl std::fmt::Debug for RunSetup<'_> {
@@ -350,7 +354,8 @@ pub async fn run_plan<E: Executor, O: RunObserver>(
             continue;
         }
         observer.step_started(step).await;
-        if let Some(why) = above_ceiling(step, setup.defaults) {
+        let moved = setup.volumes_resolved.then(|| moved_volume(step)).flatten();
+        if let Some(why) = moved.or_else(|| above_ceiling(step, setup.defaults)) {
             let refused = StepResult::Unrunnable(why.clone());
             observer.step_finished(step, &refused, Duration::ZERO).await;
             result = RunResult::Error(format!("step {}: {why}", step.name));
@@ -458,6 +463,21 @@ fn masked_reports(masker: &Masker, reports: Reports) -> Reports {
             PlanComment { plan: comment.plan }
         }),
     }
+}
+
+/// A host volume of the step whose path no longer resolves to itself (a link put in its
+/// place since the run's check), if any.
+fn moved_volume(step: &PlannedStep) -> Option<String> {
+    step.volumes.iter().find_map(|v| {
+        let now = std::fs::canonicalize(&v.host).ok();
+        (now.as_deref() != Some(Path::new(&v.host))).then(|| {
+            format!(
+                "the host path {} changed since the run started (it is now {}): not mounted",
+                v.host,
+                now.map_or_else(|| "gone".to_string(), |p| p.display().to_string())
+            )
+        })
+    })
 }
 
 /// Why a step asks more than the operator allows (`[docker]` `max_*`), if it does.

@@ -473,3 +473,52 @@ async fn pipelines_asking_more_than_the_ceilings_are_refused() {
     assert!(!log.contains("line 1999"));
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_step_cannot_swap_a_volume_for_a_link_before_a_later_step_mounts_it() {
+    let outside = tempfile::tempdir().unwrap();
+    let allowed = outside.path().join("allowed");
+    let secret_dir = outside.path().join("secret");
+    std::fs::create_dir_all(allowed.join("sub")).unwrap();
+    std::fs::create_dir_all(&secret_dir).unwrap();
+    let host_marker = "host-file-content-4be2a9";
+    std::fs::write(secret_dir.join("secret.txt"), host_marker).unwrap();
+    let allowed_str = allowed.display().to_string();
+    let gitea = pipewright_tests::fake_gitea::FakeGitea::start().await;
+    let policy = format!("[[repos]]\nname = \"org/app\"\nhost_volumes = [\"{allowed_str}\"]\n");
+    let server = Server::start_with_config(&gitea, &[], &policy).await;
+    // A push (repository writers only), so host volumes are mounted: the first step may
+    // write to the allowed directory, and puts a link where the second step's volume was.
+    let swap = format!(
+        "rm -r /a/sub && ln -s {} /a/sub && echo swapped",
+        secret_dir.display()
+    );
+    let pipeline = format!(
+        "on: push\nsteps:\n  - name: swap\n    image: {IMAGE}\n    run: {swap:?}\n    volumes: [\"{allowed_str}:/a\"]\n  - name: read\n    image: {IMAGE}\n    run: cat /b/secret.txt\n    volumes: [\"{allowed_str}/sub:/b:ro\"]\n"
+    );
+    let repo = gitea.create_repo("org", "app");
+    let first = repo.commit("main", "init").write("README.md", "x\n").push();
+    let second = repo
+        .commit("main", "ci")
+        .write(".pipewright/swap.yml", &pipeline)
+        .push();
+    assert_eq!(
+        server
+            .deliver(repo.push_event("main", &first, &second))
+            .await,
+        202
+    );
+    let run = finished_run(&server, "swap").await;
+    let id = run["id"].as_i64().unwrap();
+    assert!(server.log(id, 0).await.contains("swapped"), "{run:#}");
+    assert_eq!(run["state"], "error", "{run:#}");
+    assert!(
+        run["description"]
+            .as_str()
+            .unwrap()
+            .contains("changed since the run started"),
+        "{run:#}"
+    );
+    assert!(!server.log(id, 1).await.contains(host_marker));
+    server.stop().await;
+}

@@ -325,6 +325,7 @@ async fn run_with_access(
         },
         services: access,
         network: app.config.docker.network.as_deref(),
+        volumes_resolved: true,
     };
     let mut observer = StoreObserver {
         app,
