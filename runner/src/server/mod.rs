@@ -267,10 +267,8 @@ pub async fn serve(
     if let Err(e) = workers.await {
         warn!(error = %e, "the worker stopped abnormally");
     }
-    // Let the reporter send the last statuses, briefly.
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    app.reporter_wake.notify_one();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The runs have ended: the reporter sends their last statuses and comments (within
+    // `reporter::DRAIN_WITHIN`) while the other tasks stop.
     stop_work.cancel();
     while tasks.join_next().await.is_some() {}
     app.store.close().await;
