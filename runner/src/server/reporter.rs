@@ -70,7 +70,10 @@ enum Next {
     Sent,
     /// Gitea refused it too often: dropped (recorded as sent).
     GiveUp(GiteaError),
-    Retry { in_ms: i64, error: GiteaError },
+    Retry {
+        in_ms: i64,
+        error: GiteaError,
+    },
 }
 
 fn next_after(result: Result<(), GiteaError>, attempts: i64) -> Next {

@@ -197,7 +197,12 @@ async fn execute(app: Arc<App>, run: Run) {
                 &format!("{}/runs/{}", app.public_url(), run.id),
             );
             let repo = run.status_repo.clone();
-            Some(NewComment { repo, pr, marker, body })
+            Some(NewComment {
+                repo,
+                pr,
+                marker,
+                body,
+            })
         }
         _ => None,
     };
