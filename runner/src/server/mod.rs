@@ -244,7 +244,7 @@ const TASKS: [(&str, TaskFn); 6] = [
 
 /// Serves until `shutdown` fires: then stops taking webhooks and new runs, lets running runs
 /// finish (a second signal in `main` exits at once; such runs end as interrupted at the
-/// next start), and returns.
+/// next start), sends what the outbox holds (within a few seconds), and returns.
 pub async fn serve(
     listener: TcpListener,
     app: Arc<App>,
