@@ -109,18 +109,7 @@ impl Store {
 
     /// Marks a comment sent, unless a newer one was queued for its marker meanwhile.
     pub async fn comment_sent(&self, c: &QueuedComment) -> Result<(), StoreError> {
-        sqlx::query(
-            "UPDATE comment_outbox SET sent_at = $1
-             WHERE repo = $2 AND pr = $3 AND marker = $4 AND version = $5",
-        )
-        .bind(now_ms())
-        .bind(&c.repo)
-        .bind(c.pr)
-        .bind(&c.marker)
-        .bind(c.version)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
+        self.update_comment(c, "sent_at = $1", now_ms()).await
     }
 
     /// Counts a failed send and puts the next try `retry_in_ms` away (a newer comment
@@ -130,11 +119,22 @@ impl Store {
         c: &QueuedComment,
         retry_in_ms: i64,
     ) -> Result<(), StoreError> {
-        sqlx::query(
-            "UPDATE comment_outbox SET attempts = attempts + 1, next_attempt_at = $1
-             WHERE repo = $2 AND pr = $3 AND marker = $4 AND version = $5",
-        )
-        .bind(now_ms() + retry_in_ms)
+        let set = "attempts = attempts + 1, next_attempt_at = $1";
+        self.update_comment(c, set, now_ms() + retry_in_ms).await
+    }
+
+    /// `UPDATE … SET {set}` (with `$1` = `at`) of this queueing of the comment only.
+    async fn update_comment(
+        &self,
+        c: &QueuedComment,
+        set: &'static str,
+        at: i64,
+    ) -> Result<(), StoreError> {
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "UPDATE comment_outbox SET {set}
+             WHERE repo = $2 AND pr = $3 AND marker = $4 AND version = $5"
+        )))
+        .bind(at)
         .bind(&c.repo)
         .bind(c.pr)
         .bind(&c.marker)
