@@ -537,11 +537,16 @@ fn pipeline(cx: &mut Cx, root: &Node, stem: &str, name_out: &mut String) -> Opti
             None
         }
     };
-    let inputs: Vec<Input> = on
-        .as_ref()
-        .and_then(|t| t.dispatch.as_ref())
-        .map(|d| d.inputs.clone())
-        .unwrap_or_default();
+    let inputs: Vec<Input> = match &on {
+        Some(t) => t
+            .dispatch
+            .as_ref()
+            .map(|d| d.inputs.clone())
+            .unwrap_or_default(),
+        // `on:` has errors of its own: templates are checked against the inputs it names,
+        // so that a bad input (or trigger) is not reported again at each `${{ inputs.… }}`.
+        None => obj.value("on").map(named_inputs).unwrap_or_default(),
+    };
     let concurrency = match obj.value("concurrency") {
         None => Some(Concurrency {
             group: None,
@@ -680,7 +685,53 @@ fn triggers(cx: &mut Cx, node: &Node) -> Option<Triggers> {
     ok.then_some(t)
 }
 
+/// The inputs `on.dispatch.inputs` names, whatever is wrong with them (each as a string
+/// input): read from the tree as written, reporting nothing.
+fn named_inputs(on: &Node) -> Vec<Input> {
+    fn key(node: &Node) -> Option<&str> {
+        match &node.value {
+            Value::Scalar { text, .. } => Some(text),
+            _ => None,
+        }
+    }
+    fn entries(node: &Node) -> &[(Node, Node)] {
+        match &node.value {
+            Value::Map(entries) => entries,
+            _ => &[],
+        }
+    }
+    fn field<'n>(node: &'n Node, name: &str) -> Option<&'n Node> {
+        entries(node)
+            .iter()
+            .find(|(k, _)| key(k) == Some(name))
+            .map(|(_, v)| v)
+    }
+    let Some(inputs) = field(on, "dispatch").and_then(|d| field(d, "inputs")) else {
+        return Vec::new();
+    };
+    entries(inputs)
+        .iter()
+        .take(MAX_INPUTS)
+        .filter_map(|(k, _)| key(k))
+        .map(|name| Input {
+            name: name.to_string(),
+            kind: InputKind::String,
+            required: false,
+            default: None,
+            description: None,
+        })
+        .collect()
+}
+
 fn unknown_event(cx: &mut Cx, node: &Node, name: &str) {
+    if name == "schedule" {
+        // The list form has no place for the crons.
+        cx.error(
+            node.pos,
+            "`schedule` needs crons: use `on: { schedule: [{ cron: \"…\" }] }`",
+        );
+        return;
+    }
     let hint = crate::diag::alias(name)
         .or_else(|| did_you_mean(name, ["push", "pull_request", "dispatch", "schedule"]));
     match hint {

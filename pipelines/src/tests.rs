@@ -1061,3 +1061,48 @@ fn positions_in_non_ascii_text() {
         "#]],
     );
 }
+
+#[test]
+fn list_form_schedule_and_bad_input_types() {
+    // The list form names events without filters: a schedule needs its crons.
+    check(
+        "on: [push, schedule]\nsteps: [{name: a, image: busybox, run: x}]\n",
+        expect![[r#"
+            .pipewright/broken.yml:1:12: `schedule` needs crons: use `on: { schedule: [{ cron: "…" }] }`
+        "#]],
+    );
+    check(
+        "on: schedule\nsteps: [{name: a, image: busybox, run: x}]\n",
+        expect![[r#"
+            .pipewright/broken.yml:1:5: `schedule` needs crons: use `on: { schedule: [{ cron: "…" }] }`
+        "#]],
+    );
+    // A bad input type is one error, whatever else the input says.
+    check(
+        "on:\n  dispatch:\n    inputs: { x: { type: strng } }\nsteps: [{name: a, image: busybox, run: x}]\n",
+        expect![[r#"
+            .pipewright/broken.yml:3:26: unknown input type `strng`; expected one of: string, choice, boolean, number
+        "#]],
+    );
+    check(
+        "on:\n  dispatch:\n    inputs: { x: { type: strng, default: a, options: [a, b] } }\nsteps: [{name: a, image: busybox, run: x}]\n",
+        expect![[r#"
+            .pipewright/broken.yml:3:26: unknown input type `strng`; expected one of: string, choice, boolean, number
+        "#]],
+    );
+    check(
+        "on:\n  dispatch:\n    inputs: { x: { type: strng } }\nsteps: [{name: a, image: \"busybox:${{ inputs.x }}\", run: x}]\n",
+        expect![[r#"
+            .pipewright/broken.yml:3:26: unknown input type `strng`; expected one of: string, choice, boolean, number
+        "#]],
+    );
+    // Nor does any other error of `on:` make declared inputs unknown; undeclared ones
+    // still are.
+    check(
+        "on:\n  push: { branchs: [main] }\n  dispatch: { inputs: { tag: {} } }\nsteps:\n  - name: a\n    image: \"busybox:${{ inputs.tag }}\"\n    run: x\n  - name: b\n    image: \"busybox:${{ inputs.tga }}\"\n    run: x\n",
+        expect![[r#"
+            .pipewright/broken.yml:2:11: unknown key `branchs` in `on.push`; did you mean `branches`?
+            .pipewright/broken.yml:9:21: no dispatch input `tga`; declared: tag
+        "#]],
+    );
+}

@@ -232,10 +232,11 @@ async fn run_one(
             secret_values: values,
         }
     };
-    let local_vault = local_vault(args);
-    let session = local_vault
-        .as_ref()
-        .map(|(vault, token)| Session { vault, token });
+    let local_vault = LocalVault::open(args).await;
+    let session = local_vault.as_ref().map(|v| Session {
+        vault: &v.vault,
+        token: &v.token,
+    });
     let default_branch = facts_default_branch(git_ref);
     let services: &dyn ActionServices = match &session {
         Some(s) => s,
@@ -263,9 +264,11 @@ async fn run_one(
         out: io::stdout(),
         err: io::stderr(),
     };
-    let (result, reports) = run_plan(executor, &plan, &setup, &mut printer, cancel)
-        .await
-        .context("the Docker engine failed during the run")?;
+    let ran = run_plan(executor, &plan, &setup, &mut printer, cancel).await;
+    if let Some(vault) = &local_vault {
+        vault.close().await;
+    }
+    let (result, reports) = ran.context("the Docker engine failed during the run")?;
     if let (RunResult::Success, Some(summary)) = (&result, &reports.summary) {
         println!("=== pipeline {}: {summary}", pipeline.name);
     }
@@ -285,16 +288,51 @@ async fn run_one(
     Ok(code)
 }
 
-/// The pipeline's Vault secrets, read with the caller's own token (`VAULT_TOKEN`).
-/// Vault for the `postgres` action's credentials, with the caller's token.
-fn local_vault(args: &ExecArgs) -> Option<(Vault, RunToken)> {
-    let (addr, token) = (args.vault_addr.as_ref()?, args.vault_token.as_ref()?);
-    let client = crate::gitea::http_client(None).ok()?;
-    let token = RunToken {
-        token: Secret::new(token.clone()),
-        role: "(VAULT_TOKEN)".into(),
-    };
-    Some((Vault::new(addr, client), token))
+/// Vault for the `postgres` action's credentials: a child of the caller's token
+/// (`VAULT_TOKEN`), revoked when the run ends, and with it every lease obtained through it,
+/// as the server revokes a run's token. A caller's token that may not create children is
+/// used itself (never revoked); its leases are then revoked one by one after each step,
+/// which needs `update` on `sys/leases/revoke`.
+struct LocalVault {
+    vault: Vault,
+    token: RunToken,
+    child: bool,
+}
+
+/// A child token outlives no run: a run longer than this gets no new credentials.
+const CHILD_TTL: &str = "8h";
+
+impl LocalVault {
+    async fn open(args: &ExecArgs) -> Option<LocalVault> {
+        let (addr, token) = (args.vault_addr.as_ref()?, args.vault_token.as_ref()?);
+        let client = crate::gitea::http_client(None).ok()?;
+        let vault = Vault::new(addr, client);
+        let caller = RunToken {
+            token: Secret::new(token.clone()),
+            role: "(VAULT_TOKEN)".into(),
+        };
+        Some(match vault.child_token(&caller, CHILD_TTL).await {
+            Ok(token) => LocalVault {
+                vault,
+                token,
+                child: true,
+            },
+            Err(_) => LocalVault {
+                vault,
+                token: caller,
+                child: false,
+            },
+        })
+    }
+
+    /// Revokes the run's child token (never the caller's own).
+    async fn close(&self) {
+        if self.child
+            && let Err(e) = self.vault.revoke(&self.token).await
+        {
+            eprintln!("warning: failed to revoke the run's Vault token: {e}");
+        }
+    }
 }
 
 /// A local run is never on "the default branch": `tofu` plans without applying and

@@ -244,21 +244,9 @@ pub(crate) async fn jwt_role(
     .await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn postgres_runs_sql_with_vault_database_credentials_and_revokes_them() {
-    let pg = Postgres::start();
-    pg.sql("CREATE DATABASE app");
-    let bao = OpenBao::start().await;
-    let gitea = FakeGitea::start().await;
-    let server = Server::start_with(
-        &gitea,
-        &[
-            ("PIPEWRIGHT_VAULT__ADDRESS", bao.addr.as_str()),
-            ("PIPEWRIGHT_DOCKER__NETWORK", "host"),
-        ],
-    )
-    .await;
-    // The database secrets engine makes a role per run, and drops it on revocation.
+/// OpenBao's database secrets engine on `pg`'s database `app`, with the role `app-migrate`:
+/// a PostgreSQL role per lease (named `v-…`), dropped when the lease is revoked.
+async fn database_engine(bao: &OpenBao, pg: &Postgres) {
     bao.post("sys/mounts/database", json!({ "type": "database" }))
         .await;
     bao.post(
@@ -282,6 +270,30 @@ async fn postgres_runs_sql_with_vault_database_credentials_and_revokes_them() {
         }),
     )
     .await;
+}
+
+/// The `v-…` roles the database engine made that still exist.
+fn dynamic_roles(pg: &Postgres) -> String {
+    pg.sql("SELECT count(*) FROM pg_roles WHERE rolname LIKE 'v-%'")
+        .trim()
+        .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_runs_sql_with_vault_database_credentials_and_revokes_them() {
+    let pg = Postgres::start();
+    pg.sql("CREATE DATABASE app");
+    let bao = OpenBao::start().await;
+    let gitea = FakeGitea::start().await;
+    let server = Server::start_with(
+        &gitea,
+        &[
+            ("PIPEWRIGHT_VAULT__ADDRESS", bao.addr.as_str()),
+            ("PIPEWRIGHT_DOCKER__NETWORK", "host"),
+        ],
+    )
+    .await;
+    database_engine(&bao, &pg).await;
     let policy = "path \"database/creds/app-migrate\" { capabilities = [\"read\"] }\npath \"sys/leases/revoke\" { capabilities = [\"update\"] }\n";
     jwt_role(
         &bao,
@@ -321,12 +333,7 @@ async fn postgres_runs_sql_with_vault_database_credentials_and_revokes_them() {
     );
     assert_eq!(pg.sql_in("app", "SELECT count(*) FROM users").trim(), "2");
     // The run's credentials are gone: the lease was revoked, the role dropped.
-    let dynamic = || {
-        pg.sql("SELECT count(*) FROM pg_roles WHERE rolname LIKE 'v-%'")
-            .trim()
-            .to_string()
-    };
-    assert_eq!(dynamic(), "0");
+    assert_eq!(dynamic_roles(&pg), "0");
 
     // A failing file stops the run, names the file and line, and rolls its transaction back.
     let c2 = repo
@@ -348,8 +355,101 @@ async fn postgres_runs_sql_with_vault_database_credentials_and_revokes_them() {
         "2",
         "the failing file's transaction was rolled back"
     );
-    assert_eq!(dynamic(), "0");
+    assert_eq!(dynamic_roles(&pg), "0");
     server.stop().await;
+}
+
+/// Leases of the database engine's role that still exist.
+async fn live_leases(bao: &OpenBao) -> usize {
+    let resp = crate::serve::client()
+        .request(
+            reqwest::Method::from_bytes(b"LIST").unwrap(),
+            format!(
+                "{}/v1/sys/leases/lookup/database/creds/app-migrate/",
+                bao.addr
+            ),
+        )
+        .header("X-Vault-Token", crate::vault::ROOT)
+        .send()
+        .await
+        .unwrap();
+    if resp.status() == reqwest::StatusCode::NOT_FOUND {
+        return 0;
+    }
+    assert!(
+        resp.status().is_success(),
+        "listing leases: {}",
+        resp.status()
+    );
+    let v: serde_json::Value = resp.json().await.unwrap();
+    v["data"]["keys"].as_array().map_or(0, Vec::len)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exec_revokes_the_database_credentials_it_obtained() {
+    let pg = Postgres::start();
+    pg.sql("CREATE DATABASE app");
+    let bao = OpenBao::start().await;
+    database_engine(&bao, &pg).await;
+    // A developer's token: it may read the role's credentials and make tokens of its own,
+    // but not revoke leases (`sys/leases/revoke`) one by one.
+    let policy = "path \"database/creds/app-migrate\" { capabilities = [\"read\"] }\npath \"auth/token/create\" { capabilities = [\"update\"] }\n";
+    bao.call(
+        reqwest::Method::PUT,
+        "sys/policies/acl/developer",
+        Some(json!({ "policy": policy })),
+    )
+    .await;
+    let token = bao
+        .post(
+            "auth/token/create",
+            json!({ "policies": ["developer"], "ttl": "1h" }),
+        )
+        .await["auth"]["client_token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    let dir = tempfile::tempdir().unwrap();
+    let pipeline = format!(
+        "on: push\nsteps:\n  - name: migrate\n    uses: postgres\n    with:\n      files: [\"sql/*.sql\"]\n      host: 127.0.0.1\n      port: {}\n      database: app\n      database_role: app-migrate\n      sslmode: disable\n      image: {TOOLS}\n",
+        pg.port()
+    );
+    std::fs::create_dir_all(dir.path().join(".pipewright")).unwrap();
+    std::fs::create_dir_all(dir.path().join("sql")).unwrap();
+    std::fs::write(dir.path().join(".pipewright/db.yml"), pipeline).unwrap();
+    std::fs::write(
+        dir.path().join("sql/001_tables.sql"),
+        "CREATE TABLE IF NOT EXISTS notes (id int PRIMARY KEY);\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(crate::exec_cli::pipewright_bin())
+        .arg("exec")
+        .arg(dir.path())
+        .args(["--vault-addr", &bao.addr, "--network", "host"])
+        .env("VAULT_TOKEN", &token)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("migrate | CREATE TABLE"), "{stdout}");
+    // The run's token is gone, and the credentials with it; the caller's token is not.
+    eventually(Duration::from_secs(30), "the lease revoked", || async {
+        (live_leases(&bao).await == 0 && dynamic_roles(&pg) == "0").then_some(())
+    })
+    .await;
+    let caller = crate::serve::client()
+        .get(format!("{}/v1/auth/token/lookup-self", bao.addr))
+        .header("X-Vault-Token", &token)
+        .send()
+        .await
+        .unwrap();
+    assert!(caller.status().is_success(), "{}", caller.status());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -6,6 +6,7 @@ mod executor;
 mod fake_gitea_selftest;
 mod fuzz;
 mod image_build;
+mod outbox;
 mod serve;
 mod store;
 mod tools_image;

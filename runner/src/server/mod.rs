@@ -244,7 +244,7 @@ const TASKS: [(&str, TaskFn); 6] = [
 
 /// Serves until `shutdown` fires: then stops taking webhooks and new runs, lets running runs
 /// finish (a second signal in `main` exits at once; such runs end as interrupted at the
-/// next start), and returns.
+/// next start), sends what the outbox holds (within a few seconds), and returns.
 pub async fn serve(
     listener: TcpListener,
     app: Arc<App>,
@@ -267,10 +267,8 @@ pub async fn serve(
     if let Err(e) = workers.await {
         warn!(error = %e, "the worker stopped abnormally");
     }
-    // Let the reporter send the last statuses, briefly.
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    app.reporter_wake.notify_one();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The runs have ended: the reporter sends their last statuses and comments (within
+    // `reporter::DRAIN_WITHIN`) while the other tasks stop.
     stop_work.cancel();
     while tasks.join_next().await.is_some() {}
     app.store.close().await;

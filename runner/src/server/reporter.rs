@@ -1,5 +1,10 @@
-//! Sends queued commit statuses to Gitea from the outbox, newest per commit and context,
-//! retrying with backoff. Reporting never fails or delays a run: runs only write the outbox.
+//! Sends what the outbox holds to Gitea: commit statuses (newest per commit and context)
+//! and pull-request comments (newest per pull request and marker), retrying with backoff.
+//! Reporting never fails or delays a run: runs only write the outbox.
+//!
+//! At shutdown (`stop`, after the runs under way have ended) the reporter sends what is due
+//! then and returns, within [`DRAIN_WITHIN`]: a Gitea that is down cannot hold the process,
+//! and what was not sent stays in the outbox for the next start.
 
 use std::{sync::Arc, time::Duration};
 
@@ -7,37 +12,98 @@ use pipewright_containers::CancellationToken;
 use tracing::{debug, warn};
 
 use super::{App, ingest::error_chain};
-use crate::store::now_ms;
+use crate::{gitea::GiteaError, store::now_ms};
 
-/// A status Gitea keeps refusing (not a transient fault) is dropped after this many tries.
+/// An entry Gitea keeps refusing (not a transient fault) is dropped after this many tries.
 const MAX_REFUSALS: i64 = 5;
+/// Entries read from the outbox at a time.
+const BATCH: usize = 50;
+/// How long shutdown waits for the last statuses and comments.
+pub const DRAIN_WITHIN: Duration = Duration::from_secs(5);
 
 pub async fn run(app: Arc<App>, stop: CancellationToken) {
-    loop {
-        send_due(&app).await;
-        let wait = match app.store.next_status_due().await {
-            Ok(Some(at)) => Duration::from_millis((at - now_ms()).clamp(10, 60_000) as u64),
-            _ => Duration::from_secs(60),
-        };
-        tokio::select! {
-            _ = app.reporter_wake.notified() => {}
-            _ = tokio::time::sleep(wait) => {}
-            _ = stop.cancelled() => {
-                send_due(&app).await;
-                return;
-            }
+    let drain_deadline = async {
+        stop.cancelled().await;
+        tokio::time::sleep(DRAIN_WITHIN).await;
+    };
+    tokio::select! {
+        () = report(&app, &stop) => {}
+        () = drain_deadline => {
+            warn!(within = ?DRAIN_WITHIN, "stopped before Gitea was told everything; the rest is sent at the next start");
         }
     }
 }
 
-async fn send_due(app: &App) {
-    let due = match app.store.due_statuses(50).await {
+async fn report(app: &App, stop: &CancellationToken) {
+    loop {
+        // Once stopping, a whole round that starts after the stop is what drains: a round
+        // under way then may have read the outbox before the last runs ended.
+        let stopping = stop.is_cancelled();
+        let more = send_due(app).await;
+        if stopping && !more {
+            return;
+        }
+        if stop.is_cancelled() {
+            continue;
+        }
+        let wait = match next_due(app).await {
+            Some(at) => Duration::from_millis((at - now_ms()).clamp(10, 60_000) as u64),
+            None => Duration::from_secs(60),
+        };
+        tokio::select! {
+            _ = app.reporter_wake.notified() => {}
+            _ = tokio::time::sleep(wait) => {}
+            _ = stop.cancelled() => {}
+        }
+    }
+}
+
+/// The earliest time an unsent status or comment is due.
+async fn next_due(app: &App) -> Option<i64> {
+    let statuses = app.store.next_status_due().await.ok().flatten();
+    let comments = app.store.next_comment_due().await.ok().flatten();
+    statuses.into_iter().chain(comments).min()
+}
+
+/// What to do with an outbox entry after a try.
+enum Next {
+    Sent,
+    /// Gitea refused it too often: dropped (recorded as sent).
+    GiveUp(GiteaError),
+    Retry {
+        in_ms: i64,
+        error: GiteaError,
+    },
+}
+
+fn next_after(result: Result<(), GiteaError>, attempts: i64) -> Next {
+    match result {
+        Ok(()) => Next::Sent,
+        Err(e) if !e.is_transient() && attempts + 1 >= MAX_REFUSALS => Next::GiveUp(e),
+        Err(error) => Next::Retry {
+            in_ms: 1000i64 << attempts.min(6),
+            error,
+        },
+    }
+}
+
+/// Sends one batch of due statuses and comments; true when a batch was full (more may be
+/// due).
+async fn send_due(app: &App) -> bool {
+    let statuses = send_statuses(app).await;
+    let comments = send_comments(app).await;
+    statuses || comments
+}
+
+async fn send_statuses(app: &App) -> bool {
+    let due = match app.store.due_statuses(BATCH as i64).await {
         Ok(due) => due,
         Err(e) => {
             warn!(error = ?e, "failed to read the status outbox");
-            return;
+            return false;
         }
     };
+    let full = due.len() == BATCH;
     for status in due {
         let result = app
             .gitea
@@ -50,23 +116,59 @@ async fn send_due(app: &App) {
                 &status.target_url,
             )
             .await;
-        let recorded = match result {
-            Ok(()) => {
+        let recorded = match next_after(result, status.attempts) {
+            Next::Sent => {
                 debug!(repo = %status.repo, sha = %status.sha, context = %status.context, state = %status.state, "status sent");
                 app.store.status_sent(status.id).await
             }
-            Err(e) if !e.is_transient() && status.attempts + 1 >= MAX_REFUSALS => {
+            Next::GiveUp(e) => {
                 warn!(repo = %status.repo, sha = %status.sha, error = %error_chain(&e), "Gitea refuses the status: giving up on it");
                 app.store.status_sent(status.id).await
             }
-            Err(e) => {
-                let backoff = 1000i64 << status.attempts.min(6);
-                warn!(repo = %status.repo, sha = %status.sha, error = %error_chain(&e), retry_in_ms = backoff, "failed to send a status");
-                app.store.status_failed(status.id, backoff).await
+            Next::Retry { in_ms, error: e } => {
+                warn!(repo = %status.repo, sha = %status.sha, error = %error_chain(&e), retry_in_ms = in_ms, "failed to send a status");
+                app.store.status_failed(status.id, in_ms).await
             }
         };
         if let Err(e) = recorded {
             warn!(error = ?e, "failed to update the status outbox");
         }
     }
+    full
+}
+
+async fn send_comments(app: &App) -> bool {
+    let due = match app.store.due_comments(BATCH as i64).await {
+        Ok(due) => due,
+        Err(e) => {
+            warn!(error = ?e, "failed to read the comment outbox");
+            return false;
+        }
+    };
+    let full = due.len() == BATCH;
+    for comment in due {
+        let (repo, number) = (&comment.repo, comment.pr);
+        let result = app
+            .gitea
+            .upsert_comment(repo, number, &comment.marker, &comment.body)
+            .await;
+        let recorded = match next_after(result, comment.attempts) {
+            Next::Sent => {
+                debug!(repo = %repo, number, "comment sent");
+                app.store.comment_sent(&comment).await
+            }
+            Next::GiveUp(e) => {
+                warn!(repo = %repo, number, error = %error_chain(&e), "Gitea refuses the comment: giving up on it");
+                app.store.comment_sent(&comment).await
+            }
+            Next::Retry { in_ms, error: e } => {
+                warn!(repo = %repo, number, error = %error_chain(&e), retry_in_ms = in_ms, "failed to send a comment");
+                app.store.comment_failed(&comment, in_ms).await
+            }
+        };
+        if let Err(e) = recorded {
+            warn!(error = ?e, "failed to update the comment outbox");
+        }
+    }
+    full
 }

@@ -21,7 +21,7 @@ use super::{App, access::RunAccess, ingest::error_chain};
 use crate::{
     logs::LogWriter,
     run::{Reports, RunFacts, RunObserver, RunResult, RunSetup, StepResult, run_plan},
-    store::{LEASE, Run, RunState},
+    store::{LEASE, Run, RunState, comments::NewComment},
 };
 
 /// A run under way: how to stop it, and why it was stopped (its status description).
@@ -188,9 +188,33 @@ async fn execute(app: Arc<App>, run: Run) {
     };
     lease.abort();
     info!(state = state.as_str(), description = %description, "run finished");
+    let comment = match (run.pr, reports.plan_comment) {
+        (Some(pr), Some(comment)) => {
+            let marker = plan_marker(&run.pipeline);
+            let body = comment.plan.comment(
+                &marker,
+                &format!("pipewright/{}", run.pipeline),
+                &format!("{}/runs/{}", app.public_url(), run.id),
+            );
+            let repo = run.status_repo.clone();
+            Some(NewComment {
+                repo,
+                pr,
+                marker,
+                body,
+            })
+        }
+        _ => None,
+    };
     if let Err(e) = app
         .store
-        .finish_run(run.id, state, &description, app.public_url())
+        .finish_run_commenting(
+            run.id,
+            state,
+            &description,
+            app.public_url(),
+            comment.as_ref(),
+        )
         .await
     {
         warn!(error = ?e, "failed to record the end of the run");
@@ -202,38 +226,11 @@ async fn execute(app: Arc<App>, run: Run) {
         .remove(&run.id);
     app.scheduler.wake();
     app.reporter_wake.notify_one();
-    if let (Some(number), Some(comment)) = (run.pr, reports.plan_comment) {
-        // On its own task: a slow Gitea never holds the run's slot.
-        let app = app.clone();
-        let body = comment.plan.comment(
-            &plan_marker(&run.pipeline),
-            &format!("pipewright/{}", run.pipeline),
-            &format!("{}/runs/{}", app.public_url(), run.id),
-        );
-        tokio::spawn(async move {
-            post_plan_comment(&app, &run.status_repo, number, &run.pipeline, &body).await
-        });
-    }
 }
 
 /// Marks Pipewright's plan comment of a pipeline, so the next push edits it.
 fn plan_marker(pipeline: &str) -> String {
     format!("<!-- pipewright:plan {pipeline} -->")
-}
-
-/// Creates the pipeline's plan comment on the pull request, or edits it; retried with
-/// backoff, never failing anything.
-async fn post_plan_comment(app: &App, repo: &str, number: i64, pipeline: &str, body: &str) {
-    let marker = plan_marker(pipeline);
-    for attempt in 0..6u32 {
-        match app.gitea.upsert_comment(repo, number, &marker, body).await {
-            Ok(()) => return,
-            Err(e) => {
-                warn!(repo, number, error = %error_chain(&e), attempt, "failed to post the plan comment");
-                tokio::time::sleep(Duration::from_secs(1 << attempt)).await;
-            }
-        }
-    }
 }
 
 /// Reads the pipeline at the run's commit, checks it out, and runs its plan. `Err` is a

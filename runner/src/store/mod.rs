@@ -10,6 +10,7 @@ use sqlx::{
 };
 
 mod access;
+pub mod comments;
 mod images;
 mod runs;
 
@@ -62,6 +63,8 @@ const MIGRATIONS: &[(i64, &str)] = &[
     ),
     // Which image a reference named when a trusted run of a repository first used it.
     (3, images::TABLE),
+    // Pull-request comments still to create or edit (the plan comment), like statuses.
+    (4, comments::TABLE),
 ];
 
 impl Store {

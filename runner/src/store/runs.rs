@@ -249,7 +249,7 @@ async fn run_in(tx: &mut Transaction<'_, Any>, id: i64) -> Result<Run, StoreErro
 }
 
 /// Ends a run inside a transaction and queues its final status.
-async fn finish_in(
+pub(super) async fn finish_in(
     tx: &mut Transaction<'_, Any>,
     id: i64,
     state: RunState,
