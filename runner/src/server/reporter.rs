@@ -1,5 +1,8 @@
 //! Sends queued commit statuses to Gitea from the outbox, newest per commit and context,
 //! retrying with backoff. Reporting never fails or delays a run: runs only write the outbox.
+//! How a status looks is decided here, not in the store: its context
+//! (`pipewright/<pipeline>`), its link (`<public_url>/runs/<id>`) and its description,
+//! clipped to what Gitea shows.
 
 use std::{sync::Arc, time::Duration};
 
@@ -39,20 +42,21 @@ async fn send_due(app: &App) {
         }
     };
     for status in due {
+        let context = context(&status.pipeline);
         let result = app
             .gitea
             .create_status(
                 &status.repo,
                 &status.sha,
-                &status.state,
-                &status.context,
-                &status.description,
-                &status.target_url,
+                status.state.as_str(),
+                &context,
+                &clip(&status.description),
+                &run_url(app, status.run_id),
             )
             .await;
         let recorded = match result {
             Ok(()) => {
-                debug!(repo = %status.repo, sha = %status.sha, context = %status.context, state = %status.state, "status sent");
+                debug!(repo = %status.repo, sha = %status.sha, context = %context, state = status.state.as_str(), "status sent");
                 app.store.status_sent(status.id).await
             }
             Err(e) if !e.is_transient() && status.attempts + 1 >= MAX_REFUSALS => {
@@ -69,4 +73,26 @@ async fn send_due(app: &App) {
             warn!(error = ?e, "failed to update the status outbox");
         }
     }
+}
+
+/// The commit status context of a pipeline's runs.
+pub fn context(pipeline: &str) -> String {
+    format!("pipewright/{pipeline}")
+}
+
+/// A run's page: where a status links to.
+pub fn run_url(app: &App, run_id: i64) -> String {
+    format!("{}/runs/{run_id}", app.public_url())
+}
+
+/// Status descriptions stay under Gitea's display width and DESIGN's 140 characters (run
+/// descriptions are shown clipped the same way in the API and UI). Texts are masked before
+/// they are stored, so a clip never cuts a secret that masking would then miss.
+pub fn clip(text: &str) -> String {
+    if text.chars().count() <= 139 {
+        return text.to_string();
+    }
+    let mut out: String = text.chars().take(138).collect();
+    out.push('…');
+    out
 }
