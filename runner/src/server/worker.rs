@@ -220,11 +220,7 @@ async fn execute(app: Arc<App>, run: Run) {
     };
     lease.abort();
     info!(state = state.as_str(), description = %description, "run finished");
-    if let Err(e) = app
-        .store
-        .finish_run(run.id, state, &description)
-        .await
-    {
+    if let Err(e) = app.store.finish_run(run.id, state, &description).await {
         warn!(error = ?e, "failed to record the end of the run");
     }
     app.scheduler

@@ -207,7 +207,9 @@ impl Store {
 
     async fn table_exists(&self, name: &str) -> Result<bool, StoreError> {
         let query = match self.backend {
-            Backend::Sqlite => "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = $1",
+            Backend::Sqlite => {
+                "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = $1"
+            }
             Backend::Postgres => {
                 "SELECT COUNT(*) FROM information_schema.tables WHERE table_schema = current_schema() AND table_name = $1"
             }
@@ -244,3 +246,38 @@ impl Store {
     }
 }
 
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every migration file is listed, in order, for both backends: a new file that is not
+    /// listed would never run.
+    #[test]
+    fn every_migration_file_is_listed() {
+        for (backend, list) in [
+            ("sqlite", SQLITE_MIGRATIONS),
+            ("postgres", POSTGRES_MIGRATIONS),
+        ] {
+            let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("src/store/migrations")
+                .join(backend);
+            let mut files: Vec<String> = std::fs::read_dir(&dir)
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect();
+            files.sort();
+            let listed: Vec<String> = list
+                .iter()
+                .map(|(_, name, _)| format!("{name}.sql"))
+                .collect();
+            assert_eq!(files, listed, "{backend}");
+            for (i, (version, name, _)) in list.iter().enumerate() {
+                assert_eq!(*version, i as i64 + 1, "{backend}: {name}");
+                assert!(
+                    name.starts_with(&format!("{version:04}_")),
+                    "{backend}: {name}"
+                );
+            }
+        }
+    }
+}
