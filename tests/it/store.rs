@@ -195,7 +195,7 @@ on_both! {
     async fn push_keys_dedupe_forever_and_pull_request_keys_while_active(db) {
         let store = db.open().await;
         let push = run("ci", "aaaaaaaa", "g", false);
-        let id = store.enqueue_runs(None, &[push.clone()]).await.unwrap().ids[0];
+        let id = store.enqueue_runs(None, std::slice::from_ref(&push)).await.unwrap().ids[0];
         store.finish_run(id, RunState::Success, "ok").await.unwrap();
         assert!(store.enqueue_runs(None, &[push]).await.unwrap().duplicate);
         let pr = RunSpec {
@@ -204,8 +204,8 @@ on_both! {
             dedupe_key: "pull_request:org/app:4:bbbbbbbb:synchronized".into(),
             ..run("ci", "bbbbbbbb", "pr-4", false)
         };
-        let id = store.enqueue_runs(None, &[pr.clone()]).await.unwrap().ids[0];
-        assert!(store.enqueue_runs(None, &[pr.clone()]).await.unwrap().duplicate);
+        let id = store.enqueue_runs(None, std::slice::from_ref(&pr)).await.unwrap().ids[0];
+        assert!(store.enqueue_runs(None, std::slice::from_ref(&pr)).await.unwrap().duplicate);
         store.finish_run(id, RunState::Success, "ok").await.unwrap();
         assert!(!store.enqueue_runs(None, &[pr]).await.unwrap().duplicate);
     }
