@@ -5,7 +5,8 @@
 use std::{path::Path, time::Duration};
 
 use pipewright::store::{
-    CommitState, LEASE, NewDelivery, Received, RunSpec, RunState, StepState, Store, now_ms,
+    CommitState, Enqueued, LEASE, NewDelivery, Received, RunSpec, RunState, StepState, Store,
+    now_ms,
 };
 use pipewright_pipelines::{EventKind, GitRef};
 use pipewright_tests::{fake_gitea::FakeGitea, services::Postgres};
@@ -34,22 +35,21 @@ impl Db {
     }
 }
 
-/// Each test body once on SQLite and once on PostgreSQL (`store::<name>::sqlite`, …).
+/// Runs each of these tests once on SQLite and once on PostgreSQL
+/// (`store::<name>::sqlite`, `store::<name>::postgres`).
 macro_rules! on_both {
-    ($(async fn $name:ident($db:ident) $body:block)*) => {$(
+    ($($name:ident),* $(,)?) => {$(
         mod $name {
             use super::*;
 
-            async fn body($db: Db) $body
-
             #[tokio::test]
             async fn sqlite() {
-                body(Db::Sqlite(tempfile::tempdir().unwrap())).await
+                super::$name(Db::Sqlite(tempfile::tempdir().unwrap())).await
             }
 
             #[tokio::test]
             async fn postgres() {
-                body(Db::Postgres(Postgres::start())).await
+                super::$name(Db::Postgres(Postgres::start())).await
             }
         }
     )*};
@@ -81,286 +81,267 @@ fn run(pipeline: &str, sha: &str, group: &str, cancel_in_progress: bool) -> RunS
     }
 }
 
+async fn enqueue(store: &Store, spec: RunSpec) -> Enqueued {
+    store.enqueue_runs(None, &[spec]).await.unwrap()
+}
+
+/// Enqueues one run that is no duplicate; returns its id.
+async fn add(store: &Store, spec: RunSpec) -> i64 {
+    enqueue(store, spec).await.ids[0]
+}
+
 fn labels(list: &[&str]) -> Vec<String> {
     list.iter().map(|l| l.to_string()).collect()
 }
 
-on_both! {
-    async fn deliveries_are_stored_once_and_survive_reopening(db) {
-        let store = db.open().await;
-        let d = |id: &str| NewDelivery {
-            delivery_id: id.into(),
-            event_type: "push".into(),
-            repo: "org/app".into(),
-            payload: b"{}".to_vec(),
-        };
-        let first = store
-            .insert_deliveries(&[d("a"), d("b"), d("a")])
-            .await
-            .unwrap();
-        assert!(matches!(first[0], Received::New(_)));
-        assert!(matches!(first[1], Received::New(_)));
-        assert_eq!(first[2], Received::Duplicate);
-        assert_eq!(
-            store.insert_deliveries(&[d("b")]).await.unwrap(),
-            [Received::Duplicate]
-        );
-        store.close().await;
-        let reopened = db.open().await;
-        let pending = reopened.pending_deliveries(10).await.unwrap();
-        assert_eq!(
-            pending
-                .iter()
-                .map(|d| d.delivery_id.as_str())
-                .collect::<Vec<_>>(),
-            ["a", "b"]
-        );
-    }
+on_both!(
+    deliveries_are_stored_once_and_survive_reopening,
+    a_group_runs_one_at_a_time_and_newer_runs_supersede_queued_ones,
+    cancel_in_progress_cancels_queued_and_asks_to_stop_running,
+    push_keys_dedupe_forever_and_pull_request_keys_while_active,
+    the_outbox_sends_the_newest_status_of_each_pipeline,
+    leases_belong_to_their_owner,
+    a_run_whose_lease_expired_is_settled_as_its_agent_lost,
+    an_instance_finds_only_its_own_running_runs,
+    a_run_waits_for_an_agent_with_all_its_labels,
+);
 
-    async fn a_group_runs_one_at_a_time_and_newer_runs_supersede_queued_ones(db) {
-        let store = db.open().await;
-        let first = store
-            .enqueue_runs(None, &[run("iac", "aaaaaaaa1", "g", false)])
-            .await
-            .unwrap()
-            .ids[0];
-        let claimed = store.claim_next("agent", &[]).await.unwrap().unwrap();
-        assert_eq!(claimed.id, first);
-        assert_eq!(claimed.inputs, [("mode".to_string(), "plan".to_string())]);
-        assert_eq!(
-            (claimed.event, &claimed.git_ref),
-            (EventKind::Push, &GitRef::Branch("main".into()))
-        );
-        let second = store
-            .enqueue_runs(None, &[run("iac", "bbbbbbbb2", "g", false)])
-            .await
-            .unwrap();
-        assert!(
-            second.cancel_running.is_empty(),
-            "a running run is never cancelled by a newer push"
-        );
-        // The group is busy: nothing to claim.
-        assert!(store.claim_next("agent", &[]).await.unwrap().is_none());
-        let third = store
-            .enqueue_runs(None, &[run("iac", "cccccccc3", "g", false)])
-            .await
-            .unwrap();
-        let superseded = store.run(second.ids[0]).await.unwrap().unwrap();
-        assert_eq!(superseded.state, RunState::Superseded);
-        assert_eq!(superseded.description, "superseded by cccccccc");
-        store
-            .finish_run(first, RunState::Success, "ok")
-            .await
-            .unwrap();
-        assert_eq!(
-            store.claim_next("agent", &[]).await.unwrap().unwrap().id,
-            third.ids[0]
-        );
-    }
-
-    async fn cancel_in_progress_cancels_queued_and_asks_to_stop_running(db) {
-        let store = db.open().await;
-        let a = store
-            .enqueue_runs(None, &[run("plan", "aaaaaaaa", "pr-1", true)])
-            .await
-            .unwrap()
-            .ids[0];
-        store.claim_next("agent", &[]).await.unwrap().unwrap();
-        let b = store
-            .enqueue_runs(None, &[run("plan", "bbbbbbbb", "pr-1", true)])
-            .await
-            .unwrap();
-        assert_eq!(b.cancel_running, [a]);
-        let c = store
-            .enqueue_runs(None, &[run("plan", "cccccccc", "pr-1", true)])
-            .await
-            .unwrap();
-        assert_eq!(
-            store.run(b.ids[0]).await.unwrap().unwrap().state,
-            RunState::Cancelled
-        );
-        assert_eq!(c.cancel_running, [a]);
-        // Other groups are not affected.
-        let other = store
-            .enqueue_runs(None, &[run("plan", "dddddddd", "pr-2", true)])
-            .await
-            .unwrap();
-        assert!(other.cancel_running.is_empty());
-        assert_eq!(
-            store.claim_next("agent", &[]).await.unwrap().unwrap().id,
-            other.ids[0]
-        );
-    }
-
-    async fn push_keys_dedupe_forever_and_pull_request_keys_while_active(db) {
-        let store = db.open().await;
-        let push = run("ci", "aaaaaaaa", "g", false);
-        let id = store.enqueue_runs(None, std::slice::from_ref(&push)).await.unwrap().ids[0];
-        store.finish_run(id, RunState::Success, "ok").await.unwrap();
-        assert!(store.enqueue_runs(None, &[push]).await.unwrap().duplicate);
-        let pr = RunSpec {
-            event: EventKind::PullRequest,
-            pr: Some(4),
-            dedupe_key: "pull_request:org/app:4:bbbbbbbb:synchronized".into(),
-            ..run("ci", "bbbbbbbb", "pr-4", false)
-        };
-        let id = store.enqueue_runs(None, std::slice::from_ref(&pr)).await.unwrap().ids[0];
-        assert!(store.enqueue_runs(None, std::slice::from_ref(&pr)).await.unwrap().duplicate);
-        store.finish_run(id, RunState::Success, "ok").await.unwrap();
-        assert!(!store.enqueue_runs(None, &[pr]).await.unwrap().duplicate);
-    }
-
-    async fn the_outbox_sends_the_newest_status_of_each_pipeline(db) {
-        let store = db.open().await;
-        let id = store
-            .enqueue_runs(None, &[run("iac", "aaaaaaaa", "g", false)])
-            .await
-            .unwrap()
-            .ids[0];
-        store.claim_next("agent", &[]).await.unwrap().unwrap();
-        let long = format!("step apply failed with exit code 1: {}", "x".repeat(300));
-        store
-            .finish_run(id, RunState::Failure, &long)
-            .await
-            .unwrap();
-        let due = store.due_statuses(10).await.unwrap();
-        assert_eq!(
-            due.len(),
-            1,
-            "the pending status was overtaken by the final one: {due:?}"
-        );
-        let status = &due[0];
-        assert_eq!(
-            (status.state, status.pipeline.as_str(), status.run_id),
-            (CommitState::Failure, "iac", id)
-        );
-        assert_eq!(status.description, long, "the store keeps the whole text");
-        store.status_failed(status.id, 60_000).await.unwrap();
-        assert!(
-            store.due_statuses(10).await.unwrap().is_empty(),
-            "retried later, not now"
-        );
-        store.status_sent(status.id).await.unwrap();
-        assert_eq!(store.next_status_due().await.unwrap(), None);
-    }
-
-    async fn leases_belong_to_their_owner(db) {
-        let store = db.open().await;
-        let id = store
-            .enqueue_runs(None, &[run("iac", "aaaaaaaa", "g", false)])
-            .await
-            .unwrap()
-            .ids[0];
-        store.claim_next("agent-1", &[]).await.unwrap().unwrap();
-        assert!(store.renew_lease(id, "agent-1").await.unwrap());
-        assert!(!store.renew_lease(id, "agent-2").await.unwrap());
-        store
-            .finish_run(id, RunState::Success, "ok")
-            .await
-            .unwrap();
-        assert!(
-            !store.renew_lease(id, "agent-1").await.unwrap(),
-            "a finished run has no lease"
-        );
-        assert!(
-            !store
-                .finish_run(id, RunState::Error, "again")
-                .await
-                .unwrap(),
-            "a run ends once"
-        );
-    }
-
-    async fn a_run_whose_lease_expired_is_settled_as_its_agent_lost(db) {
-        let store = db.open().await;
-        let theirs = store
-            .enqueue_runs(None, &[run("a", "aaaaaaaa", "ga", false)])
-            .await
-            .unwrap()
-            .ids[0];
-        let ours = store
-            .enqueue_runs(None, &[run("b", "bbbbbbbb", "gb", false)])
-            .await
-            .unwrap()
-            .ids[0];
-        assert_eq!(store.claim_next("pw-other", &[]).await.unwrap().unwrap().id, theirs);
-        assert_eq!(store.claim_next("pw-me", &[]).await.unwrap().unwrap().id, ours);
-        assert!(
-            store.settle_lost_leases(now_ms(), &[]).await.unwrap().is_empty(),
-            "leases just taken have not expired"
-        );
-        let later = now_ms() + LEASE.as_millis() as i64 + 1;
-        let settled = store.settle_lost_leases(later, &[ours]).await.unwrap();
-        assert_eq!(settled, [(theirs, "pw-other".to_string())]);
-        let lost = store.run(theirs).await.unwrap().unwrap();
-        assert_eq!(
-            (lost.state, lost.description.as_str()),
-            (RunState::Error, "agent pw-other lost")
-        );
-        assert_eq!(store.run(ours).await.unwrap().unwrap().state, RunState::Running);
-        let due = store.due_statuses(10).await.unwrap();
-        assert!(
-            due.iter().any(|s| s.run_id == theirs && s.state == CommitState::Error),
-            "the lost run's status is queued: {due:?}"
-        );
-        assert!(
-            !store.renew_lease(theirs, "pw-other").await.unwrap(),
-            "the lost agent cannot take the run back"
-        );
-    }
-
-    async fn an_instance_finds_only_its_own_running_runs(db) {
-        let store = db.open().await;
-        for (pipeline, sha, group) in [("a", "aaaaaaaa", "ga"), ("b", "bbbbbbbb", "gb")] {
-            store
-                .enqueue_runs(None, &[run(pipeline, sha, group, false)])
-                .await
-                .unwrap();
-        }
-        let mine = store.claim_next("pw-me", &[]).await.unwrap().unwrap();
-        store.claim_next("pw-other", &[]).await.unwrap().unwrap();
-        let found: Vec<i64> = store
-            .running_runs_of("pw-me")
-            .await
-            .unwrap()
+async fn deliveries_are_stored_once_and_survive_reopening(db: Db) {
+    let store = db.open().await;
+    let d = |id: &str| NewDelivery {
+        delivery_id: id.into(),
+        event_type: "push".into(),
+        repo: "org/app".into(),
+        payload: b"{}".to_vec(),
+    };
+    let first = store
+        .insert_deliveries(&[d("a"), d("b"), d("a")])
+        .await
+        .unwrap();
+    assert!(matches!(first[0], Received::New(_)));
+    assert!(matches!(first[1], Received::New(_)));
+    assert_eq!(first[2], Received::Duplicate);
+    assert_eq!(
+        store.insert_deliveries(&[d("b")]).await.unwrap(),
+        [Received::Duplicate]
+    );
+    store.close().await;
+    let reopened = db.open().await;
+    let pending = reopened.pending_deliveries(10).await.unwrap();
+    assert_eq!(
+        pending
             .iter()
-            .map(|r| r.id)
-            .collect();
-        assert_eq!(found, [mine.id]);
-        assert_eq!(mine.lease_owner.as_deref(), Some("pw-me"));
-    }
+            .map(|d| d.delivery_id.as_str())
+            .collect::<Vec<_>>(),
+        ["a", "b"]
+    );
+}
 
-    async fn a_run_waits_for_an_agent_with_all_its_labels(db) {
-        let store = db.open().await;
-        let pi = store
-            .enqueue_runs(
-                None,
-                &[RunSpec {
-                    runs_on: labels(&["pi1", "linux"]),
-                    ..run("flash", "aaaaaaaa", "ga", false)
-                }],
-            )
+async fn a_group_runs_one_at_a_time_and_newer_runs_supersede_queued_ones(db: Db) {
+    let store = db.open().await;
+    let first = add(&store, run("iac", "aaaaaaaa1", "g", false)).await;
+    let claimed = store.claim_next("agent", &[]).await.unwrap().unwrap();
+    assert_eq!(claimed.id, first);
+    assert_eq!(claimed.inputs, [("mode".to_string(), "plan".to_string())]);
+    assert_eq!(
+        (claimed.event, &claimed.git_ref),
+        (EventKind::Push, &GitRef::Branch("main".into()))
+    );
+    let second = enqueue(&store, run("iac", "bbbbbbbb2", "g", false)).await;
+    assert!(
+        second.cancel_running.is_empty(),
+        "a running run is never cancelled by a newer push"
+    );
+    // The group is busy: nothing to claim.
+    assert!(store.claim_next("agent", &[]).await.unwrap().is_none());
+    let third = enqueue(&store, run("iac", "cccccccc3", "g", false)).await;
+    let superseded = store.run(second.ids[0]).await.unwrap().unwrap();
+    assert_eq!(superseded.state, RunState::Superseded);
+    assert_eq!(superseded.description, "superseded by cccccccc");
+    store
+        .finish_run(first, RunState::Success, "ok")
+        .await
+        .unwrap();
+    assert_eq!(
+        store.claim_next("agent", &[]).await.unwrap().unwrap().id,
+        third.ids[0]
+    );
+}
+
+async fn cancel_in_progress_cancels_queued_and_asks_to_stop_running(db: Db) {
+    let store = db.open().await;
+    let a = add(&store, run("plan", "aaaaaaaa", "pr-1", true)).await;
+    store.claim_next("agent", &[]).await.unwrap().unwrap();
+    let b = enqueue(&store, run("plan", "bbbbbbbb", "pr-1", true)).await;
+    assert_eq!(b.cancel_running, [a]);
+    let c = enqueue(&store, run("plan", "cccccccc", "pr-1", true)).await;
+    assert_eq!(
+        store.run(b.ids[0]).await.unwrap().unwrap().state,
+        RunState::Cancelled
+    );
+    assert_eq!(c.cancel_running, [a]);
+    // Other groups are not affected.
+    let other = enqueue(&store, run("plan", "dddddddd", "pr-2", true)).await;
+    assert!(other.cancel_running.is_empty());
+    assert_eq!(
+        store.claim_next("agent", &[]).await.unwrap().unwrap().id,
+        other.ids[0]
+    );
+}
+
+async fn push_keys_dedupe_forever_and_pull_request_keys_while_active(db: Db) {
+    let store = db.open().await;
+    let push = run("ci", "aaaaaaaa", "g", false);
+    let id = add(&store, push.clone()).await;
+    store.finish_run(id, RunState::Success, "ok").await.unwrap();
+    assert!(enqueue(&store, push).await.duplicate);
+    let pr = RunSpec {
+        event: EventKind::PullRequest,
+        pr: Some(4),
+        dedupe_key: "pull_request:org/app:4:bbbbbbbb:synchronized".into(),
+        ..run("ci", "bbbbbbbb", "pr-4", false)
+    };
+    let id = add(&store, pr.clone()).await;
+    assert!(enqueue(&store, pr.clone()).await.duplicate);
+    store.finish_run(id, RunState::Success, "ok").await.unwrap();
+    assert!(!enqueue(&store, pr).await.duplicate);
+}
+
+async fn the_outbox_sends_the_newest_status_of_each_pipeline(db: Db) {
+    let store = db.open().await;
+    let id = add(&store, run("iac", "aaaaaaaa", "g", false)).await;
+    store.claim_next("agent", &[]).await.unwrap().unwrap();
+    let long = format!("step apply failed with exit code 1: {}", "x".repeat(300));
+    store
+        .finish_run(id, RunState::Failure, &long)
+        .await
+        .unwrap();
+    let due = store.due_statuses(10).await.unwrap();
+    assert_eq!(
+        due.len(),
+        1,
+        "the pending status was overtaken by the final one: {due:?}"
+    );
+    let status = &due[0];
+    assert_eq!(
+        (status.state, status.pipeline.as_str(), status.run_id),
+        (CommitState::Failure, "iac", id)
+    );
+    assert_eq!(status.description, long, "the store keeps the whole text");
+    store.status_failed(status.id, 60_000).await.unwrap();
+    assert!(
+        store.due_statuses(10).await.unwrap().is_empty(),
+        "retried later, not now"
+    );
+    store.status_sent(status.id).await.unwrap();
+    assert_eq!(store.next_status_due().await.unwrap(), None);
+}
+
+async fn leases_belong_to_their_owner(db: Db) {
+    let store = db.open().await;
+    let id = add(&store, run("iac", "aaaaaaaa", "g", false)).await;
+    store.claim_next("agent-1", &[]).await.unwrap().unwrap();
+    assert!(store.renew_lease(id, "agent-1").await.unwrap());
+    assert!(!store.renew_lease(id, "agent-2").await.unwrap());
+    store.finish_run(id, RunState::Success, "ok").await.unwrap();
+    assert!(
+        !store.renew_lease(id, "agent-1").await.unwrap(),
+        "a finished run has no lease"
+    );
+    assert!(
+        !store
+            .finish_run(id, RunState::Error, "again")
+            .await
+            .unwrap(),
+        "a run ends once"
+    );
+}
+
+async fn a_run_whose_lease_expired_is_settled_as_its_agent_lost(db: Db) {
+    let store = db.open().await;
+    let theirs = add(&store, run("a", "aaaaaaaa", "ga", false)).await;
+    let ours = add(&store, run("b", "bbbbbbbb", "gb", false)).await;
+    assert_eq!(
+        store.claim_next("pw-other", &[]).await.unwrap().unwrap().id,
+        theirs
+    );
+    assert_eq!(
+        store.claim_next("pw-me", &[]).await.unwrap().unwrap().id,
+        ours
+    );
+    assert!(
+        store
+            .settle_lost_leases(now_ms(), &[])
             .await
             .unwrap()
-            .ids[0];
-        let plain = store
-            .enqueue_runs(None, &[run("ci", "bbbbbbbb", "gb", false)])
-            .await
-            .unwrap()
-            .ids[0];
-        let here = labels(&["linux"]);
-        assert_eq!(store.claim_next("me", &here).await.unwrap().unwrap().id, plain);
-        assert!(store.claim_next("me", &here).await.unwrap().is_none());
-        let waiting = store.run(pi).await.unwrap().unwrap();
-        assert_eq!(waiting.state, RunState::Queued);
-        assert_eq!(waiting.runs_on, labels(&["pi1", "linux"]));
-        let claimed = store
-            .claim_next("me", &labels(&["linux", "pi1", "usb"]))
-            .await
-            .unwrap()
-            .unwrap();
-        assert_eq!(claimed.id, pi);
+            .is_empty(),
+        "leases just taken have not expired"
+    );
+    let later = now_ms() + LEASE.as_millis() as i64 + 1;
+    let settled = store.settle_lost_leases(later, &[ours]).await.unwrap();
+    assert_eq!(settled, [(theirs, "pw-other".to_string())]);
+    let lost = store.run(theirs).await.unwrap().unwrap();
+    assert_eq!(
+        (lost.state, lost.description.as_str()),
+        (RunState::Error, "agent pw-other lost")
+    );
+    assert_eq!(
+        store.run(ours).await.unwrap().unwrap().state,
+        RunState::Running
+    );
+    let due = store.due_statuses(10).await.unwrap();
+    assert!(
+        due.iter()
+            .any(|s| s.run_id == theirs && s.state == CommitState::Error),
+        "the lost run's status is queued: {due:?}"
+    );
+    assert!(
+        !store.renew_lease(theirs, "pw-other").await.unwrap(),
+        "the lost agent cannot take the run back"
+    );
+}
+
+async fn an_instance_finds_only_its_own_running_runs(db: Db) {
+    let store = db.open().await;
+    for (pipeline, sha, group) in [("a", "aaaaaaaa", "ga"), ("b", "bbbbbbbb", "gb")] {
+        enqueue(&store, run(pipeline, sha, group, false)).await;
     }
+    let mine = store.claim_next("pw-me", &[]).await.unwrap().unwrap();
+    store.claim_next("pw-other", &[]).await.unwrap().unwrap();
+    let found: Vec<i64> = store
+        .running_runs_of("pw-me")
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.id)
+        .collect();
+    assert_eq!(found, [mine.id]);
+    assert_eq!(mine.lease_owner.as_deref(), Some("pw-me"));
+}
+
+async fn a_run_waits_for_an_agent_with_all_its_labels(db: Db) {
+    let store = db.open().await;
+    let spec = RunSpec {
+        runs_on: labels(&["pi1", "linux"]),
+        ..run("flash", "aaaaaaaa", "ga", false)
+    };
+    let pi = add(&store, spec).await;
+    let plain = add(&store, run("ci", "bbbbbbbb", "gb", false)).await;
+    let here = labels(&["linux"]);
+    assert_eq!(
+        store.claim_next("me", &here).await.unwrap().unwrap().id,
+        plain
+    );
+    assert!(store.claim_next("me", &here).await.unwrap().is_none());
+    let waiting = store.run(pi).await.unwrap().unwrap();
+    assert_eq!(waiting.state, RunState::Queued);
+    assert_eq!(waiting.runs_on, labels(&["pi1", "linux"]));
+    let claimed = store
+        .claim_next("me", &labels(&["linux", "pi1", "usb"]))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(claimed.id, pi);
 }
 
 /// The fixture: a data directory written by release d082364 (its `Store` and log layout):
@@ -537,10 +518,7 @@ async fn a_start_settles_only_the_runs_of_its_own_instance() {
         .await
         .unwrap();
     for (pipeline, sha, group) in [("a", "aaaaaaaa", "ga"), ("b", "bbbbbbbb", "gb")] {
-        store
-            .enqueue_runs(None, &[run(pipeline, sha, group, false)])
-            .await
-            .unwrap();
+        enqueue(&store, run(pipeline, sha, group, false)).await;
     }
     let own = store
         .claim_next("pw-this-one", &[])
