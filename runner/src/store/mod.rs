@@ -60,32 +60,34 @@ pub enum StoreError {
     Migrate(#[from] sqlx::migrate::MigrateError),
 }
 
-/// The schema's history, one file per change, per backend where their SQL differs
-/// (`migrations/<backend>/NNNN_name.sql`). A file, once released, never changes (sqlx
-/// checks each applied migration's checksum): every change is a new file, listed here.
+/// The schema's history, one file per change (`migrations/<dir>/NNNN_name.sql`): in
+/// `both/` when the backends take the same SQL, else one in `sqlite/` and one in
+/// `postgres/`. A file, once released, never changes (sqlx checks each applied migration's
+/// checksum): every change is a new file, listed in both lists.
 macro_rules! migrations {
-    ($backend:literal: $(($version:literal, $name:literal)),* $(,)?) => {
-        &[$(($version, $name, include_str!(concat!("migrations/", $backend, "/", $name, ".sql")))),*]
+    ($(($version:literal, $dir:literal, $name:literal)),* $(,)?) => {
+        &[$(($version, $name, include_str!(concat!("migrations/", $dir, "/", $name, ".sql")))),*]
     };
 }
 
+/// (version, name, SQL), in order.
 type Migrations = &'static [(i64, &'static str, &'static str)];
 
-pub(crate) const SQLITE_MIGRATIONS: Migrations = migrations!("sqlite":
-    (1, "0001_schema"),
-    (2, "0002_delivery_attempts"),
-    (3, "0003_image_pins"),
-    (4, "0004_outbox_by_run"),
-    (5, "0005_runs_on"),
-);
+pub(crate) const SQLITE_MIGRATIONS: Migrations = migrations![
+    (1, "sqlite", "0001_schema"),
+    (2, "both", "0002_delivery_attempts"),
+    (3, "both", "0003_image_pins"),
+    (4, "sqlite", "0004_outbox_by_run"),
+    (5, "both", "0005_runs_on"),
+];
 
-pub(crate) const POSTGRES_MIGRATIONS: Migrations = migrations!("postgres":
-    (1, "0001_schema"),
-    (2, "0002_delivery_attempts"),
-    (3, "0003_image_pins"),
-    (4, "0004_outbox_by_run"),
-    (5, "0005_runs_on"),
-);
+pub(crate) const POSTGRES_MIGRATIONS: Migrations = migrations![
+    (1, "postgres", "0001_schema"),
+    (2, "both", "0002_delivery_attempts"),
+    (3, "both", "0003_image_pins"),
+    (4, "postgres", "0004_outbox_by_run"),
+    (5, "both", "0005_runs_on"),
+];
 
 /// The version of every database made before migrations were sqlx's: release d082364
 /// wrote `schema_version` 1 (and later builds 2 and 3) with the same statements as the
@@ -250,27 +252,32 @@ impl Store {
 mod tests {
     use super::*;
 
-    /// Every migration file is listed, in order, for both backends: a new file that is not
-    /// listed would never run.
+    /// Every migration file is listed, in order: one of each number for each backend,
+    /// `both/` files in both lists. A new file that is not listed would never run.
     #[test]
     fn every_migration_file_is_listed() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/store/migrations");
+        let files = |sub: &str| -> Vec<String> {
+            let mut names: Vec<String> = std::fs::read_dir(dir.join(sub))
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect();
+            names.sort();
+            names
+        };
+        let both = files("both");
         for (backend, list) in [
             ("sqlite", SQLITE_MIGRATIONS),
             ("postgres", POSTGRES_MIGRATIONS),
         ] {
-            let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-                .join("src/store/migrations")
-                .join(backend);
-            let mut files: Vec<String> = std::fs::read_dir(&dir)
-                .unwrap()
-                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-                .collect();
-            files.sort();
+            let mut expected: Vec<String> =
+                files(backend).into_iter().chain(both.clone()).collect();
+            expected.sort();
             let listed: Vec<String> = list
                 .iter()
                 .map(|(_, name, _)| format!("{name}.sql"))
                 .collect();
-            assert_eq!(files, listed, "{backend}");
+            assert_eq!(listed, expected, "{backend}");
             for (i, (version, name, _)) in list.iter().enumerate() {
                 assert_eq!(*version, i as i64 + 1, "{backend}: {name}");
                 assert!(
