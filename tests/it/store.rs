@@ -508,9 +508,9 @@ async fn the_server_serves_the_runs_and_logs_of_a_database_of_the_last_release()
 }
 
 /// At start an instance ends its own runs left running; another instance's run is left to
-/// its lease.
+/// its lease, and ended as its agent lost when that expires.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_start_settles_only_the_runs_of_its_own_instance() {
+async fn a_start_settles_its_own_runs_and_the_worker_ends_expired_leases() {
     let gitea = FakeGitea::start().await;
     let data = tempfile::tempdir().unwrap();
     std::fs::write(data.path().join("instance"), "pw-this-one").unwrap();
@@ -547,6 +547,20 @@ async fn a_start_settles_only_the_runs_of_its_own_instance() {
         "another instance's run is its own"
     );
     assert_eq!(theirs.lease_owner.as_deref(), Some("pw-another"));
+    // Nobody renews that lease: once it expires, the worker ends the run.
+    let lost = eventually(
+        LEASE * 3,
+        "the run of the lost instance to be settled",
+        || async {
+            let run = server.app.store.run(other).await.unwrap().unwrap();
+            run.state.is_finished().then_some(run)
+        },
+    )
+    .await;
+    assert_eq!(
+        (lost.state, lost.description.as_str()),
+        (RunState::Error, "agent pw-another lost")
+    );
     server.stop().await;
 }
 
