@@ -77,22 +77,24 @@ pub(crate) const SQLITE_MIGRATIONS: Migrations = migrations![
     (1, "sqlite", "0001_schema"),
     (2, "both", "0002_delivery_attempts"),
     (3, "both", "0003_image_pins"),
-    (4, "sqlite", "0004_outbox_by_run"),
-    (5, "both", "0005_runs_on"),
+    (4, "both", "0004_comment_outbox"),
+    (5, "sqlite", "0005_outbox_by_run"),
+    (6, "both", "0006_runs_on"),
 ];
 
 pub(crate) const POSTGRES_MIGRATIONS: Migrations = migrations![
     (1, "postgres", "0001_schema"),
     (2, "both", "0002_delivery_attempts"),
     (3, "both", "0003_image_pins"),
-    (4, "postgres", "0004_outbox_by_run"),
-    (5, "both", "0005_runs_on"),
+    (4, "both", "0004_comment_outbox"),
+    (5, "postgres", "0005_outbox_by_run"),
+    (6, "both", "0006_runs_on"),
 ];
 
-/// The version of every database made before migrations were sqlx's: release d082364
-/// wrote `schema_version` 1 (and later builds 2 and 3) with the same statements as the
-/// files of those numbers.
-const LEGACY_VERSIONS: i64 = 3;
+/// The highest version of the databases made before migrations were sqlx's: release
+/// d082364 wrote `schema_version` 1 (and later builds 2 to 4) with the same statements
+/// as the files of those numbers.
+const LEGACY_VERSIONS: i64 = 4;
 
 impl Store {
     /// Opens (creating when needed) the database and brings its schema up to date.
