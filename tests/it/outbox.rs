@@ -4,6 +4,7 @@
 
 use std::{path::Path, time::Duration};
 
+use pipewright::store::RunState;
 use pipewright_tests::fake_gitea::{FakeGitea, PullAction, Repo};
 use tokio::net::TcpListener;
 
@@ -21,10 +22,10 @@ async fn queue_status(server: &Server, repo: &Repo, sha: &str, description: &str
         .queue_status(
             &repo.full_name(),
             sha,
-            CONTEXT,
-            "success",
+            1,
+            CONTEXT.trim_start_matches("pipewright/"),
+            RunState::Success,
             description,
-            "http://pipewright.test/runs/1",
         )
         .await
         .unwrap();

@@ -4,7 +4,7 @@
 //! Pull requests from forks get neither secrets nor a token carrying the base
 //! repository's claims, unless `[[repos]].allow_fork_secrets` says otherwise.
 
-use pipewright_pipelines::{Pipeline, PlannedStep};
+use pipewright_pipelines::{EventKind, GitRef, Pipeline, PlannedStep};
 
 use tracing::{info, warn};
 
@@ -41,20 +41,20 @@ impl std::fmt::Debug for RunAccess<'_> {
 
 fn claims_for(run: &Run) -> RunClaims {
     let (owner, _) = run.repo.split_once('/').unwrap_or((&run.repo, ""));
-    let pull_request = run.event == "pull_request";
+    let pull_request = run.event == EventKind::PullRequest;
     let (git_ref, base_ref) = match (pull_request, run.pr) {
         (true, Some(n)) => (
             format!("refs/pull/{n}/head"),
-            Some(run.git_ref.trim_start_matches("refs/heads/").to_string()),
+            Some(run.git_ref.name().to_string()),
         ),
-        _ => (run.git_ref.clone(), None),
+        _ => (run.git_ref.full(), None),
     };
     RunClaims {
         repository: run.repo.clone(),
         repository_id: run.repo_id,
         repository_owner: owner.to_string(),
         repository_owner_id: run.owner_id,
-        ref_type: if run.git_ref.starts_with("refs/tags/") {
+        ref_type: if matches!(run.git_ref, GitRef::Tag(_)) {
             "tag"
         } else {
             "branch"
@@ -62,7 +62,7 @@ fn claims_for(run: &Run) -> RunClaims {
         .into(),
         git_ref,
         sha: run.sha.clone(),
-        event_name: run.event.clone(),
+        event_name: run.event.as_str().to_string(),
         pipeline: run.pipeline.clone(),
         run_id: run.id,
         run_attempt: run.attempt,

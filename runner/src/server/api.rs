@@ -20,12 +20,13 @@ use super::{
     App,
     auth::{Caller, require},
     http::{BodyBounds, body_budget, bounded_body},
+    reporter::clip,
     ui, webhook,
 };
 use crate::{
     config::Scope,
     logs::read_from,
-    store::{NewRun, Run, RunState, StepRow, StoreError, now_ms},
+    store::{Run, RunSpec, RunState, StepRow, StoreError, labels_cover, now_ms},
 };
 
 pub fn router(app: Arc<App>) -> Router {
@@ -132,6 +133,9 @@ pub struct RunDto {
     started_at: Option<String>,
     finished_at: Option<String>,
     url: String,
+    /// Why a queued run is not claimed, when this server can tell.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    waiting_reason: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     steps: Option<Vec<StepDto>>,
 }
@@ -155,13 +159,13 @@ pub fn run_dto(app: &App, run: &Run, steps: Option<&[StepRow]>) -> RunDto {
         repo: run.repo.clone(),
         pipeline: run.pipeline.clone(),
         pipeline_file: run.pipeline_file.clone(),
-        event: run.event.clone(),
-        git_ref: run.git_ref.clone(),
+        event: run.event.as_str().to_string(),
+        git_ref: run.git_ref.full(),
         sha: run.sha.clone(),
         pull_request: run.pr,
         actor: run.actor.clone(),
         state: run.state.as_str(),
-        description: run.description.clone(),
+        description: clip(&run.description),
         concurrency_group: run.concurrency_group.clone(),
         created_at: rfc3339(run.created_at),
         started_at: run.started_at.map(rfc3339),
@@ -172,7 +176,7 @@ pub fn run_dto(app: &App, run: &Run, steps: Option<&[StepRow]>) -> RunDto {
                 .map(|s| StepDto {
                     index: s.idx,
                     name: s.name.clone(),
-                    state: s.state.clone(),
+                    state: s.state.as_str().to_string(),
                     description: s.description.clone(),
                     exit_code: s.exit_code,
                     started_at: s.started_at.map(rfc3339),
@@ -187,7 +191,15 @@ pub fn run_dto(app: &App, run: &Run, steps: Option<&[StepRow]>) -> RunDto {
                 .collect()
         }),
         url,
+        waiting_reason: waiting_reason(app, run),
     }
+}
+
+/// Why a queued run waits, when it is for want of an agent's labels: `runs_on` is matched
+/// against this server's `[agent].labels` (no other agents exist yet).
+pub fn waiting_reason(app: &App, run: &Run) -> Option<String> {
+    (run.state == RunState::Queued && !labels_cover(&app.config.agent.labels, &run.runs_on))
+        .then(|| format!("no agent with labels [{}]", run.runs_on.join(", ")))
 }
 
 /// Epoch milliseconds as RFC 3339 UTC (`2026-11-22T05:35:15.123Z`).
@@ -367,7 +379,7 @@ async fn step_finished(app: &App, run: i64, step: i64) -> bool {
         .await
         .ok()
         .and_then(|steps| steps.into_iter().find(|s| s.idx == step))
-        .is_none_or(|s| !matches!(s.state.as_str(), "pending" | "running"));
+        .is_none_or(|s| s.state.is_over());
     run_over || step_over
 }
 
@@ -384,12 +396,7 @@ async fn cancel_run(
         }
         RunState::Queued => {
             app.store
-                .finish_run(
-                    id,
-                    RunState::Cancelled,
-                    "cancelled through the API",
-                    app.public_url(),
-                )
+                .finish_run(id, RunState::Cancelled, "cancelled through the API")
                 .await
                 .map_err(internal)?;
             app.reporter_wake.notify_one();
@@ -413,28 +420,7 @@ async fn rerun(
 ) -> Result<(StatusCode, Json<RunDto>), ApiError> {
     let caller = require(&app, &headers, Scope::Control)?;
     let old = load_run(&app, caller, id).await?;
-    let new = NewRun {
-        repo: old.repo.clone(),
-        repo_id: old.repo_id,
-        owner_id: old.owner_id,
-        default_branch: old.default_branch.clone(),
-        status_repo: old.status_repo.clone(),
-        pipeline: old.pipeline.clone(),
-        pipeline_file: old.pipeline_file.clone(),
-        event: old.event.clone(),
-        git_ref: old.git_ref.clone(),
-        sha: old.sha.clone(),
-        pr: old.pr,
-        actor: old.actor.clone(),
-        from_fork: old.from_fork,
-        attempt: old.attempt + 1,
-        inputs: old.inputs.clone(),
-        dedupe_key: format!("rerun:{id}:{}", now_ms()),
-        concurrency_group: old.concurrency_group.clone(),
-        cancel_in_progress: old.cancel_in_progress,
-        state: RunState::Queued,
-        description: format!("queued (re-run of run {id})"),
-    };
+    let new = RunSpec::rerun(&old, now_ms());
     let enqueued = app.enqueue(None, &[new]).await.map_err(internal)?;
     let run = load_run(&app, caller, enqueued.ids[0]).await?;
     Ok((StatusCode::CREATED, Json(run_dto(&app, &run, None))))

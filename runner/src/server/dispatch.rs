@@ -17,9 +17,10 @@ use super::{
     App,
     api::{ApiError, RunDto, run_dto},
     auth::require,
-    ingest::{error_chain, queued_run},
+    ingest::error_chain,
+    spec::{FileAt, Source},
 };
-use crate::{config::Scope, events::RepoInfo};
+use crate::{config::Scope, events::RepoInfo, store::RunSpec};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -150,15 +151,11 @@ pub async fn dispatch(
         run_id: String::new(),
         inputs: inputs.clone(),
     };
-    let dedupe_key = format!("dispatch:{}:{}", repo.full_name, crate::store::now_ms());
-    let run = queued_run(
-        &repo,
-        &pipeline,
-        &cx,
-        "api",
-        dedupe_key,
-        "queued (dispatched)",
-    );
+    let source = Source::Dispatch {
+        actor: "api",
+        at_ms: crate::store::now_ms(),
+    };
+    let run = RunSpec::new(&repo, &cx, FileAt::Valid(&pipeline), source);
     let enqueued = app.enqueue(None, &[run]).await.map_err(|e| {
         tracing::warn!(error = ?e, "failed to enqueue a dispatch");
         refused(StatusCode::INTERNAL_SERVER_ERROR, "internal error")

@@ -13,18 +13,20 @@ use futures_util::FutureExt;
 
 use pipewright_containers::CancellationToken;
 use pipewright_pipelines::{
-    Changes, Diagnostic, EventKind, GitRef, Pipeline, RunContext, Trigger, default_inputs, plan,
-    selects,
+    Changes, Diagnostic, EventKind, GitRef, RunContext, Trigger, default_inputs, selects,
 };
 use tokio::task::JoinSet;
 use tracing::{Instrument, info, info_span, warn};
 
-use super::App;
+use super::{
+    App,
+    spec::{FileAt, Source},
+};
 use crate::{
-    events::{Decoded, Event, RepoInfo, decode},
+    events::{Decoded, Event, decode},
     git::{GitError, Mirror, is_zero},
     gitea::GiteaError,
-    store::{Delivery, DeliveryState, Enqueued, NewRun, RunState, StoreError},
+    store::{Delivery, DeliveryState, Enqueued, RunSpec, StoreError},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -274,20 +276,18 @@ pub async fn enqueue_event(
         }
     };
     drop(mirror);
-    let (trigger, pr, actor) = match event {
-        Event::Push { git_ref, actor, .. } => (
+    let (trigger, pr) = match event {
+        Event::Push { git_ref, .. } => (
             Trigger {
                 kind: EventKind::Push,
                 git_ref: git_ref.clone(),
                 changes,
             },
             None,
-            actor.clone(),
         ),
         Event::PullRequest {
             number,
             base_branch,
-            actor,
             ..
         } => {
             let trigger = Trigger {
@@ -295,17 +295,27 @@ pub async fn enqueue_event(
                 git_ref: GitRef::Branch(base_branch.clone()),
                 changes,
             };
-            (trigger, Some(*number), actor.clone())
+            (trigger, Some(*number))
         }
     };
     let parsed = files;
 
+    let source = Source::Event { event, from_fork };
     let mut runs = Vec::new();
     for file in parsed {
-        let (pipeline, state, description) = match file.result {
-            Ok(p) if selects(&p, &trigger) => (Some(p), RunState::Queued, "queued".to_string()),
+        let invalid;
+        let (pipeline, file_at) = match &file.result {
+            Ok(p) if selects(p, &trigger) => (Some(p), FileAt::Valid(p)),
             Ok(_) => continue,
-            Err(diags) => (None, RunState::Error, invalid_description(&diags)),
+            Err(diags) => {
+                invalid = invalid_description(diags);
+                let file_at = FileAt::Invalid {
+                    name: &file.name,
+                    file: &file.file,
+                    description: &invalid,
+                };
+                (None, file_at)
+            }
         };
         let cx = RunContext {
             repo: repo.full_name.clone(),
@@ -314,40 +324,9 @@ pub async fn enqueue_event(
             event: trigger.kind,
             pr: pr.map(|n| n as u64),
             run_id: String::new(),
-            inputs: pipeline.as_ref().map(default_inputs).unwrap_or_default(),
+            inputs: pipeline.map(default_inputs).unwrap_or_default(),
         };
-        let (group, cancel_in_progress) = match &pipeline {
-            Some(p) => {
-                let planned = plan(p, &cx);
-                (planned.concurrency_group, planned.cancel_in_progress)
-            }
-            None => (
-                format!("{}/{}/{}", repo.full_name, file.name, cx.event_ref()),
-                false,
-            ),
-        };
-        runs.push(NewRun {
-            repo: repo.full_name.clone(),
-            repo_id: repo.id,
-            owner_id: repo.owner_id,
-            default_branch: repo.default_branch.clone(),
-            status_repo: repo.full_name.clone(),
-            pipeline: file.name.clone(),
-            pipeline_file: file.file.clone(),
-            event: trigger.kind.as_str().to_string(),
-            git_ref: trigger.git_ref.full(),
-            sha: sha.clone(),
-            pr,
-            actor: actor.clone(),
-            from_fork,
-            attempt: 1,
-            inputs: cx.inputs.clone(),
-            dedupe_key: event.dedupe_key(),
-            concurrency_group: group_key(&repo.full_name, &group),
-            cancel_in_progress,
-            state,
-            description,
-        });
+        runs.push(RunSpec::new(repo, &cx, file_at, source));
     }
     let enqueued = app.enqueue(delivery, &runs).await?;
     Ok(enqueued)
@@ -402,16 +381,6 @@ async fn untrusted_pull_request(app: &App, event: &Event) -> Result<bool, Ingest
     Ok(!app.gitea.can_write(&repo.full_name, author).await?)
 }
 
-/// A concurrency group's key: always within its repository, so that no pipeline can wait
-/// on, supersede or cancel another repository's runs by naming their group.
-pub fn group_key(repo: &str, group: &str) -> String {
-    if group.starts_with(&format!("{repo}/")) {
-        group.to_string()
-    } else {
-        format!("{repo}/{group}")
-    }
-}
-
 /// Changed files of a branch push, computed with git, never taken from the payload.
 async fn push_changes(
     app: &App,
@@ -447,39 +416,5 @@ fn invalid_description(diags: &[Diagnostic]) -> String {
     match diags.len() {
         0 | 1 => format!("invalid pipeline: {first}"),
         n => format!("invalid pipeline: {first} (+{} more)", n - 1),
-    }
-}
-
-/// A queued run of a valid pipeline (dispatches and schedules).
-pub fn queued_run(
-    repo: &RepoInfo,
-    pipeline: &Pipeline,
-    cx: &RunContext,
-    actor: &str,
-    dedupe_key: String,
-    description: &str,
-) -> NewRun {
-    let planned = plan(pipeline, cx);
-    NewRun {
-        repo: repo.full_name.clone(),
-        repo_id: repo.id,
-        owner_id: repo.owner_id,
-        default_branch: repo.default_branch.clone(),
-        status_repo: repo.full_name.clone(),
-        pipeline: pipeline.name.clone(),
-        pipeline_file: pipeline.file.clone(),
-        event: cx.event.as_str().to_string(),
-        git_ref: cx.git_ref.full(),
-        sha: cx.sha.clone(),
-        pr: None,
-        actor: actor.to_string(),
-        from_fork: false,
-        attempt: 1,
-        inputs: cx.inputs.clone(),
-        dedupe_key,
-        concurrency_group: group_key(&repo.full_name, &planned.concurrency_group),
-        cancel_in_progress: planned.cancel_in_progress,
-        state: RunState::Queued,
-        description: description.to_string(),
     }
 }

@@ -14,6 +14,7 @@ mod images;
 mod ingest;
 mod reporter;
 mod schedule;
+mod spec;
 mod tasks;
 mod ui;
 mod webhook;
@@ -34,7 +35,7 @@ use crate::{
     identity::Issuer,
     logs::LogStore,
     run::StepDefaults,
-    store::{Enqueued, NewRun, Store, StoreError},
+    store::{Enqueued, RunSpec, Store, StoreError},
     vault::Vault,
 };
 
@@ -104,8 +105,8 @@ impl App {
             max_timeout: config.docker.max_timeout,
         };
         let deliveries = DeliveryWriter::new(store.clone());
-        let scheduler = Scheduler::new();
         let instance = instance_id(&data_dir)?;
+        let scheduler = Scheduler::new(&instance);
         let issuer = Issuer::load(
             &data_dir.join("keys"),
             config.identity.algorithm,
@@ -142,12 +143,9 @@ impl App {
     pub async fn enqueue(
         &self,
         delivery: Option<i64>,
-        runs: &[NewRun],
+        runs: &[RunSpec],
     ) -> Result<Enqueued, StoreError> {
-        let enqueued = self
-            .store
-            .enqueue_runs(delivery, runs, self.public_url())
-            .await?;
+        let enqueued = self.store.enqueue_runs(delivery, runs).await?;
         for id in &enqueued.cancel_running {
             self.scheduler.cancel(
                 *id,

@@ -1,6 +1,8 @@
 //! Sends what the outbox holds to Gitea: commit statuses (newest per commit and context)
 //! and pull-request comments (newest per pull request and marker), retrying with backoff.
-//! Reporting never fails or delays a run: runs only write the outbox.
+//! Reporting never fails or delays a run: runs only write the outbox. How a status looks is
+//! decided here, not in the store: its context (`pipewright/<pipeline>`), its link
+//! (`<public_url>/runs/<id>`) and its description, clipped to what Gitea shows.
 //!
 //! At shutdown (`stop`, after the runs under way have ended) the reporter sends what is due
 //! then and returns, within [`DRAIN_WITHIN`]: a Gitea that is down cannot hold the process,
@@ -105,20 +107,21 @@ async fn send_statuses(app: &App) -> bool {
     };
     let full = due.len() == BATCH;
     for status in due {
+        let context = context(&status.pipeline);
         let result = app
             .gitea
             .create_status(
                 &status.repo,
                 &status.sha,
-                &status.state,
-                &status.context,
-                &status.description,
-                &status.target_url,
+                status.state.as_str(),
+                &context,
+                &clip(&status.description),
+                &run_url(app, status.run_id),
             )
             .await;
         let recorded = match next_after(result, status.attempts) {
             Next::Sent => {
-                debug!(repo = %status.repo, sha = %status.sha, context = %status.context, state = %status.state, "status sent");
+                debug!(repo = %status.repo, sha = %status.sha, context = %context, state = status.state.as_str(), "status sent");
                 app.store.status_sent(status.id).await
             }
             Next::GiveUp(e) => {
@@ -171,4 +174,26 @@ async fn send_comments(app: &App) -> bool {
         }
     }
     full
+}
+
+/// The commit status context of a pipeline's runs.
+pub fn context(pipeline: &str) -> String {
+    format!("pipewright/{pipeline}")
+}
+
+/// A run's page: where a status links to.
+pub fn run_url(app: &App, run_id: i64) -> String {
+    format!("{}/runs/{run_id}", app.public_url())
+}
+
+/// Status descriptions stay under Gitea's display width and DESIGN's 140 characters (run
+/// descriptions are shown clipped the same way in the API and UI). Texts are masked before
+/// they are stored, so a clip never cuts a secret that masking would then miss.
+pub fn clip(text: &str) -> String {
+    if text.chars().count() <= 139 {
+        return text.to_string();
+    }
+    let mut out: String = text.chars().take(138).collect();
+    out.push('…');
+    out
 }

@@ -12,9 +12,13 @@ use tracing::{info, warn};
 
 use super::{
     App,
-    ingest::{error_chain, queued_run},
+    ingest::error_chain,
+    spec::{FileAt, Source},
 };
-use crate::{events::RepoInfo, store::now_ms};
+use crate::{
+    events::RepoInfo,
+    store::{RunSpec, now_ms},
+};
 
 pub async fn run(app: Arc<App>, stop: CancellationToken) {
     loop {
@@ -71,7 +75,8 @@ pub async fn tick(app: &App, epoch_secs: i64) -> Result<usize, String> {
             {
                 continue;
             }
-            let key = format!("schedule:{}:{}:{minute}", repo.full_name, pipeline.name);
+            let source = Source::Schedule { minute };
+            let key = source.dedupe_key(&repo.full_name, &pipeline.name);
             if app
                 .store
                 .dedupe_used(&key)
@@ -89,14 +94,7 @@ pub async fn tick(app: &App, epoch_secs: i64) -> Result<usize, String> {
                 run_id: String::new(),
                 inputs: default_inputs(&pipeline),
             };
-            runs.push(queued_run(
-                &repo,
-                &pipeline,
-                &cx,
-                "schedule",
-                key,
-                "queued (scheduled)",
-            ));
+            runs.push(RunSpec::new(&repo, &cx, FileAt::Valid(&pipeline), source));
         }
         if runs.is_empty() {
             continue;

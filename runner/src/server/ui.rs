@@ -13,6 +13,7 @@ use super::{
     App,
     api::{ApiError, load_run, rfc3339, visible_runs},
     auth::require,
+    reporter::clip,
 };
 use crate::config::Scope;
 
@@ -56,11 +57,11 @@ pub async fn index(State(app): State<Arc<App>>, headers: HeaderMap) -> Result<Re
             id = r.id,
             repo = escape(&r.repo),
             pipeline = escape(&r.pipeline),
-            event = escape(&r.event),
-            git_ref = escape(&r.git_ref),
+            event = escape(r.event.as_str()),
+            git_ref = escape(&r.git_ref.full()),
             sha = escape(&r.sha.chars().take(8).collect::<String>()),
             state = r.state.as_str(),
-            desc = escape(&r.description),
+            desc = escape(&clip(&r.description)),
             at = rfc3339(r.created_at),
         ));
     }
@@ -83,11 +84,11 @@ pub async fn run_page(
         "<h1>{pipeline} #{id}</h1><p>{repo} · {event} {git_ref} · {sha}</p><p class=\"{state}\">{state}: {desc}</p>",
         pipeline = escape(&run.pipeline),
         repo = escape(&run.repo),
-        event = escape(&run.event),
-        git_ref = escape(&run.git_ref),
+        event = escape(run.event.as_str()),
+        git_ref = escape(&run.git_ref.full()),
         sha = escape(&run.sha),
         state = run.state.as_str(),
-        desc = escape(&run.description),
+        desc = escape(&clip(&run.description)),
     );
     for step in &steps {
         let log = app
@@ -100,10 +101,10 @@ pub async fn run_page(
         body.push_str(&format!(
             "<h2 class=\"{state}\">{name} — {state}</h2><p>{desc}</p><pre id=\"log-{idx}\" data-live=\"{live}\">{log}</pre>",
             name = escape(&step.name),
-            state = escape(&step.state),
+            state = escape(step.state.as_str()),
             desc = escape(&step.description),
             idx = step.idx,
-            live = matches!(step.state.as_str(), "running" | "pending"),
+            live = !step.state.is_over(),
             log = escape(&String::from_utf8_lossy(tail)),
         ));
     }

@@ -13,7 +13,7 @@ use std::{
 use pipewright_containers::{
     CancellationToken, Executor, LABEL_INSTANCE, LABEL_RUN, Outcome, Stream,
 };
-use pipewright_pipelines::{EventKind, GitRef, PlannedStep, RunContext, plan};
+use pipewright_pipelines::{EventKind, PlannedStep, RunContext, plan};
 use tokio::{sync::Notify, task::JoinSet};
 use tracing::{Instrument, info, info_span, warn};
 
@@ -21,7 +21,7 @@ use super::{App, access::RunAccess, ingest::error_chain};
 use crate::{
     logs::LogWriter,
     run::{Reports, RunFacts, RunObserver, RunResult, RunSetup, StepResult, run_plan},
-    store::{LEASE, Run, RunState, comments::NewComment},
+    store::{LEASE, Run, RunState, StepState, comments::NewComment, now_ms},
 };
 
 /// A run under way: how to stop it, and why it was stopped (its status description).
@@ -40,10 +40,11 @@ pub struct Scheduler {
 }
 
 impl Scheduler {
-    pub fn new() -> Scheduler {
-        let owner = format!("{}-{}", hostname(), std::process::id());
+    /// A scheduler whose leases are held as `instance` (the stable id of `data_dir/instance`,
+    /// the same across restarts, so a restart knows which running runs were its own).
+    pub fn new(instance: &str) -> Scheduler {
         Scheduler {
-            owner,
+            owner: instance.to_string(),
             ..Scheduler::default()
         }
     }
@@ -72,26 +73,29 @@ impl Scheduler {
             .unwrap_or_else(|e| e.into_inner())
             .contains_key(&id)
     }
+
+    fn running_ids(&self) -> Vec<i64> {
+        self.running
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .keys()
+            .copied()
+            .collect()
+    }
 }
 
-fn hostname() -> String {
-    std::fs::read_to_string("/etc/hostname")
-        .map(|s| s.trim().to_string())
-        .unwrap_or_else(|_| "pipewright".into())
-}
-
-/// At start: runs left `running` by a previous process end as `error` (an interrupted
-/// `tofu apply` needs a person to look at its state lock, so nothing is retried on its
-/// own), and containers of no live run are removed.
+/// At start: runs this instance left `running` (a previous process of it) end as `error`
+/// (an interrupted `tofu apply` needs a person to look at its state lock, so nothing is
+/// retried on its own), and containers of no live run are removed. Other instances' runs
+/// are theirs: they end only when their lease expires ([`settle_lost`]).
 pub async fn settle_interrupted(app: &App) -> anyhow::Result<()> {
-    for run in app.store.runs_in_state(RunState::Running).await? {
+    for run in app.store.running_runs_of(&app.scheduler.owner).await? {
         warn!(run_id = run.id, repo = %run.repo, "run interrupted by a restart");
         app.store
             .finish_run(
                 run.id,
                 RunState::Error,
                 "interrupted: Pipewright stopped while it ran; not retried automatically",
-                app.public_url(),
             )
             .await?;
     }
@@ -102,13 +106,41 @@ pub async fn settle_interrupted(app: &App) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Claims and runs until `shutdown`; then waits for the runs under way.
+/// Ends the runs whose owner stopped renewing their leases (another instance that died,
+/// or this one's runs from before a lost database connection that it no longer runs).
+pub async fn settle_lost(app: &App) {
+    let keep = app.scheduler.running_ids();
+    match app.store.settle_lost_leases(now_ms(), &keep).await {
+        Ok(settled) => {
+            for (run_id, owner) in &settled {
+                warn!(run_id, owner = %owner, "the run's lease expired: its agent was lost");
+            }
+            if !settled.is_empty() {
+                app.reporter_wake.notify_one();
+                app.scheduler.wake();
+            }
+        }
+        Err(e) => warn!(error = ?e, "failed to look for expired leases"),
+    }
+}
+
+/// Claims and runs until `shutdown`; then waits for the runs under way. Expired leases
+/// are looked for every third of a lease.
 pub async fn run(app: Arc<App>, shutdown: CancellationToken) {
     let capacity = app.config.agent.capacity.max(1);
     let mut tasks: JoinSet<()> = JoinSet::new();
+    let mut leases_checked: Option<tokio::time::Instant> = None;
     loop {
+        if leases_checked.is_none_or(|at| at.elapsed() >= LEASE / 3) {
+            settle_lost(&app).await;
+            leases_checked = Some(tokio::time::Instant::now());
+        }
         while tasks.len() < capacity && !shutdown.is_cancelled() {
-            match app.store.claim_next(&app.scheduler.owner).await {
+            match app
+                .store
+                .claim_next(&app.scheduler.owner, &app.config.agent.labels)
+                .await
+            {
                 Ok(Some(run)) => {
                     let span = info_span!("run", run_id = run.id, repo = %run.repo, sha = %run.sha, pipeline = %run.pipeline);
                     let app2 = app.clone();
@@ -208,13 +240,7 @@ async fn execute(app: Arc<App>, run: Run) {
     };
     if let Err(e) = app
         .store
-        .finish_run_commenting(
-            run.id,
-            state,
-            &description,
-            app.public_url(),
-            comment.as_ref(),
-        )
+        .finish_run_commenting(run.id, state, &description, comment.as_ref())
         .await
     {
         warn!(error = ?e, "failed to record the end of the run");
@@ -257,15 +283,11 @@ async fn run_checked_out(app: &App, run: &Run, cancel: &CancellationToken) -> Ra
                 run.pipeline, run.sha
             )
         })?;
-    let event =
-        EventKind::parse(&run.event).ok_or_else(|| format!("unknown event kind {}", run.event))?;
-    let git_ref =
-        GitRef::from_full(&run.git_ref).ok_or_else(|| format!("unknown ref {}", run.git_ref))?;
     let cx = RunContext {
         repo: run.repo.clone(),
         sha: run.sha.clone(),
-        git_ref,
-        event,
+        git_ref: run.git_ref.clone(),
+        event: run.event,
         pr: run.pr.map(|n| n as u64),
         run_id: run.id.to_string(),
         inputs: run.inputs.clone(),
@@ -304,8 +326,6 @@ async fn run_with_access(
         .map_err(|e| format!("checkout: {}", error_chain(&e)))?;
     drop(mirror);
     let extras = |step: &PlannedStep| access.extras(app, step);
-    let git_ref =
-        GitRef::from_full(&run.git_ref).ok_or_else(|| format!("unknown ref {}", run.git_ref))?;
     let setup = RunSetup {
         run_id: &run.id.to_string(),
         instance: &app.instance,
@@ -315,8 +335,8 @@ async fn run_with_access(
         facts: RunFacts {
             repo: &run.repo,
             from_fork: run.from_fork,
-            event: EventKind::parse(&run.event).unwrap_or(EventKind::Push),
-            git_ref: &git_ref,
+            event: run.event,
+            git_ref: &run.git_ref,
             default_branch: &run.default_branch,
             inputs: &run.inputs,
         },
@@ -402,12 +422,10 @@ fn check_volumes(
 /// A run whose ref only people with write access move: it must not run images that an
 /// untrusted run could have made (see `images.rs`).
 fn is_trusted(run: &Run) -> bool {
-    match EventKind::parse(&run.event) {
-        Some(EventKind::Push) => {
-            run.git_ref.strip_prefix("refs/heads/") == Some(run.default_branch.as_str())
-        }
-        Some(EventKind::Dispatch | EventKind::Schedule) => true,
-        _ => false,
+    match run.event {
+        EventKind::Push => run.git_ref.branch() == Some(run.default_branch.as_str()),
+        EventKind::Dispatch | EventKind::Schedule => true,
+        EventKind::PullRequest | EventKind::Comment => false,
     }
 }
 
@@ -456,22 +474,28 @@ impl RunObserver for StoreObserver<'_> {
         self.writer = None;
         let (state, description, exit_code) = match result {
             StepResult::Skipped => (
-                "skipped",
+                StepState::Skipped,
                 "its `when` excludes this event".to_string(),
                 None,
             ),
-            StepResult::NotRun => ("not_run", "an earlier step failed".to_string(), None),
-            StepResult::Ran(Outcome::Succeeded) => ("success", "succeeded".to_string(), Some(0)),
-            StepResult::Ran(o @ Outcome::Failed { exit_code }) => {
-                ("failure", o.to_string(), Some(*exit_code))
+            StepResult::NotRun => (
+                StepState::NotRun,
+                "an earlier step failed".to_string(),
+                None,
+            ),
+            StepResult::Ran(Outcome::Succeeded) => {
+                (StepState::Success, "succeeded".to_string(), Some(0))
             }
-            StepResult::Ran(o @ Outcome::Cancelled) => ("cancelled", o.to_string(), None),
+            StepResult::Ran(o @ Outcome::Failed { exit_code }) => {
+                (StepState::Failure, o.to_string(), Some(*exit_code))
+            }
+            StepResult::Ran(o @ Outcome::Cancelled) => (StepState::Cancelled, o.to_string(), None),
             StepResult::Ran(
                 o @ (Outcome::ImageUnavailable { .. } | Outcome::StartFailed { .. }),
-            ) => ("error", o.to_string(), None),
-            StepResult::Ran(o) => ("failure", o.to_string(), None),
-            StepResult::Failed(why) => ("failure", why.clone(), None),
-            StepResult::Unrunnable(why) => ("error", why.clone(), None),
+            ) => (StepState::Error, o.to_string(), None),
+            StepResult::Ran(o) => (StepState::Failure, o.to_string(), None),
+            StepResult::Failed(why) => (StepState::Failure, why.clone(), None),
+            StepResult::Unrunnable(why) => (StepState::Error, why.clone(), None),
         };
         if let Err(e) = self
             .app

@@ -10,20 +10,7 @@ use sqlx::Row;
 
 use super::{RunState, Store, StoreError, now_ms, runs::finish_in};
 
-/// The table, migration 4 (see `MIGRATIONS` in `store/mod.rs`).
-pub(super) const TABLE: &str = "CREATE TABLE comment_outbox (
-    repo TEXT NOT NULL,
-    pr BIGINT NOT NULL,
-    marker TEXT NOT NULL,
-    body TEXT NOT NULL,
-    run_id BIGINT NOT NULL,
-    version BIGINT NOT NULL,
-    created_at BIGINT NOT NULL,
-    attempts BIGINT NOT NULL,
-    next_attempt_at BIGINT NOT NULL,
-    sent_at BIGINT,
-    PRIMARY KEY (repo, pr, marker)
-)";
+// The table is migration 4 (`migrations/both/0004_comment_outbox.sql`).
 
 const QUEUE: &str = "INSERT INTO comment_outbox
      (repo, pr, marker, body, run_id, version, created_at, attempts, next_attempt_at)
@@ -63,11 +50,10 @@ impl Store {
         id: i64,
         state: RunState,
         description: &str,
-        target_base: &str,
         comment: Option<&NewComment>,
     ) -> Result<bool, StoreError> {
         let mut tx = self.pool.begin().await?;
-        let changed = finish_in(&mut tx, id, state, description, target_base).await?;
+        let changed = finish_in(&mut tx, id, state, description).await?;
         if let Some(c) = comment {
             sqlx::query(QUEUE)
                 .bind(&c.repo)

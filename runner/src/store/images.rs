@@ -1,19 +1,10 @@
 //! Image pins: which local image a reference named when a trusted run of a repository first
-//! used it, so that a later trusted run notices an image that was replaced since.
+//! used it, so that a later trusted run notices an image that was replaced since (table
+//! `image_pins`, migration 3).
 
 use sqlx::Row;
 
 use super::{Store, StoreError, now_ms};
-
-/// The table, migration 3 (see `MIGRATIONS` in `store/mod.rs`).
-pub(super) const TABLE: &str = "CREATE TABLE image_pins (
-    repo TEXT NOT NULL,
-    reference TEXT NOT NULL,
-    image_id TEXT NOT NULL,
-    run_id BIGINT NOT NULL,
-    pinned_at BIGINT NOT NULL,
-    PRIMARY KEY (repo, reference)
-)";
 
 const FIRST_USE: &str = "INSERT INTO image_pins (repo, reference, image_id, run_id, pinned_at)
      VALUES ($1, $2, $3, $4, $5) ON CONFLICT (repo, reference) DO NOTHING";

@@ -1,19 +1,28 @@
-//! The database: deliveries (the durable inbox), runs and their steps (the queue), and the
-//! outbox of commit statuses still to send. SQLite by default, PostgreSQL for shared agents,
-//! one code path through sqlx's `Any` driver (portable types only: integers, text, blobs).
+//! The database: deliveries (the durable inbox), runs and their steps (the queue), the
+//! outbox of commit statuses still to send, known repositories and image pins. SQLite by
+//! default, PostgreSQL for shared agents, one code path through sqlx's `Any` driver
+//! (portable types only: integers, text, blobs). Only this module writes SQL, and values
+//! cross it typed: strings in the tables are converted here and nowhere else.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use sqlx::{
-    AnyPool, Executor, Row,
-    any::{AnyPoolOptions, AnyRow},
+    AnyPool, Executor, Row, SqlSafeStr,
+    any::AnyPoolOptions,
+    migrate::{Migration, MigrationType, Migrator},
 };
 
 mod access;
 pub mod comments;
+mod deliveries;
 mod images;
+mod outbox;
+mod repos;
 mod runs;
 
+pub use deliveries::*;
+pub use outbox::*;
+pub use repos::*;
 pub use runs::*;
 
 /// Milliseconds since the epoch: the one time format of the database.
@@ -40,7 +49,6 @@ pub struct Store {
     read: AnyPool,
     backend: Backend,
 }
-
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("unsupported database url `{0}`: expected sqlite://PATH or postgres://…")]
@@ -49,23 +57,45 @@ pub enum StoreError {
     Db(#[from] sqlx::Error),
     #[error("stored data is not what this version expects: {0}")]
     Corrupt(String),
+    #[error("failed to migrate the database")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
 }
 
-const SCHEMA: &str = include_str!("schema.sql");
+/// The schema's history, one file per change (`migrations/<dir>/NNNN_name.sql`): in
+/// `both/` when the backends take the same SQL, else one in `sqlite/` and one in
+/// `postgres/`. A file, once released, never changes (sqlx checks each applied migration's
+/// checksum): every change is a new file, listed in both lists.
+macro_rules! migrations {
+    ($(($version:literal, $dir:literal, $name:literal)),* $(,)?) => {
+        &[$(($version, $name, include_str!(concat!("migrations/", $dir, "/", $name, ".sql")))),*]
+    };
+}
 
-/// Changes after version 1, in order: (version, one portable statement).
-const MIGRATIONS: &[(i64, &str)] = &[
-    // How often processing a delivery was started: a delivery that keeps crashing the
-    // process is given up after a few starts instead of crashing it at every restart.
-    (
-        2,
-        "ALTER TABLE deliveries ADD COLUMN attempts BIGINT NOT NULL DEFAULT 0",
-    ),
-    // Which image a reference named when a trusted run of a repository first used it.
-    (3, images::TABLE),
-    // Pull-request comments still to create or edit (the plan comment), like statuses.
-    (4, comments::TABLE),
+/// (version, name, SQL), in order.
+type Migrations = &'static [(i64, &'static str, &'static str)];
+
+pub(crate) const SQLITE_MIGRATIONS: Migrations = migrations![
+    (1, "sqlite", "0001_schema"),
+    (2, "both", "0002_delivery_attempts"),
+    (3, "both", "0003_image_pins"),
+    (4, "both", "0004_comment_outbox"),
+    (5, "sqlite", "0005_outbox_by_run"),
+    (6, "both", "0006_runs_on"),
 ];
+
+pub(crate) const POSTGRES_MIGRATIONS: Migrations = migrations![
+    (1, "postgres", "0001_schema"),
+    (2, "both", "0002_delivery_attempts"),
+    (3, "both", "0003_image_pins"),
+    (4, "both", "0004_comment_outbox"),
+    (5, "postgres", "0005_outbox_by_run"),
+    (6, "both", "0006_runs_on"),
+];
+
+/// The highest version of the databases made before migrations were sqlx's: release
+/// d082364 wrote `schema_version` 1 (and later builds 2 to 4) with the same statements
+/// as the files of those numbers.
+const LEGACY_VERSIONS: i64 = 4;
 
 impl Store {
     /// Opens (creating when needed) the database and brings its schema up to date.
@@ -134,56 +164,67 @@ impl Store {
         self.backend
     }
 
+    fn migrator(&self) -> Migrator {
+        let list = match self.backend {
+            Backend::Sqlite => SQLITE_MIGRATIONS,
+            Backend::Postgres => POSTGRES_MIGRATIONS,
+        };
+        Migrator::with_migrations(
+            list.iter()
+                .map(|(version, name, sql)| {
+                    Migration::new(
+                        *version,
+                        (*name).into(),
+                        MigrationType::Simple,
+                        sql.into_sql_str(),
+                        false,
+                    )
+                })
+                .collect(),
+        )
+    }
+
+    /// Brings the schema up to date. A database of the time before sqlx's migrations (a
+    /// `schema_version` table, no `_sqlx_migrations`) is first marked as having the
+    /// migrations up to its version, which made exactly its tables; the rest then run.
     async fn migrate(&self) -> Result<(), StoreError> {
-        self.pool
-            .execute("CREATE TABLE IF NOT EXISTS schema_version (version BIGINT NOT NULL)")
-            .await?;
-        let version: Option<i64> = sqlx::query("SELECT MAX(version) FROM schema_version")
-            .fetch_one(&self.pool)
-            .await?
-            .try_get(0)?;
-        let version = version.unwrap_or(0);
-        if version < 1 {
-            self.create_schema().await?;
-        }
-        for (number, statement) in MIGRATIONS {
-            if version < *number {
-                let mut tx = self.pool.begin().await?;
-                tx.execute(sqlx::AssertSqlSafe(statement.to_string()))
-                    .await?;
-                sqlx::query("INSERT INTO schema_version (version) VALUES ($1)")
-                    .bind(*number)
-                    .execute(&mut *tx)
-                    .await?;
-                tx.commit().await?;
+        let migrator = self.migrator();
+        if !self.table_exists("_sqlx_migrations").await?
+            && self.table_exists("schema_version").await?
+        {
+            let version: Option<i64> = sqlx::query("SELECT MAX(version) FROM schema_version")
+                .fetch_one(&self.pool)
+                .await?
+                .try_get(0)?;
+            let version = version.unwrap_or(0);
+            if !(1..=LEGACY_VERSIONS).contains(&version) {
+                return Err(StoreError::Corrupt(format!(
+                    "schema_version {version} is not one this version knows"
+                )));
             }
+            migrator.skip(&self.pool, Some(version)).await?;
+            // So that an older release refuses this database instead of reading it.
+            self.pool.execute("DROP TABLE schema_version").await?;
         }
+        migrator.run(&self.pool).await?;
         Ok(())
     }
 
-    /// Version 1, the schema of `schema.sql`.
-    async fn create_schema(&self) -> Result<(), StoreError> {
-        let (id, blob) = match self.backend {
-            Backend::Sqlite => ("INTEGER PRIMARY KEY AUTOINCREMENT", "BLOB"),
-            Backend::Postgres => ("BIGSERIAL PRIMARY KEY", "BYTEA"),
+    async fn table_exists(&self, name: &str) -> Result<bool, StoreError> {
+        let query = match self.backend {
+            Backend::Sqlite => {
+                "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = $1"
+            }
+            Backend::Postgres => {
+                "SELECT COUNT(*) FROM information_schema.tables WHERE table_schema = current_schema() AND table_name = $1"
+            }
         };
-        let ddl: String = SCHEMA
-            .lines()
-            .filter(|l| !l.trim_start().starts_with("--"))
-            .map(|l| format!("{l}\n"))
-            .collect::<String>()
-            .replace("{id}", id)
-            .replace("{blob}", blob);
-        let mut tx = self.pool.begin().await?;
-        for statement in ddl.split(';').map(str::trim).filter(|s| !s.is_empty()) {
-            tx.execute(sqlx::AssertSqlSafe(statement.to_string()))
-                .await?;
-        }
-        sqlx::query("INSERT INTO schema_version (version) VALUES (1)")
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
-        Ok(())
+        let count: i64 = sqlx::query(query)
+            .bind(name)
+            .fetch_one(&self.pool)
+            .await?
+            .try_get(0)?;
+        Ok(count > 0)
     }
 
     /// Copies the SQLite write-ahead log into the database, without blocking writers. Run
@@ -210,144 +251,43 @@ impl Store {
     }
 }
 
-/// A delivery to store: the raw payload, kept until it is processed.
-#[derive(Clone, Debug)]
-pub struct NewDelivery {
-    pub delivery_id: String,
-    pub event_type: String,
-    pub repo: String,
-    pub payload: Vec<u8>,
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-/// What storing a delivery did.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Received {
-    /// Stored under this id; it will be processed.
-    New(i64),
-    /// A delivery with the same `X-Gitea-Delivery` id was stored before.
-    Duplicate,
-}
-
-/// A stored delivery.
-#[derive(Clone, Debug)]
-pub struct Delivery {
-    pub id: i64,
-    pub delivery_id: String,
-    pub event_type: String,
-    pub repo: String,
-    pub payload: Vec<u8>,
-    pub received_at: i64,
-}
-
-/// What became of a delivery.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum DeliveryState {
-    Received,
-    Processed,
-    Duplicate,
-    Failed,
-}
-
-impl DeliveryState {
-    fn as_str(self) -> &'static str {
-        match self {
-            DeliveryState::Received => "received",
-            DeliveryState::Processed => "processed",
-            DeliveryState::Duplicate => "duplicate",
-            DeliveryState::Failed => "failed",
+    /// Every migration file is listed, in order: one of each number for each backend,
+    /// `both/` files in both lists. A new file that is not listed would never run.
+    #[test]
+    fn every_migration_file_is_listed() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/store/migrations");
+        let files = |sub: &str| -> Vec<String> {
+            let mut names: Vec<String> = std::fs::read_dir(dir.join(sub))
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect();
+            names.sort();
+            names
+        };
+        let both = files("both");
+        for (backend, list) in [
+            ("sqlite", SQLITE_MIGRATIONS),
+            ("postgres", POSTGRES_MIGRATIONS),
+        ] {
+            let mut expected: Vec<String> =
+                files(backend).into_iter().chain(both.clone()).collect();
+            expected.sort();
+            let listed: Vec<String> = list
+                .iter()
+                .map(|(_, name, _)| format!("{name}.sql"))
+                .collect();
+            assert_eq!(listed, expected, "{backend}");
+            for (i, (version, name, _)) in list.iter().enumerate() {
+                assert_eq!(*version, i as i64 + 1, "{backend}: {name}");
+                assert!(
+                    name.starts_with(&format!("{version:04}_")),
+                    "{backend}: {name}"
+                );
+            }
         }
     }
 }
-
-impl Store {
-    /// Stores deliveries in one transaction (one disk sync for the whole batch).
-    pub async fn insert_deliveries(
-        &self,
-        batch: &[NewDelivery],
-    ) -> Result<Vec<Received>, StoreError> {
-        let mut tx = self.pool.begin().await?;
-        let mut out = Vec::with_capacity(batch.len());
-        let now = now_ms();
-        for d in batch {
-            let row = sqlx::query(
-                "INSERT INTO deliveries (delivery_id, event_type, repo, received_at, payload, state)
-                 VALUES ($1, $2, $3, $4, $5, 'received')
-                 ON CONFLICT (delivery_id) DO NOTHING RETURNING id",
-            )
-            .bind(&d.delivery_id)
-            .bind(&d.event_type)
-            .bind(&d.repo)
-            .bind(now)
-            .bind(&d.payload)
-            .fetch_optional(&mut *tx)
-            .await?;
-            out.push(match row {
-                Some(row) => Received::New(row.try_get(0)?),
-                None => Received::Duplicate,
-            });
-        }
-        tx.commit().await?;
-        Ok(out)
-    }
-
-    /// Deliveries stored but not yet processed, oldest first.
-    pub async fn pending_deliveries(&self, limit: i64) -> Result<Vec<Delivery>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT id, delivery_id, event_type, repo, payload, received_at FROM deliveries
-             WHERE state = 'received' ORDER BY id LIMIT $1",
-        )
-        .bind(limit)
-        .fetch_all(&self.read)
-        .await?;
-        rows.iter().map(delivery_from_row).collect()
-    }
-
-    pub async fn finish_delivery(
-        &self,
-        id: i64,
-        state: DeliveryState,
-        note: &str,
-    ) -> Result<(), StoreError> {
-        sqlx::query("UPDATE deliveries SET state = $1, note = $2 WHERE id = $3")
-            .bind(state.as_str())
-            .bind(note)
-            .bind(id)
-            .execute(&self.pool)
-            .await?;
-        Ok(())
-    }
-
-    /// Records that processing of a delivery starts, durably, before it starts; returns how
-    /// many times it has been started, this time included.
-    pub async fn start_delivery(&self, id: i64) -> Result<i64, StoreError> {
-        let row = sqlx::query(
-            "UPDATE deliveries SET attempts = attempts + 1 WHERE id = $1 RETURNING attempts",
-        )
-        .bind(id)
-        .fetch_one(&self.pool)
-        .await?;
-        Ok(row.try_get(0)?)
-    }
-
-    /// Counts deliveries by `X-Gitea-Delivery` id (for tests and the API).
-    pub async fn delivery_count(&self) -> Result<i64, StoreError> {
-        Ok(sqlx::query("SELECT COUNT(*) FROM deliveries")
-            .fetch_one(&self.read)
-            .await?
-            .try_get(0)?)
-    }
-}
-
-fn delivery_from_row(row: &AnyRow) -> Result<Delivery, StoreError> {
-    Ok(Delivery {
-        id: row.try_get("id")?,
-        delivery_id: row.try_get("delivery_id")?,
-        event_type: row.try_get("event_type")?,
-        repo: row.try_get("repo")?,
-        payload: row.try_get("payload")?,
-        received_at: row.try_get("received_at")?,
-    })
-}
-
-/// Lease length for a claimed run; the worker renews it well before it runs out.
-pub const LEASE: Duration = Duration::from_secs(30);

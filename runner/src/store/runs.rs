@@ -1,8 +1,11 @@
-//! Runs, steps and the status outbox: the queue and what Gitea still has to be told.
+//! Runs and their steps: the queue, its concurrency groups and leases.
 
+use std::time::Duration;
+
+use pipewright_pipelines::{EventKind, GitRef};
 use sqlx::{Any, Row, Transaction, any::AnyRow};
 
-use super::{LEASE, Store, StoreError, now_ms};
+use super::{Store, StoreError, now_ms, outbox};
 
 /// Where a run is in its life. The commit status follows from it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -47,21 +50,63 @@ impl RunState {
     pub fn is_finished(self) -> bool {
         !matches!(self, RunState::Queued | RunState::Running)
     }
+}
 
-    /// The commit status for this state: only Gitea's four safe states (DESIGN "Statuses").
-    pub fn status_state(self) -> &'static str {
+/// Where a step is. Stored as text, converted only here.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum StepState {
+    /// Recorded as the run starts, not started yet.
+    Pending,
+    Running,
+    Success,
+    Failure,
+    Cancelled,
+    /// Pipewright could not run it (its image, a start failure, a refused setting).
+    Error,
+    /// Its `when` excludes the event.
+    Skipped,
+    /// An earlier step failed.
+    NotRun,
+}
+
+impl StepState {
+    pub fn as_str(self) -> &'static str {
         match self {
-            RunState::Queued | RunState::Running => "pending",
-            RunState::Success | RunState::Superseded => "success",
-            RunState::Failure => "failure",
-            RunState::Error | RunState::Cancelled => "error",
+            StepState::Pending => "pending",
+            StepState::Running => "running",
+            StepState::Success => "success",
+            StepState::Failure => "failure",
+            StepState::Cancelled => "cancelled",
+            StepState::Error => "error",
+            StepState::Skipped => "skipped",
+            StepState::NotRun => "not_run",
         }
+    }
+
+    fn parse(s: &str) -> Option<StepState> {
+        [
+            StepState::Pending,
+            StepState::Running,
+            StepState::Success,
+            StepState::Failure,
+            StepState::Cancelled,
+            StepState::Error,
+            StepState::Skipped,
+            StepState::NotRun,
+        ]
+        .into_iter()
+        .find(|r| r.as_str() == s)
+    }
+
+    /// Whether the step will not change any more (or never start).
+    pub fn is_over(self) -> bool {
+        !matches!(self, StepState::Pending | StepState::Running)
     }
 }
 
-/// A run to enqueue.
+/// A run to enqueue: built by one constructor per source (`server/spec.rs`).
 #[derive(Clone, Debug)]
-pub struct NewRun {
+pub struct RunSpec {
     pub repo: String,
     pub repo_id: i64,
     pub owner_id: i64,
@@ -70,8 +115,8 @@ pub struct NewRun {
     pub status_repo: String,
     pub pipeline: String,
     pub pipeline_file: String,
-    pub event: String,
-    pub git_ref: String,
+    pub event: EventKind,
+    pub git_ref: GitRef,
     pub sha: String,
     pub pr: Option<i64>,
     pub actor: String,
@@ -82,6 +127,8 @@ pub struct NewRun {
     /// 1, or one more than the run it re-runs.
     pub attempt: i64,
     pub inputs: Vec<(String, String)>,
+    /// The pipeline's `runs_on`: an agent claims the run only with all of these labels.
+    pub runs_on: Vec<String>,
     /// Runs with a key that is already used add nothing: ever for most events (a push's
     /// (repository, ref, after), a schedule's minute; dispatches and re-runs have keys of
     /// their own), while its runs are queued or running for a pull request's.
@@ -105,14 +152,15 @@ pub struct Run {
     pub status_repo: String,
     pub pipeline: String,
     pub pipeline_file: String,
-    pub event: String,
-    pub git_ref: String,
+    pub event: EventKind,
+    pub git_ref: GitRef,
     pub sha: String,
     pub pr: Option<i64>,
     pub actor: String,
     pub from_fork: bool,
     pub attempt: i64,
     pub inputs: Vec<(String, String)>,
+    pub runs_on: Vec<String>,
     pub concurrency_group: String,
     pub cancel_in_progress: bool,
     pub state: RunState,
@@ -120,6 +168,8 @@ pub struct Run {
     pub created_at: i64,
     pub started_at: Option<i64>,
     pub finished_at: Option<i64>,
+    /// The instance that claimed it, while it runs.
+    pub lease_owner: Option<String>,
 }
 
 /// A stored step.
@@ -127,7 +177,7 @@ pub struct Run {
 pub struct StepRow {
     pub idx: i64,
     pub name: String,
-    pub state: String,
+    pub state: StepState,
     pub description: String,
     pub exit_code: Option<i64>,
     pub started_at: Option<i64>,
@@ -138,39 +188,28 @@ pub struct StepRow {
 #[derive(Clone, Debug, Default)]
 pub struct Enqueued {
     pub ids: Vec<i64>,
-    /// The runs were not added: runs with their dedupe key exist (see [`NewRun::dedupe_key`]).
+    /// The runs were not added: runs with their dedupe key exist (see [`RunSpec::dedupe_key`]).
     pub duplicate: bool,
     /// Running runs that a `cancel_in_progress` group asks to stop.
     pub cancel_running: Vec<i64>,
 }
 
-/// A repository Pipewright has run for.
-#[derive(Clone, Debug)]
-pub struct KnownRepo {
-    pub repo: String,
-    pub repo_id: i64,
-    pub owner_id: i64,
-    pub default_branch: String,
+/// Lease length for a claimed run; the worker renews it well before it runs out.
+pub const LEASE: Duration = Duration::from_secs(30);
+
+/// Whether an agent with `labels` may run a run that needs `runs_on`.
+pub fn labels_cover(labels: &[String], runs_on: &[String]) -> bool {
+    runs_on.iter().all(|l| labels.contains(l))
 }
 
-/// A commit status waiting to be sent.
-#[derive(Clone, Debug)]
-pub struct OutboxEntry {
-    pub id: i64,
-    pub repo: String,
-    pub sha: String,
-    pub context: String,
-    pub state: String,
-    pub description: String,
-    pub target_url: String,
-    pub attempts: i64,
-}
-
-const RUN_COLUMNS: &str = "id, repo, repo_id, owner_id, default_branch, status_repo, pipeline, pipeline_file, event, git_ref, sha, pr, actor, from_fork, attempt, inputs, concurrency_group, cancel_in_progress, state, description, created_at, started_at, finished_at";
+const RUN_COLUMNS: &str = "id, repo, repo_id, owner_id, default_branch, status_repo, pipeline, pipeline_file, event, git_ref, sha, pr, actor, from_fork, attempt, inputs, runs_on, concurrency_group, cancel_in_progress, state, description, created_at, started_at, finished_at, lease_owner";
 
 fn run_from_row(row: &AnyRow) -> Result<Run, StoreError> {
     let state: String = row.try_get("state")?;
     let inputs: String = row.try_get("inputs")?;
+    let runs_on: String = row.try_get("runs_on")?;
+    let event: String = row.try_get("event")?;
+    let git_ref: String = row.try_get("git_ref")?;
     Ok(Run {
         id: row.try_get("id")?,
         repo: row.try_get("repo")?,
@@ -180,8 +219,10 @@ fn run_from_row(row: &AnyRow) -> Result<Run, StoreError> {
         status_repo: row.try_get("status_repo")?,
         pipeline: row.try_get("pipeline")?,
         pipeline_file: row.try_get("pipeline_file")?,
-        event: row.try_get("event")?,
-        git_ref: row.try_get("git_ref")?,
+        event: EventKind::parse(&event)
+            .ok_or_else(|| StoreError::Corrupt(format!("run event `{event}`")))?,
+        git_ref: GitRef::from_full(&git_ref)
+            .ok_or_else(|| StoreError::Corrupt(format!("run ref `{git_ref}`")))?,
         sha: row.try_get("sha")?,
         pr: row.try_get("pr")?,
         actor: row.try_get("actor")?,
@@ -189,6 +230,8 @@ fn run_from_row(row: &AnyRow) -> Result<Run, StoreError> {
         attempt: row.try_get("attempt")?,
         inputs: serde_json::from_str(&inputs)
             .map_err(|e| StoreError::Corrupt(format!("run inputs: {e}")))?,
+        runs_on: serde_json::from_str(&runs_on)
+            .map_err(|e| StoreError::Corrupt(format!("run labels: {e}")))?,
         concurrency_group: row.try_get("concurrency_group")?,
         cancel_in_progress: row.try_get::<i64, _>("cancel_in_progress")? != 0,
         state: RunState::parse(&state)
@@ -197,45 +240,12 @@ fn run_from_row(row: &AnyRow) -> Result<Run, StoreError> {
         created_at: row.try_get("created_at")?,
         started_at: row.try_get("started_at")?,
         finished_at: row.try_get("finished_at")?,
+        lease_owner: row.try_get("lease_owner")?,
     })
 }
 
 fn short(sha: &str) -> &str {
     &sha[..sha.len().min(8)]
-}
-
-/// Status descriptions stay under Gitea's display width and DESIGN's 140 characters.
-pub fn clip(text: &str) -> String {
-    if text.chars().count() <= 139 {
-        return text.to_string();
-    }
-    let mut out: String = text.chars().take(138).collect();
-    out.push('…');
-    out
-}
-
-async fn outbox_insert(
-    tx: &mut Transaction<'_, Any>,
-    run: &Run,
-    state: RunState,
-    description: &str,
-    target_base: &str,
-) -> Result<(), StoreError> {
-    let now = now_ms();
-    sqlx::query(
-        "INSERT INTO status_outbox (repo, sha, context, state, description, target_url, created_at, attempts, next_attempt_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, 0, $7)",
-    )
-    .bind(&run.status_repo)
-    .bind(&run.sha)
-    .bind(format!("pipewright/{}", run.pipeline))
-    .bind(state.status_state())
-    .bind(clip(description))
-    .bind(format!("{}/runs/{}", target_base.trim_end_matches('/'), run.id))
-    .bind(now)
-    .execute(&mut **tx)
-    .await?;
-    Ok(())
 }
 
 async fn run_in(tx: &mut Transaction<'_, Any>, id: i64) -> Result<Run, StoreError> {
@@ -254,16 +264,32 @@ pub(super) async fn finish_in(
     id: i64,
     state: RunState,
     description: &str,
-    target_base: &str,
 ) -> Result<bool, StoreError> {
+    finish_if(tx, id, state, description, None).await
+}
+
+/// Ends a run that is not ended yet, and, when `lost` is given, only while that owner's
+/// lease on it has expired by that time (a renewal in between keeps it running).
+async fn finish_if(
+    tx: &mut Transaction<'_, Any>,
+    id: i64,
+    state: RunState,
+    description: &str,
+    lost: Option<(&str, i64)>,
+) -> Result<bool, StoreError> {
+    let (owner, before) = lost.unzip();
     let changed = sqlx::query(
         "UPDATE runs SET state = $1, description = $2, finished_at = $3, lease_owner = NULL, lease_until = NULL
-         WHERE id = $4 AND state IN ('queued', 'running')",
+         WHERE id = $4 AND state IN ('queued', 'running')
+         AND ($5 = 0 OR (state = 'running' AND lease_owner = $6 AND lease_until < $7))",
     )
     .bind(state.as_str())
-    .bind(clip(description))
+    .bind(description)
     .bind(now_ms())
     .bind(id)
+    .bind(i64::from(lost.is_some()))
+    .bind(owner.unwrap_or_default())
+    .bind(before.unwrap_or_default())
     .execute(&mut **tx)
     .await?
     .rows_affected();
@@ -271,7 +297,16 @@ pub(super) async fn finish_in(
         return Ok(false);
     }
     let run = run_in(tx, id).await?;
-    outbox_insert(tx, &run, state, description, target_base).await?;
+    outbox::insert(
+        tx,
+        &run.status_repo,
+        &run.sha,
+        run.id,
+        &run.pipeline,
+        state,
+        description,
+    )
+    .await?;
     Ok(true)
 }
 
@@ -282,8 +317,7 @@ impl Store {
     pub async fn enqueue_runs(
         &self,
         delivery: Option<i64>,
-        runs: &[NewRun],
-        target_base: &str,
+        runs: &[RunSpec],
     ) -> Result<Enqueued, StoreError> {
         let mut tx = self.pool.begin().await?;
         let mut out = Enqueued::default();
@@ -293,7 +327,7 @@ impl Store {
             .iter()
             .filter_map(|k| runs.iter().find(|r| r.dedupe_key == *k).map(|r| (k, r)))
         {
-            let active_only = new.event == "pull_request";
+            let active_only = new.event == EventKind::PullRequest;
             let used: i64 = sqlx::query(
                 "SELECT COUNT(*) FROM runs WHERE dedupe_key = $1 AND ($2 = 0 OR state IN ('queued', 'running'))",
             )
@@ -321,11 +355,13 @@ impl Store {
             let now = now_ms();
             let inputs = serde_json::to_string(&new.inputs)
                 .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            let runs_on = serde_json::to_string(&new.runs_on)
+                .map_err(|e| StoreError::Corrupt(e.to_string()))?;
             let id: i64 = sqlx::query(
                 "INSERT INTO runs (delivery, repo, repo_id, owner_id, clone_url, default_branch, status_repo, pipeline,
                    pipeline_file, event, git_ref, sha, pr, actor, inputs, dedupe_key, concurrency_group,
-                   cancel_in_progress, state, description, created_at, finished_at, from_fork, attempt)
-                 VALUES ($1, $2, $3, $4, '', $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23)
+                   cancel_in_progress, state, description, created_at, finished_at, from_fork, attempt, runs_on)
+                 VALUES ($1, $2, $3, $4, '', $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24)
                  RETURNING id",
             )
             .bind(delivery)
@@ -336,8 +372,8 @@ impl Store {
             .bind(&new.status_repo)
             .bind(&new.pipeline)
             .bind(&new.pipeline_file)
-            .bind(&new.event)
-            .bind(&new.git_ref)
+            .bind(new.event.as_str())
+            .bind(new.git_ref.full())
             .bind(&new.sha)
             .bind(new.pr)
             .bind(&new.actor)
@@ -346,16 +382,25 @@ impl Store {
             .bind(&new.concurrency_group)
             .bind(i64::from(new.cancel_in_progress))
             .bind(new.state.as_str())
-            .bind(clip(&new.description))
+            .bind(&new.description)
             .bind(now)
             .bind(new.state.is_finished().then_some(now))
             .bind(i64::from(new.from_fork))
             .bind(new.attempt)
+            .bind(runs_on)
             .fetch_one(&mut *tx)
             .await?
             .try_get(0)?;
-            let run = run_in(&mut tx, id).await?;
-            outbox_insert(&mut tx, &run, new.state, &new.description, target_base).await?;
+            outbox::insert(
+                &mut tx,
+                &new.status_repo,
+                &new.sha,
+                id,
+                &new.pipeline,
+                new.state,
+                &new.description,
+            )
+            .await?;
             out.ids.push(id);
             if new.state != RunState::Queued {
                 continue;
@@ -369,7 +414,7 @@ impl Store {
             )
             .bind(&new.concurrency_group)
             .bind(id)
-            .bind(i64::from(new.event == "pull_request"))
+            .bind(i64::from(new.event == EventKind::PullRequest))
             .bind(new.pr)
             .fetch_all(&mut *tx)
             .await?
@@ -381,11 +426,11 @@ impl Store {
                     ("queued", true) => {
                         let why =
                             format!("cancelled: superseded by run {id} ({})", short(&new.sha));
-                        finish_in(&mut tx, old, RunState::Cancelled, &why, target_base).await?;
+                        finish_in(&mut tx, old, RunState::Cancelled, &why).await?;
                     }
                     ("queued", false) => {
                         let why = format!("superseded by {}", short(&new.sha));
-                        finish_in(&mut tx, old, RunState::Superseded, &why, target_base).await?;
+                        finish_in(&mut tx, old, RunState::Superseded, &why).await?;
                     }
                     ("running", true) => out.cancel_running.push(old),
                     _ => {}
@@ -404,22 +449,38 @@ impl Store {
     }
 
     /// Claims the oldest queued run whose concurrency group is free (no running run, no
-    /// older queued run), for `owner`, with a lease.
-    pub async fn claim_next(&self, owner: &str) -> Result<Option<Run>, StoreError> {
+    /// older queued run) and whose `runs_on` labels are all among `labels`, for `owner`,
+    /// with a lease.
+    pub async fn claim_next(
+        &self,
+        owner: &str,
+        labels: &[String],
+    ) -> Result<Option<Run>, StoreError> {
         let mut tx = self.pool.begin().await?;
-        let candidate = sqlx::query(
-            "SELECT r.id FROM runs r WHERE r.state = 'queued' AND NOT EXISTS (
+        // At most one candidate per free group; labels are matched here rather than in SQL
+        // (a JSON list, portably).
+        let candidates = sqlx::query(
+            "SELECT r.id, r.runs_on FROM runs r WHERE r.state = 'queued' AND NOT EXISTS (
                 SELECT 1 FROM runs o WHERE o.concurrency_group = r.concurrency_group
                 AND (o.state = 'running' OR (o.state = 'queued' AND o.id < r.id)))
-             ORDER BY r.id LIMIT 1",
+             ORDER BY r.id",
         )
-        .fetch_optional(&mut *tx)
+        .fetch_all(&mut *tx)
         .await?;
-        let Some(row) = candidate else {
+        let mut chosen = None;
+        for row in &candidates {
+            let runs_on: String = row.try_get(1)?;
+            let runs_on: Vec<String> = serde_json::from_str(&runs_on)
+                .map_err(|e| StoreError::Corrupt(format!("run labels: {e}")))?;
+            if labels_cover(labels, &runs_on) {
+                chosen = Some(row.try_get::<i64, _>(0)?);
+                break;
+            }
+        }
+        let Some(id) = chosen else {
             tx.rollback().await?;
             return Ok(None);
         };
-        let id: i64 = row.try_get(0)?;
         let now = now_ms();
         let claimed = sqlx::query(
             "UPDATE runs SET state = 'running', started_at = $1, lease_owner = $2, lease_until = $3, description = 'running'
@@ -459,12 +520,44 @@ impl Store {
         id: i64,
         state: RunState,
         description: &str,
-        target_base: &str,
     ) -> Result<bool, StoreError> {
         let mut tx = self.pool.begin().await?;
-        let changed = finish_in(&mut tx, id, state, description, target_base).await?;
+        let changed = finish_in(&mut tx, id, state, description).await?;
         tx.commit().await?;
         Ok(changed)
+    }
+
+    /// Ends, as `error` "agent <owner> lost", every running run whose lease expired before
+    /// `now` (its owner stopped renewing it: it crashed, or lost the database), except the
+    /// runs in `keep` (the caller's own, which it still runs). Such runs are never retried
+    /// on their own. Returns the ended runs with their owners.
+    pub async fn settle_lost_leases(
+        &self,
+        now: i64,
+        keep: &[i64],
+    ) -> Result<Vec<(i64, String)>, StoreError> {
+        let expired = sqlx::query(
+            "SELECT id, lease_owner FROM runs WHERE state = 'running' AND lease_until < $1 ORDER BY id",
+        )
+        .bind(now)
+        .fetch_all(&self.read)
+        .await?;
+        let mut settled = Vec::new();
+        for row in &expired {
+            let id: i64 = row.try_get(0)?;
+            let owner: Option<String> = row.try_get(1)?;
+            let owner = owner.unwrap_or_default();
+            if keep.contains(&id) {
+                continue;
+            }
+            let mut tx = self.pool.begin().await?;
+            let why = format!("agent {owner} lost");
+            if finish_if(&mut tx, id, RunState::Error, &why, Some((&owner, now))).await? {
+                settled.push((id, owner));
+            }
+            tx.commit().await?;
+        }
+        Ok(settled)
     }
 
     /// Records the steps of a run as it starts.
@@ -505,14 +598,14 @@ impl Store {
         &self,
         run_id: i64,
         idx: i64,
-        state: &str,
+        state: StepState,
         description: &str,
         exit_code: Option<i64>,
     ) -> Result<(), StoreError> {
         sqlx::query(
             "UPDATE steps SET state = $1, description = $2, exit_code = $3, finished_at = $4 WHERE run_id = $5 AND idx = $6",
         )
-        .bind(state)
+        .bind(state.as_str())
         .bind(description)
         .bind(exit_code)
         .bind(now_ms())
@@ -557,12 +650,13 @@ impl Store {
         rows.iter().map(run_from_row).collect()
     }
 
-    /// Runs in a state (e.g. `Running` at start-up, to settle interrupted ones).
-    pub async fn runs_in_state(&self, state: RunState) -> Result<Vec<Run>, StoreError> {
+    /// Runs that `owner` holds a lease on (at start-up, to settle the ones a previous
+    /// process of this instance left).
+    pub async fn running_runs_of(&self, owner: &str) -> Result<Vec<Run>, StoreError> {
         let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {RUN_COLUMNS} FROM runs WHERE state = $1 ORDER BY id"
+            "SELECT {RUN_COLUMNS} FROM runs WHERE state = 'running' AND lease_owner = $1 ORDER BY id"
         )))
-        .bind(state.as_str())
+        .bind(owner)
         .fetch_all(&self.read)
         .await?;
         rows.iter().map(run_from_row).collect()
@@ -577,10 +671,12 @@ impl Store {
         .await?;
         rows.iter()
             .map(|r| {
+                let state: String = r.try_get("state")?;
                 Ok(StepRow {
                     idx: r.try_get("idx")?,
                     name: r.try_get("name")?,
-                    state: r.try_get("state")?,
+                    state: StepState::parse(&state)
+                        .ok_or_else(|| StoreError::Corrupt(format!("step state `{state}`")))?,
                     description: r.try_get("description")?,
                     exit_code: r.try_get("exit_code")?,
                     started_at: r.try_get("started_at")?,
@@ -600,43 +696,6 @@ impl Store {
         Ok(row.try_get::<i64, _>(0)? > 0)
     }
 
-    /// Remembers a repository an event came from (for catch-up and schedules).
-    pub async fn remember_repo(&self, repo: &KnownRepo) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO repos (full_name, repo_id, owner_id, clone_url, default_branch, updated_at)
-             VALUES ($1, $2, $3, '', $4, $5)
-             ON CONFLICT (full_name) DO UPDATE SET repo_id = $2, owner_id = $3,
-               default_branch = $4, updated_at = $5",
-        )
-        .bind(&repo.repo)
-        .bind(repo.repo_id)
-        .bind(repo.owner_id)
-        .bind(&repo.default_branch)
-        .bind(now_ms())
-        .execute(&self.pool)
-        .await?;
-        Ok(())
-    }
-
-    /// Repositories events came from.
-    pub async fn known_repos(&self) -> Result<Vec<KnownRepo>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT full_name, repo_id, owner_id, default_branch FROM repos ORDER BY full_name",
-        )
-        .fetch_all(&self.read)
-        .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(KnownRepo {
-                    repo: r.try_get(0)?,
-                    repo_id: r.try_get(1)?,
-                    owner_id: r.try_get(2)?,
-                    default_branch: r.try_get(3)?,
-                })
-            })
-            .collect()
-    }
-
     /// Whether any run, in any state, carries this dedupe key (a schedule's minute).
     pub async fn dedupe_used(&self, key: &str) -> Result<bool, StoreError> {
         let row = sqlx::query("SELECT COUNT(*) FROM runs WHERE dedupe_key = $1")
@@ -644,97 +703,5 @@ impl Store {
             .fetch_one(&self.read)
             .await?;
         Ok(row.try_get::<i64, _>(0)? > 0)
-    }
-
-    /// Statuses due for sending: the newest unsent one of each (repo, sha, context); older
-    /// unsent ones of the same key are marked sent without sending (Gitea keeps the newest).
-    pub async fn due_statuses(&self, limit: i64) -> Result<Vec<OutboxEntry>, StoreError> {
-        let now = now_ms();
-        sqlx::query(
-            "UPDATE status_outbox SET sent_at = $1 WHERE sent_at IS NULL AND EXISTS (
-                SELECT 1 FROM status_outbox n WHERE n.sent_at IS NULL AND n.repo = status_outbox.repo
-                AND n.sha = status_outbox.sha AND n.context = status_outbox.context AND n.id > status_outbox.id)",
-        )
-        .bind(now)
-        .execute(&self.pool)
-        .await?;
-        let rows = sqlx::query(
-            "SELECT id, repo, sha, context, state, description, target_url, attempts FROM status_outbox
-             WHERE sent_at IS NULL AND next_attempt_at <= $1 ORDER BY id LIMIT $2",
-        )
-        .bind(now)
-        .bind(limit)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(OutboxEntry {
-                    id: r.try_get("id")?,
-                    repo: r.try_get("repo")?,
-                    sha: r.try_get("sha")?,
-                    context: r.try_get("context")?,
-                    state: r.try_get("state")?,
-                    description: r.try_get("description")?,
-                    target_url: r.try_get("target_url")?,
-                    attempts: r.try_get("attempts")?,
-                })
-            })
-            .collect()
-    }
-
-    pub async fn status_sent(&self, id: i64) -> Result<(), StoreError> {
-        sqlx::query("UPDATE status_outbox SET sent_at = $1 WHERE id = $2")
-            .bind(now_ms())
-            .bind(id)
-            .execute(&self.pool)
-            .await?;
-        Ok(())
-    }
-
-    pub async fn status_failed(&self, id: i64, retry_in_ms: i64) -> Result<(), StoreError> {
-        sqlx::query(
-            "UPDATE status_outbox SET attempts = attempts + 1, next_attempt_at = $1 WHERE id = $2",
-        )
-        .bind(now_ms() + retry_in_ms)
-        .bind(id)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
-    }
-
-    /// The earliest time an unsent status is due, if any.
-    pub async fn next_status_due(&self) -> Result<Option<i64>, StoreError> {
-        let row =
-            sqlx::query("SELECT MIN(next_attempt_at) FROM status_outbox WHERE sent_at IS NULL")
-                .fetch_one(&self.read)
-                .await?;
-        Ok(row.try_get(0)?)
-    }
-
-    /// Queues a status that belongs to no run (e.g. a delivery that could not be processed).
-    pub async fn queue_status(
-        &self,
-        repo: &str,
-        sha: &str,
-        context: &str,
-        state: &str,
-        description: &str,
-        target_url: &str,
-    ) -> Result<(), StoreError> {
-        let now = now_ms();
-        sqlx::query(
-            "INSERT INTO status_outbox (repo, sha, context, state, description, target_url, created_at, attempts, next_attempt_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, 0, $7)",
-        )
-        .bind(repo)
-        .bind(sha)
-        .bind(context)
-        .bind(state)
-        .bind(clip(description))
-        .bind(target_url)
-        .bind(now)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
     }
 }

@@ -1,21 +1,20 @@
--- Pipewright's schema, version 1. `{id}` and `{blob}` are replaced per backend
--- (SQLite: INTEGER PRIMARY KEY AUTOINCREMENT / BLOB; PostgreSQL: BIGSERIAL PRIMARY KEY / BYTEA).
+-- Pipewright's schema as release d082364 made it (its `schema_version` 1).
 -- Times are epoch milliseconds; booleans are 0/1 integers (portable through sqlx Any).
 
 CREATE TABLE deliveries (
-    id {id},
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
     delivery_id TEXT NOT NULL UNIQUE,
     event_type TEXT NOT NULL,
     repo TEXT NOT NULL,
     received_at BIGINT NOT NULL,
-    payload {blob} NOT NULL,
+    payload BLOB NOT NULL,
     state TEXT NOT NULL,
     note TEXT
 );
 CREATE INDEX deliveries_state ON deliveries (state, id);
 
 CREATE TABLE runs (
-    id {id},
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
     delivery BIGINT,
     repo TEXT NOT NULL,
     repo_id BIGINT NOT NULL,
@@ -62,7 +61,7 @@ CREATE TABLE steps (
 );
 
 CREATE TABLE status_outbox (
-    id {id},
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
     repo TEXT NOT NULL,
     sha TEXT NOT NULL,
     context TEXT NOT NULL,

@@ -1,0 +1,144 @@
+//! The delivery inbox: webhook payloads stored before they are answered, until processed.
+
+use sqlx::{Row, any::AnyRow};
+
+use super::{Store, StoreError, now_ms};
+
+/// A delivery to store: the raw payload, kept until it is processed.
+#[derive(Clone, Debug)]
+pub struct NewDelivery {
+    pub delivery_id: String,
+    pub event_type: String,
+    pub repo: String,
+    pub payload: Vec<u8>,
+}
+
+/// What storing a delivery did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Received {
+    /// Stored under this id; it will be processed.
+    New(i64),
+    /// A delivery with the same `X-Gitea-Delivery` id was stored before.
+    Duplicate,
+}
+
+/// A stored delivery.
+#[derive(Clone, Debug)]
+pub struct Delivery {
+    pub id: i64,
+    pub delivery_id: String,
+    pub event_type: String,
+    pub repo: String,
+    pub payload: Vec<u8>,
+    pub received_at: i64,
+}
+
+/// What became of a delivery.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeliveryState {
+    Received,
+    Processed,
+    Duplicate,
+    Failed,
+}
+
+impl DeliveryState {
+    fn as_str(self) -> &'static str {
+        match self {
+            DeliveryState::Received => "received",
+            DeliveryState::Processed => "processed",
+            DeliveryState::Duplicate => "duplicate",
+            DeliveryState::Failed => "failed",
+        }
+    }
+}
+
+impl Store {
+    /// Stores deliveries in one transaction (one disk sync for the whole batch).
+    pub async fn insert_deliveries(
+        &self,
+        batch: &[NewDelivery],
+    ) -> Result<Vec<Received>, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let mut out = Vec::with_capacity(batch.len());
+        let now = now_ms();
+        for d in batch {
+            let row = sqlx::query(
+                "INSERT INTO deliveries (delivery_id, event_type, repo, received_at, payload, state)
+                 VALUES ($1, $2, $3, $4, $5, 'received')
+                 ON CONFLICT (delivery_id) DO NOTHING RETURNING id",
+            )
+            .bind(&d.delivery_id)
+            .bind(&d.event_type)
+            .bind(&d.repo)
+            .bind(now)
+            .bind(&d.payload)
+            .fetch_optional(&mut *tx)
+            .await?;
+            out.push(match row {
+                Some(row) => Received::New(row.try_get(0)?),
+                None => Received::Duplicate,
+            });
+        }
+        tx.commit().await?;
+        Ok(out)
+    }
+
+    /// Deliveries stored but not yet processed, oldest first.
+    pub async fn pending_deliveries(&self, limit: i64) -> Result<Vec<Delivery>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, delivery_id, event_type, repo, payload, received_at FROM deliveries
+             WHERE state = 'received' ORDER BY id LIMIT $1",
+        )
+        .bind(limit)
+        .fetch_all(&self.read)
+        .await?;
+        rows.iter().map(delivery_from_row).collect()
+    }
+
+    pub async fn finish_delivery(
+        &self,
+        id: i64,
+        state: DeliveryState,
+        note: &str,
+    ) -> Result<(), StoreError> {
+        sqlx::query("UPDATE deliveries SET state = $1, note = $2 WHERE id = $3")
+            .bind(state.as_str())
+            .bind(note)
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Records that processing of a delivery starts, durably, before it starts; returns how
+    /// many times it has been started, this time included.
+    pub async fn start_delivery(&self, id: i64) -> Result<i64, StoreError> {
+        let row = sqlx::query(
+            "UPDATE deliveries SET attempts = attempts + 1 WHERE id = $1 RETURNING attempts",
+        )
+        .bind(id)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(row.try_get(0)?)
+    }
+
+    /// Counts deliveries by `X-Gitea-Delivery` id (for tests and the API).
+    pub async fn delivery_count(&self) -> Result<i64, StoreError> {
+        Ok(sqlx::query("SELECT COUNT(*) FROM deliveries")
+            .fetch_one(&self.read)
+            .await?
+            .try_get(0)?)
+    }
+}
+
+fn delivery_from_row(row: &AnyRow) -> Result<Delivery, StoreError> {
+    Ok(Delivery {
+        id: row.try_get("id")?,
+        delivery_id: row.try_get("delivery_id")?,
+        event_type: row.try_get("event_type")?,
+        repo: row.try_get("repo")?,
+        payload: row.try_get("payload")?,
+        received_at: row.try_get("received_at")?,
+    })
+}
