@@ -18,6 +18,17 @@
 //! - A push's errors (authentication refused, registry unreachable) also arrive as stream
 //!   items. bollard's `PushImageInfo` has no `aux` field, so the digest is read from the
 //!   engine's last status line, `TAG: digest: sha256:… size: N`.
+//! - An attach subscribes to the container's output before it answers (the 101 upgrade), so
+//!   an attach made before the start misses nothing. Attaching with `logs=true` as well
+//!   makes the engine replay the log driver's file *after* subscribing, while what the
+//!   subscription buffers meanwhile is sent afterwards: a line written during the replay
+//!   arrives twice, and the two streams' buffers are drained by separate goroutines, so
+//!   stdout and stderr come out of order. Steps therefore attach with `stream` alone.
+//! - The engine reads a container's stdout and stderr from two pipes, each in its own
+//!   goroutine, and forwards what each pipe holds: the lines of one stream keep their
+//!   order, the order between the two streams is not kept (a tight loop of `echo a; echo b
+//!   >&2` arrives in runs of one stream, through the docker CLI as well). Only a step that
+//!   writes both into one pipe (`2>&1`) has them in the order written.
 
 use std::{
     collections::HashMap,
@@ -173,7 +184,6 @@ impl DockerExecutor {
             .stream(true)
             .stdout(true)
             .stderr(true)
-            .logs(true)
             .build();
         // Both are independent round trips before the start; doing them together keeps
         // the executable check off the step's latency.
