@@ -241,75 +241,16 @@ pub fn http_client() -> reqwest::Client {
 
 /// Lowercase hex HMAC-SHA256 of `body` keyed by `secret`: `X-Gitea-Signature`.
 pub fn sign(secret: &str, body: &[u8]) -> String {
-    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("HMAC takes any key");
-    mac.update(body);
-    hex::encode(mac.finalize().into_bytes())
+    hmac_hex::<Hmac<Sha256>>(secret, body)
 }
 
 /// Lowercase hex HMAC-SHA1 of `body` keyed by `secret`: `X-Hub-Signature` without `sha1=`.
-/// (SHA-1 is implemented here, as the workspace has no SHA-1 crate.)
 pub fn sign_sha1(secret: &str, body: &[u8]) -> String {
-    let mut key = secret.as_bytes().to_vec();
-    if key.len() > 64 {
-        key = sha1(&key).to_vec();
-    }
-    key.resize(64, 0);
-    let mut inner: Vec<u8> = key.iter().map(|b| b ^ 0x36).collect();
-    inner.extend_from_slice(body);
-    let mut outer: Vec<u8> = key.iter().map(|b| b ^ 0x5c).collect();
-    outer.extend_from_slice(&sha1(&inner));
-    hex::encode(sha1(&outer))
+    hmac_hex::<Hmac<Sha1>>(secret, body)
 }
 
-pub(super) fn sha1(data: &[u8]) -> [u8; 20] {
-    let mut h: [u32; 5] = [
-        0x6745_2301,
-        0xEFCD_AB89,
-        0x98BA_DCFE,
-        0x1032_5476,
-        0xC3D2_E1F0,
-    ];
-    let mut message = data.to_vec();
-    message.push(0x80);
-    while message.len() % 64 != 56 {
-        message.push(0);
-    }
-    message.extend_from_slice(&((data.len() as u64).wrapping_mul(8)).to_be_bytes());
-    for block in message.chunks_exact(64) {
-        let mut w = [0u32; 80];
-        for (slot, word) in w.iter_mut().zip(block.chunks_exact(4)) {
-            *slot = u32::from_be_bytes([word[0], word[1], word[2], word[3]]);
-        }
-        for i in 16..80 {
-            w[i] = (w[i - 3] ^ w[i - 8] ^ w[i - 14] ^ w[i - 16]).rotate_left(1);
-        }
-        let [mut a, mut b, mut c, mut d, mut e] = h;
-        for (i, word) in w.iter().enumerate() {
-            let (f, k) = match i {
-                0..=19 => ((b & c) | (!b & d), 0x5A82_7999),
-                20..=39 => (b ^ c ^ d, 0x6ED9_EBA1),
-                40..=59 => ((b & c) | (b & d) | (c & d), 0x8F1B_BCDC),
-                _ => (b ^ c ^ d, 0xCA62_C1D6),
-            };
-            let t = a
-                .rotate_left(5)
-                .wrapping_add(f)
-                .wrapping_add(e)
-                .wrapping_add(k)
-                .wrapping_add(*word);
-            e = d;
-            d = c;
-            c = b.rotate_left(30);
-            b = a;
-            a = t;
-        }
-        for (slot, value) in h.iter_mut().zip([a, b, c, d, e]) {
-            *slot = slot.wrapping_add(value);
-        }
-    }
-    let mut out = [0u8; 20];
-    for (chunk, word) in out.chunks_exact_mut(4).zip(h) {
-        chunk.copy_from_slice(&word.to_be_bytes());
-    }
-    out
+fn hmac_hex<M: Mac + KeyInit>(secret: &str, body: &[u8]) -> String {
+    let mut mac = <M as KeyInit>::new_from_slice(secret.as_bytes()).expect("HMAC takes any key");
+    mac.update(body);
+    hex::encode(mac.finalize().into_bytes())
 }

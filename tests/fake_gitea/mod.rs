@@ -89,6 +89,7 @@ use bytes::Bytes;
 use futures_util::StreamExt as _;
 use hmac::{Hmac, KeyInit, Mac};
 use serde_json::{Map, Value, json};
+use sha1::Sha1;
 use sha2::{Digest as _, Sha256};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
