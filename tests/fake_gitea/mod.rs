@@ -52,6 +52,16 @@
 //! - `refs/pull/<n>/head` is updated when a test calls [`Repo::sync_pull`], not by a
 //!   background task after each push; the REST API's `head.sha` follows the head branch at
 //!   once, as Gitea's does.
+//!
+//! # Parts
+//!
+//! `state.rs` (users, repositories, pull requests, statuses and comments behind one lock),
+//! `server.rs` ([`FakeGitea`]: start, stop, faults, what was seen), `repos.rs` ([`Repo`]:
+//! history written with git), `json.rs` (objects as Gitea's JSON shows them), `payloads.rs`
+//! and `deliveries.rs` (webhooks; their shapes are checked against payloads captured from
+//! real Gitea servers, kept in `tests/data/gitea/`), `git_http.rs` (routing and
+//! `git http-backend`), `api.rs` (the REST API), `util.rs` (time, randomness, Go's JSON, URL
+//! encoding).
 
 mod api;
 mod deliveries;
