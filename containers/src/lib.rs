@@ -27,6 +27,10 @@ pub const LABEL_INSTANCE: &str = "io.pipewright.instance";
 /// Label naming the step (its name in the pipeline) a container runs.
 pub const LABEL_STEP: &str = "io.pipewright.step";
 
+/// Time a stopped step gets between SIGTERM and SIGKILL when none is configured (the
+/// default of [`DockerConfig::stop_grace`] and of the server's `[docker].stop_grace`).
+pub const DEFAULT_STOP_GRACE: Duration = Duration::from_secs(10);
+
 /// Longest line handed to a [`LogSink`]; a longer one arrives in pieces of this size, so a
 /// step that prints megabytes without a newline cannot make Pipewright buffer them.
 pub const MAX_LINE: usize = 64 * 1024;

@@ -33,12 +33,13 @@ pub struct StepDefaults {
 
 impl Default for StepDefaults {
     fn default() -> Self {
+        use crate::config::defaults;
         StepDefaults {
-            memory_bytes: 4 << 30,
-            pids: 4096,
-            max_memory: 16 << 30,
-            max_pids: 32_768,
-            max_timeout: Duration::from_secs(6 * 3600),
+            memory_bytes: defaults::DEFAULT_MEMORY,
+            pids: defaults::DEFAULT_PIDS,
+            max_memory: defaults::MAX_MEMORY,
+            max_pids: defaults::MAX_PIDS,
+            max_timeout: defaults::MAX_TIMEOUT,
         }
     }
 }

@@ -209,6 +209,70 @@ async fn cancelling_sends_sigterm_first() {
     assert_eq!(sink.stdout(), ["started", "got TERM"]);
 }
 
+/// Many steps at once, each stopped as soon as its first line arrives: every line arrives
+/// once. (The attach once asked the engine to replay the log file as well, and a line
+/// written while the engine replayed it also came through the live stream.)
+#[tokio::test(flavor = "multi_thread")]
+async fn lines_of_steps_stopped_right_after_they_print_arrive_once() {
+    let steps: Vec<_> = (0..16)
+        .map(|i| {
+            let run = unique_run(&format!("stop-once-{i}"));
+            tokio::spawn(async move {
+                let cancel = CancellationToken::new();
+                let on_line = cancel.clone();
+                let mut sink = Collect::with(move |_, _| {
+                    on_line.cancel();
+                    Ok(())
+                });
+                let spec = shell_step(&run, "echo before; echo also >&2; sleep 30");
+                let outcome = run_step_with(&run, &spec, &mut sink, &cancel).await;
+                (outcome, sink.lines)
+            })
+        })
+        .collect();
+    for step in steps {
+        let (outcome, lines) = step.await.expect("step task panicked");
+        assert_eq!(outcome, Outcome::Cancelled);
+        let count = |line: &str| lines.iter().filter(|(_, l)| l == line).count();
+        assert_eq!((count("before"), count("also")), (1, 1), "{lines:?}");
+    }
+}
+
+/// `echo a; echo b >&2; echo c`, many times over, in several steps at once: every line
+/// arrives once, and each stream's lines in the order they were written. The order between
+/// the two streams is the engine's: it reads a container's stdout and stderr from two pipes
+/// (see the engine notes in `containers/src/docker/mod.rs`), so it is not asserted.
+#[tokio::test(flavor = "multi_thread")]
+async fn interleaved_stdout_and_stderr_arrive_once_in_order() {
+    const ROUNDS: usize = 300;
+    let script = format!(
+        r#"i=1; while [ $i -le {ROUNDS} ]; do echo "a $i"; echo "b $i" >&2; echo "c $i"; i=$((i+1)); done"#
+    );
+    let steps: Vec<_> = (0..4)
+        .map(|i| {
+            let run = unique_run(&format!("interleaved-{i}"));
+            let spec = shell_step(&run, &script);
+            tokio::spawn(async move {
+                let mut sink = Collect::default();
+                let outcome =
+                    run_step_with(&run, &spec, &mut sink, &CancellationToken::new()).await;
+                (outcome, sink)
+            })
+        })
+        .collect();
+    let expected = |prefixes: &[&str]| {
+        (1..=ROUNDS)
+            .flat_map(|i| prefixes.iter().map(move |p| format!("{p} {i}")))
+            .collect::<Vec<_>>()
+    };
+    for step in steps {
+        let (outcome, sink) = step.await.expect("step task panicked");
+        assert_eq!(outcome, Outcome::Succeeded);
+        assert_eq!(sink.stdout(), expected(&["a", "c"]));
+        assert_eq!(sink.stderr(), expected(&["b"]));
+    }
+}
+
 #[tokio::test]
 async fn an_image_that_cannot_be_pulled_is_unavailable() {
     let run = unique_run("no-image");

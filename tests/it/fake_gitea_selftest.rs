@@ -3,6 +3,7 @@
 //! and errors, webhook payloads and signatures, fault injection.
 
 use std::{
+    collections::BTreeMap,
     process::Output,
     sync::{Arc, Mutex},
 };
@@ -11,6 +12,7 @@ use axum::{
     extract::Request,
     http::{HeaderMap, StatusCode},
 };
+use expect_test::expect;
 use hmac::{Hmac, KeyInit, Mac};
 use pipewright_tests::fake_gitea::{
     BOT_LOGIN, ContentType, DeliverOptions, FakeGitea, Permission, PullAction, RefKind, Repo,
@@ -1044,4 +1046,120 @@ async fn fault_injection_fails_calls_and_takes_the_server_down() {
     gitea.set_down(false);
     let (status, _, version) = call(&gitea, "GET", "/version", None).await;
     assert_eq!((status, version["version"].as_str()), (200, Some("1.25.4")));
+}
+
+/// The fake's `pull_request_sync` payload against the shape of one captured from a Gitea
+/// 1.21 server (`tests/data/gitea/`): every field of the capture is in the fake's payload,
+/// with the same JSON type wherever neither is `null`. The fake imitates Gitea 1.25, which
+/// sends more; what it adds is pinned below, by the object it is added to.
+#[tokio::test]
+async fn the_pull_request_sync_payload_has_the_captured_fields() {
+    let captured: Value =
+        serde_json::from_str(include_str!("../data/gitea/pull_request_synchronized.json"))
+            .expect("the fixture is JSON");
+    let gitea = FakeGitea::start().await;
+    let (repo, _) = repo_with_history(&gitea, "acme", "infra");
+    repo.commit("fix-timeouts", "first").write("x", "1").push();
+    let number = repo.open_pull("fix-timeouts", "main");
+    repo.commit("fix-timeouts", "second").write("x", "2").push();
+    repo.sync_pull(number);
+    let sync = repo.pull_request_event(number, PullAction::Synchronized);
+    assert_eq!(sync.event_type, "pull_request_sync");
+    let generated = sync.json();
+
+    let (captured, generated) = (fields(&captured), fields(&generated));
+    // Items of an array empty on one side (the fake's pull request has no labels) cannot
+    // be compared.
+    let comparable = |path: &str| {
+        let (parent, key) = parent(path);
+        key != "[]"
+            && (parent.is_empty()
+                || (captured.contains_key(parent) && generated.contains_key(parent)))
+    };
+    let missing: Vec<&String> = captured
+        .keys()
+        .filter(|path| comparable(path) && !generated.contains_key(*path))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "fields of the capture missing: {missing:?}"
+    );
+    let differing: Vec<String> = captured
+        .iter()
+        .filter_map(|(path, kind)| Some((path, kind, generated.get(path)?)))
+        .filter(|(_, a, b)| a != b && **a != "null" && **b != "null")
+        .map(|(path, a, b)| format!("{path}: {a} captured, {b} generated"))
+        .collect();
+    assert!(differing.is_empty(), "{differing:#?}");
+
+    let mut added: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    for path in generated
+        .keys()
+        .filter(|path| !captured.contains_key(*path))
+    {
+        let (parent, key) = parent(path);
+        if parent.is_empty() || captured.contains_key(parent) {
+            added.entry(parent).or_default().push(key);
+        }
+    }
+    let added: Vec<String> = added
+        .iter()
+        .map(|(parent, keys)| format!("{parent}: {}", keys.join(" ")))
+        .collect();
+    expect![[r#"
+        pull_request: allow_maintainer_edit assignee comments draft requested_reviewers_teams
+        pull_request.base: repo
+        pull_request.head: repo
+        pull_request.user: active description followers_count following_count html_url language location prohibit_login restricted source_id starred_repos_count website
+        repository: allow_fast_forward_only_merge allow_manual_merge allow_merge_commits allow_rebase allow_rebase_explicit allow_rebase_update allow_squash_merge archived archived_at autodetect_manual_merge created_at default_allow_maintainer_edit default_delete_branch_after_merge default_merge_style empty fork forks_count has_actions has_packages has_projects has_releases has_wiki ignore_whitespace_conflicts language licenses mirror mirror_updated open_issues_count open_pr_counter projects_mode release_counter size stars_count template topics updated_at watchers_count website
+        repository.owner: active description followers_count following_count html_url location restricted source_id starred_repos_count website
+        sender: active description followers_count following_count html_url language location prohibit_login restricted source_id starred_repos_count website"#]].assert_eq(&added.join("\n"));
+}
+
+/// The path of a field's object or array, and the field's name (`[]` for an array's items).
+fn parent(path: &str) -> (&str, &str) {
+    match path.strip_suffix("[]") {
+        Some(array) => (array, "[]"),
+        None => path.rsplit_once('.').unwrap_or(("", path)),
+    }
+}
+
+/// Every field of a JSON value by its path (`pull_request.base.sha`; an array's items as
+/// `labels[]`, from its first item), with its JSON type.
+fn fields(value: &Value) -> BTreeMap<String, &'static str> {
+    fn walk(value: &Value, path: &str, out: &mut BTreeMap<String, &'static str>) {
+        match value {
+            Value::Object(map) => {
+                for (key, item) in map {
+                    let path = match path {
+                        "" => key.clone(),
+                        _ => format!("{path}.{key}"),
+                    };
+                    out.insert(path.clone(), kind(item));
+                    walk(item, &path, out);
+                }
+            }
+            Value::Array(items) => {
+                if let Some(first) = items.first() {
+                    let path = format!("{path}[]");
+                    out.insert(path.clone(), kind(first));
+                    walk(first, &path, out);
+                }
+            }
+            _ => {}
+        }
+    }
+    fn kind(value: &Value) -> &'static str {
+        match value {
+            Value::Null => "null",
+            Value::Bool(_) => "boolean",
+            Value::Number(_) => "number",
+            Value::String(_) => "string",
+            Value::Array(_) => "array",
+            Value::Object(_) => "object",
+        }
+    }
+    let mut out = BTreeMap::new();
+    walk(value, "", &mut out);
+    out
 }

@@ -1,0 +1,326 @@
+//! The one list of settings: each key with its parser and its default, decoded into the
+//! [`Config`] tree. A key not asked for here is unknown.
+
+use std::path::PathBuf;
+
+use pipewright_pipelines::{parse_duration, parse_memory};
+
+use super::{
+    defaults,
+    parse::*,
+    reader::{Reader, Val, env_name, one_secret_file, read_secret_file},
+    values::*,
+};
+
+/// Decodes every setting; problems go to the reader, and a setting with a problem takes its
+/// default (the result is then discarded).
+pub(super) fn decode(r: &mut Reader<'_>) -> Config {
+    let listen = r
+        .read("server", "listen", |v| socket_addr(v.str()?))
+        .unwrap_or(defaults::LISTEN);
+    let public_url = r
+        .read("server", "public_url", |v| http_url(v.str()?))
+        .unwrap_or_else(|| format!("http://{listen}"));
+    let data_dir = r
+        .read("server", "data_dir", |v| path(v.str()?))
+        .unwrap_or_else(|| PathBuf::from(defaults::DATA_DIR));
+    let catch_up_interval = r
+        .read("server", "catch_up_interval", |v| parse_duration(v.str()?))
+        .unwrap_or(defaults::CATCH_UP_INTERVAL);
+    let count = |v: &Val<'_>| {
+        positive(v.int()?).and_then(|n| usize::try_from(n).map_err(|e| e.to_string()))
+    };
+    let http = HttpLimits {
+        header_timeout: r
+            .read("server", "header_timeout", |v| parse_duration(v.str()?))
+            .unwrap_or(defaults::HEADER_TIMEOUT),
+        body_timeout: r
+            .read("server", "body_timeout", |v| parse_duration(v.str()?))
+            .unwrap_or(defaults::BODY_TIMEOUT),
+        max_connections: r
+            .read("server", "max_connections", count)
+            .unwrap_or(defaults::MAX_CONNECTIONS),
+        body_memory: r
+            .read("server", "body_memory", |v| parse_memory(v.str()?))
+            .unwrap_or(defaults::BODY_MEMORY),
+        max_deliveries: r
+            .read("server", "max_deliveries", count)
+            .unwrap_or(defaults::MAX_DELIVERIES),
+    };
+    let server = ServerConfig {
+        listen,
+        public_url,
+        data_dir,
+        catch_up_interval,
+        http,
+    };
+
+    let url = r
+        .read("database", "url", |v| database_url(v.str()?))
+        .unwrap_or_else(|| {
+            format!(
+                "sqlite://{}",
+                server.data_dir.join("pipewright.db").display()
+            )
+        });
+    let database = DatabaseConfig { url };
+
+    let gitea = GiteaConfig {
+        url: r.read("gitea", "url", |v| http_url(v.str()?)),
+        token: r.secret("gitea", "token", "token_file"),
+        webhook_secret: r.secret("gitea", "webhook_secret", "webhook_secret_file"),
+        ca_file: r.read("gitea", "ca_file", |v| path(v.str()?)),
+        git_timeout: r
+            .read("gitea", "git_timeout", |v| parse_duration(v.str()?))
+            .unwrap_or(defaults::GIT_TIMEOUT),
+    };
+
+    let identity = IdentityConfig {
+        audience: r
+            .read("identity", "audience", |v| non_empty(v.str()?))
+            .unwrap_or_else(|| defaults::AUDIENCE.to_owned()),
+        token_ttl: r
+            .read("identity", "token_ttl", |v| parse_duration(v.str()?))
+            .unwrap_or(defaults::TOKEN_TTL),
+        algorithm: r
+            .read("identity", "algorithm", |v| algorithm(v.str()?))
+            .unwrap_or_default(),
+    };
+
+    let vault = VaultConfig {
+        address: r.read("vault", "address", |v| http_url(v.str()?)),
+        mount: r
+            .read("vault", "mount", |v| mount(v.str()?))
+            .unwrap_or_else(|| defaults::MOUNT.to_owned()),
+        role_template: r
+            .read("vault", "role_template", |v| role_template(v.str()?))
+            .unwrap_or_else(|| defaults::ROLE_TEMPLATE.to_owned()),
+    };
+
+    let max_memory = r
+        .read("docker", "max_memory", |v| parse_memory(v.str()?))
+        .unwrap_or(defaults::MAX_MEMORY);
+    let max_pids = r
+        .read("docker", "max_pids", |v| positive(v.int()?))
+        .unwrap_or(defaults::MAX_PIDS);
+    let docker = DockerConfig {
+        host: r.read("docker", "host", |v| docker_host(v.str()?)),
+        stop_grace: r
+            .read("docker", "stop_grace", |v| parse_duration(v.str()?))
+            .unwrap_or(defaults::STOP_GRACE),
+        default_memory: r
+            .read("docker", "default_memory", |v| {
+                at_most(parse_memory(v.str()?)?, max_memory, "max_memory")
+            })
+            .unwrap_or(defaults::DEFAULT_MEMORY.min(max_memory)),
+        default_pids: r
+            .read("docker", "default_pids", |v| {
+                at_most(positive(v.int()?)?, max_pids, "max_pids")
+            })
+            .unwrap_or(defaults::DEFAULT_PIDS.min(max_pids)),
+        network: r.read("docker", "network", |v| network_name(v.str()?)),
+        max_memory,
+        max_pids,
+        max_timeout: r
+            .read("docker", "max_timeout", |v| {
+                let ceiling = parse_duration(v.str()?)?;
+                match ceiling >= pipewright_pipelines::DEFAULT_TIMEOUT {
+                    true => Ok(ceiling),
+                    false => Err(format!(
+                        "{} is below 1h, the timeout of a pipeline that sets none",
+                        v.str()?
+                    )),
+                }
+            })
+            .unwrap_or(defaults::MAX_TIMEOUT),
+        max_log_bytes: r
+            .read("docker", "max_log_bytes", |v| parse_size(v.str()?))
+            .unwrap_or(defaults::MAX_LOG_BYTES),
+    };
+
+    let agent = AgentConfig {
+        labels: r
+            .read("agent", "labels", |v| labels(v.list()?))
+            .unwrap_or_default(),
+        capacity: r
+            .read("agent", "capacity", |v| {
+                positive(v.int()?).and_then(|n| usize::try_from(n).map_err(|e| e.to_string()))
+            })
+            .unwrap_or(defaults::CAPACITY),
+    };
+
+    let api = ApiConfig {
+        tokens: r.tokens().unwrap_or_default(),
+        read_public: r.read("api", "read_public", Val::bool).unwrap_or(false),
+        scoped_tokens: r.scoped_tokens(),
+    };
+
+    let repos = r.repos();
+
+    Config {
+        server,
+        database,
+        gitea,
+        identity,
+        vault,
+        docker,
+        agent,
+        api,
+        repos,
+    }
+}
+
+impl<'a> Reader<'a> {
+    fn secret(
+        &mut self,
+        section: &'static str,
+        key: &'static str,
+        file_key: &'static str,
+    ) -> Option<Secret> {
+        let (value, path) = self.pair(section, key, file_key);
+        let from_value = self.check(value, |v| non_empty(v.str()?));
+        let from_file = self.check(path, one_secret_file);
+        from_value.or(from_file).map(Secret::new)
+    }
+
+    fn tokens(&mut self) -> Option<Vec<Secret>> {
+        let (value, path) = self.pair("api", "tokens", "tokens_file");
+        let from_value = self.check(value, |v| {
+            let tokens = v.list()?;
+            match tokens.iter().any(|t| t.trim().is_empty()) {
+                true => Err("expected non-empty tokens, found an empty one".to_owned()),
+                false => Ok(tokens),
+            }
+        });
+        let from_file = self.check(path, |v| {
+            let (path, text) = read_secret_file(v)?;
+            let tokens: Vec<String> = text
+                .lines()
+                .map(str::trim)
+                .filter(|line| !line.is_empty() && !line.starts_with('#'))
+                .map(str::to_owned)
+                .collect();
+            match tokens.is_empty() {
+                true => Err(format!("{path:?} holds no token")),
+                false => Ok(tokens),
+            }
+        });
+        let tokens = from_value.or(from_file)?;
+        Some(tokens.into_iter().map(Secret::new).collect())
+    }
+
+    /// `[[api.token]]`, which exists only in the file (like `[[repos]]`).
+    fn scoped_tokens(&mut self) -> Vec<ScopedToken> {
+        self.register("api", "token");
+        let env_name = env_name("api", "token");
+        if self.env.contains_key(&env_name) {
+            let message = "[[api.token]] cannot be set from the environment; use the config file";
+            self.problem(env_name, message);
+        }
+        let file: &'a toml::Table = self.file;
+        let Some(value) = file
+            .get("api")
+            .and_then(toml::Value::as_table)
+            .and_then(|api| api.get("token"))
+        else {
+            return Vec::new();
+        };
+        let at = format!("{}: [api].token", self.file_name);
+        let mut tokens: Vec<(usize, ScopedToken)> = Vec::new();
+        for (i, mut entry) in self.tables(value, "[[api.token]]", at) {
+            let at = entry.at.clone();
+            let mut val = |key| entry.val(key);
+            let (token, token_file) = (val("token"), val("token_file"));
+            let (repos, scopes) = (val("repos"), val("scopes"));
+            self.problems.extend(entry.unknown_keys());
+            let token = match (token, token_file) {
+                (Some(token), Some(_)) => {
+                    self.problem(token.at, "`token_file` is also given; keep one of the two");
+                    None
+                }
+                (None, None) => {
+                    self.problem(at.clone(), "missing `token` or `token_file`");
+                    None
+                }
+                (token, file) => {
+                    let from_value = self.check(token, |v| non_empty(v.str()?));
+                    from_value.or_else(|| self.check(file, one_secret_file))
+                }
+            };
+            for (key, given) in [("repos", repos.is_none()), ("scopes", scopes.is_none())] {
+                if given {
+                    self.problem(at.clone(), format!("missing `{key}`"));
+                }
+            }
+            let repos = self.check(repos, |v| repo_globs(v.list()?));
+            let scopes = self.check(scopes, |v| api_scopes(v.list()?));
+            let (Some(token), Some(repos), Some(scopes)) = (token, repos, scopes) else {
+                continue;
+            };
+            if let Some((j, _)) = tokens.iter().find(|(_, t)| t.token.expose() == token) {
+                let message = format!("the same token is given in [[api.token]][{j}]");
+                self.problem(at, message);
+                continue;
+            }
+            let token = Secret::new(token);
+            tokens.push((
+                i,
+                ScopedToken {
+                    token,
+                    repos,
+                    scopes,
+                },
+            ));
+        }
+        tokens.into_iter().map(|(_, token)| token).collect()
+    }
+
+    fn repos(&mut self) -> Vec<RepoPolicy> {
+        self.known.push(("repos", Vec::new()));
+        let file: &'a toml::Table = self.file;
+        let Some(value) = file.get("repos") else {
+            return Vec::new();
+        };
+        let at = match value.is_table() {
+            true => format!("{}: [repos]", self.file_name),
+            false => format!("{}: repos", self.file_name),
+        };
+        // With the index of their entry, for problems about duplicates.
+        let mut repos: Vec<(usize, RepoPolicy)> = Vec::new();
+        for (i, mut entry) in self.tables(value, "[[repos]]", at) {
+            let at = entry.at.clone();
+            let mut val = |key| entry.val(key);
+            let name = val("name");
+            let host_volumes = val("host_volumes");
+            let allow_fork_secrets = val("allow_fork_secrets");
+            if name.is_none() {
+                self.problem(
+                    at.clone(),
+                    "missing `name` (`owner/name` of the repository)",
+                );
+            }
+            let name = self.check(name, |v| repo_name(v.str()?));
+            let host_volumes = self.check(host_volumes, |v| {
+                v.list()?.iter().map(|p| absolute_path(p)).collect()
+            });
+            let allow_fork_secrets = self.check(allow_fork_secrets, Val::bool);
+            self.problems.extend(entry.unknown_keys());
+            let Some(name) = name else { continue };
+            if let Some((j, _)) = repos
+                .iter()
+                .find(|(_, r)| r.name.eq_ignore_ascii_case(&name))
+            {
+                let message = format!("{name:?} is already listed in [[repos]][{j}]");
+                self.problem(format!("{at}.name"), message);
+                continue;
+            }
+            let policy = RepoPolicy {
+                name,
+                host_volumes: host_volumes.unwrap_or_default(),
+                allow_fork_secrets: allow_fork_secrets.unwrap_or(false),
+            };
+            repos.push((i, policy));
+        }
+        repos.into_iter().map(|(_, policy)| policy).collect()
+    }
+}

@@ -1,0 +1,404 @@
+//! The value types of the configuration: the [`Config`] tree with each setting's meaning
+//! and default, and [`Secret`].
+
+use std::{fmt, net::SocketAddr, path::PathBuf, time::Duration};
+
+use pipewright_pipelines::Patterns;
+
+/// The whole configuration of `pipewright serve` and `pipewright agent`.
+///
+/// `Config::default()` is what `load(None, [])` gives: the embedded defaults.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// `[server]`: the HTTP server and where data lives.
+    pub server: ServerConfig,
+    /// `[database]`: where runs, jobs and deliveries are stored.
+    pub database: DatabaseConfig,
+    /// `[gitea]`: the forge.
+    pub gitea: GiteaConfig,
+    /// `[identity]`: the identity tokens Pipewright issues to runs.
+    pub identity: IdentityConfig,
+    /// `[vault]`: where steps' secrets come from.
+    pub vault: VaultConfig,
+    /// `[docker]`: the local Docker engine and default step limits.
+    pub docker: DockerConfig,
+    /// `[agent]`: the jobs this process runs.
+    pub agent: AgentConfig,
+    /// `[api]`: access to the HTTP API and web UI.
+    pub api: ApiConfig,
+    /// `[[repos]]`: per-repository policy. Default: none, and then every repository is
+    /// allowed; when some are listed, only those are. File only (not settable from the
+    /// environment).
+    pub repos: Vec<RepoPolicy>,
+}
+
+/// `[server]`.
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    /// `listen`: address of the HTTP server. Default: `127.0.0.1:8080`.
+    pub listen: SocketAddr,
+    /// `public_url`: how Gitea and users reach this server, used in status links and as
+    /// the OIDC issuer (`iss`); an `http://` or `https://` URL, stored without a trailing
+    /// `/`. Default: `http://<listen>`.
+    pub public_url: String,
+    /// `data_dir`: logs, workspaces, signing keys and the SQLite database. Default:
+    /// `./pipewright-data`.
+    pub data_dir: PathBuf,
+    /// `catch_up_interval`: how often branch and pull-request heads are compared with
+    /// the statuses set, to run what a missed delivery would have run. Default: `5m`.
+    pub catch_up_interval: Duration,
+    /// Bounds on HTTP clients.
+    pub http: HttpLimits,
+}
+
+/// `[server]` bounds on HTTP clients, so that slow or many clients cannot exhaust memory or
+/// file descriptors (slowloris, bodies that stall).
+#[derive(Clone, Debug)]
+pub struct HttpLimits {
+    /// `header_timeout`: a connection that has not sent a request's headers within this
+    /// time (also while idle between requests) is closed. Default: `10s`.
+    pub header_timeout: Duration,
+    /// `body_timeout`: a request whose body has not fully arrived within this time is
+    /// answered 408 and its connection closed. Default: `10s` (Gitea gives up after 5 s).
+    pub body_timeout: Duration,
+    /// `max_connections`: connections served at once; more wait to be accepted. Default:
+    /// `512`.
+    pub max_connections: usize,
+    /// `body_memory`: bytes of request bodies held at once, all requests together (a
+    /// body holds what has arrived of it until it is answered); a request that finds it
+    /// taken for `body_timeout` gets 503. At least 5 MiB (one delivery). Default: `64m`.
+    pub body_memory: u64,
+    /// `max_deliveries`: webhook deliveries processed at once once their body arrived
+    /// (parsing a payload takes several times its size); more wait, up to `body_timeout`,
+    /// then get 503. Default: `32`.
+    pub max_deliveries: usize,
+}
+
+/// `[database]`.
+#[derive(Clone)]
+pub struct DatabaseConfig {
+    /// `url`: `sqlite://PATH` or `postgres://user:password@host/db` (an agent on another
+    /// host needs PostgreSQL). Default: `sqlite://<data_dir>/pipewright.db`. `Debug` hides
+    /// the password.
+    pub url: String,
+}
+
+/// `[gitea]`.
+#[derive(Clone, Debug)]
+pub struct GiteaConfig {
+    /// `url`: Gitea's base URL, `http://` or `https://`, stored without a trailing `/`.
+    /// Default: none (no forge: nothing is reported).
+    pub url: Option<String>,
+    /// `token` or `token_file`: API token for statuses, comments and clones. Default: none.
+    pub token: Option<Secret>,
+    /// `webhook_secret` or `webhook_secret_file`: the secret deliveries are signed with.
+    /// Default: none.
+    pub webhook_secret: Option<Secret>,
+    /// `ca_file`: an extra CA bundle (PEM) trusted for Gitea, Vault and registries, and
+    /// mounted into step containers. Default: none (system roots only).
+    pub ca_file: Option<PathBuf>,
+    /// `git_timeout`: how long one `git fetch` from Gitea may take before it is stopped
+    /// (a stalled remote fails that repository's delivery, which is retried; others go on).
+    /// Default: `10m`.
+    pub git_timeout: Duration,
+}
+
+/// `[identity]`.
+#[derive(Clone, Debug)]
+pub struct IdentityConfig {
+    /// `audience`: the default `aud` of issued tokens. Default: `vault`.
+    pub audience: String,
+    /// `token_ttl`: lifetime of an issued token (`exp - iat`). Default: `10m`.
+    pub token_ttl: Duration,
+    /// `algorithm`: signature algorithm, `EdDSA`, `ES256` or `RS256`. Default: `EdDSA`.
+    pub algorithm: Algorithm,
+}
+
+/// Signature algorithm of issued identity tokens (JWS names).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Algorithm {
+    /// Ed25519, accepted by Vault and OpenBao.
+    #[default]
+    EdDSA,
+    /// ECDSA P-256 with SHA-256.
+    ES256,
+    /// RSASSA-PKCS1-v1_5 with SHA-256.
+    RS256,
+}
+
+impl Algorithm {
+    /// Every algorithm, in the order they are documented.
+    pub const ALL: [Algorithm; 3] = [Algorithm::EdDSA, Algorithm::ES256, Algorithm::RS256];
+
+    /// The JWS name (`alg` header), as written in the config file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Algorithm::EdDSA => "EdDSA",
+            Algorithm::ES256 => "ES256",
+            Algorithm::RS256 => "RS256",
+        }
+    }
+}
+
+impl fmt::Display for Algorithm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// `[vault]`.
+#[derive(Clone, Debug)]
+pub struct VaultConfig {
+    /// `address`: Vault's (or OpenBao's) URL, `http://` or `https://`, stored without a
+    /// trailing `/`. Default: none (steps that need Vault secrets fail).
+    pub address: Option<String>,
+    /// `mount`: path of the JWT auth mount. Default: `jwt`.
+    pub mount: String,
+    /// `role_template`: the role a run logs in with when its pipeline names none;
+    /// `{repo}` is replaced by the repository's name and `{owner}` by its owner (see
+    /// [`Config::role_for`]). Default: `gitea_cicd_{repo}`.
+    pub role_template: String,
+}
+
+/// `[docker]`.
+#[derive(Clone, Debug)]
+pub struct DockerConfig {
+    /// `host`: the engine's address (`unix://`, `tcp://`, `http://`, `https://`,
+    /// `npipe://` or `ssh://`). Default: none, meaning `DOCKER_HOST` or the default socket.
+    pub host: Option<String>,
+    /// `stop_grace`: how long a stopped step gets between SIGTERM and SIGKILL.
+    /// Default: `10s`.
+    pub stop_grace: Duration,
+    /// `default_memory`: memory limit in bytes of a step that sets none, written as a size
+    /// (`512m`, `4g`). Default: `4g` (4 GiB), or `max_memory` when that is lower.
+    pub default_memory: u64,
+    /// `default_pids`: process and thread limit of a step that sets none. Default: `4096`,
+    /// or `max_pids` when that is lower.
+    pub default_pids: u64,
+    /// `max_memory`: the most memory a step may ask for (`memory:`); a step asking more is
+    /// refused (status `error`). Image builds get the step's limit too. Default: `16g`.
+    pub max_memory: u64,
+    /// `max_pids`: the most processes a step may ask for (`pids:`). Default: `32768`.
+    pub max_pids: u64,
+    /// `max_timeout`: the longest `timeout` a pipeline or a step may ask for; a run asking
+    /// more is refused (status `error`). At least `1h` (a pipeline's default). Default: `6h`.
+    pub max_timeout: Duration,
+    /// `max_log_bytes`: the most output a step's stored log keeps; past it one note line
+    /// says so, further output is dropped and the step goes on. Default: `64m`.
+    pub max_log_bytes: u64,
+    /// `network`: the Docker network of step containers. Default: none, the engine's
+    /// default bridge. `host` shares the host's network (e.g. to reach a database that
+    /// listens on 127.0.0.1); `none` cuts steps off.
+    pub network: Option<String>,
+}
+
+/// `[agent]`.
+#[derive(Clone, Debug)]
+pub struct AgentConfig {
+    /// `labels`: labels of this host that pipelines can require. Default: `[]`.
+    pub labels: Vec<String>,
+    /// `capacity`: jobs run at once, at least 1. Default: `2`.
+    pub capacity: usize,
+}
+
+/// `[api]`.
+#[derive(Clone, Debug)]
+pub struct ApiConfig {
+    /// `tokens` or `tokens_file` (one a line; blank lines and `#` comments skipped): bearer
+    /// tokens for the API and web UI. Default: `[]`.
+    pub tokens: Vec<Secret>,
+    /// `read_public`: runs and logs are readable without a token. Default: `false`.
+    pub read_public: bool,
+    /// `[[api.token]]`: tokens limited to some repositories and scopes. Default: none.
+    pub scoped_tokens: Vec<ScopedToken>,
+}
+
+/// One `[[api.token]]` entry: a bearer token that may do only what its scopes say, and
+/// only on the repositories its globs match. The plain `tokens` are full access.
+#[derive(Clone)]
+pub struct ScopedToken {
+    /// `token` or `token_file` (its content without the final newline): the bearer token
+    /// (required, one of the two).
+    pub token: Secret,
+    /// `repos`: globs over `owner/name`, as in `branches:` (`*` stays within one name,
+    /// `!` excludes again), matched without regard to ASCII case: `["arcodange-org/*"]`,
+    /// `["*/*"]` for every repository (required).
+    pub repos: Patterns,
+    /// `scopes`: what the token may do (required, not empty).
+    pub scopes: Vec<Scope>,
+}
+
+impl ScopedToken {
+    /// Whether the token's globs match a repository (`owner/name`).
+    pub fn covers(&self, repo: &str) -> bool {
+        self.repos.matches(&repo.to_ascii_lowercase())
+    }
+
+    /// Whether the token has a scope (`admin` has them all).
+    pub fn allows(&self, scope: Scope) -> bool {
+        self.scopes.contains(&scope) || self.scopes.contains(&Scope::Admin)
+    }
+}
+
+impl fmt::Debug for ScopedToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ScopedToken")
+            .field("token", &self.token)
+            .field("repos", &self.repos.as_strings())
+            .field("scopes", &self.scopes)
+            .finish()
+    }
+}
+
+/// What an API token may do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scope {
+    /// `read`: runs, steps and logs (API and web UI).
+    Read,
+    /// `dispatch`: start pipelines by hand.
+    Dispatch,
+    /// `control`: cancel and re-run runs.
+    Control,
+    /// `admin`: all of the above.
+    Admin,
+}
+
+impl Scope {
+    pub(super) const ALL: [(&'static str, Scope); 4] = [
+        ("read", Scope::Read),
+        ("dispatch", Scope::Dispatch),
+        ("control", Scope::Control),
+        ("admin", Scope::Admin),
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        Scope::ALL
+            .iter()
+            .find(|(_, s)| *s == self)
+            .map_or("", |(name, _)| name)
+    }
+}
+
+/// One `[[repos]]` entry: what a repository's pipelines may do.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RepoPolicy {
+    /// `name`: `owner/name` of the repository (required; matched without regard to ASCII
+    /// case, as Gitea does).
+    pub name: String,
+    /// `host_volumes`: absolute host paths this repository's pipelines may mount.
+    /// Default: `[]`.
+    pub host_volumes: Vec<PathBuf>,
+    /// `allow_fork_secrets`: pull requests from forks get Vault secrets and identity tokens.
+    /// Default: `false`.
+    pub allow_fork_secrets: bool,
+}
+
+impl Config {
+    /// The policy of a repository (`owner/name`), if `[[repos]]` lists it.
+    pub fn repo_policy(&self, full_name: &str) -> Option<&RepoPolicy> {
+        self.repos
+            .iter()
+            .find(|r| r.name.eq_ignore_ascii_case(full_name))
+    }
+
+    /// Whether Pipewright acts for a repository: always when `[[repos]]` is empty,
+    /// otherwise only for the repositories listed.
+    pub fn repo_allowed(&self, full_name: &str) -> bool {
+        self.repos.is_empty() || self.repo_policy(full_name).is_some()
+    }
+
+    /// The Vault role of a repository (`owner/name`) whose pipeline names none:
+    /// `[vault].role_template` with `{repo}` replaced by `name` and `{owner}` by `owner`
+    /// (`gitea_cicd_{repo}` gives `gitea_cicd_factory` for `arcodange-org/factory`).
+    pub fn role_for(&self, repo_full_name: &str) -> String {
+        let (owner, repo) = repo_full_name
+            .split_once('/')
+            .unwrap_or(("", repo_full_name));
+        self.vault
+            .role_template
+            .replace("{repo}", repo)
+            .replace("{owner}", owner)
+    }
+
+    /// The database file when the database is SQLite (`None` for PostgreSQL and for an
+    /// in-memory SQLite database).
+    pub fn sqlite_path(&self) -> Option<PathBuf> {
+        let url = &self.database.url;
+        let rest = url
+            .strip_prefix("sqlite://")
+            .or_else(|| url.strip_prefix("sqlite:"))?;
+        let path = rest.split(['?', '#']).next().unwrap_or(rest);
+        (!path.is_empty() && path != ":memory:").then(|| PathBuf::from(path))
+    }
+}
+
+impl fmt::Debug for DatabaseConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DatabaseConfig")
+            .field("url", &redact_url(&self.url))
+            .finish()
+    }
+}
+
+/// A secret (token, webhook secret) that `Debug` and `Display` print as `***`; the value
+/// is reachable only through [`Secret::expose`]. Deliberately not `PartialEq`: compare
+/// secrets in constant time.
+#[derive(Clone)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret value.
+    pub fn new(value: impl Into<String>) -> Self {
+        Secret(value.into())
+    }
+
+    /// The secret value. Never log it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+/// The URL with the password of its user part and `password` query parameters replaced by
+/// `***`.
+fn redact_url(url: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((base, query)) => (base, Some(query)),
+        None => (url, None),
+    };
+    let mut out = match base.split_once("://") {
+        Some((scheme, rest)) => match rest.rsplit_once('@') {
+            Some((user, host)) => match user.split_once(':') {
+                Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
+                None => base.to_owned(),
+            },
+            None => base.to_owned(),
+        },
+        None => base.to_owned(),
+    };
+    if let Some(query) = query {
+        out.push('?');
+        let params: Vec<String> = query
+            .split('&')
+            .map(|param| match param.split_once('=') {
+                Some((key, _)) if key.to_ascii_lowercase().contains("password") => {
+                    format!("{key}=***")
+                }
+                _ => param.to_owned(),
+            })
+            .collect();
+        out.push_str(&params.join("&"));
+    }
+    out
+}
