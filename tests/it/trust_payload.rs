@@ -6,7 +6,7 @@
 
 use std::{process::Stdio, time::Duration};
 
-use pipewright_tests::fake_gitea::{Delivery, FakeGitea, PullAction, Repo};
+use pipewright_tests::fake_gitea::{Delivery, FakeGitea, Permission, PullAction, Repo};
 use serde_json::Value;
 
 use crate::serve::{Process, SECRET, Server, client, eventually, final_statuses, states, step};
@@ -658,6 +658,23 @@ async fn pull_requests_that_only_look_trusted_get_no_identity_token() {
             .any(|r| r.path == "/api/v1/repos/org/app/collaborators/mallory/permission"),
         "Gitea was asked for the author's permission"
     );
+
+    // When Pipewright's user may not ask (it is no repository admin), even the owner's pull
+    // request runs untrusted, rather than not at all.
+    repo.set_permission(gitea.bot_login(), Permission::Write);
+    repo.create_branch("owner-more", "main");
+    let more = repo
+        .commit("owner-more", "more")
+        .write("c.txt", "c\n")
+        .push();
+    let number = repo.open_pull("owner-more", "main");
+    let log = pull_request_log(
+        &server,
+        repo.pull_request_event(number, PullAction::Opened),
+        &more,
+    )
+    .await;
+    assert!(log.contains("token=") && !log.contains("present"), "{log}");
     server.stop().await;
 }
 

@@ -251,8 +251,9 @@ impl Gitea {
     }
 
     /// Whether `login` may write to `repo`: Gitea's collaborator permission (`write`,
-    /// `admin` or `owner`). Needs Pipewright's user to be a repository admin (Gitea answers
-    /// 403 otherwise, which is an error here, never a yes).
+    /// `admin` or `owner`). Needs Pipewright's user to be a repository admin: Gitea answers
+    /// 403 otherwise, which is a no (with a warning), never a yes; other failures are errors
+    /// (the delivery is tried again).
     pub async fn can_write(&self, repo: &str, login: &str) -> Result<bool, GiteaError> {
         #[derive(Deserialize)]
         struct Permission {
@@ -268,6 +269,16 @@ impl Gitea {
             .await?;
         if resp.status() == StatusCode::NOT_FOUND {
             // No such user (any more): nobody vouches for the pull request.
+            return Ok(false);
+        }
+        if resp.status() == StatusCode::FORBIDDEN {
+            // Pipewright's user may not ask: fail closed (the pull request runs untrusted)
+            // rather than never running it.
+            tracing::warn!(
+                repo,
+                login,
+                "Gitea does not tell Pipewright's user other users' permissions (it needs to be a repository admin): the pull request runs untrusted"
+            );
             return Ok(false);
         }
         let answer: Permission = Self::check(resp, &format!("{login}'s permission on {repo}"))
