@@ -4,21 +4,11 @@
 //! `main` builds an [`App`] from the configuration and calls [`serve`]; tests build the same
 //! `App` around a `127.0.0.1:0` listener.
 
-mod access;
-mod api;
-mod auth;
-mod catchup;
-mod dispatch;
 mod http;
-mod images;
-mod ingest;
-mod reporter;
-mod schedule;
-mod spec;
+mod intake;
+mod report;
 mod tasks;
-mod ui;
-mod webhook;
-mod worker;
+mod work;
 
 use std::{sync::Arc, time::Duration};
 
@@ -40,11 +30,11 @@ use crate::{
 };
 
 pub use crate::error_chain;
-pub use catchup::once as catch_up;
-pub use schedule::tick as schedule_tick;
+pub use http::webhook::DeliveryWriter;
+pub use intake::catchup::once as catch_up;
+pub use intake::schedule::tick as schedule_tick;
 pub use tasks::Tasks;
-pub use webhook::DeliveryWriter;
-pub use worker::Scheduler;
+pub use work::worker::Scheduler;
 
 /// Everything the server's parts share.
 #[derive(Debug)]
@@ -231,13 +221,21 @@ fn getrandom_bytes(buf: &mut [u8]) {
 /// The supervised background tasks, by name (as `/readyz` names them).
 const TASKS: [(&str, TaskFn); 6] = [
     ("webhook writer", |app, stop| {
-        Box::pin(webhook::run_writer(app, stop))
+        Box::pin(http::webhook::run_writer(app, stop))
     }),
-    ("ingest", |app, stop| Box::pin(ingest::run(app, stop))),
-    ("reporter", |app, stop| Box::pin(reporter::run(app, stop))),
-    ("catch-up", |app, stop| Box::pin(catchup::run(app, stop))),
+    ("ingest", |app, stop| {
+        Box::pin(intake::ingest::run(app, stop))
+    }),
+    ("reporter", |app, stop| {
+        Box::pin(report::sender::run(app, stop))
+    }),
+    ("catch-up", |app, stop| {
+        Box::pin(intake::catchup::run(app, stop))
+    }),
     ("checkpoints", |app, stop| Box::pin(checkpoints(app, stop))),
-    ("schedules", |app, stop| Box::pin(schedule::run(app, stop))),
+    ("schedules", |app, stop| {
+        Box::pin(intake::schedule::run(app, stop))
+    }),
 ];
 
 /// Serves until `shutdown` fires: then stops taking webhooks and new runs, lets running runs
@@ -249,24 +247,24 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     private_data_dir(&app.config.server.data_dir)?;
-    worker::settle_interrupted(&app).await?;
+    work::worker::settle_interrupted(&app).await?;
     remove_leftover_workspaces(&app.config.server.data_dir);
     let mut tasks = JoinSet::new();
     let stop_work = CancellationToken::new();
     for (name, task) in TASKS {
         tasks.spawn(supervise(name, app.clone(), stop_work.clone(), task));
     }
-    let workers = tokio::spawn(worker::run(app.clone(), shutdown.clone()));
+    let workers = tokio::spawn(work::worker::run(app.clone(), shutdown.clone()));
 
-    let router = api::router(app.clone());
+    let router = http::api::router(app.clone());
     info!(address = %listener.local_addr()?, "pipewright serving");
-    http::serve_http(listener, router, &app.config.server.http, shutdown.clone()).await;
+    http::conn::serve_http(listener, router, &app.config.server.http, shutdown.clone()).await;
     info!("no longer accepting requests; waiting for running runs to finish");
     if let Err(e) = workers.await {
         warn!(error = %e, "the worker stopped abnormally");
     }
     // The runs have ended: the reporter sends their last statuses and comments (within
-    // `reporter::DRAIN_WITHIN`) while the other tasks stop.
+    // `report::sender::DRAIN_WITHIN`) while the other tasks stop.
     stop_work.cancel();
     while tasks.join_next().await.is_some() {}
     app.store.close().await;

@@ -16,12 +16,13 @@ use axum::{
 };
 use serde::{Deserialize, Serialize};
 
-use super::{
+use crate::server::{
     App,
-    auth::{Caller, require},
-    http::{BodyBounds, body_budget, bounded_body},
-    reporter::clip,
-    ui, webhook,
+    http::auth::{Caller, require},
+    http::conn::{BodyBounds, body_budget, bounded_body},
+    http::ui,
+    http::webhook,
+    report::sender::clip,
 };
 use crate::{
     config::Scope,
@@ -51,7 +52,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/api/v1/runs/{id}/rerun", post(rerun))
         .route(
             "/api/v1/repos/{owner}/{repo}/pipelines/{name}/dispatch",
-            post(super::dispatch::dispatch),
+            post(crate::server::http::dispatch::dispatch),
         )
         .route("/", get(ui::index))
         .route("/runs/{id}", get(ui::run_page))

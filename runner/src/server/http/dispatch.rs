@@ -13,12 +13,12 @@ use axum::{
 use pipewright_pipelines::{EventKind, GitRef, RunContext, resolve_inputs};
 use serde::Deserialize;
 
-use super::{
+use crate::server::{
     App,
-    api::{ApiError, RunDto, run_dto},
-    auth::require,
-    ingest::error_chain,
-    spec::{FileAt, Source},
+    http::api::{ApiError, RunDto, run_dto},
+    http::auth::require,
+    intake::ingest::error_chain,
+    intake::spec::{FileAt, Source},
 };
 use crate::{config::Scope, events::RepoInfo, store::RunSpec};
 

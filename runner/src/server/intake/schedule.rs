@@ -10,10 +10,10 @@ use pipewright_containers::CancellationToken;
 use pipewright_pipelines::{EventKind, GitRef, RunContext, cron_due, default_inputs};
 use tracing::{info, warn};
 
-use super::{
+use crate::server::{
     App,
-    ingest::error_chain,
-    spec::{FileAt, Source},
+    intake::ingest::error_chain,
+    intake::spec::{FileAt, Source},
 };
 use crate::{
     events::RepoInfo,

@@ -9,13 +9,13 @@ use axum::{
     response::{Html, IntoResponse, Response},
 };
 
-use super::{
-    App,
-    api::{ApiError, load_run, rfc3339, visible_runs},
-    auth::require,
-    reporter::clip,
-};
 use crate::config::Scope;
+use crate::server::{
+    App,
+    http::api::{ApiError, load_run, rfc3339, visible_runs},
+    http::auth::require,
+    report::sender::clip,
+};
 
 fn escape(text: &str) -> String {
     let mut out = String::with_capacity(text.len());

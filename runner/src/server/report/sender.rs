@@ -13,7 +13,7 @@ use std::{sync::Arc, time::Duration};
 use pipewright_containers::CancellationToken;
 use tracing::{debug, warn};
 
-use super::{App, ingest::error_chain};
+use crate::server::{App, intake::ingest::error_chain};
 use crate::{gitea::GiteaError, store::now_ms};
 
 /// An entry Gitea keeps refusing (not a transient fault) is dropped after this many tries.

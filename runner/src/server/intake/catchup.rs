@@ -10,7 +10,7 @@ use pipewright_containers::{CancellationToken, Executor};
 use pipewright_pipelines::GitRef;
 use tracing::{info, warn};
 
-use super::{App, ingest::error_chain, worker::live_runs_filter};
+use crate::server::{App, intake::ingest::error_chain, work::worker::live_runs_filter};
 use crate::{
     checked,
     events::{Event, RepoInfo},

@@ -17,7 +17,7 @@ use pipewright_pipelines::{EventKind, PlannedStep, RunContext, plan};
 use tokio::{sync::Notify, task::JoinSet};
 use tracing::{Instrument, info, info_span, warn};
 
-use super::{App, access::RunAccess, ingest::error_chain};
+use crate::server::{App, intake::ingest::error_chain, work::access::RunAccess};
 use crate::{
     logs::LogWriter,
     run::{Reports, RunFacts, RunObserver, RunResult, RunSetup, StepResult, run_plan},
@@ -349,7 +349,7 @@ async fn run_with_access(
         run_id: run.id,
         writer: None,
     };
-    let executor = super::images::Pinned {
+    let executor = crate::server::work::images::Pinned {
         inner: app.executor.clone(),
         store: app.store.clone(),
         repo: run.repo.clone(),

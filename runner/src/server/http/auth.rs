@@ -5,8 +5,8 @@
 
 use axum::http::{HeaderMap, StatusCode, header};
 
-use super::{App, api::ApiError};
 use crate::config::{Scope, ScopedToken};
+use crate::server::{App, http::api::ApiError};
 
 /// Who is asking, once a scope was checked.
 #[derive(Clone, Copy, Debug)]

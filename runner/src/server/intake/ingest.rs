@@ -18,9 +18,9 @@ use pipewright_pipelines::{
 use tokio::task::JoinSet;
 use tracing::{Instrument, info, info_span, warn};
 
-use super::{
+use crate::server::{
     App,
-    spec::{FileAt, Source},
+    intake::spec::{FileAt, Source},
 };
 use crate::{
     events::{Decoded, Event, decode},
