@@ -6,6 +6,7 @@
 
 mod http;
 mod intake;
+mod present;
 mod report;
 mod tasks;
 mod work;
@@ -34,7 +35,7 @@ pub use http::webhook::DeliveryWriter;
 pub use intake::catchup::once as catch_up;
 pub use intake::schedule::tick as schedule_tick;
 pub use tasks::Tasks;
-pub use work::worker::Scheduler;
+pub use work::registry::Scheduler;
 
 /// Everything the server's parts share.
 #[derive(Debug)]
@@ -256,7 +257,7 @@ pub async fn serve(
     }
     let workers = tokio::spawn(work::worker::run(app.clone(), shutdown.clone()));
 
-    let router = http::api::router(app.clone());
+    let router = http::router::router(app.clone());
     info!(address = %listener.local_addr()?, "pipewright serving");
     http::conn::serve_http(listener, router, &app.config.server.http, shutdown.clone()).await;
     info!("no longer accepting requests; waiting for running runs to finish");

@@ -15,12 +15,12 @@ use serde::Deserialize;
 
 use crate::server::{
     App,
-    http::api::{ApiError, RunDto, run_dto},
     http::auth::require,
-    intake::ingest::error_chain,
+    http::dto::{RunDto, run_dto},
+    http::errors::ApiError,
     intake::spec::{FileAt, Source},
 };
-use crate::{config::Scope, events::RepoInfo, store::RunSpec};
+use crate::{config::Scope, error_chain, events::RepoInfo, store::RunSpec};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -5,5 +5,8 @@ pub(super) mod api;
 pub(super) mod auth;
 pub(super) mod conn;
 pub(super) mod dispatch;
+pub(super) mod dto;
+pub(super) mod errors;
+pub(super) mod router;
 pub(super) mod ui;
 pub(super) mod webhook;

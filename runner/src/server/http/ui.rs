@@ -12,9 +12,10 @@ use axum::{
 use crate::config::Scope;
 use crate::server::{
     App,
-    http::api::{ApiError, load_run, rfc3339, visible_runs},
-    http::auth::require,
-    report::sender::clip,
+    http::auth::{load_run, require, visible_runs},
+    http::dto::rfc3339,
+    http::errors::ApiError,
+    present::clip,
 };
 
 fn escape(text: &str) -> String {

@@ -10,9 +10,9 @@ use pipewright_containers::{CancellationToken, Executor};
 use pipewright_pipelines::GitRef;
 use tracing::{info, warn};
 
-use crate::server::{App, intake::ingest::error_chain, work::worker::live_runs_filter};
+use crate::server::{App, work::registry::live_runs_filter};
 use crate::{
-    checked,
+    checked, error_chain,
     events::{Event, RepoInfo},
     git::is_zero,
     store::{NewDelivery, Received},
@@ -38,7 +38,11 @@ pub async fn run(app: Arc<App>, stop: CancellationToken) {
         if let Err(e) = reconcile(&app, &mut seen).await {
             warn!(error = %e, "catch-up failed");
         }
-        match app.executor.reap(&live_runs_filter(&app)).await {
+        match app
+            .executor
+            .reap(&live_runs_filter(&app.scheduler, &app.instance))
+            .await
+        {
             Ok(0) => {}
             Ok(n) => info!(removed = n, "removed containers of no live run"),
             Err(e) => warn!(error = %error_chain(&e), "failed to look for leftover containers"),

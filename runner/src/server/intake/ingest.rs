@@ -23,6 +23,7 @@ use crate::server::{
     intake::spec::{FileAt, Source},
 };
 use crate::{
+    error_chain,
     events::{Decoded, Event, decode},
     git::{GitError, Mirror, is_zero},
     gitea::GiteaError,
@@ -165,8 +166,6 @@ async fn attempt(app: &App, delivery: &Delivery) -> Result<String, IngestError> 
     }
     process(app, delivery.id, &delivery.event_type, &delivery.payload).await
 }
-
-pub use crate::error_chain;
 
 async fn process(
     app: &App,

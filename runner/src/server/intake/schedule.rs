@@ -12,10 +12,10 @@ use tracing::{info, warn};
 
 use crate::server::{
     App,
-    intake::ingest::error_chain,
     intake::spec::{FileAt, Source},
 };
 use crate::{
+    error_chain,
     events::RepoInfo,
     store::{RunSpec, now_ms},
 };

@@ -13,8 +13,11 @@ use std::{sync::Arc, time::Duration};
 use pipewright_containers::CancellationToken;
 use tracing::{debug, warn};
 
-use crate::server::{App, intake::ingest::error_chain};
-use crate::{gitea::GiteaError, store::now_ms};
+use crate::server::{
+    App,
+    present::{clip, run_url},
+};
+use crate::{error_chain, gitea::GiteaError, store::now_ms};
 
 /// An entry Gitea keeps refusing (not a transient fault) is dropped after this many tries.
 const MAX_REFUSALS: i64 = 5;
@@ -179,21 +182,4 @@ async fn send_comments(app: &App) -> bool {
 /// The commit status context of a pipeline's runs.
 pub fn context(pipeline: &str) -> String {
     format!("pipewright/{pipeline}")
-}
-
-/// A run's page: where a status links to.
-pub fn run_url(app: &App, run_id: i64) -> String {
-    format!("{}/runs/{run_id}", app.public_url())
-}
-
-/// Status descriptions stay under Gitea's display width and DESIGN's 140 characters (run
-/// descriptions are shown clipped the same way in the API and UI). Texts are masked before
-/// they are stored, so a clip never cuts a secret that masking would then miss.
-pub fn clip(text: &str) -> String {
-    if text.chars().count() <= 139 {
-        return text.to_string();
-    }
-    let mut out: String = text.chars().take(138).collect();
-    out.push('…');
-    out
 }

@@ -3,4 +3,5 @@
 
 pub(super) mod access;
 pub(super) mod images;
+pub(super) mod registry;
 pub(super) mod worker;
