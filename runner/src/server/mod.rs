@@ -14,7 +14,9 @@ mod work;
 use std::{sync::Arc, time::Duration};
 
 use anyhow::Context;
+use intake::{Inbox, Intake, Queue};
 use pipewright_containers::{CancellationToken, DockerConfig, DockerExecutor};
+use report::Reporter;
 use tasks::{TaskFn, supervise};
 use tokio::{net::TcpListener, sync::Notify, task::JoinSet};
 use tracing::{info, warn};
@@ -25,15 +27,13 @@ use crate::{
     gitea::{Gitea, http_client},
     identity::Issuer,
     logs::LogStore,
-    run::StepDefaults,
-    store::{Enqueued, RunSpec, Store, StoreError},
+    run::{BoxFuture, StepDefaults},
+    store::{Enqueued, NewDelivery, Received, RunSpec, Store, StoreError},
     vault::Vault,
 };
 
 pub use crate::error_chain;
 pub use http::webhook::DeliveryWriter;
-pub use intake::catchup::once as catch_up;
-pub use intake::schedule::tick as schedule_tick;
 pub use tasks::Tasks;
 pub use work::registry::Scheduler;
 
@@ -136,22 +136,61 @@ impl App {
         delivery: Option<i64>,
         runs: &[RunSpec],
     ) -> Result<Enqueued, StoreError> {
-        let enqueued = self.store.enqueue_runs(delivery, runs).await?;
-        for id in &enqueued.cancel_running {
-            self.scheduler.cancel(
-                *id,
-                "cancelled: a newer run of its concurrency group started",
-            );
+        self.queue().enqueue(delivery, runs).await
+    }
+
+    fn queue(&self) -> Queue<'_> {
+        Queue {
+            store: &self.store,
+            scheduler: &self.scheduler,
+            reporter_wake: &self.reporter_wake,
         }
-        self.scheduler.wake();
-        self.reporter_wake.notify_one();
-        Ok(enqueued)
+    }
+
+    /// The parts of the intake layer.
+    fn intake(&self) -> Intake<'_> {
+        Intake {
+            config: &self.config,
+            store: &self.store,
+            git: &self.git,
+            gitea: &self.gitea,
+            deliveries: &self.deliveries,
+            queue: self.queue(),
+            executor: &self.executor,
+            instance: &self.instance,
+        }
+    }
+
+    /// The parts of the report layer.
+    fn reporter(&self) -> Reporter<'_> {
+        Reporter {
+            store: &self.store,
+            gitea: &self.gitea,
+            public_url: self.public_url(),
+            wake: &self.reporter_wake,
+        }
     }
 
     /// `<public_url>/runs/<id>`: status links.
     pub fn public_url(&self) -> &str {
         self.config.server.public_url.trim_end_matches('/')
     }
+}
+
+impl Inbox for DeliveryWriter {
+    fn store(&self, delivery: NewDelivery) -> BoxFuture<'_, Result<Received, String>> {
+        Box::pin(DeliveryWriter::store(self, delivery))
+    }
+}
+
+/// One catch-up pass over every known repository, as the background task makes.
+pub async fn catch_up(app: &App) -> anyhow::Result<()> {
+    intake::catchup::once(&app.intake()).await
+}
+
+/// Queues the scheduled runs due in the minute of `epoch_secs`; returns how many.
+pub async fn schedule_tick(app: &App, epoch_secs: i64) -> Result<usize, String> {
+    intake::schedule::tick(&app.intake(), epoch_secs).await
 }
 
 /// Keeps the SQLite log short, off the webhook path (see `Store::checkpoint`).
@@ -228,14 +267,14 @@ const TASKS: [(&str, TaskFn); 6] = [
         Box::pin(intake::ingest::run(app, stop))
     }),
     ("reporter", |app, stop| {
-        Box::pin(report::sender::run(app, stop))
+        Box::pin(async move { report::sender::run(app.reporter(), stop).await })
     }),
     ("catch-up", |app, stop| {
-        Box::pin(intake::catchup::run(app, stop))
+        Box::pin(async move { intake::catchup::run(app.intake(), stop).await })
     }),
     ("checkpoints", |app, stop| Box::pin(checkpoints(app, stop))),
     ("schedules", |app, stop| {
-        Box::pin(intake::schedule::run(app, stop))
+        Box::pin(async move { intake::schedule::run(app.intake(), stop).await })
     }),
 ];
 

@@ -1,11 +1,9 @@
 //! How runs are presented outside the store: the link to a run's page and descriptions
 //! clipped to what Gitea shows, shared by the report layer and the HTTP layer.
 
-use crate::server::App;
-
 /// A run's page: where a status links to.
-pub fn run_url(app: &App, run_id: i64) -> String {
-    format!("{}/runs/{run_id}", app.public_url())
+pub fn run_url(public_url: &str, run_id: i64) -> String {
+    format!("{public_url}/runs/{run_id}")
 }
 
 /// Status descriptions stay under Gitea's display width and DESIGN's 140 characters (run
