@@ -25,7 +25,7 @@ use pipewright_pipelines::{EventKind, Patterns, PlannedStep, Resolved};
 
 use crate::{
     mask::Masker,
-    run::{RunObserver, RunSetup, StepResult, StepSink},
+    step_io::{RunObserver, RunSetup, StepResult, StepSink},
 };
 
 /// An action step about to run.

@@ -16,6 +16,7 @@ mod mask;
 pub mod run;
 mod secrets;
 pub mod server;
+mod step_io;
 mod vault;
 
 /// An error and its sources on one line (`failed to x: because y: because z`).

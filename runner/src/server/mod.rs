@@ -4,26 +4,19 @@
 //! `main` builds an [`App`] from the configuration and calls [`serve`]; tests build the same
 //! `App` around a `127.0.0.1:0` listener.
 
-mod access;
-mod api;
-mod auth;
-mod catchup;
-mod dispatch;
 mod http;
-mod images;
-mod ingest;
-mod reporter;
-mod schedule;
-mod spec;
+mod intake;
+mod present;
+mod report;
 mod tasks;
-mod ui;
-mod webhook;
-mod worker;
+mod work;
 
 use std::{sync::Arc, time::Duration};
 
 use anyhow::Context;
+use intake::{Inbox, Intake, Queue};
 use pipewright_containers::{CancellationToken, DockerConfig, DockerExecutor};
+use report::Reporter;
 use tasks::{TaskFn, supervise};
 use tokio::{net::TcpListener, sync::Notify, task::JoinSet};
 use tracing::{info, warn};
@@ -34,17 +27,15 @@ use crate::{
     gitea::{Gitea, http_client},
     identity::Issuer,
     logs::LogStore,
-    run::StepDefaults,
-    store::{Enqueued, RunSpec, Store, StoreError},
+    run::{BoxFuture, StepDefaults},
+    store::{Enqueued, NewDelivery, Received, RunSpec, Store, StoreError},
     vault::Vault,
 };
 
 pub use crate::error_chain;
-pub use catchup::once as catch_up;
-pub use schedule::tick as schedule_tick;
+pub use http::webhook::DeliveryWriter;
 pub use tasks::Tasks;
-pub use webhook::DeliveryWriter;
-pub use worker::Scheduler;
+pub use work::registry::Scheduler;
 
 /// Everything the server's parts share.
 #[derive(Debug)]
@@ -145,22 +136,61 @@ impl App {
         delivery: Option<i64>,
         runs: &[RunSpec],
     ) -> Result<Enqueued, StoreError> {
-        let enqueued = self.store.enqueue_runs(delivery, runs).await?;
-        for id in &enqueued.cancel_running {
-            self.scheduler.cancel(
-                *id,
-                "cancelled: a newer run of its concurrency group started",
-            );
+        self.queue().enqueue(delivery, runs).await
+    }
+
+    fn queue(&self) -> Queue<'_> {
+        Queue {
+            store: &self.store,
+            scheduler: &self.scheduler,
+            reporter_wake: &self.reporter_wake,
         }
-        self.scheduler.wake();
-        self.reporter_wake.notify_one();
-        Ok(enqueued)
+    }
+
+    /// The parts of the intake layer.
+    fn intake(&self) -> Intake<'_> {
+        Intake {
+            config: &self.config,
+            store: &self.store,
+            git: &self.git,
+            gitea: &self.gitea,
+            deliveries: &self.deliveries,
+            queue: self.queue(),
+            executor: &self.executor,
+            instance: &self.instance,
+        }
+    }
+
+    /// The parts of the report layer.
+    fn reporter(&self) -> Reporter<'_> {
+        Reporter {
+            store: &self.store,
+            gitea: &self.gitea,
+            public_url: self.public_url(),
+            wake: &self.reporter_wake,
+        }
     }
 
     /// `<public_url>/runs/<id>`: status links.
     pub fn public_url(&self) -> &str {
         self.config.server.public_url.trim_end_matches('/')
     }
+}
+
+impl Inbox for DeliveryWriter {
+    fn store(&self, delivery: NewDelivery) -> BoxFuture<'_, Result<Received, String>> {
+        Box::pin(DeliveryWriter::store(self, delivery))
+    }
+}
+
+/// One catch-up pass over every known repository, as the background task makes.
+pub async fn catch_up(app: &App) -> anyhow::Result<()> {
+    intake::catchup::once(&app.intake()).await
+}
+
+/// Queues the scheduled runs due in the minute of `epoch_secs`; returns how many.
+pub async fn schedule_tick(app: &App, epoch_secs: i64) -> Result<usize, String> {
+    intake::schedule::tick(&app.intake(), epoch_secs).await
 }
 
 /// Keeps the SQLite log short, off the webhook path (see `Store::checkpoint`).
@@ -231,13 +261,21 @@ fn getrandom_bytes(buf: &mut [u8]) {
 /// The supervised background tasks, by name (as `/readyz` names them).
 const TASKS: [(&str, TaskFn); 6] = [
     ("webhook writer", |app, stop| {
-        Box::pin(webhook::run_writer(app, stop))
+        Box::pin(http::webhook::run_writer(app, stop))
     }),
-    ("ingest", |app, stop| Box::pin(ingest::run(app, stop))),
-    ("reporter", |app, stop| Box::pin(reporter::run(app, stop))),
-    ("catch-up", |app, stop| Box::pin(catchup::run(app, stop))),
+    ("ingest", |app, stop| {
+        Box::pin(intake::ingest::run(app, stop))
+    }),
+    ("reporter", |app, stop| {
+        Box::pin(async move { report::sender::run(app.reporter(), stop).await })
+    }),
+    ("catch-up", |app, stop| {
+        Box::pin(async move { intake::catchup::run(app.intake(), stop).await })
+    }),
     ("checkpoints", |app, stop| Box::pin(checkpoints(app, stop))),
-    ("schedules", |app, stop| Box::pin(schedule::run(app, stop))),
+    ("schedules", |app, stop| {
+        Box::pin(async move { intake::schedule::run(app.intake(), stop).await })
+    }),
 ];
 
 /// Serves until `shutdown` fires: then stops taking webhooks and new runs, lets running runs
@@ -249,24 +287,24 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     private_data_dir(&app.config.server.data_dir)?;
-    worker::settle_interrupted(&app).await?;
+    work::worker::settle_interrupted(&app).await?;
     remove_leftover_workspaces(&app.config.server.data_dir);
     let mut tasks = JoinSet::new();
     let stop_work = CancellationToken::new();
     for (name, task) in TASKS {
         tasks.spawn(supervise(name, app.clone(), stop_work.clone(), task));
     }
-    let workers = tokio::spawn(worker::run(app.clone(), shutdown.clone()));
+    let workers = tokio::spawn(work::worker::run(app.clone(), shutdown.clone()));
 
-    let router = api::router(app.clone());
+    let router = http::router::router(app.clone());
     info!(address = %listener.local_addr()?, "pipewright serving");
-    http::serve_http(listener, router, &app.config.server.http, shutdown.clone()).await;
+    http::conn::serve_http(listener, router, &app.config.server.http, shutdown.clone()).await;
     info!("no longer accepting requests; waiting for running runs to finish");
     if let Err(e) = workers.await {
         warn!(error = %e, "the worker stopped abnormally");
     }
     // The runs have ended: the reporter sends their last statuses and comments (within
-    // `reporter::DRAIN_WITHIN`) while the other tasks stop.
+    // `report::sender::DRAIN_WITHIN`) while the other tasks stop.
     stop_work.cancel();
     while tasks.join_next().await.is_some() {}
     app.store.close().await;

@@ -8,7 +8,7 @@ use pipewright_pipelines::{EventKind, GitRef, Pipeline, PlannedStep};
 
 use tracing::{info, warn};
 
-use super::App;
+use crate::server::App;
 use std::collections::BTreeMap;
 
 use crate::{

@@ -8,13 +8,16 @@
 //! then and returns, within [`DRAIN_WITHIN`]: a Gitea that is down cannot hold the process,
 //! and what was not sent stays in the outbox for the next start.
 
-use std::{sync::Arc, time::Duration};
+use std::time::Duration;
 
 use pipewright_containers::CancellationToken;
 use tracing::{debug, warn};
 
-use super::{App, ingest::error_chain};
-use crate::{gitea::GiteaError, store::now_ms};
+use crate::server::{
+    present::{clip, run_url},
+    report::Reporter,
+};
+use crate::{error_chain, gitea::GiteaError, store::now_ms};
 
 /// An entry Gitea keeps refusing (not a transient fault) is dropped after this many tries.
 const MAX_REFUSALS: i64 = 5;
@@ -23,37 +26,37 @@ const BATCH: usize = 50;
 /// How long shutdown waits for the last statuses and comments.
 pub const DRAIN_WITHIN: Duration = Duration::from_secs(5);
 
-pub async fn run(app: Arc<App>, stop: CancellationToken) {
+pub async fn run(reporter: Reporter<'_>, stop: CancellationToken) {
     let drain_deadline = async {
         stop.cancelled().await;
         tokio::time::sleep(DRAIN_WITHIN).await;
     };
     tokio::select! {
-        () = report(&app, &stop) => {}
+        () = report(&reporter, &stop) => {}
         () = drain_deadline => {
             warn!(within = ?DRAIN_WITHIN, "stopped before Gitea was told everything; the rest is sent at the next start");
         }
     }
 }
 
-async fn report(app: &App, stop: &CancellationToken) {
+async fn report(reporter: &Reporter<'_>, stop: &CancellationToken) {
     loop {
         // Once stopping, a whole round that starts after the stop is what drains: a round
         // under way then may have read the outbox before the last runs ended.
         let stopping = stop.is_cancelled();
-        let more = send_due(app).await;
+        let more = send_due(reporter).await;
         if stopping && !more {
             return;
         }
         if stop.is_cancelled() {
             continue;
         }
-        let wait = match next_due(app).await {
+        let wait = match next_due(reporter).await {
             Some(at) => Duration::from_millis((at - now_ms()).clamp(10, 60_000) as u64),
             None => Duration::from_secs(60),
         };
         tokio::select! {
-            _ = app.reporter_wake.notified() => {}
+            _ = reporter.wake.notified() => {}
             _ = tokio::time::sleep(wait) => {}
             _ = stop.cancelled() => {}
         }
@@ -61,9 +64,9 @@ async fn report(app: &App, stop: &CancellationToken) {
 }
 
 /// The earliest time an unsent status or comment is due.
-async fn next_due(app: &App) -> Option<i64> {
-    let statuses = app.store.next_status_due().await.ok().flatten();
-    let comments = app.store.next_comment_due().await.ok().flatten();
+async fn next_due(reporter: &Reporter<'_>) -> Option<i64> {
+    let statuses = reporter.store.next_status_due().await.ok().flatten();
+    let comments = reporter.store.next_comment_due().await.ok().flatten();
     statuses.into_iter().chain(comments).min()
 }
 
@@ -91,14 +94,14 @@ fn next_after(result: Result<(), GiteaError>, attempts: i64) -> Next {
 
 /// Sends one batch of due statuses and comments; true when a batch was full (more may be
 /// due).
-async fn send_due(app: &App) -> bool {
-    let statuses = send_statuses(app).await;
-    let comments = send_comments(app).await;
+async fn send_due(reporter: &Reporter<'_>) -> bool {
+    let statuses = send_statuses(reporter).await;
+    let comments = send_comments(reporter).await;
     statuses || comments
 }
 
-async fn send_statuses(app: &App) -> bool {
-    let due = match app.store.due_statuses(BATCH as i64).await {
+async fn send_statuses(reporter: &Reporter<'_>) -> bool {
+    let due = match reporter.store.due_statuses(BATCH as i64).await {
         Ok(due) => due,
         Err(e) => {
             warn!(error = ?e, "failed to read the status outbox");
@@ -108,7 +111,7 @@ async fn send_statuses(app: &App) -> bool {
     let full = due.len() == BATCH;
     for status in due {
         let context = context(&status.pipeline);
-        let result = app
+        let result = reporter
             .gitea
             .create_status(
                 &status.repo,
@@ -116,21 +119,21 @@ async fn send_statuses(app: &App) -> bool {
                 status.state.as_str(),
                 &context,
                 &clip(&status.description),
-                &run_url(app, status.run_id),
+                &run_url(reporter.public_url, status.run_id),
             )
             .await;
         let recorded = match next_after(result, status.attempts) {
             Next::Sent => {
                 debug!(repo = %status.repo, sha = %status.sha, context = %context, state = status.state.as_str(), "status sent");
-                app.store.status_sent(status.id).await
+                reporter.store.status_sent(status.id).await
             }
             Next::GiveUp(e) => {
                 warn!(repo = %status.repo, sha = %status.sha, error = %error_chain(&e), "Gitea refuses the status: giving up on it");
-                app.store.status_sent(status.id).await
+                reporter.store.status_sent(status.id).await
             }
             Next::Retry { in_ms, error: e } => {
                 warn!(repo = %status.repo, sha = %status.sha, error = %error_chain(&e), retry_in_ms = in_ms, "failed to send a status");
-                app.store.status_failed(status.id, in_ms).await
+                reporter.store.status_failed(status.id, in_ms).await
             }
         };
         if let Err(e) = recorded {
@@ -140,8 +143,8 @@ async fn send_statuses(app: &App) -> bool {
     full
 }
 
-async fn send_comments(app: &App) -> bool {
-    let due = match app.store.due_comments(BATCH as i64).await {
+async fn send_comments(reporter: &Reporter<'_>) -> bool {
+    let due = match reporter.store.due_comments(BATCH as i64).await {
         Ok(due) => due,
         Err(e) => {
             warn!(error = ?e, "failed to read the comment outbox");
@@ -151,22 +154,22 @@ async fn send_comments(app: &App) -> bool {
     let full = due.len() == BATCH;
     for comment in due {
         let (repo, number) = (&comment.repo, comment.pr);
-        let result = app
+        let result = reporter
             .gitea
             .upsert_comment(repo, number, &comment.marker, &comment.body)
             .await;
         let recorded = match next_after(result, comment.attempts) {
             Next::Sent => {
                 debug!(repo = %repo, number, "comment sent");
-                app.store.comment_sent(&comment).await
+                reporter.store.comment_sent(&comment).await
             }
             Next::GiveUp(e) => {
                 warn!(repo = %repo, number, error = %error_chain(&e), "Gitea refuses the comment: giving up on it");
-                app.store.comment_sent(&comment).await
+                reporter.store.comment_sent(&comment).await
             }
             Next::Retry { in_ms, error: e } => {
                 warn!(repo = %repo, number, error = %error_chain(&e), retry_in_ms = in_ms, "failed to send a comment");
-                app.store.comment_failed(&comment, in_ms).await
+                reporter.store.comment_failed(&comment, in_ms).await
             }
         };
         if let Err(e) = recorded {
@@ -179,21 +182,4 @@ async fn send_comments(app: &App) -> bool {
 /// The commit status context of a pipeline's runs.
 pub fn context(pipeline: &str) -> String {
     format!("pipewright/{pipeline}")
-}
-
-/// A run's page: where a status links to.
-pub fn run_url(app: &App, run_id: i64) -> String {
-    format!("{}/runs/{run_id}", app.public_url())
-}
-
-/// Status descriptions stay under Gitea's display width and DESIGN's 140 characters (run
-/// descriptions are shown clipped the same way in the API and UI). Texts are masked before
-/// they are stored, so a clip never cuts a secret that masking would then miss.
-pub fn clip(text: &str) -> String {
-    if text.chars().count() <= 139 {
-        return text.to_string();
-    }
-    let mut out: String = text.chars().take(138).collect();
-    out.push('…');
-    out
 }

@@ -18,11 +18,13 @@ use pipewright_pipelines::{
 use tokio::task::JoinSet;
 use tracing::{Instrument, info, info_span, warn};
 
-use super::{
+use crate::server::{
     App,
-    spec::{FileAt, Source},
+    intake::Intake,
+    intake::spec::{FileAt, Source},
 };
 use crate::{
+    error_chain,
     events::{Decoded, Event, decode},
     git::{GitError, Mirror, is_zero},
     gitea::GiteaError,
@@ -90,7 +92,7 @@ pub async fn run(app: Arc<App>, stop: CancellationToken) {
             tasks.spawn(
                 async move {
                     // A panic is this delivery's failure, not the loop's.
-                    let result = AssertUnwindSafe(attempt(&app, &delivery))
+                    let result = AssertUnwindSafe(attempt(&app.intake(), &delivery))
                         .catch_unwind()
                         .await
                         .unwrap_or_else(|panic| Err(IngestError::Panicked(panic_text(&*panic))));
@@ -150,26 +152,25 @@ fn settle(done: &Done, failures: &mut HashMap<i64, (u32, tokio::time::Instant)>)
 /// One start of a delivery's processing: counted durably first, so that a delivery that
 /// crashes the process is given up after [`ATTEMPTS`] starts instead of crashing every
 /// restart; given up, too, after that many ordinary failures.
-async fn attempt(app: &App, delivery: &Delivery) -> Result<String, IngestError> {
-    let started = app.store.start_delivery(delivery.id).await?;
+async fn attempt(intake: &Intake<'_>, delivery: &Delivery) -> Result<String, IngestError> {
+    let started = intake.store.start_delivery(delivery.id).await?;
     if started > ATTEMPTS {
         let why = format!(
             "given up: its processing was started {} times without finishing (failures, or crashes of the process)",
             started - 1
         );
         warn!(delivery = delivery.id, "{why}");
-        app.store
+        intake
+            .store
             .finish_delivery(delivery.id, DeliveryState::Failed, &why)
             .await?;
         return Ok(why);
     }
-    process(app, delivery.id, &delivery.event_type, &delivery.payload).await
+    process(intake, delivery.id, &delivery.event_type, &delivery.payload).await
 }
 
-pub use crate::error_chain;
-
 async fn process(
-    app: &App,
+    intake: &Intake<'_>,
     id: i64,
     event_type: &str,
     payload: &[u8],
@@ -177,21 +178,24 @@ async fn process(
     let event = match decode(event_type, payload) {
         Ok(Decoded::Act(event)) => event,
         Ok(Decoded::Ping | Decoded::Ignore(_)) => {
-            app.store
+            intake
+                .store
                 .finish_delivery(id, DeliveryState::Processed, "nothing to run")
                 .await?;
             return Ok("nothing to run".into());
         }
         Err(e) => {
             let why = error_chain(&e);
-            app.store
+            intake
+                .store
                 .finish_delivery(id, DeliveryState::Failed, &why)
                 .await?;
             return Ok(why);
         }
     };
-    if !app.config.repo_allowed(&event.repo().full_name) {
-        app.store
+    if !intake.config.repo_allowed(&event.repo().full_name) {
+        intake
+            .store
             .finish_delivery(
                 id,
                 DeliveryState::Processed,
@@ -200,7 +204,7 @@ async fn process(
             .await?;
         return Ok("repository not allowed by [[repos]]".into());
     }
-    let enqueued = enqueue_event(app, Some(id), &event).await?;
+    let enqueued = enqueue_event(intake, Some(id), &event).await?;
     if enqueued.duplicate {
         return Ok("the same event already has runs: nothing added".into());
     }
@@ -209,26 +213,27 @@ async fn process(
 
 /// Selects and enqueues the runs of an event (also used by catch-up, without a delivery).
 pub async fn enqueue_event(
-    app: &App,
+    intake: &Intake<'_>,
     delivery: Option<i64>,
     event: &Event,
 ) -> Result<Enqueued, IngestError> {
     let repo = event.repo();
-    app.store.remember_repo(&repo.known()).await?;
-    let mirror = app.git.fetch(&repo.full_name, repo.sha256).await?;
+    intake.store.remember_repo(&repo.known()).await?;
+    let mirror = intake.git.fetch(&repo.full_name, repo.sha256).await?;
     let sha = event.sha().to_string();
-    if let Some(why) = not_on_its_ref(app, &mirror, event).await {
+    if let Some(why) = not_on_its_ref(intake, &mirror, event).await {
         drop(mirror);
         warn!(repo = %repo.full_name, sha = %sha, reason = %why, "event refused: its commit is not on its ref");
         if let Some(d) = delivery {
-            app.store
+            intake
+                .store
                 .finish_delivery(d, DeliveryState::Processed, &why)
                 .await?;
         }
         return Ok(Enqueued::default());
     }
     let from_fork = match event {
-        Event::PullRequest { .. } => untrusted_pull_request(app, event).await?,
+        Event::PullRequest { .. } => untrusted_pull_request(intake, event).await?,
         Event::Push { .. } => false,
     };
     // The changed paths and the pipeline files, read at once: each is a git process or two.
@@ -243,20 +248,20 @@ pub async fn enqueue_event(
                 before,
                 after,
                 ..
-            } => push_changes(app, &mirror, branch, &repo.default_branch, before, after).await,
+            } => push_changes(intake, &mirror, branch, &repo.default_branch, before, after).await,
             Event::PullRequest {
                 base_branch,
                 head_sha,
                 ..
             } => {
                 let base_ref = format!("refs/heads/{base_branch}");
-                match app.git.merge_base(&mirror, &base_ref, head_sha).await {
-                    Some(base) => app
+                match intake.git.merge_base(&mirror, &base_ref, head_sha).await {
+                    Some(base) => intake
                         .git
                         .changed_files(&mirror, &base, head_sha)
                         .await
                         .map(Changes::Files),
-                    None => app
+                    None => intake
                         .git
                         .all_files(&mirror, head_sha)
                         .await
@@ -265,11 +270,12 @@ pub async fn enqueue_event(
             }
         }
     };
-    let (changes, files) = match tokio::try_join!(changes, app.git.pipelines_at(&mirror, &sha)) {
+    let (changes, files) = match tokio::try_join!(changes, intake.git.pipelines_at(&mirror, &sha)) {
         Ok(both) => both,
         Err(e) => {
             // Say the plain thing when the commit itself is missing.
-            app.git
+            intake
+                .git
                 .require_commit(&mirror, &repo.full_name, &sha)
                 .await?;
             return Err(e.into());
@@ -328,7 +334,7 @@ pub async fn enqueue_event(
         };
         runs.push(RunSpec::new(repo, &cx, file_at, source));
     }
-    let enqueued = app.enqueue(delivery, &runs).await?;
+    let enqueued = intake.queue.enqueue(delivery, &runs).await?;
     Ok(enqueued)
 }
 
@@ -336,7 +342,7 @@ pub async fn enqueue_event(
 /// push's `after` must be its branch's head or behind it (a tag's must be the tag), a pull
 /// request's head must be `refs/pull/<n>/head` or behind it. A payload can name any commit
 /// of the repository; only a verified ref ends up in a run and its identity token.
-async fn not_on_its_ref(app: &App, mirror: &Mirror, event: &Event) -> Option<String> {
+async fn not_on_its_ref(intake: &Intake<'_>, mirror: &Mirror, event: &Event) -> Option<String> {
     let (git_ref, sha, exact) = match event {
         Event::Push { git_ref, after, .. } => (
             git_ref.full(),
@@ -347,13 +353,13 @@ async fn not_on_its_ref(app: &App, mirror: &Mirror, event: &Event) -> Option<Str
             number, head_sha, ..
         } => (format!("refs/pull/{number}/head"), head_sha.as_str(), false),
     };
-    let Some(tip) = app.git.resolve(mirror, &git_ref).await else {
+    let Some(tip) = intake.git.resolve(mirror, &git_ref).await else {
         return Some(format!("{git_ref} does not exist in the repository"));
     };
-    let Some(commit) = app.git.resolve(mirror, sha).await else {
+    let Some(commit) = intake.git.resolve(mirror, sha).await else {
         return Some(format!("commit {sha} is not in the repository"));
     };
-    if tip == commit || (!exact && app.git.is_ancestor(mirror, &commit, &tip).await) {
+    if tip == commit || (!exact && intake.git.is_ancestor(mirror, &commit, &tip).await) {
         return None;
     }
     Some(format!(
@@ -365,7 +371,7 @@ async fn not_on_its_ref(app: &App, mirror: &Mirror, event: &Event) -> Option<Str
 /// when its head is in another repository, when the payload does not say which (ids
 /// missing or 0), and when its author may not write to the base repository (Gitea's AGit
 /// flow lets a reader open a pull request whose head is the base repository).
-async fn untrusted_pull_request(app: &App, event: &Event) -> Result<bool, IngestError> {
+async fn untrusted_pull_request(intake: &Intake<'_>, event: &Event) -> Result<bool, IngestError> {
     let Event::PullRequest {
         repo,
         head_repo_id,
@@ -378,12 +384,12 @@ async fn untrusted_pull_request(app: &App, event: &Event) -> Result<bool, Ingest
     if *head_repo_id <= 0 || repo.id <= 0 || *head_repo_id != repo.id || author.is_empty() {
         return Ok(true);
     }
-    Ok(!app.gitea.can_write(&repo.full_name, author).await?)
+    Ok(!intake.gitea.can_write(&repo.full_name, author).await?)
 }
 
 /// Changed files of a branch push, computed with git, never taken from the payload.
 async fn push_changes(
-    app: &App,
+    intake: &Intake<'_>,
     mirror: &Mirror,
     branch: &str,
     default_branch: &str,
@@ -391,23 +397,23 @@ async fn push_changes(
     after: &str,
 ) -> Result<Changes, GitError> {
     if !is_zero(before)
-        && let Ok(files) = app.git.changed_files(mirror, before, after).await
+        && let Ok(files) = intake.git.changed_files(mirror, before, after).await
     {
         return Ok(Changes::Files(files));
     }
     // A new branch (or an unknown `before`, after a force push): compare with the default
     // branch; the default branch itself with nothing to compare counts every file.
     if branch != default_branch
-        && let Some(base) = app
+        && let Some(base) = intake
             .git
             .merge_base(mirror, &format!("refs/heads/{default_branch}"), after)
             .await
     {
         return Ok(Changes::Files(
-            app.git.changed_files(mirror, &base, after).await?,
+            intake.git.changed_files(mirror, &base, after).await?,
         ));
     }
-    Ok(Changes::Files(app.git.all_files(mirror, after).await?))
+    Ok(Changes::Files(intake.git.all_files(mirror, after).await?))
 }
 
 /// `invalid pipeline: .pipewright/x.yml:3:5: unknown key … (+2 more)`.

@@ -4,23 +4,23 @@
 //! and a due pipeline gets a run on that branch's head. A run per pipeline and minute at
 //! most, also across restarts (its dedupe key names the minute).
 
-use std::{sync::Arc, time::Duration};
+use std::time::Duration;
 
 use pipewright_containers::CancellationToken;
 use pipewright_pipelines::{EventKind, GitRef, RunContext, cron_due, default_inputs};
 use tracing::{info, warn};
 
-use super::{
-    App,
-    ingest::error_chain,
-    spec::{FileAt, Source},
+use crate::server::{
+    intake::Intake,
+    intake::spec::{FileAt, Source},
 };
 use crate::{
+    error_chain,
     events::RepoInfo,
     store::{RunSpec, now_ms},
 };
 
-pub async fn run(app: Arc<App>, stop: CancellationToken) {
+pub async fn run(intake: Intake<'_>, stop: CancellationToken) {
     loop {
         // Just past the next minute boundary.
         let now = now_ms();
@@ -29,7 +29,7 @@ pub async fn run(app: Arc<App>, stop: CancellationToken) {
             _ = tokio::time::sleep(Duration::from_millis(wait as u64)) => {}
             _ = stop.cancelled() => return,
         }
-        match tick(&app, now_ms() / 1000).await {
+        match tick(&intake, now_ms() / 1000).await {
             Ok(0) => {}
             Ok(n) => info!(runs = n, "scheduled runs queued"),
             Err(why) => warn!(error = %why, "schedules failed"),
@@ -38,26 +38,31 @@ pub async fn run(app: Arc<App>, stop: CancellationToken) {
 }
 
 /// Queues the runs due in the minute of `epoch_secs`; returns how many.
-pub async fn tick(app: &App, epoch_secs: i64) -> Result<usize, String> {
+pub async fn tick(intake: &Intake<'_>, epoch_secs: i64) -> Result<usize, String> {
     let minute = epoch_secs / 60;
     let mut queued = 0;
-    for known in app.store.known_repos().await.map_err(|e| error_chain(&e))? {
+    for known in intake
+        .store
+        .known_repos()
+        .await
+        .map_err(|e| error_chain(&e))?
+    {
         // A repository remembered from before `[[repos]]` left it out is not run.
-        if !app.config.repo_allowed(&known.repo) {
+        if !intake.config.repo_allowed(&known.repo) {
             continue;
         }
         let repo = RepoInfo::from_known(&known);
-        let Ok(mirror) = app.git.open(&repo.full_name, false).await else {
+        let Ok(mirror) = intake.git.open(&repo.full_name, false).await else {
             continue;
         };
-        let Some(head) = app
+        let Some(head) = intake
             .git
             .resolve(&mirror, &format!("refs/heads/{}", repo.default_branch))
             .await
         else {
             continue;
         };
-        let files = match app.git.pipelines_at(&mirror, &head).await {
+        let files = match intake.git.pipelines_at(&mirror, &head).await {
             Ok(files) => files,
             Err(e) => {
                 warn!(repo = %repo.full_name, error = %error_chain(&e), "schedules: failed to read pipelines");
@@ -77,7 +82,7 @@ pub async fn tick(app: &App, epoch_secs: i64) -> Result<usize, String> {
             }
             let source = Source::Schedule { minute };
             let key = source.dedupe_key(&repo.full_name, &pipeline.name);
-            if app
+            if intake
                 .store
                 .dedupe_used(&key)
                 .await
@@ -99,7 +104,8 @@ pub async fn tick(app: &App, epoch_secs: i64) -> Result<usize, String> {
         if runs.is_empty() {
             continue;
         }
-        let enqueued = app
+        let enqueued = intake
+            .queue
             .enqueue(None, &runs)
             .await
             .map_err(|e| error_chain(&e))?;

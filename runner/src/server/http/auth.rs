@@ -5,8 +5,12 @@
 
 use axum::http::{HeaderMap, StatusCode, header};
 
-use super::{App, api::ApiError};
 use crate::config::{Scope, ScopedToken};
+use crate::server::{
+    App,
+    http::errors::{ApiError, internal},
+};
+use crate::store::{Run, StoreError};
 
 /// Who is asking, once a scope was checked.
 #[derive(Clone, Copy, Debug)]
@@ -92,4 +96,37 @@ pub fn require<'a>(
             "an API token is required (Authorization: Bearer …)".into(),
         )),
     }
+}
+
+/// Runs newest first, of one repository or all, limited to what the caller covers.
+pub async fn visible_runs(
+    app: &App,
+    caller: Caller<'_>,
+    repo: Option<&str>,
+    limit: i64,
+) -> Result<Vec<Run>, StoreError> {
+    if matches!(caller, Caller::Everything) {
+        return app.store.runs(repo, limit).await;
+    }
+    let repos: Vec<String> = match repo {
+        Some(repo) => vec![repo.to_owned()],
+        None => app.store.run_repos().await?,
+    };
+    let mut runs = Vec::new();
+    for repo in repos.iter().filter(|r| caller.covers(r)) {
+        runs.extend(app.store.runs(Some(repo), limit).await?);
+    }
+    runs.sort_by_key(|r| std::cmp::Reverse(r.id));
+    runs.truncate(usize::try_from(limit).unwrap_or(0));
+    Ok(runs)
+}
+
+/// A run the caller covers; any other is, to the caller, a run that does not exist.
+pub async fn load_run(app: &App, caller: Caller<'_>, id: i64) -> Result<Run, ApiError> {
+    app.store
+        .run(id)
+        .await
+        .map_err(internal)?
+        .filter(|run| caller.covers(&run.repo))
+        .ok_or_else(|| ApiError(StatusCode::NOT_FOUND, format!("no run {id}")))
 }

@@ -3,86 +3,28 @@
 //! logs and the final state. One cancellation token per running run.
 
 use std::{
-    collections::HashMap,
     io,
     path::PathBuf,
     sync::{Arc, Mutex},
     time::Duration,
 };
 
-use pipewright_containers::{
-    CancellationToken, Executor, LABEL_INSTANCE, LABEL_RUN, Outcome, Stream,
-};
+use pipewright_containers::{CancellationToken, Executor, Outcome, Stream};
 use pipewright_pipelines::{EventKind, PlannedStep, RunContext, plan};
-use tokio::{sync::Notify, task::JoinSet};
+use tokio::task::JoinSet;
 use tracing::{Instrument, info, info_span, warn};
 
-use super::{App, access::RunAccess, ingest::error_chain};
+use crate::server::{
+    App,
+    work::access::RunAccess,
+    work::registry::{Running, live_runs_filter},
+};
 use crate::{
+    error_chain,
     logs::LogWriter,
     run::{Reports, RunFacts, RunObserver, RunResult, RunSetup, StepResult, run_plan},
     store::{LEASE, Run, RunState, StepState, comments::NewComment, now_ms},
 };
-
-/// A run under way: how to stop it, and why it was stopped (its status description).
-#[derive(Debug)]
-struct Running {
-    cancel: CancellationToken,
-    reason: Arc<Mutex<Option<String>>>,
-}
-
-/// Which runs this process is running, and how to stop them.
-#[derive(Debug, Default)]
-pub struct Scheduler {
-    wake: Notify,
-    running: Mutex<HashMap<i64, Running>>,
-    owner: String,
-}
-
-impl Scheduler {
-    /// A scheduler whose leases are held as `instance` (the stable id of `data_dir/instance`,
-    /// the same across restarts, so a restart knows which running runs were its own).
-    pub fn new(instance: &str) -> Scheduler {
-        Scheduler {
-            owner: instance.to_string(),
-            ..Scheduler::default()
-        }
-    }
-
-    /// Something changed: look for runs to start.
-    pub fn wake(&self) {
-        self.wake.notify_one();
-    }
-
-    /// Cancels a running run; the reason becomes its status description.
-    pub fn cancel(&self, id: i64, why: &str) -> bool {
-        let running = self.running.lock().unwrap_or_else(|e| e.into_inner());
-        match running.get(&id) {
-            Some(run) => {
-                *run.reason.lock().unwrap_or_else(|e| e.into_inner()) = Some(why.to_string());
-                run.cancel.cancel();
-                true
-            }
-            None => false,
-        }
-    }
-
-    pub fn is_running(&self, id: i64) -> bool {
-        self.running
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .contains_key(&id)
-    }
-
-    fn running_ids(&self) -> Vec<i64> {
-        self.running
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .keys()
-            .copied()
-            .collect()
-    }
-}
 
 /// At start: runs this instance left `running` (a previous process of it) end as `error`
 /// (an interrupted `tofu apply` needs a person to look at its state lock, so nothing is
@@ -99,7 +41,10 @@ pub async fn settle_interrupted(app: &App) -> anyhow::Result<()> {
             )
             .await?;
     }
-    let removed = app.executor.reap(&live_runs_filter(app)).await?;
+    let removed = app
+        .executor
+        .reap(&live_runs_filter(&app.scheduler, &app.instance))
+        .await?;
     if removed > 0 {
         info!(removed, "removed containers left by a previous process");
     }
@@ -349,7 +294,7 @@ async fn run_with_access(
         run_id: run.id,
         writer: None,
     };
-    let executor = super::images::Pinned {
+    let executor = crate::server::work::images::Pinned {
         inner: app.executor.clone(),
         store: app.store.clone(),
         repo: run.repo.clone(),
@@ -511,20 +456,5 @@ impl RunObserver for StoreObserver<'_> {
         {
             warn!(error = ?e, step = %step.name, "failed to record the step's end");
         }
-    }
-}
-
-/// What reaping keeps: containers of other instances, and of runs this process runs.
-pub fn live_runs_filter(app: &App) -> impl Fn(&[(String, String)]) -> bool + Sync + '_ {
-    move |labels: &[(String, String)]| {
-        let ours = labels
-            .iter()
-            .any(|(k, v)| k == LABEL_INSTANCE && *v == app.instance);
-        let live = labels.iter().any(|(k, v)| {
-            k == LABEL_RUN
-                && v.parse::<i64>()
-                    .is_ok_and(|id| app.scheduler.is_running(id))
-        });
-        !ours || live
     }
 }

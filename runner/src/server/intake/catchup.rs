@@ -4,28 +4,28 @@
 //! missing (only for repositories `[[repos]]` allows). It also removes containers that
 //! belong to no live run.
 
-use std::{collections::HashSet, sync::Arc};
+use std::collections::HashSet;
 
 use pipewright_containers::{CancellationToken, Executor};
 use pipewright_pipelines::GitRef;
 use tracing::{info, warn};
 
-use super::{App, ingest::error_chain, worker::live_runs_filter};
+use crate::server::{intake::Intake, work::registry::live_runs_filter};
 use crate::{
-    checked,
+    checked, error_chain,
     events::{Event, RepoInfo},
     git::is_zero,
     store::{NewDelivery, Received},
 };
 
-pub async fn run(app: Arc<App>, stop: CancellationToken) {
+pub async fn run(intake: Intake<'_>, stop: CancellationToken) {
     // Commits already looked at (whether or not they selected a pipeline).
     let mut seen: HashSet<(String, String)> = HashSet::new();
     // Deliveries received before a restart come first: they know the event's actor and
     // `before`, which catch-up has to guess. (Running an event twice is impossible either
     // way: both add runs under the same dedupe key.)
     for _ in 0..100 {
-        match app.store.pending_deliveries(1).await {
+        match intake.store.pending_deliveries(1).await {
             Ok(pending) if !pending.is_empty() => {}
             _ => break,
         }
@@ -35,38 +35,45 @@ pub async fn run(app: Arc<App>, stop: CancellationToken) {
         }
     }
     loop {
-        if let Err(e) = reconcile(&app, &mut seen).await {
+        if let Err(e) = reconcile(&intake, &mut seen).await {
             warn!(error = %e, "catch-up failed");
         }
-        match app.executor.reap(&live_runs_filter(&app)).await {
+        match intake
+            .executor
+            .reap(&live_runs_filter(intake.queue.scheduler, intake.instance))
+            .await
+        {
             Ok(0) => {}
             Ok(n) => info!(removed = n, "removed containers of no live run"),
             Err(e) => warn!(error = %error_chain(&e), "failed to look for leftover containers"),
         }
         tokio::select! {
-            _ = tokio::time::sleep(app.config.server.catch_up_interval) => {}
+            _ = tokio::time::sleep(intake.config.server.catch_up_interval) => {}
             _ = stop.cancelled() => return,
         }
     }
 }
 
 /// One catch-up pass over every known repository, as the background task makes.
-pub async fn once(app: &App) -> anyhow::Result<()> {
-    reconcile(app, &mut HashSet::new()).await
+pub async fn once(intake: &Intake<'_>) -> anyhow::Result<()> {
+    reconcile(intake, &mut HashSet::new()).await
 }
 
-async fn reconcile(app: &App, seen: &mut HashSet<(String, String)>) -> anyhow::Result<()> {
-    if app.config.gitea.url.is_none() {
+async fn reconcile(
+    intake: &Intake<'_>,
+    seen: &mut HashSet<(String, String)>,
+) -> anyhow::Result<()> {
+    if intake.config.gitea.url.is_none() {
         return Ok(());
     }
-    for known in app.store.known_repos().await? {
+    for known in intake.store.known_repos().await? {
         // A repository remembered from before `[[repos]]` left it out is not run.
-        if !app.config.repo_allowed(&known.repo) {
+        if !intake.config.repo_allowed(&known.repo) {
             continue;
         }
         let repo = RepoInfo::from_known(&known);
         let mut missing: Vec<Event> = Vec::new();
-        let branches = match app.gitea.branches(&repo.full_name).await {
+        let branches = match intake.gitea.branches(&repo.full_name).await {
             Ok(b) => b,
             Err(e) => {
                 warn!(repo = %repo.full_name, error = %error_chain(&e), "catch-up: failed to list branches");
@@ -79,7 +86,7 @@ async fn reconcile(app: &App, seen: &mut HashSet<(String, String)>) -> anyhow::R
                 || !checked::is_ref_name(&branch.name)
                 || is_zero(&sha)
                 || seen.contains(&(repo.full_name.clone(), sha.clone()))
-                || app.store.has_runs_for(&repo.full_name, &sha).await?
+                || intake.store.has_runs_for(&repo.full_name, &sha).await?
             {
                 continue;
             }
@@ -87,7 +94,7 @@ async fn reconcile(app: &App, seen: &mut HashSet<(String, String)>) -> anyhow::R
                 sha256: sha.len() == 64,
                 ..repo.clone()
             };
-            let before = last_run_ancestor(app, &repo, &sha).await;
+            let before = last_run_ancestor(intake, &repo, &sha).await;
             missing.push(Event::Push {
                 repo,
                 git_ref: GitRef::Branch(branch.name),
@@ -96,7 +103,7 @@ async fn reconcile(app: &App, seen: &mut HashSet<(String, String)>) -> anyhow::R
                 actor: String::new(),
             });
         }
-        match app.gitea.open_pulls(&repo.full_name).await {
+        match intake.gitea.open_pulls(&repo.full_name).await {
             Ok(pulls) => {
                 for pr in pulls {
                     let sha = pr.head.sha.clone();
@@ -105,7 +112,7 @@ async fn reconcile(app: &App, seen: &mut HashSet<(String, String)>) -> anyhow::R
                         || !checked::is_ref_name(base_branch)
                         || pr.number <= 0
                         || seen.contains(&(repo.full_name.clone(), sha.clone()))
-                        || app.store.has_runs_for(&repo.full_name, &sha).await?
+                        || intake.store.has_runs_for(&repo.full_name, &sha).await?
                     {
                         continue;
                     }
@@ -148,7 +155,7 @@ async fn reconcile(app: &App, seen: &mut HashSet<(String, String)>) -> anyhow::R
                 repo: repo.full_name.clone(),
                 payload: payload.to_string().into_bytes(),
             };
-            match app.deliveries.store(delivery).await {
+            match intake.deliveries.store(delivery).await {
                 Ok(Received::New(id)) => {
                     info!(repo = %repo.full_name, sha = %event.sha(), delivery = id, "catch-up: queued a missed event");
                     seen.insert(key);
@@ -168,17 +175,17 @@ async fn reconcile(app: &App, seen: &mut HashSet<(String, String)>) -> anyhow::R
 /// The push a missed branch head stands for starts at the newest ancestor Pipewright ran
 /// for (so a missed push that changed only docs does not run every pipeline); without
 /// one, at its parent; on a lone root commit, nowhere (every file counts).
-async fn last_run_ancestor(app: &App, repo: &RepoInfo, sha: &str) -> String {
+async fn last_run_ancestor(intake: &Intake<'_>, repo: &RepoInfo, sha: &str) -> String {
     let zero = "0".repeat(sha.len());
-    let Ok(mirror) = app.git.fetch(&repo.full_name, repo.sha256).await else {
+    let Ok(mirror) = intake.git.fetch(&repo.full_name, repo.sha256).await else {
         return zero;
     };
-    let Ok(ancestors) = app.git.ancestors(&mirror, sha, 100).await else {
+    let Ok(ancestors) = intake.git.ancestors(&mirror, sha, 100).await else {
         return zero;
     };
     drop(mirror);
     for candidate in ancestors.iter().skip(1) {
-        if app
+        if intake
             .store
             .has_runs_for(&repo.full_name, candidate)
             .await

@@ -9,13 +9,14 @@ use axum::{
     response::{Html, IntoResponse, Response},
 };
 
-use super::{
-    App,
-    api::{ApiError, load_run, rfc3339, visible_runs},
-    auth::require,
-    reporter::clip,
-};
 use crate::config::Scope;
+use crate::server::{
+    App,
+    http::auth::{load_run, require, visible_runs},
+    http::dto::rfc3339,
+    http::errors::ApiError,
+    present::clip,
+};
 
 fn escape(text: &str) -> String {
     let mut out = String::with_capacity(text.len());

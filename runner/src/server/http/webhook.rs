@@ -18,7 +18,7 @@ use sha2::Sha256;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{info, warn};
 
-use super::App;
+use crate::server::App;
 use crate::{
     events::{Decoded, decode},
     store::{NewDelivery, Received, Store},

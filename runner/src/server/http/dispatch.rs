@@ -13,14 +13,14 @@ use axum::{
 use pipewright_pipelines::{EventKind, GitRef, RunContext, resolve_inputs};
 use serde::Deserialize;
 
-use super::{
+use crate::server::{
     App,
-    api::{ApiError, RunDto, run_dto},
-    auth::require,
-    ingest::error_chain,
-    spec::{FileAt, Source},
+    http::auth::require,
+    http::dto::{RunDto, run_dto},
+    http::errors::ApiError,
+    intake::spec::{FileAt, Source},
 };
-use crate::{config::Scope, events::RepoInfo, store::RunSpec};
+use crate::{config::Scope, error_chain, events::RepoInfo, store::RunSpec};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]

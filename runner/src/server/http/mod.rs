@@ -1,0 +1,12 @@
+//! The HTTP layer: the connection loop and its limits, the router, API tokens, the webhook
+//! receiver, the API, dispatch and the UI.
+
+pub(super) mod api;
+pub(super) mod auth;
+pub(super) mod conn;
+pub(super) mod dispatch;
+pub(super) mod dto;
+pub(super) mod errors;
+pub(super) mod router;
+pub(super) mod ui;
+pub(super) mod webhook;

@@ -1,0 +1,51 @@
+//! The routes: which handler answers which path, within which body bounds. The handlers
+//! get the whole `App`; the layers below them get only their parts.
+
+use std::sync::Arc;
+
+use axum::{
+    Router,
+    extract::DefaultBodyLimit,
+    middleware,
+    routing::{get, post},
+};
+
+use crate::server::{
+    App,
+    http::conn::{BodyBounds, body_budget, bounded_body},
+    http::{api, dispatch, ui, webhook},
+};
+
+pub fn router(app: Arc<App>) -> Router {
+    let limits = &app.config.server.http;
+    let budget = body_budget(limits, webhook::MAX_BODY);
+    let deliveries = BodyBounds::deliveries(limits, budget.clone(), webhook::MAX_BODY);
+    let hooks = Router::new()
+        .route(
+            "/hooks/gitea",
+            post(webhook::receive).layer(DefaultBodyLimit::max(webhook::MAX_BODY)),
+        )
+        .route_layer(middleware::from_fn_with_state(deliveries, bounded_body));
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/.well-known/openid-configuration", get(api::discovery))
+        .route("/.well-known/jwks.json", get(api::jwks))
+        .route("/readyz", get(api::readyz))
+        .route("/api/v1/runs", get(api::list_runs))
+        .route("/api/v1/runs/{id}", get(api::get_run))
+        .route("/api/v1/runs/{id}/steps/{n}/log", get(api::step_log))
+        .route("/api/v1/runs/{id}/cancel", post(api::cancel_run))
+        .route("/api/v1/runs/{id}/rerun", post(api::rerun))
+        .route(
+            "/api/v1/repos/{owner}/{repo}/pipelines/{name}/dispatch",
+            post(dispatch::dispatch),
+        )
+        .route("/", get(ui::index))
+        .route("/runs/{id}", get(ui::run_page))
+        .layer(middleware::from_fn_with_state(
+            BodyBounds::api(limits, budget),
+            bounded_body,
+        ))
+        .merge(hooks)
+        .with_state(app)
+}
