@@ -9,18 +9,19 @@
 /// `..` or starting with `-` or `.`, no `..` anywhere (so no path can climb out of the git
 /// mirrors' directory).
 pub fn is_repo_name(full_name: &str) -> bool {
-    let Some((owner, name)) = full_name.split_once('/') else {
-        return false;
-    };
-    let part = |s: &str| {
-        !s.is_empty()
-            && s.len() <= 100
-            && !s.starts_with(['-', '.'])
-            && !s.contains("..")
-            && s.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
-    };
-    part(owner) && part(name)
+    full_name
+        .split_once('/')
+        .is_some_and(|(owner, name)| is_name_part(owner) && is_name_part(name))
+}
+
+/// One side of `owner/name` by [`is_repo_name`]'s rules.
+pub fn is_name_part(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 100
+        && !s.starts_with(['-', '.'])
+        && !s.contains("..")
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
 }
 
 /// A full commit id: 40 (SHA-1) or 64 (SHA-256) lowercase hex digits.

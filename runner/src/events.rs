@@ -81,15 +81,20 @@ pub struct Invalid {
 
 impl Invalid {
     fn new(field: &'static str, value: &str) -> Invalid {
-        let mut shown: String = value.chars().take(80).collect();
-        if shown.len() < value.len() {
-            shown.push('…');
-        }
         Invalid {
             field,
-            value: format!("{shown:?}"),
+            value: quoted(value),
         }
     }
+}
+
+/// A payload value fit for a message or a log line: quoted, escaped, at most 80 characters.
+fn quoted(value: &str) -> String {
+    let mut shown: String = value.chars().take(80).collect();
+    if shown.len() < value.len() {
+        shown.push('…');
+    }
+    format!("{shown:?}")
 }
 
 /// An event Pipewright acts on. Every field has been checked: names and refs by
@@ -349,13 +354,13 @@ fn decode_push(push: payload::Push) -> Result<Decoded, Invalid> {
     if is_zero(&push.after) {
         return Ok(Decoded::Ignore(format!(
             "{} deleted: nothing to run",
-            Invalid::new("ref", &push.git_ref).value
+            quoted(&push.git_ref)
         )));
     }
     let Some(git_ref) = GitRef::from_full(&push.git_ref) else {
         return Ok(Decoded::Ignore(format!(
             "{} is neither a branch nor a tag",
-            Invalid::new("ref", &push.git_ref).value
+            quoted(&push.git_ref)
         )));
     };
     if !checked::is_full_ref(&push.git_ref) {
@@ -382,7 +387,7 @@ fn decode_pull_request(ev: payload::PullRequestEvent) -> Result<Decoded, Invalid
     if !acts {
         return Ok(Decoded::Ignore(format!(
             "pull request {}: nothing to run",
-            Invalid::new("action", &ev.action).value
+            quoted(&ev.action)
         )));
     }
     let Some(pr) = ev.pull_request else {

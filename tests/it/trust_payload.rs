@@ -37,6 +37,14 @@ fn ci_commits(repo: &Repo, script: &str) -> (String, String) {
     (first, second)
 }
 
+/// A branch `branch` off main with one commit writing `file`, and a pull request of it into
+/// main: the pull request's number and head commit.
+fn open_pr(repo: &Repo, branch: &str, file: &str) -> (u64, String) {
+    repo.create_branch(branch, "main");
+    let head = repo.commit(branch, "work").write(file, "x\n").push();
+    (repo.open_pull(branch, "main"), head)
+}
+
 /// Waits until every stored delivery has been processed.
 async fn processed(server: &Server, deliveries: i64) {
     eventually(
@@ -205,9 +213,7 @@ async fn a_commit_that_is_not_on_its_ref_runs_nothing() {
     );
 
     // A pull request whose payload names a commit that is not its head.
-    repo.create_branch("feature", "main");
-    repo.commit("feature", "work").write("a.txt", "a\n").push();
-    let number = repo.open_pull("feature", "main");
+    let (number, _) = open_pr(&repo, "feature", "a.txt");
     let (code, _) = repo
         .pull_request_event(number, PullAction::Opened)
         .edit(|v| v["pull_request"]["head"]["sha"] = evil.clone().into())
@@ -545,9 +551,7 @@ async fn concurrency_groups_cannot_reach_other_repositories_or_trusted_runs() {
         202
     );
     // And a pull request of the victim's own plans in the group, cancelling.
-    victim.create_branch("feature", "main");
-    victim.commit("feature", "pr").write("b.txt", "b\n").push();
-    let number = victim.open_pull("feature", "main");
+    let (number, _) = open_pr(&victim, "feature", "b.txt");
     assert_eq!(
         victim
             .pull_request_event(number, PullAction::Opened)
@@ -610,12 +614,7 @@ async fn pull_requests_that_only_look_trusted_get_no_identity_token() {
         .push();
 
     // The repository's owner: trusted, gets a token.
-    repo.create_branch("owner-work", "main");
-    let owned = repo
-        .commit("owner-work", "work")
-        .write("a.txt", "a\n")
-        .push();
-    let number = repo.open_pull("owner-work", "main");
+    let (number, owned) = open_pr(&repo, "owner-work", "a.txt");
     let opened = repo.pull_request_event(number, PullAction::Opened);
     let log = pull_request_log(&server, opened.clone(), &owned).await;
     assert!(log.contains("token=present"), "{log}");
@@ -635,12 +634,7 @@ async fn pull_requests_that_only_look_trusted_get_no_identity_token() {
     // A reader's pull request whose head is the base repository itself (Gitea's AGit flow):
     // not trusted either.
     let mallory = repo.as_user("mallory");
-    mallory.create_branch("mallory-work", "main");
-    let theirs = mallory
-        .commit("mallory-work", "work")
-        .write("b.txt", "b\n")
-        .push();
-    let number = mallory.open_pull("mallory-work", "main");
+    let (number, theirs) = open_pr(&mallory, "mallory-work", "b.txt");
     let log = pull_request_log(
         &server,
         mallory.pull_request_event(number, PullAction::Opened),
@@ -662,12 +656,7 @@ async fn pull_requests_that_only_look_trusted_get_no_identity_token() {
     // When Pipewright's user may not ask (it is no repository admin), even the owner's pull
     // request runs untrusted, rather than not at all.
     repo.set_permission(gitea.bot_login(), Permission::Write);
-    repo.create_branch("owner-more", "main");
-    let more = repo
-        .commit("owner-more", "more")
-        .write("c.txt", "c\n")
-        .push();
-    let number = repo.open_pull("owner-more", "main");
+    let (number, more) = open_pr(&repo, "owner-more", "c.txt");
     let log = pull_request_log(
         &server,
         repo.pull_request_event(number, PullAction::Opened),

@@ -191,7 +191,7 @@ async fn resolve_ref(
 /// An owner or repository name as Gitea allows them (letters, digits, `-`, `_`, `.`; not
 /// `.` or `..`): a name from the URL never reaches Gitea's API or git otherwise.
 fn check_repo_segment(segment: &str) -> Result<(), String> {
-    if crate::checked::is_repo_name(&format!("{segment}/x")) {
+    if crate::checked::is_name_part(segment) {
         Ok(())
     } else {
         Err(format!("{segment:?} is not an owner or repository name"))
