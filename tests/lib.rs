@@ -10,7 +10,8 @@ use std::{
 };
 
 use pipewright_containers::{
-    DockerConfig, DockerExecutor, LABEL_RUN, LABEL_STEP, LogSink, StepSpec, Stream,
+    BuildOutcome, BuildSpec, CancellationToken, DockerConfig, DockerExecutor, ExecError, Executor,
+    LABEL_RUN, LABEL_STEP, LogSink, Outcome, PushOutcome, RegistryAuth, StepSpec, Stream,
 };
 
 /// The image every executor test runs: `FROM scratch` plus busybox, built by
@@ -36,6 +37,58 @@ pub async fn docker() -> DockerExecutor {
             "the Docker engine is not reachable; run scripts/test-env.sh first: {}",
             error_chain(&err)
         ),
+    }
+}
+
+/// No container engine at all: for servers of tests that run no step (HTTP limits, tokens,
+/// webhook answers), so that they need no Docker engine. Every call that would need an
+/// engine fails as an unreachable engine does; there is nothing to reap.
+#[derive(Debug)]
+pub struct NoEngine;
+
+fn no_engine() -> ExecError {
+    ExecError::Engine("this test runs without a container engine".into())
+}
+
+impl Executor for NoEngine {
+    async fn run_step(
+        &self,
+        _: &StepSpec,
+        _: &mut dyn LogSink,
+        _: &CancellationToken,
+    ) -> Result<Outcome, ExecError> {
+        Err(no_engine())
+    }
+    async fn reap(
+        &self,
+        _: &(dyn Fn(&[(String, String)]) -> bool + Sync),
+    ) -> Result<usize, ExecError> {
+        Ok(0)
+    }
+    async fn build_image(
+        &self,
+        _: &BuildSpec,
+        _: &mut dyn LogSink,
+        _: &CancellationToken,
+    ) -> Result<BuildOutcome, ExecError> {
+        Err(no_engine())
+    }
+    async fn push_image(
+        &self,
+        _: &str,
+        _: Option<&RegistryAuth>,
+        _: &mut dyn LogSink,
+    ) -> Result<PushOutcome, ExecError> {
+        Err(no_engine())
+    }
+    async fn remove_image(&self, _: &str) -> Result<bool, ExecError> {
+        Err(no_engine())
+    }
+    async fn local_image_id(&self, _: &str) -> Result<Option<String>, ExecError> {
+        Err(no_engine())
+    }
+    async fn ping(&self) -> Result<(), ExecError> {
+        Err(no_engine())
     }
 }
 

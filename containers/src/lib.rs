@@ -10,10 +10,12 @@
 
 mod build;
 mod docker;
+mod shared;
 
 use std::{fmt, io, path::PathBuf, time::Duration};
 
 pub use docker::{DockerConfig, DockerExecutor};
+pub use shared::SharedExecutor;
 pub use tokio_util::sync::CancellationToken;
 
 /// Label carried by every container Pipewright creates (value `"true"`): the handle for
@@ -275,6 +277,7 @@ pub enum ExecError {
 ///   --force`, for cleanup; `Ok(false)` when there was no such image.
 /// - [`local_image_id`](Executor::local_image_id) says which image a reference names on
 ///   the engine now (`sha256:…`), without pulling; `Ok(None)` when it names none.
+/// - [`ping`](Executor::ping) says whether the engine answers (for readiness checks).
 /// - For these as for steps, `Err` means only that the engine could not be reached
 ///   or answered nonsense.
 pub trait Executor: Send + Sync + 'static {
@@ -318,4 +321,7 @@ pub trait Executor: Send + Sync + 'static {
         &self,
         reference: &str,
     ) -> impl Future<Output = Result<Option<String>, ExecError>> + Send;
+
+    /// `Ok` when the engine answers.
+    fn ping(&self) -> impl Future<Output = Result<(), ExecError>> + Send;
 }

@@ -9,7 +9,8 @@ use std::{
 };
 
 use pipewright::server::{App, serve};
-use pipewright_containers::CancellationToken;
+use pipewright_containers::{CancellationToken, SharedExecutor};
+use pipewright_tests::NoEngine;
 use pipewright_tests::fake_gitea::{
     DeliverOptions, Delivery, FakeGitea, PullAction, Repo, SignatureMode, Status,
 };
@@ -19,6 +20,14 @@ use tokio::{net::TcpListener, task::JoinHandle};
 pub(crate) const SECRET: &str = "webhook-secret";
 pub(crate) const API_TOKEN: &str = "api-token-for-tests";
 pub(crate) const IMAGE: &str = "pipewright-test/busybox:1";
+
+/// The container engine of a test server.
+enum Engine {
+    /// The machine's Docker engine.
+    Docker,
+    /// None: the test runs no step.
+    None,
+}
 
 /// A Pipewright server in this process, on its own data directory.
 pub(crate) struct Server {
@@ -73,6 +82,26 @@ impl Server {
         extra: &[(&str, &str)],
         toml: &str,
     ) -> Server {
+        Server::start_on(data, gitea, extra, toml, Engine::Docker).await
+    }
+
+    /// A server with no container engine (see [`NoEngine`]): for tests that run no step.
+    pub(crate) async fn start_without_engine(
+        gitea: &FakeGitea,
+        extra: &[(&str, &str)],
+        toml: &str,
+    ) -> Server {
+        let data = tempfile::tempdir().unwrap();
+        Server::start_on(data, gitea, extra, toml, Engine::None).await
+    }
+
+    async fn start_on(
+        data: tempfile::TempDir,
+        gitea: &FakeGitea,
+        extra: &[(&str, &str)],
+        toml: &str,
+        engine: Engine,
+    ) -> Server {
         let _ = tracing_subscriber::fmt()
             .with_env_filter(
                 tracing_subscriber::EnvFilter::try_from_env("PIPEWRIGHT_LOG")
@@ -87,9 +116,14 @@ impl Server {
         let file = data.path().join("pipewright.toml");
         std::fs::write(&file, toml).unwrap();
         let config = pipewright::config::load(Some(&file), env).expect("test configuration");
-        let app = App::new(config)
-            .await
-            .expect("the server's parts (is the Docker engine running?)");
+        let app = match engine {
+            Engine::Docker => App::new(config)
+                .await
+                .expect("the server's parts (is the Docker engine running?)"),
+            Engine::None => App::with_executor(config, SharedExecutor::new("none", NoEngine))
+                .await
+                .expect("the server's parts"),
+        };
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(serve(listener, app.clone(), shutdown.clone()));
         Server {

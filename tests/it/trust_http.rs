@@ -165,7 +165,9 @@ fn ci_repo(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slowloris_connections_are_cut_while_deliveries_are_answered() {
     let gitea = FakeGitea::start().await;
-    let server = Server::start_with(&gitea, &[("PIPEWRIGHT_SERVER__HEADER_TIMEOUT", "10s")]).await;
+    let server =
+        Server::start_without_engine(&gitea, &[("PIPEWRIGHT_SERVER__HEADER_TIMEOUT", "10s")], "")
+            .await;
     let (_repo, push) = quiet_repo(&gitea, "slow");
     let (mut attackers, cut, give_up) = start_slowloris(&server, 300).await;
     // Most of them connected and trickling at once (on a busy machine the first may already
@@ -217,12 +219,13 @@ async fn more_slow_clients_than_the_cap_never_hold_more_descriptors_than_the_cap
     let gitea = FakeGitea::start().await;
     // A header timeout longer than the delivery client waits (5 s): only eviction at the cap
     // can make room for the delivery.
-    let server = Server::start_with(
+    let server = Server::start_without_engine(
         &gitea,
         &[
             ("PIPEWRIGHT_SERVER__HEADER_TIMEOUT", "60s"),
             ("PIPEWRIGHT_SERVER__MAX_CONNECTIONS", "32"),
         ],
+        "",
     )
     .await;
     let (_repo, push) = quiet_repo(&gitea, "capped");
@@ -265,7 +268,9 @@ async fn more_slow_clients_than_the_cap_never_hold_more_descriptors_than_the_cap
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_body_is_cut_after_the_body_timeout() {
     let gitea = FakeGitea::start().await;
-    let server = Server::start_with(&gitea, &[("PIPEWRIGHT_SERVER__BODY_TIMEOUT", "2s")]).await;
+    let server =
+        Server::start_without_engine(&gitea, &[("PIPEWRIGHT_SERVER__BODY_TIMEOUT", "2s")], "")
+            .await;
     let (_repo, push) = quiet_repo(&gitea, "stall");
     let mut stream = TcpStream::connect(address(&server)).await.unwrap();
     let head = format!(

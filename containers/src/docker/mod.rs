@@ -95,18 +95,17 @@ impl DockerExecutor {
         executor.ping().await?;
         Ok(executor)
     }
+}
 
-    /// Checks that the engine answers (readiness).
-    pub async fn ping(&self) -> Result<(), ExecError> {
+impl Executor for DockerExecutor {
+    async fn ping(&self) -> Result<(), ExecError> {
         self.docker
             .ping()
             .await
             .map(drop)
             .map_err(|source| engine_error("ping the Docker engine", source))
     }
-}
 
-impl Executor for DockerExecutor {
     async fn run_step(
         &self,
         spec: &StepSpec,

@@ -15,7 +15,7 @@ use std::{sync::Arc, time::Duration};
 
 use anyhow::Context;
 use intake::{Inbox, Intake, Queue};
-use pipewright_containers::{CancellationToken, DockerConfig, DockerExecutor};
+use pipewright_containers::{CancellationToken, DockerConfig, DockerExecutor, SharedExecutor};
 use report::Reporter;
 use tasks::{TaskFn, supervise};
 use tokio::{net::TcpListener, sync::Notify, task::JoinSet};
@@ -42,7 +42,8 @@ pub use work::registry::Scheduler;
 pub struct App {
     pub config: Config,
     pub store: Store,
-    pub executor: DockerExecutor,
+    /// The container engine (Docker, unless the embedder chose another).
+    pub executor: SharedExecutor,
     pub gitea: Gitea,
     pub git: Git,
     pub logs: LogStore,
@@ -66,17 +67,26 @@ pub struct App {
 impl App {
     /// Connects to the database, Docker and Gitea as the configuration says.
     pub async fn new(config: Config) -> anyhow::Result<Arc<App>> {
-        let data_dir = config.server.data_dir.clone();
-        private_data_dir(&data_dir)?;
-        let store = Store::open(&config.database.url)
-            .await
-            .with_context(|| format!("failed to open the database {}", config.database.url))?;
         let executor = DockerExecutor::connect(DockerConfig {
             host: config.docker.host.clone(),
             stop_grace: config.docker.stop_grace,
         })
         .await
         .context("failed to reach the Docker engine")?;
+        App::with_executor(config, SharedExecutor::new("docker", executor)).await
+    }
+
+    /// Connects to the database and Gitea as the configuration says, and runs steps with
+    /// `executor` instead of the configured Docker engine.
+    pub async fn with_executor(
+        config: Config,
+        executor: SharedExecutor,
+    ) -> anyhow::Result<Arc<App>> {
+        let data_dir = config.server.data_dir.clone();
+        private_data_dir(&data_dir)?;
+        let store = Store::open(&config.database.url)
+            .await
+            .with_context(|| format!("failed to open the database {}", config.database.url))?;
         let client = http_client(config.gitea.ca_file.as_deref())?;
         let gitea_url = config.gitea.url.clone().unwrap_or_default();
         let gitea = Gitea::new(&gitea_url, config.gitea.token.clone(), client.clone());

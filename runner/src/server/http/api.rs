@@ -12,6 +12,7 @@ use axum::{
         sse::{Event as SseEvent, KeepAlive, Sse},
     },
 };
+use pipewright_containers::Executor;
 use serde::Deserialize;
 
 use crate::server::{

@@ -6,7 +6,7 @@ pub(super) mod ingest;
 pub(super) mod schedule;
 pub(super) mod spec;
 
-use pipewright_containers::DockerExecutor;
+use pipewright_containers::SharedExecutor;
 use tokio::sync::Notify;
 
 use crate::{
@@ -63,6 +63,6 @@ pub struct Intake<'a> {
     pub deliveries: &'a dyn Inbox,
     pub queue: Queue<'a>,
     /// Catch-up removes the containers of no live run of this instance.
-    pub executor: &'a DockerExecutor,
+    pub executor: &'a SharedExecutor,
     pub instance: &'a str,
 }

@@ -10,8 +10,8 @@
 //! from `image_pins`.
 
 use pipewright_containers::{
-    BuildOutcome, BuildSpec, CancellationToken, DockerExecutor, ExecError, Executor, LogSink,
-    Outcome, PushOutcome, RegistryAuth, StepSpec,
+    BuildOutcome, BuildSpec, CancellationToken, ExecError, Executor, LogSink, Outcome, PushOutcome,
+    RegistryAuth, SharedExecutor, StepSpec,
 };
 use tracing::warn;
 
@@ -26,7 +26,7 @@ fn short_id(id: &str) -> &str {
 /// The engine as one run sees it.
 #[derive(Clone, Debug)]
 pub struct Pinned {
-    pub inner: DockerExecutor,
+    pub inner: SharedExecutor,
     pub store: Store,
     pub repo: String,
     pub run_id: i64,
@@ -138,5 +138,9 @@ impl Executor for Pinned {
 
     async fn local_image_id(&self, reference: &str) -> Result<Option<String>, ExecError> {
         self.inner.local_image_id(reference).await
+    }
+
+    async fn ping(&self) -> Result<(), ExecError> {
+        self.inner.ping().await
     }
 }

@@ -1,0 +1,161 @@
+//! The executor as a trait object: [`SharedExecutor`] holds any [`Executor`] behind an
+//! `Arc<dyn …>`, so that a program (the server) can be built around an engine chosen at
+//! start — Docker, or none at all — without being generic over it.
+
+use std::{fmt, future::Future, pin::Pin, sync::Arc};
+
+use crate::{
+    BuildOutcome, BuildSpec, CancellationToken, ExecError, Executor, LogSink, Outcome, PushOutcome,
+    RegistryAuth, StepSpec,
+};
+
+type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// [`Executor`] with boxed futures, which a trait object can have; every executor is one.
+trait DynExecutor: Send + Sync + 'static {
+    fn run_step<'a>(
+        &'a self,
+        spec: &'a StepSpec,
+        sink: &'a mut dyn LogSink,
+        cancel: &'a CancellationToken,
+    ) -> BoxFuture<'a, Result<Outcome, ExecError>>;
+    #[allow(clippy::type_complexity, reason = "the signature of Executor::reap")]
+    fn reap<'a>(
+        &'a self,
+        keep: &'a (dyn Fn(&[(String, String)]) -> bool + Sync),
+    ) -> BoxFuture<'a, Result<usize, ExecError>>;
+    fn build_image<'a>(
+        &'a self,
+        spec: &'a BuildSpec,
+        sink: &'a mut dyn LogSink,
+        cancel: &'a CancellationToken,
+    ) -> BoxFuture<'a, Result<BuildOutcome, ExecError>>;
+    fn push_image<'a>(
+        &'a self,
+        reference: &'a str,
+        auth: Option<&'a RegistryAuth>,
+        sink: &'a mut dyn LogSink,
+    ) -> BoxFuture<'a, Result<PushOutcome, ExecError>>;
+    fn remove_image<'a>(&'a self, reference: &'a str) -> BoxFuture<'a, Result<bool, ExecError>>;
+    fn local_image_id<'a>(
+        &'a self,
+        reference: &'a str,
+    ) -> BoxFuture<'a, Result<Option<String>, ExecError>>;
+    fn ping(&self) -> BoxFuture<'_, Result<(), ExecError>>;
+}
+
+impl<E: Executor> DynExecutor for E {
+    fn run_step<'a>(
+        &'a self,
+        spec: &'a StepSpec,
+        sink: &'a mut dyn LogSink,
+        cancel: &'a CancellationToken,
+    ) -> BoxFuture<'a, Result<Outcome, ExecError>> {
+        Box::pin(Executor::run_step(self, spec, sink, cancel))
+    }
+    fn reap<'a>(
+        &'a self,
+        keep: &'a (dyn Fn(&[(String, String)]) -> bool + Sync),
+    ) -> BoxFuture<'a, Result<usize, ExecError>> {
+        Box::pin(Executor::reap(self, keep))
+    }
+    fn build_image<'a>(
+        &'a self,
+        spec: &'a BuildSpec,
+        sink: &'a mut dyn LogSink,
+        cancel: &'a CancellationToken,
+    ) -> BoxFuture<'a, Result<BuildOutcome, ExecError>> {
+        Box::pin(Executor::build_image(self, spec, sink, cancel))
+    }
+    fn push_image<'a>(
+        &'a self,
+        reference: &'a str,
+        auth: Option<&'a RegistryAuth>,
+        sink: &'a mut dyn LogSink,
+    ) -> BoxFuture<'a, Result<PushOutcome, ExecError>> {
+        Box::pin(Executor::push_image(self, reference, auth, sink))
+    }
+    fn remove_image<'a>(&'a self, reference: &'a str) -> BoxFuture<'a, Result<bool, ExecError>> {
+        Box::pin(Executor::remove_image(self, reference))
+    }
+    fn local_image_id<'a>(
+        &'a self,
+        reference: &'a str,
+    ) -> BoxFuture<'a, Result<Option<String>, ExecError>> {
+        Box::pin(Executor::local_image_id(self, reference))
+    }
+    fn ping(&self) -> BoxFuture<'_, Result<(), ExecError>> {
+        Box::pin(Executor::ping(self))
+    }
+}
+
+/// Any executor, shared: cloning is cheap, and every call goes to the one inside.
+#[derive(Clone)]
+pub struct SharedExecutor {
+    inner: Arc<dyn DynExecutor>,
+    name: &'static str,
+}
+
+impl SharedExecutor {
+    /// Shares `executor`; `name` says which engine it is in `Debug` output (`docker`).
+    pub fn new(name: &'static str, executor: impl Executor) -> SharedExecutor {
+        SharedExecutor {
+            inner: Arc::new(executor),
+            name,
+        }
+    }
+}
+
+impl fmt::Debug for SharedExecutor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("SharedExecutor").field(&self.name).finish()
+    }
+}
+
+impl Executor for SharedExecutor {
+    async fn run_step(
+        &self,
+        spec: &StepSpec,
+        sink: &mut dyn LogSink,
+        cancel: &CancellationToken,
+    ) -> Result<Outcome, ExecError> {
+        self.inner.run_step(spec, sink, cancel).await
+    }
+
+    async fn reap(
+        &self,
+        keep: &(dyn Fn(&[(String, String)]) -> bool + Sync),
+    ) -> Result<usize, ExecError> {
+        self.inner.reap(keep).await
+    }
+
+    async fn build_image(
+        &self,
+        spec: &BuildSpec,
+        sink: &mut dyn LogSink,
+        cancel: &CancellationToken,
+    ) -> Result<BuildOutcome, ExecError> {
+        self.inner.build_image(spec, sink, cancel).await
+    }
+
+    async fn push_image(
+        &self,
+        reference: &str,
+        auth: Option<&RegistryAuth>,
+        sink: &mut dyn LogSink,
+    ) -> Result<PushOutcome, ExecError> {
+        self.inner.push_image(reference, auth, sink).await
+    }
+
+    async fn remove_image(&self, reference: &str) -> Result<bool, ExecError> {
+        self.inner.remove_image(reference).await
+    }
+
+    async fn local_image_id(&self, reference: &str) -> Result<Option<String>, ExecError> {
+        self.inner.local_image_id(reference).await
+    }
+
+    async fn ping(&self) -> Result<(), ExecError> {
+        self.inner.ping().await
+    }
+}
