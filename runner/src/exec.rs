@@ -16,8 +16,9 @@ use pipewright_pipelines::{
 
 use crate::{
     config::Secret,
+    git::git_facts,
     identity::{Issuer, RunClaims},
-    local::{copy_tree, git_facts, list_files, read_pipelines},
+    local::{copy_tree, list_files, read_pipelines},
     run::{
         ActionServices, NoServices, RunFacts, RunObserver, RunResult, RunSetup, StepDefaults,
         StepExtras, StepResult, run_plan,

@@ -577,3 +577,72 @@ fn split_z(bytes: &[u8]) -> Vec<String> {
         .map(|s| String::from_utf8_lossy(s).into_owned())
         .collect()
 }
+
+/// What git says about a checkout; what it cannot say is filled in plainly.
+#[derive(Clone, Debug)]
+pub struct GitFacts {
+    /// `owner/name` from the `origin` remote, else `local/<directory name>`.
+    pub repo: String,
+    pub branch: Option<String>,
+    pub sha: String,
+}
+
+fn local_git(root: &Path, args: &[&str]) -> Option<String> {
+    let out = std::process::Command::new("git")
+        .arg("-C")
+        .arg(root)
+        .args(args)
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+        .filter(|s| !s.is_empty())
+}
+
+/// The facts of the checkout at `root` (for `pipewright exec`): what its `origin`, `HEAD`
+/// and branch say. The arguments are constants; nothing from outside reaches them.
+pub fn git_facts(root: &Path) -> GitFacts {
+    let dir_name = root
+        .canonicalize()
+        .ok()
+        .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()));
+    let repo = local_git(root, &["remote", "get-url", "origin"])
+        .and_then(|url| repo_from_url(&url))
+        .unwrap_or_else(|| format!("local/{}", dir_name.unwrap_or_else(|| "repo".into())));
+    GitFacts {
+        repo,
+        branch: local_git(root, &["symbolic-ref", "--quiet", "--short", "HEAD"]),
+        sha: local_git(root, &["rev-parse", "HEAD"]).unwrap_or_else(|| "0".repeat(40)),
+    }
+}
+
+/// `owner/name` of a clone URL (`https://host/owner/name.git`, `git@host:owner/name.git`).
+fn repo_from_url(url: &str) -> Option<String> {
+    let path = url.trim_end_matches('/').trim_end_matches(".git");
+    let mut parts = path.rsplit(['/', ':']);
+    let name = parts.next()?;
+    let owner = parts.next()?;
+    (!owner.is_empty() && !name.is_empty()).then(|| format!("{owner}/{name}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::repo_from_url;
+
+    #[test]
+    fn repo_names_from_clone_urls() {
+        assert_eq!(
+            repo_from_url("https://gitea.lab/arcodange-org/factory.git").as_deref(),
+            Some("arcodange-org/factory")
+        );
+        assert_eq!(
+            repo_from_url("git@gitea.lab:org/app.git").as_deref(),
+            Some("org/app")
+        );
+        assert_eq!(
+            repo_from_url("ssh://git@gitea.lab:2222/org/app").as_deref(),
+            Some("org/app")
+        );
+    }
+}

@@ -1,10 +1,9 @@
-//! A repository on the local disk: its pipeline files, its git facts, its file list, and
-//! a throw-away copy of it for a run (the user's files are never modified).
+//! A repository on the local disk: its pipeline files, its file list, and a throw-away copy
+//! of it for a run (the user's files are never modified). Its git facts are `git.rs`'s.
 
 use std::{
     fs, io,
     path::{Path, PathBuf},
-    process::Command,
 };
 
 use anyhow::{Context, bail};
@@ -37,52 +36,6 @@ pub fn read_pipelines(root: &Path) -> anyhow::Result<Vec<ParsedFile>> {
         files.push((format!("{PIPELINE_DIR}/{name}"), text));
     }
     Ok(parse_files(&files))
-}
-
-/// What git says about a checkout; what it cannot say is filled in plainly.
-#[derive(Clone, Debug)]
-pub struct GitFacts {
-    /// `owner/name` from the `origin` remote, else `local/<directory name>`.
-    pub repo: String,
-    pub branch: Option<String>,
-    pub sha: String,
-}
-
-fn git(root: &Path, args: &[&str]) -> Option<String> {
-    let out = Command::new("git")
-        .arg("-C")
-        .arg(root)
-        .args(args)
-        .output()
-        .ok()?;
-    out.status
-        .success()
-        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
-        .filter(|s| !s.is_empty())
-}
-
-pub fn git_facts(root: &Path) -> GitFacts {
-    let dir_name = root
-        .canonicalize()
-        .ok()
-        .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()));
-    let repo = git(root, &["remote", "get-url", "origin"])
-        .and_then(|url| repo_from_url(&url))
-        .unwrap_or_else(|| format!("local/{}", dir_name.unwrap_or_else(|| "repo".into())));
-    GitFacts {
-        repo,
-        branch: git(root, &["symbolic-ref", "--quiet", "--short", "HEAD"]),
-        sha: git(root, &["rev-parse", "HEAD"]).unwrap_or_else(|| "0".repeat(40)),
-    }
-}
-
-/// `owner/name` of a clone URL (`https://host/owner/name.git`, `git@host:owner/name.git`).
-fn repo_from_url(url: &str) -> Option<String> {
-    let path = url.trim_end_matches('/').trim_end_matches(".git");
-    let mut parts = path.rsplit(['/', ':']);
-    let name = parts.next()?;
-    let owner = parts.next()?;
-    (!owner.is_empty() && !name.is_empty()).then(|| format!("{owner}/{name}"))
 }
 
 /// Every file of the checkout, relative, with `/` separators (`.git` left out).
@@ -128,25 +81,4 @@ pub fn copy_tree(from: &Path, to: &Path) -> io::Result<()> {
     let mut perms = fs::metadata(to)?.permissions();
     perms.set_mode(perms.mode() | 0o700);
     fs::set_permissions(to, perms)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::repo_from_url;
-
-    #[test]
-    fn repo_names_from_clone_urls() {
-        assert_eq!(
-            repo_from_url("https://gitea.lab/arcodange-org/factory.git").as_deref(),
-            Some("arcodange-org/factory")
-        );
-        assert_eq!(
-            repo_from_url("git@gitea.lab:org/app.git").as_deref(),
-            Some("org/app")
-        );
-        assert_eq!(
-            repo_from_url("ssh://git@gitea.lab:2222/org/app").as_deref(),
-            Some("org/app")
-        );
-    }
 }
