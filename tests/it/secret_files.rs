@@ -409,3 +409,56 @@ async fn exec_writes_files_on_a_tmpfs_and_removes_them() {
         Vec::<PathBuf>::new()
     );
 }
+
+/// `uses: tofu` gets both: `TF_VAR_*` from the environment file and the file itself, in
+/// each of its containers (init, plan, show, apply).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tofu_reads_variables_and_files_without_secrets_in_env() {
+    let gitea = FakeGitea::start().await;
+    let secrets = tempfile::tempdir_in("/dev/shm").expect("a tmpfs at /dev/shm");
+    let dir = secrets.path().display().to_string();
+    let (bao, server) = started(
+        &gitea,
+        &[
+            ("PIPEWRIGHT_SERVER__SECRETS_DIR", &dir),
+            ("PIPEWRIGHT_DOCKER__SECRETS_IN_ENV", "false"),
+        ],
+    )
+    .await;
+    store_secrets(&bao).await;
+    let repo = gitea.create_repo("org", "app");
+    let pipeline = format!(
+        "on: push\nvault:\n  secrets:\n    TF_VAR_app_secret: kvv1/app/env#value\n  files:\n    ssh/id_ed25519: kvv1/gitea/tofu_module_reader#ssh_private_key\nsteps:\n  - name: tofu\n    uses: tofu\n    with: {{ path: iac, image: {} }}\n",
+        crate::actions::TOOLS
+    );
+    let main_tf = "variable \"app_secret\" {\n  type = string\n}\nresource \"terraform_data\" \"r\" {\n  input = \"${sha256(var.app_secret)} ${sha256(file(\"/run/secrets/ssh/id_ed25519\"))}\"\n}\noutput \"both\" {\n  value = terraform_data.r.input\n}\n";
+    let first = repo
+        .commit("main", "init")
+        .write("README.md", "hi\n")
+        .push();
+    let second = repo
+        .commit("main", "ci")
+        .write(".pipewright/deploy.yml", &pipeline)
+        .write("iac/main.tf", main_tf)
+        .push();
+    assert_eq!(
+        server
+            .deliver(repo.push_event("main", &first, &second))
+            .await,
+        202
+    );
+    let statuses = final_statuses(&repo, &second, "pipewright/deploy").await;
+    let id = run_id_for(&server, "org/app", "deploy").await;
+    let log = server.log(id, 0).await;
+    assert_eq!(
+        states(&statuses),
+        ["pending", "success"],
+        "{statuses:?}\n{log}"
+    );
+    let both = format!("{} {}", sha256_hex(ENV_VALUE), sha256_hex(SSH_KEY));
+    assert!(log.contains(&format!("both = \"{both}\"")), "{log}");
+    for marker in [FILE_MARKER, ENV_MARKER] {
+        assert!(!log.contains(marker), "`{marker}` leaked into:\n{log}");
+    }
+    server.stop().await;
+}
