@@ -240,7 +240,7 @@ async fn without_secrets_in_env_no_secret_byte_reaches_the_engines_config() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_failed_run_removes_its_files_and_a_restart_removes_a_crashs() {
+async fn failed_and_cancelled_runs_remove_their_files_and_a_restart_removes_a_crashs() {
     let gitea = FakeGitea::start().await;
     let secrets = tempfile::tempdir_in("/dev/shm").expect("a tmpfs at /dev/shm");
     let dir = secrets.path().display().to_string();
@@ -261,6 +261,53 @@ async fn a_failed_run_removes_its_files_and_a_restart_removes_a_crashs() {
         0,
         "a run directory is left"
     );
+
+    // A cancelled run: its directory is there while it runs, gone once it is cancelled.
+    let waiting = format!(
+        "on: push\n{VAULT}steps:\n{}",
+        step("wait", "echo waiting\nwhile true; do sleep 0.1; done")
+    );
+    let head = repo
+        .commit("main", "wait")
+        .write(".pipewright/deploy.yml", &waiting)
+        .push();
+    assert_eq!(
+        server.deliver(repo.push_event("main", &sha, &head)).await,
+        202
+    );
+    let id = eventually(Duration::from_secs(60), "the second run", || async {
+        server
+            .runs()
+            .await
+            .iter()
+            .find(|r| r["sha"] == head.as_str())?["id"]
+            .as_i64()
+    })
+    .await;
+    let run_dir = mine.join(format!("run-{id}"));
+    eventually(Duration::from_secs(60), "the step to wait", || async {
+        server.log(id, 0).await.contains("waiting").then_some(())
+    })
+    .await;
+    assert!(run_dir.join("files/ssh/id_ed25519").is_file());
+    let cancelled = crate::serve::client()
+        .post(format!("{}/api/v1/runs/{id}/cancel", server.url))
+        .bearer_auth(crate::serve::API_TOKEN)
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert!(cancelled.status().is_success(), "{}", cancelled.status());
+    eventually(
+        Duration::from_secs(60),
+        "the run to be cancelled",
+        || async {
+            let run = server.api(&format!("/api/v1/runs/{id}")).await;
+            (run["state"] == "cancelled").then_some(())
+        },
+    )
+    .await;
+    assert!(!run_dir.exists(), "{} is left", run_dir.display());
 
     // What a crash would leave is removed at the next start.
     let leftover = mine.join("run-999/files");
