@@ -38,7 +38,7 @@ pub fn prepare(dir: &Path) -> Result<(), String> {
     let kind = stat.f_type as i64;
     if kind != TMPFS_MAGIC && kind != RAMFS_MAGIC {
         return Err(format!(
-            "secrets_dir {} is not on a tmpfs or ramfs (file system type {kind:#x}): secrets written there would reach a disk; set [server].secrets_dir to a directory on one (e.g. under /dev/shm or /run)",
+            "secrets_dir {} is not on a tmpfs or ramfs (file system type {kind:#x}): secrets written there would reach a disk; choose a directory on one, e.g. under /dev/shm ([server].secrets_dir; `exec --secrets-dir`)",
             dir.display()
         ));
     }
@@ -231,6 +231,55 @@ mod tests {
             assert!(err.contains(&format!("`{bad}`")), "{err}");
         }
         assert!(env_file_text(&[("A".into(), "a\0b".into())]).is_err());
+    }
+
+    #[test]
+    fn a_runs_directory_is_private_and_goes_on_drop() {
+        use std::os::unix::fs::PermissionsExt;
+        let shm = tempfile::tempdir_in("/dev/shm").expect("a tmpfs at /dev/shm");
+        let files = [("ssh/id".to_string(), "key\n".to_string())];
+        let env = [("A".to_string(), "v".to_string())];
+        let dir = RunSecretsDir::create(shm.path(), "pw-x", "run-1", &files, Some(&env))
+            .unwrap()
+            .unwrap();
+        let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        let root = dir.path().to_path_buf();
+        assert_eq!(root, shm.path().join("pw-x/run-1"));
+        assert_eq!(mode(&root), 0o700);
+        assert_eq!(mode(&root.join("files/ssh")), 0o700);
+        assert_eq!(mode(&root.join("files/ssh/id")), 0o400);
+        assert_eq!(
+            fs::read_to_string(root.join("files/ssh/id")).unwrap(),
+            "key\n"
+        );
+        assert_eq!(mode(&root.join("env")), 0o400);
+        assert_eq!(dir.env_file(), Some(ENV_FILE_IN_CONTAINER));
+        let targets: Vec<_> = dir
+            .mounts()
+            .into_iter()
+            .map(|m| (m.container, m.read_only))
+            .collect();
+        assert_eq!(
+            targets,
+            [
+                ("/run/secrets".to_string(), true),
+                (ENV_FILE_IN_CONTAINER.to_string(), true)
+            ]
+        );
+        drop(dir);
+        assert!(!root.exists());
+        // Nothing to write: nothing made. A bad path: refused, and nothing left.
+        assert!(
+            RunSecretsDir::create(shm.path(), "pw-x", "run-2", &[], Some(&[]))
+                .unwrap()
+                .is_none()
+        );
+        let bad = [("../x".to_string(), "v".to_string())];
+        assert!(RunSecretsDir::create(shm.path(), "pw-x", "run-3", &bad, None).is_err());
+        assert!(!shm.path().join("pw-x/run-3").exists());
+        assert!(!shm.path().join("x").exists());
+        assert_eq!(remove_leftovers(shm.path(), "pw-x").unwrap(), 0);
+        assert!(!shm.path().join("pw-x").exists());
     }
 
     #[test]

@@ -130,22 +130,18 @@ impl<'a> RunAccess<'a> {
             .login_jwt(&mount, &role, &jwt)
             .await
             .map_err(|e| e.to_string())?;
-        let secrets = read_secrets(vault, &token, &spec.secrets).await;
+        let read = async {
+            let secrets = read_secrets(vault, &token, &spec.secrets).await?;
+            let files = read_secret_files(vault, &token, &spec.files).await?;
+            Ok::<_, crate::secrets::SecretsError>((secrets, files))
+        }
+        .await;
         access.token = Some(token);
-        let read = match secrets {
-            Ok(secrets) => {
-                read_secret_files(vault, access.token.as_ref().expect("set"), &spec.files)
-                    .await
-                    .map(|files| (secrets, files))
-                    .map_err(|e| e.to_string())
-            }
-            Err(e) => Err(e.to_string()),
-        };
         let (secrets, files) = match read {
             Ok(read) => read,
-            Err(why) => {
+            Err(e) => {
                 access.close(app).await;
-                return Err(why);
+                return Err(e.to_string());
             }
         };
         let in_env = app.config.docker.secrets_in_env;
