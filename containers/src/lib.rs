@@ -60,6 +60,11 @@ pub struct StepSpec {
     pub timeout: Option<Duration>,
     /// Docker network (`None`: the default bridge; `host`, `none`, or a network's name).
     pub network: Option<String>,
+    /// A file in the container (mounted by one of [`mounts`](StepSpec::mounts)) of
+    /// `export NAME='value'` lines that `/bin/sh` reads before it `exec`s the command, so
+    /// those variables reach the process without being in the container's configuration.
+    /// The command stays as given, its arguments untouched.
+    pub env_file: Option<String>,
 }
 
 /// A host path mounted into a step container.

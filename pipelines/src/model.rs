@@ -97,6 +97,19 @@ pub struct VaultSpec {
     pub role: Option<String>,
     pub mount: Option<String>,
     pub secrets: Vec<SecretRef>,
+    /// `vault.files`: values given as files under `/run/secrets/`.
+    pub files: Vec<SecretFile>,
+}
+
+/// `relative/path: path#key`: one key of a Vault secret as the file
+/// `/run/secrets/<file>` (mode 0400, read-only) in every step container.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SecretFile {
+    /// The path under `/run/secrets/`, checked: relative, no `.`, `..` or empty component.
+    pub file: String,
+    /// The Vault secret's path.
+    pub path: String,
+    pub key: String,
 }
 
 /// `ENV: path#key`, or `PREFIX_*: path#*` for every key of the secret.

@@ -227,6 +227,11 @@ static VAULT: Object = Object {
             ENV,
             "`ENV: path#key`, or `PREFIX_*: path#*` for every key of the secret.",
         ),
+        Field::opt(
+            "files",
+            ENV,
+            "`relative/path: path#key`: the value as the file `/run/secrets/<path>` (mode 0400, read-only) in every step container; the path has no `..`, `.` or empty component and no leading `/`.",
+        ),
     ],
 };
 
@@ -1269,10 +1274,15 @@ fn vault(cx: &mut Cx, node: &Node) -> Option<VaultSpec> {
             }
         }
     }
+    let files = match obj.value("files") {
+        Some(n) => crate::vault_files::secret_files(cx, n),
+        None => Some(Vec::new()),
+    };
     Some(VaultSpec {
         role,
         mount,
         secrets: secrets?,
+        files: files?,
     })
 }
 

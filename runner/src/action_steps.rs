@@ -37,6 +37,8 @@ pub(crate) struct ActionStep<'a> {
     pub spec: StepSpec,
     pub setup: &'a RunSetup<'a>,
     pub secret_values: &'a [String],
+    /// Secret variables the step's shell reads from its environment file, not in `spec.env`.
+    pub sourced_env: &'a [(String, String)],
 }
 
 /// How it went, and what it found out.
@@ -376,6 +378,7 @@ async fn run_image<E: Executor, O: RunObserver>(
                 .spec
                 .env
                 .iter()
+                .chain(a.sourced_env)
                 .rev()
                 .find(|(k, _)| k == secret)
                 .map(|(_, v)| v.clone())

@@ -83,6 +83,14 @@ enum Command {
         /// Docker network of step containers (`host` to reach services on 127.0.0.1).
         #[arg(long)]
         network: Option<String>,
+        /// Where `vault.files` (and the secrets' environment file) are written for the run;
+        /// must be a tmpfs or ramfs, as `[server].secrets_dir`.
+        #[arg(long, env = "PIPEWRIGHT_SECRETS_DIR", default_value = crate::config::defaults::SECRETS_DIR)]
+        secrets_dir: PathBuf,
+        /// `false`: `vault.secrets` reach steps through an environment file in the secrets
+        /// directory instead of the container's environment, as `[docker].secrets_in_env`.
+        #[arg(long, env = "PIPEWRIGHT_SECRETS_IN_ENV", default_value_t = crate::config::defaults::SECRETS_IN_ENV, action = clap::ArgAction::Set)]
+        secrets_in_env: bool,
     },
 }
 
@@ -136,6 +144,8 @@ pub fn main() -> ExitCode {
             docker_host,
             vault_addr,
             network,
+            secrets_dir,
+            secrets_in_env,
             ..
         } => {
             let args = ExecArgs {
@@ -149,6 +159,8 @@ pub fn main() -> ExitCode {
                 vault_addr,
                 vault_token: std::env::var("VAULT_TOKEN").ok().filter(|t| !t.is_empty()),
                 network,
+                secrets_dir,
+                secrets_in_env,
             };
             exec_blocking(args)
         }

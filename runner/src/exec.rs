@@ -23,7 +23,8 @@ use crate::{
         ActionServices, NoServices, RunFacts, RunObserver, RunResult, RunSetup, StepDefaults,
         StepExtras, StepResult, run_plan,
     },
-    secrets::read_secrets,
+    secrets::{read_secret_files, read_secrets},
+    secrets_dir::RunSecretsDir,
     vault::{RunToken, Session, Vault},
 };
 
@@ -41,6 +42,10 @@ pub struct ExecArgs {
     pub vault_token: Option<String>,
     /// Docker network of step containers (`host` to reach services on 127.0.0.1).
     pub network: Option<String>,
+    /// Where the run's secret files go (a tmpfs, checked when a run has some).
+    pub secrets_dir: PathBuf,
+    /// `false`: secrets through an environment file in `secrets_dir`.
+    pub secrets_in_env: bool,
 }
 
 /// Exit statuses: the run's result.
@@ -170,8 +175,22 @@ async fn run_one(
     } else {
         default_inputs(pipeline)
     };
-    let secrets = match local_secrets(args, pipeline).await {
-        Ok(secrets) => secrets,
+    let (secrets, files) = match local_secrets(args, pipeline).await {
+        Ok(read) => read,
+        Err(why) => {
+            println!("=== pipeline {}: error: not run: {why}", pipeline.name);
+            return Ok(EXIT_ERROR);
+        }
+    };
+    // Removed when this function returns, however the run ended.
+    let dir = match RunSecretsDir::create(
+        &args.secrets_dir,
+        "exec",
+        &run_id,
+        &files,
+        (!args.secrets_in_env).then_some(secrets.as_slice()),
+    ) {
+        Ok(dir) => dir,
         Err(why) => {
             println!("=== pipeline {}: error: not run: {why}", pipeline.name);
             return Ok(EXIT_ERROR);
@@ -216,9 +235,17 @@ async fn run_one(
         base_ref: None,
         pull_request: false,
     };
+    let env_file = dir.as_ref().and_then(|d| d.env_file());
     let extras = |_: &PlannedStep| {
-        let mut env = secrets.clone();
-        let mut values: Vec<String> = secrets.iter().map(|(_, v)| v.clone()).collect();
+        let (mut env, sourced_env) = match env_file {
+            Some(_) => (Vec::new(), secrets.clone()),
+            None => (secrets.clone(), Vec::new()),
+        };
+        let mut values: Vec<String> = secrets
+            .iter()
+            .chain(&files)
+            .map(|(_, v)| v.clone())
+            .collect();
         if let Some(addr) = &args.vault_addr {
             env.push(("VAULT_ADDR".into(), addr.clone()));
         }
@@ -229,8 +256,10 @@ async fn run_one(
         }
         StepExtras {
             env,
-            mounts: Vec::new(),
+            mounts: dir.iter().flat_map(RunSecretsDir::mounts).collect(),
             secret_values: values,
+            env_file: env_file.map(str::to_string),
+            sourced_env,
         }
     };
     let local_vault = LocalVault::open(args).await;
@@ -344,12 +373,12 @@ fn facts_default_branch(_git_ref: &GitRef) -> String {
     String::new()
 }
 
-async fn local_secrets(
-    args: &ExecArgs,
-    pipeline: &Pipeline,
-) -> Result<Vec<(String, String)>, String> {
+/// The pipeline's `vault.secrets` as variables and its `vault.files` as `(path, value)`.
+type LocalSecrets = (Vec<(String, String)>, Vec<(String, String)>);
+
+async fn local_secrets(args: &ExecArgs, pipeline: &Pipeline) -> Result<LocalSecrets, String> {
     let Some(spec) = &pipeline.vault else {
-        return Ok(Vec::new());
+        return Ok(Default::default());
     };
     let names: Vec<String> = spec
         .secrets
@@ -358,6 +387,11 @@ async fn local_secrets(
             SecretTarget::Key { env, .. } => env.clone(),
             SecretTarget::All { prefix } => format!("{prefix}*"),
         })
+        .chain(
+            spec.files
+                .iter()
+                .map(|f| format!("/run/secrets/{}", f.file)),
+        )
         .collect();
     let (Some(addr), Some(token)) = (&args.vault_addr, &args.vault_token) else {
         return Err(format!(
@@ -371,9 +405,13 @@ async fn local_secrets(
         token: Secret::new(token.clone()),
         role: "(VAULT_TOKEN)".into(),
     };
-    read_secrets(&vault, &token, &spec.secrets)
+    let env = read_secrets(&vault, &token, &spec.secrets)
         .await
-        .map_err(|e| e.to_string())
+        .map_err(|e| e.to_string())?;
+    let files = read_secret_files(&vault, &token, &spec.files)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok((env, files))
 }
 
 fn local_run_id() -> String {

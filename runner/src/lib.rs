@@ -15,6 +15,7 @@ mod logs;
 mod mask;
 pub mod run;
 mod secrets;
+pub mod secrets_dir;
 pub mod server;
 mod step_io;
 mod vault;

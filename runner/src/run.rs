@@ -155,6 +155,7 @@ pub async fn run_plan<E: Executor, O: RunObserver>(
         let mut spec = spec_for(step, setup, left);
         spec.env.extend(extras.env);
         spec.mounts.extend(extras.mounts);
+        spec.env_file = extras.env_file;
         let step_result = match &step.action {
             PlannedAction::Uses { action, with } => {
                 let ran = crate::action_steps::run(
@@ -166,6 +167,7 @@ pub async fn run_plan<E: Executor, O: RunObserver>(
                         spec,
                         setup,
                         secret_values: &secret_values,
+                        sourced_env: &extras.sourced_env,
                     },
                     &mut sink,
                     cancel,
@@ -335,5 +337,6 @@ fn spec_for(step: &PlannedStep, setup: &RunSetup<'_>, left: Duration) -> StepSpe
         pids_limit: Some(step.pids.unwrap_or(setup.defaults.pids) as i64),
         timeout: Some(step.timeout.map_or(left, |t| t.min(left))),
         network: setup.network.map(str::to_string),
+        env_file: None,
     }
 }

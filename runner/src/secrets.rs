@@ -4,7 +4,7 @@
 use std::{collections::BTreeMap, path::Path};
 
 use pipewright_containers::Mount;
-use pipewright_pipelines::{SecretRef, SecretTarget};
+use pipewright_pipelines::{SecretFile, SecretRef, SecretTarget};
 
 use crate::vault::{RunToken, Vault, VaultError};
 
@@ -50,6 +50,31 @@ pub async fn read_secrets(
         env.extend(variables(r, &cache[r.path.as_str()])?);
     }
     Ok(env)
+}
+
+/// Reads the values of the pipeline's `vault.files` (each path once): `(relative path,
+/// value)` pairs, for [`crate::secrets_dir::RunSecretsDir`].
+pub async fn read_secret_files(
+    vault: &Vault,
+    token: &RunToken,
+    files: &[SecretFile],
+) -> Result<Vec<(String, String)>, SecretsError> {
+    let mut cache: BTreeMap<&str, BTreeMap<String, String>> = BTreeMap::new();
+    let mut out = Vec::new();
+    for f in files {
+        if !cache.contains_key(f.path.as_str()) {
+            let data = vault.read_kv(token, &f.path).await?;
+            cache.insert(&f.path, data);
+        }
+        let value = cache[f.path.as_str()]
+            .get(&f.key)
+            .ok_or_else(|| VaultError::MissingKey {
+                path: f.path.clone(),
+                key: f.key.clone(),
+            })?;
+        out.push((f.file.clone(), value.clone()));
+    }
+    Ok(out)
 }
 
 /// The variables one reference gives, from the secret's data.

@@ -69,12 +69,18 @@ pub trait RunObserver: Send {
 }
 
 /// What a step gets besides its plan: secrets and its identity token (env), the CA bundle
-/// (mounts), and the values to mask in its output.
+/// and the run's secret files (mounts), and the values to mask in its output.
 #[derive(Debug, Default)]
 pub struct StepExtras {
     pub env: Vec<(String, String)>,
     pub mounts: Vec<Mount>,
     pub secret_values: Vec<String>,
+    /// The environment file the step's shell reads (`[docker].secrets_in_env = false`),
+    /// mounted by one of `mounts`.
+    pub env_file: Option<String>,
+    /// The variables that file sets, for what the host needs of them (an `image` step's
+    /// `password_secret`); they are not in `env`.
+    pub sourced_env: Vec<(String, String)>,
 }
 
 /// Facts about the run that built-in actions decide on.

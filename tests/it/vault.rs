@@ -196,7 +196,7 @@ fn assert_no_secret(text: &str) {
     }
 }
 
-async fn run_id_for(server: &Server, repo: &str, pipeline: &str) -> i64 {
+pub(crate) async fn run_id_for(server: &Server, repo: &str, pipeline: &str) -> i64 {
     eventually(Duration::from_secs(60), "the run", || async {
         let runs = server.runs().await;
         runs.iter()
@@ -206,7 +206,7 @@ async fn run_id_for(server: &Server, repo: &str, pipeline: &str) -> i64 {
     .await
 }
 
-async fn started(gitea: &FakeGitea, extra: &[(&str, &str)]) -> (OpenBao, Server) {
+pub(crate) async fn started(gitea: &FakeGitea, extra: &[(&str, &str)]) -> (OpenBao, Server) {
     let bao = OpenBao::start().await;
     let mut env = vec![("PIPEWRIGHT_VAULT__ADDRESS", bao.addr.as_str())];
     env.extend_from_slice(extra);
@@ -215,7 +215,10 @@ async fn started(gitea: &FakeGitea, extra: &[(&str, &str)]) -> (OpenBao, Server)
     (bao, server)
 }
 
-fn push(repo: &Repo, pipeline: &str) -> (String, pipewright_tests::fake_gitea::Delivery) {
+pub(crate) fn push(
+    repo: &Repo,
+    pipeline: &str,
+) -> (String, pipewright_tests::fake_gitea::Delivery) {
     let first = repo
         .commit("main", "init")
         .write("README.md", "hi\n")

@@ -21,7 +21,7 @@ pub(super) fn create_body(spec: &StepSpec) -> Result<ContainerCreateBody, String
     // Inserted last so that no spec can unset it and hide a container from `reap`.
     labels.insert(LABEL_MANAGED.to_owned(), "true".to_owned());
 
-    let command = (!spec.command.is_empty()).then(|| spec.command.clone());
+    let command = (!spec.command.is_empty()).then(|| sourcing(spec));
     Ok(ContainerCreateBody {
         image: Some(spec.image.clone()),
         // The step's command is the whole command line: an image's ENTRYPOINT would
@@ -53,6 +53,28 @@ pub(super) fn create_body(spec: &StepSpec) -> Result<ContainerCreateBody, String
         ..ContainerCreateBody::default()
     })
 }
+
+/// The step's command, after the shell reads [`StepSpec::env_file`] when there is one:
+/// `/bin/sh -c '. "$0" && exec "$@"' FILE COMMAND...`. The file and every argument are
+/// arguments of their own; nothing is spliced into the shell's text.
+fn sourcing(spec: &StepSpec) -> Vec<String> {
+    match &spec.env_file {
+        None => spec.command.clone(),
+        Some(file) => {
+            let mut argv = vec![
+                "/bin/sh".to_owned(),
+                "-c".to_owned(),
+                SOURCE_THEN_EXEC.to_owned(),
+                file.clone(),
+            ];
+            argv.extend(spec.command.iter().cloned());
+            argv
+        }
+    }
+}
+
+/// Reads the file named by `$0`, then replaces the shell with the command (`"$@"`).
+const SOURCE_THEN_EXEC: &str = ". \"$0\" && exec \"$@\"";
 
 /// A `host:container[:ro]` bind. Relative host paths are refused because the engine would
 /// take them for named volumes, and a `:` would be read as a field separator.
@@ -95,6 +117,34 @@ fn env_list(env: &[(String, String)]) -> Result<Vec<String>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_env_file_is_read_before_the_command() {
+        let mut spec = StepSpec {
+            command: vec![
+                "/bin/sh".into(),
+                "-e".into(),
+                "-c".into(),
+                "echo \"$A\"".into(),
+            ],
+            ..StepSpec::default()
+        };
+        assert_eq!(sourcing(&spec), spec.command);
+        spec.env_file = Some("/run/pipewright/secrets.env".into());
+        assert_eq!(
+            sourcing(&spec),
+            [
+                "/bin/sh",
+                "-c",
+                ". \"$0\" && exec \"$@\"",
+                "/run/pipewright/secrets.env",
+                "/bin/sh",
+                "-e",
+                "-c",
+                "echo \"$A\""
+            ]
+        );
+    }
 
     #[test]
     fn later_environment_entries_win() {

@@ -47,12 +47,16 @@ pub(super) fn decode(r: &mut Reader<'_>) -> Config {
             .read("server", "max_deliveries", count)
             .unwrap_or(defaults::MAX_DELIVERIES),
     };
+    let secrets_dir = r
+        .read("server", "secrets_dir", |v| path(v.str()?))
+        .unwrap_or_else(|| PathBuf::from(defaults::SECRETS_DIR));
     let server = ServerConfig {
         listen,
         public_url,
         data_dir,
         catch_up_interval,
         http,
+        secrets_dir,
     };
 
     let url = r
@@ -136,6 +140,9 @@ pub(super) fn decode(r: &mut Reader<'_>) -> Config {
         max_log_bytes: r
             .read("docker", "max_log_bytes", |v| parse_size(v.str()?))
             .unwrap_or(defaults::MAX_LOG_BYTES),
+        secrets_in_env: r
+            .read("docker", "secrets_in_env", Val::bool)
+            .unwrap_or(defaults::SECRETS_IN_ENV),
     };
 
     let agent = AgentConfig {

@@ -23,6 +23,8 @@ pub const MAX_CONNECTIONS: usize = 512;
 pub const BODY_MEMORY: u64 = 64 << 20;
 /// `[server].max_deliveries`.
 pub const MAX_DELIVERIES: usize = 32;
+/// `[server].secrets_dir`: a tmpfs on most Linux systems.
+pub const SECRETS_DIR: &str = "/dev/shm/pipewright";
 /// `[gitea].git_timeout`.
 pub const GIT_TIMEOUT: Duration = Duration::from_secs(10 * 60);
 /// `[identity].audience`.
@@ -47,5 +49,7 @@ pub const MAX_PIDS: u64 = 32_768;
 pub const MAX_TIMEOUT: Duration = Duration::from_secs(6 * 3600);
 /// `[docker].max_log_bytes`.
 pub const MAX_LOG_BYTES: u64 = 64 << 20;
+/// `[docker].secrets_in_env`.
+pub const SECRETS_IN_ENV: bool = true;
 /// `[agent].capacity`.
 pub const CAPACITY: usize = 2;

@@ -100,6 +100,7 @@ fn design_example_parses() {
                         body_memory: 67108864,
                         max_deliveries: 32,
                     },
+                    secrets_dir: "/dev/shm/pipewright",
                 },
                 database: DatabaseConfig {
                     url: "sqlite://./pipewright-data/pipewright.db",
@@ -143,6 +144,7 @@ fn design_example_parses() {
                     max_timeout: 21600s,
                     max_log_bytes: 67108864,
                     network: None,
+                    secrets_in_env: true,
                 },
                 agent: AgentConfig {
                     labels: [
@@ -204,6 +206,7 @@ fn no_file_gives_the_defaults() {
                         body_memory: 67108864,
                         max_deliveries: 32,
                     },
+                    secrets_dir: "/dev/shm/pipewright",
                 },
                 database: DatabaseConfig {
                     url: "sqlite://./pipewright-data/pipewright.db",
@@ -235,6 +238,7 @@ fn no_file_gives_the_defaults() {
                     max_timeout: 21600s,
                     max_log_bytes: 67108864,
                     network: None,
+                    secrets_in_env: true,
                 },
                 agent: AgentConfig {
                     labels: [],
@@ -679,7 +683,7 @@ fn documented_defaults_are_the_defaults() {
         doc.clear();
     }
     expect![[r#"
-        server.listen server.data_dir server.catch_up_interval server.header_timeout server.body_timeout server.max_connections server.body_memory server.max_deliveries gitea.git_timeout identity.audience identity.token_ttl identity.algorithm vault.mount vault.role_template docker.stop_grace docker.default_memory docker.default_pids docker.max_memory docker.max_pids docker.max_timeout docker.max_log_bytes agent.capacity api.read_public"#]]
+        server.listen server.data_dir server.catch_up_interval server.secrets_dir server.header_timeout server.body_timeout server.max_connections server.body_memory server.max_deliveries gitea.git_timeout identity.audience identity.token_ttl identity.algorithm vault.mount vault.role_template docker.stop_grace docker.default_memory docker.default_pids docker.max_memory docker.max_pids docker.max_timeout docker.max_log_bytes docker.secrets_in_env agent.capacity api.read_public"#]]
     .assert_eq(&checked.join(" "));
 }
 

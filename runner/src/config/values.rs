@@ -49,6 +49,11 @@ pub struct ServerConfig {
     pub catch_up_interval: Duration,
     /// Bounds on HTTP clients.
     pub http: HttpLimits,
+    /// `secrets_dir`: where `vault.files` (and, with `[docker].secrets_in_env = false`, the
+    /// secrets' environment file) of a run are written, in a private directory per run
+    /// removed when the run ends; bind-mounted read-only into the steps. Must be a tmpfs or
+    /// ramfs: `serve` refuses to start otherwise. Default: `/dev/shm/pipewright`.
+    pub secrets_dir: PathBuf,
 }
 
 /// `[server]` bounds on HTTP clients, so that slow or many clients cannot exhaust memory or
@@ -190,6 +195,11 @@ pub struct DockerConfig {
     /// default bridge. `host` shares the host's network (e.g. to reach a database that
     /// listens on 127.0.0.1); `none` cuts steps off.
     pub network: Option<String>,
+    /// `secrets_in_env`: `vault.secrets` reach step containers as their environment (which
+    /// the engine keeps in its on-disk container config). `false` writes them instead to an
+    /// environment file in the run's `[server].secrets_dir` that the step's shell reads
+    /// before the command (images need `/bin/sh`). Default: `true`.
+    pub secrets_in_env: bool,
 }
 
 /// `[agent]`.

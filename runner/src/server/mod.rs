@@ -246,6 +246,24 @@ fn remove_leftover_workspaces(data_dir: &std::path::Path) {
     }
 }
 
+/// Refuses a `[server].secrets_dir` that is not in memory (tmpfs or ramfs), and removes
+/// the run directories a crash of this instance left there.
+fn prepare_secrets_dir(app: &App) -> anyhow::Result<()> {
+    let dir = &app.config.server.secrets_dir;
+    crate::secrets_dir::prepare(dir).map_err(|why| anyhow::anyhow!("refusing to start: {why}"))?;
+    match crate::secrets_dir::remove_leftovers(dir, &app.instance) {
+        Ok(0) => {}
+        Ok(count) => info!(count, "removed the secret files left by a crash"),
+        Err(e) => {
+            anyhow::bail!(
+                "failed to remove the secret files left in {}: {e}",
+                dir.display()
+            )
+        }
+    }
+    Ok(())
+}
+
 /// The instance's stable name: generated on first start, kept across restarts.
 fn instance_id(data_dir: &std::path::Path) -> anyhow::Result<String> {
     let path = data_dir.join("instance");
@@ -297,6 +315,7 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     private_data_dir(&app.config.server.data_dir)?;
+    prepare_secrets_dir(&app)?;
     work::worker::settle_interrupted(&app).await?;
     remove_leftover_workspaces(&app.config.server.data_dir);
     let mut tasks = JoinSet::new();

@@ -1,5 +1,6 @@
 //! What a run may reach: its identity token (a fresh one per step), its Vault login and
-//! secrets, and the CA bundle — decided once per run, revoked when the run ends.
+//! secrets (as environment, or as files in the run's directory of `[server].secrets_dir`),
+//! and the CA bundle — decided once per run, revoked (and the files removed) when it ends.
 //!
 //! Pull requests from forks get neither secrets nor a token carrying the base
 //! repository's claims, unless `[[repos]].allow_fork_secrets` says otherwise.
@@ -15,7 +16,8 @@ use crate::{
     identity::RunClaims,
     mask::Masker,
     run::{ActionServices, BoxFuture, DbCredentials, StepExtras},
-    secrets::{ca_for_steps, read_secrets},
+    secrets::{ca_for_steps, read_secret_files, read_secrets},
+    secrets_dir::RunSecretsDir,
     store::Run,
     vault::RunToken,
     vault::Session,
@@ -28,6 +30,11 @@ pub struct RunAccess<'a> {
     claims: Option<RunClaims>,
     token: Option<RunToken>,
     secrets: Vec<(String, String)>,
+    /// Values of `vault.files`, masked like the secrets.
+    file_values: Vec<String>,
+    /// The run's files (and environment file); removed when this is dropped, however the
+    /// run ends.
+    dir: Option<RunSecretsDir>,
     masker: Masker,
 }
 
@@ -91,6 +98,8 @@ impl<'a> RunAccess<'a> {
             claims,
             token: None,
             secrets: Vec::new(),
+            file_values: Vec::new(),
+            dir: None,
             masker: Masker::default(),
         };
         let Some(spec) = &pipeline.vault else {
@@ -121,17 +130,39 @@ impl<'a> RunAccess<'a> {
             .login_jwt(&mount, &role, &jwt)
             .await
             .map_err(|e| e.to_string())?;
-        let secrets = read_secrets(vault, &token, &spec.secrets).await;
+        let read = async {
+            let secrets = read_secrets(vault, &token, &spec.secrets).await?;
+            let files = read_secret_files(vault, &token, &spec.files).await?;
+            Ok::<_, crate::secrets::SecretsError>((secrets, files))
+        }
+        .await;
         access.token = Some(token);
-        match secrets {
-            Ok(secrets) => {
-                access.masker = Masker::new(secrets.iter().map(|(_, v)| v.as_str()));
-                access.secrets = secrets;
-                Ok(access)
-            }
+        let (secrets, files) = match read {
+            Ok(read) => read,
             Err(e) => {
                 access.close(app).await;
-                Err(e.to_string())
+                return Err(e.to_string());
+            }
+        };
+        let in_env = app.config.docker.secrets_in_env;
+        access.masker = Masker::new(secrets.iter().chain(&files).map(|(_, v)| v.as_str()));
+        access.file_values = files.iter().map(|(_, v)| v.clone()).collect();
+        let dir = RunSecretsDir::create(
+            &app.config.server.secrets_dir,
+            &app.instance,
+            &format!("run-{}", run.id),
+            &files,
+            (!in_env).then_some(secrets.as_slice()),
+        );
+        access.secrets = secrets;
+        match dir {
+            Ok(dir) => {
+                access.dir = dir;
+                Ok(access)
+            }
+            Err(why) => {
+                access.close(app).await;
+                Err(why)
             }
         }
     }
@@ -142,12 +173,26 @@ impl<'a> RunAccess<'a> {
 
     /// A step's environment and mounts: secrets, a fresh identity token, the CA bundle.
     pub fn extras(&self, app: &App, _step: &PlannedStep) -> StepExtras {
-        let (mounts, mut env) = ca_for_steps(app.config.gitea.ca_file.as_deref());
+        let (mut mounts, mut env) = ca_for_steps(app.config.gitea.ca_file.as_deref());
         if let Some(vault) = &app.vault {
             env.push(("VAULT_ADDR".into(), vault.address().to_string()));
         }
-        env.extend(self.secrets.iter().cloned());
+        // The run's files, and its secrets through the environment file when there is one.
+        mounts.extend(self.dir.iter().flat_map(RunSecretsDir::mounts));
+        let env_file = self
+            .dir
+            .as_ref()
+            .and_then(|d| d.env_file())
+            .map(str::to_string);
+        let sourced_env = match env_file {
+            Some(_) => self.secrets.clone(),
+            None => {
+                env.extend(self.secrets.iter().cloned());
+                Vec::new()
+            }
+        };
         let mut values: Vec<String> = self.secrets.iter().map(|(_, v)| v.clone()).collect();
+        values.extend(self.file_values.iter().cloned());
         if let Some(claims) = &self.claims {
             match app.issuer.mint(claims) {
                 Ok(jwt) => {
@@ -162,6 +207,8 @@ impl<'a> RunAccess<'a> {
             env,
             mounts,
             secret_values: values,
+            env_file,
+            sourced_env,
         }
     }
 
