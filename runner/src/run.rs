@@ -335,5 +335,7 @@ fn spec_for(step: &PlannedStep, setup: &RunSetup<'_>, left: Duration) -> StepSpe
         pids_limit: Some(step.pids.unwrap_or(setup.defaults.pids) as i64),
         timeout: Some(step.timeout.map_or(left, |t| t.min(left))),
         network: setup.network.map(str::to_string),
+        // The server's engine wrapper adds the registry's credentials (`server/work/images.rs`).
+        pull_auth: None,
     }
 }

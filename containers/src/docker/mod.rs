@@ -31,14 +31,18 @@
 //!   writes both into one pipe (`2>&1`) has them in the order written.
 
 mod images;
+mod keep;
 mod lifecycle;
 mod lines;
+mod pull;
 mod step_config;
 
 use std::time::Duration;
 
 use bollard::{Docker, errors::Error as BollardError};
 use tokio_util::sync::CancellationToken;
+
+pub use keep::KeptImage;
 
 use crate::{
     BuildOutcome, BuildSpec, DEFAULT_STOP_GRACE, ExecError, Executor, LogSink, Outcome,
