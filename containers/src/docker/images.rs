@@ -9,7 +9,8 @@ use bollard::{
     errors::Error as BollardError,
     models::ProgressDetail,
     query_parameters::{
-        BuildImageOptionsBuilder, BuilderVersion, PushImageOptionsBuilder, RemoveImageOptionsBuilder, TagImageOptionsBuilder,
+        BuildImageOptionsBuilder, BuilderVersion, PushImageOptionsBuilder,
+        RemoveImageOptionsBuilder, TagImageOptionsBuilder,
     },
 };
 use futures_util::StreamExt;

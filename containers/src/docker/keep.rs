@@ -112,7 +112,12 @@ impl DockerExecutor {
             .create_container(None, body)
             .await
             .map_err(|source| engine_error(format!("create a keeper of {reference}"), source))?;
-        debug!(container = created.id, image = reference, id = image_id, "keeping image");
+        debug!(
+            container = created.id,
+            image = reference,
+            id = image_id,
+            "keeping image"
+        );
         Ok(Some(true))
     }
 
@@ -137,7 +142,11 @@ impl DockerExecutor {
             .map_err(|source| {
                 engine_error(format!("remove the keeper of {}", keeper.reference), source)
             })?;
-        debug!(container = keeper.container, image = keeper.reference, "released image");
+        debug!(
+            container = keeper.container,
+            image = keeper.reference,
+            "released image"
+        );
         Ok(removed)
     }
 }

@@ -112,9 +112,14 @@ fn size(bytes: i64) -> String {
 /// Whether the engine's message says the registry refused (or wants) credentials.
 fn is_auth_refusal(message: &str) -> bool {
     let message = message.to_ascii_lowercase();
-    ["unauthorized", "authentication required", "no basic auth credentials", "denied"]
-        .iter()
-        .any(|needle| message.contains(needle))
+    [
+        "unauthorized",
+        "authentication required",
+        "no basic auth credentials",
+        "denied",
+    ]
+    .iter()
+    .any(|needle| message.contains(needle))
 }
 
 /// The reason a pull failed, naming the registry and what was sent to it.
@@ -250,7 +255,11 @@ mod tests {
         feed(info(Some("a1"), "Pull complete", None));
         feed(info(None, "Digest: sha256:abc", None));
         feed(info(None, "Digest: sha256:abc", None));
-        feed(info(None, "Status: Downloaded newer image for org/app:1", None));
+        feed(info(
+            None,
+            "Status: Downloaded newer image for org/app:1",
+            None,
+        ));
         assert_eq!(
             lines,
             [

@@ -130,6 +130,7 @@ fn design_example_parses() {
                     ),
                     mount: "gitea_jwt",
                     role_template: "gitea_cicd_{repo}",
+                    server_role: None,
                 },
                 docker: DockerConfig {
                     host: Some(
@@ -143,6 +144,7 @@ fn design_example_parses() {
                     max_timeout: 21600s,
                     max_log_bytes: 67108864,
                     network: None,
+                    pin_images: [],
                 },
                 agent: AgentConfig {
                     labels: [
@@ -167,6 +169,7 @@ fn design_example_parses() {
                         allow_fork_secrets: false,
                     },
                 ],
+                registries: [],
             }"#]]
     .assert_eq(&format!("{config:#?}"));
     assert_eq!(config.gitea.token.as_ref().unwrap().expose(), "gitea-token");
@@ -224,6 +227,7 @@ fn no_file_gives_the_defaults() {
                     address: None,
                     mount: "jwt",
                     role_template: "gitea_cicd_{repo}",
+                    server_role: None,
                 },
                 docker: DockerConfig {
                     host: None,
@@ -235,6 +239,7 @@ fn no_file_gives_the_defaults() {
                     max_timeout: 21600s,
                     max_log_bytes: 67108864,
                     network: None,
+                    pin_images: [],
                 },
                 agent: AgentConfig {
                     labels: [],
@@ -246,6 +251,7 @@ fn no_file_gives_the_defaults() {
                     scoped_tokens: [],
                 },
                 repos: [],
+                registries: [],
             }"#]]
     .assert_eq(&format!("{config:#?}"));
     assert_eq!(format!("{config:?}"), format!("{:?}", Config::default()));
