@@ -148,6 +148,8 @@ impl<'a> RunAccess<'a> {
         }
         env.extend(self.secrets.iter().cloned());
         let mut values: Vec<String> = self.secrets.iter().map(|(_, v)| v.clone()).collect();
+        // Registry passwords reach no step, but are masked in every one all the same.
+        values.extend(app.registries.known_passwords());
         if let Some(claims) = &self.claims {
             match app.issuer.mint(claims) {
                 Ok(jwt) => {
