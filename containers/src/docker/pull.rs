@@ -20,8 +20,8 @@ const MAX_LAYERS: usize = 512;
 /// Lines one pull writes at most; past it one note says so.
 const MAX_LINES: usize = 2_000;
 
-/// Why a pull did not give the image. The text names the registry and the image; it never
-/// holds the password (the engine's messages do not carry it).
+/// Why a pull did not give the image. The text names the registry; it never holds the
+/// password (the engine's messages do not carry it).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(super) enum PullFailed {
     /// The engine answered: the registry refused, wants credentials, or lacks the image.
@@ -122,18 +122,19 @@ fn is_auth_refusal(message: &str) -> bool {
     .any(|needle| message.contains(needle))
 }
 
-/// The reason a pull failed, naming the registry and what was sent to it.
+/// The reason a pull failed, naming the registry and what was sent to it (the image is
+/// named by whoever shows the reason: `image X is not available: …`).
 fn refusal(image: &str, auth: Option<&RegistryAuth>, message: &str) -> String {
     let registry = registry_host(image);
     match auth {
         Some(auth) if is_auth_refusal(message) => format!(
-            "the registry {registry} refused the credentials of user {:?} for {image}: {message}",
+            "the registry {registry} refused the credentials of user {:?}: {message}",
             auth.username
         ),
         None if is_auth_refusal(message) => format!(
-            "the registry {registry} wants credentials for {image} and none are configured for it: {message}"
+            "the registry {registry} wants credentials and none are configured for it: {message}"
         ),
-        _ => format!("pulling {image} from {registry} failed: {message}"),
+        _ => format!("the pull from {registry} failed: {message}"),
     }
 }
 
@@ -200,7 +201,7 @@ impl DockerExecutor {
 
     /// Pulls `image` whether or not it is present (the registry's current image for the
     /// reference), with `auth`. `Ok(Err(reason))`: the registry or the engine refused, in
-    /// words that name the registry and the image and never hold the password.
+    /// words that name the registry and never hold the password.
     pub async fn pull_image(
         &self,
         image: &str,
@@ -323,7 +324,7 @@ mod tests {
         );
         assert!(
             refused.starts_with(
-                "the registry 127.0.0.1:5000 refused the credentials of user \"ci\" for 127.0.0.1:5000/org/app:1: "
+                "the registry 127.0.0.1:5000 refused the credentials of user \"ci\": Head "
             ),
             "{refused}"
         );
@@ -331,9 +332,9 @@ mod tests {
         let anonymous = refusal(image, None, "no basic auth credentials");
         assert!(anonymous.contains("wants credentials"), "{anonymous}");
         let missing = refusal(image, Some(&auth), "manifest unknown");
-        assert!(
-            missing.starts_with("pulling 127.0.0.1:5000/org/app:1 from 127.0.0.1:5000 failed"),
-            "{missing}"
+        assert_eq!(
+            missing,
+            "the pull from 127.0.0.1:5000 failed: manifest unknown"
         );
     }
 }
