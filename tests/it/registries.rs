@@ -16,9 +16,12 @@ use pipewright_containers::{
 use pipewright_tests::{
     Collect, docker, docker_cli, error_chain, fake_gitea::FakeGitea, registry::Registry, test_image,
 };
-use serde_json::Value;
+use serde_json::{Value, json};
 
-use crate::serve::{SECRET, Server, eventually, final_statuses, of_context};
+use crate::{
+    serve::{SECRET, Server, eventually, final_statuses, of_context},
+    vault::{OpenBao, ROOT},
+};
 
 const USER: &str = "ci-bot";
 const PASSWORD: &str = "registry-Pa55word-7f3c";
@@ -403,5 +406,127 @@ async fn kept_images_are_pulled_at_start_and_survive_the_engines_gc() {
         &format!("label={TEST_LABEL}={label}"),
     ]);
     assert!(!image_exists(&kept), "a released image is the GC's again");
+    server.stop().await;
+}
+
+/// Tokens of OpenBao that carry `policy` and still exist.
+async fn live_tokens(bao: &OpenBao, policy: &str) -> usize {
+    let list = bao
+        .call(
+            reqwest::Method::from_bytes(b"LIST").unwrap(),
+            "auth/token/accessors",
+            None,
+        )
+        .await;
+    let mut n = 0;
+    for accessor in list["data"]["keys"].as_array().cloned().unwrap_or_default() {
+        let info = crate::serve::client()
+            .post(format!("{}/v1/auth/token/lookup-accessor", bao.addr))
+            .header("X-Vault-Token", ROOT)
+            .json(&json!({ "accessor": accessor }))
+            .send()
+            .await
+            .unwrap();
+        if info.status().is_success() {
+            let v: Value = info.json().await.unwrap();
+            n += usize::from(
+                v["data"]["policies"]
+                    .as_array()
+                    .is_some_and(|p| p.iter().any(|x| x == policy)),
+            );
+        }
+    }
+    n
+}
+
+/// `password_vault`: Pipewright logs in to Vault as itself (a JWT its issuer signs with
+/// `sub` `pipewright:server`, accepted by a role bound to that subject alone), reads the
+/// password, revokes its token, and pulls with it; a run's role, bound to a repository,
+/// does not accept that token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_password_from_vault_is_read_with_pipewrights_own_login() {
+    let registry = Registry::with_auth(USER, PASSWORD).await;
+    let label = short_tag("vault");
+    let image = format!("{}/lab/vault:{label}", registry.host());
+    let _cleanup = Images(vec![image.clone()]);
+    private_image(&registry, &image, &label, "vault", false).await;
+
+    let bao = OpenBao::start().await;
+    let gitea = FakeGitea::start().await;
+    let toml = format!(
+        "[vault]\naddress = {:?}\nserver_role = \"pipewright_server\"\n[[registries]]\nhost = {:?}\nusername = {USER:?}\npassword_vault = \"secret/ci/registry#password\"\n",
+        bao.addr,
+        registry.host()
+    );
+    let server = Server::start_with_config(&gitea, &[], &toml).await;
+    bao.post("sys/auth/jwt", json!({ "type": "jwt" })).await;
+    bao.post(
+        "auth/jwt/config",
+        json!({ "oidc_discovery_url": server.url, "bound_issuer": server.url }),
+    )
+    .await;
+    bao.post(
+        "secret/data/ci/registry",
+        json!({ "data": { "password": PASSWORD } }),
+    )
+    .await;
+    let policy = "path \"secret/data/ci/registry\" { capabilities = [\"read\"] }\n";
+    bao.call(
+        reqwest::Method::PUT,
+        "sys/policies/acl/registry",
+        Some(json!({ "policy": policy })),
+    )
+    .await;
+    bao.post(
+        "auth/jwt/role/pipewright_server",
+        json!({
+            "role_type": "jwt",
+            "user_claim": "sub",
+            "bound_subject": "pipewright:server",
+            "bound_audiences": ["vault"],
+            "token_policies": ["registry"],
+            "token_ttl": "5m",
+        }),
+    )
+    .await;
+
+    let (run_id, _, _) = run_in(&server, &gitea, "vault", &image).await;
+    let run = server.api(&format!("/api/v1/runs/{run_id}")).await;
+    let log = server.log(run_id, 0).await;
+    assert_eq!(run["state"], "success", "{run:#?}\n{log}");
+    assert!(
+        log.starts_with(&format!(
+            "pulling {image} from {} as \"{USER}\"\n",
+            registry.host()
+        )),
+        "{log}"
+    );
+    assert!(!log.contains(PASSWORD) && !run.to_string().contains(PASSWORD));
+    assert_eq!(
+        live_tokens(&bao, "registry").await,
+        0,
+        "Pipewright's own token is revoked once the password is read"
+    );
+
+    // A role bound to a repository's claims refuses Pipewright's own token.
+    bao.post(
+        "auth/jwt/role/repo_role",
+        json!({
+            "role_type": "jwt",
+            "user_claim": "sub",
+            "bound_audiences": ["vault"],
+            "bound_claims": { "repository": "lab/vault" },
+            "token_policies": ["registry"],
+        }),
+    )
+    .await;
+    let jwt = server.app.issuer.mint_server().unwrap();
+    let refused = crate::serve::client()
+        .post(format!("{}/v1/auth/jwt/login", bao.addr))
+        .json(&json!({ "role": "repo_role", "jwt": jwt }))
+        .send()
+        .await
+        .unwrap();
+    assert!(refused.status().is_client_error(), "{}", refused.status());
     server.stop().await;
 }
