@@ -376,7 +376,7 @@ async fn kept_images_are_pulled_at_start_and_survive_the_engines_gc() {
         .await
         .unwrap();
     assert_eq!(reaped, 0);
-    assert_eq!(keepers(), [keeper.clone()]);
+    assert_eq!(keepers(), std::slice::from_ref(&keeper));
 
     // A keeper that goes missing is made again at the next start.
     let data = server.stop_keeping_data().await;
