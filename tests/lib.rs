@@ -90,6 +90,20 @@ impl Executor for NoEngine {
     async fn ping(&self) -> Result<(), ExecError> {
         Err(no_engine())
     }
+    async fn pull_image(
+        &self,
+        _: &str,
+        _: Option<&RegistryAuth>,
+        _: &mut dyn LogSink,
+    ) -> Result<Result<(), String>, ExecError> {
+        Err(no_engine())
+    }
+    async fn keep_image(&self, _: &str, _: &str) -> Result<Option<bool>, ExecError> {
+        Err(no_engine())
+    }
+    async fn release_images(&self, _: &str, _: &[String]) -> Result<usize, ExecError> {
+        Ok(0)
+    }
 }
 
 /// An error and all its sources on one line.

@@ -10,11 +10,13 @@
 
 mod build;
 mod docker;
+mod reference;
 mod shared;
 
 use std::{fmt, io, path::PathBuf, time::Duration};
 
-pub use docker::{DockerConfig, DockerExecutor};
+pub use docker::{DockerConfig, DockerExecutor, KeptImage};
+pub use reference::{DOCKER_HUB, normalize_host, registry_host};
 pub use shared::SharedExecutor;
 pub use tokio_util::sync::CancellationToken;
 
@@ -28,6 +30,12 @@ pub const LABEL_RUN: &str = "io.pipewright.run";
 pub const LABEL_INSTANCE: &str = "io.pipewright.instance";
 /// Label naming the step (its name in the pipeline) a container runs.
 pub const LABEL_STEP: &str = "io.pipewright.step";
+/// Label of a keeper: a container that is created and never started, whose only purpose is
+/// to reference an image so that the engine's GC (`docker image prune -a`) keeps it. Its
+/// value is the image reference kept. Keepers carry [`LABEL_MANAGED`] and
+/// [`LABEL_INSTANCE`] too, but [`Executor::reap`] never removes them; only
+/// [`DockerExecutor::release_images`] does.
+pub const LABEL_PIN: &str = "io.pipewright.pin";
 
 /// Time a stopped step gets between SIGTERM and SIGKILL when none is configured (the
 /// default of [`DockerConfig::stop_grace`] and of the server's `[docker].stop_grace`).
@@ -65,6 +73,9 @@ pub struct StepSpec {
     /// those variables reach the process without being in the container's configuration.
     /// The command stays as given, its arguments untouched.
     pub env_file: Option<String>,
+    /// Credentials sent to the registry when the image has to be pulled (those of the
+    /// registry [`registry_host`] names for `image`). `None`: an anonymous pull.
+    pub pull_auth: Option<RegistryAuth>,
 }
 
 /// A host path mounted into a step container.
@@ -116,7 +127,8 @@ pub enum Outcome {
     TimedOut { after: Duration },
     /// The cancellation token fired; the container was stopped (SIGTERM, grace, SIGKILL).
     Cancelled,
-    /// The image is neither present nor pullable.
+    /// The image is neither present nor pullable (its registry refused the credentials,
+    /// or wants some, or does not have it).
     ImageUnavailable { image: String, reason: String },
     /// The engine refused to create or start the container (bad command, bad mount, …).
     StartFailed { reason: String },
@@ -254,9 +266,11 @@ pub enum ExecError {
 ///
 /// Contract:
 /// - [`run_step`](Executor::run_step) does a whole step: make sure the image is present
-///   (pull it if not), create the container (labelled, limited, unprivileged, no engine
-///   socket), attach to its output before starting it so that no byte is missed, start,
-///   stream lines into the sink (a line longer than [`MAX_LINE`] as pieces, see
+///   (pull it if not, with [`StepSpec::pull_auth`], the pull's layer statuses going to the
+///   sink as deduplicated lines: each layer's statuses once, byte counts in quarters),
+///   create the container (labelled,
+///   limited, unprivileged, no engine socket), attach to its output before starting it so
+///   that no byte is missed, start, stream lines into the sink (a line longer than [`MAX_LINE`] as pieces, see
 ///   [`LogSink`]), wait, and remove the container — on every path, failures and
 ///   cancellation included. Removal runs outside the cancellation.
 /// - Several `run_step` calls may run at once on one executor.
@@ -294,7 +308,8 @@ pub trait Executor: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Outcome, ExecError>> + Send;
 
     /// Removes every container labelled [`LABEL_MANAGED`] whose labels `keep` rejects, and
-    /// returns how many were removed. Running ones are killed first.
+    /// returns how many were removed. Running ones are killed first. Keepers
+    /// ([`LABEL_PIN`]) are never removed, whatever `keep` says.
     #[allow(clippy::type_complexity, reason = "clearest spelled out")]
     fn reap(
         &self,
@@ -329,4 +344,31 @@ pub trait Executor: Send + Sync + 'static {
 
     /// `Ok` when the engine answers.
     fn ping(&self) -> impl Future<Output = Result<(), ExecError>> + Send;
+
+    /// Pulls `image` whether or not it is present (the registry's current image for the
+    /// reference), with `auth`. `Ok(Err(reason))`: the registry or the engine refused, in
+    /// words that name the registry and never hold the password.
+    fn pull_image(
+        &self,
+        image: &str,
+        auth: Option<&RegistryAuth>,
+        sink: &mut dyn LogSink,
+    ) -> impl Future<Output = Result<Result<(), String>, ExecError>> + Send;
+
+    /// Makes sure a keeper of `instance` (a container never started, labelled
+    /// [`LABEL_PIN`]) references the image `reference` names now, so the engine's image GC
+    /// spares it. `Ok(None)`: the engine has no image of that reference (pull it first);
+    /// `Ok(Some(true))`: a keeper was created; `Ok(Some(false))`: one was there.
+    fn keep_image(
+        &self,
+        instance: &str,
+        reference: &str,
+    ) -> impl Future<Output = Result<Option<bool>, ExecError>> + Send;
+
+    /// Removes the keepers of `instance` whose reference is not in `keep`; how many.
+    fn release_images(
+        &self,
+        instance: &str,
+        keep: &[String],
+    ) -> impl Future<Output = Result<usize, ExecError>> + Send;
 }

@@ -42,6 +42,22 @@ trait DynExecutor: Send + Sync + 'static {
         reference: &'a str,
     ) -> BoxFuture<'a, Result<Option<String>, ExecError>>;
     fn ping(&self) -> BoxFuture<'_, Result<(), ExecError>>;
+    fn pull_image<'a>(
+        &'a self,
+        image: &'a str,
+        auth: Option<&'a RegistryAuth>,
+        sink: &'a mut dyn LogSink,
+    ) -> BoxFuture<'a, Result<Result<(), String>, ExecError>>;
+    fn keep_image<'a>(
+        &'a self,
+        instance: &'a str,
+        reference: &'a str,
+    ) -> BoxFuture<'a, Result<Option<bool>, ExecError>>;
+    fn release_images<'a>(
+        &'a self,
+        instance: &'a str,
+        keep: &'a [String],
+    ) -> BoxFuture<'a, Result<usize, ExecError>>;
 }
 
 impl<E: Executor> DynExecutor for E {
@@ -86,6 +102,28 @@ impl<E: Executor> DynExecutor for E {
     }
     fn ping(&self) -> BoxFuture<'_, Result<(), ExecError>> {
         Box::pin(Executor::ping(self))
+    }
+    fn pull_image<'a>(
+        &'a self,
+        image: &'a str,
+        auth: Option<&'a RegistryAuth>,
+        sink: &'a mut dyn LogSink,
+    ) -> BoxFuture<'a, Result<Result<(), String>, ExecError>> {
+        Box::pin(Executor::pull_image(self, image, auth, sink))
+    }
+    fn keep_image<'a>(
+        &'a self,
+        instance: &'a str,
+        reference: &'a str,
+    ) -> BoxFuture<'a, Result<Option<bool>, ExecError>> {
+        Box::pin(Executor::keep_image(self, instance, reference))
+    }
+    fn release_images<'a>(
+        &'a self,
+        instance: &'a str,
+        keep: &'a [String],
+    ) -> BoxFuture<'a, Result<usize, ExecError>> {
+        Box::pin(Executor::release_images(self, instance, keep))
     }
 }
 
@@ -157,5 +195,22 @@ impl Executor for SharedExecutor {
 
     async fn ping(&self) -> Result<(), ExecError> {
         self.inner.ping().await
+    }
+
+    async fn pull_image(
+        &self,
+        image: &str,
+        auth: Option<&RegistryAuth>,
+        sink: &mut dyn LogSink,
+    ) -> Result<Result<(), String>, ExecError> {
+        self.inner.pull_image(image, auth, sink).await
+    }
+
+    async fn keep_image(&self, instance: &str, reference: &str) -> Result<Option<bool>, ExecError> {
+        self.inner.keep_image(instance, reference).await
+    }
+
+    async fn release_images(&self, instance: &str, keep: &[String]) -> Result<usize, ExecError> {
+        self.inner.release_images(instance, keep).await
     }
 }

@@ -65,6 +65,9 @@ impl std::fmt::Debug for SigningKey {
     }
 }
 
+/// The `sub` of the tokens Pipewright issues to itself ([`Issuer::mint_server`]).
+pub const SERVER_SUBJECT: &str = "pipewright:server";
+
 /// Issues run tokens.
 #[derive(Debug)]
 pub struct Issuer {
@@ -330,7 +333,6 @@ impl Issuer {
 
     /// A signed token for a run, valid for the configured time.
     pub fn mint(&self, c: &RunClaims) -> Result<String, IdentityError> {
-        let key = &self.keys[0];
         let now = now_ms() / 1000;
         let mut jti = [0u8; 16];
         self.rng.fill(&mut jti).map_err(|_| IdentityError::Sign)?;
@@ -363,6 +365,32 @@ impl Issuer {
         if let Some(base) = &c.base_ref {
             claims["base_ref"] = json!(base);
         }
+        self.signed(&claims)
+    }
+
+    /// A token for Pipewright itself (its own Vault login, to read
+    /// `[[registries]].password_vault`): `sub` is [`SERVER_SUBJECT`], which no run's token
+    /// can have (theirs start with `repo:`), and it carries no repository claim, so a role
+    /// bound to a repository never accepts it.
+    pub fn mint_server(&self) -> Result<String, IdentityError> {
+        let now = now_ms() / 1000;
+        let mut jti = [0u8; 16];
+        self.rng.fill(&mut jti).map_err(|_| IdentityError::Sign)?;
+        let claims = json!({
+            "iss": self.issuer,
+            "aud": self.audience,
+            "iat": now,
+            "nbf": now - 5,
+            "exp": now + self.ttl.as_secs() as i64,
+            "jti": hex::encode(jti),
+            "sub": SERVER_SUBJECT,
+        });
+        self.signed(&claims)
+    }
+
+    /// The JWT of `claims`, signed with the active key.
+    fn signed(&self, claims: &Value) -> Result<String, IdentityError> {
+        let key = &self.keys[0];
         let header = json!({ "alg": alg_name(key.alg), "typ": "JWT", "kid": key.kid });
         let signing_input = format!(
             "{}.{}",
@@ -499,6 +527,34 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn the_servers_own_token_has_no_repository_claims() {
+        let dir = tempfile::tempdir().unwrap();
+        let issuer = Issuer::load(
+            dir.path(),
+            Algorithm::EdDSA,
+            "https://ci.lab",
+            "vault",
+            Duration::from_secs(600),
+        )
+        .unwrap();
+        let server = verify(&issuer, &issuer.mint_server().unwrap());
+        assert_eq!(server["sub"], SERVER_SUBJECT);
+        assert_eq!(server["iss"], "https://ci.lab");
+        assert_eq!(server["aud"], "vault");
+        let mut names: Vec<&str> = server
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        names.sort_unstable();
+        assert_eq!(names, ["aud", "exp", "iat", "iss", "jti", "nbf", "sub"]);
+        // No run's token has this subject.
+        let run = verify(&issuer, &issuer.mint(&claims()).unwrap());
+        assert!(run["sub"].as_str().unwrap().starts_with("repo:"));
     }
 
     #[test]

@@ -13,6 +13,7 @@ mod identity;
 mod local;
 mod logs;
 mod mask;
+mod registries;
 pub mod run;
 mod secrets;
 pub mod secrets_dir;

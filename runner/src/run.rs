@@ -338,5 +338,7 @@ fn spec_for(step: &PlannedStep, setup: &RunSetup<'_>, left: Duration) -> StepSpe
         timeout: Some(step.timeout.map_or(left, |t| t.min(left))),
         network: setup.network.map(str::to_string),
         env_file: None,
+        // The server's engine wrapper adds the registry's credentials (`server/work/images.rs`).
+        pull_auth: None,
     }
 }

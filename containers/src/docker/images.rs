@@ -9,8 +9,8 @@ use bollard::{
     errors::Error as BollardError,
     models::ProgressDetail,
     query_parameters::{
-        BuildImageOptionsBuilder, BuilderVersion, CreateImageOptionsBuilder,
-        PushImageOptionsBuilder, RemoveImageOptionsBuilder, TagImageOptionsBuilder,
+        BuildImageOptionsBuilder, BuilderVersion, PushImageOptionsBuilder,
+        RemoveImageOptionsBuilder, TagImageOptionsBuilder,
     },
 };
 use futures_util::StreamExt;
@@ -20,6 +20,7 @@ use tracing::debug;
 use super::{
     DockerExecutor, EngineAnswer, engine_error, engine_message, is_client_error,
     lines::{LineSplitter, emit_line},
+    pull::PullFailed,
     status,
 };
 use crate::{
@@ -38,10 +39,13 @@ enum BuildEnd {
 }
 
 impl DockerExecutor {
-    /// Makes sure `image` is present, pulling it if not. `Some(outcome)` ends the step.
+    /// Makes sure `image` is present, pulling it with `auth` if not (the pull's progress
+    /// goes to `sink`). `Some(outcome)` ends the step.
     pub(super) async fn ensure_image(
         &self,
         image: &str,
+        auth: Option<&RegistryAuth>,
+        sink: &mut dyn LogSink,
         cancel: &CancellationToken,
     ) -> Result<Option<Outcome>, ExecError> {
         match self.docker.inspect_image(image).await {
@@ -52,35 +56,14 @@ impl DockerExecutor {
             }
             Err(source) => return Err(engine_error(format!("inspect image {image}"), source)),
         }
-
-        debug!(image, "pulling image");
-        let mut options = CreateImageOptionsBuilder::default().from_image(image);
-        if !has_tag_or_digest(image) {
-            // Without a tag the engine would pull every tag of the repository.
-            options = options.tag("latest");
-        }
-        let mut progress = self.docker.create_image(Some(options.build()), None, None);
-        let pulled = async {
-            while let Some(item) = progress.next().await {
-                match item {
-                    Ok(_) => {}
-                    // The engine answered: whatever it says, this image cannot be had.
-                    Err(
-                        err @ (BollardError::DockerStreamError { .. }
-                        | BollardError::DockerResponseServerError { .. }),
-                    ) => return Ok(Some(image_unavailable(image, &err))),
-                    Err(source) => {
-                        return Err(engine_error(format!("pull image {image}"), source));
-                    }
-                }
-            }
-            debug!(image, "pulled image");
-            Ok(None)
-        };
-        tokio::select! {
-            pulled = pulled => pulled,
-            () = cancel.cancelled() => Ok(Some(Outcome::Cancelled)),
-        }
+        Ok(match self.pull_with(image, auth, sink, cancel).await? {
+            Ok(()) => None,
+            Err(PullFailed::Cancelled) => Some(Outcome::Cancelled),
+            Err(PullFailed::Refused(reason)) => Some(Outcome::ImageUnavailable {
+                image: image.to_owned(),
+                reason,
+            }),
+        })
     }
 
     /// Sends the context and follows the build; returns once the request is over (its
@@ -347,7 +330,7 @@ impl DockerExecutor {
 }
 
 /// Whether a reference names a tag or digest; `registry:5000/name` has neither.
-fn has_tag_or_digest(image: &str) -> bool {
+pub(super) fn has_tag_or_digest(image: &str) -> bool {
     let name = image.rsplit('/').next().unwrap_or(image);
     image.contains('@') || name.contains(':')
 }

@@ -23,7 +23,7 @@ use super::{
     DockerExecutor, EngineAnswer, engine_error, engine_message, is_client_error,
     lines::LineSplitter, status, step_config::create_body,
 };
-use crate::{ExecError, LABEL_MANAGED, LogSink, Outcome, StepSpec, Stream};
+use crate::{ExecError, LABEL_MANAGED, LABEL_PIN, LogSink, Outcome, StepSpec, Stream};
 
 /// Whether a managed container, given its sorted labels, is kept by
 /// [`DockerExecutor::reap_managed`].
@@ -37,7 +37,8 @@ impl DockerExecutor {
         sink: &mut dyn LogSink,
         cancel: &CancellationToken,
     ) -> Result<Outcome, ExecError> {
-        if let Some(outcome) = self.ensure_image(&spec.image, cancel).await? {
+        let auth = spec.pull_auth.as_ref();
+        if let Some(outcome) = self.ensure_image(&spec.image, auth, sink, cancel).await? {
             return Ok(outcome);
         }
         let body = match create_body(spec) {
@@ -260,7 +261,8 @@ impl DockerExecutor {
             let mut labels: Vec<(String, String)> =
                 container.labels.unwrap_or_default().into_iter().collect();
             labels.sort();
-            if keep(&labels) {
+            // Keepers hold images for the engine's GC; only `release_images` removes them.
+            if labels.iter().any(|(name, _)| name == LABEL_PIN) || keep(&labels) {
                 continue;
             }
             match remove_container(&self.docker, &id).await {
@@ -327,7 +329,7 @@ impl Drop for RemoveOnDrop {
 
 /// Force-removes (killing it if running) a container and its anonymous volumes. `Ok(false)`
 /// when it was already gone or being removed by someone else.
-async fn remove_container(docker: &Docker, id: &str) -> Result<bool, BollardError> {
+pub(super) async fn remove_container(docker: &Docker, id: &str) -> Result<bool, BollardError> {
     let options = RemoveContainerOptionsBuilder::default()
         .force(true)
         .v(true)

@@ -31,14 +31,18 @@
 //!   writes both into one pipe (`2>&1`) has them in the order written.
 
 mod images;
+mod keep;
 mod lifecycle;
 mod lines;
+mod pull;
 mod step_config;
 
 use std::time::Duration;
 
 use bollard::{Docker, errors::Error as BollardError};
 use tokio_util::sync::CancellationToken;
+
+pub use keep::KeptImage;
 
 use crate::{
     BuildOutcome, BuildSpec, DEFAULT_STOP_GRACE, ExecError, Executor, LogSink, Outcome,
@@ -98,6 +102,23 @@ impl DockerExecutor {
 }
 
 impl Executor for DockerExecutor {
+    async fn pull_image(
+        &self,
+        image: &str,
+        auth: Option<&RegistryAuth>,
+        sink: &mut dyn LogSink,
+    ) -> Result<Result<(), String>, ExecError> {
+        self.pull_image_now(image, auth, sink).await
+    }
+
+    async fn keep_image(&self, instance: &str, reference: &str) -> Result<Option<bool>, ExecError> {
+        self.keep_image_now(instance, reference).await
+    }
+
+    async fn release_images(&self, instance: &str, keep: &[String]) -> Result<usize, ExecError> {
+        self.release_images_now(instance, keep).await
+    }
+
     async fn ping(&self) -> Result<(), ExecError> {
         self.docker
             .ping()

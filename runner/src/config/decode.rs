@@ -99,6 +99,7 @@ pub(super) fn decode(r: &mut Reader<'_>) -> Config {
         role_template: r
             .read("vault", "role_template", |v| role_template(v.str()?))
             .unwrap_or_else(|| defaults::ROLE_TEMPLATE.to_owned()),
+        server_role: r.read("vault", "server_role", |v| non_empty(v.str()?)),
     };
 
     let max_memory = r
@@ -143,6 +144,9 @@ pub(super) fn decode(r: &mut Reader<'_>) -> Config {
         secrets_in_env: r
             .read("docker", "secrets_in_env", Val::bool)
             .unwrap_or(defaults::SECRETS_IN_ENV),
+        pin_images: r
+            .read("docker", "pin_images", |v| image_references(v.list()?))
+            .unwrap_or_default(),
     };
 
     let agent = AgentConfig {
@@ -163,6 +167,7 @@ pub(super) fn decode(r: &mut Reader<'_>) -> Config {
     };
 
     let repos = r.repos();
+    let registries = r.registries(&vault);
 
     Config {
         server,
@@ -174,6 +179,7 @@ pub(super) fn decode(r: &mut Reader<'_>) -> Config {
         agent,
         api,
         repos,
+        registries,
     }
 }
 
@@ -280,6 +286,91 @@ impl<'a> Reader<'a> {
             ));
         }
         tokens.into_iter().map(|(_, token)| token).collect()
+    }
+
+    /// `[[registries]]`, file only; a password from Vault needs `[vault]`'s address and
+    /// server role.
+    fn registries(&mut self, vault: &VaultConfig) -> Vec<RegistryCredentials> {
+        self.known.push(("registries", Vec::new()));
+        let file: &'a toml::Table = self.file;
+        let Some(value) = file.get("registries") else {
+            return Vec::new();
+        };
+        let at = match value.is_table() {
+            true => format!("{}: [registries]", self.file_name),
+            false => format!("{}: registries", self.file_name),
+        };
+        let mut registries: Vec<(usize, RegistryCredentials)> = Vec::new();
+        for (i, mut entry) in self.tables(value, "[[registries]]", at) {
+            let at = entry.at.clone();
+            let mut val = |key| entry.val(key);
+            let (host, username) = (val("host"), val("username"));
+            let (file, vault_path) = (val("password_file"), val("password_vault"));
+            self.problems.extend(entry.unknown_keys());
+            for (key, missing, what) in [
+                (
+                    "host",
+                    host.is_none(),
+                    " (the registry as image references name it)",
+                ),
+                ("username", username.is_none(), ""),
+            ] {
+                if missing {
+                    self.problem(at.clone(), format!("missing `{key}`{what}"));
+                }
+            }
+            let host = self.check(host, |v| registry_host(v.str()?));
+            let username = self.check(username, |v| registry_username(v.str()?));
+            let password = match (file, vault_path) {
+                (Some(_), Some(vault_path)) => {
+                    let message = "`password_file` is also given; keep one of the two";
+                    self.problem(vault_path.at, message);
+                    None
+                }
+                (None, None) => {
+                    let message = "missing `password_file` or `password_vault`";
+                    self.problem(at.clone(), message);
+                    None
+                }
+                (Some(file), None) => self
+                    .check(Some(file), one_secret_file)
+                    .map(|password| RegistryPassword::File(Secret::new(password))),
+                (None, Some(vault_path)) => {
+                    let needs = match (&vault.address, &vault.server_role) {
+                        (None, None) => Some("[vault].address and [vault].server_role"),
+                        (None, Some(_)) => Some("[vault].address"),
+                        (Some(_), None) => Some("[vault].server_role"),
+                        (Some(_), Some(_)) => None,
+                    };
+                    if let Some(needs) = needs {
+                        let message = format!(
+                            "a password from Vault needs {needs}: Pipewright reads it with a login of its own"
+                        );
+                        self.problem(vault_path.at.clone(), message);
+                    }
+                    self.check(Some(vault_path), |v| vault_secret_ref(v.str()?))
+                        .filter(|_| needs.is_none())
+                        .map(|(path, key)| RegistryPassword::Vault { path, key })
+                }
+            };
+            let (Some(host), Some(username), Some(password)) = (host, username, password) else {
+                continue;
+            };
+            if let Some((j, _)) = registries.iter().find(|(_, r)| r.host == host) {
+                let message = format!("{host:?} is already listed in [[registries]][{j}]");
+                self.problem(format!("{at}.host"), message);
+                continue;
+            }
+            registries.push((
+                i,
+                RegistryCredentials {
+                    host,
+                    username,
+                    password,
+                },
+            ));
+        }
+        registries.into_iter().map(|(_, r)| r).collect()
     }
 
     fn repos(&mut self) -> Vec<RepoPolicy> {

@@ -4,7 +4,8 @@
 //! Precedence: environment over file over the defaults documented on each field. Values
 //! from the environment are text: lists are comma-separated
 //! (`PIPEWRIGHT_AGENT__LABELS=linux,arm64`), booleans are `true`/`false`, numbers and
-//! durations are written as in the file. `[[repos]]` and `[[api.token]]` exist only in the file.
+//! durations are written as in the file. `[[repos]]`, `[[registries]]` and `[[api.token]]`
+//! exist only in the file.
 //!
 //! Secrets (`token`, `webhook_secret`, `[api].tokens`, `[[api.token]]`) can be given directly or as a
 //! `*_file` whose content is read at load; giving both in one place (the file, or the
@@ -26,6 +27,8 @@ pub mod defaults;
 mod parse;
 mod reader;
 #[cfg(test)]
+mod registries_tests;
+#[cfg(test)]
 mod tests;
 mod values;
 
@@ -33,7 +36,8 @@ use std::{collections::BTreeMap, fmt, fs, path::Path};
 
 pub use values::{
     AgentConfig, Algorithm, ApiConfig, Config, DatabaseConfig, DockerConfig, GiteaConfig,
-    HttpLimits, IdentityConfig, RepoPolicy, Scope, ScopedToken, Secret, ServerConfig, VaultConfig,
+    HttpLimits, IdentityConfig, RegistryCredentials, RegistryPassword, RepoPolicy, Scope,
+    ScopedToken, Secret, ServerConfig, VaultConfig,
 };
 
 use decode::decode;

@@ -246,3 +246,68 @@ pub(super) fn repo_name(text: &str) -> Result<String, String> {
         _ => Err(format!("expected `owner/name`, found {text:?}")),
     }
 }
+
+/// `[[registries]].host`: `host` or `host:port` as image references name it, kept
+/// normalized (lower case, Docker Hub's aliases as `docker.io`).
+pub(super) fn registry_host(text: &str) -> Result<String, String> {
+    let ok = !text.is_empty()
+        && text
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '_'))
+        && !text.starts_with(['.', '-', ':'])
+        && !text.ends_with(':');
+    match ok {
+        true => Ok(pipewright_containers::normalize_host(text)),
+        false => Err(format!(
+            "expected a registry host such as \"gitea.example.lab\" or \"127.0.0.1:5000\" (no scheme, no path), found {text:?}"
+        )),
+    }
+}
+
+/// `[[registries]].username`: HTTP basic authentication cannot carry a `:` in it.
+pub(super) fn registry_username(text: &str) -> Result<String, String> {
+    if text.trim().is_empty() {
+        return Err("expected a user name, found an empty string".to_owned());
+    }
+    match text.contains(':') || text.contains(char::is_control) {
+        true => Err(format!(
+            "expected a user name without `:` or control characters, found {text:?}"
+        )),
+        false => Ok(text.to_owned()),
+    }
+}
+
+/// `[[registries]].password_vault`: `PATH#KEY` of a KV secret.
+pub(super) fn vault_secret_ref(text: &str) -> Result<(String, String), String> {
+    let parts = text
+        .split_once('#')
+        .map(|(path, key)| (path.trim_matches('/'), key))
+        .filter(|(path, key)| {
+            !path.is_empty()
+                && !key.is_empty()
+                && !key.contains('#')
+                && !text.contains(char::is_whitespace)
+        });
+    match parts {
+        Some((path, key)) => Ok((path.to_owned(), key.to_owned())),
+        None => Err(format!(
+            "expected `PATH#KEY` of a KV secret, such as \"kvv2/ci/registry#password\", found {text:?}"
+        )),
+    }
+}
+
+/// `[docker].pin_images`: image references (`host/path:tag`, `name@sha256:…`), each once.
+pub(super) fn image_references(images: Vec<String>) -> Result<Vec<String>, String> {
+    for (i, image) in images.iter().enumerate() {
+        if image.is_empty()
+            || image.starts_with(['-', '/', ':', '@'])
+            || image.contains(|c: char| c.is_whitespace() || c.is_control())
+        {
+            return Err(format!("expected image references, found {image:?}"));
+        }
+        if images[..i].contains(image) {
+            return Err(format!("{image:?} is listed twice"));
+        }
+    }
+    Ok(images)
+}

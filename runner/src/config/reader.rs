@@ -207,7 +207,7 @@ impl<'a> Reader<'a> {
     pub(super) fn unknown_file_keys(&mut self) {
         let file: &'a toml::Table = self.file;
         for (section, value) in file {
-            if section == "repos" {
+            if section == "repos" || section == "registries" {
                 continue;
             }
             let Some((_, keys)) = self.known.iter().find(|(s, _)| s == section) else {
@@ -230,7 +230,7 @@ impl<'a> Reader<'a> {
                     None => {
                         let sections = self.known.iter().map(|(s, _)| *s);
                         unknown("section", section, sections, |s| match s {
-                            "repos" => "`[[repos]]`".to_owned(),
+                            "repos" | "registries" => format!("`[[{s}]]`"),
                             _ => format!("`[{s}]`"),
                         })
                     }
@@ -276,6 +276,8 @@ impl<'a> Reader<'a> {
             }
             let message = if name.starts_with("PIPEWRIGHT_REPOS__") {
                 "[[repos]] cannot be set from the environment; use the config file".to_owned()
+            } else if name.starts_with("PIPEWRIGHT_REGISTRIES__") {
+                "[[registries]] cannot be set from the environment; use the config file".to_owned()
             } else {
                 let short = |n: &str| n.strip_prefix(ENV_PREFIX).unwrap_or(n).to_ascii_uppercase();
                 let given = short(name);

@@ -131,6 +131,7 @@ fn design_example_parses() {
                     ),
                     mount: "gitea_jwt",
                     role_template: "gitea_cicd_{repo}",
+                    server_role: None,
                 },
                 docker: DockerConfig {
                     host: Some(
@@ -145,6 +146,7 @@ fn design_example_parses() {
                     max_log_bytes: 67108864,
                     network: None,
                     secrets_in_env: true,
+                    pin_images: [],
                 },
                 agent: AgentConfig {
                     labels: [
@@ -169,6 +171,7 @@ fn design_example_parses() {
                         allow_fork_secrets: false,
                     },
                 ],
+                registries: [],
             }"#]]
     .assert_eq(&format!("{config:#?}"));
     assert_eq!(config.gitea.token.as_ref().unwrap().expose(), "gitea-token");
@@ -227,6 +230,7 @@ fn no_file_gives_the_defaults() {
                     address: None,
                     mount: "jwt",
                     role_template: "gitea_cicd_{repo}",
+                    server_role: None,
                 },
                 docker: DockerConfig {
                     host: None,
@@ -239,6 +243,7 @@ fn no_file_gives_the_defaults() {
                     max_log_bytes: 67108864,
                     network: None,
                     secrets_in_env: true,
+                    pin_images: [],
                 },
                 agent: AgentConfig {
                     labels: [],
@@ -250,6 +255,7 @@ fn no_file_gives_the_defaults() {
                     scoped_tokens: [],
                 },
                 repos: [],
+                registries: [],
             }"#]]
     .assert_eq(&format!("{config:#?}"));
     assert_eq!(format!("{config:?}"), format!("{:?}", Config::default()));

@@ -30,6 +30,9 @@ pub struct Config {
     /// allowed; when some are listed, only those are. File only (not settable from the
     /// environment).
     pub repos: Vec<RepoPolicy>,
+    /// `[[registries]]`: credentials for pulling step images, by registry host. Default:
+    /// none (anonymous pulls). File only (not settable from the environment).
+    pub registries: Vec<RegistryCredentials>,
 }
 
 /// `[server]`.
@@ -163,6 +166,11 @@ pub struct VaultConfig {
     /// `{repo}` is replaced by the repository's name and `{owner}` by its owner (see
     /// [`Config::role_for`]). Default: `gitea_cicd_{repo}`.
     pub role_template: String,
+    /// `server_role`: the role Pipewright itself logs in with on `mount`, to read
+    /// `[[registries]].password_vault`: the JWT is signed by its own issuer, with `sub`
+    /// `pipewright:server` and no repository claims (bind the role with
+    /// `bound_subject`). Default: none (no password can come from Vault).
+    pub server_role: Option<String>,
 }
 
 /// `[docker]`.
@@ -200,6 +208,12 @@ pub struct DockerConfig {
     /// environment file in the run's `[server].secrets_dir` that the step's shell reads
     /// before the command (images need `/bin/sh`). Default: `true`.
     pub secrets_in_env: bool,
+    /// `pin_images`: image references pulled when `serve` starts (with the credentials of
+    /// their `[[registries]]`) and kept from the engine's GC (`docker image prune -a`) by a
+    /// stopped container labelled `io.pipewright.pin` that references each. A pull that
+    /// fails is logged and retried in the background; start-up does not wait for it.
+    /// Default: `[]`.
+    pub pin_images: Vec<String>,
 }
 
 /// `[agent]`.
@@ -303,7 +317,38 @@ pub struct RepoPolicy {
     pub allow_fork_secrets: bool,
 }
 
+/// One `[[registries]]` entry: the credentials sent when a step image (or a kept image)
+/// is pulled from `host`.
+#[derive(Clone, Debug)]
+pub struct RegistryCredentials {
+    /// `host`: the registry as image references name it, `host` or `host:port`
+    /// (`gitea.example.lab`, `127.0.0.1:5000`; `docker.io` for Docker Hub), matched
+    /// without regard to ASCII case (required).
+    pub host: String,
+    /// `username`: the user to log in as (required).
+    pub username: String,
+    /// `password_file` or `password_vault` (required, exactly one of the two).
+    pub password: RegistryPassword,
+}
+
+/// Where a registry's password comes from.
+#[derive(Clone, Debug)]
+pub enum RegistryPassword {
+    /// `password_file`: its content without the final newline, read when the
+    /// configuration is loaded.
+    File(Secret),
+    /// `password_vault = "PATH#KEY"`: key `KEY` of the KV secret at `PATH`, read through
+    /// `[vault].server_role` when a pull needs it.
+    Vault { path: String, key: String },
+}
+
 impl Config {
+    /// The credentials `[[registries]]` has for the registry of an image reference.
+    pub fn registry_for(&self, image: &str) -> Option<&RegistryCredentials> {
+        let host = pipewright_containers::registry_host(image);
+        self.registries.iter().find(|r| r.host == host)
+    }
+
     /// The policy of a repository (`owner/name`), if `[[repos]]` lists it.
     pub fn repo_policy(&self, full_name: &str) -> Option<&RepoPolicy> {
         self.repos

@@ -27,6 +27,7 @@ use crate::{
     gitea::{Gitea, http_client},
     identity::Issuer,
     logs::LogStore,
+    registries::Registries,
     run::{BoxFuture, StepDefaults},
     store::{Enqueued, NewDelivery, Received, RunSpec, Store, StoreError},
     vault::Vault,
@@ -57,9 +58,11 @@ pub struct App {
     /// This instance's name on the containers it creates (kept in `data_dir/instance`).
     pub instance: String,
     /// Signs run identity tokens; publishes the JWKS.
-    pub issuer: Issuer,
+    pub issuer: Arc<Issuer>,
     /// Where runs log in, when configured.
     pub vault: Option<Vault>,
+    /// `[[registries]]`: the credentials step and kept images are pulled with.
+    pub registries: Arc<Registries>,
     /// The background tasks' states, for `/readyz`.
     pub tasks: Tasks,
 }
@@ -115,11 +118,13 @@ impl App {
             &config.identity.audience,
             config.identity.token_ttl,
         )?;
+        let issuer = Arc::new(issuer);
         let vault = config
             .vault
             .address
             .as_deref()
             .map(|address| Vault::new(address, client.clone()));
+        let registries = Arc::new(Registries::new(&config, vault.clone(), issuer.clone()));
         Ok(Arc::new(App {
             config,
             store,
@@ -135,6 +140,7 @@ impl App {
             instance,
             issuer,
             vault,
+            registries,
             tasks: Tasks::default(),
         }))
     }
@@ -287,7 +293,7 @@ fn getrandom_bytes(buf: &mut [u8]) {
 }
 
 /// The supervised background tasks, by name (as `/readyz` names them).
-const TASKS: [(&str, TaskFn); 6] = [
+const TASKS: [(&str, TaskFn); 7] = [
     ("webhook writer", |app, stop| {
         Box::pin(http::webhook::run_writer(app, stop))
     }),
@@ -303,6 +309,9 @@ const TASKS: [(&str, TaskFn); 6] = [
     ("checkpoints", |app, stop| Box::pin(checkpoints(app, stop))),
     ("schedules", |app, stop| {
         Box::pin(async move { intake::schedule::run(app.intake(), stop).await })
+    }),
+    ("kept images", |app, stop| {
+        Box::pin(work::keep::run(app, stop))
     }),
 ];
 

@@ -193,6 +193,8 @@ impl<'a> RunAccess<'a> {
         };
         let mut values: Vec<String> = self.secrets.iter().map(|(_, v)| v.clone()).collect();
         values.extend(self.file_values.iter().cloned());
+        // Registry passwords reach no step, but are masked in every one all the same.
+        values.extend(app.registries.known_passwords());
         if let Some(claims) = &self.claims {
             match app.issuer.mint(claims) {
                 Ok(jwt) => {

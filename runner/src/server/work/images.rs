@@ -8,14 +8,20 @@
 //! present is pulled (by the step, as usual) and the pulled id becomes the pin; a trusted
 //! build re-pins the tags it made. An operator accepts a replaced image by removing its row
 //! from `image_pins`.
+//!
+//! The wrapper also gives a pull the credentials of the image's registry
+//! (`[[registries]]`), for every run. (These pins are not `[docker].pin_images`, the
+//! images kept from the engine's GC: see `keep.rs`.)
 
 use pipewright_containers::{
     BuildOutcome, BuildSpec, CancellationToken, ExecError, Executor, LogSink, Outcome, PushOutcome,
     RegistryAuth, SharedExecutor, StepSpec,
 };
+use std::sync::Arc;
+
 use tracing::warn;
 
-use crate::store::Store;
+use crate::{mask::Masker, registries::Registries, store::Store};
 
 /// An image id as the Docker CLI shows it (12 hex digits), to fit a status description.
 fn short_id(id: &str) -> &str {
@@ -32,6 +38,8 @@ pub struct Pinned {
     pub run_id: i64,
     /// A trusted run: pins are checked and recorded. Otherwise the engine as it is.
     pub trusted: bool,
+    /// The credentials a missing image is pulled with.
+    pub registries: Arc<Registries>,
 }
 
 impl Pinned {
@@ -59,6 +67,43 @@ impl Pinned {
         })
     }
 
+    /// Runs a step whose image is not present: the pull sends the credentials
+    /// `[[registries]]` has for the image's registry. A refusal names the registry and the
+    /// image, never the password (masked in the reason all the same), and a password from
+    /// Vault is read again at the next pull.
+    async fn pull_and_run(
+        &self,
+        spec: &StepSpec,
+        sink: &mut dyn LogSink,
+        cancel: &CancellationToken,
+    ) -> Result<Outcome, ExecError> {
+        let auth = match self.registries.auth_for(&spec.image).await {
+            Ok(auth) => auth,
+            Err(reason) => {
+                return Ok(Outcome::ImageUnavailable {
+                    image: spec.image.clone(),
+                    reason,
+                });
+            }
+        };
+        let Some(auth) = auth else {
+            return self.inner.run_step(spec, sink, cancel).await;
+        };
+        let mut with_auth = spec.clone();
+        let masker = Masker::new([auth.password.as_str()]);
+        with_auth.pull_auth = Some(auth);
+        match self.inner.run_step(&with_auth, sink, cancel).await? {
+            Outcome::ImageUnavailable { image, reason } => {
+                self.registries.forget(&spec.image);
+                Ok(Outcome::ImageUnavailable {
+                    image,
+                    reason: masker.mask_str(&reason),
+                })
+            }
+            other => Ok(other),
+        }
+    }
+
     async fn repin(&self, reference: &str, image_id: &str) {
         if let Err(e) = self
             .store
@@ -77,26 +122,24 @@ impl Executor for Pinned {
         sink: &mut dyn LogSink,
         cancel: &CancellationToken,
     ) -> Result<Outcome, ExecError> {
+        let Some(id) = self.inner.local_image_id(&spec.image).await? else {
+            let outcome = self.pull_and_run(spec, sink, cancel).await?;
+            if self.trusted
+                && let Some(pulled) = self.inner.local_image_id(&spec.image).await?
+            {
+                self.repin(&spec.image, &pulled).await;
+            }
+            return Ok(outcome);
+        };
         if !self.trusted {
             return self.inner.run_step(spec, sink, cancel).await;
         }
-        match self.inner.local_image_id(&spec.image).await? {
-            Some(id) => {
-                if let Err(refused) = self.check(&spec.image, &id).await {
-                    return Ok(refused);
-                }
-                let mut by_id = spec.clone();
-                by_id.image = id;
-                self.inner.run_step(&by_id, sink, cancel).await
-            }
-            None => {
-                let outcome = self.inner.run_step(spec, sink, cancel).await?;
-                if let Some(pulled) = self.inner.local_image_id(&spec.image).await? {
-                    self.repin(&spec.image, &pulled).await;
-                }
-                Ok(outcome)
-            }
+        if let Err(refused) = self.check(&spec.image, &id).await {
+            return Ok(refused);
         }
+        let mut by_id = spec.clone();
+        by_id.image = id;
+        self.inner.run_step(&by_id, sink, cancel).await
     }
 
     async fn reap(
@@ -142,5 +185,22 @@ impl Executor for Pinned {
 
     async fn ping(&self) -> Result<(), ExecError> {
         self.inner.ping().await
+    }
+
+    async fn pull_image(
+        &self,
+        image: &str,
+        auth: Option<&RegistryAuth>,
+        sink: &mut dyn LogSink,
+    ) -> Result<Result<(), String>, ExecError> {
+        self.inner.pull_image(image, auth, sink).await
+    }
+
+    async fn keep_image(&self, instance: &str, reference: &str) -> Result<Option<bool>, ExecError> {
+        self.inner.keep_image(instance, reference).await
+    }
+
+    async fn release_images(&self, instance: &str, keep: &[String]) -> Result<usize, ExecError> {
+        self.inner.release_images(instance, keep).await
     }
 }

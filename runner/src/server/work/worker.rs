@@ -300,6 +300,7 @@ async fn run_with_access(
         repo: run.repo.clone(),
         run_id: run.id,
         trusted: is_trusted(run),
+        registries: app.registries.clone(),
     };
     let result = run_plan(&executor, planned, &setup, &mut observer, cancel).await;
     if let Err(e) = std::fs::remove_dir_all(&workspace) {
