@@ -196,7 +196,7 @@ fn exec_blocking(args: ExecArgs) -> anyhow::Result<u8> {
         let on_signal = cancel.clone();
         tokio::spawn(async move {
             if tokio::signal::ctrl_c().await.is_ok() {
-                eprintln!("interrupted: stopping the running step (SIGTERM, then SIGKILL after the grace period)");
+                eprintln!("interrupted: stopping the running step (SIGTERM, then SIGKILL after the grace period); steps with `when.status: [failure]` still run");
                 on_signal.cancel();
             }
         });
