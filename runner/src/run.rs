@@ -114,6 +114,11 @@ pub async fn run_plan<E: Executor, O: RunObserver>(
     let mut run_masker = Masker::default();
     for step in &plan.steps {
         let started = Instant::now();
+        // A cancel between steps (or during a cleanup step, which it does not stop) ends
+        // the run as cancelled all the same.
+        if result == RunResult::Success && cancel.is_cancelled() {
+            result = RunResult::Cancelled;
+        }
         // Once a step failed (or the run was cancelled or ran out of time), only steps
         // that run after a failure run, and none of them changes the run's verdict.
         let failing = result != RunResult::Success;
@@ -260,6 +265,9 @@ pub async fn run_plan<E: Executor, O: RunObserver>(
             },
             StepResult::Unrunnable(why) => RunResult::Error(format!("step {}: {why}", step.name)),
         };
+    }
+    if result == RunResult::Success && cancel.is_cancelled() {
+        result = RunResult::Cancelled;
     }
     for image in leftovers {
         if let Err(e) = executor.remove_image(&image).await {

@@ -8,6 +8,7 @@ mod fuzz;
 mod image_build;
 mod outbox;
 mod serve;
+mod step_flow;
 mod store;
 mod tools_image;
 mod trust_files;
