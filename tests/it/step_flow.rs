@@ -505,3 +505,38 @@ async fn the_server_keeps_a_failed_run_failed_after_its_cleanup() {
     assert_eq!(server.log(run_id, 3).await, "scaled from 0 to 1\n");
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hostile_sender_login_never_reaches_an_image_name() {
+    // `${{ actor }}` comes from the payload's sender: a login that Gitea could not have
+    // made (shell syntax, a path, a tag of another image) is dropped, never rendered.
+    let gitea = FakeGitea::start().await;
+    let server = Server::start(&gitea).await;
+    let repo = gitea.create_repo("Org", "App");
+    let tag = unique_tag("hostile");
+    let image = Tagged::new(&format!("localhost/org/app:by-{tag}-"));
+    let pipeline = format!(
+        "on: push\nsteps:\n  - name: named\n    image: \"localhost/${{{{ lower(repo) }}}}:by-{tag}-${{{{ actor }}}}\"\n    run: echo ran as nobody\n"
+    );
+    let first = repo.commit("main", "init").write("README.md", "x\n").push();
+    let second = repo
+        .commit("main", "pipeline")
+        .write(".pipewright/named.yml", &pipeline)
+        .push();
+    let hostile = "x$(touch /tmp/pwned-by-actor)/../../busybox:1";
+    let delivery = repo.push_event("main", &first, &second).edit(|v| {
+        v["sender"]["login"] = hostile.into();
+        v["pusher"]["login"] = "evil user;id".into();
+    });
+    assert_eq!(server.deliver(delivery).await, 202);
+    let statuses = final_statuses(&repo, &second, "pipewright/named").await;
+    assert_eq!(states(&statuses), ["pending", "success"], "{statuses:?}");
+    let runs = server.runs().await;
+    let run_id = runs[0]["id"].as_i64().unwrap();
+    let run = server.api(&format!("/api/v1/runs/{run_id}")).await;
+    assert_eq!(run["actor"], "", "{run:#}");
+    assert_eq!(server.log(run_id, 0).await, "ran as nobody\n");
+    assert!(!Path::new("/tmp/pwned-by-actor").exists());
+    drop(image);
+    server.stop().await;
+}
