@@ -1704,12 +1704,8 @@ fn run_states(cx: &mut Cx, node: &Node) -> Option<RunsAfter> {
             "failure" => std::mem::replace(&mut out.failure, true),
             _ => {
                 let hint = match text.as_str() {
-                    "failed" | "failing" | "error" | "cancelled" | "always" => {
-                        Some(match text.as_str() {
-                            "always" => "[success, failure]",
-                            _ => "failure",
-                        })
-                    }
+                    "always" => Some("[success, failure]"),
+                    "failed" | "error" | "cancelled" | "canceled" => Some("failure"),
                     _ => did_you_mean(&text, STATUSES.iter().copied()),
                 };
                 match hint {

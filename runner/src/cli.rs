@@ -202,7 +202,7 @@ fn exec_blocking(args: ExecArgs) -> anyhow::Result<u8> {
             // Cleanup steps are not stopped by the first interrupt; a second one leaves them.
             if tokio::signal::ctrl_c().await.is_ok() {
                 eprintln!(
-                    "interrupted again: exiting; a running step's container is left behind (docker ps --filter label={}=exec)",
+                    "interrupted again: exiting; a running step's container (docker ps --filter label={}=exec) and the run's copy of the checkout are left behind",
                     pipewright_containers::LABEL_INSTANCE
                 );
                 std::process::exit(exec::EXIT_CANCELLED.into());
