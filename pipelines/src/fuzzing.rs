@@ -68,6 +68,7 @@ pub fn pipeline_parse(data: &[u8]) {
                 pr: (kind == EventKind::PullRequest).then_some(7),
                 run_id: "1".into(),
                 inputs,
+                actor: "someone".into(),
             };
             let planned = plan(&pipeline, &cx);
             assert_eq!(planned.steps.len(), pipeline.steps.len());

@@ -45,4 +45,6 @@ pub fn is_pipeline_file(name: &str) -> bool {
 }
 
 #[cfg(test)]
+mod step_flow_tests;
+#[cfg(test)]
 mod tests;

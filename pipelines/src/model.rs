@@ -162,8 +162,12 @@ pub struct Step {
 
 #[derive(Clone, Debug)]
 pub enum StepKind {
-    /// `run:` a script with `/bin/sh -e` in `image`.
-    Run { image: Template, script: String },
+    /// `run:` a script in `image`, by the step's `shell`.
+    Run {
+        image: Template,
+        script: String,
+        shell: Shell,
+    },
     /// `uses:` a built-in action with its `with:` inputs.
     Uses {
         action: String,
@@ -184,6 +188,64 @@ pub enum WithValue {
 pub struct When {
     pub event: Option<Vec<EventKind>>,
     pub branch: Option<Patterns>,
+    /// `when.status`; default: after success only.
+    pub status: RunsAfter,
+}
+
+/// `when.status`: in which state of the run a step runs. `failure` covers an earlier step
+/// that failed, timed out or could not run, a run that was cancelled and a run whose
+/// timeout ran out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RunsAfter {
+    pub success: bool,
+    pub failure: bool,
+}
+
+impl Default for RunsAfter {
+    fn default() -> Self {
+        RunsAfter {
+            success: true,
+            failure: false,
+        }
+    }
+}
+
+/// Limit of a step that runs after a failure (`when.status` with `failure`) and names no
+/// `timeout`: such a step is bounded by its own limit, never by what is left of the run's.
+pub const DEFAULT_CLEANUP_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// The shell of a `run:` step (`shell:`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Shell {
+    /// `/bin/sh -e`, with `pipefail` where that shell has it (the default).
+    #[default]
+    Sh,
+    /// `bash -eo pipefail`.
+    Bash,
+}
+
+impl Shell {
+    pub const NAMES: &[&str] = &["sh", "bash"];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Shell::Sh => "sh",
+            Shell::Bash => "bash",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Shell> {
+        [Shell::Sh, Shell::Bash]
+            .into_iter()
+            .find(|k| k.as_str() == s)
+    }
+}
+
+impl Step {
+    /// The step's `when.status`.
+    pub fn runs_after(&self) -> RunsAfter {
+        self.when.as_ref().map(|w| w.status).unwrap_or_default()
+    }
 }
 
 /// The kinds of event a pipeline runs for.

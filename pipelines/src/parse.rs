@@ -243,7 +243,12 @@ static STEP: Object = Object {
         Field::opt(
             "run",
             Ty::String,
-            "Script run by `/bin/sh -e` in `/workspace`. Event values reach it only as environment variables.",
+            "Script run by `/bin/sh -e` (with `pipefail` where that shell has it) in `/workspace`. Event values reach it only as environment variables.",
+        ),
+        Field::opt(
+            "shell",
+            Ty::Enum(Shell::NAMES),
+            "Shell of the `run` script: `sh` (default) or `bash` (`bash -eo pipefail`, which the image must have).",
         ),
         Field::opt("uses", Ty::Enum(ACTION_NAMES), "A built-in action."),
         Field::opt(
@@ -260,7 +265,7 @@ static STEP: Object = Object {
         Field::opt(
             "when",
             Ty::Object(&WHEN),
-            "Runs the step only for these events and branches.",
+            "Runs the step only for these events, branches and run states.",
         ),
         Field::opt(
             "timeout",
@@ -294,8 +299,15 @@ static WHEN: Object = Object {
             GLOBS,
             "Branch globs (the base branch for pull requests).",
         ),
+        Field::opt(
+            "status",
+            Ty::ListOrOne(&Ty::Enum(STATUSES)),
+            "`[success]` (default); `[failure]`: only after an earlier step failed or timed out, or the run was cancelled or timed out; both: always. Such steps get their own `timeout` (default `5m`), whatever is left of the run's, and a cancel does not stop them.",
+        ),
     ],
 };
+
+const STATUSES: &[&str] = &["success", "failure"];
 
 /// Most steps in a pipeline. A plan gives every step its own copy of the pipeline's
 /// environment and volumes, so this bounds a plan's size to a few hundred times the file's.
@@ -1482,7 +1494,27 @@ fn run_step(cx: &mut Cx, obj: &Obj, step: &Node, run: &Node, inputs: &[Input]) -
         return None;
     };
     let image = template(cx, image_node, inputs)?;
-    script_ok.then_some(StepKind::Run { image, script })
+    let shell = match obj.value("shell") {
+        None => Some(Shell::Sh),
+        Some(n) => shell(cx, n),
+    }?;
+    script_ok.then_some(StepKind::Run {
+        image,
+        script,
+        shell,
+    })
+}
+
+fn shell(cx: &mut Cx, node: &Node) -> Option<Shell> {
+    let text = cx.string(node, "a shell name")?;
+    let found = Shell::parse(&text);
+    if found.is_none() {
+        let hint = did_you_mean(&text, Shell::NAMES.iter().copied())
+            .map(|c| format!("did you mean `{c}`?"))
+            .unwrap_or_else(|| format!("expected one of: {}", Shell::NAMES.join(", ")));
+        cx.error(node.pos, format!("unknown shell `{text}`; {hint}"));
+    }
+    found
 }
 
 fn uses_step(cx: &mut Cx, obj: &Obj, uses: &Node, inputs: &[Input]) -> Option<StepKind> {
@@ -1491,6 +1523,15 @@ fn uses_step(cx: &mut Cx, obj: &Obj, uses: &Node, inputs: &[Input]) -> Option<St
         .filter(|_| obj.value("image").is_some())
     {
         cx.error(pos, "`image` goes with `run`; an action chooses its image (`with: { image: … }` where the action offers it)");
+    }
+    if let Some(pos) = obj
+        .key_pos("shell")
+        .filter(|_| obj.value("shell").is_some())
+    {
+        cx.error(
+            pos,
+            "`shell` goes with `run`; an action runs its own commands",
+        );
     }
     let action = cx.string(uses, "an action name")?;
     let Some(table) = action_inputs(&action) else {
@@ -1634,5 +1675,70 @@ fn when(cx: &mut Cx, node: &Node) -> Option<When> {
         }
     };
     let branch = opt_patterns(cx, &obj, "branch", "branch globs", &mut ok);
-    ok.then_some(When { event, branch })
+    let status = match obj.value("status") {
+        None => RunsAfter::default(),
+        Some(n) => run_states(cx, n).unwrap_or_else(|| {
+            ok = false;
+            RunsAfter::default()
+        }),
+    };
+    ok.then_some(When {
+        event,
+        branch,
+        status,
+    })
+}
+
+/// `when.status`: `success`, `failure` or both, each at most once.
+fn run_states(cx: &mut Cx, node: &Node) -> Option<RunsAfter> {
+    let items = cx.list_or_one(node, "a list of run states (`success`, `failure`)")?;
+    if items.is_empty() {
+        cx.error(
+            node.pos,
+            "`status` is empty; expected `success`, `failure` or both",
+        );
+        return None;
+    }
+    let mut out = RunsAfter {
+        success: false,
+        failure: false,
+    };
+    let mut ok = true;
+    for item in items {
+        let Some(text) = cx.string(item, "a run state") else {
+            ok = false;
+            continue;
+        };
+        let seen = match text.as_str() {
+            "success" => std::mem::replace(&mut out.success, true),
+            "failure" => std::mem::replace(&mut out.failure, true),
+            _ => {
+                let hint = match text.as_str() {
+                    "always" => Some("[success, failure]"),
+                    "failed" | "error" | "cancelled" | "canceled" => Some("failure"),
+                    _ => did_you_mean(&text, STATUSES.iter().copied()),
+                };
+                match hint {
+                    Some(h) => cx.error(
+                        item.pos,
+                        format!("unknown run state `{text}`; did you mean `{h}`?"),
+                    ),
+                    None => cx.error(
+                        item.pos,
+                        format!(
+                            "unknown run state `{text}`; expected one of: {}",
+                            STATUSES.join(", ")
+                        ),
+                    ),
+                }
+                ok = false;
+                continue;
+            }
+        };
+        if seen {
+            cx.error(item.pos, format!("`{text}` is listed twice"));
+            ok = false;
+        }
+    }
+    ok.then_some(out)
 }

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use crate::{
-    model::{EventKind, InputKind, Pipeline, StepKind, Volume, WithValue},
+    model::{EventKind, InputKind, Pipeline, RunsAfter, Shell, StepKind, Volume, WithValue},
     parse::check_input_value,
     select::{GitRef, step_applies},
     template::{Template, Var},
@@ -24,6 +24,9 @@ pub struct RunContext {
     pub run_id: String,
     /// Dispatch inputs, already checked by [`resolve_inputs`].
     pub inputs: Vec<(String, String)>,
+    /// Who caused the run, as the run records it (`${{ actor }}`): the event's sender
+    /// login, `api` for a dispatch through the API, `schedule` for a schedule.
+    pub actor: String,
 }
 
 /// A step ready to run.
@@ -42,6 +45,8 @@ pub struct PlannedStep {
     pub memory: Option<u64>,
     pub pids: Option<u64>,
     pub continue_on_error: bool,
+    /// `when.status`: whether it runs while the run succeeds, after a failure, or both.
+    pub runs_after: RunsAfter,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -49,6 +54,7 @@ pub enum PlannedAction {
     Run {
         image: String,
         script: String,
+        shell: Shell,
     },
     Uses {
         action: String,
@@ -161,6 +167,13 @@ impl RunContext {
             Var::ShortSha => self.sha.chars().take(8).collect(),
             Var::RefName => self.git_ref.name().to_string(),
             Var::Repo => self.repo.clone(),
+            Var::RepoOwner => self.repo.split_once('/').map_or("", |(o, _)| o).to_string(),
+            Var::RepoName => self
+                .repo
+                .split_once('/')
+                .map_or(self.repo.as_str(), |(_, n)| n)
+                .to_string(),
+            Var::Actor => self.actor.clone(),
             Var::Input(name) => self
                 .inputs
                 .iter()
@@ -233,9 +246,14 @@ pub fn plan(pipeline: &Pipeline, cx: &RunContext) -> Plan {
         .enumerate()
         .map(|(index, step)| {
             let action = match &step.kind {
-                StepKind::Run { image, script } => PlannedAction::Run {
+                StepKind::Run {
+                    image,
+                    script,
+                    shell,
+                } => PlannedAction::Run {
                     image: cx.render(image),
                     script: script.clone(),
+                    shell: *shell,
                 },
                 StepKind::Uses { action, with } => PlannedAction::Uses {
                     action: action.clone(),
@@ -261,6 +279,7 @@ pub fn plan(pipeline: &Pipeline, cx: &RunContext) -> Plan {
                 memory: step.memory,
                 pids: step.pids,
                 continue_on_error: step.continue_on_error,
+                runs_after: step.runs_after(),
             }
         })
         .collect();

@@ -1,5 +1,6 @@
 //! `${{ … }}` templates: the few values that `image:`, `with:` and `concurrency.group` may
-//! interpolate. Nothing else is evaluated, and templates never reach a `run:` script.
+//! interpolate, alone or through a function (`lower(repo)`). Nothing else is evaluated,
+//! and templates never reach a `run:` script.
 
 use std::fmt;
 
@@ -14,6 +15,13 @@ pub enum Var {
     RefName,
     /// `repo`: `owner/name`.
     Repo,
+    /// `repo_owner`: the `owner` of `repo`.
+    RepoOwner,
+    /// `repo_name`: the `name` of `repo`.
+    RepoName,
+    /// `actor`: who caused the run (the event's sender login, `api` for a dispatch
+    /// through the API, `schedule` for a schedule), as the run and its identity token say.
+    Actor,
     /// `inputs.NAME`: a dispatch input (its default outside dispatches).
     Input(String),
 }
@@ -25,7 +33,38 @@ impl fmt::Display for Var {
             Var::ShortSha => f.write_str("short_sha"),
             Var::RefName => f.write_str("ref_name"),
             Var::Repo => f.write_str("repo"),
+            Var::RepoOwner => f.write_str("repo_owner"),
+            Var::RepoName => f.write_str("repo_name"),
+            Var::Actor => f.write_str("actor"),
             Var::Input(name) => write!(f, "inputs.{name}"),
+        }
+    }
+}
+
+/// A function applied to a variable's value: `lower(repo)`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Func {
+    /// Lower case: image names must be, Gitea's owner and repository names need not be.
+    Lower,
+}
+
+impl Func {
+    fn parse(name: &str) -> Option<Func> {
+        match name {
+            "lower" => Some(Func::Lower),
+            _ => None,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Func::Lower => "lower",
+        }
+    }
+
+    fn apply(self, value: String) -> String {
+        match self {
+            Func::Lower => value.to_lowercase(),
         }
     }
 }
@@ -34,6 +73,7 @@ impl fmt::Display for Var {
 enum Part {
     Text(String),
     Var(Var),
+    Call(Func, Var),
 }
 
 /// A parsed template.
@@ -49,7 +89,54 @@ pub(crate) struct TemplateError {
     pub message: String,
 }
 
-pub(crate) const EXPRESSIONS: &str = "sha, short_sha, ref_name, repo, inputs.NAME";
+pub(crate) const EXPRESSIONS: &str =
+    "sha, short_sha, ref_name, repo, repo_owner, repo_name, actor, inputs.NAME, lower(…)";
+
+pub(crate) const FUNCTIONS: &str = "lower";
+
+/// The variable an expression names, or why it names none.
+fn parse_var(expr: &str) -> Result<Var, String> {
+    Ok(match expr {
+        "sha" => Var::Sha,
+        "short_sha" => Var::ShortSha,
+        "ref_name" => Var::RefName,
+        "repo" => Var::Repo,
+        "repo_owner" => Var::RepoOwner,
+        "repo_name" => Var::RepoName,
+        "actor" => Var::Actor,
+        _ => match expr.strip_prefix("inputs.") {
+            Some(name) if is_identifier(name) => Var::Input(name.to_string()),
+            _ => {
+                return Err(format!(
+                    "unknown expression `{expr}` in `${{{{ }}}}`; expected one of: {EXPRESSIONS}"
+                ));
+            }
+        },
+    })
+}
+
+/// An expression: a variable, or a function of one (`lower(repo)`).
+fn parse_expr(expr: &str) -> Result<Part, String> {
+    let Some((name, rest)) = expr.split_once('(') else {
+        return parse_var(expr).map(Part::Var);
+    };
+    let name = name.trim_end();
+    let Some(func) = Func::parse(name) else {
+        return Err(format!(
+            "unknown function `{name}` in `${{{{ }}}}`; expected one of: {FUNCTIONS}"
+        ));
+    };
+    let Some(arg) = rest.strip_suffix(')') else {
+        return Err(format!("`{name}(` without its closing `)`"));
+    };
+    let arg = arg.trim();
+    if arg.contains(['(', ')']) {
+        return Err(format!(
+            "`{name}(…)` takes a variable, e.g. `{name}(repo)`, found `{arg}`"
+        ));
+    }
+    parse_var(arg).map(|var| Part::Call(func, var))
+}
 
 impl Template {
     /// A template without any expression.
@@ -75,24 +162,11 @@ impl Template {
                 });
             };
             let expr = after[..end].trim();
-            let var = match expr {
-                "sha" => Var::Sha,
-                "short_sha" => Var::ShortSha,
-                "ref_name" => Var::RefName,
-                "repo" => Var::Repo,
-                _ => match expr.strip_prefix("inputs.") {
-                    Some(name) if is_identifier(name) => Var::Input(name.to_string()),
-                    _ => {
-                        return Err(TemplateError {
-                            occurrence,
-                            message: format!(
-                                "unknown expression `{expr}` in `${{{{ }}}}`; expected one of: {EXPRESSIONS}"
-                            ),
-                        });
-                    }
-                },
-            };
-            parts.push(Part::Var(var));
+            let part = parse_expr(expr).map_err(|message| TemplateError {
+                occurrence,
+                message,
+            })?;
+            parts.push(part);
             rest = &after[end + 2..];
             occurrence += 1;
         }
@@ -105,7 +179,7 @@ impl Template {
     /// The variables used, in order.
     pub fn vars(&self) -> impl Iterator<Item = &Var> {
         self.parts.iter().filter_map(|p| match p {
-            Part::Var(v) => Some(v),
+            Part::Var(v) | Part::Call(_, v) => Some(v),
             Part::Text(_) => None,
         })
     }
@@ -117,6 +191,7 @@ impl Template {
             .map(|p| match p {
                 Part::Text(t) => t.clone(),
                 Part::Var(v) => lookup(v),
+                Part::Call(func, v) => func.apply(lookup(v)),
             })
             .collect()
     }
@@ -128,6 +203,7 @@ impl fmt::Display for Template {
             match part {
                 Part::Text(t) => f.write_str(t)?,
                 Part::Var(v) => write!(f, "${{{{ {v} }}}}")?,
+                Part::Call(func, v) => write!(f, "${{{{ {}({v}) }}}}", func.name())?,
             }
         }
         Ok(())
@@ -157,6 +233,56 @@ mod tests {
         });
         assert_eq!(out, "reg/app:abc12345-plan");
         assert_eq!(t.to_string(), "reg/app:${{ short_sha }}-${{ inputs.mode }}");
+    }
+
+    #[test]
+    fn names_of_the_repository_and_lower() {
+        let t = Template::parse(
+            "reg/${{ lower(repo) }}:${{lower( ref_name )}}-${{ repo_owner }}-${{ repo_name }}-${{ actor }}",
+        )
+        .unwrap();
+        assert_eq!(
+            t.vars().cloned().collect::<Vec<_>>(),
+            vec![
+                Var::Repo,
+                Var::RefName,
+                Var::RepoOwner,
+                Var::RepoName,
+                Var::Actor
+            ]
+        );
+        let out = t.render(|v| match v {
+            Var::Repo => "Arcodange-Org/ERP".into(),
+            Var::RefName => "Main".into(),
+            Var::RepoOwner => "Arcodange-Org".into(),
+            Var::RepoName => "ERP".into(),
+            Var::Actor => "Gab".into(),
+            _ => unreachable!(),
+        });
+        assert_eq!(out, "reg/arcodange-org/erp:main-Arcodange-Org-ERP-Gab");
+        assert_eq!(
+            Template::parse(&t.to_string()).unwrap(),
+            t,
+            "{t} reads back as itself"
+        );
+    }
+
+    #[test]
+    fn function_errors() {
+        for (text, needle) in [
+            ("${{ upper(repo) }}", "unknown function `upper`"),
+            ("${{ lower(repo }}", "without its closing `)`"),
+            ("${{ lower(lower(repo)) }}", "takes a variable"),
+            (
+                "${{ lower(github.repo) }}",
+                "unknown expression `github.repo`",
+            ),
+            ("${{ lower() }}", "unknown expression ``"),
+            ("${{ owner }}", "unknown expression `owner`"),
+        ] {
+            let e = Template::parse(text).unwrap_err();
+            assert!(e.message.contains(needle), "{text}: {}", e.message);
+        }
     }
 
     #[test]

@@ -210,7 +210,7 @@ steps:
             .pipewright/broken.yml:8:9: `${{ }}` is not evaluated in `env`: event values reach the script only as environment variables, e.g. "$PIPEWRIGHT_SHA", "$PIPEWRIGHT_INPUT_<NAME>"
             .pipewright/broken.yml:11:21: no dispatch input `tag`; declared: mode
             .pipewright/broken.yml:14:23: `${{ }}` is not evaluated in `run`: event values reach the script only as environment variables, e.g. "$PIPEWRIGHT_SHA", "$PIPEWRIGHT_INPUT_<NAME>"
-            .pipewright/broken.yml:17:20: unknown expression `github.workspace` in `${{ }}`; expected one of: sha, short_sha, ref_name, repo, inputs.NAME
+            .pipewright/broken.yml:17:20: unknown expression `github.workspace` in `${{ }}`; expected one of: sha, short_sha, ref_name, repo, repo_owner, repo_name, actor, inputs.NAME, lower(…)
         "#]],
     );
     // Steps: run without image, run and uses, unknown action, bad `with`.
@@ -523,6 +523,7 @@ fn context(event: EventKind, git_ref: GitRef, inputs: Vec<(String, String)>) -> 
         pr: None,
         run_id: "42".into(),
         inputs,
+        actor: "gab".into(),
     }
 }
 
@@ -569,7 +570,8 @@ steps:
         plan.steps[1].action,
         PlannedAction::Run {
             image: "reg/tool:01234567".into(),
-            script: "echo \"$PIPEWRIGHT_INPUT_MODE\"".into()
+            script: "echo \"$PIPEWRIGHT_INPUT_MODE\"".into(),
+            shell: Shell::Sh,
         }
     );
     let env = &plan.steps[1].env;
@@ -1056,7 +1058,7 @@ fn positions_in_non_ascii_text() {
         "on: push\nsteps:\n  - name: é\n    image: \"ünïcode ${{ bad }}\"\n    run: \"日本 ${{ sha }}\"\n",
         expect![[r#"
             .pipewright/broken.yml:3:11: `é` is not a valid name: use letters, digits, `.`, `_` and `-` (at most 100)
-            .pipewright/broken.yml:4:21: unknown expression `bad` in `${{ }}`; expected one of: sha, short_sha, ref_name, repo, inputs.NAME
+            .pipewright/broken.yml:4:21: unknown expression `bad` in `${{ }}`; expected one of: sha, short_sha, ref_name, repo, repo_owner, repo_name, actor, inputs.NAME, lower(…)
             .pipewright/broken.yml:5:14: `${{ }}` is not evaluated in `run`: event values reach the script only as environment variables, e.g. "$PIPEWRIGHT_SHA", "$PIPEWRIGHT_INPUT_<NAME>"
         "#]],
     );

@@ -208,8 +208,16 @@ fn exec_blocking(args: ExecArgs) -> anyhow::Result<u8> {
         let on_signal = cancel.clone();
         tokio::spawn(async move {
             if tokio::signal::ctrl_c().await.is_ok() {
-                eprintln!("interrupted: stopping the running step (SIGTERM, then SIGKILL after the grace period)");
+                eprintln!("interrupted: stopping the running step (SIGTERM, then SIGKILL after the grace period); steps with `when.status: [failure]` still run (interrupt again to exit at once)");
                 on_signal.cancel();
+            }
+            // Cleanup steps are not stopped by the first interrupt; a second one leaves them.
+            if tokio::signal::ctrl_c().await.is_ok() {
+                eprintln!(
+                    "interrupted again: exiting; a running step's container (docker ps --filter label={}=exec) and the run's copy of the checkout are left behind",
+                    pipewright_containers::LABEL_INSTANCE
+                );
+                std::process::exit(exec::EXIT_CANCELLED.into());
             }
         });
         exec::exec(args, cancel).await

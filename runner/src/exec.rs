@@ -196,6 +196,8 @@ async fn run_one(
             return Ok(EXIT_ERROR);
         }
     };
+    // A local run's actor is the local user, in templates as in the identity token.
+    let actor = std::env::var("USER").unwrap_or_default();
     let cx = RunContext {
         repo: repo.to_string(),
         sha: sha.to_string(),
@@ -204,6 +206,7 @@ async fn run_one(
         pr: None,
         run_id: run_id.clone(),
         inputs,
+        actor: actor.clone(),
     };
     let plan = plan(pipeline, &cx);
     let workspace = tempfile::Builder::new()
@@ -231,7 +234,7 @@ async fn run_one(
         pipeline: pipeline.name.clone(),
         run_id: 0,
         run_attempt: 1,
-        actor: std::env::var("USER").unwrap_or_default(),
+        actor,
         base_ref: None,
         pull_request: false,
     };
@@ -456,6 +459,10 @@ impl RunObserver for Printer {
                 step.name
             ),
             StepResult::NotRun => format!("--- step {}: not run", step.name),
+            StepResult::NotNeeded => format!(
+                "--- step {}: skipped (it runs only after a failure)",
+                step.name
+            ),
             StepResult::Ran(outcome) => format!(
                 "<-- step {}: {outcome} in {:.2}s",
                 step.name,

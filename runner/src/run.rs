@@ -1,6 +1,7 @@
-//! Runs a plan's steps in order on an executor: `when`, `continue_on_error`, the run's
-//! timeout, cancellation, and what a step that cannot run says. Shared by `exec` and the
-//! server; where the output goes is the [`RunObserver`]'s business.
+//! Runs a plan's steps in order on an executor: `when` (`when.status` included: the steps
+//! that run after a failure), `continue_on_error`, the run's timeout, cancellation, the
+//! command of a `run:` script, and what a step that cannot run says. Shared by `exec` and
+//! the server; where the output goes is the [`RunObserver`]'s business.
 
 use std::{
     path::{Path, PathBuf},
@@ -11,7 +12,7 @@ use pipewright_containers::{
     CancellationToken, ExecError, Executor, LABEL_INSTANCE, LABEL_RUN, LABEL_STEP, Mount, Outcome,
     StepSpec,
 };
-use pipewright_pipelines::{Plan, PlannedAction, PlannedStep};
+use pipewright_pipelines::{DEFAULT_CLEANUP_TIMEOUT, Plan, PlannedAction, PlannedStep, Shell};
 
 use crate::mask::Masker;
 use crate::step_io::StepSink;
@@ -92,13 +93,19 @@ pub async fn run_plan<E: Executor, O: RunObserver>(
     let mut result = RunResult::Success;
     let mut reports = Reports::default();
     let ceiling = setup.defaults.max_timeout;
-    if plan.timeout > ceiling {
+    // A run refused before its first step runs no step at all, cleanup steps included:
+    // nothing was done that they would undo.
+    let refused = plan.timeout > ceiling;
+    if refused {
         result = RunResult::Error(format!(
             "the pipeline's timeout {} is above [docker].max_timeout ({})",
             show_duration(plan.timeout),
             show_duration(ceiling)
         ));
     }
+    // What steps with `failure` in their `when.status` run under: the run's cancel does
+    // not stop them (they undo what the cancelled steps left), their own timeout does.
+    let never_cancelled = CancellationToken::new();
     // Images the run's actions leave that nothing may use once it ends.
     let mut leftovers = Vec::new();
     // Every secret value a step was given so far (a later step may print what an earlier
@@ -107,7 +114,16 @@ pub async fn run_plan<E: Executor, O: RunObserver>(
     let mut run_masker = Masker::default();
     for step in &plan.steps {
         let started = Instant::now();
-        if result != RunResult::Success {
+        // A cancel between steps (or during a cleanup step, which it does not stop) ends
+        // the run as cancelled all the same.
+        if result == RunResult::Success && cancel.is_cancelled() {
+            result = RunResult::Cancelled;
+        }
+        // Once a step failed (or the run was cancelled or ran out of time), only steps
+        // that run after a failure run, and none of them changes the run's verdict.
+        let failing = result != RunResult::Success;
+        let cleanup = step.runs_after.failure;
+        if refused || failing && !cleanup {
             observer
                 .step_finished(step, &StepResult::NotRun, Duration::ZERO)
                 .await;
@@ -119,8 +135,21 @@ pub async fn run_plan<E: Executor, O: RunObserver>(
                 .await;
             continue;
         }
+        if !failing && !step.runs_after.success {
+            observer
+                .step_finished(step, &StepResult::NotNeeded, Duration::ZERO)
+                .await;
+            continue;
+        }
         let left = deadline.saturating_duration_since(started);
-        if left.is_zero() {
+        // A cleanup step has a limit of its own, whatever is left of the run's.
+        let limit = if cleanup {
+            step.timeout.unwrap_or(DEFAULT_CLEANUP_TIMEOUT.min(ceiling))
+        } else {
+            step.timeout.map_or(left, |t| t.min(left))
+        };
+        let step_cancel = if cleanup { &never_cancelled } else { cancel };
+        if !cleanup && left.is_zero() {
             result = RunResult::Failure {
                 step: step.name.clone(),
                 why: format!(
@@ -138,7 +167,9 @@ pub async fn run_plan<E: Executor, O: RunObserver>(
         if let Some(why) = moved.or_else(|| above_ceiling(step, setup.defaults)) {
             let refused = StepResult::Unrunnable(why.clone());
             observer.step_finished(step, &refused, Duration::ZERO).await;
-            result = RunResult::Error(format!("step {}: {why}", step.name));
+            if !failing {
+                result = RunResult::Error(format!("step {}: {why}", step.name));
+            }
             continue;
         }
         let extras = (setup.extras)(step);
@@ -152,7 +183,7 @@ pub async fn run_plan<E: Executor, O: RunObserver>(
             step,
             Masker::new(secret_values.iter().map(String::as_str)),
         );
-        let mut spec = spec_for(step, setup, left);
+        let mut spec = spec_for(step, setup, limit);
         spec.env.extend(extras.env);
         spec.mounts.extend(extras.mounts);
         spec.env_file = extras.env_file;
@@ -170,7 +201,7 @@ pub async fn run_plan<E: Executor, O: RunObserver>(
                         sourced_env: &extras.sourced_env,
                     },
                     &mut sink,
-                    cancel,
+                    step_cancel,
                 )
                 .await?;
                 if ran.summary.is_some() {
@@ -182,10 +213,14 @@ pub async fn run_plan<E: Executor, O: RunObserver>(
                 leftovers.extend(ran.leftovers);
                 ran.result
             }
-            PlannedAction::Run { image, script } => {
+            PlannedAction::Run {
+                image,
+                script,
+                shell,
+            } => {
                 spec.image = image.clone();
-                spec.command = vec!["/bin/sh".into(), "-e".into(), "-c".into(), script.clone()];
-                StepResult::Ran(executor.run_step(&spec, &mut sink, cancel).await?)
+                spec.command = script_command(*shell, script);
+                StepResult::Ran(executor.run_step(&spec, &mut sink, step_cancel).await?)
             }
         };
         sink.flush().map_err(ExecError::Sink)?;
@@ -194,7 +229,9 @@ pub async fn run_plan<E: Executor, O: RunObserver>(
         let step_result = masked_result(&run_masker, step_result);
         // The run's own deadline cut the step short: say so rather than blame the step.
         let step_result = match step_result {
-            StepResult::Ran(Outcome::TimedOut { .. }) if step.timeout.is_none_or(|t| t > left) => {
+            StepResult::Ran(Outcome::TimedOut { .. })
+                if !cleanup && step.timeout.is_none_or(|t| t > left) =>
+            {
                 StepResult::Ran(Outcome::TimedOut {
                     after: plan.timeout,
                 })
@@ -204,10 +241,16 @@ pub async fn run_plan<E: Executor, O: RunObserver>(
         observer
             .step_finished(step, &step_result, started.elapsed())
             .await;
+        if failing {
+            // The run's verdict is the first failure's; a cleanup step that fails too
+            // says so in its own state.
+            continue;
+        }
         result = match step_result {
-            StepResult::Ran(Outcome::Succeeded) | StepResult::Skipped | StepResult::NotRun => {
-                RunResult::Success
-            }
+            StepResult::Ran(Outcome::Succeeded)
+            | StepResult::Skipped
+            | StepResult::NotRun
+            | StepResult::NotNeeded => RunResult::Success,
             StepResult::Ran(Outcome::Cancelled) => RunResult::Cancelled,
             StepResult::Ran(
                 ref o @ (Outcome::ImageUnavailable { .. } | Outcome::StartFailed { .. }),
@@ -224,6 +267,9 @@ pub async fn run_plan<E: Executor, O: RunObserver>(
             },
             StepResult::Unrunnable(why) => RunResult::Error(format!("step {}: {why}", step.name)),
         };
+    }
+    if result == RunResult::Success && cancel.is_cancelled() {
+        result = RunResult::Cancelled;
     }
     for image in leftovers {
         if let Err(e) = executor.remove_image(&image).await {
@@ -310,8 +356,35 @@ fn show_duration(d: Duration) -> String {
     }
 }
 
-/// The container of a step, before its image and command are known.
-fn spec_for(step: &PlannedStep, setup: &RunSetup<'_>, left: Duration) -> StepSpec {
+/// What `/bin/sh` runs before a `run:` script, on the script's first line so that the
+/// shell's line numbers stay the script's: `pipefail` where the shell has it (bash, busybox
+/// ash, newer dash). `command` keeps a shell without it from exiting on the unknown
+/// option (a special builtin's error ends a POSIX shell), and `|| :` from `-e`.
+pub const PIPEFAIL_PREFIX: &str = "command set -o pipefail 2>/dev/null || :; ";
+
+/// The command of a `run:` step. The script is one argument, after a constant prefix:
+/// nothing from the event is ever part of it (event values reach it as environment).
+pub fn script_command(shell: Shell, script: &str) -> Vec<String> {
+    match shell {
+        Shell::Sh => vec![
+            "/bin/sh".into(),
+            "-e".into(),
+            "-c".into(),
+            format!("{PIPEFAIL_PREFIX}{script}"),
+        ],
+        Shell::Bash => vec![
+            "bash".into(),
+            "-eo".into(),
+            "pipefail".into(),
+            "-c".into(),
+            script.to_string(),
+        ],
+    }
+}
+
+/// The container of a step, before its image and command are known; `limit` is its
+/// timeout.
+fn spec_for(step: &PlannedStep, setup: &RunSetup<'_>, limit: Duration) -> StepSpec {
     let mut mounts = vec![Mount {
         host: setup.workspace.to_path_buf(),
         container: WORKSPACE.into(),
@@ -335,10 +408,35 @@ fn spec_for(step: &PlannedStep, setup: &RunSetup<'_>, left: Duration) -> StepSpe
         ],
         memory_bytes: Some(step.memory.unwrap_or(setup.defaults.memory_bytes) as i64),
         pids_limit: Some(step.pids.unwrap_or(setup.defaults.pids) as i64),
-        timeout: Some(step.timeout.map_or(left, |t| t.min(left))),
+        timeout: Some(limit),
         network: setup.network.map(str::to_string),
         env_file: None,
         // The server's engine wrapper adds the registry's credentials (`server/work/images.rs`).
         pull_auth: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scripts_are_one_argument_after_a_constant_on_their_first_line() {
+        let script = "echo \"$PIPEWRIGHT_REF\"\nfalse | cat\n";
+        let sh = script_command(Shell::Sh, script);
+        assert_eq!(sh[..3], ["/bin/sh", "-e", "-c"]);
+        assert_eq!(sh.len(), 4);
+        let body = sh[3]
+            .strip_prefix(PIPEFAIL_PREFIX)
+            .expect("the prefix first");
+        assert_eq!(body, script);
+        assert!(
+            !PIPEFAIL_PREFIX.contains('\n'),
+            "the script's first line stays line 1"
+        );
+        assert_eq!(
+            script_command(Shell::Bash, script),
+            ["bash", "-eo", "pipefail", "-c", script]
+        );
     }
 }

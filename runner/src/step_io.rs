@@ -45,6 +45,8 @@ pub enum StepResult {
     Skipped,
     /// An earlier step failed, or the run was cancelled or ran out of time.
     NotRun,
+    /// Its `when.status` is `[failure]` and nothing failed.
+    NotNeeded,
     /// It ran to this outcome.
     Ran(Outcome),
     /// An action judged its own result a failure (a plan that would destroy, a SQL error,

@@ -10,6 +10,7 @@ mod outbox;
 mod registries;
 mod secret_files;
 mod serve;
+mod step_flow;
 mod store;
 mod tools_image;
 mod trust_files;

@@ -142,6 +142,10 @@ pub async fn dispatch(
         )
     })?;
 
+    let source = Source::Dispatch {
+        actor: "api",
+        at_ms: crate::store::now_ms(),
+    };
     let cx = RunContext {
         repo: repo.full_name.clone(),
         sha: sha.clone(),
@@ -150,10 +154,7 @@ pub async fn dispatch(
         pr: None,
         run_id: String::new(),
         inputs: inputs.clone(),
-    };
-    let source = Source::Dispatch {
-        actor: "api",
-        at_ms: crate::store::now_ms(),
+        actor: source.actor().to_string(),
     };
     let run = RunSpec::new(&repo, &cx, FileAt::Valid(&pipeline), source);
     let enqueued = app.enqueue(None, &[run]).await.map_err(|e| {

@@ -331,6 +331,7 @@ pub async fn enqueue_event(
             pr: pr.map(|n| n as u64),
             run_id: String::new(),
             inputs: pipeline.map(default_inputs).unwrap_or_default(),
+            actor: source.actor().to_string(),
         };
         runs.push(RunSpec::new(repo, &cx, file_at, source));
     }

@@ -98,6 +98,7 @@ pub async fn tick(intake: &Intake<'_>, epoch_secs: i64) -> Result<usize, String>
                 pr: None,
                 run_id: String::new(),
                 inputs: default_inputs(&pipeline),
+                actor: source.actor().to_string(),
             };
             runs.push(RunSpec::new(&repo, &cx, FileAt::Valid(&pipeline), source));
         }

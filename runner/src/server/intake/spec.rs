@@ -43,6 +43,18 @@ impl Source<'_> {
             Source::Schedule { minute } => format!("schedule:{repo}:{pipeline}:{minute}"),
         }
     }
+
+    /// Who causes the run (the run's `actor`, its identity token's and `${{ actor }}`):
+    /// the event's sender login, the dispatcher, or `schedule`.
+    pub fn actor(&self) -> &str {
+        match self {
+            Source::Event { event, .. } => match event {
+                Event::Push { actor, .. } | Event::PullRequest { actor, .. } => actor,
+            },
+            Source::Dispatch { actor, .. } => actor,
+            Source::Schedule { .. } => "schedule",
+        }
+    }
 }
 
 impl RunSpec {
@@ -81,16 +93,14 @@ impl RunSpec {
                 description.to_string(),
             ),
         };
-        let (actor, pr, from_fork) = match source {
+        let (pr, from_fork) = match source {
             Source::Event { event, from_fork } => match event {
-                Event::Push { actor, .. } => (actor.as_str(), None, false),
-                Event::PullRequest { actor, number, .. } => {
-                    (actor.as_str(), Some(*number), from_fork)
-                }
+                Event::Push { .. } => (None, false),
+                Event::PullRequest { number, .. } => (Some(*number), from_fork),
             },
-            Source::Dispatch { actor, .. } => (actor, None, false),
-            Source::Schedule { .. } => ("schedule", None, false),
+            Source::Dispatch { .. } | Source::Schedule { .. } => (None, false),
         };
+        let actor = source.actor();
         RunSpec {
             repo: repo.full_name.clone(),
             repo_id: repo.id,

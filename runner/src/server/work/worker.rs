@@ -236,6 +236,7 @@ async fn run_checked_out(app: &App, run: &Run, cancel: &CancellationToken) -> Ra
         pr: run.pr.map(|n| n as u64),
         run_id: run.id.to_string(),
         inputs: run.inputs.clone(),
+        actor: run.actor.clone(),
     };
     let mut planned = plan(&pipeline, &cx);
     check_volumes(app, run, &mut planned)?;
@@ -427,6 +428,11 @@ impl RunObserver for StoreObserver<'_> {
             StepResult::NotRun => (
                 StepState::NotRun,
                 "an earlier step failed".to_string(),
+                None,
+            ),
+            StepResult::NotNeeded => (
+                StepState::Skipped,
+                "it runs only after a failure (`when.status`)".to_string(),
                 None,
             ),
             StepResult::Ran(Outcome::Succeeded) => {
