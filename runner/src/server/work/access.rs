@@ -108,9 +108,10 @@ impl<'a> RunAccess<'a> {
                 "the pipeline reads Vault secrets, but no [vault].address is configured".into(),
             );
         };
+        // The pipeline's role for this run's event, else `[vault].role_template`.
         let role = spec
-            .role
-            .clone()
+            .role_for(run.event)
+            .map(str::to_string)
             .unwrap_or_else(|| app.config.role_for(&run.repo));
         let mount = spec
             .mount
