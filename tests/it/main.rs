@@ -7,6 +7,7 @@ mod fake_gitea_selftest;
 mod fuzz;
 mod image_build;
 mod outbox;
+mod schedules;
 mod serve;
 mod store;
 mod tools_image;
