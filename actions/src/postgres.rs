@@ -24,8 +24,32 @@ pub struct Postgres {
 pub enum Credentials {
     /// A KV secret path with `username` and `password`.
     Kv(String),
-    /// A database secrets engine role: `database/creds/<role>`.
-    DatabaseRole(String),
+    /// A database secrets engine role: `<mount>/creds/<role>` (mount `database` unless
+    /// `database_mount` says otherwise).
+    DatabaseRole { mount: String, role: String },
+}
+
+/// Mount of the database secrets engine when `database_mount` is not given.
+pub const DEFAULT_DATABASE_MOUNT: &str = "database";
+
+/// A mount path: segments without `.`/`..` or empty ones, without surrounding `/`.
+fn database_mount(given: Option<&str>) -> Result<String, ActionError> {
+    let Some(given) = given else {
+        return Ok(DEFAULT_DATABASE_MOUNT.to_string());
+    };
+    let mount = given.trim().trim_matches('/');
+    if mount.is_empty()
+        || mount
+            .split('/')
+            .any(|s| s.is_empty() || s == "." || s == "..")
+        || mount.chars().any(|c| c.is_whitespace() || c == '?' || c == '#')
+    {
+        return Err(bad(
+            "database_mount",
+            format!("`{given}` is not a Vault mount path"),
+        ));
+    }
+    Ok(mount.to_string())
 }
 
 impl Postgres {
@@ -50,9 +74,25 @@ impl Postgres {
                 .parse()
                 .map_err(|_| bad("port", format!("expected a port number, found `{p}`")))?,
         };
+        let mount = with.string("database_mount")?;
         let credentials = match (with.string("credentials")?, with.string("database_role")?) {
+            (Some(_), None) if mount.is_some() => {
+                return Err(bad(
+                    "database_mount",
+                    "`database_mount` goes with `database_role`, not with `credentials`",
+                ));
+            }
             (Some(path), None) => Credentials::Kv(path),
-            (None, Some(role)) => Credentials::DatabaseRole(role),
+            (None, Some(role)) => {
+                let mount = database_mount(mount.as_deref())?;
+                if role.is_empty() || role.contains('/') || role.contains("..") {
+                    return Err(bad(
+                        "database_role",
+                        format!("`{role}` is not a role name (no `/`)"),
+                    ));
+                }
+                Credentials::DatabaseRole { mount, role }
+            }
             (Some(_), Some(_)) => {
                 return Err(bad(
                     "credentials",

@@ -450,7 +450,10 @@ async fn run_postgres<E: Executor, O: RunObserver>(
             },
             Err(why) => return Ok(ActionRan::result(StepResult::Unrunnable(why))),
         },
-        Credentials::DatabaseRole(role) => match services.database_credentials(role).await {
+        Credentials::DatabaseRole { mount, role } => match services
+            .database_credentials(mount, role)
+            .await
+        {
             Ok(c) => (c.username, c.password, Some(c.lease_id)),
             Err(why) => return Ok(ActionRan::result(StepResult::Unrunnable(why))),
         },

@@ -186,9 +186,14 @@ impl ActionServices for RunAccess<'_> {
 
     fn database_credentials<'b>(
         &'b self,
+        mount: &'b str,
         role: &'b str,
     ) -> BoxFuture<'b, Result<DbCredentials, String>> {
-        Box::pin(async move { self.session(role)?.database_credentials(role).await })
+        Box::pin(async move {
+            self.session(role)?
+                .database_credentials(mount, role)
+                .await
+        })
     }
 
     fn revoke_lease<'b>(&'b self, lease_id: &'b str) -> BoxFuture<'b, Result<(), String>> {
