@@ -5,6 +5,7 @@ mod exec_cli;
 mod executor;
 mod fake_gitea_selftest;
 mod fuzz;
+mod offline;
 mod image_build;
 mod outbox;
 mod schedules;
