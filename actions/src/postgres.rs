@@ -42,7 +42,9 @@ fn database_mount(given: Option<&str>) -> Result<String, ActionError> {
         || mount
             .split('/')
             .any(|s| s.is_empty() || s == "." || s == "..")
-        || mount.chars().any(|c| c.is_whitespace() || c == '?' || c == '#')
+        || mount
+            .chars()
+            .any(|c| c.is_whitespace() || c == '?' || c == '#')
     {
         return Err(bad(
             "database_mount",

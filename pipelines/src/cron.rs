@@ -109,8 +109,7 @@ fn due_at(cron: &Cron, at: &DateTime<Tz>) -> bool {
     let wall = at.naive_local();
     if matches_wall(cron, wall) {
         // A wall time that happens twice: a fixed-time cron runs at the first only.
-        if fixed
-            && let LocalResult::Ambiguous(first, _) = at.timezone().from_local_datetime(&wall)
+        if fixed && let LocalResult::Ambiguous(first, _) = at.timezone().from_local_datetime(&wall)
         {
             return first == *at;
         }

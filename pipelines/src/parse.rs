@@ -249,7 +249,11 @@ static VAULT_ROLE: Object = Object {
         Field::opt("pull_request", Ty::String, "Role of pull-request runs."),
         Field::opt("dispatch", Ty::String, "Role of manual runs."),
         Field::opt("schedule", Ty::String, "Role of scheduled runs."),
-        Field::opt("comment", Ty::String, "Role of runs a comment command starts."),
+        Field::opt(
+            "comment",
+            Ty::String,
+            "Role of runs a comment command starts.",
+        ),
         Field::opt(
             "default",
             Ty::String,
@@ -1042,15 +1046,16 @@ fn schedules(cx: &mut Cx, node: &Node) -> Option<Vec<Schedule>> {
             }
         };
         let timezone = match obj.value("timezone") {
-            Some(n) => cx
-                .string(n, "a time zone name")
-                .and_then(|name| match crate::cron::check_timezone(&name) {
-                    Ok(_) => Some(name),
-                    Err(why) => {
-                        cx.error(n.pos, why);
-                        None
-                    }
-                }),
+            Some(n) => {
+                cx.string(n, "a time zone name")
+                    .and_then(|name| match crate::cron::check_timezone(&name) {
+                        Ok(_) => Some(name),
+                        Err(why) => {
+                            cx.error(n.pos, why);
+                            None
+                        }
+                    })
+            }
             None => Some("UTC".to_string()),
         };
         let (true, Some(timezone)) = (cron_ok, timezone) else {

@@ -1114,12 +1114,11 @@ fn vault_role_per_event_schedules_in_a_zone_and_offline_dispatch() {
         "on:\n  dispatch: { offline: true }\n  schedule:\n    - cron: \"@daily\"\n      timezone: Europe/Paris\n    - cron: \"0 4 * * 1\"\nvault:\n  role: { pull_request: gitea_cicd_plan, default: gitea_cicd }\nsteps: [{ name: a, image: busybox, run: x }]\n",
     );
     assert!(p.on.dispatch.as_ref().is_some_and(|d| d.offline));
-    let zones: Vec<(&str, &str)> = p
-        .on
-        .schedule
-        .iter()
-        .map(|s| (s.cron.as_str(), s.timezone.as_str()))
-        .collect();
+    let zones: Vec<(&str, &str)> =
+        p.on.schedule
+            .iter()
+            .map(|s| (s.cron.as_str(), s.timezone.as_str()))
+            .collect();
     assert_eq!(zones, [("@daily", "Europe/Paris"), ("0 4 * * 1", "UTC")]);
     let vault = p.vault.unwrap();
     assert_eq!(
@@ -1135,9 +1134,8 @@ fn vault_role_per_event_schedules_in_a_zone_and_offline_dispatch() {
     let vault = p.vault.unwrap();
     assert_eq!(vault.role_for(EventKind::Push), Some("apply"));
     assert_eq!(vault.role_for(EventKind::Dispatch), None);
-    let p = pipeline(
-        "on: push\nvault:\n  role: one\nsteps: [{ name: a, image: busybox, run: x }]\n",
-    );
+    let p =
+        pipeline("on: push\nvault:\n  role: one\nsteps: [{ name: a, image: busybox, run: x }]\n");
     assert_eq!(
         p.vault.unwrap().role_for(EventKind::PullRequest),
         Some("one")

@@ -252,8 +252,11 @@ async fn database_engine(bao: &OpenBao, pg: &Postgres) {
 
 /// [`database_engine`] mounted at `mount`.
 async fn database_engine_at(bao: &OpenBao, pg: &Postgres, mount: &str) {
-    bao.post(&format!("sys/mounts/{mount}"), json!({ "type": "database" }))
-        .await;
+    bao.post(
+        &format!("sys/mounts/{mount}"),
+        json!({ "type": "database" }),
+    )
+    .await;
     bao.post(
         &format!("{mount}/config/app"),
         json!({
@@ -655,8 +658,11 @@ async fn postgres_uses_a_database_engine_at_another_mount_and_names_missing_moun
         ("success".into(), "ran 1 SQL files".into())
     );
     assert_eq!(
-        pg.sql_in("app", "SELECT count(*) FROM information_schema.tables WHERE table_name = 'users'")
-            .trim(),
+        pg.sql_in(
+            "app",
+            "SELECT count(*) FROM information_schema.tables WHERE table_name = 'users'"
+        )
+        .trim(),
         "1"
     );
     assert_eq!(dynamic_roles(&pg), "0", "the lease was revoked");

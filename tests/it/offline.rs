@@ -83,7 +83,10 @@ async fn an_offline_dispatch_runs_from_the_mirror_while_gitea_is_down() {
     // A repository Pipewright never fetched cannot run offline.
     let (code, body) = dispatch(&server, "org/unknown", "recover", json!({})).await;
     assert_eq!(code, 502, "{body}");
-    assert!(body["message"].as_str().unwrap().starts_with("Gitea: "), "{body}");
+    assert!(
+        body["message"].as_str().unwrap().starts_with("Gitea: "),
+        "{body}"
+    );
 
     // The offline pipeline runs from the mirror's commit of main: c1, not Gitea's c2.
     let (code, run) = dispatch(&server, "org/lab", "recover", json!({ "ref": "main" })).await;
@@ -91,10 +94,14 @@ async fn an_offline_dispatch_runs_from_the_mirror_while_gitea_is_down() {
     assert_eq!(run["sha"], c1.as_str(), "{run}");
     assert_ne!(c1, c2);
     let id = run["id"].as_i64().unwrap();
-    let done = eventually(Duration::from_secs(90), "the offline run to end", || async {
-        let run = server.api(&format!("/api/v1/runs/{id}")).await;
-        (run["state"] != "queued" && run["state"] != "running").then_some(run)
-    })
+    let done = eventually(
+        Duration::from_secs(90),
+        "the offline run to end",
+        || async {
+            let run = server.api(&format!("/api/v1/runs/{id}")).await;
+            (run["state"] != "queued" && run["state"] != "running").then_some(run)
+        },
+    )
     .await;
     assert_eq!(done["state"], "success", "{done:#}");
     assert_eq!(server.log(id, 0).await, format!("restoring at {c1}\n"));

@@ -641,7 +641,10 @@ async fn a_role_per_event_logs_pull_requests_in_with_the_plan_role() {
                 "{detail:#}"
             );
         }
-        assert!(!detail.to_string().contains("ovh-app-secret-2"), "{detail:#}");
+        assert!(
+            !detail.to_string().contains("ovh-app-secret-2"),
+            "{detail:#}"
+        );
         assert!(!detail.to_string().contains("plan-token-777"), "{detail:#}");
     }
     assert_eq!(bao.live_run_tokens().await, 0);

@@ -126,7 +126,10 @@ pub async fn dispatch(
     };
     // Offline, what the mirror lacks may be in Gitea: every refusal names Gitea first.
     let offline_refused = |status: StatusCode, message: String| match &unreachable {
-        Some(why) => refused(StatusCode::BAD_GATEWAY, format!("{why}; offline: {message}")),
+        Some(why) => refused(
+            StatusCode::BAD_GATEWAY,
+            format!("{why}; offline: {message}"),
+        ),
         None => refused(status, message),
     };
     let wanted = request

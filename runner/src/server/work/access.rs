@@ -189,11 +189,7 @@ impl ActionServices for RunAccess<'_> {
         mount: &'b str,
         role: &'b str,
     ) -> BoxFuture<'b, Result<DbCredentials, String>> {
-        Box::pin(async move {
-            self.session(role)?
-                .database_credentials(mount, role)
-                .await
-        })
+        Box::pin(async move { self.session(role)?.database_credentials(mount, role).await })
     }
 
     fn revoke_lease<'b>(&'b self, lease_id: &'b str) -> BoxFuture<'b, Result<(), String>> {
