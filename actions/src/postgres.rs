@@ -161,3 +161,71 @@ impl Postgres {
         ]
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Action, ActionContext, prepare};
+    use pipewright_pipelines::{EventKind, GitRef, Resolved};
+
+    fn credentials(extra: &[(&str, &str)]) -> Result<Credentials, String> {
+        let mut with: Vec<(String, Resolved)> =
+            [("files", "db.sql"), ("host", "db"), ("database", "app")]
+                .iter()
+                .chain(extra)
+                .map(|(k, v)| (k.to_string(), Resolved::Str(v.to_string())))
+                .collect();
+        with.sort_by(|a, b| a.0.cmp(&b.0));
+        let git_ref = GitRef::Branch("main".into());
+        let cx = ActionContext {
+            event: EventKind::Push,
+            git_ref: &git_ref,
+            default_branch: "main",
+            inputs: &[],
+            step: "migrate",
+        };
+        match prepare("postgres", &with, &cx) {
+            Ok(Action::Postgres(pg)) => Ok(pg.credentials),
+            Ok(other) => panic!("{other:?}"),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    #[test]
+    fn the_database_engine_mount_defaults_to_database() {
+        assert_eq!(
+            credentials(&[("database_role", "migrate")]),
+            Ok(Credentials::DatabaseRole {
+                mount: "database".into(),
+                role: "migrate".into()
+            })
+        );
+        assert_eq!(
+            credentials(&[
+                ("database_role", "migrate"),
+                ("database_mount", "/postgres/lab/")
+            ]),
+            Ok(Credentials::DatabaseRole {
+                mount: "postgres/lab".into(),
+                role: "migrate".into()
+            })
+        );
+        for bad in ["", "/", "a//b", "../sys", "a/./b", "a b"] {
+            let got = credentials(&[("database_role", "migrate"), ("database_mount", bad)]);
+            assert!(
+                got.as_ref().is_err_and(
+                    |e| e.contains("database_mount") && e.contains("not a Vault mount path")
+                ),
+                "{bad:?}: {got:?}"
+            );
+        }
+        assert!(
+            credentials(&[("database_role", "../../sys/raw")])
+                .is_err_and(|e| e.contains("not a role name"))
+        );
+        assert!(
+            credentials(&[("credentials", "kv/db"), ("database_mount", "db")])
+                .is_err_and(|e| e.contains("goes with `database_role`"))
+        );
+    }
+}
