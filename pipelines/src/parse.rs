@@ -335,6 +335,10 @@ pub const MAX_PIDS: u64 = 4_194_304;
 /// Most dispatch inputs a pipeline declares.
 pub const MAX_INPUTS: usize = 100;
 
+/// Most `on.schedule` entries a pipeline has: each is checked for a date it fires on (a
+/// scan of up to 28 years for one that never does) and looked at every minute.
+pub const MAX_SCHEDULES: usize = 100;
+
 /// Most bytes a plan copies from the pipeline into its steps (`env`, `volumes` and input
 /// defaults, times the number of steps).
 pub const MAX_PLAN_BYTES: usize = 16 << 20;
@@ -1024,6 +1028,16 @@ fn is_decimal(s: &str) -> bool {
 
 fn schedules(cx: &mut Cx, node: &Node) -> Option<Vec<Schedule>> {
     let items = cx.list(node, "a list of `- cron: \"…\"` entries")?;
+    if items.len() > MAX_SCHEDULES {
+        cx.error(
+            node.pos,
+            format!(
+                "{} schedule entries, more than the limit of {MAX_SCHEDULES}",
+                items.len()
+            ),
+        );
+        return None;
+    }
     let mut out = Some(Vec::new());
     for item in items {
         let Some(obj) = cx.object(item, &SCHEDULE) else {

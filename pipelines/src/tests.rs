@@ -1170,3 +1170,16 @@ steps: [{ name: a, image: busybox, run: x }]
         "#]],
     );
 }
+
+#[test]
+fn schedule_entries_are_bounded() {
+    let entries: String = (0..=crate::parse::MAX_SCHEDULES)
+        .map(|_| "    - cron: \"0 0 31 2 *\"\n")
+        .collect();
+    check(
+        &format!("on:\n  schedule:\n{entries}steps: [{{ name: a, image: busybox, run: x }}]\n"),
+        expect![[r#"
+            .pipewright/broken.yml:3:5: 101 schedule entries, more than the limit of 100
+        "#]],
+    );
+}
