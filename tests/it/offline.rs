@@ -113,6 +113,43 @@ async fn an_offline_dispatch_runs_from_the_mirror_while_gitea_is_down() {
         "Gitea is down: no status could reach it"
     );
 
+    // The command line goes through the same API.
+    let cli = |pipeline: &str| {
+        let out = std::process::Command::new(crate::exec_cli::pipewright_bin())
+            .args(["dispatch", "--server", &server.url, "--repo", "org/lab"])
+            .args(["--pipeline", pipeline])
+            .env("PIPEWRIGHT_API_TOKEN", API_TOKEN)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
+    };
+    let (ok, text) = cli("plain");
+    assert!(!ok && text.contains("Gitea: "), "{text}");
+    let (ok, text) = cli("recover");
+    assert!(ok && text.starts_with("queued run "), "{text}");
+    let id = eventually(Duration::from_secs(30), "the second run", || async {
+        let runs = server.runs().await;
+        runs.iter()
+            .filter(|r| r["pipeline"] == "recover")
+            .filter_map(|r| r["id"].as_i64())
+            .find(|&other| other != id)
+    })
+    .await;
+    let done = eventually(Duration::from_secs(90), "the second run to end", || async {
+        let run = server.api(&format!("/api/v1/runs/{id}")).await;
+        (run["state"] != "queued" && run["state"] != "running").then_some(run)
+    })
+    .await;
+    assert_eq!(done["state"], "success", "{done:#}");
+    assert_eq!(done["sha"], c1.as_str(), "{done:#}");
+
     // Gitea is back: the outbox delivers the run's status.
     gitea.set_down(false);
     let statuses = final_statuses(&repo, &c1, "pipewright/recover").await;
