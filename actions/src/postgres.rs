@@ -24,8 +24,34 @@ pub struct Postgres {
 pub enum Credentials {
     /// A KV secret path with `username` and `password`.
     Kv(String),
-    /// A database secrets engine role: `database/creds/<role>`.
-    DatabaseRole(String),
+    /// A database secrets engine role: `<mount>/creds/<role>` (mount `database` unless
+    /// `database_mount` says otherwise).
+    DatabaseRole { mount: String, role: String },
+}
+
+/// Mount of the database secrets engine when `database_mount` is not given.
+pub const DEFAULT_DATABASE_MOUNT: &str = "database";
+
+/// A mount path: segments without `.`/`..` or empty ones, without surrounding `/`.
+fn database_mount(given: Option<&str>) -> Result<String, ActionError> {
+    let Some(given) = given else {
+        return Ok(DEFAULT_DATABASE_MOUNT.to_string());
+    };
+    let mount = given.trim().trim_matches('/');
+    if mount.is_empty()
+        || mount
+            .split('/')
+            .any(|s| s.is_empty() || s == "." || s == "..")
+        || mount
+            .chars()
+            .any(|c| c.is_whitespace() || c == '?' || c == '#')
+    {
+        return Err(bad(
+            "database_mount",
+            format!("`{given}` is not a Vault mount path"),
+        ));
+    }
+    Ok(mount.to_string())
 }
 
 impl Postgres {
@@ -50,9 +76,25 @@ impl Postgres {
                 .parse()
                 .map_err(|_| bad("port", format!("expected a port number, found `{p}`")))?,
         };
+        let mount = with.string("database_mount")?;
         let credentials = match (with.string("credentials")?, with.string("database_role")?) {
+            (Some(_), None) if mount.is_some() => {
+                return Err(bad(
+                    "database_mount",
+                    "`database_mount` goes with `database_role`, not with `credentials`",
+                ));
+            }
             (Some(path), None) => Credentials::Kv(path),
-            (None, Some(role)) => Credentials::DatabaseRole(role),
+            (None, Some(role)) => {
+                let mount = database_mount(mount.as_deref())?;
+                if role.is_empty() || role.contains('/') || role.contains("..") {
+                    return Err(bad(
+                        "database_role",
+                        format!("`{role}` is not a role name (no `/`)"),
+                    ));
+                }
+                Credentials::DatabaseRole { mount, role }
+            }
             (Some(_), Some(_)) => {
                 return Err(bad(
                     "credentials",
@@ -117,5 +159,73 @@ impl Postgres {
             ("PGUSER".into(), user.to_string()),
             ("PGSSLMODE".into(), self.sslmode.clone()),
         ]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Action, ActionContext, prepare};
+    use pipewright_pipelines::{EventKind, GitRef, Resolved};
+
+    fn credentials(extra: &[(&str, &str)]) -> Result<Credentials, String> {
+        let mut with: Vec<(String, Resolved)> =
+            [("files", "db.sql"), ("host", "db"), ("database", "app")]
+                .iter()
+                .chain(extra)
+                .map(|(k, v)| (k.to_string(), Resolved::Str(v.to_string())))
+                .collect();
+        with.sort_by(|a, b| a.0.cmp(&b.0));
+        let git_ref = GitRef::Branch("main".into());
+        let cx = ActionContext {
+            event: EventKind::Push,
+            git_ref: &git_ref,
+            default_branch: "main",
+            inputs: &[],
+            step: "migrate",
+        };
+        match prepare("postgres", &with, &cx) {
+            Ok(Action::Postgres(pg)) => Ok(pg.credentials),
+            Ok(other) => panic!("{other:?}"),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    #[test]
+    fn the_database_engine_mount_defaults_to_database() {
+        assert_eq!(
+            credentials(&[("database_role", "migrate")]),
+            Ok(Credentials::DatabaseRole {
+                mount: "database".into(),
+                role: "migrate".into()
+            })
+        );
+        assert_eq!(
+            credentials(&[
+                ("database_role", "migrate"),
+                ("database_mount", "/postgres/lab/")
+            ]),
+            Ok(Credentials::DatabaseRole {
+                mount: "postgres/lab".into(),
+                role: "migrate".into()
+            })
+        );
+        for bad in ["", "/", "a//b", "../sys", "a/./b", "a b"] {
+            let got = credentials(&[("database_role", "migrate"), ("database_mount", bad)]);
+            assert!(
+                got.as_ref().is_err_and(
+                    |e| e.contains("database_mount") && e.contains("not a Vault mount path")
+                ),
+                "{bad:?}: {got:?}"
+            );
+        }
+        assert!(
+            credentials(&[("database_role", "../../sys/raw")])
+                .is_err_and(|e| e.contains("not a role name"))
+        );
+        assert!(
+            credentials(&[("credentials", "kv/db"), ("database_mount", "db")])
+                .is_err_and(|e| e.contains("goes with `database_role`"))
+        );
     }
 }

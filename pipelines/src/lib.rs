@@ -4,6 +4,7 @@
 //! `text → (Pipeline, diagnostics with positions) → selects(event)? → plan(run)`. This crate
 //! does no I/O, starts no task and knows nothing of Docker, Gitea or the database.
 
+mod cron;
 mod decode;
 mod diag;
 pub mod fuzzing;
@@ -18,6 +19,7 @@ mod units;
 mod vault_files;
 mod yaml;
 
+pub use cron::{CRON_MACROS, schedule_due};
 pub use diag::{Diagnostic, Pos};
 pub use model::*;
 pub use parse::{

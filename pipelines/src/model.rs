@@ -58,6 +58,9 @@ pub struct DispatchTrigger {
     pub inputs: Vec<Input>,
     /// A dispatch must carry the input `confirm` equal to the pipeline's name.
     pub confirm: bool,
+    /// A dispatch may run from the mirror's last known commit of the ref when Gitea cannot
+    /// be reached.
+    pub offline: bool,
 }
 
 /// A typed dispatch input.
@@ -80,8 +83,11 @@ pub enum InputKind {
 
 #[derive(Clone, Debug)]
 pub struct Schedule {
-    /// The cron expression as written (five fields), already checked.
+    /// The cron expression as written (five fields or a macro such as `@daily`), already
+    /// checked.
     pub cron: String,
+    /// The IANA time zone the cron is read in (`Europe/Paris`); `UTC` by default.
+    pub timezone: String,
 }
 
 #[derive(Clone, Debug)]
@@ -94,7 +100,8 @@ pub struct Concurrency {
 
 #[derive(Clone, Debug)]
 pub struct VaultSpec {
-    pub role: Option<String>,
+    /// The role to log in with; `None`: `[vault].role_template`.
+    pub role: Option<VaultRole>,
     pub mount: Option<String>,
     pub secrets: Vec<SecretRef>,
     /// `vault.files`: values given as files under `/run/secrets/`.
@@ -110,6 +117,39 @@ pub struct SecretFile {
     /// The Vault secret's path.
     pub path: String,
     pub key: String,
+}
+
+/// `vault.role`: one role for every event, or a role per event kind.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum VaultRole {
+    One(String),
+    /// `{ pull_request: plan, default: apply }`: the event's own entry, else `default`;
+    /// with neither, `[vault].role_template` applies.
+    PerEvent {
+        events: Vec<(EventKind, String)>,
+        default: Option<String>,
+    },
+}
+
+impl VaultRole {
+    /// The role named for runs of `event`, if any.
+    pub fn for_event(&self, event: EventKind) -> Option<&str> {
+        match self {
+            VaultRole::One(role) => Some(role),
+            VaultRole::PerEvent { events, default } => events
+                .iter()
+                .find(|(e, _)| *e == event)
+                .map(|(_, r)| r.as_str())
+                .or(default.as_deref()),
+        }
+    }
+}
+
+impl VaultSpec {
+    /// The role the pipeline names for runs of `event`; `None`: the configured default.
+    pub fn role_for(&self, event: EventKind) -> Option<&str> {
+        self.role.as_ref().and_then(|r| r.for_event(event))
+    }
 }
 
 /// `ENV: path#key`, or `PREFIX_*: path#*` for every key of the secret.

@@ -89,7 +89,7 @@ static ON: Object = Object {
         Field::opt(
             "schedule",
             Ty::List(&Ty::Object(&SCHEDULE)),
-            "Runs on the default branch at cron times (UTC).",
+            "Runs on the default branch at cron times (in each entry's `timezone`, default UTC).",
         ),
     ],
 };
@@ -154,6 +154,11 @@ static DISPATCH: Object = Object {
             Ty::Bool,
             "A dispatch must carry the input `confirm` equal to the pipeline's name.",
         ),
+        Field::opt(
+            "offline",
+            Ty::Bool,
+            "When Gitea cannot be reached, a dispatch runs from the mirror's last fetched commit of the ref; its status is sent when Gitea is back.",
+        ),
     ],
 };
 
@@ -186,11 +191,18 @@ static INPUT: Object = Object {
 
 static SCHEDULE: Object = Object {
     title: "schedule entry",
-    fields: &[Field::req(
-        "cron",
-        Ty::String,
-        "Five-field cron expression, UTC.",
-    )],
+    fields: &[
+        Field::req(
+            "cron",
+            Ty::String,
+            "Five-field cron expression (minute hour day month weekday), or `@hourly`, `@daily`, `@weekly`, `@monthly`, `@yearly` (`@annually`).",
+        ),
+        Field::opt(
+            "timezone",
+            Ty::String,
+            "IANA time zone the cron is read in, e.g. `Europe/Paris`; default `UTC`.",
+        ),
+    ],
 };
 
 static CONCURRENCY: Object = Object {
@@ -214,8 +226,8 @@ static VAULT: Object = Object {
     fields: &[
         Field::opt(
             "role",
-            Ty::String,
-            "Role of the jwt auth method; default from `[vault].role_template`.",
+            Ty::OneOf(&[Ty::String, Ty::Object(&VAULT_ROLE)]),
+            "Role of the jwt auth method, or a role per event (`{ pull_request: plan, default: apply }`); default from `[vault].role_template`.",
         ),
         Field::opt(
             "mount",
@@ -231,6 +243,26 @@ static VAULT: Object = Object {
             "files",
             ENV,
             "`relative/path: path#key`: the value as the file `/run/secrets/<path>` (mode 0400, read-only) in every step container; the path has no `..`, `.` or empty component and no leading `/`.",
+        ),
+    ],
+};
+
+static VAULT_ROLE: Object = Object {
+    title: "`vault.role` by event",
+    fields: &[
+        Field::opt("push", Ty::String, "Role of push runs."),
+        Field::opt("pull_request", Ty::String, "Role of pull-request runs."),
+        Field::opt("dispatch", Ty::String, "Role of manual runs."),
+        Field::opt("schedule", Ty::String, "Role of scheduled runs."),
+        Field::opt(
+            "comment",
+            Ty::String,
+            "Role of runs a comment command starts.",
+        ),
+        Field::opt(
+            "default",
+            Ty::String,
+            "Role of the other events; without it they use `[vault].role_template`.",
         ),
     ],
 };
@@ -319,6 +351,10 @@ pub const MAX_PIDS: u64 = 4_194_304;
 
 /// Most dispatch inputs a pipeline declares.
 pub const MAX_INPUTS: usize = 100;
+
+/// Most `on.schedule` entries a pipeline has: each is checked for a date it fires on (a
+/// scan of up to 28 years for one that never does) and looked at every minute.
+pub const MAX_SCHEDULES: usize = 100;
 
 /// Most bytes a plan copies from the pipeline into its steps (`env`, `volumes` and input
 /// defaults, times the number of steps).
@@ -436,7 +472,12 @@ pub(crate) static POSTGRES: Object = Object {
         Field::opt(
             "database_role",
             Ty::Template,
-            "Vault database secrets engine role: credentials from `database/creds/<role>`, revoked after the step.",
+            "Vault database secrets engine role: credentials from `<database_mount>/creds/<role>`, revoked after the step.",
+        ),
+        Field::opt(
+            "database_mount",
+            Ty::Template,
+            "Mount of the database secrets engine; default `database`.",
         ),
         Field::opt(
             "sslmode",
@@ -827,6 +868,10 @@ fn dispatch(cx: &mut Cx, node: &Node) -> Option<DispatchTrigger> {
         .value("confirm")
         .map(|n| cx.bool(n))
         .unwrap_or(Some(false));
+    let offline = obj
+        .value("offline")
+        .map(|n| cx.bool(n))
+        .unwrap_or(Some(false));
     let mut inputs = Some(Vec::new());
     if let Some(n) = obj.value("inputs") {
         let entries = cx.entries(n, "a mapping of inputs").unwrap_or_default();
@@ -867,6 +912,7 @@ fn dispatch(cx: &mut Cx, node: &Node) -> Option<DispatchTrigger> {
     Some(DispatchTrigger {
         inputs: inputs?,
         confirm: confirm?,
+        offline: offline?,
     })
 }
 
@@ -999,6 +1045,16 @@ fn is_decimal(s: &str) -> bool {
 
 fn schedules(cx: &mut Cx, node: &Node) -> Option<Vec<Schedule>> {
     let items = cx.list(node, "a list of `- cron: \"…\"` entries")?;
+    if items.len() > MAX_SCHEDULES {
+        cx.error(
+            node.pos,
+            format!(
+                "{} schedule entries, more than the limit of {MAX_SCHEDULES}",
+                items.len()
+            ),
+        );
+        return None;
+    }
     let mut out = Some(Vec::new());
     for item in items {
         let Some(obj) = cx.object(item, &SCHEDULE) else {
@@ -1013,41 +1069,43 @@ fn schedules(cx: &mut Cx, node: &Node) -> Option<Vec<Schedule>> {
             out = None;
             continue;
         };
-        if let Err(why) = check_cron(&expr) {
-            cx.error(n.pos, format!("invalid cron `{expr}`: {why}"));
+        let cron_ok = match crate::cron::check_cron(&expr) {
+            Ok(_) => true,
+            Err(why) => {
+                cx.error(n.pos, format!("invalid cron `{expr}`: {why}"));
+                false
+            }
+        };
+        let timezone = match obj.value("timezone") {
+            Some(n) => {
+                cx.string(n, "a time zone name")
+                    .and_then(|name| match crate::cron::check_timezone(&name) {
+                        Ok(_) => Some(name),
+                        Err(why) => {
+                            cx.error(n.pos, why);
+                            None
+                        }
+                    })
+            }
+            None => Some("UTC".to_string()),
+        };
+        let (true, Some(timezone)) = (cron_ok, timezone) else {
             out = None;
             continue;
-        }
+        };
         if let Some(list) = &mut out {
-            list.push(Schedule { cron: expr });
+            list.push(Schedule {
+                cron: expr,
+                timezone,
+            });
         }
     }
     out
 }
 
-/// Whether a (valid) five-field cron expression fires in the UTC minute that contains
-/// `epoch_secs`.
+/// Whether a (valid) cron expression fires in the UTC minute that contains `epoch_secs`.
 pub fn cron_due(expr: &str, epoch_secs: i64) -> bool {
-    let minute = epoch_secs.checked_sub(epoch_secs.rem_euclid(60));
-    let Some(at) = minute.and_then(|m| chrono::DateTime::from_timestamp(m, 0)) else {
-        return false;
-    };
-    expr.parse::<croner::Cron>()
-        .ok()
-        .and_then(|c| c.is_time_matching(&at).ok())
-        .unwrap_or(false)
-}
-
-fn check_cron(expr: &str) -> Result<(), String> {
-    let fields = expr.split_whitespace().count();
-    if fields != 5 {
-        return Err(format!(
-            "expected 5 fields (minute hour day month weekday), found {fields}"
-        ));
-    }
-    expr.parse::<croner::Cron>()
-        .map(|_| ())
-        .map_err(|e| e.to_string())
+    crate::cron::schedule_due(expr, "UTC", epoch_secs)
 }
 
 fn concurrency(cx: &mut Cx, node: &Node, inputs: &[Input]) -> Option<Concurrency> {
@@ -1264,7 +1322,7 @@ fn parse_volume(text: &str) -> Result<Volume, String> {
 fn vault(cx: &mut Cx, node: &Node) -> Option<VaultSpec> {
     let obj = cx.object(node, &VAULT)?;
     let role = match obj.value("role") {
-        Some(n) => Some(cx.string(n, "a role name")?),
+        Some(n) => Some(vault_role(cx, n)?),
         None => None,
     };
     let mount = match obj.value("mount") {
@@ -1296,6 +1354,47 @@ fn vault(cx: &mut Cx, node: &Node) -> Option<VaultSpec> {
         secrets: secrets?,
         files: files?,
     })
+}
+
+/// `role: name`, or `role: { pull_request: plan, default: apply }`.
+fn vault_role(cx: &mut Cx, node: &Node) -> Option<VaultRole> {
+    if !matches!(node.value, Value::Map(_)) {
+        return Some(VaultRole::One(check_role(cx, node)?));
+    }
+    let obj = cx.object(node, &VAULT_ROLE)?;
+    let mut ok = true;
+    let mut events = Vec::new();
+    for kind in EventKind::ALL {
+        if let Some(n) = obj.value(kind.as_str()) {
+            match check_role(cx, n) {
+                Some(role) => events.push((kind, role)),
+                None => ok = false,
+            }
+        }
+    }
+    let default = match obj.value("default") {
+        Some(n) => {
+            let role = check_role(cx, n);
+            ok &= role.is_some();
+            role
+        }
+        None => None,
+    };
+    ok.then_some(VaultRole::PerEvent { events, default })
+}
+
+/// A role name: not empty, no `/` (it is a segment of Vault's login path's body, but a
+/// name with `/` or spaces is a mistake).
+fn check_role(cx: &mut Cx, node: &Node) -> Option<String> {
+    let role = cx.string(node, "a role name")?;
+    if role.is_empty() || role.chars().any(|c| c.is_whitespace() || c == '/') {
+        cx.error(
+            node.pos,
+            format!("`{role}` is not a role name: no spaces or `/`, not empty"),
+        );
+        return None;
+    }
+    Some(role)
 }
 
 fn secret(cx: &mut Cx, key: &Node, value: &Node, name: &str, text: &str) -> Option<SecretRef> {

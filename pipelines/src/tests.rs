@@ -164,7 +164,7 @@ steps:
         expect![[r#"
             .pipewright/broken.yml:4:16: invalid glob `release/[v1`: unclosed character class; missing ']'
             .pipewright/broken.yml:5:22: invalid glob `bad/{a,b`: unclosed alternate group; missing '}' (maybe escape '{' with '[{]'?)
-            .pipewright/broken.yml:7:13: invalid cron `0 4 * *`: expected 5 fields (minute hour day month weekday), found 4
+            .pipewright/broken.yml:7:13: invalid cron `0 4 * *`: expected 5 fields (minute hour day month weekday) or a macro such as `@daily`, found 4
             .pipewright/broken.yml:8:13: invalid cron `61 4 * * *`: Component error: Number out of bounds.
         "#]],
     );
@@ -961,6 +961,7 @@ steps:
         expect![[r#"
             .pipewright/broken.yml:3:13: invalid cron `*/0 * * * *`: Component error: Step cannot be zero.
             .pipewright/broken.yml:4:13: invalid cron `99999999999999999999 * * * *`: Component error: Invalid number.
+            .pipewright/broken.yml:5:13: invalid cron `0 0 31 2 *`: it never fires: no date has that day in that month
             .pipewright/broken.yml:6:13: invalid cron `0-99999 * * * *`: Component error: Invalid end of range.
             .pipewright/broken.yml:7:13: invalid cron `5-1 * * * *`: Component error: Range out of bounds.
             .pipewright/broken.yml:8:13: invalid cron `*/4294967296 * * * *`: Component error: Invalid step.
@@ -1105,6 +1106,82 @@ fn list_form_schedule_and_bad_input_types() {
         expect![[r#"
             .pipewright/broken.yml:2:11: unknown key `branchs` in `on.push`; did you mean `branches`?
             .pipewright/broken.yml:9:21: no dispatch input `tga`; declared: tag
+        "#]],
+    );
+}
+
+#[test]
+fn vault_role_per_event_schedules_in_a_zone_and_offline_dispatch() {
+    let p = pipeline(
+        "on:\n  dispatch: { offline: true }\n  schedule:\n    - cron: \"@daily\"\n      timezone: Europe/Paris\n    - cron: \"0 4 * * 1\"\nvault:\n  role: { pull_request: gitea_cicd_plan, default: gitea_cicd }\nsteps: [{ name: a, image: busybox, run: x }]\n",
+    );
+    assert!(p.on.dispatch.as_ref().is_some_and(|d| d.offline));
+    let zones: Vec<(&str, &str)> =
+        p.on.schedule
+            .iter()
+            .map(|s| (s.cron.as_str(), s.timezone.as_str()))
+            .collect();
+    assert_eq!(zones, [("@daily", "Europe/Paris"), ("0 4 * * 1", "UTC")]);
+    let vault = p.vault.unwrap();
+    assert_eq!(
+        vault.role_for(EventKind::PullRequest),
+        Some("gitea_cicd_plan")
+    );
+    assert_eq!(vault.role_for(EventKind::Push), Some("gitea_cicd"));
+    assert_eq!(vault.role_for(EventKind::Schedule), Some("gitea_cicd"));
+    // Without `default`, the other events fall back to `[vault].role_template`.
+    let p = pipeline(
+        "on: push\nvault:\n  role: { push: apply }\nsteps: [{ name: a, image: busybox, run: x }]\n",
+    );
+    let vault = p.vault.unwrap();
+    assert_eq!(vault.role_for(EventKind::Push), Some("apply"));
+    assert_eq!(vault.role_for(EventKind::Dispatch), None);
+    let p =
+        pipeline("on: push\nvault:\n  role: one\nsteps: [{ name: a, image: busybox, run: x }]\n");
+    assert_eq!(
+        p.vault.unwrap().role_for(EventKind::PullRequest),
+        Some("one")
+    );
+    // Not offline unless asked.
+    let p = pipeline("on: dispatch\nsteps: [{ name: a, image: busybox, run: x }]\n");
+    assert!(p.on.dispatch.is_some_and(|d| !d.offline));
+
+    check(
+        r#"on:
+  dispatch: { offline: yes please }
+  schedule:
+    - cron: "@dayly"
+    - cron: "@daily"
+      timezone: Europe/Pariss
+    - cron: "0 0 31 2 *"
+      timezone: Mars/Olympus
+    - cron: "@reboot"
+vault:
+  role: { pull_requests: plan, default: apply, push: "a b" }
+steps: [{ name: a, image: busybox, run: x }]
+"#,
+        expect![[r#"
+            .pipewright/broken.yml:2:24: expected true or false, found `yes please`
+            .pipewright/broken.yml:4:13: invalid cron `@dayly`: unknown macro `@dayly`; did you mean `@daily`?
+            .pipewright/broken.yml:6:17: unknown time zone `Europe/Pariss`; did you mean `Europe/Paris`?
+            .pipewright/broken.yml:7:13: invalid cron `0 0 31 2 *`: it never fires: no date has that day in that month
+            .pipewright/broken.yml:8:17: unknown time zone `Mars/Olympus`: expected an IANA name such as `Europe/Paris` or `UTC`
+            .pipewright/broken.yml:9:13: invalid cron `@reboot`: unknown macro `@reboot`; expected one of: @hourly, @daily, @weekly, @monthly, @yearly, @annually
+            .pipewright/broken.yml:11:11: unknown key `pull_requests` in `vault.role` by event; did you mean `pull_request`?
+            .pipewright/broken.yml:11:54: `a b` is not a role name: no spaces or `/`, not empty
+        "#]],
+    );
+}
+
+#[test]
+fn schedule_entries_are_bounded() {
+    let entries: String = (0..=crate::parse::MAX_SCHEDULES)
+        .map(|_| "    - cron: \"0 0 31 2 *\"\n")
+        .collect();
+    check(
+        &format!("on:\n  schedule:\n{entries}steps: [{{ name: a, image: busybox, run: x }}]\n"),
+        expect![[r#"
+            .pipewright/broken.yml:3:5: 101 schedule entries, more than the limit of 100
         "#]],
     );
 }

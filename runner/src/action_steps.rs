@@ -453,10 +453,12 @@ async fn run_postgres<E: Executor, O: RunObserver>(
             },
             Err(why) => return Ok(ActionRan::result(StepResult::Unrunnable(why))),
         },
-        Credentials::DatabaseRole(role) => match services.database_credentials(role).await {
-            Ok(c) => (c.username, c.password, Some(c.lease_id)),
-            Err(why) => return Ok(ActionRan::result(StepResult::Unrunnable(why))),
-        },
+        Credentials::DatabaseRole { mount, role } => {
+            match services.database_credentials(mount, role).await {
+                Ok(c) => (c.username, c.password, Some(c.lease_id)),
+                Err(why) => return Ok(ActionRan::result(StepResult::Unrunnable(why))),
+            }
+        }
     };
     // The password is masked like any secret: in this step's log and its description.
     let mut values: Vec<String> = a.secret_values.to_vec();

@@ -159,6 +159,18 @@ async fn run_one(
         args.event.as_str(),
         git_ref.name()
     );
+    if let Some(spec) = &pipeline.vault {
+        // `exec` reads with the caller's VAULT_TOKEN; the role is the server's login for
+        // this event, shown so that a per-event `vault.role` can be checked locally.
+        let role = spec.role_for(args.event).map_or_else(
+            || "[vault].role_template's".to_string(),
+            |r| format!("`{r}`"),
+        );
+        println!(
+            "=== vault: the server logs in with role {role} for a {}; exec reads with VAULT_TOKEN",
+            args.event.as_str()
+        );
+    }
     let inputs = if args.event == EventKind::Dispatch
         || !args.inputs.is_empty() && pipeline.on.dispatch.is_some()
     {

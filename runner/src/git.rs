@@ -225,6 +225,18 @@ impl Git {
         })
     }
 
+    /// Locks the repository's mirror if one exists (never creating it): what earlier
+    /// fetches brought, for when Gitea cannot be reached.
+    pub async fn open_existing(&self, repo: &str) -> Result<Option<Mirror>, GitError> {
+        if !crate::checked::is_repo_name(repo) {
+            return Err(GitError::BadRepo(repo.to_string()));
+        }
+        if !self.root.join(format!("{repo}.git")).join("HEAD").exists() {
+            return Ok(None);
+        }
+        self.open(repo, false).await.map(Some)
+    }
+
     /// Brings the mirror of `repo` up to date: branches, tags and pull-request heads.
     pub async fn update(&self, mirror: &Mirror, repo: &str) -> Result<(), GitError> {
         let remote = self.remote(repo)?;

@@ -115,8 +115,10 @@ pub trait ActionServices: Sync {
         &'a self,
         path: &'a str,
     ) -> BoxFuture<'a, Result<std::collections::BTreeMap<String, String>, String>>;
+    /// Credentials of `role` from the database secrets engine mounted at `mount`.
     fn database_credentials<'a>(
         &'a self,
+        mount: &'a str,
         role: &'a str,
     ) -> BoxFuture<'a, Result<DbCredentials, String>>;
     fn revoke_lease<'a>(&'a self, lease_id: &'a str) -> BoxFuture<'a, Result<(), String>>;
@@ -139,6 +141,7 @@ impl ActionServices for NoServices {
     }
     fn database_credentials<'a>(
         &'a self,
+        _mount: &'a str,
         role: &'a str,
     ) -> BoxFuture<'a, Result<DbCredentials, String>> {
         Box::pin(async move {

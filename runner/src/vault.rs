@@ -34,11 +34,12 @@ impl ActionServices for Session<'_> {
 
     fn database_credentials<'b>(
         &'b self,
+        mount: &'b str,
         role: &'b str,
     ) -> BoxFuture<'b, Result<DbCredentials, String>> {
         Box::pin(async move {
             self.vault
-                .database_credentials(self.token, role)
+                .database_credentials(self.token, mount, role)
                 .await
                 .map_err(|e| e.to_string())
         })
@@ -68,6 +69,15 @@ pub enum VaultError {
     NotFound { path: String },
     #[error("Vault denies reading `{path}` to role `{role}`")]
     Denied { path: String, role: String },
+    /// No secrets engine is mounted where the path points (or none that the token may
+    /// use at all): Vault answers "permission denied" for those too, which would send the
+    /// reader to the policies instead of the mount.
+    #[error("Vault has no mount `{mount}` (reading `{path}` with role `{role}`)")]
+    NoMount {
+        mount: String,
+        path: String,
+        role: String,
+    },
     #[error("the Vault secret `{path}` has no key `{key}`")]
     MissingKey { path: String, key: String },
     #[error("Vault answered {status} to {what}: {message}")]
@@ -234,14 +244,19 @@ impl Vault {
                     .to_string();
                 (mount, version)
             }
-            StatusCode::FORBIDDEN => {
-                return Err(VaultError::Denied {
-                    path: path.into(),
-                    role: token.role.clone(),
+            StatusCode::FORBIDDEN | StatusCode::NOT_FOUND | StatusCode::BAD_REQUEST => {
+                // Vault answers 403 for a path under no mount, whatever the policies.
+                if let Some(None) = self.visible_mount(token, path).await {
+                    return Err(self.no_mount(token, path, None));
+                }
+                return Err(if status == StatusCode::FORBIDDEN {
+                    VaultError::Denied {
+                        path: path.into(),
+                        role: token.role.clone(),
+                    }
+                } else {
+                    VaultError::NotFound { path: path.into() }
                 });
-            }
-            StatusCode::NOT_FOUND | StatusCode::BAD_REQUEST => {
-                return Err(VaultError::NotFound { path: path.into() });
             }
             s => {
                 return Err(VaultError::Other {
@@ -300,26 +315,93 @@ impl Vault {
             .collect())
     }
 
-    /// Credentials from the database secrets engine (`database/creds/<role>`): user name,
-    /// password and the lease to revoke when done.
+    /// The secrets engine mount that `path` lies in, among those the token may see
+    /// (`sys/internal/ui/mounts`, which every token may read): `Some(None)` when none
+    /// holds it, `None` when Vault would not say.
+    async fn visible_mount(&self, token: &RunToken, path: &str) -> Option<Option<String>> {
+        let (status, body) = self
+            .call(
+                reqwest::Method::GET,
+                "sys/internal/ui/mounts",
+                Some(&token.token),
+                None,
+            )
+            .await
+            .ok()?;
+        if !status.is_success() {
+            return None;
+        }
+        let v: Value = serde_json::from_str(&body).ok()?;
+        let mounts = v["data"]["secret"].as_object()?;
+        Some(
+            mounts
+                .keys()
+                .map(|m| m.trim_end_matches('/'))
+                .filter(|m| {
+                    path == *m
+                        || path
+                            .strip_prefix(*m)
+                            .is_some_and(|rest| rest.starts_with('/'))
+                })
+                .max_by_key(|m| m.len())
+                .map(str::to_string),
+        )
+    }
+
+    /// The error for a path under no mount; `mount` is the one the path was meant for (else
+    /// its first segment).
+    fn no_mount(&self, token: &RunToken, path: &str, mount: Option<&str>) -> VaultError {
+        let mount = mount
+            .unwrap_or_else(|| path.split('/').next().unwrap_or(path))
+            .to_string();
+        VaultError::NoMount {
+            mount,
+            path: path.to_string(),
+            role: token.role.clone(),
+        }
+    }
+
+    /// Credentials from the database secrets engine at `mount` (`<mount>/creds/<role>`):
+    /// user name, password and the lease to revoke when done.
     pub async fn database_credentials(
         &self,
         token: &RunToken,
+        mount: &str,
         role: &str,
     ) -> Result<DbCredentials, VaultError> {
-        let path = format!("database/creds/{role}");
+        let path = format!("{mount}/creds/{role}");
         let (status, body) = self
             .call(reqwest::Method::GET, &path, Some(&token.token), None)
             .await?;
         match status {
             s if s.is_success() => {}
-            StatusCode::FORBIDDEN => {
-                return Err(VaultError::Denied {
-                    path,
-                    role: token.role.clone(),
+            StatusCode::FORBIDDEN | StatusCode::NOT_FOUND => {
+                // 404 "no handler for route" when the policy covers the path, 403 when it
+                // does not: either way, whether the mount exists decides the message.
+                let visible = self.visible_mount(token, &path).await;
+                let no_handler = status == StatusCode::NOT_FOUND
+                    && errors_of(&body).contains("no handler for route");
+                return Err(match visible {
+                    Some(Some(m)) if m == mount => {
+                        if status == StatusCode::FORBIDDEN {
+                            VaultError::Denied {
+                                path,
+                                role: token.role.clone(),
+                            }
+                        } else {
+                            VaultError::NotFound { path }
+                        }
+                    }
+                    Some(_) => self.no_mount(token, &path, Some(mount)),
+                    None if no_handler => self.no_mount(token, &path, Some(mount)),
+                    None if status == StatusCode::FORBIDDEN => VaultError::Denied {
+                        path,
+                        role: token.role.clone(),
+                    },
+                    None => VaultError::NotFound { path },
                 });
             }
-            StatusCode::NOT_FOUND | StatusCode::BAD_REQUEST => {
+            StatusCode::BAD_REQUEST => {
                 return Err(VaultError::NotFound { path });
             }
             s => {

@@ -247,10 +247,18 @@ pub(crate) async fn jwt_role(
 /// OpenBao's database secrets engine on `pg`'s database `app`, with the role `app-migrate`:
 /// a PostgreSQL role per lease (named `v-…`), dropped when the lease is revoked.
 async fn database_engine(bao: &OpenBao, pg: &Postgres) {
-    bao.post("sys/mounts/database", json!({ "type": "database" }))
-        .await;
+    database_engine_at(bao, pg, "database").await;
+}
+
+/// [`database_engine`] mounted at `mount`.
+async fn database_engine_at(bao: &OpenBao, pg: &Postgres, mount: &str) {
     bao.post(
-        "database/config/app",
+        &format!("sys/mounts/{mount}"),
+        json!({ "type": "database" }),
+    )
+    .await;
+    bao.post(
+        &format!("{mount}/config/app"),
         json!({
             "plugin_name": "postgresql-database-plugin",
             "connection_url": format!("postgresql://{{{{username}}}}:{{{{password}}}}@127.0.0.1:{}/app?sslmode=disable", pg.port()),
@@ -261,7 +269,7 @@ async fn database_engine(bao: &OpenBao, pg: &Postgres) {
     )
     .await;
     bao.post(
-        "database/roles/app-migrate",
+        &format!("{mount}/roles/app-migrate"),
         json!({
             "db_name": "app",
             "creation_statements": ["CREATE ROLE \"{{name}}\" WITH LOGIN PASSWORD '{{password}}' VALID UNTIL '{{expiration}}'; GRANT ALL ON SCHEMA public TO \"{{name}}\"; GRANT ALL ON ALL TABLES IN SCHEMA public TO \"{{name}}\";"],
@@ -592,5 +600,125 @@ async fn image_builds_and_pushes_from_main_and_only_builds_for_pull_requests() {
     after.sort();
     assert_eq!(after, tags, "nothing pushed from a pull request");
     docker(&["image", "rm", &format!("{host}/org/img:latest")]);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_uses_a_database_engine_at_another_mount_and_names_missing_mounts() {
+    let pg = Postgres::start();
+    pg.sql("CREATE DATABASE app");
+    let bao = OpenBao::start().await;
+    let gitea = FakeGitea::start().await;
+    let server = Server::start_with(
+        &gitea,
+        &[
+            ("PIPEWRIGHT_VAULT__ADDRESS", bao.addr.as_str()),
+            ("PIPEWRIGHT_DOCKER__NETWORK", "host"),
+        ],
+    )
+    .await;
+    database_engine_at(&bao, &pg, "postgres/lab").await;
+    // The policy covers the paths of the missing mounts too: Vault then answers "no
+    // handler" (404) for some and 403 for others, and neither may read as "denied".
+    let policy = "path \"postgres/lab/creds/app-migrate\" { capabilities = [\"read\"] }\npath \"database/creds/*\" { capabilities = [\"read\"] }\npath \"nokv/*\" { capabilities = [\"read\"] }\npath \"sys/leases/revoke\" { capabilities = [\"update\"] }\n";
+    jwt_role(
+        &bao,
+        &server,
+        "gitea_cicd_db",
+        "org/db",
+        Some("refs/heads/main"),
+        policy,
+    )
+    .await;
+    let repo = gitea.create_repo("org", "db");
+    let migrate = |mount: &str| {
+        format!(
+            "on: push\nvault:\n  role: gitea_cicd_db\nsteps:\n  - name: migrate\n    uses: postgres\n    with:\n      files: [\"sql/*.sql\"]\n      host: 127.0.0.1\n      port: {}\n      database: app\n      database_role: app-migrate\n{mount}      sslmode: disable\n      image: {TOOLS}\n",
+            pg.port()
+        )
+    };
+    let c0 = repo
+        .commit("main", "init")
+        .write("README.md", "db\n")
+        .push();
+    let c1 = repo
+        .commit("main", "schema")
+        .write(
+            ".pipewright/db.yml",
+            &migrate("      database_mount: postgres/lab\n"),
+        )
+        .write(
+            "sql/001_tables.sql",
+            "CREATE TABLE IF NOT EXISTS users (id int PRIMARY KEY, name text);\n",
+        )
+        .push();
+    assert_eq!(server.deliver(repo.push_event("main", &c0, &c1)).await, 202);
+    assert_eq!(
+        last_status(&repo, &c1, "pipewright/db").await,
+        ("success".into(), "ran 1 SQL files".into())
+    );
+    assert_eq!(
+        pg.sql_in(
+            "app",
+            "SELECT count(*) FROM information_schema.tables WHERE table_name = 'users'"
+        )
+        .trim(),
+        "1"
+    );
+    assert_eq!(dynamic_roles(&pg), "0", "the lease was revoked");
+
+    // The default mount `database` does not exist here.
+    let c2 = repo
+        .commit("main", "default mount")
+        .write(".pipewright/db.yml", &migrate(""))
+        .push();
+    assert_eq!(server.deliver(repo.push_event("main", &c1, &c2)).await, 202);
+    let (state, description) = last_status(&repo, &c2, "pipewright/db").await;
+    assert_eq!(state, "error", "{description}");
+    assert!(
+        description.contains("Vault has no mount `database` (reading `database/creds/app-migrate`"),
+        "{description}"
+    );
+    assert!(!description.contains("denies"), "{description}");
+
+    // Neither does `elsewhere`, which no policy names (Vault answers 403).
+    let c3 = repo
+        .commit("main", "other mount")
+        .write(
+            ".pipewright/db.yml",
+            &migrate("      database_mount: elsewhere\n"),
+        )
+        .push();
+    assert_eq!(server.deliver(repo.push_event("main", &c2, &c3)).await, 202);
+    let (state, description) = last_status(&repo, &c3, "pipewright/db").await;
+    assert_eq!(state, "error", "{description}");
+    assert!(
+        description.contains("Vault has no mount `elsewhere`"),
+        "{description}"
+    );
+
+    // A secrets path under no mount, covered by the policy or not.
+    for (n, path, mount) in [(4, "nokv/app", "nokv"), (5, "nowhere/app", "nowhere")] {
+        let pipeline = format!(
+            "on: push\nvault:\n  role: gitea_cicd_db\n  secrets:\n    X: {path}#key\nsteps:\n  - name: use\n    image: {TOOLS}\n    run: echo should never run\n"
+        );
+        let before = repo.git(&["rev-parse", "main"]);
+        let sha = repo
+            .commit("main", &format!("secrets {n}"))
+            .write(".pipewright/db.yml", &pipeline)
+            .push();
+        assert_eq!(
+            server
+                .deliver(repo.push_event("main", before.trim(), &sha))
+                .await,
+            202
+        );
+        let (state, description) = last_status(&repo, &sha, "pipewright/db").await;
+        assert_eq!(state, "error", "{description}");
+        assert!(
+            description.contains(&format!("Vault has no mount `{mount}` (reading `{path}`")),
+            "{description}"
+        );
+    }
     server.stop().await;
 }

@@ -505,6 +505,10 @@ async fn exec_reads_secrets_with_the_callers_vault_token() {
     );
     assert!(stdout.contains("use | key ok: ***"), "{stdout}");
     assert!(stdout.contains("use | token ok"), "{stdout}");
+    assert!(
+        stdout.contains("=== vault: the server logs in with role [vault].role_template's for a push; exec reads with VAULT_TOKEN"),
+        "{stdout}"
+    );
     assert!(!stdout.contains("local-api-key-123"), "{stdout}");
     // Without a token: a clear message, no step run.
     let out = run(None);
@@ -512,4 +516,140 @@ async fn exec_reads_secrets_with_the_callers_vault_token() {
     assert_eq!(out.status.code(), Some(2));
     assert!(stdout.contains("a token in VAULT_TOKEN"), "{stdout}");
     assert!(!stdout.contains("--> step"), "{stdout}");
+}
+
+/// The plan role of the home lab: bound to `org/app`'s pull requests, reading only
+/// `kvv1/plan/*`.
+async fn plan_role(bao: &OpenBao) {
+    bao.post("kvv1/plan/app", json!({ "token": "plan-token-777" }))
+        .await;
+    bao.call(
+        reqwest::Method::PUT,
+        "sys/policies/acl/plan",
+        Some(json!({ "policy": "path \"kvv1/plan/*\" { capabilities = [\"read\"] }\n" })),
+    )
+    .await;
+    bao.post(
+        "auth/jwt/role/gitea_cicd_plan",
+        json!({
+            "role_type": "jwt",
+            "user_claim": "sub",
+            "bound_audiences": ["vault"],
+            "bound_claims": { "repository": "org/app", "event_name": "pull_request" },
+            "token_policies": ["plan"],
+            "token_ttl": "5m",
+        }),
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_role_per_event_logs_pull_requests_in_with_the_plan_role() {
+    let gitea = FakeGitea::start().await;
+    let (bao, server) = started(&gitea, &[]).await;
+    plan_role(&bao).await;
+    let app = gitea.create_repo("org", "app");
+    let script = "test \"$PLAN\" = plan-token-777 && echo \"plan secret ok: $PLAN\"";
+    let roles = "  role: { pull_request: gitea_cicd_plan, default: gitea_cicd_app }\n";
+    let pipeline = format!(
+        "on: [push, pull_request]\nvault:\n{roles}  secrets:\n    PLAN: kvv1/plan/app#token\nsteps:\n{}",
+        step("use", script)
+    );
+    // A push to main logs in with the default role (bound to refs/heads/main).
+    let (sha, delivery) = push(&app, &pipeline);
+    assert_eq!(server.deliver(delivery).await, 202);
+    let statuses = final_statuses(&app, &sha, "pipewright/deploy").await;
+    assert_eq!(states(&statuses), ["pending", "success"], "{statuses:?}");
+
+    // A pull request logs in with the plan role: the default one would be refused, its
+    // `ref` being refs/pull/N/head.
+    app.create_branch("change", "main");
+    let head = app.commit("change", "change").write("x.txt", "x\n").push();
+    let number = app.open_pull("change", "main");
+    assert_eq!(
+        server
+            .deliver(app.pull_request_event(number, PullAction::Opened))
+            .await,
+        202
+    );
+    let statuses = final_statuses(&app, &head, "pipewright/deploy").await;
+    assert_eq!(states(&statuses), ["pending", "success"], "{statuses:?}");
+    let runs = server.runs().await;
+    let pr_run = runs
+        .iter()
+        .find(|r| r["event"] == "pull_request")
+        .and_then(|r| r["id"].as_i64())
+        .unwrap();
+    assert_eq!(server.log(pr_run, 0).await, "plan secret ok: ***\n");
+
+    // The plan role reads only what its policy allows: the apply secrets are denied, and
+    // the message names the role the pull request logged in with.
+    let greedy = format!(
+        "on: pull_request\nvault:\n{roles}  secrets:\n    OVH_*: kvv1/ovh/app#*\nsteps:\n{}",
+        step("use", "echo should never run")
+    );
+    app.create_branch("greedy", "main");
+    let head = app
+        .commit("greedy", "greedy")
+        .write(".pipewright/greedy.yml", &greedy)
+        .push();
+    let number = app.open_pull("greedy", "main");
+    assert_eq!(
+        server
+            .deliver(app.pull_request_event(number, PullAction::Opened))
+            .await,
+        202
+    );
+    let statuses = final_statuses(&app, &head, "pipewright/greedy").await;
+    let last = statuses.last().unwrap();
+    assert_eq!(last.state, "error", "{statuses:?}");
+    assert!(
+        last.description
+            .contains("Vault denies reading `kvv1/ovh/app` to role `gitea_cicd_plan`"),
+        "{last:?}"
+    );
+
+    // A pull request that maps itself to the apply role is refused by the role's claims.
+    let sneaky = format!(
+        "on: pull_request\nvault:\n  role: {{ pull_request: gitea_cicd_app }}\n  secrets:\n    OVH_*: kvv1/ovh/app#*\nsteps:\n{}",
+        step("use", "echo \"$OVH_APPLICATION_SECRET\"")
+    );
+    app.create_branch("sneaky", "main");
+    let head = app
+        .commit("sneaky", "sneaky")
+        .write(".pipewright/sneaky.yml", &sneaky)
+        .push();
+    let number = app.open_pull("sneaky", "main");
+    assert_eq!(
+        server
+            .deliver(app.pull_request_event(number, PullAction::Opened))
+            .await,
+        202
+    );
+    let statuses = final_statuses(&app, &head, "pipewright/sneaky").await;
+    let last = statuses.last().unwrap();
+    assert_eq!(last.state, "error", "{statuses:?}");
+    assert!(
+        last.description
+            .contains("Vault refused the login with role `gitea_cicd_app`"),
+        "{last:?}"
+    );
+    for run in server.runs().await {
+        let id = run["id"].as_i64().unwrap();
+        let detail = server.api(&format!("/api/v1/runs/{id}")).await;
+        if run["pipeline"] == "sneaky" || run["pipeline"] == "greedy" {
+            assert_eq!(
+                detail["steps"].as_array().map(Vec::len),
+                Some(0),
+                "{detail:#}"
+            );
+        }
+        assert!(
+            !detail.to_string().contains("ovh-app-secret-2"),
+            "{detail:#}"
+        );
+        assert!(!detail.to_string().contains("plan-token-777"), "{detail:#}");
+    }
+    assert_eq!(bao.live_run_tokens().await, 0);
+    server.stop().await;
 }

@@ -2,6 +2,12 @@
 //! `{"ref": "...", "inputs": {...}}`, as `pipewright dispatch` and the run page send it.
 //! The pipeline is read at the ref's commit; inputs are checked against its declaration
 //! (a missing, unknown or ill-typed input is refused, naming it; `confirm` too).
+//!
+//! When Gitea cannot be reached (a connection error or a 5xx from its API, or a failed
+//! fetch), a pipeline with `on.dispatch.offline: true` runs from the commit the mirror last
+//! fetched for the ref, of a repository Pipewright knows from earlier events; any other
+//! dispatch is refused with 502 naming Gitea. Its statuses wait in the outbox, which
+//! retries until Gitea answers.
 
 use std::{collections::BTreeMap, sync::Arc};
 
@@ -69,36 +75,71 @@ pub async fn dispatch(
             format!("Gitea: {}", error_chain(e)),
         )
     };
-    let payload = app
-        .gitea
-        .repository(&full_name)
-        .await
-        .map_err(|e| gitea_down(&e))?
-        .ok_or_else(|| {
-            refused(
+    // `Some(why)`: Gitea cannot be reached, and only a pipeline that allows it runs from
+    // what the mirror last fetched.
+    let (repo, mirror, unreachable) = match app.gitea.repository(&full_name).await {
+        Ok(Some(payload)) => {
+            let repo = RepoInfo::from_payload(&payload, "").map_err(|e| {
+                refused(
+                    StatusCode::BAD_GATEWAY,
+                    format!("Gitea's answer for {full_name} is refused: {e}"),
+                )
+            })?;
+            match app.git.fetch(&repo.full_name, repo.sha256).await {
+                Ok(mirror) => {
+                    // Known from Gitea's own answer: a later offline dispatch may use it.
+                    if let Err(e) = app.store.remember_repo(&repo.known()).await {
+                        tracing::warn!(error = ?e, "failed to remember a repository");
+                    }
+                    (repo, mirror, None)
+                }
+                Err(e) => {
+                    let why = format!("Gitea: {}", error_chain(&e));
+                    let mirror = last_fetched(&app, &full_name, &why).await?;
+                    (repo, mirror, Some(why))
+                }
+            }
+        }
+        Ok(None) => {
+            return Err(refused(
                 StatusCode::NOT_FOUND,
                 format!("Gitea has no repository {full_name}"),
-            )
-        })?;
-    let repo = RepoInfo::from_payload(&payload, "").map_err(|e| {
-        refused(
+            ));
+        }
+        Err(e) if e.is_transient() => {
+            let why = format!("Gitea: {}", error_chain(&e));
+            let known = app
+                .store
+                .known_repos()
+                .await
+                .map_err(|e| {
+                    tracing::warn!(error = ?e, "failed to read the known repositories");
+                    refused(StatusCode::INTERNAL_SERVER_ERROR, "internal error")
+                })?
+                .into_iter()
+                .find(|k| k.repo == full_name)
+                .ok_or_else(|| refused(StatusCode::BAD_GATEWAY, why.clone()))?;
+            let mirror = last_fetched(&app, &full_name, &why).await?;
+            (RepoInfo::from_known(&known), mirror, Some(why))
+        }
+        Err(e) => return Err(gitea_down(&e)),
+    };
+    // Offline, what the mirror lacks may be in Gitea: every refusal names Gitea first.
+    let offline_refused = |status: StatusCode, message: String| match &unreachable {
+        Some(why) => refused(
             StatusCode::BAD_GATEWAY,
-            format!("Gitea's answer for {full_name} is refused: {e}"),
-        )
-    })?;
+            format!("{why}; offline: {message}"),
+        ),
+        None => refused(status, message),
+    };
     let wanted = request
         .git_ref
         .clone()
         .unwrap_or_else(|| repo.default_branch.clone());
     check_ref_name(&wanted).map_err(|why| refused(StatusCode::UNPROCESSABLE_ENTITY, why))?;
 
-    let mirror = app
-        .git
-        .fetch(&repo.full_name, repo.sha256)
-        .await
-        .map_err(|e| gitea_down(&e))?;
     let (git_ref, sha) = resolve_ref(&app, &mirror, &wanted).await.ok_or_else(|| {
-        refused(
+        offline_refused(
             StatusCode::UNPROCESSABLE_ENTITY,
             format!("{full_name} has no branch or tag `{wanted}`"),
         )
@@ -113,18 +154,30 @@ pub async fn dispatch(
         .into_iter()
         .find(|f| f.name == pipeline_name)
         .ok_or_else(|| {
-            refused(
+            offline_refused(
                 StatusCode::NOT_FOUND,
                 format!("no pipeline `{pipeline_name}` at {wanted}"),
             )
         })?;
     let pipeline = parsed.result.map_err(|diags| {
         let list: Vec<String> = diags.iter().map(|d| d.to_string()).collect();
-        refused(
+        offline_refused(
             StatusCode::UNPROCESSABLE_ENTITY,
             format!("pipeline `{pipeline_name}` is invalid: {}", list.join("; ")),
         )
     })?;
+    if let Some(why) = &unreachable {
+        if !pipeline.on.dispatch.as_ref().is_some_and(|d| d.offline) {
+            return Err(refused(
+                StatusCode::BAD_GATEWAY,
+                format!(
+                    "{why} (pipeline `{pipeline_name}` does not allow an offline dispatch: `on.dispatch.offline`)"
+                ),
+            ));
+        }
+        tracing::warn!(repo = %full_name, pipeline = %pipeline_name, %sha, reason = %why,
+            "Gitea cannot be reached: the dispatch runs from the mirror's last fetched commit");
+    }
     let given: Vec<(String, String)> = request
         .inputs
         .iter()
@@ -169,6 +222,22 @@ pub async fn dispatch(
         .flatten()
         .ok_or_else(|| refused(StatusCode::INTERNAL_SERVER_ERROR, "internal error"))?;
     Ok((StatusCode::CREATED, Json(run_dto(&app, &stored, None))))
+}
+
+/// The mirror as the last fetch from Gitea left it (the only writer of its refs: `git
+/// fetch --force --prune` from `[gitea].url`), or the 502 naming Gitea when there is none.
+async fn last_fetched(
+    app: &App,
+    full_name: &str,
+    why: &str,
+) -> Result<crate::git::Mirror, ApiError> {
+    match app.git.open_existing(full_name).await {
+        Ok(Some(mirror)) => Ok(mirror),
+        Ok(None) | Err(_) => Err(refused(
+            StatusCode::BAD_GATEWAY,
+            format!("{why} (and there is no mirror of {full_name} to run from)"),
+        )),
+    }
 }
 
 /// A branch, or else a tag. Not a bare commit: a run's identity token names its ref, and a

@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use pipewright_containers::CancellationToken;
-use pipewright_pipelines::{EventKind, GitRef, RunContext, cron_due, default_inputs};
+use pipewright_pipelines::{EventKind, GitRef, RunContext, default_inputs, schedule_due};
 use tracing::{info, warn};
 
 use crate::server::{
@@ -76,7 +76,7 @@ pub async fn tick(intake: &Intake<'_>, epoch_secs: i64) -> Result<usize, String>
                 .on
                 .schedule
                 .iter()
-                .any(|s| cron_due(&s.cron, epoch_secs))
+                .any(|s| schedule_due(&s.cron, &s.timezone, epoch_secs))
             {
                 continue;
             }

@@ -117,9 +117,10 @@ impl<'a> RunAccess<'a> {
                 "the pipeline reads Vault secrets, but no [vault].address is configured".into(),
             );
         };
+        // The pipeline's role for this run's event, else `[vault].role_template`.
         let role = spec
-            .role
-            .clone()
+            .role_for(run.event)
+            .map(str::to_string)
             .unwrap_or_else(|| app.config.role_for(&run.repo));
         let mount = spec
             .mount
@@ -234,9 +235,10 @@ impl ActionServices for RunAccess<'_> {
 
     fn database_credentials<'b>(
         &'b self,
+        mount: &'b str,
         role: &'b str,
     ) -> BoxFuture<'b, Result<DbCredentials, String>> {
-        Box::pin(async move { self.session(role)?.database_credentials(role).await })
+        Box::pin(async move { self.session(role)?.database_credentials(mount, role).await })
     }
 
     fn revoke_lease<'b>(&'b self, lease_id: &'b str) -> BoxFuture<'b, Result<(), String>> {
