@@ -44,6 +44,14 @@ const FACTORY: &[(&str, &str)] = &[
         ".pipewright/recover-pvc.yml",
         include_str!("../../examples/factory/.pipewright/recover-pvc.yml"),
     ),
+    (
+        ".pipewright/erp-backup.yml",
+        include_str!("../../examples/factory/.pipewright/erp-backup.yml"),
+    ),
+    (
+        ".pipewright/erp-restore.yml",
+        include_str!("../../examples/factory/.pipewright/erp-restore.yml"),
+    ),
 ];
 
 fn factory() -> Vec<Pipeline> {
@@ -60,7 +68,77 @@ fn factory() -> Vec<Pipeline> {
 #[test]
 fn factory_examples_are_valid() {
     let names: Vec<String> = factory().iter().map(|p| p.name.clone()).collect();
-    assert_eq!(names, ["iac", "postgres", "image", "drift", "recover-pvc"]);
+    assert_eq!(
+        names,
+        [
+            "iac",
+            "postgres",
+            "image",
+            "drift",
+            "recover-pvc",
+            "erp-backup",
+            "erp-restore"
+        ]
+    );
+    // iac: the plan role for pull requests, the apply role otherwise; the module key as a
+    // file.
+    let iac = &factory()[0];
+    let vault = iac.vault.as_ref().unwrap();
+    assert_eq!(
+        vault.role_for(EventKind::PullRequest),
+        Some("gitea_cicd_plan")
+    );
+    assert_eq!(vault.role_for(EventKind::Push), Some("gitea_cicd"));
+    assert_eq!(vault.role_for(EventKind::Dispatch), Some("gitea_cicd"));
+    assert_eq!(vault.files.len(), 1);
+    assert_eq!(vault.files[0].file, "ssh/id_ed25519");
+    assert_eq!(vault.files[0].path, "kvv1/gitea/tofu_module_reader");
+    assert_eq!(vault.files[0].key, "ssh_private_key");
+    // erp-backup: 04:00 in Paris, winter (03:00 UTC) and summer (02:00 UTC), never at
+    // 04:00 UTC.
+    let backup = &factory()[5];
+    let cron = &backup.on.schedule[0];
+    assert_eq!(cron.timezone, "Europe/Paris");
+    let at = |utc: &str| {
+        let t = chrono::DateTime::parse_from_rfc3339(utc)
+            .unwrap()
+            .timestamp();
+        schedule_due(&cron.cron, &cron.timezone, t)
+    };
+    assert!(at("2026-01-15T03:00:00Z"));
+    assert!(at("2026-07-15T02:00:00Z"));
+    assert!(!at("2026-01-15T04:00:00Z"));
+    assert!(!at("2026-07-15T04:00:00Z"));
+    // erp-restore: dispatch only, confirmed by name; erp is scaled back up whatever the
+    // restore did.
+    let restore = &factory()[6];
+    assert!(restore.on.dispatch.as_ref().unwrap().confirm);
+    assert!(restore.on.push.is_none() && restore.on.pull_request.is_none());
+    assert!(restore.on.schedule.is_empty());
+    let steps: Vec<(&str, RunsAfter)> = restore
+        .steps
+        .iter()
+        .map(|s| (s.name.as_str(), s.runs_after()))
+        .collect();
+    let (only_success, always) = (
+        RunsAfter {
+            success: true,
+            failure: false,
+        },
+        RunsAfter {
+            success: true,
+            failure: true,
+        },
+    );
+    assert_eq!(
+        steps,
+        [
+            ("scale-down", only_success),
+            ("restore", only_success),
+            ("scale-back-up", always)
+        ]
+    );
+    assert!(restore.vault.as_ref().unwrap().files[0].file == "kube/config");
     let recover = &factory()[4];
     let dispatch = recover.on.dispatch.as_ref().unwrap();
     assert!(dispatch.confirm);
@@ -387,7 +465,14 @@ fn factory_selection() {
                 git_ref: GitRef::Branch("main".into()),
                 changes: Changes::All,
             },
-            &["iac", "postgres", "drift", "recover-pvc"],
+            &[
+                "iac",
+                "postgres",
+                "drift",
+                "recover-pvc",
+                "erp-backup",
+                "erp-restore",
+            ],
         ),
         (
             Trigger {
@@ -395,7 +480,7 @@ fn factory_selection() {
                 git_ref: GitRef::Branch("main".into()),
                 changes: Changes::All,
             },
-            &["drift"],
+            &["drift", "erp-backup"],
         ),
     ];
     for (event, expected) in cases {
