@@ -183,8 +183,15 @@ impl Server {
     }
 }
 
+/// The tests' client of the API. Unlike Gitea's webhook sender (5 s, as the fake Gitea's
+/// deliveries), it waits as long as a busy machine may need: a dispatch fetches from git.
 pub(crate) fn client() -> reqwest::Client {
-    pipewright_tests::fake_gitea::http_client()
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .pool_max_idle_per_host(0)
+        .build()
+        .expect("cannot build an HTTP client")
 }
 
 pub(crate) async fn get_json(base: &str, path: &str) -> Value {
@@ -225,7 +232,7 @@ pub(crate) fn of_context(statuses: &[Status], context: &str) -> Vec<Status> {
 /// Waits until the newest status of `context` on `sha` is final, and returns them all.
 pub(crate) async fn final_statuses(repo: &Repo, sha: &str, context: &str) -> Vec<Status> {
     eventually(
-        Duration::from_secs(90),
+        Duration::from_secs(240),
         &format!("a final {context} status on {sha}"),
         || async {
             let list = of_context(&repo.statuses(sha), context);
