@@ -1,5 +1,5 @@
 //! `uses: tofu`: `init`, `plan -out`, the summary read from `show -json`, and — on a push to
-//! the default branch or a dispatch with `mode: apply` — `apply` of that saved plan only.
+//! the default branch, a dispatch with `mode: apply` or `/pipewright apply` — `apply` of that saved plan only.
 //! A plan that would destroy fails before apply unless `allow_destroy`.
 
 use pipewright_pipelines::EventKind;
@@ -42,11 +42,15 @@ impl Tofu {
         // A pull request never applies, whatever `command` says: review happens before merge.
         let apply = match command.as_str() {
             _ if cx.event == EventKind::PullRequest => false,
+            // A comment command plans or applies as it says (`/pipewright apply` sets
+            // `mode: apply` once the apply requirements hold), whatever `command` says,
+            // except that `command: plan` never applies.
+            "plan" => false,
+            _ if cx.event == EventKind::Comment => cx.input("mode") == Some("apply"),
             "auto" => {
                 cx.is_default_branch_push()
                     || (cx.event == EventKind::Dispatch && cx.input("mode") == Some("apply"))
             }
-            "plan" => false,
             "apply" => true,
             other => {
                 return Err(bad(
@@ -324,6 +328,28 @@ mod tests {
         );
         assert!(!tofu(EventKind::Push, "main", &[("command", "plan")], &[]).apply);
         assert!(!tofu(EventKind::Schedule, "main", &[], &[]).apply);
+        let mode = |m: &str| vec![("mode".to_string(), m.to_string())];
+        assert!(tofu(EventKind::Comment, "main", &[], &mode("apply")).apply);
+        assert!(!tofu(EventKind::Comment, "main", &[], &mode("plan")).apply);
+        assert!(
+            !tofu(
+                EventKind::Comment,
+                "main",
+                &[("command", "apply")],
+                &mode("plan")
+            )
+            .apply,
+            "a comment's `/pipewright plan` never applies"
+        );
+        assert!(
+            !tofu(
+                EventKind::Comment,
+                "main",
+                &[("command", "plan")],
+                &mode("apply")
+            )
+            .apply
+        );
     }
 
     #[test]

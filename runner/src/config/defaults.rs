@@ -49,3 +49,8 @@ pub const MAX_TIMEOUT: Duration = Duration::from_secs(6 * 3600);
 pub const MAX_LOG_BYTES: u64 = 64 << 20;
 /// `[agent].capacity`.
 pub const CAPACITY: usize = 2;
+/// `[[repos]].apply_requirements`.
+pub const APPLY_REQUIREMENTS: &[super::ApplyRequirement] = &[
+    super::ApplyRequirement::Approved,
+    super::ApplyRequirement::Mergeable,
+];

@@ -32,8 +32,9 @@ mod values;
 use std::{collections::BTreeMap, fmt, fs, path::Path};
 
 pub use values::{
-    AgentConfig, Algorithm, ApiConfig, Config, DatabaseConfig, DockerConfig, GiteaConfig,
-    HttpLimits, IdentityConfig, RepoPolicy, Scope, ScopedToken, Secret, ServerConfig, VaultConfig,
+    AgentConfig, Algorithm, ApiConfig, ApplyRequirement, Config, DatabaseConfig, DockerConfig,
+    GiteaConfig, HttpLimits, IdentityConfig, RepoPolicy, Scope, ScopedToken, Secret, ServerConfig,
+    VaultConfig,
 };
 
 use decode::decode;

@@ -13,6 +13,7 @@ use sqlx::{
 };
 
 mod access;
+mod commands;
 pub mod comments;
 mod deliveries;
 mod images;

@@ -41,7 +41,9 @@ impl std::fmt::Debug for RunAccess<'_> {
 
 fn claims_for(run: &Run) -> RunClaims {
     let (owner, _) = run.repo.split_once('/').unwrap_or((&run.repo, ""));
-    let pull_request = run.event == EventKind::PullRequest;
+    // A comment command on a pull request runs its head, as the pull request's own runs do.
+    let pull_request =
+        matches!(run.event, EventKind::PullRequest | EventKind::Comment) && run.pr.is_some();
     let (git_ref, base_ref) = match (pull_request, run.pr) {
         (true, Some(n)) => (
             format!("refs/pull/{n}/head"),
