@@ -105,13 +105,14 @@ pub async fn answer(
         Err(refusal) => {
             info!(repo = %repo.full_name, number = command.number, actor = %command.actor, reason = %refusal, "comment command refused");
             let text = match &command.verb {
-                Verb::Help { problem: None } => refusal.clone(),
+                Verb::Help { .. } => refusal.clone(),
                 _ => format!("`{}` refused: {refusal}", command.verb.name()),
             };
             intake
                 .store
                 .reply_only(delivery, &reply(command, &text), &refusal)
                 .await?;
+            intake.queue.reporter_wake.notify_one();
             Ok(refusal)
         }
     }
@@ -143,7 +144,7 @@ pub fn help_text() -> String {
         "- `/pipewright apply`: runs them in apply mode, once the pull request meets the repository's apply requirements",
         "- `/pipewright help`: this list",
         "",
-        "Commands need write permission on the repository.",
+        "Commands but help need write permission on the repository.",
     ]
     .join("\n")
 }
@@ -153,7 +154,10 @@ async fn decide(
     intake: &Intake<'_>,
     command: &Command,
 ) -> Result<Result<Vec<RunSpec>, String>, IngestError> {
-    if let Err(why) = may_command(intake, command).await? {
+    // Help is for anyone; every other command needs the permission.
+    if !matches!(command.verb, Verb::Help { .. })
+        && let Err(why) = may_command(intake, command).await?
+    {
         return Ok(Err(why));
     }
     let pull_only = |verb: &Verb| format!("`{}` works on pull requests only", verb.name());
@@ -363,13 +367,16 @@ async fn target(
     }))
 }
 
+/// A pipeline a command runs, with the run's inputs.
+type Chosen<'f> = (&'f Pipeline, Vec<(String, String)>);
+
 /// `/pipewright run`: the pipeline and its inputs, checked like a dispatch's.
 fn run_pipeline<'f>(
     files: &'f [pipewright_pipelines::ParsedFile],
     name: &str,
     given: &[(String, String)],
     sha: &str,
-) -> Result<(&'f Pipeline, Vec<(String, String)>), String> {
+) -> Result<Chosen<'f>, String> {
     let shown = format!("{name:?}");
     let Some(file) = files.iter().find(|f| f.name == name) else {
         return Err(format!("there is no pipeline {shown} at `{}`", short(sha)));

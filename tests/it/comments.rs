@@ -1,0 +1,433 @@
+//! Comment commands end to end: `issue_comment` deliveries from the fake Gitea (both event
+//! types), the commenter's permission asked of Gitea, `/pipewright run|plan|apply|help`,
+//! the reply comment of every command, and the apply requirements read from Gitea's pull
+//! request, review and status APIs.
+
+use std::time::Duration;
+
+use pipewright_tests::fake_gitea::{Comment, Delivery, FakeGitea, Permission, Repo, ReviewState};
+use serde_json::Value;
+
+use crate::serve::{Server, eventually, final_statuses, states, step};
+
+/// The id of the comment a comment event is about.
+fn comment_id(delivery: &Delivery) -> i64 {
+    delivery.json()["comment"]["id"].as_i64().unwrap()
+}
+
+/// Pipewright's reply to comment `id` on `number`, once the reporter has sent it.
+async fn reply(repo: &Repo, number: u64, id: i64) -> Comment {
+    let marker = format!("<!-- pipewright:reply {id} -->");
+    eventually(
+        Duration::from_secs(30),
+        &format!("the reply to comment {id}"),
+        || async {
+            repo.comments(number)
+                .into_iter()
+                .find(|c| c.body.contains(&marker))
+        },
+    )
+    .await
+}
+
+/// Delivers a comment by `who` and returns the reply's body.
+async fn command(server: &Server, repo: &Repo, who: &str, number: u64, body: &str) -> String {
+    let delivery = repo.as_user(who).comment_event(number, body);
+    let id = comment_id(&delivery);
+    assert_eq!(server.deliver(delivery).await, 202, "{body}");
+    reply(repo, number, id).await.body
+}
+
+async fn runs_of(server: &Server, pipeline: &str) -> Vec<Value> {
+    server
+        .runs()
+        .await
+        .into_iter()
+        .filter(|r| r["pipeline"] == pipeline)
+        .collect()
+}
+
+/// Waits until no delivery is pending (so "nothing happened" is an answer, not a race).
+async fn settled(server: &Server) {
+    eventually(
+        Duration::from_secs(30),
+        "every delivery processed",
+        || async {
+            (server
+                .app
+                .store
+                .pending_deliveries(10)
+                .await
+                .unwrap()
+                .is_empty())
+            .then_some(())
+        },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn comment_commands_run_pipelines_and_every_command_gets_one_reply() {
+    let gitea = FakeGitea::start().await;
+    let server = Server::start(&gitea).await;
+    let repo = gitea.create_repo("org", "ops");
+    let deploy = format!(
+        "on:\n  dispatch:\n    inputs:\n      target: {{ type: string, required: true }}\nsteps:\n{}",
+        step(
+            "show",
+            "echo \"deploy $PIPEWRIGHT_INPUT_TARGET ($PIPEWRIGHT_EVENT) at $PIPEWRIGHT_SHA on $PIPEWRIGHT_REF\""
+        )
+    );
+    let base = repo
+        .commit("main", "ops")
+        .write(".pipewright/deploy.yml", &deploy)
+        .push();
+    repo.create_branch("feature", "main");
+    let head = repo
+        .commit("feature", "change")
+        .write("app.txt", "v2\n")
+        .push();
+    let number = repo.open_pull("feature", "main");
+    let issue = repo.create_issue("deploy staging", "");
+    repo.set_permission("alice", Permission::Write);
+    repo.set_permission("bob", Permission::Read);
+
+    // `/pipewright run` on a pull request: at its head, with the inputs, as `comment`, by
+    // the commenter; the reply links the run.
+    let delivery = repo.as_user("alice").comment_event(
+        number,
+        "Let's try it.\n/pipewright run deploy target=staging\n",
+    );
+    assert_eq!(
+        (delivery.event.as_str(), delivery.event_type.as_str()),
+        ("issue_comment", "pull_request_comment")
+    );
+    let id = comment_id(&delivery);
+    assert_eq!(server.deliver(delivery.clone()).await, 202);
+    let answer = reply(&repo, number, id).await;
+    assert_eq!(answer.user, gitea.bot_login());
+    let runs = runs_of(&server, "deploy").await;
+    assert_eq!(runs.len(), 1, "{runs:#?}");
+    let run = &runs[0];
+    let run_id = run["id"].as_i64().unwrap();
+    assert_eq!(
+        (
+            run["event"].as_str(),
+            run["actor"].as_str(),
+            run["sha"].as_str()
+        ),
+        (Some("comment"), Some("alice"), Some(head.as_str()))
+    );
+    assert_eq!(run["pull_request"], number);
+    assert!(
+        answer
+            .body
+            .contains(&format!("{}/runs/{run_id}", server.url))
+            && answer
+                .body
+                .starts_with(&format!("<!-- pipewright:reply {id} -->\n@alice "))
+            && answer.body.contains("`/pipewright run` started"),
+        "{}",
+        answer.body
+    );
+    let statuses = final_statuses(&repo, &head, "pipewright/deploy").await;
+    assert_eq!(states(&statuses), ["pending", "success"]);
+    assert_eq!(
+        server.log(run_id, 0).await,
+        format!("deploy staging (comment) at {head} on refs/pull/{number}/head\n")
+    );
+
+    // The same comment delivered again (Gitea's Replay, or a second hook): nothing more.
+    assert_eq!(server.deliver(delivery.replay()).await, 202);
+    settled(&server).await;
+    assert_eq!(runs_of(&server, "deploy").await.len(), 1);
+    let marker = format!("<!-- pipewright:reply {id} -->");
+    let replies = |repo: &Repo| {
+        repo.comments(number)
+            .into_iter()
+            .filter(|c| c.body.contains(&marker))
+            .count()
+    };
+    assert_eq!(replies(&repo), 1);
+
+    // On an issue: the default branch, event type `issue_comment`.
+    let delivery = repo
+        .as_user("alice")
+        .comment_event(issue, "/pipewright run deploy target=prod");
+    assert_eq!(delivery.event_type, "issue_comment");
+    let id = comment_id(&delivery);
+    assert_eq!(server.deliver(delivery).await, 202);
+    let body = reply(&repo, issue, id).await.body;
+    assert!(body.contains("started"), "{body}");
+    let runs = runs_of(&server, "deploy").await;
+    let on_main = runs.iter().find(|r| r["sha"] == base.as_str()).unwrap();
+    assert_eq!(on_main["ref"], "refs/heads/main");
+    assert_eq!(on_main["pull_request"], Value::Null);
+
+    // Refusals: each reply names the reason, and nothing runs.
+    let before = server.runs().await.len();
+    let cases = [
+        (
+            "bob",
+            "/pipewright run deploy target=staging",
+            "@bob `/pipewright run` refused: @bob may not give commands in org/ops: Gitea gives them `read` permission, and `write` is needed",
+        ),
+        (
+            "mallory",
+            "/pipewright run deploy target=staging",
+            "@mallory may not give commands in org/ops: Gitea gives them `none` permission",
+        ),
+        (
+            "alice",
+            "/pipewright run nightly",
+            &format!("there is no pipeline \"nightly\" at `{}`", &head[..10]),
+        ),
+        (
+            "alice",
+            "/pipewright run deploy",
+            "missing required input `target`",
+        ),
+        (
+            "alice",
+            "/pipewright run deploy target=x color=red",
+            "unknown input `color`",
+        ),
+        (
+            "alice",
+            "/pipewright run deploy target",
+            "\"target\" is not an input: inputs are written key=value",
+        ),
+        (
+            "alice",
+            "/pipewright plan",
+            "this pull request selects no pipeline with a `uses: tofu` step",
+        ),
+    ];
+    for (who, text, reason) in cases {
+        let body = command(&server, &repo, who, number, text).await;
+        assert!(body.contains(reason), "{text} by {who}: {body}");
+    }
+    let body = command(&server, &repo, "alice", issue, "/pipewright apply").await;
+    assert!(
+        body.contains("`/pipewright apply` works on pull requests only"),
+        "{body}"
+    );
+    // Help lists the commands, and so does a command that is not one; no line of a
+    // reply is a command itself.
+    for (text, first) in [
+        ("/pipewright help", "@alice Pipewright reads a comment line"),
+        (
+            "/pipewright frobnicate",
+            "@alice \"frobnicate\" is not a command.",
+        ),
+    ] {
+        let body = command(&server, &repo, "alice", number, text).await;
+        assert!(body.lines().nth(1).unwrap().starts_with(first), "{body}");
+        for listed in [
+            "`/pipewright run <pipeline>",
+            "`/pipewright plan`",
+            "`/pipewright apply`",
+        ] {
+            assert!(body.contains(listed), "{body}");
+        }
+        assert!(
+            !body
+                .lines()
+                .any(|l| l.trim_start().starts_with("/pipewright")),
+            "{body}"
+        );
+    }
+    settled(&server).await;
+    assert_eq!(
+        server.runs().await.len(),
+        before,
+        "a refused command runs nothing"
+    );
+
+    // What is not a command runs nothing and gets no reply: a mention inside a sentence, a
+    // quoted command, an edit, a deletion.
+    let comments_before = repo.comments(number).len();
+    for text in [
+        "We could run /pipewright run deploy target=x later",
+        "> /pipewright run deploy target=x",
+    ] {
+        let delivery = repo.as_user("alice").comment_event(number, text);
+        assert_eq!(server.deliver(delivery).await, 202);
+    }
+    let delivery = repo.as_user("alice").comment_event(number, "typo");
+    let typo = comment_id(&delivery);
+    assert_eq!(server.deliver(delivery).await, 202);
+    let edited = repo
+        .as_user("alice")
+        .comment_edited_event(typo, "/pipewright run deploy target=staging");
+    assert_eq!(edited.json()["action"], "edited");
+    assert_eq!(server.deliver(edited).await, 202);
+    settled(&server).await;
+    assert_eq!(server.runs().await.len(), before);
+    assert_eq!(repo.comments(number).len(), comments_before + 3, "no reply");
+    server.stop().await;
+}
+
+/// A repository with a tofu pipeline (never run here: the server has no engine) and a pull
+/// request that changes its paths, opened by `mallory`.
+fn tofu_repo(gitea: &FakeGitea) -> (Repo, u64) {
+    let repo = gitea.create_repo("org", "infra");
+    let iac = "on:\n  pull_request:\n    paths: [\"iac/**\"]\n  push:\n    branches: [main]\n    paths: [\"iac/**\"]\nsteps:\n  - name: tofu\n    uses: tofu\n    with: { path: iac }\n";
+    repo.commit("main", "iac")
+        .write(".pipewright/iac.yml", iac)
+        .write("iac/main.tf", "# empty\n")
+        .write("docs/README.md", "docs\n")
+        .push();
+    repo.create_branch("dns", "main");
+    repo.commit("dns", "dns")
+        .write("iac/main.tf", "# dns\n")
+        .push();
+    let number = repo.as_user("mallory").open_pull("dns", "main");
+    for (who, permission) in [
+        ("alice", Permission::Write),
+        ("bob", Permission::Write),
+        ("mallory", Permission::Write),
+    ] {
+        repo.set_permission(who, permission);
+    }
+    (repo, number)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn apply_waits_for_an_approval_by_someone_else_and_a_mergeable_pull_request() {
+    let gitea = FakeGitea::start().await;
+    let server = Server::start_without_engine(&gitea, &[], "").await;
+    let (repo, number) = tofu_repo(&gitea);
+    let refused = async |reason: &str| {
+        let body = command(&server, &repo, "alice", number, "/pipewright apply").await;
+        assert!(
+            body.contains("`/pipewright apply` refused: ") && body.contains(reason),
+            "{reason}: {body}"
+        );
+    };
+    let not_approved = "it is not approved: it needs an approving review by someone other than its author that is neither stale nor dismissed";
+    refused(not_approved).await;
+    repo.review(number, "mallory", ReviewState::Approved);
+    refused(not_approved).await;
+    repo.review(number, "carol", ReviewState::Comment);
+    refused(not_approved).await;
+    let bobs = repo.review(number, "bob", ReviewState::Approved);
+    repo.dismiss_review(bobs);
+    refused(not_approved).await;
+    // Approved at an older head: stale once the head moves.
+    repo.review(number, "bob", ReviewState::Approved);
+    repo.commit("dns", "more dns")
+        .write("iac/main.tf", "# dns 2\n")
+        .push();
+    let head = repo.sync_pull(number);
+    refused(not_approved).await;
+    repo.review(number, "bob", ReviewState::Approved);
+
+    // Approved, but Gitea finds a conflict; then another check fails on the head.
+    repo.set_mergeable(number, false);
+    refused("it is not mergeable: Gitea says it cannot be merged").await;
+    repo.set_mergeable(number, true);
+    let resp = pipewright_tests::fake_gitea::http_client()
+        .post(format!(
+            "{}/repos/org/infra/statuses/{head}",
+            gitea.api_url()
+        ))
+        .header("authorization", format!("token {}", gitea.token()))
+        .json(&serde_json::json!({"state": "failure", "context": "ci/lint"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 201);
+    refused(&format!(
+        "it is not mergeable: `ci/lint` is `failure` on {}",
+        &head[..10]
+    ))
+    .await;
+    settled(&server).await;
+    assert!(server.runs().await.is_empty(), "nothing ran");
+
+    // Every requirement holds: the tofu pipeline runs at the head in apply mode.
+    let resp = pipewright_tests::fake_gitea::http_client()
+        .post(format!(
+            "{}/repos/org/infra/statuses/{head}",
+            gitea.api_url()
+        ))
+        .header("authorization", format!("token {}", gitea.token()))
+        .json(&serde_json::json!({"state": "success", "context": "ci/lint"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 201);
+    let body = command(&server, &repo, "alice", number, "/pipewright apply").await;
+    assert!(body.contains("`/pipewright apply` started"), "{body}");
+    let runs = server.runs().await;
+    assert_eq!(runs.len(), 1, "{runs:#?}");
+    let run = server
+        .app
+        .store
+        .run(runs[0]["id"].as_i64().unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (run.sha.as_str(), run.pr),
+        (head.as_str(), Some(number as i64))
+    );
+    assert!(
+        run.inputs.contains(&("mode".into(), "apply".into())),
+        "{:?}",
+        run.inputs
+    );
+    assert_eq!(run.actor, "alice");
+
+    // `/pipewright plan` needs no approval; a closed pull request takes no command.
+    let body = command(&server, &repo, "bob", number, "/pipewright plan").await;
+    assert!(body.contains("`/pipewright plan` started"), "{body}");
+    repo.close_issue(number);
+    refused("the pull request is closed").await;
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn undiverged_refuses_an_apply_whose_base_branch_changed_the_pipeline_paths() {
+    let gitea = FakeGitea::start().await;
+    let policy = "[[repos]]\nname = \"org/infra\"\napply_requirements = [\"undiverged\"]\n";
+    let server = Server::start_without_engine(&gitea, &[], policy).await;
+    let (repo, number) = tofu_repo(&gitea);
+    // The base moves elsewhere: still undiverged (and no approval is asked here).
+    repo.commit("main", "docs")
+        .write("docs/README.md", "more docs\n")
+        .push();
+    let body = command(&server, &repo, "alice", number, "/pipewright apply").await;
+    assert!(body.contains("started"), "{body}");
+    // The base changes the pipeline's paths: refused until the pull request catches up.
+    repo.commit("main", "hotfix")
+        .write("iac/hotfix.tf", "# hotfix\n")
+        .push();
+    let body = command(&server, &repo, "alice", number, "/pipewright apply").await;
+    assert!(
+        body.contains("refused: it has diverged: its base branch changed paths of pipeline `iac`"),
+        "{body}"
+    );
+    assert_eq!(server.runs().await.len(), 1);
+    // Without a Gitea permission to ask, the configured commenters decide.
+    server.stop().await;
+    let policy = "[[repos]]\nname = \"org/infra\"\ncommenters = [\"carol\"]\n";
+    let server = Server::start_without_engine(&gitea, &[], policy).await;
+    repo.set_permission(gitea.bot_login(), Permission::Write);
+    let body = command(&server, &repo, "alice", number, "/pipewright plan").await;
+    assert!(
+        body.contains("@alice is not in [[repos]].commenters of org/infra"),
+        "{body}"
+    );
+    let body = command(&server, &repo, "carol", number, "/pipewright plan").await;
+    assert!(body.contains("started"), "{body}");
+    server.stop().await;
+    let server = Server::start_without_engine(&gitea, &[], "").await;
+    let body = command(&server, &repo, "carol", number, "/pipewright plan").await;
+    assert!(
+        body.contains("Gitea does not tell Pipewright's user the permissions of @carol"),
+        "{body}"
+    );
+    server.stop().await;
+}
