@@ -8,7 +8,10 @@ use std::time::Duration;
 use pipewright_tests::fake_gitea::{Comment, Delivery, FakeGitea, Permission, Repo, ReviewState};
 use serde_json::Value;
 
-use crate::serve::{Server, eventually, final_statuses, states, step};
+use crate::{
+    actions::{TOOLS, main_tf, state_resources},
+    serve::{Server, eventually, final_statuses, states, step},
+};
 
 /// The id of the comment a comment event is about.
 fn comment_id(delivery: &Delivery) -> i64 {
@@ -346,7 +349,8 @@ async fn apply_waits_for_an_approval_by_someone_else_and_a_mergeable_pull_reques
     settled(&server).await;
     assert!(server.runs().await.is_empty(), "nothing ran");
 
-    // Every requirement holds: the tofu pipeline runs at the head in apply mode.
+    // Every requirement holds, but no plan was made (this server runs nothing): the
+    // applied plan is a reviewed plan, so there is nothing to apply.
     let resp = pipewright_tests::fake_gitea::http_client()
         .post(format!(
             "{}/repos/org/infra/statuses/{head}",
@@ -358,27 +362,9 @@ async fn apply_waits_for_an_approval_by_someone_else_and_a_mergeable_pull_reques
         .await
         .unwrap();
     assert_eq!(resp.status(), 201);
-    let body = command(&server, &repo, "alice", number, "/pipewright apply").await;
-    assert!(body.contains("`/pipewright apply` started"), "{body}");
-    let runs = server.runs().await;
-    assert_eq!(runs.len(), 1, "{runs:#?}");
-    let run = server
-        .app
-        .store
-        .run(runs[0]["id"].as_i64().unwrap())
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(
-        (run.sha.as_str(), run.pr),
-        (head.as_str(), Some(number as i64))
-    );
-    assert!(
-        run.inputs.contains(&("mode".into(), "apply".into())),
-        "{:?}",
-        run.inputs
-    );
-    assert_eq!(run.actor, "alice");
+    refused("there is no plan of `iac` to apply: comment `/pipewright plan` first").await;
+    settled(&server).await;
+    assert!(server.runs().await.is_empty(), "nothing ran");
 
     // `/pipewright plan` needs no approval; a closed pull request takes no command.
     let body = command(&server, &repo, "bob", number, "/pipewright plan").await;
@@ -399,7 +385,10 @@ async fn undiverged_refuses_an_apply_whose_base_branch_changed_the_pipeline_path
         .write("docs/README.md", "more docs\n")
         .push();
     let body = command(&server, &repo, "alice", number, "/pipewright apply").await;
-    assert!(body.contains("started"), "{body}");
+    assert!(
+        body.contains("there is no plan of `iac` to apply"),
+        "past undiverged: {body}"
+    );
     // The base changes the pipeline's paths: refused until the pull request catches up.
     repo.commit("main", "hotfix")
         .write("iac/hotfix.tf", "# hotfix\n")
@@ -409,7 +398,7 @@ async fn undiverged_refuses_an_apply_whose_base_branch_changed_the_pipeline_path
         body.contains("refused: it has diverged: its base branch changed paths of pipeline `iac`"),
         "{body}"
     );
-    assert_eq!(server.runs().await.len(), 1);
+    assert!(server.runs().await.is_empty());
     // Without a Gitea permission to ask, the configured commenters decide.
     server.stop().await;
     let policy = "[[repos]]\nname = \"org/infra\"\ncommenters = [\"carol\"]\n";
@@ -428,6 +417,242 @@ async fn undiverged_refuses_an_apply_whose_base_branch_changed_the_pipeline_path
     assert!(
         body.contains("Gitea does not tell Pipewright's user the permissions of @carol"),
         "{body}"
+    );
+    server.stop().await;
+}
+
+async fn last_status(repo: &Repo, sha: &str) -> (String, String) {
+    let list = final_statuses(repo, sha, "pipewright/iac").await;
+    let last = list.last().unwrap();
+    (last.state.clone(), last.description.clone())
+}
+
+/// Waits for the run a reply links (the last `/runs/<id>` in it) to end.
+async fn linked_run(server: &Server, body: &str) -> Value {
+    let id: i64 = body
+        .rsplit("/runs/")
+        .next()
+        .and_then(|rest| rest.split(')').next())
+        .and_then(|id| id.parse().ok())
+        .unwrap_or_else(|| panic!("no run link in {body}"));
+    eventually(
+        Duration::from_secs(120),
+        &format!("run {id} to end"),
+        || async {
+            let run = server.api(&format!("/api/v1/runs/{id}")).await;
+            (!matches!(run["state"].as_str(), Some("queued" | "running"))).then_some(run)
+        },
+    )
+    .await
+}
+
+/// A server, and a repository whose `iac` pipeline applied `edge` on main (state in
+/// `state`), with writers alice and mallory.
+async fn factory(gitea: &FakeGitea, state: &tempfile::TempDir) -> (Server, Repo, String) {
+    let state_dir = state.path().display().to_string();
+    let policy = format!("[[repos]]\nname = \"org/factory\"\nhost_volumes = [\"{state_dir}\"]\n");
+    let server = Server::start_with_config(gitea, &[], &policy).await;
+    let repo = gitea.create_repo("org", "factory");
+    let tools = TOOLS;
+    let iac = format!(
+        "on:\n  push:\n    branches: [main]\n    paths: [\"iac/**\"]\n  pull_request:\n    branches: [main]\n    paths: [\"iac/**\"]\nconcurrency:\n  group: factory-iac\nvolumes: [\"{state_dir}:/state\"]\nsteps:\n  - name: tofu\n    uses: tofu\n    with: {{ path: iac, image: {tools} }}\n"
+    );
+    let c0 = repo.commit("main", "init").write("README.md", "x\n").push();
+    let c1 = repo
+        .commit("main", "edge")
+        .write(".pipewright/iac.yml", &iac)
+        .write("iac/main.tf", &main_tf(&["edge"]))
+        .push();
+    for (who, permission) in [("alice", Permission::Write), ("mallory", Permission::Write)] {
+        repo.set_permission(who, permission);
+    }
+    assert_eq!(server.deliver(repo.push_event("main", &c0, &c1)).await, 202);
+    assert_eq!(last_status(&repo, &c1).await.0, "success");
+    assert_eq!(state_resources(state.path()), ["edge"]);
+    (server, repo, c1)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_apply_at_the_head_applies_the_saved_plan_of_the_comment_and_never_a_stale_one() {
+    let state = tempfile::tempdir().unwrap();
+    let gitea = FakeGitea::start().await;
+    let (server, repo, c1) = factory(&gitea, &state).await;
+    // 1. The pull request plans; its comment shows the plan.
+    repo.create_branch("dns", "main");
+    let p1 = repo
+        .commit("dns", "dns")
+        .write("iac/main.tf", &main_tf(&["edge", "dns"]))
+        .push();
+    let number = repo.as_user("mallory").open_pull("dns", "main");
+    let opened = repo.pull_request_event(number, pipewright_tests::fake_gitea::PullAction::Opened);
+    assert_eq!(server.deliver(opened).await, 202);
+    assert_eq!(
+        last_status(&repo, &p1).await,
+        (
+            "success".into(),
+            "plan: 1 to add, 0 to change, 0 to destroy".into()
+        )
+    );
+
+    // 2. Not approved yet: refused.
+    let body = command(&server, &repo, "alice", number, "/pipewright apply").await;
+    assert!(body.contains("refused: it is not approved"), "{body}");
+
+    // 3. A new commit after the plan, approved at the new head: the plan in the comment
+    // is not of the head, so nothing is applied.
+    let p2 = repo
+        .commit("dns", "mail")
+        .write("iac/main.tf", &main_tf(&["edge", "dns", "mail"]))
+        .push();
+    assert_eq!(repo.sync_pull(number), p2);
+    repo.review(number, "bob", ReviewState::Approved);
+    let body = command(&server, &repo, "alice", number, "/pipewright apply").await;
+    assert!(
+        body.contains(&format!(
+            "refused: re-plan first: head moved from {} to {}",
+            &p1[..10],
+            &p2[..10]
+        )),
+        "{body}"
+    );
+    assert_eq!(state_resources(state.path()), ["edge"]);
+
+    // 4. `/pipewright plan` plans the head; its plan becomes the one in the comment.
+    let body = command(&server, &repo, "alice", number, "/pipewright plan").await;
+    let planned = linked_run(&server, &body).await;
+    assert_eq!(
+        (planned["state"].as_str(), planned["description"].as_str()),
+        (
+            Some("success"),
+            Some("plan: 2 to add, 0 to change, 0 to destroy")
+        )
+    );
+    assert_eq!(planned["event"], "comment");
+    let plan_comment = eventually(Duration::from_secs(30), "the new plan comment", || async {
+        repo.comments(number).into_iter().find(|c| {
+            c.body.contains("<!-- pipewright:plan iac -->") && c.body.contains("plan: 2 to add")
+        })
+    })
+    .await;
+    assert!(
+        plan_comment.body.contains("`terraform_data.mail` create"),
+        "{}",
+        plan_comment.body
+    );
+    // The saved plan is kept in the data directory, private, and served nowhere.
+    let kept = server
+        .app
+        .config
+        .server
+        .data_dir
+        .join(format!("plans/run-{}", planned["id"]));
+    let files: Vec<_> = std::fs::read_dir(&kept).unwrap().flatten().collect();
+    assert_eq!(files.len(), 1, "{kept:?}");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        files[0].metadata().unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+
+    // 5. `/pipewright apply`: that saved plan, applied at the head.
+    let body = command(&server, &repo, "alice", number, "/pipewright apply").await;
+    let applied = linked_run(&server, &body).await;
+    assert_eq!(
+        (applied["state"].as_str(), applied["description"].as_str()),
+        (
+            Some("success"),
+            Some("applied: 2 to add, 0 to change, 0 to destroy")
+        ),
+        "{applied:#}"
+    );
+    assert_eq!(applied["sha"], p2.as_str());
+    let log = server.log(applied["id"].as_i64().unwrap(), 0).await;
+    assert!(
+        log.contains("applying the reviewed plan: no new plan"),
+        "{log}"
+    );
+    assert!(!log.contains("$ tofu plan"), "{log}");
+    assert_eq!(state_resources(state.path()), ["dns", "edge", "mail"]);
+
+    // 6. Merged: the default branch plans again; nothing is left to apply.
+    let merged = repo.merge_pull(number);
+    assert_eq!(
+        server.deliver(repo.push_event("main", &c1, &merged)).await,
+        202
+    );
+    assert_eq!(
+        last_status(&repo, &merged).await,
+        (
+            "success".into(),
+            "plan: 0 to add, 0 to change, 0 to destroy; nothing to apply".into()
+        )
+    );
+
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_merge_whose_plan_differs_from_the_reviewed_one_is_withheld() {
+    let state = tempfile::tempdir().unwrap();
+    let gitea = FakeGitea::start().await;
+    let (server, repo, _) = factory(&gitea, &state).await;
+    // A pull request is applied at its head, then main changes before its merge: the
+    // merge's plan differs from the reviewed one, and is withheld.
+    repo.create_branch("web", "main");
+    let w1 = repo
+        .commit("web", "web")
+        .write("iac/main.tf", &main_tf(&["edge", "web"]))
+        .push();
+    let second = repo.as_user("mallory").open_pull("web", "main");
+    let opened = repo.pull_request_event(second, pipewright_tests::fake_gitea::PullAction::Opened);
+    assert_eq!(server.deliver(opened).await, 202);
+    assert_eq!(last_status(&repo, &w1).await.0, "success");
+    repo.review(second, "bob", ReviewState::Approved);
+    let body = command(&server, &repo, "alice", second, "/pipewright apply").await;
+    assert_eq!(linked_run(&server, &body).await["state"], "success");
+    assert_eq!(state_resources(state.path()), ["edge", "web"]);
+    let cdn = repo
+        .commit("main", "cdn")
+        .write(
+            "iac/cdn.tf",
+            "resource \"terraform_data\" \"cdn\" {\n  input = \"cdn\"\n}\n",
+        )
+        .push();
+    let merged2 = repo.merge_pull(second);
+    assert_eq!(
+        server
+            .deliver(repo.push_event("main", &cdn, &merged2))
+            .await,
+        202
+    );
+    let (state_name, description) = last_status(&repo, &merged2).await;
+    assert_eq!(state_name, "failure");
+    assert!(
+        description.ends_with(&format!("plan differs from the plan reviewed in #{second}")),
+        "{description}"
+    );
+    assert_eq!(state_resources(state.path()), ["edge", "web"], "withheld");
+    let differences = eventually(
+        Duration::from_secs(30),
+        "the differences comment",
+        || async {
+            repo.comments(second)
+                .into_iter()
+                .find(|c| c.body.contains("<!-- pipewright:merge iac"))
+        },
+    )
+    .await;
+    assert!(
+        differences.body.contains(&format!(
+            "not applied, the plan differs from the plan reviewed in #{second}"
+        )) && differences
+            .body
+            .contains("- `terraform_data.cdn`: create now, not in the reviewed plan")
+            && differences
+                .body
+                .contains("- `terraform_data.web`: create in the reviewed plan, not planned now"),
+        "{}",
+        differences.body
     );
     server.stop().await;
 }

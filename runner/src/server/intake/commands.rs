@@ -188,7 +188,14 @@ async fn decide(
                     let selected = tofu_pipelines(intake, &mirror, &files, &target).await?;
                     let checked = match (verb, &target.pull) {
                         (Verb::Apply, Some(pull)) if !selected.is_empty() => {
-                            apply_requirements(intake, &mirror, command, pull, &selected).await?
+                            match apply_requirements(intake, &mirror, command, pull, &selected)
+                                .await?
+                            {
+                                Ok(()) => {
+                                    reviewed_at_head(intake, command, pull, &selected).await?
+                                }
+                                refused => refused,
+                            }
                         }
                         _ => Ok(()),
                     };
@@ -424,6 +431,63 @@ async fn tofu_pipelines<'f>(
         .filter_map(|f| f.result.as_ref().ok())
         .filter(|p| has_tofu(p) && selects(p, &trigger))
         .collect())
+}
+
+/// The applied plan is the reviewed plan: each pipeline's plan in the pull request's
+/// comment must have been made on its head (the worker checks it again before applying).
+async fn reviewed_at_head(
+    intake: &Intake<'_>,
+    command: &Command,
+    pull: &PullState,
+    pipelines: &[&Pipeline],
+) -> Result<Result<(), String>, IngestError> {
+    let repo = &command.repo.full_name;
+    for pipeline in pipelines {
+        let plan = intake
+            .store
+            .reviewed_plan(repo, command.number, &pipeline.name)
+            .await?;
+        match plan {
+            None => {
+                return Ok(Err(format!(
+                    "there is no plan of `{}` to apply: comment `/pipewright plan` first",
+                    pipeline.name
+                )));
+            }
+            Some(plan) if plan.sha != pull.head.sha => {
+                return Ok(Err(format!(
+                    "re-plan first: head moved from {} to {}",
+                    short(&plan.sha),
+                    short(&pull.head.sha)
+                )));
+            }
+            Some(_) => {}
+        }
+    }
+    Ok(Ok(()))
+}
+
+/// Before a push to the default branch is planned: when it is the merge commit of a pull
+/// request (Gitea's `/commits/{sha}/pull`) and the repository has plans applied with
+/// `/pipewright apply`, remember it, so that its runs apply only the reviewed changes.
+pub async fn remember_merge(
+    intake: &Intake<'_>,
+    repo: &RepoInfo,
+    sha: &str,
+) -> Result<(), IngestError> {
+    if !intake.store.has_applied_plans(&repo.full_name).await? {
+        return Ok(());
+    }
+    if let Some(pull) = intake.gitea.pull_of_merge(&repo.full_name, sha).await?
+        && pull.merged
+        && pull.number > 0
+    {
+        intake
+            .store
+            .remember_merge(&repo.full_name, sha, pull.number)
+            .await?;
+    }
+    Ok(())
 }
 
 /// `[[repos]].apply_requirements`, each read from Gitea (and git, for `undiverged`).

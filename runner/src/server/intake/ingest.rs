@@ -239,6 +239,15 @@ pub async fn enqueue_event(
         Event::PullRequest { .. } => untrusted_pull_request(intake, event).await?,
         Event::Push { .. } => false,
     };
+    if let Event::Push {
+        git_ref: GitRef::Branch(branch),
+        after,
+        ..
+    } = event
+        && *branch == repo.default_branch
+    {
+        super::commands::remember_merge(intake, repo, after).await?;
+    }
     // The changed paths and the pipeline files, read at once: each is a git process or two.
     let changes = async {
         match event {

@@ -1,7 +1,8 @@
 //! The work layer: the claim loop and the running-run registry, the execution of a run,
-//! its Vault access and its pinned images.
+//! its Vault access, its pinned images and the reviewed plans it keeps to.
 
 pub(super) mod access;
 pub(super) mod images;
+pub(super) mod plans;
 pub(super) mod registry;
 pub(super) mod worker;
