@@ -719,7 +719,67 @@ fn match_files(workspace: &Path, patterns: &[String]) -> Result<Vec<String>, Str
 
 #[cfg(test)]
 mod tests {
-    use super::registry_of;
+    use super::*;
+
+    /// A directory of its own under the system's temporary directory, removed at the end.
+    struct Scratch(PathBuf);
+
+    impl Scratch {
+        fn new(name: &str) -> Scratch {
+            let dir = std::env::temp_dir().join(format!(
+                "pipewright-{name}-{}-{}",
+                std::process::id(),
+                crate::store::now_ms()
+            ));
+            fs::create_dir_all(&dir).unwrap();
+            Scratch(dir)
+        }
+    }
+
+    impl Drop for Scratch {
+        fn drop(&mut self) {
+            let _ = fs::remove_dir_all(&self.0);
+        }
+    }
+
+    #[test]
+    fn a_plan_file_is_never_read_or_written_through_a_link() {
+        let scratch = Scratch::new("plan-links");
+        let (workspace, host) = (scratch.0.join("ws"), scratch.0.join("host-secret"));
+        fs::create_dir_all(workspace.join("iac")).unwrap();
+        fs::write(&host, "host secret").unwrap();
+        // A pull request commits a link where the plan file goes.
+        let plan = workspace.join("iac/.pipewright-tofu.tfplan");
+        std::os::unix::fs::symlink(&host, &plan).unwrap();
+        let tofu = Tofu {
+            image: "tofu".into(),
+            workdir: "/workspace/iac".into(),
+            path: "iac".into(),
+            var_files: Vec::new(),
+            backend_config: Vec::new(),
+            apply: false,
+            allow_destroy: false,
+            fail_on_changes: false,
+            plan_file: ".pipewright-tofu.tfplan".into(),
+            saved_plan: false,
+            reviewed: None,
+        };
+        assert!(
+            read_saved_plan(&workspace, &tofu, 1 << 20).is_err(),
+            "kept the host's file"
+        );
+        place_saved_plan(&workspace, &tofu, b"the reviewed plan").unwrap();
+        assert_eq!(fs::read_to_string(&host).unwrap(), "host secret");
+        assert!(fs::symlink_metadata(&plan).unwrap().is_file());
+        assert_eq!(
+            read_saved_plan(&workspace, &tofu, 1 << 20).unwrap(),
+            b"the reviewed plan"
+        );
+        assert!(
+            read_saved_plan(&workspace, &tofu, 4).is_err(),
+            "over the limit"
+        );
+    }
 
     #[test]
     fn registries_of_references() {

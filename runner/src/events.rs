@@ -271,6 +271,8 @@ impl Verb {
 /// command; `None` when no line does (a mention inside a sentence is not a command).
 pub fn parse_command(body: &str) -> Option<Verb> {
     const MAX_WORDS: usize = 101;
+    const MAX_NAME: usize = 128;
+    const MAX_VALUE: usize = 8192;
     let line = body.lines().map(str::trim_start).find(|l| {
         l.strip_prefix("/pipewright")
             .is_some_and(|rest| rest.is_empty() || rest.starts_with(char::is_whitespace))
@@ -289,9 +291,21 @@ pub fn parse_command(body: &str) -> Option<Verb> {
                     "`/pipewright run` needs the name of a pipeline".into(),
                 ));
             };
+            if pipeline.len() > MAX_NAME {
+                return Some(help(format!("{} is not a pipeline name", quoted(pipeline))));
+            }
             let mut inputs = Vec::new();
             for word in words.by_ref().take(MAX_WORDS) {
                 match word.split_once('=') {
+                    Some((key, _)) if key.len() > MAX_NAME => {
+                        return Some(help(format!("{} is not an input name", quoted(key))));
+                    }
+                    Some((key, value)) if value.len() > MAX_VALUE => {
+                        return Some(help(format!(
+                            "the value of input {} is longer than {MAX_VALUE} bytes",
+                            quoted(key)
+                        )));
+                    }
                     Some((key, value)) if !key.is_empty() => {
                         inputs.push((key.to_string(), value.to_string()))
                     }
@@ -604,6 +618,17 @@ mod tests {
                 )),
             ),
             ("/pipewright run deploy", Some(run("deploy", &[]))),
+            (
+                &format!("/pipewright run {}", "p".repeat(200)),
+                Some(help(&format!(
+                    "\"{}…\" is not a pipeline name",
+                    "p".repeat(80)
+                ))),
+            ),
+            (
+                &format!("/pipewright run p x={}", "v".repeat(9000)),
+                Some(help("the value of input \"x\" is longer than 8192 bytes")),
+            ),
             (
                 "/pipewright run",
                 Some(help("`/pipewright run` needs the name of a pipeline")),
