@@ -656,3 +656,34 @@ async fn a_merge_whose_plan_differs_from_the_reviewed_one_is_withheld() {
     );
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_on_a_fork_runs_it_untrusted_whoever_comments() {
+    let gitea = FakeGitea::start().await;
+    let server = Server::start_without_engine(&gitea, &[], "").await;
+    let (repo, _) = tofu_repo(&gitea);
+    let fork = gitea.fork_repo(&repo, "mallory");
+    fork.commit("main", "evil")
+        .write("iac/main.tf", "# reads every secret it is given\n")
+        .push();
+    let number = repo
+        .as_user("mallory")
+        .open_pull_from(&fork, "main", "main");
+    // A writer (even the repository's owner) asks for a plan of the fork's code: it runs
+    // as the fork's pull request does, without secrets, identity token or host volumes.
+    let body = command(&server, &repo, "org", number, "/pipewright plan").await;
+    assert!(body.contains("`/pipewright plan` started"), "{body}");
+    let runs = server.runs().await;
+    assert_eq!(runs.len(), 1, "{runs:#?}");
+    let run = server
+        .app
+        .store
+        .run(runs[0]["id"].as_i64().unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(run.from_fork, "{run:?}");
+    assert_eq!((run.pr, run.actor.as_str()), (Some(number as i64), "org"));
+    assert!(run.inputs.contains(&("mode".into(), "plan".into())));
+    server.stop().await;
+}
