@@ -1,5 +1,5 @@
 //! `uses: tofu`: `init`, `plan -out`, the summary read from `show -json`, and — on a push to
-//! the default branch or a dispatch with `mode: apply` — `apply` of that saved plan only.
+//! the default branch, a dispatch with `mode: apply` or `/pipewright apply` — `apply` of that saved plan only.
 //! A plan that would destroy fails before apply unless `allow_destroy`.
 
 use pipewright_pipelines::EventKind;
@@ -25,6 +25,18 @@ pub struct Tofu {
     pub fail_on_changes: bool,
     /// The saved plan, relative to `workdir`.
     pub plan_file: String,
+    /// The plan file is in place already (the reviewed plan of a pull request): no `plan`.
+    pub saved_plan: bool,
+    /// The plan that reviewers saw: this run applies only a plan with the same changes
+    /// (set by the runner, not by `with:`).
+    pub reviewed: Option<Reviewed>,
+}
+
+/// The plan a pull request's reviewers saw in its plan comment.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Reviewed {
+    pub pr: i64,
+    pub changes: Vec<ResourceChange>,
 }
 
 impl Tofu {
@@ -42,11 +54,15 @@ impl Tofu {
         // A pull request never applies, whatever `command` says: review happens before merge.
         let apply = match command.as_str() {
             _ if cx.event == EventKind::PullRequest => false,
+            // A comment command plans or applies as it says (`/pipewright apply` sets
+            // `mode: apply` once the apply requirements hold), whatever `command` says,
+            // except that `command: plan` never applies.
+            "plan" => false,
+            _ if cx.event == EventKind::Comment => cx.input("mode") == Some("apply"),
             "auto" => {
                 cx.is_default_branch_push()
                     || (cx.event == EventKind::Dispatch && cx.input("mode") == Some("apply"))
             }
-            "plan" => false,
             "apply" => true,
             other => {
                 return Err(bad(
@@ -77,6 +93,8 @@ impl Tofu {
             allow_destroy: with.bool("allow_destroy")?.unwrap_or(false),
             fail_on_changes: with.bool("fail_on_changes")?.unwrap_or(false),
             plan_file: format!(".pipewright-{}.tfplan", cx.step),
+            saved_plan: false,
+            reviewed: None,
         })
     }
 
@@ -135,6 +153,15 @@ impl Tofu {
         if !self.apply {
             return Decision::Done(plan.describe());
         }
+        if let Some(reviewed) = &self.reviewed
+            && plan.has_changes()
+            && !plan.differences(&reviewed.changes).is_empty()
+        {
+            return Decision::Fail(format!(
+                "plan differs from the plan reviewed in #{}",
+                reviewed.pr
+            ));
+        }
         let destroyed = plan.destroyed();
         if !self.allow_destroy && !destroyed.is_empty() {
             return Decision::Fail(format!(
@@ -167,6 +194,19 @@ pub struct ResourceChange {
     pub address: String,
     /// `create`, `update`, `delete`, `replace`.
     pub action: &'static str,
+}
+
+impl ResourceChange {
+    /// A change with one of the four actions (as stored), or `None`.
+    pub fn new(address: &str, action: &str) -> Option<ResourceChange> {
+        let action = ["create", "update", "delete", "replace"]
+            .into_iter()
+            .find(|a| *a == action)?;
+        Some(ResourceChange {
+            address: address.to_string(),
+            action,
+        })
+    }
 }
 
 /// What a plan would do, counted like OpenTofu's own "Plan: N to add…" line.
@@ -238,6 +278,68 @@ impl PlanSummary {
             "plan: {} to add, {} to change, {} to destroy",
             self.add, self.change, self.destroy
         )
+    }
+
+    /// How this plan's resource changes differ from `reviewed`'s, one line per address
+    /// (empty: the same addresses with the same actions).
+    pub fn differences(&self, reviewed: &[ResourceChange]) -> Vec<String> {
+        let find = |list: &[ResourceChange], address: &str| {
+            list.iter().find(|c| c.address == address).map(|c| c.action)
+        };
+        let mut lines = Vec::new();
+        for c in &self.changes {
+            match find(reviewed, &c.address) {
+                Some(action) if action == c.action => {}
+                Some(action) => lines.push(format!(
+                    "- `{}`: {} now, {action} in the reviewed plan",
+                    c.address, c.action
+                )),
+                None => lines.push(format!(
+                    "- `{}`: {} now, not in the reviewed plan",
+                    c.address, c.action
+                )),
+            }
+        }
+        for c in reviewed {
+            if find(&self.changes, &c.address).is_none() {
+                lines.push(format!(
+                    "- `{}`: {} in the reviewed plan, not planned now",
+                    c.address, c.action
+                ));
+            }
+        }
+        lines
+    }
+
+    /// The comment of a plan that differs from the reviewed one: what differs, and why
+    /// nothing was applied.
+    pub fn differences_comment(
+        &self,
+        marker: &str,
+        title: &str,
+        reviewed: &Reviewed,
+        run_url: &str,
+    ) -> String {
+        const LISTED: usize = 50;
+        let lines = self.differences(&reviewed.changes);
+        let mut body = format!(
+            "{marker}\n### {title}: not applied, the plan differs from the plan reviewed in #{}\n\n",
+            reviewed.pr
+        );
+        for line in lines.iter().take(LISTED) {
+            body.push_str(line);
+            body.push('\n');
+        }
+        if lines.len() > LISTED {
+            body.push_str(&format!(
+                "- … and {} more: see the run\n",
+                lines.len() - LISTED
+            ));
+        }
+        body.push_str(&format!(
+            "\nPlan again and review the new plan before it is applied. [Full plan and logs]({run_url})\n"
+        ));
+        body
     }
 
     /// The pull-request comment: the summary and the addresses that change, folded and cut
@@ -324,6 +426,28 @@ mod tests {
         );
         assert!(!tofu(EventKind::Push, "main", &[("command", "plan")], &[]).apply);
         assert!(!tofu(EventKind::Schedule, "main", &[], &[]).apply);
+        let mode = |m: &str| vec![("mode".to_string(), m.to_string())];
+        assert!(tofu(EventKind::Comment, "main", &[], &mode("apply")).apply);
+        assert!(!tofu(EventKind::Comment, "main", &[], &mode("plan")).apply);
+        assert!(
+            !tofu(
+                EventKind::Comment,
+                "main",
+                &[("command", "apply")],
+                &mode("plan")
+            )
+            .apply,
+            "a comment's `/pipewright plan` never applies"
+        );
+        assert!(
+            !tofu(
+                EventKind::Comment,
+                "main",
+                &[("command", "plan")],
+                &mode("apply")
+            )
+            .apply
+        );
     }
 
     #[test]
@@ -366,6 +490,10 @@ mod tests {
             err.to_string(),
             "`with.path`: `../etc` must be a path inside the repository"
         );
+    }
+
+    fn empty_plan() -> PlanSummary {
+        PlanSummary::from_show_json(br#"{"resource_changes": []}"#).unwrap()
     }
 
     fn change(address: &str, actions: &[&str]) -> Value {
@@ -412,6 +540,40 @@ mod tests {
             Decision::Done("plan: 0 to add, 0 to change, 0 to destroy".into())
         );
         assert!(PlanSummary::from_show_json(b"Error: no plan").is_err());
+        let mut reviewed = tofu(EventKind::Push, "main", &[("allow_destroy", "true")], &[]);
+        reviewed.reviewed = Some(Reviewed {
+            pr: 4,
+            changes: summary.changes.clone(),
+        });
+        assert_eq!(
+            reviewed.decide(&summary),
+            Decision::Apply,
+            "the reviewed changes"
+        );
+        assert_eq!(
+            reviewed.decide(&empty_plan()),
+            Decision::Done("plan: 0 to add, 0 to change, 0 to destroy; nothing to apply".into()),
+            "nothing left"
+        );
+        let mut other = summary.clone();
+        other.changes[1].action = "delete";
+        other.changes.remove(0);
+        other.changes.push(ResourceChange {
+            address: "terraform_data.e".into(),
+            action: "create",
+        });
+        assert_eq!(
+            reviewed.decide(&other),
+            Decision::Fail("plan differs from the plan reviewed in #4".into())
+        );
+        assert_eq!(
+            other.differences(&summary.changes),
+            [
+                "- `terraform_data.b`: delete now, update in the reviewed plan",
+                "- `terraform_data.e`: create now, not in the reviewed plan",
+                "- `terraform_data.a`: create in the reviewed plan, not planned now",
+            ]
+        );
         expect_test::expect![[r#"
             <!-- pipewright:plan iac -->
             ### pipewright/iac: plan: 2 to add, 1 to change, 1 to destroy

@@ -184,10 +184,10 @@ impl RunContext {
     }
 
     /// The ref the run is about: the pushed ref, or `refs/pull/N/head` for a pull request
-    /// (whose `git_ref` is its base branch).
+    /// and a comment command on one (whose `git_ref` is its base branch).
     pub fn event_ref(&self) -> String {
         match (self.event, self.pr) {
-            (EventKind::PullRequest, Some(n)) => format!("refs/pull/{n}/head"),
+            (EventKind::PullRequest | EventKind::Comment, Some(n)) => format!("refs/pull/{n}/head"),
             _ => self.git_ref.full(),
         }
     }

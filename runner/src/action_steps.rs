@@ -47,6 +47,8 @@ pub(crate) struct ActionRan {
     /// The status description (`plan: 1 to add, …`, `pushed …@sha256:…`).
     pub summary: Option<String>,
     pub plan: Option<PlanSummary>,
+    /// The saved plan file a `tofu` step planned (not one it was given).
+    pub saved_plan: Option<Vec<u8>>,
     /// Local images to remove when the run ends (a pull request's builds).
     pub leftovers: Vec<String>,
 }
@@ -57,6 +59,7 @@ impl ActionRan {
             result,
             summary: None,
             plan: None,
+            saved_plan: None,
             leftovers: Vec::new(),
         }
     }
@@ -124,7 +127,16 @@ pub(crate) async fn run<E: Executor, O: RunObserver>(
             if let Err(why) = resolve_tofu(a.setup.workspace, &mut tofu) {
                 return refused(why);
             }
-            run_tofu(executor, &tofu, a.spec, sink, cancel).await
+            if let Some(reviewed) = facts.reviewed {
+                tofu.reviewed = Some(reviewed.reviewed.clone());
+                if let Some((_, bytes)) = reviewed.saved.iter().find(|(s, _)| *s == a.step.name) {
+                    if let Err(why) = place_saved_plan(a.setup.workspace, &tofu, bytes) {
+                        return refused(why);
+                    }
+                    tofu.saved_plan = true;
+                }
+            }
+            run_tofu(executor, &tofu, a.spec, a.setup.workspace, sink, cancel).await
         }
         Action::Image(image) => run_image(executor, &image, &a, sink, cancel).await,
         Action::Postgres(pg) => run_postgres(executor, &pg, &a, sink, cancel).await,
@@ -140,6 +152,68 @@ fn resolve_tofu(workspace: &Path, tofu: &mut Tofu) -> Result<(), String> {
     }
     tofu.workdir = pipewright_actions::in_workspace(&module);
     Ok(())
+}
+
+/// Where a tofu step's plan file is on the host (its module directory, resolved inside the
+/// workspace by [`resolve_tofu`]).
+fn plan_path(workspace: &Path, tofu: &Tofu) -> PathBuf {
+    let module = tofu
+        .workdir
+        .strip_prefix(crate::step_io::WORKSPACE)
+        .unwrap_or("")
+        .trim_start_matches('/');
+    workspace.join(module).join(&tofu.plan_file)
+}
+
+/// Opens a file of the checkout without following a symbolic link in its last part (the
+/// directories were resolved inside the workspace already): a pull request may commit a
+/// link where the plan file goes.
+fn open_no_follow(options: &mut fs::OpenOptions, path: &Path) -> io::Result<fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    options
+        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+        .open(path)
+}
+
+/// Puts the reviewed plan file where the step's `tofu apply` reads it, replacing whatever
+/// the checkout has there (never writing through a link).
+fn place_saved_plan(workspace: &Path, tofu: &Tofu, bytes: &[u8]) -> Result<(), String> {
+    use std::io::Write;
+    let path = plan_path(workspace, tofu);
+    let refused = |e: io::Error| format!("the reviewed plan cannot be put in the workspace: {e}");
+    match fs::symlink_metadata(&path) {
+        Ok(meta) if meta.is_dir() => {
+            return Err(format!(
+                "the checkout has a directory where the plan file goes ({})",
+                tofu.plan_file
+            ));
+        }
+        Ok(_) => fs::remove_file(&path).map_err(refused)?,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(refused(e)),
+    }
+    let mut file = open_no_follow(fs::OpenOptions::new().write(true).create_new(true), &path)
+        .map_err(refused)?;
+    file.write_all(bytes).map_err(refused)
+}
+
+/// The plan file a step just wrote, read without following a link, at most `limit` bytes.
+fn read_saved_plan(workspace: &Path, tofu: &Tofu, limit: u64) -> Result<Vec<u8>, String> {
+    use std::io::Read;
+    let path = plan_path(workspace, tofu);
+    let file = open_no_follow(fs::OpenOptions::new().read(true), &path)
+        .map_err(|e| format!("the plan file cannot be kept: {e}"))?;
+    let meta = file
+        .metadata()
+        .map_err(|e| format!("the plan file cannot be kept: {e}"))?;
+    if !meta.is_file() || meta.len() > limit {
+        return Err("the plan file cannot be kept: not a file, or too large".into());
+    }
+    let mut bytes = Vec::new();
+    file.take(limit)
+        .read_to_end(&mut bytes)
+        .map_err(|e| format!("the plan file cannot be kept: {e}"))?;
+    Ok(bytes)
 }
 
 fn log_io(e: std::io::Error) -> ExecError {
@@ -205,6 +279,7 @@ async fn run_tofu<E: Executor, O: RunObserver>(
     executor: &E,
     tofu: &Tofu,
     base: StepSpec,
+    workspace: &Path,
     sink: &mut StepSink<'_, O>,
     cancel: &CancellationToken,
 ) -> Result<ActionRan, ExecError> {
@@ -213,7 +288,14 @@ async fn run_tofu<E: Executor, O: RunObserver>(
         ("TF_INPUT".to_string(), "0".to_string()),
     ];
     let run = |argv: Vec<String>| (tofu.image.as_str(), tofu.workdir.as_str(), argv);
-    for (what, argv) in [("tofu init", tofu.init()), ("tofu plan", tofu.plan())] {
+    let mut commands = vec![("tofu init", tofu.init())];
+    if tofu.saved_plan {
+        sink.note("applying the reviewed plan: no new plan")
+            .map_err(log_io)?;
+    } else {
+        commands.push(("tofu plan", tofu.plan()));
+    }
+    for (what, argv) in commands {
         sink.note(&format!("$ {}", argv.join(" ")))
             .map_err(log_io)?;
         let (image, dir, argv) = run(argv);
@@ -248,6 +330,17 @@ async fn run_tofu<E: Executor, O: RunObserver>(
         Ok(plan) => plan,
         Err(why) => return Ok(ActionRan::result(StepResult::Failed(why))),
     };
+    // A plan of a pull request is kept, for `/pipewright apply` to apply exactly it.
+    let saved_plan = match (tofu.saved_plan, tofu.apply) {
+        (false, false) => match read_saved_plan(workspace, tofu, 256 << 20) {
+            Ok(bytes) => Some(bytes),
+            Err(why) => {
+                sink.note(&why).map_err(log_io)?;
+                None
+            }
+        },
+        _ => None,
+    };
     sink.note(&plan.describe()).map_err(log_io)?;
     for change in &plan.changes {
         sink.note(&format!("  {} {}", change.action, change.address))
@@ -281,6 +374,7 @@ async fn run_tofu<E: Executor, O: RunObserver>(
         result,
         summary: Some(summary),
         plan: Some(plan),
+        saved_plan,
         leftovers: Vec::new(),
     })
 }
@@ -353,6 +447,7 @@ async fn run_image<E: Executor, O: RunObserver>(
         result,
         summary,
         plan: None,
+        saved_plan: None,
         leftovers: leftovers.clone(),
     };
     let image_id = match built {
@@ -487,6 +582,7 @@ async fn run_postgres<E: Executor, O: RunObserver>(
         result,
         summary,
         plan: None,
+        saved_plan: None,
         leftovers: Vec::new(),
     })
 }
@@ -628,7 +724,67 @@ fn match_files(workspace: &Path, patterns: &[String]) -> Result<Vec<String>, Str
 
 #[cfg(test)]
 mod tests {
-    use super::registry_of;
+    use super::*;
+
+    /// A directory of its own under the system's temporary directory, removed at the end.
+    struct Scratch(PathBuf);
+
+    impl Scratch {
+        fn new(name: &str) -> Scratch {
+            let dir = std::env::temp_dir().join(format!(
+                "pipewright-{name}-{}-{}",
+                std::process::id(),
+                crate::store::now_ms()
+            ));
+            fs::create_dir_all(&dir).unwrap();
+            Scratch(dir)
+        }
+    }
+
+    impl Drop for Scratch {
+        fn drop(&mut self) {
+            let _ = fs::remove_dir_all(&self.0);
+        }
+    }
+
+    #[test]
+    fn a_plan_file_is_never_read_or_written_through_a_link() {
+        let scratch = Scratch::new("plan-links");
+        let (workspace, host) = (scratch.0.join("ws"), scratch.0.join("host-secret"));
+        fs::create_dir_all(workspace.join("iac")).unwrap();
+        fs::write(&host, "host secret").unwrap();
+        // A pull request commits a link where the plan file goes.
+        let plan = workspace.join("iac/.pipewright-tofu.tfplan");
+        std::os::unix::fs::symlink(&host, &plan).unwrap();
+        let tofu = Tofu {
+            image: "tofu".into(),
+            workdir: "/workspace/iac".into(),
+            path: "iac".into(),
+            var_files: Vec::new(),
+            backend_config: Vec::new(),
+            apply: false,
+            allow_destroy: false,
+            fail_on_changes: false,
+            plan_file: ".pipewright-tofu.tfplan".into(),
+            saved_plan: false,
+            reviewed: None,
+        };
+        assert!(
+            read_saved_plan(&workspace, &tofu, 1 << 20).is_err(),
+            "kept the host's file"
+        );
+        place_saved_plan(&workspace, &tofu, b"the reviewed plan").unwrap();
+        assert_eq!(fs::read_to_string(&host).unwrap(), "host secret");
+        assert!(fs::symlink_metadata(&plan).unwrap().is_file());
+        assert_eq!(
+            read_saved_plan(&workspace, &tofu, 1 << 20).unwrap(),
+            b"the reviewed plan"
+        );
+        assert!(
+            read_saved_plan(&workspace, &tofu, 4).is_err(),
+            "over the limit"
+        );
+    }
 
     #[test]
     fn registries_of_references() {

@@ -224,15 +224,142 @@ impl Event {
     }
 }
 
+/// A comment command: a line of a new comment on an issue or pull request that starts
+/// with `/pipewright`. Its author is Gitea's `sender`; nothing else of the comment counts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Command {
+    pub repo: RepoInfo,
+    /// The issue or pull request the comment is on.
+    pub number: i64,
+    /// On a pull request (else on an issue).
+    pub is_pull: bool,
+    pub comment_id: i64,
+    /// Who wrote the comment (Gitea's verified `sender`).
+    pub actor: String,
+    pub verb: Verb,
+}
+
+/// What a command asks for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Verb {
+    /// `/pipewright run <pipeline> [key=value ...]`.
+    Run {
+        pipeline: String,
+        inputs: Vec<(String, String)>,
+    },
+    /// `/pipewright plan`.
+    Plan,
+    /// `/pipewright apply`.
+    Apply,
+    /// `/pipewright help`, or a command that is not one (`problem` says what is wrong).
+    Help { problem: Option<String> },
+}
+
+impl Verb {
+    /// The command as a reply quotes it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Verb::Run { .. } => "/pipewright run",
+            Verb::Plan => "/pipewright plan",
+            Verb::Apply => "/pipewright apply",
+            Verb::Help { .. } => "/pipewright help",
+        }
+    }
+}
+
+/// The first line of a comment that starts with `/pipewright` (leading blanks aside), as a
+/// command; `None` when no line does (a mention inside a sentence is not a command).
+pub fn parse_command(body: &str) -> Option<Verb> {
+    const MAX_WORDS: usize = 101;
+    const MAX_NAME: usize = 128;
+    const MAX_VALUE: usize = 8192;
+    let line = body.lines().map(str::trim_start).find(|l| {
+        l.strip_prefix("/pipewright")
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with(char::is_whitespace))
+    })?;
+    let mut words = line.split_whitespace().skip(1);
+    let help = |problem: String| Verb::Help {
+        problem: Some(problem),
+    };
+    let verb = match words.next() {
+        None | Some("help") => Verb::Help { problem: None },
+        Some("plan") => Verb::Plan,
+        Some("apply") => Verb::Apply,
+        Some("run") => {
+            let Some(pipeline) = words.next() else {
+                return Some(help(
+                    "`/pipewright run` needs the name of a pipeline".into(),
+                ));
+            };
+            if pipeline.len() > MAX_NAME {
+                return Some(help(format!("{} is not a pipeline name", quoted(pipeline))));
+            }
+            let mut inputs = Vec::new();
+            for word in words.by_ref().take(MAX_WORDS) {
+                match word.split_once('=') {
+                    Some((key, _)) if key.len() > MAX_NAME => {
+                        return Some(help(format!("{} is not an input name", quoted(key))));
+                    }
+                    Some((key, value)) if value.len() > MAX_VALUE => {
+                        return Some(help(format!(
+                            "the value of input {} is longer than {MAX_VALUE} bytes",
+                            quoted(key)
+                        )));
+                    }
+                    Some((key, value)) if !key.is_empty() => {
+                        inputs.push((key.to_string(), value.to_string()))
+                    }
+                    _ => {
+                        return Some(help(format!(
+                            "{} is not an input: inputs are written key=value",
+                            quoted(word)
+                        )));
+                    }
+                }
+            }
+            if inputs.len() >= MAX_WORDS {
+                return Some(help("too many inputs".into()));
+            }
+            Verb::Run {
+                pipeline: pipeline.to_string(),
+                inputs,
+            }
+        }
+        Some(other) => help(format!("{} is not a command", quoted(other))),
+    };
+    let extra = words.next();
+    match (&verb, extra) {
+        (Verb::Plan | Verb::Apply, Some(word)) => Some(help(format!(
+            "`{}` takes no arguments (found {})",
+            verb.name(),
+            quoted(word)
+        ))),
+        _ => Some(verb),
+    }
+}
+
 /// What a delivery means.
 #[derive(Debug)]
 pub enum Decoded {
     /// Store it and process it.
     Act(Event),
+    /// A comment command: store it and answer it.
+    Command(Box<Command>),
     /// A test delivery: answer 200, run nothing.
     Ping,
     /// A delivery of an event that runs nothing: answer 202 with the reason.
     Ignore(String),
+}
+
+impl Decoded {
+    /// The repository of a delivery to store.
+    pub fn repo(&self) -> Option<&RepoInfo> {
+        match self {
+            Decoded::Act(event) => Some(event.repo()),
+            Decoded::Command(command) => Some(&command.repo),
+            Decoded::Ping | Decoded::Ignore(_) => None,
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -309,6 +436,10 @@ pub fn decode(event_type: &str, body: &[u8]) -> Result<Decoded, PayloadError> {
         "pull_request" | "pull_request_sync" => {
             let pr: payload::PullRequestEvent = serde_json::from_slice(body).map_err(json)?;
             decode_pull_request(pr).map_err(invalid)
+        }
+        "issue_comment" | "pull_request_comment" => {
+            let ev: payload::IssueCommentEvent = serde_json::from_slice(body).map_err(json)?;
+            decode_comment(ev).map_err(invalid)
         }
         "status" => Ok(Decoded::Ignore(
             "status events are Pipewright's own echo: ignored".into(),
@@ -421,9 +552,117 @@ fn decode_pull_request(ev: payload::PullRequestEvent) -> Result<Decoded, Invalid
     }))
 }
 
+fn decode_comment(ev: payload::IssueCommentEvent) -> Result<Decoded, Invalid> {
+    if ev.action != "created" {
+        return Ok(Decoded::Ignore(format!(
+            "comment {}: only new comments are commands",
+            quoted(&ev.action)
+        )));
+    }
+    let (Some(issue), Some(comment)) = (ev.issue, ev.comment) else {
+        return Ok(Decoded::Ignore(
+            "comment payload without `issue` or `comment`".into(),
+        ));
+    };
+    let Some(verb) = parse_command(&comment.body) else {
+        return Ok(Decoded::Ignore("the comment holds no command".into()));
+    };
+    let repo = RepoInfo::from_payload(&ev.repository, "")?;
+    if issue.number <= 0 {
+        return Err(Invalid::new("issue.number", &issue.number.to_string()));
+    }
+    if comment.id <= 0 {
+        return Err(Invalid::new("comment.id", &comment.id.to_string()));
+    }
+    let Some(actor) = login(ev.sender.clone()) else {
+        let given = ev.sender.map(|u| u.login).unwrap_or_default();
+        return Err(Invalid::new("sender.login", &given));
+    };
+    Ok(Decoded::Command(Box::new(Command {
+        repo,
+        number: issue.number,
+        is_pull: ev.is_pull || issue.pull_request.is_some() || ev.pull_request.is_some(),
+        comment_id: comment.id,
+        actor,
+        verb,
+    })))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_command_is_a_line_that_starts_with_it() {
+        let run = |pipeline: &str, inputs: &[(&str, &str)]| Verb::Run {
+            pipeline: pipeline.into(),
+            inputs: inputs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        };
+        let help = |p: &str| Verb::Help {
+            problem: Some(p.into()),
+        };
+        let cases = [
+            ("/pipewright plan", Some(Verb::Plan)),
+            ("  /pipewright apply\n", Some(Verb::Apply)),
+            ("LGTM\n\n/pipewright apply\nthanks", Some(Verb::Apply)),
+            ("/pipewright", Some(Verb::Help { problem: None })),
+            ("/pipewright help", Some(Verb::Help { problem: None })),
+            (
+                "/pipewright run restore date=2026-11-30 confirm=yes",
+                Some(run(
+                    "restore",
+                    &[("date", "2026-11-30"), ("confirm", "yes")],
+                )),
+            ),
+            ("/pipewright run deploy", Some(run("deploy", &[]))),
+            (
+                &format!("/pipewright run {}", "p".repeat(200)),
+                Some(help(&format!(
+                    "\"{}…\" is not a pipeline name",
+                    "p".repeat(80)
+                ))),
+            ),
+            (
+                &format!("/pipewright run p x={}", "v".repeat(9000)),
+                Some(help("the value of input \"x\" is longer than 8192 bytes")),
+            ),
+            (
+                "/pipewright run",
+                Some(help("`/pipewright run` needs the name of a pipeline")),
+            ),
+            (
+                "/pipewright run x date",
+                Some(help(
+                    "\"date\" is not an input: inputs are written key=value",
+                )),
+            ),
+            (
+                "/pipewright run x =v",
+                Some(help("\"=v\" is not an input: inputs are written key=value")),
+            ),
+            (
+                "/pipewright destroy",
+                Some(help("\"destroy\" is not a command")),
+            ),
+            (
+                "/pipewright plan now",
+                Some(help(
+                    "`/pipewright plan` takes no arguments (found \"now\")",
+                )),
+            ),
+            ("please run /pipewright apply when ready", None),
+            ("> /pipewright apply", None),
+            ("`/pipewright apply`", None),
+            ("/pipewrightapply", None),
+            ("", None),
+        ];
+        for (body, want) in cases {
+            assert_eq!(parse_command(body), want, "{body:?}");
+        }
+    }
 
     #[test]
     fn an_event_survives_its_payload() {
@@ -472,6 +711,8 @@ mod tests {
         assert!(depth_within(br#"{"a":"[[[[{{{{\"[[["}"#, 1));
         assert!(!depth_within("[".repeat(100_000).as_bytes(), MAX_DEPTH));
         let err = decode("push", "[".repeat(100_000).as_bytes()).unwrap_err();
+        let err2 = decode("pull_request_comment", "[".repeat(100).as_bytes()).unwrap_err();
+        assert!(matches!(err2, PayloadError::TooDeep { .. }), "{err2}");
         assert!(matches!(err, PayloadError::TooDeep { .. }), "{err}");
     }
 }

@@ -300,6 +300,7 @@ async fn run_one(
             git_ref,
             default_branch: &default_branch,
             inputs: &cx.inputs,
+            reviewed: None,
         },
         services,
         network: args.network.as_deref(),

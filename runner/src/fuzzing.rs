@@ -6,7 +6,7 @@
 
 use crate::{
     checked,
-    events::{Decoded, Event, decode},
+    events::{Command, Decoded, Event, Verb, decode},
     git::is_zero,
 };
 
@@ -29,8 +29,10 @@ pub fn webhook_decode(data: &[u8]) {
         return;
     };
     let event_type = EVENT_TYPES[usize::from(pick) % EVENT_TYPES.len()];
-    let Ok(Decoded::Act(event)) = decode(event_type, body) else {
-        return;
+    let event = match decode(event_type, body) {
+        Ok(Decoded::Act(event)) => event,
+        Ok(Decoded::Command(command)) => return check_command(&command),
+        _ => return,
     };
     let repo = event.repo();
     assert!(checked::is_repo_name(&repo.full_name), "{repo:?}");
@@ -59,4 +61,28 @@ pub fn webhook_decode(data: &[u8]) {
         }
     }
     let _ = event.dedupe_key();
+}
+
+/// A comment command carries a checked repository, positive ids, a Gitea login as its
+/// actor, and bounded names.
+fn check_command(command: &Command) {
+    let repo = &command.repo;
+    assert!(checked::is_repo_name(&repo.full_name), "{repo:?}");
+    assert!(repo.id > 0 && repo.owner_id > 0, "{repo:?}");
+    assert!(command.number > 0 && command.comment_id > 0, "{command:?}");
+    assert!(
+        !command.actor.is_empty()
+            && command
+                .actor
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-')),
+        "{command:?}"
+    );
+    if let Verb::Run { pipeline, inputs } = &command.verb {
+        assert!(!pipeline.is_empty() && pipeline.len() <= 128, "{pipeline}");
+        assert!(inputs.len() <= 101, "{}", inputs.len());
+        for (key, value) in inputs {
+            assert!(!key.is_empty() && key.len() <= 128 && value.len() <= 8192);
+        }
+    }
 }

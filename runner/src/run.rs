@@ -54,6 +54,8 @@ pub struct Reports {
     pub summary: Option<String>,
     /// A plan comment for the pull request (`tofu`).
     pub plan_comment: Option<PlanComment>,
+    /// The plan files `tofu` steps saved, by step name (kept for `/pipewright apply`).
+    pub saved_plans: Vec<(String, Vec<u8>)>,
 }
 
 /// The plan summary to publish on a pull request.
@@ -210,6 +212,9 @@ pub async fn run_plan<E: Executor, O: RunObserver>(
                 if ran.plan.is_some() {
                     reports.plan_comment = ran.plan.map(|plan| PlanComment { plan });
                 }
+                if let Some(saved) = ran.saved_plan {
+                    reports.saved_plans.push((step.name.clone(), saved));
+                }
                 leftovers.extend(ran.leftovers);
                 ran.result
             }
@@ -289,6 +294,7 @@ fn masked_reports(masker: &Masker, reports: Reports) -> Reports {
             }
             PlanComment { plan: comment.plan }
         }),
+        saved_plans: reports.saved_plans,
     }
 }
 

@@ -96,6 +96,17 @@ pub struct RunFacts<'a> {
     pub git_ref: &'a GitRef,
     pub default_branch: &'a str,
     pub inputs: &'a [(String, String)],
+    /// The plan a pull request's reviewers saw, when this run may apply only that.
+    pub reviewed: Option<&'a ReviewedPlan>,
+}
+
+/// A pull request's reviewed plan that the run's `tofu` steps keep to.
+#[derive(Clone, Debug)]
+pub struct ReviewedPlan {
+    pub reviewed: pipewright_actions::tofu::Reviewed,
+    /// Saved plan files by `tofu` step name, applied as they are (no new plan); empty:
+    /// plan again, and apply only when the changes are the reviewed ones.
+    pub saved: Vec<(String, Vec<u8>)>,
 }
 
 /// Database credentials from Vault's database secrets engine.

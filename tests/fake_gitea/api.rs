@@ -230,6 +230,8 @@ pub(super) fn repo_api(
                 _ => not_found(shared),
             }
         }
+        ("GET", ["pulls", number, "reviews"]) => list_reviews(shared, request, &repo, number),
+        ("GET", ["commits", sha, "pull"]) => commit_pull(shared, &repo, permission, sha),
         ("GET" | "PATCH" | "DELETE", ["issues", "comments", id]) => {
             comment_api(shared, request, &repo, id)
         }
@@ -305,6 +307,8 @@ pub(super) fn repo_api(
             | ["statuses", _]
             | ["pulls"]
             | ["pulls", _]
+            | ["pulls", _, "reviews"]
+            | ["commits", _, "pull"]
             | ["issues", _, "comments"]
             | ["issues", "comments", _]
             | ["collaborators", _, "permission"],

@@ -356,7 +356,9 @@ impl<'a> View<'a> {
             "html_url": html,
             "diff_url": format!("{html}.diff"),
             "patch_url": format!("{html}.patch"),
-            "mergeable": issue.open && merged.is_none(),
+            "mergeable": issue.open
+                && merged.is_none()
+                && !self.st.unmergeable.contains(&(r.id, issue.index)),
             "merged": merged.is_some(),
             "merged_at": merged.map(|m| rfc3339(m.at, 0)),
             "merge_commit_sha": merged.map(|m| m.sha.clone()),

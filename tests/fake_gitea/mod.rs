@@ -30,7 +30,7 @@
 //!   `WWW-Authenticate: Basic realm="Gitea"`. Pushing over HTTP is refused (403): tests write
 //!   history with [`Repo::commit`] and friends.
 //! - `/api/v1`: repository, branches, commit statuses (create, list, combined), pull requests
-//!   (list, get), issue comments (create, edit, delete, list), collaborator permission,
+//!   (list, get, reviews, the pull request of a merge commit), issue comments (create, edit, delete, list), collaborator permission,
 //!   `/version` and `/user`. Authentication as in Gitea: `Authorization: token|bearer` (any
 //!   case), Basic, or `?token=` / `?access_token=`. A wrong token is answered 401
 //!   `invalid username, password or token`; no token at all is anonymous, which Gitea answers
@@ -56,6 +56,7 @@
 //! # Parts
 //!
 //! `state.rs` (users, repositories, pull requests, statuses and comments behind one lock),
+//! `reviews.rs` (reviews, mergeability, the pull request of a merge commit),
 //! `server.rs` ([`FakeGitea`]: start, stop, faults, what was seen), `repos.rs` ([`Repo`]:
 //! history written with git), `json.rs` (objects as Gitea's JSON shows them), `payloads.rs`
 //! and `deliveries.rs` (webhooks; their shapes are checked against payloads captured from
@@ -69,6 +70,7 @@ mod git_http;
 mod json;
 mod payloads;
 mod repos;
+mod reviews;
 mod server;
 mod state;
 mod util;
@@ -104,8 +106,9 @@ use sha2::{Digest as _, Sha256};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 // The parts see each other's items through these; the public ones are the fake's API.
+use reviews::*;
 use {api::*, git_http::*, json::*, state::*};
-pub use {deliveries::*, payloads::*, repos::*, server::*, util::*};
+pub use {deliveries::*, payloads::*, repos::*, reviews::ReviewState, server::*, util::*};
 
 /// The Gitea version the fake imitates (`GET /api/v1/version`).
 pub const GITEA_VERSION: &str = "1.25.4";

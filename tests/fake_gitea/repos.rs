@@ -467,6 +467,7 @@ impl Repo {
                 p.merge_base = merge_base;
             }
         });
+        self.mark_stale_reviews(number, &sha);
         sha
     }
 

@@ -24,7 +24,7 @@ async fn last_status(repo: &Repo, sha: &str, context: &str) -> (String, String) 
     (last.state.clone(), last.description.clone())
 }
 
-fn main_tf(resources: &[&str]) -> String {
+pub(crate) fn main_tf(resources: &[&str]) -> String {
     let mut tf = "terraform {\n  backend \"local\" {\n    path = \"/state/iac.tfstate\"\n  }\n}\n"
         .to_string();
     for r in resources {
@@ -35,7 +35,7 @@ fn main_tf(resources: &[&str]) -> String {
     tf
 }
 
-fn state_resources(dir: &std::path::Path) -> Vec<String> {
+pub(crate) fn state_resources(dir: &std::path::Path) -> Vec<String> {
     let text = std::fs::read_to_string(dir.join("iac.tfstate")).unwrap_or_default();
     let state: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
     let mut names: Vec<String> = state["resources"]

@@ -1163,3 +1163,98 @@ fn fields(value: &Value) -> BTreeMap<String, &'static str> {
     walk(value, "", &mut out);
     out
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reviews_mergeability_and_the_pull_request_of_a_merge_commit() {
+    use pipewright_tests::fake_gitea::ReviewState;
+    let gitea = FakeGitea::start().await;
+    let (repo, _) = repo_with_history(&gitea, "org", "app");
+    repo.create_branch("topic", "main");
+    let first = repo.commit("topic", "one").write("a.txt", "1\n").push();
+    let number = repo.as_user("mallory").open_pull("topic", "main");
+    let approval = repo.review(number, "bob", ReviewState::Approved);
+    repo.review(number, "carol", ReviewState::Pending);
+    let reviews = format!("/repos/org/app/pulls/{number}/reviews");
+    let (code, headers, list) = call(&gitea, "GET", &reviews, None).await;
+    assert_eq!(code, 200);
+    assert_eq!(
+        headers["x-total-count"], "1",
+        "others' pending reviews are not listed"
+    );
+    let review = &list[0];
+    let keys: Vec<&str> = review
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    assert_eq!(
+        keys,
+        [
+            "id",
+            "user",
+            "team",
+            "state",
+            "body",
+            "commit_id",
+            "stale",
+            "official",
+            "dismissed",
+            "comments_count",
+            "submitted_at",
+            "updated_at",
+            "html_url",
+            "pull_request_url",
+        ]
+    );
+    assert_eq!(
+        (
+            &review["state"],
+            &review["commit_id"],
+            &review["stale"],
+            &review["dismissed"]
+        ),
+        (
+            &json!("APPROVED"),
+            &json!(first),
+            &json!(false),
+            &json!(false)
+        )
+    );
+    assert_eq!(review["user"]["login"], "bob");
+    // A new head makes older reviews stale; a dismissal keeps the state.
+    repo.commit("topic", "two").write("a.txt", "2\n").push();
+    repo.sync_pull(number);
+    repo.dismiss_review(approval);
+    let (_, _, list) = call(&gitea, "GET", &reviews, None).await;
+    assert_eq!(
+        (&list[0]["stale"], &list[0]["dismissed"]),
+        (&json!(true), &json!(true))
+    );
+    assert_eq!(list[0]["state"], "APPROVED");
+    assert_eq!(
+        call(&gitea, "GET", "/repos/org/app/pulls/99/reviews", None)
+            .await
+            .0,
+        404
+    );
+
+    let pull = format!("/repos/org/app/pulls/{number}");
+    assert_eq!(call(&gitea, "GET", &pull, None).await.2["mergeable"], true);
+    repo.set_mergeable(number, false);
+    assert_eq!(call(&gitea, "GET", &pull, None).await.2["mergeable"], false);
+    repo.set_mergeable(number, true);
+
+    // `/commits/{sha}/pull`: only a merge commit names its pull request.
+    let head = repo.pull_head(number);
+    let of = |sha: &str| format!("/repos/org/app/commits/{sha}/pull");
+    assert_eq!(call(&gitea, "GET", &of(&head), None).await.0, 404);
+    let merged = repo.merge_pull(number);
+    let (code, _, body) = call(&gitea, "GET", &of(&merged), None).await;
+    assert_eq!(code, 200);
+    assert_eq!(
+        (&body["number"], &body["merged"], &body["merge_commit_sha"]),
+        (&json!(number), &json!(true), &json!(merged))
+    );
+    assert_eq!(call(&gitea, "GET", &of(&merged[..10]), None).await.0, 200);
+}

@@ -391,6 +391,8 @@ impl<'a> Reader<'a> {
             let name = val("name");
             let host_volumes = val("host_volumes");
             let allow_fork_secrets = val("allow_fork_secrets");
+            let apply_requirements = val("apply_requirements");
+            let commenters = val("commenters");
             if name.is_none() {
                 self.problem(
                     at.clone(),
@@ -402,6 +404,25 @@ impl<'a> Reader<'a> {
                 v.list()?.iter().map(|p| absolute_path(p)).collect()
             });
             let allow_fork_secrets = self.check(allow_fork_secrets, Val::bool);
+            let apply_requirements = self.check(apply_requirements, |v| {
+                v.list()?
+                    .iter()
+                    .map(|r| {
+                        ApplyRequirement::parse(r).ok_or_else(|| {
+                            format!("unknown requirement {r:?}: expected approved, mergeable or undiverged")
+                        })
+                    })
+                    .collect()
+            });
+            let commenters = self.check(commenters, |v| {
+                v.list()?
+                    .into_iter()
+                    .map(|login| match crate::checked::is_name_part(&login) {
+                        true => Ok(login),
+                        false => Err(format!("{login:?} is not a Gitea user name")),
+                    })
+                    .collect()
+            });
             self.problems.extend(entry.unknown_keys());
             let Some(name) = name else { continue };
             if let Some((j, _)) = repos
@@ -416,6 +437,9 @@ impl<'a> Reader<'a> {
                 name,
                 host_volumes: host_volumes.unwrap_or_default(),
                 allow_fork_secrets: allow_fork_secrets.unwrap_or(false),
+                apply_requirements: apply_requirements
+                    .unwrap_or_else(|| defaults::APPLY_REQUIREMENTS.to_vec()),
+                commenters,
             };
             repos.push((i, policy));
         }

@@ -53,3 +53,8 @@ pub const MAX_LOG_BYTES: u64 = 64 << 20;
 pub const SECRETS_IN_ENV: bool = true;
 /// `[agent].capacity`.
 pub const CAPACITY: usize = 2;
+/// `[[repos]].apply_requirements`.
+pub const APPLY_REQUIREMENTS: &[super::ApplyRequirement] = &[
+    super::ApplyRequirement::Approved,
+    super::ApplyRequirement::Mergeable,
+];

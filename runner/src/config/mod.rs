@@ -35,9 +35,9 @@ mod values;
 use std::{collections::BTreeMap, fmt, fs, path::Path};
 
 pub use values::{
-    AgentConfig, Algorithm, ApiConfig, Config, DatabaseConfig, DockerConfig, GiteaConfig,
-    HttpLimits, IdentityConfig, RegistryCredentials, RegistryPassword, RepoPolicy, Scope,
-    ScopedToken, Secret, ServerConfig, VaultConfig,
+    AgentConfig, Algorithm, ApiConfig, ApplyRequirement, Config, DatabaseConfig, DockerConfig,
+    GiteaConfig, HttpLimits, IdentityConfig, RegistryCredentials, RegistryPassword, RepoPolicy,
+    Scope, ScopedToken, Secret, ServerConfig, VaultConfig,
 };
 
 use decode::decode;

@@ -169,6 +169,11 @@ fn design_example_parses() {
                             "/mnt/backups",
                         ],
                         allow_fork_secrets: false,
+                        apply_requirements: [
+                            Approved,
+                            Mergeable,
+                        ],
+                        commenters: None,
                     },
                 ],
                 registries: [],

@@ -315,6 +315,44 @@ pub struct RepoPolicy {
     /// `allow_fork_secrets`: pull requests from forks get Vault secrets and identity tokens.
     /// Default: `false`.
     pub allow_fork_secrets: bool,
+    /// `apply_requirements`: what `/pipewright apply` needs of the pull request
+    /// (`approved`, `mergeable`, `undiverged`). Default: `["approved", "mergeable"]`.
+    pub apply_requirements: Vec<ApplyRequirement>,
+    /// `commenters`: the Gitea users whose comment commands run, instead of asking Gitea
+    /// for each commenter's permission (for a token that may not ask). Default: unset
+    /// (Gitea's collaborator permission decides: `write` or more).
+    pub commenters: Option<Vec<String>>,
+}
+
+/// What `/pipewright apply` requires of a pull request (`[[repos]].apply_requirements`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ApplyRequirement {
+    /// A review `APPROVED` by someone other than the author, neither stale nor dismissed.
+    Approved,
+    /// Gitea says it can be merged, and every other status on its head is `success`.
+    Mergeable,
+    /// The base branch has not changed the pipeline's paths since the pull request's base.
+    Undiverged,
+}
+
+impl ApplyRequirement {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ApplyRequirement::Approved => "approved",
+            ApplyRequirement::Mergeable => "mergeable",
+            ApplyRequirement::Undiverged => "undiverged",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<ApplyRequirement> {
+        [
+            ApplyRequirement::Approved,
+            ApplyRequirement::Mergeable,
+            ApplyRequirement::Undiverged,
+        ]
+        .into_iter()
+        .find(|r| r.as_str() == s)
+    }
 }
 
 /// One `[[registries]]` entry: the credentials sent when a step image (or a kept image)
@@ -350,6 +388,15 @@ impl Config {
     }
 
     /// The policy of a repository (`owner/name`), if `[[repos]]` lists it.
+    /// What `/pipewright apply` requires in a repository (its `[[repos]]` entry, or the
+    /// default).
+    pub fn apply_requirements(&self, full_name: &str) -> Vec<ApplyRequirement> {
+        self.repo_policy(full_name).map_or_else(
+            || super::defaults::APPLY_REQUIREMENTS.to_vec(),
+            |p| p.apply_requirements.clone(),
+        )
+    }
+
     pub fn repo_policy(&self, full_name: &str) -> Option<&RepoPolicy> {
         self.repos
             .iter()

@@ -3,6 +3,7 @@
 //! comes back under `status`, users are Gitea's): GitHub-typed clients fail to read them.
 
 pub mod payload;
+pub mod pulls;
 
 use std::{path::Path, time::Duration};
 

@@ -102,3 +102,44 @@ pub struct PullRequestEvent {
     #[serde(default)]
     pub changes: Option<Changes>,
 }
+
+/// `issue.pull_request` of an issue that is a pull request (null for an issue); its
+/// fields are not needed: the pull request's state is read from Gitea's API.
+#[derive(Clone, Debug, Default, Deserialize)]
+pub struct IssuePull {}
+
+/// The `issue` of an `issue_comment` payload (a pull request is an issue too).
+#[derive(Clone, Debug, Deserialize)]
+pub struct Issue {
+    #[serde(default)]
+    pub number: i64,
+    #[serde(default)]
+    pub pull_request: Option<IssuePull>,
+}
+
+/// The `comment` of an `issue_comment` payload.
+#[derive(Clone, Debug, Deserialize)]
+pub struct IssueComment {
+    #[serde(default)]
+    pub id: i64,
+    #[serde(default)]
+    pub body: String,
+}
+
+/// `IssueCommentPayload`: event type `issue_comment` on an issue, `pull_request_comment`
+/// on a pull request (`is_pull`, with the `pull_request` object).
+#[derive(Clone, Debug, Deserialize)]
+pub struct IssueCommentEvent {
+    pub action: String,
+    #[serde(default)]
+    pub issue: Option<Issue>,
+    #[serde(default)]
+    pub pull_request: Option<PullRequest>,
+    #[serde(default)]
+    pub comment: Option<IssueComment>,
+    pub repository: Repository,
+    #[serde(default)]
+    pub sender: Option<User>,
+    #[serde(default)]
+    pub is_pull: bool,
+}

@@ -12,7 +12,7 @@ use super::{RunState, Store, StoreError, now_ms, runs::finish_in};
 
 // The table is migration 4 (`migrations/both/0004_comment_outbox.sql`).
 
-const QUEUE: &str = "INSERT INTO comment_outbox
+pub(super) const QUEUE: &str = "INSERT INTO comment_outbox
      (repo, pr, marker, body, run_id, version, created_at, attempts, next_attempt_at)
      VALUES ($1, $2, $3, $4, $5, 1, $6, 0, $6)
      ON CONFLICT (repo, pr, marker) DO UPDATE SET

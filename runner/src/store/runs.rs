@@ -320,6 +320,19 @@ impl Store {
         runs: &[RunSpec],
     ) -> Result<Enqueued, StoreError> {
         let mut tx = self.pool.begin().await?;
+        let out = enqueue_in(&mut tx, delivery, runs).await?;
+        tx.commit().await?;
+        Ok(out)
+    }
+}
+
+/// [`Store::enqueue_runs`] inside a transaction (which the caller commits).
+pub(super) async fn enqueue_in(
+    tx: &mut Transaction<'_, Any>,
+    delivery: Option<i64>,
+    runs: &[RunSpec],
+) -> Result<Enqueued, StoreError> {
+    {
         let mut out = Enqueued::default();
         let mut keys: Vec<&str> = runs.iter().map(|r| r.dedupe_key.as_str()).collect();
         keys.dedup();
@@ -333,7 +346,7 @@ impl Store {
             )
             .bind(*key)
             .bind(i64::from(active_only))
-            .fetch_one(&mut *tx)
+            .fetch_one(&mut **tx)
             .await?
             .try_get(0)?;
             if used > 0 {
@@ -345,10 +358,9 @@ impl Store {
                 sqlx::query("UPDATE deliveries SET state = 'duplicate', note = $1 WHERE id = $2")
                     .bind("the same event already has runs")
                     .bind(d)
-                    .execute(&mut *tx)
+                    .execute(&mut **tx)
                     .await?;
             }
-            tx.commit().await?;
             return Ok(out);
         }
         for new in runs {
@@ -388,11 +400,11 @@ impl Store {
             .bind(i64::from(new.from_fork))
             .bind(new.attempt)
             .bind(runs_on)
-            .fetch_one(&mut *tx)
+            .fetch_one(&mut **tx)
             .await?
             .try_get(0)?;
             outbox::insert(
-                &mut tx,
+                tx,
                 &new.status_repo,
                 &new.sha,
                 id,
@@ -405,18 +417,21 @@ impl Store {
             if new.state != RunState::Queued {
                 continue;
             }
-            // A pull request's run affects only runs of the same pull request, and other runs
+            // A pull request's run (or a comment's) affects only runs of the same pull request, and other runs
             // never affect a pull request's (a superseded run reports `success`, which on a
             // pull request's head would pass a check that never ran).
             let older: Vec<(i64, String)> = sqlx::query(
                 "SELECT id, state FROM runs WHERE concurrency_group = $1 AND id < $2 AND state IN ('queued', 'running')
-                 AND ((event = 'pull_request') = ($3 = 1)) AND ($3 = 0 OR pr = $4)",
+                 AND ((event IN ('pull_request', 'comment')) = ($3 = 1)) AND ($3 = 0 OR pr = $4)",
             )
             .bind(&new.concurrency_group)
             .bind(id)
-            .bind(i64::from(new.event == EventKind::PullRequest))
+            .bind(i64::from(matches!(
+                new.event,
+                EventKind::PullRequest | EventKind::Comment
+            )))
             .bind(new.pr)
-            .fetch_all(&mut *tx)
+            .fetch_all(&mut **tx)
             .await?
             .iter()
             .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
@@ -426,11 +441,11 @@ impl Store {
                     ("queued", true) => {
                         let why =
                             format!("cancelled: superseded by run {id} ({})", short(&new.sha));
-                        finish_in(&mut tx, old, RunState::Cancelled, &why).await?;
+                        finish_in(tx, old, RunState::Cancelled, &why).await?;
                     }
                     ("queued", false) => {
                         let why = format!("superseded by {}", short(&new.sha));
-                        finish_in(&mut tx, old, RunState::Superseded, &why).await?;
+                        finish_in(tx, old, RunState::Superseded, &why).await?;
                     }
                     ("running", true) => out.cancel_running.push(old),
                     _ => {}
@@ -441,13 +456,14 @@ impl Store {
             sqlx::query("UPDATE deliveries SET state = 'processed', note = $1 WHERE id = $2")
                 .bind(format!("{} runs", runs.len()))
                 .bind(d)
-                .execute(&mut *tx)
+                .execute(&mut **tx)
                 .await?;
         }
-        tx.commit().await?;
         Ok(out)
     }
+}
 
+impl Store {
     /// Claims the oldest queued run whose concurrency group is free (no running run, no
     /// older queued run) and whose `runs_on` labels are all among `labels`, for `owner`,
     /// with a lease.

@@ -229,7 +229,7 @@ pub async fn receive(State(app): State<Arc<App>>, headers: HeaderMap, body: Byte
             return answer(StatusCode::BAD_REQUEST, why);
         }
     };
-    match decoded {
+    match &decoded {
         Decoded::Ping => {
             info!(delivery_id = %delivery_id, "test delivery received");
             answer(
@@ -241,8 +241,11 @@ pub async fn receive(State(app): State<Arc<App>>, headers: HeaderMap, body: Byte
             info!(delivery_id = %delivery_id, event_type = %event_type, reason = %why, "delivery ignored");
             answer(StatusCode::ACCEPTED, why)
         }
-        Decoded::Act(event) => {
-            let repo = event.repo().full_name.clone();
+        Decoded::Act(_) | Decoded::Command(_) => {
+            let repo = decoded
+                .repo()
+                .map(|r| r.full_name.clone())
+                .unwrap_or_default();
             let delivery = NewDelivery {
                 delivery_id: delivery_id.clone(),
                 event_type,

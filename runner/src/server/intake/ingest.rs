@@ -37,7 +37,7 @@ pub enum IngestError {
     Git(#[from] GitError),
     #[error(transparent)]
     Store(#[from] StoreError),
-    #[error("failed to ask Gitea whether the pull request's author may write")]
+    #[error("failed to ask Gitea")]
     Gitea(#[from] GiteaError),
     #[error("processing panicked: {0}")]
     Panicked(String),
@@ -177,6 +177,9 @@ async fn process(
 ) -> Result<String, IngestError> {
     let event = match decode(event_type, payload) {
         Ok(Decoded::Act(event)) => event,
+        Ok(Decoded::Command(command)) => {
+            return super::commands::answer(intake, id, &command).await;
+        }
         Ok(Decoded::Ping | Decoded::Ignore(_)) => {
             intake
                 .store
@@ -236,6 +239,15 @@ pub async fn enqueue_event(
         Event::PullRequest { .. } => untrusted_pull_request(intake, event).await?,
         Event::Push { .. } => false,
     };
+    if let Event::Push {
+        git_ref: GitRef::Branch(branch),
+        after,
+        ..
+    } = event
+        && *branch == repo.default_branch
+    {
+        super::commands::remember_merge(intake, repo, after).await?;
+    }
     // The changed paths and the pipeline files, read at once: each is a git process or two.
     let changes = async {
         match event {
@@ -372,7 +384,10 @@ async fn not_on_its_ref(intake: &Intake<'_>, mirror: &Mirror, event: &Event) -> 
 /// when its head is in another repository, when the payload does not say which (ids
 /// missing or 0), and when its author may not write to the base repository (Gitea's AGit
 /// flow lets a reader open a pull request whose head is the base repository).
-async fn untrusted_pull_request(intake: &Intake<'_>, event: &Event) -> Result<bool, IngestError> {
+pub(super) async fn untrusted_pull_request(
+    intake: &Intake<'_>,
+    event: &Event,
+) -> Result<bool, IngestError> {
     let Event::PullRequest {
         repo,
         head_repo_id,

@@ -1,7 +1,8 @@
-//! The intake layer: what turns deliveries, catch-up and schedules into queued runs, and the
-//! one `RunSpec` constructor per source of runs.
+//! The intake layer: what turns deliveries, comment commands, catch-up and schedules into
+//! queued runs, and the one `RunSpec` constructor per source of runs.
 
 pub(super) mod catchup;
+pub(super) mod commands;
 pub(super) mod ingest;
 pub(super) mod schedule;
 pub(super) mod spec;
@@ -41,6 +42,25 @@ impl Queue<'_> {
         runs: &[RunSpec],
     ) -> Result<Enqueued, StoreError> {
         let enqueued = self.store.enqueue_runs(delivery, runs).await?;
+        self.settle(&enqueued);
+        Ok(enqueued)
+    }
+
+    /// [`Queue::enqueue`], with a comment command's reply queued in the same transaction
+    /// (written by `reply` once the run ids are known).
+    pub async fn enqueue_replying(
+        &self,
+        delivery: Option<i64>,
+        runs: &[RunSpec],
+        reply: impl FnOnce(&Enqueued) -> Option<crate::store::comments::NewComment>,
+    ) -> Result<Enqueued, StoreError> {
+        let enqueued = self.store.enqueue_replying(delivery, runs, reply).await?;
+        self.settle(&enqueued);
+        Ok(enqueued)
+    }
+
+    /// The stops and wake-ups that enqueueing asks for.
+    fn settle(&self, enqueued: &Enqueued) {
         for id in &enqueued.cancel_running {
             self.scheduler.cancel(
                 *id,
@@ -49,7 +69,6 @@ impl Queue<'_> {
         }
         self.scheduler.wake();
         self.reporter_wake.notify_one();
-        Ok(enqueued)
     }
 }
 

@@ -1,5 +1,5 @@
 //! How each source of runs builds its [`RunSpec`]: one constructor per source (a delivery's
-//! event, a dispatch, a schedule, a re-run), so that the dedupe key, the concurrency group
+//! event, a dispatch, a schedule, a comment command, a re-run), so that the dedupe key, the concurrency group
 //! key and the first description of a kind of run are made in one place.
 
 use pipewright_pipelines::{Pipeline, RunContext, plan};
@@ -19,6 +19,15 @@ pub enum Source<'a> {
     Dispatch { actor: &'a str, at_ms: i64 },
     /// Due in this minute (epoch minutes).
     Schedule { minute: i64 },
+    /// A comment command (`/pipewright run|plan|apply`) by `actor`, comment `comment_id`
+    /// of pull request `pr` (`None`: on an issue, run on the default branch); `from_fork`
+    /// as for the pull request's own runs.
+    Comment {
+        actor: &'a str,
+        comment_id: i64,
+        pr: Option<i64>,
+        from_fork: bool,
+    },
 }
 
 /// A pipeline file as read at the commit.
@@ -41,11 +50,13 @@ impl Source<'_> {
             Source::Event { event, .. } => event.dedupe_key(),
             Source::Dispatch { at_ms, .. } => format!("dispatch:{repo}:{at_ms}"),
             Source::Schedule { minute } => format!("schedule:{repo}:{pipeline}:{minute}"),
+            // A comment runs once, ever: a replayed delivery of it adds nothing.
+            Source::Comment { comment_id, .. } => format!("comment:{repo}:{comment_id}"),
         }
     }
 
     /// Who causes the run (the run's `actor`, its identity token's and `${{ actor }}`):
-    /// the event's sender login, the dispatcher, or `schedule`.
+    /// the event's sender login, the dispatcher, the commenter, or `schedule`.
     pub fn actor(&self) -> &str {
         match self {
             Source::Event { event, .. } => match event {
@@ -53,6 +64,7 @@ impl Source<'_> {
             },
             Source::Dispatch { actor, .. } => actor,
             Source::Schedule { .. } => "schedule",
+            Source::Comment { actor, .. } => actor,
         }
     }
 }
@@ -68,6 +80,7 @@ impl RunSpec {
                     Source::Event { .. } => "queued",
                     Source::Dispatch { .. } => "queued (dispatched)",
                     Source::Schedule { .. } => "queued (scheduled)",
+                    Source::Comment { .. } => "queued (comment command)",
                 };
                 (
                     pipeline.name.as_str(),
@@ -99,6 +112,7 @@ impl RunSpec {
                 Event::PullRequest { number, .. } => (Some(*number), from_fork),
             },
             Source::Dispatch { .. } | Source::Schedule { .. } => (None, false),
+            Source::Comment { pr, from_fork, .. } => (pr, from_fork),
         };
         let actor = source.actor();
         RunSpec {

@@ -48,7 +48,9 @@ impl std::fmt::Debug for RunAccess<'_> {
 
 fn claims_for(run: &Run) -> RunClaims {
     let (owner, _) = run.repo.split_once('/').unwrap_or((&run.repo, ""));
-    let pull_request = run.event == EventKind::PullRequest;
+    // A comment command on a pull request runs its head, as the pull request's own runs do.
+    let pull_request =
+        matches!(run.event, EventKind::PullRequest | EventKind::Comment) && run.pr.is_some();
     let (git_ref, base_ref) = match (pull_request, run.pr) {
         (true, Some(n)) => (
             format!("refs/pull/{n}/head"),
@@ -261,5 +263,60 @@ impl RunAccess<'_> {
                 "`{what}` is in Vault: the pipeline needs a `vault:` section to log in"
             )),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(event: EventKind, pr: Option<i64>, actor: &str) -> Run {
+        Run {
+            id: 7,
+            repo: "org/infra".into(),
+            repo_id: 3,
+            owner_id: 2,
+            default_branch: "main".into(),
+            status_repo: "org/infra".into(),
+            pipeline: "iac".into(),
+            pipeline_file: ".pipewright/iac.yml".into(),
+            event,
+            git_ref: GitRef::Branch("main".into()),
+            sha: "a".repeat(40),
+            pr,
+            actor: actor.into(),
+            from_fork: false,
+            attempt: 1,
+            inputs: Vec::new(),
+            runs_on: Vec::new(),
+            concurrency_group: "org/infra/iac".into(),
+            cancel_in_progress: false,
+            state: crate::store::RunState::Running,
+            description: String::new(),
+            created_at: 0,
+            started_at: None,
+            finished_at: None,
+            lease_owner: None,
+        }
+    }
+
+    #[test]
+    fn a_comment_command_is_told_apart_and_names_the_ref_it_runs_on() {
+        let on_pull = claims_for(&run(EventKind::Comment, Some(5), "alice"));
+        assert_eq!(on_pull.event_name, "comment");
+        assert_eq!(on_pull.actor, "alice");
+        assert_eq!(on_pull.git_ref, "refs/pull/5/head");
+        assert_eq!(on_pull.base_ref.as_deref(), Some("main"));
+        assert!(on_pull.pull_request, "its `sub` is the pull request's");
+        let on_issue = claims_for(&run(EventKind::Comment, None, "alice"));
+        assert_eq!(on_issue.event_name, "comment");
+        assert_eq!(on_issue.git_ref, "refs/heads/main");
+        assert_eq!(on_issue.base_ref, None);
+        assert!(!on_issue.pull_request);
+        let pushed = claims_for(&run(EventKind::Push, None, "bob"));
+        assert_eq!(
+            (pushed.event_name.as_str(), pushed.git_ref.as_str()),
+            ("push", "refs/heads/main")
+        );
     }
 }

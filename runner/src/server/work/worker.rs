@@ -17,13 +17,17 @@ use tracing::{Instrument, info, info_span, warn};
 use crate::server::{
     App,
     work::access::RunAccess,
+    work::plans,
     work::registry::{Running, live_runs_filter},
 };
 use crate::{
     error_chain,
     logs::LogWriter,
     run::{Reports, RunFacts, RunObserver, RunResult, RunSetup, StepResult, run_plan},
-    store::{LEASE, Run, RunState, StepState, comments::NewComment, now_ms},
+    step_io::ReviewedPlan,
+    store::{
+        LEASE, ReviewedPlanRow, Run, RunEnd, RunState, StepState, comments::NewComment, now_ms,
+    },
 };
 
 /// At start: runs this instance left `running` (a previous process of it) end as `error`
@@ -48,6 +52,7 @@ pub async fn settle_interrupted(app: &App) -> anyhow::Result<()> {
     if removed > 0 {
         info!(removed, "removed containers left by a previous process");
     }
+    plans::retain(app).await;
     Ok(())
 }
 
@@ -141,7 +146,12 @@ async fn execute(app: Arc<App>, run: Run) {
             }
         })
     };
-    let outcome = run_checked_out(&app, &run, &cancel).await;
+    let reviewed = plans::reviewed_for(&app, &run).await;
+    let outcome = match &reviewed {
+        Ok(reviewed) => run_checked_out(&app, &run, reviewed.as_ref(), &cancel).await,
+        Err(why) => Err(why.clone()),
+    };
+    let reviewed = reviewed.ok().flatten();
     let reports = outcome.as_ref().map(|(_, r)| r.clone()).unwrap_or_default();
     let (state, description) = match outcome.map(|(result, _)| result) {
         Ok(RunResult::Success) => (
@@ -165,7 +175,11 @@ async fn execute(app: Arc<App>, run: Run) {
     };
     lease.abort();
     info!(state = state.as_str(), description = %description, "run finished");
-    let comment = match (run.pr, reports.plan_comment) {
+    let comment = match (run.pr, reports.plan_comment.clone()) {
+        // A merge whose plan is not the reviewed one: the pull request says what differs.
+        (None, Some(comment)) if state == RunState::Failure => reviewed
+            .as_ref()
+            .and_then(|r| merge_differences(&app, &run, r, &comment.plan)),
         (Some(pr), Some(comment)) => {
             let marker = plan_marker(&run.pipeline);
             let body = comment.plan.comment(
@@ -183,12 +197,58 @@ async fn execute(app: Arc<App>, run: Run) {
         }
         _ => None,
     };
-    if let Err(e) = app
+    // A pull request's plan becomes the reviewed plan once its files are kept.
+    let keeps = state == RunState::Success
+        && plans::is_pull_request_plan(&run)
+        && !reports.saved_plans.is_empty();
+    let kept = if keeps {
+        match plans::keep(&app, run.id, &reports.saved_plans) {
+            Ok(()) => true,
+            Err(e) => {
+                warn!(error = %e, "failed to keep the plan files: the plan cannot be applied with /pipewright apply");
+                false
+            }
+        }
+    } else {
+        false
+    };
+    let reviewed_row = match (&reports.plan_comment, run.pr) {
+        (Some(comment), Some(pr)) if kept => Some(ReviewedPlanRow {
+            repo: run.repo.clone(),
+            pr,
+            pipeline: run.pipeline.clone(),
+            sha: run.sha.clone(),
+            run_id: run.id,
+            changes: comment.plan.changes.clone(),
+            applied_run: None,
+        }),
+        _ => None,
+    };
+    let applied = (state == RunState::Success && plans::is_comment_apply(&run)).then(|| {
+        (
+            run.repo.as_str(),
+            run.pr.unwrap_or_default(),
+            run.pipeline.as_str(),
+        )
+    });
+    let end = RunEnd {
+        comment: comment.as_ref(),
+        reviewed: reviewed_row.as_ref(),
+        applied,
+    };
+    match app
         .store
-        .finish_run_commenting(run.id, state, &description, comment.as_ref())
+        .finish_run_reviewing(run.id, state, &description, &end)
         .await
     {
-        warn!(error = ?e, "failed to record the end of the run");
+        Ok(Some(replaced)) => plans::forget(&app, replaced),
+        Ok(None) => {}
+        Err(e) => {
+            warn!(error = ?e, "failed to record the end of the run");
+            if kept {
+                plans::forget(&app, run.id);
+            }
+        }
     }
     app.scheduler
         .running
@@ -204,11 +264,43 @@ fn plan_marker(pipeline: &str) -> String {
     format!("<!-- pipewright:plan {pipeline} -->")
 }
 
+/// The comment on a merged pull request whose merge planned other changes than the
+/// reviewed ones (and so applied nothing).
+fn merge_differences(
+    app: &App,
+    run: &Run,
+    reviewed: &ReviewedPlan,
+    plan: &pipewright_actions::tofu::PlanSummary,
+) -> Option<NewComment> {
+    let reviewed = &reviewed.reviewed;
+    if !plan.has_changes() || plan.differences(&reviewed.changes).is_empty() {
+        return None;
+    }
+    let marker = format!("<!-- pipewright:merge {} {} -->", run.pipeline, run.sha);
+    let body = plan.differences_comment(
+        &marker,
+        &format!("pipewright/{}", run.pipeline),
+        reviewed,
+        &format!("{}/runs/{}", app.public_url(), run.id),
+    );
+    Some(NewComment {
+        repo: run.status_repo.clone(),
+        pr: reviewed.pr,
+        marker,
+        body,
+    })
+}
+
 /// Reads the pipeline at the run's commit, checks it out, and runs its plan. `Err` is a
 /// description for an `error` status.
 type Ran = Result<(RunResult, Reports), String>;
 
-async fn run_checked_out(app: &App, run: &Run, cancel: &CancellationToken) -> Ran {
+async fn run_checked_out(
+    app: &App,
+    run: &Run,
+    reviewed: Option<&ReviewedPlan>,
+    cancel: &CancellationToken,
+) -> Ran {
     let mirror = app
         .git
         .with_commit(&run.repo, &run.sha)
@@ -242,7 +334,7 @@ async fn run_checked_out(app: &App, run: &Run, cancel: &CancellationToken) -> Ra
     check_volumes(app, run, &mut planned)?;
     // Vault before anything else: when it fails, no step runs.
     let access = RunAccess::open(app, run, &pipeline).await?;
-    let result = run_with_access(app, run, &planned, mirror, &access, cancel).await;
+    let result = run_with_access(app, run, &planned, mirror, &access, reviewed, cancel).await;
     access.close(app).await;
     result.map_err(|why| access.masker().mask_str(&why))
 }
@@ -253,6 +345,7 @@ async fn run_with_access(
     planned: &pipewright_pipelines::Plan,
     mirror: crate::git::Mirror,
     access: &RunAccess<'_>,
+    reviewed: Option<&ReviewedPlan>,
     cancel: &CancellationToken,
 ) -> Ran {
     let names: Vec<(i64, String)> = planned
@@ -285,6 +378,7 @@ async fn run_with_access(
             git_ref: &run.git_ref,
             default_branch: &run.default_branch,
             inputs: &run.inputs,
+            reviewed,
         },
         services: access,
         network: app.config.docker.network.as_deref(),
