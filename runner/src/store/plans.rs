@@ -13,7 +13,7 @@ use super::{
     runs::finish_in,
 };
 
-// The tables are migration 10 (`migrations/both/0010_reviewed_plans.sql`).
+// The tables are migration 7 (`migrations/both/0007_reviewed_plans.sql`).
 
 /// The plan reviewers see in a pull request's plan comment.
 #[derive(Clone, Debug, PartialEq, Eq)]

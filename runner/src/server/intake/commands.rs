@@ -245,6 +245,7 @@ fn run_spec(
         event: EventKind::Comment,
         pr: target.pr.map(|n| n as u64),
         run_id: String::new(),
+        actor: command.actor.clone(),
         inputs,
     };
     let source = Source::Comment {
