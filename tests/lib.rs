@@ -223,11 +223,19 @@ impl LogSink for Count {
 /// Ids of the containers (running or not) carrying `label=value`, as the docker CLI sees
 /// them: an observer independent of the code under test.
 pub fn containers_labelled(label: &str, value: &str) -> Vec<String> {
-    let output = Command::new("docker")
-        .args(["ps", "--all", "--quiet", "--no-trunc", "--filter"])
-        .arg(format!("label={label}={value}"))
-        .output()
-        .expect("failed to run the docker CLI");
+    containers_with_labels(&[(label, value)])
+}
+
+/// Ids of the containers (running or not) carrying every one of `labels`: for a run's
+/// containers, its run id and its instance, since servers of tests running at once all
+/// have a run 1.
+pub fn containers_with_labels(labels: &[(&str, &str)]) -> Vec<String> {
+    let mut ps = Command::new("docker");
+    ps.args(["ps", "--all", "--quiet", "--no-trunc"]);
+    for (label, value) in labels {
+        ps.arg("--filter").arg(format!("label={label}={value}"));
+    }
+    let output = ps.output().expect("failed to run the docker CLI");
     assert!(
         output.status.success(),
         "docker ps failed: {}",

@@ -12,8 +12,8 @@ use std::{
 };
 
 use pipewright::server::{App, serve};
-use pipewright_containers::{CancellationToken, LABEL_RUN};
-use pipewright_tests::{containers_labelled, docker_cli, fake_gitea::FakeGitea};
+use pipewright_containers::{CancellationToken, LABEL_INSTANCE, LABEL_RUN};
+use pipewright_tests::{containers_with_labels, docker_cli, fake_gitea::FakeGitea};
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
@@ -22,27 +22,44 @@ use crate::{
     vault::{OpenBao, ROOT, push, run_id_for, started},
 };
 
-/// A key with what shell quoting gets wrong: quotes, `$`, backslashes, a trailing newline;
-/// its markers are searched for verbatim (JSON escapes neither).
-const SSH_KEY: &str = "-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjEAAAAA pwfilesmarker7f3a9c\n'single' \"double\" $HOME `id` \\n \\\\\n-----END OPENSSH PRIVATE KEY-----\n";
-const FILE_MARKER: &str = "pwfilesmarker7f3a9c";
-/// A variable's value, as hostile to an environment file: every quote, `$(…)`, newlines.
-const ENV_VALUE: &str =
-    "pwenvmarker41c2e8 it's \"q\" $(touch /tmp/pwned) `id` $HOME \\\n second line '\\''\n";
-const ENV_MARKER: &str = "pwenvmarker41c2e8";
+/// The secrets of one test, with markers of their own (tests run at once on one engine, and
+/// one that keeps secrets in the environment must not be found by another's scan): a key
+/// with what shell quoting gets wrong (quotes, `$`, backslashes, a trailing newline) and a
+/// variable's value as hostile to an environment file (every quote, `$(…)`, newlines). The
+/// markers are searched for verbatim (JSON escapes neither).
+struct Values {
+    ssh_key: String,
+    file_marker: String,
+    env_value: String,
+    env_marker: String,
+}
 
 fn sha256_hex(text: &str) -> String {
     hex::encode(Sha256::digest(text.as_bytes()))
 }
 
-async fn store_secrets(bao: &OpenBao) {
+async fn store_secrets(bao: &OpenBao) -> Values {
+    let unique = sha256_hex(&pipewright_tests::unique_run("secret-files"));
+    let file_marker = format!("pwfilesmarker{}", &unique[..12]);
+    let env_marker = format!("pwenvmarker{}", &unique[12..24]);
+    let values = Values {
+        ssh_key: format!(
+            "-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjEAAAAA {file_marker}\n'single' \"double\" $HOME `id` \\n \\\\\n-----END OPENSSH PRIVATE KEY-----\n"
+        ),
+        env_value: format!(
+            "{env_marker} it's \"q\" $(touch /tmp/pwned) `id` $HOME \\\n second line '\\''\n"
+        ),
+        file_marker,
+        env_marker,
+    };
     bao.post(
         "kvv1/gitea/tofu_module_reader",
-        json!({ "ssh_private_key": SSH_KEY }),
+        json!({ "ssh_private_key": values.ssh_key }),
     )
     .await;
-    bao.post("kvv1/app/env", json!({ "value": ENV_VALUE }))
+    bao.post("kvv1/app/env", json!({ "value": values.env_value }))
         .await;
+    values
 }
 
 const VAULT: &str = "vault:\n  secrets:\n    APP_SECRET: kvv1/app/env#value\n  files:\n    ssh/id_ed25519: kvv1/gitea/tofu_module_reader#ssh_private_key\n";
@@ -118,7 +135,7 @@ async fn run_checks(in_env: bool) {
         ],
     )
     .await;
-    store_secrets(&bao).await;
+    let v = store_secrets(&bao).await;
     let repo = gitea.create_repo("org", "app");
     let pipeline = format!(
         "on: push\n{VAULT}steps:\n{}{}",
@@ -137,13 +154,16 @@ async fn run_checks(in_env: bool) {
         .join(format!("run-{id}"));
     // While the step waits: its container exists, and the run's files are on the tmpfs.
     let container = eventually(Duration::from_secs(90), "the step's container", || async {
-        containers_labelled(LABEL_RUN, &id.to_string())
-            .into_iter()
-            .next()
+        containers_with_labels(&[
+            (LABEL_RUN, &id.to_string()),
+            (LABEL_INSTANCE, &server.app.instance),
+        ])
+        .into_iter()
+        .next()
     })
     .await;
     let on_host = run_dir.join("files/ssh/id_ed25519");
-    assert_eq!(std::fs::read_to_string(&on_host).unwrap(), SSH_KEY);
+    assert_eq!(std::fs::read_to_string(&on_host).unwrap(), v.ssh_key);
     let mode = std::fs::metadata(&on_host).unwrap().permissions().mode();
     assert_eq!(mode & 0o777, 0o400);
     eventually(Duration::from_secs(60), "the step to wait", || async {
@@ -165,19 +185,19 @@ async fn run_checks(in_env: bool) {
             .collect()
     };
     assert_eq!(
-        holding(FILE_MARKER),
+        holding(&v.file_marker),
         Vec::<&PathBuf>::new(),
         "a file's value in the engine's config"
     );
     if in_env {
         // The default: the variable is the container's environment, which the engine keeps.
         assert!(
-            ours.iter().any(|(_, text)| text.contains(ENV_MARKER)),
+            ours.iter().any(|(_, text)| text.contains(&v.env_marker)),
             "secrets_in_env = true gives the secret as the container's environment"
         );
     } else {
         assert_eq!(
-            holding(ENV_MARKER),
+            holding(&v.env_marker),
             Vec::<&PathBuf>::new(),
             "a variable's value in the engine's config"
         );
@@ -185,7 +205,7 @@ async fn run_checks(in_env: bool) {
         assert!(env_file.starts_with("export APP_SECRET='"), "{env_file}");
     }
     let data = server.app.config.server.data_dir.clone();
-    for marker in [FILE_MARKER, ENV_MARKER] {
+    for marker in [v.file_marker.as_str(), v.env_marker.as_str()] {
         assert_eq!(
             files_containing(&data, marker),
             Vec::<PathBuf>::new(),
@@ -199,8 +219,8 @@ async fn run_checks(in_env: bool) {
     let log = server.log(id, 0).await;
     for line in [
         "mode: 400".to_string(),
-        format!("file: {}", sha256_hex(SSH_KEY)),
-        format!("env: {}", sha256_hex(ENV_VALUE)),
+        format!("file: {}", sha256_hex(&v.ssh_key)),
+        format!("env: {}", sha256_hex(&v.env_value)),
         "read-only".into(),
         "mounted ro".into(),
         "leak: ***".into(),
@@ -211,15 +231,20 @@ async fn run_checks(in_env: bool) {
             "`{line}` missing from:\n{log}"
         );
     }
-    for marker in [FILE_MARKER, ENV_MARKER, "BEGIN OPENSSH", "second line"] {
+    for marker in [
+        v.file_marker.as_str(),
+        v.env_marker.as_str(),
+        "BEGIN OPENSSH",
+        "second line",
+    ] {
         assert!(!log.contains(marker), "`{marker}` leaked into:\n{log}");
     }
     // Every step container gets the files.
     let later = server.log(id, 1).await;
-    assert_eq!(later.trim(), format!("later: {}", sha256_hex(SSH_KEY)));
+    assert_eq!(later.trim(), format!("later: {}", sha256_hex(&v.ssh_key)));
     // The run ended: its directory is gone from the host, and nothing reached the disk.
     assert!(!run_dir.exists(), "{} is left", run_dir.display());
-    for marker in [FILE_MARKER, ENV_MARKER] {
+    for marker in [v.file_marker.as_str(), v.env_marker.as_str()] {
         assert_eq!(
             files_containing(&data, marker),
             Vec::<PathBuf>::new(),
@@ -396,7 +421,7 @@ async fn exec_writes_files_on_a_tmpfs_and_removes_them() {
         json!({ "type": "kv", "options": { "version": "1" } }),
     )
     .await;
-    store_secrets(&bao).await;
+    let v = store_secrets(&bao).await;
     let repo = tempfile::tempdir().unwrap();
     let script = "echo \"file: $(sha256sum /run/secrets/ssh/id_ed25519 | cut -d' ' -f1)\"\necho \"env: $(printf %s \"$APP_SECRET\" | sha256sum | cut -d' ' -f1)\"\ncat /run/secrets/ssh/id_ed25519";
     std::fs::create_dir_all(repo.path().join(".pipewright")).unwrap();
@@ -426,15 +451,15 @@ async fn exec_writes_files_on_a_tmpfs_and_removes_them() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(
-        stdout.contains(&format!("use | file: {}", sha256_hex(SSH_KEY))),
+        stdout.contains(&format!("use | file: {}", sha256_hex(&v.ssh_key))),
         "{stdout}"
     );
     assert!(
-        stdout.contains(&format!("use | env: {}", sha256_hex(ENV_VALUE))),
+        stdout.contains(&format!("use | env: {}", sha256_hex(&v.env_value))),
         "{stdout}"
     );
     assert!(
-        !stdout.contains(FILE_MARKER) && !stdout.contains("BEGIN OPENSSH"),
+        !stdout.contains(&v.file_marker) && !stdout.contains("BEGIN OPENSSH"),
         "{stdout}"
     );
     assert_eq!(
@@ -452,7 +477,7 @@ async fn exec_writes_files_on_a_tmpfs_and_removes_them() {
     assert!(stdout.contains("is not on a tmpfs or ramfs"), "{stdout}");
     assert!(!stdout.contains("--> step"), "{stdout}");
     assert_eq!(
-        files_containing(disk.path(), FILE_MARKER),
+        files_containing(disk.path(), &v.file_marker),
         Vec::<PathBuf>::new()
     );
 }
@@ -472,7 +497,7 @@ async fn tofu_reads_variables_and_files_without_secrets_in_env() {
         ],
     )
     .await;
-    store_secrets(&bao).await;
+    let v = store_secrets(&bao).await;
     let repo = gitea.create_repo("org", "app");
     let pipeline = format!(
         "on: push\nvault:\n  secrets:\n    TF_VAR_app_secret: kvv1/app/env#value\n  files:\n    ssh/id_ed25519: kvv1/gitea/tofu_module_reader#ssh_private_key\nsteps:\n  - name: tofu\n    uses: tofu\n    with: {{ path: iac, image: {} }}\n",
@@ -502,9 +527,9 @@ async fn tofu_reads_variables_and_files_without_secrets_in_env() {
         ["pending", "success"],
         "{statuses:?}\n{log}"
     );
-    let both = format!("{} {}", sha256_hex(ENV_VALUE), sha256_hex(SSH_KEY));
+    let both = format!("{} {}", sha256_hex(&v.env_value), sha256_hex(&v.ssh_key));
     assert!(log.contains(&format!("both = \"{both}\"")), "{log}");
-    for marker in [FILE_MARKER, ENV_MARKER] {
+    for marker in [v.file_marker.as_str(), v.env_marker.as_str()] {
         assert!(!log.contains(marker), "`{marker}` leaked into:\n{log}");
     }
     server.stop().await;
