@@ -1,5 +1,7 @@
 //! The delivery inbox: webhook payloads stored before they are answered, until processed.
 
+use std::collections::HashMap;
+
 use sqlx::{Row, any::AnyRow};
 
 use super::{Store, StoreError, now_ms};
@@ -54,34 +56,54 @@ impl DeliveryState {
 }
 
 impl Store {
-    /// Stores deliveries in one transaction (one disk sync for the whole batch).
+    /// Stores deliveries in one statement: one transaction, one disk sync for the whole
+    /// batch, and with SQLite one round trip to the database's thread (no `BEGIN`/`COMMIT`
+    /// of their own: on the webhook's answer, each costs as much as the insert).
     pub async fn insert_deliveries(
         &self,
         batch: &[NewDelivery],
     ) -> Result<Vec<Received>, StoreError> {
-        let mut tx = self.pool.begin().await?;
-        let mut out = Vec::with_capacity(batch.len());
-        let now = now_ms();
-        for d in batch {
-            let row = sqlx::query(
-                "INSERT INTO deliveries (delivery_id, event_type, repo, received_at, payload, state)
-                 VALUES ($1, $2, $3, $4, $5, 'received')
-                 ON CONFLICT (delivery_id) DO NOTHING RETURNING id",
-            )
-            .bind(&d.delivery_id)
-            .bind(&d.event_type)
-            .bind(&d.repo)
-            .bind(now)
-            .bind(&d.payload)
-            .fetch_optional(&mut *tx)
-            .await?;
-            out.push(match row {
-                Some(row) => Received::New(row.try_get(0)?),
-                None => Received::Duplicate,
-            });
+        if batch.is_empty() {
+            return Ok(Vec::new());
         }
-        tx.commit().await?;
-        Ok(out)
+        let mut sql = String::from(
+            "INSERT INTO deliveries (delivery_id, event_type, repo, received_at, payload, state) VALUES ",
+        );
+        for i in 0..batch.len() {
+            let n = i * 4;
+            if i > 0 {
+                sql.push_str(", ");
+            }
+            sql.push_str(&format!(
+                "(${}, ${}, ${}, $1, ${}, 'received')",
+                n + 2,
+                n + 3,
+                n + 4,
+                n + 5
+            ));
+        }
+        sql.push_str(" ON CONFLICT (delivery_id) DO NOTHING RETURNING id, delivery_id");
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(now_ms());
+        for d in batch {
+            query = query
+                .bind(&d.delivery_id)
+                .bind(&d.event_type)
+                .bind(&d.repo)
+                .bind(&d.payload);
+        }
+        let rows = query.fetch_all(&self.pool).await?;
+        let mut stored: HashMap<String, i64> = HashMap::with_capacity(rows.len());
+        for row in &rows {
+            stored.insert(row.try_get(1)?, row.try_get(0)?);
+        }
+        // A delivery id twice in one batch: the first is stored, the second is a duplicate.
+        Ok(batch
+            .iter()
+            .map(|d| match stored.remove(&d.delivery_id) {
+                Some(id) => Received::New(id),
+                None => Received::Duplicate,
+            })
+            .collect())
     }
 
     /// Deliveries stored but not yet processed, oldest first.

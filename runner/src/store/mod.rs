@@ -150,6 +150,9 @@ impl Store {
     async fn pool(backend: Backend, url: &str, connections: u32) -> Result<AnyPool, StoreError> {
         let mut options = AnyPoolOptions::new().max_connections(connections);
         if backend == Backend::Sqlite {
+            // A connection to a local file does not go stale: the check before each
+            // acquire would be one more round trip to its thread on every write.
+            options = options.test_before_acquire(false);
             options = options.after_connect(|conn, _| {
                 Box::pin(async move {
                     // WAL lets the API read while a run writes; FULL makes a commit durable
@@ -157,6 +160,10 @@ impl Store {
                     conn.execute("PRAGMA journal_mode = WAL").await?;
                     conn.execute("PRAGMA synchronous = FULL").await?;
                     conn.execute("PRAGMA busy_timeout = 10000").await?;
+                    // No checkpoint inside a commit (SQLite's default, past 1000 pages of
+                    // log): it would land on the webhook whose commit crossed the mark.
+                    // The `checkpoints` task copies the log into the database instead.
+                    conn.execute("PRAGMA wal_autocheckpoint = 0").await?;
                     conn.execute("PRAGMA foreign_keys = ON").await?;
                     Ok(())
                 })
@@ -233,8 +240,9 @@ impl Store {
     }
 
     /// Copies the SQLite write-ahead log into the database, without blocking writers. Run
-    /// from a background task so that SQLite's automatic checkpoint (which runs in whichever
-    /// connection commits past the threshold) does not land on a webhook's answer.
+    /// from a background task, the only one that checkpoints: SQLite's automatic
+    /// checkpoint (which would run in whichever connection commits past the threshold, on
+    /// a webhook's answer) is off.
     pub async fn checkpoint(&self) -> Result<(), StoreError> {
         if self.backend == Backend::Sqlite {
             sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")

@@ -151,8 +151,22 @@ fn settle(done: &Done, failures: &mut HashMap<i64, (u32, tokio::time::Instant)>)
 
 /// One start of a delivery's processing: counted durably first, so that a delivery that
 /// crashes the process is given up after [`ATTEMPTS`] starts instead of crashing every
-/// restart; given up, too, after that many ordinary failures.
+/// restart; given up, too, after that many ordinary failures. A delivery of a repository
+/// outside `[[repos]]` (an organization's webhook sends every repository's) is set aside
+/// in one write, uncounted: a comparison of its stored name cannot crash anything, and
+/// each write here is a disk sync that a webhook's answer may have to wait behind.
 async fn attempt(intake: &Intake<'_>, delivery: &Delivery) -> Result<String, IngestError> {
+    if !intake.config.repo_allowed(&delivery.repo) {
+        intake
+            .store
+            .finish_delivery(
+                delivery.id,
+                DeliveryState::Processed,
+                "repository not in [[repos]]: ignored",
+            )
+            .await?;
+        return Ok("repository not allowed by [[repos]]".into());
+    }
     let started = intake.store.start_delivery(delivery.id).await?;
     if started > ATTEMPTS {
         let why = format!(
