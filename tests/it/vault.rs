@@ -588,19 +588,7 @@ async fn a_role_per_event_logs_pull_requests_in_with_the_plan_role() {
         "on: pull_request\nvault:\n{roles}  secrets:\n    OVH_*: kvv1/ovh/app#*\nsteps:\n{}",
         step("use", "echo should never run")
     );
-    app.create_branch("greedy", "main");
-    let head = app
-        .commit("greedy", "greedy")
-        .write(".pipewright/greedy.yml", &greedy)
-        .push();
-    let number = app.open_pull("greedy", "main");
-    assert_eq!(
-        server
-            .deliver(app.pull_request_event(number, PullAction::Opened))
-            .await,
-        202
-    );
-    let statuses = final_statuses(&app, &head, "pipewright/greedy").await;
+    let statuses = pull_request_adding(&server, &app, "greedy", &greedy).await;
     let last = statuses.last().unwrap();
     assert_eq!(last.state, "error", "{statuses:?}");
     assert!(
@@ -614,19 +602,7 @@ async fn a_role_per_event_logs_pull_requests_in_with_the_plan_role() {
         "on: pull_request\nvault:\n  role: {{ pull_request: gitea_cicd_app }}\n  secrets:\n    OVH_*: kvv1/ovh/app#*\nsteps:\n{}",
         step("use", "echo \"$OVH_APPLICATION_SECRET\"")
     );
-    app.create_branch("sneaky", "main");
-    let head = app
-        .commit("sneaky", "sneaky")
-        .write(".pipewright/sneaky.yml", &sneaky)
-        .push();
-    let number = app.open_pull("sneaky", "main");
-    assert_eq!(
-        server
-            .deliver(app.pull_request_event(number, PullAction::Opened))
-            .await,
-        202
-    );
-    let statuses = final_statuses(&app, &head, "pipewright/sneaky").await;
+    let statuses = pull_request_adding(&server, &app, "sneaky", &sneaky).await;
     let last = statuses.last().unwrap();
     assert_eq!(last.state, "error", "{statuses:?}");
     assert!(
@@ -652,4 +628,27 @@ async fn a_role_per_event_logs_pull_requests_in_with_the_plan_role() {
     }
     assert_eq!(bao.live_run_tokens().await, 0);
     server.stop().await;
+}
+
+/// Opens a pull request from a new branch `name` that adds `.pipewright/<name>.yml`, and
+/// gives the final statuses of that pipeline on its head.
+async fn pull_request_adding(
+    server: &Server,
+    repo: &pipewright_tests::fake_gitea::Repo,
+    name: &str,
+    pipeline: &str,
+) -> Vec<pipewright_tests::fake_gitea::Status> {
+    repo.create_branch(name, "main");
+    let head = repo
+        .commit(name, name)
+        .write(&format!(".pipewright/{name}.yml"), pipeline)
+        .push();
+    let number = repo.open_pull(name, "main");
+    assert_eq!(
+        server
+            .deliver(repo.pull_request_event(number, PullAction::Opened))
+            .await,
+        202
+    );
+    final_statuses(repo, &head, &format!("pipewright/{name}")).await
 }
