@@ -177,6 +177,25 @@ impl App {
         }
     }
 
+    /// The parts of the work layer.
+    fn work(&self) -> work::Work<'_> {
+        work::Work {
+            config: &self.config,
+            store: &self.store,
+            git: &self.git,
+            logs: &self.logs,
+            scheduler: &self.scheduler,
+            executor: &self.executor,
+            issuer: &self.issuer,
+            vault: &self.vault,
+            registries: &self.registries,
+            defaults: &self.defaults,
+            instance: &self.instance,
+            reporter_wake: &self.reporter_wake,
+            public_url: self.public_url(),
+        }
+    }
+
     /// The parts of the report layer.
     fn reporter(&self) -> Reporter<'_> {
         Reporter {
@@ -325,7 +344,7 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     private_data_dir(&app.config.server.data_dir)?;
     prepare_secrets_dir(&app)?;
-    work::worker::settle_interrupted(&app).await?;
+    work::worker::settle_interrupted(&app.work()).await?;
     remove_leftover_workspaces(&app.config.server.data_dir);
     let mut tasks = JoinSet::new();
     let stop_work = CancellationToken::new();

@@ -5,11 +5,11 @@
 //! Pull requests from forks get neither secrets nor a token carrying the base
 //! repository's claims, unless `[[repos]].allow_fork_secrets` says otherwise.
 
+use super::Work;
 use pipewright_pipelines::{EventKind, GitRef, Pipeline, PlannedStep};
 
 use tracing::{info, warn};
 
-use crate::server::App;
 use std::collections::BTreeMap;
 
 use crate::{
@@ -25,7 +25,7 @@ use crate::{
 
 /// A run's credentials. Kept in memory only.
 pub struct RunAccess<'a> {
-    app: &'a App,
+    work: &'a Work<'a>,
     /// `None`: a fork's pull request, which gets no identity token.
     claims: Option<RunClaims>,
     token: Option<RunToken>,
@@ -85,18 +85,18 @@ impl<'a> RunAccess<'a> {
     /// Logs in to Vault and reads the pipeline's secrets. `Err` is the run's `error`
     /// description, naming Vault, the role or the path.
     pub async fn open(
-        app: &'a App,
+        work: &'a Work<'a>,
         run: &Run,
         pipeline: &Pipeline,
     ) -> Result<RunAccess<'a>, String> {
         let trusted = !run.from_fork
-            || app
+            || work
                 .config
                 .repo_policy(&run.repo)
                 .is_some_and(|p| p.allow_fork_secrets);
         let claims = trusted.then(|| claims_for(run));
         let mut access = RunAccess {
-            app,
+            work,
             claims,
             token: None,
             secrets: Vec::new(),
@@ -114,7 +114,7 @@ impl<'a> RunAccess<'a> {
             );
             return Ok(access);
         };
-        let Some(vault) = &app.vault else {
+        let Some(vault) = &work.vault else {
             return Err(
                 "the pipeline reads Vault secrets, but no [vault].address is configured".into(),
             );
@@ -123,12 +123,12 @@ impl<'a> RunAccess<'a> {
         let role = spec
             .role_for(run.event)
             .map(str::to_string)
-            .unwrap_or_else(|| app.config.role_for(&run.repo));
+            .unwrap_or_else(|| work.config.role_for(&run.repo));
         let mount = spec
             .mount
             .clone()
-            .unwrap_or_else(|| app.config.vault.mount.clone());
-        let jwt = app.issuer.mint(&claims).map_err(|e| e.to_string())?;
+            .unwrap_or_else(|| work.config.vault.mount.clone());
+        let jwt = work.issuer.mint(&claims).map_err(|e| e.to_string())?;
         let token = vault
             .login_jwt(&mount, &role, &jwt)
             .await
@@ -143,16 +143,16 @@ impl<'a> RunAccess<'a> {
         let (secrets, files) = match read {
             Ok(read) => read,
             Err(e) => {
-                access.close(app).await;
+                access.close(work).await;
                 return Err(e.to_string());
             }
         };
-        let in_env = app.config.docker.secrets_in_env;
+        let in_env = work.config.docker.secrets_in_env;
         access.masker = Masker::new(secrets.iter().chain(&files).map(|(_, v)| v.as_str()));
         access.file_values = files.iter().map(|(_, v)| v.clone()).collect();
         let dir = RunSecretsDir::create(
-            &app.config.server.secrets_dir,
-            &app.instance,
+            &work.config.server.secrets_dir,
+            work.instance,
             &format!("run-{}", run.id),
             &files,
             (!in_env).then_some(secrets.as_slice()),
@@ -164,7 +164,7 @@ impl<'a> RunAccess<'a> {
                 Ok(access)
             }
             Err(why) => {
-                access.close(app).await;
+                access.close(work).await;
                 Err(why)
             }
         }
@@ -175,9 +175,9 @@ impl<'a> RunAccess<'a> {
     }
 
     /// A step's environment and mounts: secrets, a fresh identity token, the CA bundle.
-    pub fn extras(&self, app: &App, _step: &PlannedStep) -> StepExtras {
-        let (mut mounts, mut env) = ca_for_steps(app.config.gitea.ca_file.as_deref());
-        if let Some(vault) = &app.vault {
+    pub fn extras(&self, work: &Work<'_>, _step: &PlannedStep) -> StepExtras {
+        let (mut mounts, mut env) = ca_for_steps(work.config.gitea.ca_file.as_deref());
+        if let Some(vault) = &work.vault {
             env.push(("VAULT_ADDR".into(), vault.address().to_string()));
         }
         // The run's files, and its secrets through the environment file when there is one.
@@ -197,9 +197,9 @@ impl<'a> RunAccess<'a> {
         let mut values: Vec<String> = self.secrets.iter().map(|(_, v)| v.clone()).collect();
         values.extend(self.file_values.iter().cloned());
         // Registry passwords reach no step, but are masked in every one all the same.
-        values.extend(app.registries.known_passwords());
+        values.extend(work.registries.known_passwords());
         if let Some(claims) = &self.claims {
-            match app.issuer.mint(claims) {
+            match work.issuer.mint(claims) {
                 Ok(jwt) => {
                     env.push(("PIPEWRIGHT_ID_TOKEN".into(), jwt.clone()));
                     env.push(("TERRAFORM_VAULT_AUTH_JWT".into(), jwt.clone()));
@@ -218,8 +218,8 @@ impl<'a> RunAccess<'a> {
     }
 
     /// Revokes the run's Vault token, whatever the run's outcome.
-    pub async fn close(&self, app: &App) {
-        if let (Some(vault), Some(token)) = (&app.vault, &self.token)
+    pub async fn close(&self, work: &Work<'_>) {
+        if let (Some(vault), Some(token)) = (&work.vault, &self.token)
             && let Err(e) = vault.revoke(token).await
         {
             warn!(error = %e, "failed to revoke the run's Vault token");
@@ -251,7 +251,7 @@ impl ActionServices for RunAccess<'_> {
 impl RunAccess<'_> {
     /// The Vault login of this run, which an action needs for `what`.
     fn session(&self, what: &str) -> Result<Session<'_>, String> {
-        match (&self.app.vault, &self.token) {
+        match (&self.work.vault, &self.token) {
             (Some(vault), Some(token)) => Ok(Session { vault, token }),
             (None, _) => Err(format!(
                 "`{what}` is in Vault, but no [vault].address is configured"

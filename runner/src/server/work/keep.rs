@@ -9,6 +9,7 @@
 //! older one. Every minute the keepers are checked: a missing one is made again, a gone
 //! image pulled again. Keepers of images no longer listed are removed at start.
 
+use super::Work;
 use std::{
     io,
     sync::Arc,
@@ -37,8 +38,9 @@ struct Kept {
 
 /// The supervised task.
 pub(crate) async fn run(app: Arc<App>, stop: CancellationToken) {
-    let images = &app.config.docker.pin_images;
-    match app.executor.release_images(&app.instance, images).await {
+    let work = app.work();
+    let images = &work.config.docker.pin_images;
+    match work.executor.release_images(work.instance, images).await {
         Ok(0) => {}
         Ok(released) => info!(released, "removed the keepers of images no longer kept"),
         Err(e) => warn!(error = %error_chain(&e), "failed to list the keepers of images"),
@@ -59,7 +61,7 @@ pub(crate) async fn run(app: Arc<App>, stop: CancellationToken) {
     loop {
         for image in &mut kept {
             tokio::select! {
-                () = check(&app, image) => {}
+                () = check(&work, image) => {}
                 () = stop.cancelled() => return,
             }
         }
@@ -71,9 +73,9 @@ pub(crate) async fn run(app: Arc<App>, stop: CancellationToken) {
 }
 
 /// Pulls the image when it is due, then makes sure a keeper references it.
-async fn check(app: &App, kept: &mut Kept) {
+async fn check(work: &Work<'_>, kept: &mut Kept) {
     if !kept.pulled && Instant::now() >= kept.next_pull {
-        match pull(app, &kept.image).await {
+        match pull(work, &kept.image).await {
             Ok(()) => {
                 info!(image = kept.image, "pulled a kept image");
                 kept.pulled = true;
@@ -94,7 +96,7 @@ async fn check(app: &App, kept: &mut Kept) {
             }
         }
     }
-    match app.executor.keep_image(&app.instance, &kept.image).await {
+    match work.executor.keep_image(work.instance, &kept.image).await {
         Ok(Some(true)) => info!(image = kept.image, "keeping an image from the engine's GC"),
         Ok(Some(false)) => {}
         Ok(None) if kept.pulled => {
@@ -110,18 +112,18 @@ async fn check(app: &App, kept: &mut Kept) {
 
 /// One pull with the registry's credentials; the reason of a failure names the registry
 /// and the image, with the password masked.
-async fn pull(app: &App, image: &str) -> Result<(), String> {
-    let auth = app.registries.auth_for(image).await?;
+async fn pull(work: &Work<'_>, image: &str) -> Result<(), String> {
+    let auth = work.registries.auth_for(image).await?;
     let masker = Masker::new(auth.iter().map(|a| a.password.as_str()));
     let mut sink = DebugLines { image };
-    match app
+    match work
         .executor
         .pull_image(image, auth.as_ref(), &mut sink)
         .await
     {
         Ok(Ok(())) => Ok(()),
         Ok(Err(reason)) => {
-            app.registries.forget(image);
+            work.registries.forget(image);
             Err(masker.mask_str(&reason))
         }
         Err(e) => Err(format!("the Docker engine failed: {}", error_chain(&e))),

@@ -4,6 +4,7 @@
 //! of the plan in the comment; a push that merged an applied pull request applies only the
 //! reviewed changes), and their retention.
 
+use super::Work;
 use std::{fs, io, io::Write, os::unix::fs::OpenOptionsExt, path::PathBuf, time::Duration};
 
 use pipewright_actions::tofu::Reviewed;
@@ -11,7 +12,6 @@ use pipewright_pipelines::EventKind;
 use tracing::{info, warn};
 
 use crate::{
-    server::App,
     step_io::ReviewedPlan,
     store::{Run, now_ms},
 };
@@ -19,12 +19,12 @@ use crate::{
 /// Reviewed plans (and their files) older than this are forgotten.
 pub const RETENTION: Duration = Duration::from_secs(30 * 24 * 3600);
 
-fn plans_dir(app: &App) -> PathBuf {
-    app.config.server.data_dir.join("plans")
+fn plans_dir(work: &Work<'_>) -> PathBuf {
+    work.config.server.data_dir.join("plans")
 }
 
-fn run_dir(app: &App, run_id: i64) -> PathBuf {
-    plans_dir(app).join(format!("run-{run_id}"))
+fn run_dir(work: &Work<'_>, run_id: i64) -> PathBuf {
+    plans_dir(work).join(format!("run-{run_id}"))
 }
 
 /// The run's mode input: `apply` for `/pipewright apply`.
@@ -48,8 +48,8 @@ pub fn is_pull_request_plan(run: &Run) -> bool {
 }
 
 /// Keeps a run's plan files (by step name, hex-encoded in the file name).
-pub fn keep(app: &App, run_id: i64, saved: &[(String, Vec<u8>)]) -> io::Result<()> {
-    let dir = run_dir(app, run_id);
+pub fn keep(work: &Work<'_>, run_id: i64, saved: &[(String, Vec<u8>)]) -> io::Result<()> {
+    let dir = run_dir(work, run_id);
     fs::create_dir_all(&dir)?;
     for (step, bytes) in saved {
         let path = dir.join(format!("{}.tfplan", hex::encode(step)));
@@ -66,9 +66,9 @@ pub fn keep(app: &App, run_id: i64, saved: &[(String, Vec<u8>)]) -> io::Result<(
 }
 
 /// A run's kept plan files, by step name.
-fn load(app: &App, run_id: i64) -> io::Result<Vec<(String, Vec<u8>)>> {
+fn load(work: &Work<'_>, run_id: i64) -> io::Result<Vec<(String, Vec<u8>)>> {
     let mut out = Vec::new();
-    for entry in fs::read_dir(run_dir(app, run_id))? {
+    for entry in fs::read_dir(run_dir(work, run_id))? {
         let path = entry?.path();
         let Some(step) = path
             .file_name()
@@ -85,8 +85,8 @@ fn load(app: &App, run_id: i64) -> io::Result<Vec<(String, Vec<u8>)>> {
 }
 
 /// Removes a run's plan files.
-pub fn forget(app: &App, run_id: i64) {
-    let dir = run_dir(app, run_id);
+pub fn forget(work: &Work<'_>, run_id: i64) {
+    let dir = run_dir(work, run_id);
     if let Err(e) = fs::remove_dir_all(&dir)
         && e.kind() != io::ErrorKind::NotFound
     {
@@ -96,20 +96,20 @@ pub fn forget(app: &App, run_id: i64) {
 
 /// Forgets reviewed plans past [`RETENTION`] and removes the plan files no reviewed plan
 /// uses (a plan replaced by a newer one, a crash between keeping and recording).
-pub async fn retain(app: &App) {
+pub async fn retain(work: &Work<'_>) {
     let before = now_ms() - RETENTION.as_millis() as i64;
-    if let Err(e) = app.store.forget_reviewed_plans(before).await {
+    if let Err(e) = work.store.forget_reviewed_plans(before).await {
         warn!(error = ?e, "failed to forget old reviewed plans");
         return;
     }
-    let used = match app.store.reviewed_plan_runs().await {
+    let used = match work.store.reviewed_plan_runs().await {
         Ok(used) => used,
         Err(e) => {
             warn!(error = ?e, "failed to read the reviewed plans");
             return;
         }
     };
-    let Ok(entries) = fs::read_dir(plans_dir(app)) else {
+    let Ok(entries) = fs::read_dir(plans_dir(work)) else {
         return;
     };
     for entry in entries.flatten() {
@@ -123,7 +123,7 @@ pub async fn retain(app: &App) {
         };
         if !used.contains(&id) {
             info!(run_id = id, "removing plan files no reviewed plan uses");
-            forget(app, id);
+            forget(work, id);
         }
     }
 }
@@ -132,14 +132,14 @@ pub async fn retain(app: &App) {
 /// comment's plan, made on the run's very commit (else `Err`: re-plan first); for a push
 /// that merged a pull request applied with `/pipewright apply`, that pull request's
 /// reviewed changes. `None` for every other run.
-pub async fn reviewed_for(app: &App, run: &Run) -> Result<Option<ReviewedPlan>, String> {
+pub async fn reviewed_for(work: &Work<'_>, run: &Run) -> Result<Option<ReviewedPlan>, String> {
     let db = |e: crate::store::StoreError| format!("database: {e}");
     let (pr, saved) = if is_comment_apply(run) {
         (run.pr.unwrap_or_default(), true)
     } else if run.event == EventKind::Push
         && run.git_ref.branch() == Some(run.default_branch.as_str())
     {
-        match app
+        match work
             .store
             .merged_pull(&run.repo, &run.sha)
             .await
@@ -151,7 +151,7 @@ pub async fn reviewed_for(app: &App, run: &Run) -> Result<Option<ReviewedPlan>, 
     } else {
         return Ok(None);
     };
-    let row = app
+    let row = work
         .store
         .reviewed_plan(&run.repo, pr, &run.pipeline)
         .await
@@ -184,7 +184,7 @@ pub async fn reviewed_for(app: &App, run: &Run) -> Result<Option<ReviewedPlan>, 
             short(&run.sha)
         ));
     }
-    let files = load(app, row.run_id).unwrap_or_default();
+    let files = load(work, row.run_id).unwrap_or_default();
     if files.is_empty() {
         return Err(format!(
             "the reviewed plan (run {}) is no longer kept: plan again",

@@ -2,6 +2,7 @@
 //! them on the local Docker engine with leases renewed while they run, and records steps,
 //! logs and the final state. One cancellation token per running run.
 
+use super::Work;
 use std::{
     io,
     path::PathBuf,
@@ -34,10 +35,10 @@ use crate::{
 /// (an interrupted `tofu apply` needs a person to look at its state lock, so nothing is
 /// retried on its own), and containers of no live run are removed. Other instances' runs
 /// are theirs: they end only when their lease expires ([`settle_lost`]).
-pub async fn settle_interrupted(app: &App) -> anyhow::Result<()> {
-    for run in app.store.running_runs_of(&app.scheduler.owner).await? {
+pub async fn settle_interrupted(work: &Work<'_>) -> anyhow::Result<()> {
+    for run in work.store.running_runs_of(&work.scheduler.owner).await? {
         warn!(run_id = run.id, repo = %run.repo, "run interrupted by a restart");
-        app.store
+        work.store
             .finish_run(
                 run.id,
                 RunState::Error,
@@ -45,29 +46,29 @@ pub async fn settle_interrupted(app: &App) -> anyhow::Result<()> {
             )
             .await?;
     }
-    let removed = app
+    let removed = work
         .executor
-        .reap(&live_runs_filter(&app.scheduler, &app.instance))
+        .reap(&live_runs_filter(work.scheduler, work.instance))
         .await?;
     if removed > 0 {
         info!(removed, "removed containers left by a previous process");
     }
-    plans::retain(app).await;
+    plans::retain(work).await;
     Ok(())
 }
 
 /// Ends the runs whose owner stopped renewing their leases (another instance that died,
 /// or this one's runs from before a lost database connection that it no longer runs).
-pub async fn settle_lost(app: &App) {
-    let keep = app.scheduler.running_ids();
-    match app.store.settle_lost_leases(now_ms(), &keep).await {
+pub async fn settle_lost(work: &Work<'_>) {
+    let keep = work.scheduler.running_ids();
+    match work.store.settle_lost_leases(now_ms(), &keep).await {
         Ok(settled) => {
             for (run_id, owner) in &settled {
                 warn!(run_id, owner = %owner, "the run's lease expired: its agent was lost");
             }
             if !settled.is_empty() {
-                app.reporter_wake.notify_one();
-                app.scheduler.wake();
+                work.reporter_wake.notify_one();
+                work.scheduler.wake();
             }
         }
         Err(e) => warn!(error = ?e, "failed to look for expired leases"),
@@ -82,7 +83,7 @@ pub async fn run(app: Arc<App>, shutdown: CancellationToken) {
     let mut leases_checked: Option<tokio::time::Instant> = None;
     loop {
         if leases_checked.is_none_or(|at| at.elapsed() >= LEASE / 3) {
-            settle_lost(&app).await;
+            settle_lost(&app.work()).await;
             leases_checked = Some(tokio::time::Instant::now());
         }
         while tasks.len() < capacity && !shutdown.is_cancelled() {
@@ -116,9 +117,13 @@ pub async fn run(app: Arc<App>, shutdown: CancellationToken) {
 }
 
 async fn execute(app: Arc<App>, run: Run) {
+    execute_in(app.work(), run).await
+}
+
+async fn execute_in(work: Work<'_>, run: Run) {
     let cancel = CancellationToken::new();
     let reason = Arc::new(Mutex::new(None));
-    app.scheduler
+    work.scheduler
         .running
         .lock()
         .unwrap_or_else(|e| e.into_inner())
@@ -130,11 +135,12 @@ async fn execute(app: Arc<App>, run: Run) {
             },
         );
     let lease = {
-        let (app, id, cancel) = (app.clone(), run.id, cancel.clone());
+        let (store, owner) = (work.store.clone(), work.scheduler.owner.clone());
+        let (id, cancel) = (run.id, cancel.clone());
         tokio::spawn(async move {
             loop {
                 tokio::time::sleep(LEASE / 3).await;
-                match app.store.renew_lease(id, &app.scheduler.owner).await {
+                match store.renew_lease(id, &owner).await {
                     Ok(true) => {}
                     Ok(false) => {
                         warn!(run_id = id, "lost the lease of the run: stopping it");
@@ -146,9 +152,9 @@ async fn execute(app: Arc<App>, run: Run) {
             }
         })
     };
-    let reviewed = plans::reviewed_for(&app, &run).await;
+    let reviewed = plans::reviewed_for(&work, &run).await;
     let outcome = match &reviewed {
-        Ok(reviewed) => run_checked_out(&app, &run, reviewed.as_ref(), &cancel).await,
+        Ok(reviewed) => run_checked_out(&work, &run, reviewed.as_ref(), &cancel).await,
         Err(why) => Err(why.clone()),
     };
     let reviewed = reviewed.ok().flatten();
@@ -179,13 +185,13 @@ async fn execute(app: Arc<App>, run: Run) {
         // A merge whose plan is not the reviewed one: the pull request says what differs.
         (None, Some(comment)) if state == RunState::Failure => reviewed
             .as_ref()
-            .and_then(|r| merge_differences(&app, &run, r, &comment.plan)),
+            .and_then(|r| merge_differences(&work, &run, r, &comment.plan)),
         (Some(pr), Some(comment)) => {
             let marker = plan_marker(&run.pipeline);
             let body = comment.plan.comment(
                 &marker,
                 &format!("pipewright/{}", run.pipeline),
-                &format!("{}/runs/{}", app.public_url(), run.id),
+                &format!("{}/runs/{}", work.public_url, run.id),
             );
             let repo = run.status_repo.clone();
             Some(NewComment {
@@ -202,7 +208,7 @@ async fn execute(app: Arc<App>, run: Run) {
         && plans::is_pull_request_plan(&run)
         && !reports.saved_plans.is_empty();
     let kept = if keeps {
-        match plans::keep(&app, run.id, &reports.saved_plans) {
+        match plans::keep(&work, run.id, &reports.saved_plans) {
             Ok(()) => true,
             Err(e) => {
                 warn!(error = %e, "failed to keep the plan files: the plan cannot be applied with /pipewright apply");
@@ -236,27 +242,27 @@ async fn execute(app: Arc<App>, run: Run) {
         reviewed: reviewed_row.as_ref(),
         applied,
     };
-    match app
+    match work
         .store
         .finish_run_reviewing(run.id, state, &description, &end)
         .await
     {
-        Ok(Some(replaced)) => plans::forget(&app, replaced),
+        Ok(Some(replaced)) => plans::forget(&work, replaced),
         Ok(None) => {}
         Err(e) => {
             warn!(error = ?e, "failed to record the end of the run");
             if kept {
-                plans::forget(&app, run.id);
+                plans::forget(&work, run.id);
             }
         }
     }
-    app.scheduler
+    work.scheduler
         .running
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .remove(&run.id);
-    app.scheduler.wake();
-    app.reporter_wake.notify_one();
+    work.scheduler.wake();
+    work.reporter_wake.notify_one();
 }
 
 /// Marks Pipewright's plan comment of a pipeline, so the next push edits it.
@@ -267,7 +273,7 @@ fn plan_marker(pipeline: &str) -> String {
 /// The comment on a merged pull request whose merge planned other changes than the
 /// reviewed ones (and so applied nothing).
 fn merge_differences(
-    app: &App,
+    work: &Work<'_>,
     run: &Run,
     reviewed: &ReviewedPlan,
     plan: &pipewright_actions::tofu::PlanSummary,
@@ -281,7 +287,7 @@ fn merge_differences(
         &marker,
         &format!("pipewright/{}", run.pipeline),
         reviewed,
-        &format!("{}/runs/{}", app.public_url(), run.id),
+        &format!("{}/runs/{}", work.public_url, run.id),
     );
     Some(NewComment {
         repo: run.status_repo.clone(),
@@ -296,17 +302,17 @@ fn merge_differences(
 type Ran = Result<(RunResult, Reports), String>;
 
 async fn run_checked_out(
-    app: &App,
+    work: &Work<'_>,
     run: &Run,
     reviewed: Option<&ReviewedPlan>,
     cancel: &CancellationToken,
 ) -> Ran {
-    let mirror = app
+    let mirror = work
         .git
         .with_commit(&run.repo, &run.sha)
         .await
         .map_err(|e| format!("git: {}", error_chain(&e)))?;
-    let pipeline = app
+    let pipeline = work
         .git
         .pipelines_at(&mirror, &run.sha)
         .await
@@ -331,16 +337,16 @@ async fn run_checked_out(
         actor: run.actor.clone(),
     };
     let mut planned = plan(&pipeline, &cx);
-    check_volumes(app, run, &mut planned)?;
+    check_volumes(work, run, &mut planned)?;
     // Vault before anything else: when it fails, no step runs.
-    let access = RunAccess::open(app, run, &pipeline).await?;
-    let result = run_with_access(app, run, &planned, mirror, &access, reviewed, cancel).await;
-    access.close(app).await;
+    let access = RunAccess::open(work, run, &pipeline).await?;
+    let result = run_with_access(work, run, &planned, mirror, &access, reviewed, cancel).await;
+    access.close(work).await;
     result.map_err(|why| access.masker().mask_str(&why))
 }
 
 async fn run_with_access(
-    app: &App,
+    work: &Work<'_>,
     run: &Run,
     planned: &pipewright_pipelines::Plan,
     mirror: crate::git::Mirror,
@@ -353,23 +359,23 @@ async fn run_with_access(
         .iter()
         .map(|s| (s.index as i64, s.name.clone()))
         .collect();
-    app.store
+    work.store
         .insert_steps(run.id, &names)
         .await
         .map_err(|e| format!("database: {e}"))?;
-    let workspace = workspace_dir(app, run.id);
+    let workspace = workspace_dir(work, run.id);
     let _ = std::fs::remove_dir_all(&workspace);
-    app.git
+    work.git
         .checkout(&mirror, &run.sha, &workspace)
         .await
         .map_err(|e| format!("checkout: {}", error_chain(&e)))?;
     drop(mirror);
-    let extras = |step: &PlannedStep| access.extras(app, step);
+    let extras = |step: &PlannedStep| access.extras(work, step);
     let setup = RunSetup {
         run_id: &run.id.to_string(),
-        instance: &app.instance,
+        instance: work.instance,
         workspace: &workspace,
-        defaults: &app.defaults,
+        defaults: work.defaults,
         extras: &extras,
         facts: RunFacts {
             repo: &run.repo,
@@ -381,21 +387,21 @@ async fn run_with_access(
             reviewed,
         },
         services: access,
-        network: app.config.docker.network.as_deref(),
+        network: work.config.docker.network.as_deref(),
         volumes_resolved: true,
     };
     let mut observer = StoreObserver {
-        app,
+        work,
         run_id: run.id,
         writer: None,
     };
     let executor = crate::server::work::images::Pinned {
-        inner: app.executor.clone(),
-        store: app.store.clone(),
+        inner: work.executor.clone(),
+        store: work.store.clone(),
         repo: run.repo.clone(),
         run_id: run.id,
         trusted: is_trusted(run),
-        registries: app.registries.clone(),
+        registries: work.registries.clone(),
     };
     let result = run_plan(&executor, planned, &setup, &mut observer, cancel).await;
     if let Err(e) = std::fs::remove_dir_all(&workspace) {
@@ -418,12 +424,12 @@ async fn run_with_access(
 /// compared once both are resolved (symbolic links followed); the resolved path is what is
 /// mounted. A path that does not exist is refused, and a fork's pull request mounts nothing.
 fn check_volumes(
-    app: &App,
+    work: &Work<'_>,
     run: &Run,
     planned: &mut pipewright_pipelines::Plan,
 ) -> Result<(), String> {
     let repo = &run.repo;
-    let allowed: Vec<PathBuf> = app
+    let allowed: Vec<PathBuf> = work
         .config
         .repo_policy(repo)
         .map(|p| p.host_volumes.as_slice())
@@ -470,8 +476,8 @@ fn is_trusted(run: &Run) -> bool {
     }
 }
 
-fn workspace_dir(app: &App, run: i64) -> PathBuf {
-    app.config
+fn workspace_dir(work: &Work<'_>, run: i64) -> PathBuf {
+    work.config
         .server
         .data_dir
         .join("workspaces")
@@ -480,14 +486,14 @@ fn workspace_dir(app: &App, run: i64) -> PathBuf {
 
 /// Records steps in the database and their output in the log store.
 struct StoreObserver<'a> {
-    app: &'a App,
+    work: &'a Work<'a>,
     run_id: i64,
     writer: Option<LogWriter>,
 }
 
 impl RunObserver for StoreObserver<'_> {
     async fn step_started(&mut self, step: &PlannedStep) {
-        self.writer = match self.app.logs.writer(self.run_id, step.index as i64) {
+        self.writer = match self.work.logs.writer(self.run_id, step.index as i64) {
             Ok(w) => Some(w),
             Err(e) => {
                 warn!(error = %e, step = %step.name, "failed to create the step's log");
@@ -495,7 +501,7 @@ impl RunObserver for StoreObserver<'_> {
             }
         };
         if let Err(e) = self
-            .app
+            .work
             .store
             .step_started(self.run_id, step.index as i64)
             .await
@@ -544,7 +550,7 @@ impl RunObserver for StoreObserver<'_> {
             StepResult::Unrunnable(why) => (StepState::Error, why.clone(), None),
         };
         if let Err(e) = self
-            .app
+            .work
             .store
             .step_finished(
                 self.run_id,
