@@ -160,10 +160,6 @@ impl Store {
                     conn.execute("PRAGMA journal_mode = WAL").await?;
                     conn.execute("PRAGMA synchronous = FULL").await?;
                     conn.execute("PRAGMA busy_timeout = 10000").await?;
-                    // No checkpoint inside a commit (SQLite's default, past 1000 pages of
-                    // log): it would land on the webhook whose commit crossed the mark.
-                    // The `checkpoints` task copies the log into the database instead.
-                    conn.execute("PRAGMA wal_autocheckpoint = 0").await?;
                     conn.execute("PRAGMA foreign_keys = ON").await?;
                     Ok(())
                 })
@@ -240,9 +236,8 @@ impl Store {
     }
 
     /// Copies the SQLite write-ahead log into the database, without blocking writers. Run
-    /// from a background task, the only one that checkpoints: SQLite's automatic
-    /// checkpoint (which would run in whichever connection commits past the threshold, on
-    /// a webhook's answer) is off.
+    /// from a background task so that SQLite's automatic checkpoint (which runs in whichever
+    /// connection commits past the threshold) seldom lands on a webhook's answer.
     pub async fn checkpoint(&self) -> Result<(), StoreError> {
         if self.backend == Backend::Sqlite {
             sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
