@@ -2,11 +2,9 @@
 //! not at UTC midnight, through the server's schedule tick (given the time, so no test waits
 //! for a real minute).
 
-use std::time::Duration;
-
 use pipewright_tests::fake_gitea::FakeGitea;
 
-use crate::serve::{Server, eventually, final_statuses, states, step};
+use crate::serve::{Server, final_statuses, states, step};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_daily_schedule_in_a_time_zone_runs_at_local_midnight() {
@@ -17,21 +15,7 @@ async fn a_daily_schedule_in_a_time_zone_runs_at_local_midnight() {
         "on:\n  schedule:\n    - cron: \"@daily\"\n      timezone: Europe/Paris\nsteps:\n{}",
         step("backup", "echo \"backup on $PIPEWRIGHT_EVENT\"")
     );
-    let c0 = repo
-        .commit("main", "init")
-        .write("README.md", "hi\n")
-        .push();
-    let c1 = repo
-        .commit("main", "backups")
-        .write(".pipewright/backup.yml", &pipeline)
-        .push();
-    assert_eq!(server.deliver(repo.push_event("main", &c0, &c1)).await, 202);
-    eventually(
-        Duration::from_secs(30),
-        "the repository to be known",
-        || async { (!server.app.store.known_repos().await.unwrap().is_empty()).then_some(()) },
-    )
-    .await;
+    let c1 = crate::serve::push_and_know(&server, &repo, "backup", &pipeline).await;
 
     // 2026-11-22T00:00:30Z is 01:00 in Paris (CET): not due.
     let utc_midnight = 1_795_305_630;

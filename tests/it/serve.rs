@@ -876,22 +876,8 @@ async fn schedules_run_once_per_due_minute_on_the_default_branch() {
             "echo \"checking $PIPEWRIGHT_BRANCH on $PIPEWRIGHT_EVENT\""
         )
     );
-    let c0 = repo
-        .commit("main", "init")
-        .write("README.md", "hi\n")
-        .push();
-    let c1 = repo
-        .commit("main", "nightly")
-        .write(".pipewright/nightly.yml", &nightly)
-        .push();
     // A push runs nothing here, but makes the repository known.
-    assert_eq!(server.deliver(repo.push_event("main", &c0, &c1)).await, 202);
-    eventually(
-        Duration::from_secs(30),
-        "the repository to be known",
-        || async { (!server.app.store.known_repos().await.unwrap().is_empty()).then_some(()) },
-    )
-    .await;
+    let c1 = push_and_know(&server, &repo, "nightly", &nightly).await;
     assert!(server.runs().await.is_empty());
 
     let four_am = 1_795_320_030; // 2026-11-22T04:00:30Z
@@ -921,4 +907,30 @@ async fn schedules_run_once_per_due_minute_on_the_default_branch() {
     let id = runs[0]["id"].as_i64().unwrap();
     assert_eq!(server.log(id, 0).await, "checking main on schedule\n");
     server.stop().await;
+}
+
+/// Pushes `.pipewright/<name>.yml` to `main` after a first commit, delivers the push, and
+/// waits until the server knows the repository (as schedules need); the pushed commit.
+pub(crate) async fn push_and_know(
+    server: &Server,
+    repo: &Repo,
+    name: &str,
+    pipeline: &str,
+) -> String {
+    let c0 = repo
+        .commit("main", "init")
+        .write("README.md", "hi\n")
+        .push();
+    let c1 = repo
+        .commit("main", name)
+        .write(&format!(".pipewright/{name}.yml"), pipeline)
+        .push();
+    assert_eq!(server.deliver(repo.push_event("main", &c0, &c1)).await, 202);
+    eventually(
+        Duration::from_secs(30),
+        "the repository to be known",
+        || async { (!server.app.store.known_repos().await.unwrap().is_empty()).then_some(()) },
+    )
+    .await;
+    c1
 }
