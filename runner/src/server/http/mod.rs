@@ -8,5 +8,6 @@ pub(super) mod dispatch;
 pub(super) mod dto;
 pub(super) mod errors;
 pub(super) mod router;
+pub(super) mod session;
 pub(super) mod ui;
 pub(super) mod webhook;
