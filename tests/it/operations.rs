@@ -131,3 +131,57 @@ async fn text_logs_to_a_file_have_no_colour_and_rust_log_wins_over_the_level() {
         "read_public = true still warned: {log}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gitea_sees_a_run_go_from_queued_to_running() {
+    use crate::serve::{API_TOKEN, SECRET, Server, client, of_context, step};
+    use pipewright_tests::fake_gitea::FakeGitea;
+
+    let gitea = FakeGitea::start().await;
+    let server = Server::start(&gitea).await;
+    let repo = gitea.create_repo("org", "lab");
+    let base = repo
+        .commit("main", "init")
+        .write("README.md", "hi\n")
+        .push();
+    let head = repo
+        .commit("main", "ci")
+        .write(
+            ".pipewright/ci.yml",
+            &format!("on: push\nsteps:\n{}", step("long", "sleep 300")),
+        )
+        .push();
+    let (code, _) = repo
+        .push_event("main", &base, &head)
+        .deliver(&server.hook(), SECRET)
+        .await;
+    assert_eq!(code, 202);
+    let running = eventually(
+        Duration::from_secs(120),
+        "a pending \"running\" status",
+        || async {
+            of_context(&repo.statuses(&head), "pipewright/ci")
+                .into_iter()
+                .find(|s| s.state == "pending" && s.description == "running")
+        },
+    )
+    .await;
+    let id = running.target_url.rsplit('/').next().unwrap();
+    let run = server.api(&format!("/api/v1/runs/{id}")).await;
+    assert_eq!(run["state"], "running", "{run}");
+    let cancelled = client()
+        .post(format!("{}/api/v1/runs/{id}/cancel", server.url))
+        .bearer_auth(API_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert!(cancelled.status().is_success());
+    let last = eventually(Duration::from_secs(60), "the final status", || async {
+        of_context(&repo.statuses(&head), "pipewright/ci")
+            .pop()
+            .filter(|s| s.state != "pending")
+    })
+    .await;
+    assert_eq!(last.state, "error", "{last:?}");
+    server.stop().await;
+}
