@@ -131,6 +131,9 @@ fn spec(repo: &str, pipeline: &str, n: usize) -> RunSpec {
     }
 }
 
+/// A run of the list test: id, repository, pipeline, whether it failed.
+type Listed<'a> = (i64, &'a str, &'a str, bool);
+
 async fn add(server: &Server, spec: RunSpec) -> i64 {
     server.app.enqueue(None, &[spec]).await.unwrap().ids[0]
 }
@@ -164,7 +167,7 @@ scopes = ["read"]
         all.push((id, repo, pipeline, n % 4 == 0));
     }
     all.reverse();
-    let expect = |f: &dyn Fn(&(i64, &str, &str, bool)) -> bool| -> Vec<i64> {
+    let expect = |f: &dyn Fn(&Listed) -> bool| -> Vec<i64> {
         all.iter().filter(|r| f(r)).map(|r| r.0).collect()
     };
     let url = |path: &str| format!("{}{path}", server.url);
@@ -684,4 +687,105 @@ async fn the_dispatch_form_is_generated_from_the_inputs_and_starts_a_run_with_ty
     assert_eq!(run["inputs"]["env"], "staging");
     assert_eq!(run["rerun_of"], Value::Null);
     server.stop().await;
+}
+
+/// The store's side of the list on both databases: filters, repositories, keyset pages,
+/// and the re-run and input types a run keeps.
+async fn runs_are_listed_by_filters_and_pages(url: &str) {
+    use pipewright::store::{InputType, RunFilter, Store};
+    let store = Store::open(url).await.unwrap();
+    let mut made = Vec::new();
+    for n in 0..12 {
+        let repo = ["org/a", "org/b", "org/c"][n % 3];
+        let mut run = spec(repo, if n % 2 == 0 { "build" } else { "test" }, n);
+        run.inputs = vec![("dry".into(), "true".into()), ("n".into(), "7".into())];
+        run.input_types = vec![
+            ("dry".into(), InputType::Boolean),
+            ("n".into(), InputType::Number),
+        ];
+        let id = store.enqueue_runs(None, &[run]).await.unwrap().ids[0];
+        made.push((id, repo, n % 2 == 0));
+    }
+    made.reverse();
+    let list = |filter: RunFilter| {
+        let store = store.clone();
+        async move {
+            store
+                .list_runs(&filter)
+                .await
+                .unwrap()
+                .iter()
+                .map(|r| r.id)
+                .collect::<Vec<_>>()
+        }
+    };
+    let all: Vec<i64> = made.iter().map(|m| m.0).collect();
+    assert_eq!(
+        list(RunFilter {
+            limit: 50,
+            ..RunFilter::default()
+        })
+        .await,
+        all
+    );
+    let a_c = list(RunFilter {
+        repos: Some(vec!["org/a".into(), "org/c".into()]),
+        pipeline: Some("build".into()),
+        state: Some(RunState::Queued),
+        limit: 50,
+        ..RunFilter::default()
+    })
+    .await;
+    let want: Vec<i64> = made
+        .iter()
+        .filter(|m| m.1 != "org/b" && m.2)
+        .map(|m| m.0)
+        .collect();
+    assert_eq!(a_c, want);
+    assert_eq!(
+        list(RunFilter {
+            repos: Some(Vec::new()),
+            limit: 50,
+            ..RunFilter::default()
+        })
+        .await,
+        Vec::<i64>::new()
+    );
+    let page = list(RunFilter {
+        before: Some(all[3]),
+        limit: 4,
+        ..RunFilter::default()
+    })
+    .await;
+    assert_eq!(page, all[4..8]);
+    assert_eq!(
+        list(RunFilter {
+            state: Some(RunState::Success),
+            limit: 50,
+            ..RunFilter::default()
+        })
+        .await,
+        Vec::<i64>::new()
+    );
+    let old = store.run(all[0]).await.unwrap().unwrap();
+    let mut rerun = spec(&old.repo, &old.pipeline, 99);
+    rerun.rerun_of = Some(old.id);
+    rerun.input_types = old.input_types.clone();
+    let again = store.enqueue_runs(None, &[rerun]).await.unwrap().ids[0];
+    let again = store.run(again).await.unwrap().unwrap();
+    assert_eq!(again.rerun_of, Some(old.id));
+    assert_eq!(again.input_types, old.input_types);
+    assert_eq!(old.input_types.len(), 2);
+}
+
+#[tokio::test]
+async fn the_store_lists_runs_by_filters_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    runs_are_listed_by_filters_and_pages(&format!("sqlite://{}/pw.db", dir.path().display())).await;
+}
+
+#[tokio::test]
+async fn the_store_lists_runs_by_filters_on_postgres() {
+    let pg = pipewright_tests::services::Postgres::start();
+    runs_are_listed_by_filters_and_pages(&pg.url()).await;
 }
