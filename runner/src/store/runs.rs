@@ -734,49 +734,88 @@ impl Store {
     }
 
     /// Runs newest first through a filter: every condition in SQL on indexed columns, a
-    /// page ends where its smallest id is (keyset paging).
+    /// page ends where its smallest id is (keyset paging). Several repositories are one
+    /// query per repository in a `UNION ALL`, each reading its newest runs from the
+    /// `(repo, …, id)` indexes, so no list sorts more than a page per repository.
     pub async fn list_runs(&self, filter: &RunFilter) -> Result<Vec<Run>, StoreError> {
-        let mut conditions = Vec::new();
-        let mut binds: Vec<String> = Vec::new();
-        if let Some(repos) = &filter.repos {
-            if repos.is_empty() {
-                return Ok(Vec::new());
+        /// More repositories than this are one `repo IN (…)`.
+        const UNION_MAX: usize = 200;
+        enum Bind<'a> {
+            Text(&'a str),
+            Int(i64),
+        }
+        let mut binds: Vec<Bind<'_>> = Vec::new();
+        // The conditions besides the repository, with their values bound again per use.
+        fn others<'a>(filter: &'a RunFilter, binds: &mut Vec<Bind<'a>>) -> Vec<String> {
+            let mut conditions = Vec::new();
+            if let Some(pipeline) = &filter.pipeline {
+                binds.push(Bind::Text(pipeline));
+                conditions.push(format!("pipeline = ${}", binds.len()));
             }
-            let first = binds.len() + 1;
-            let marks: Vec<String> = (first..first + repos.len())
-                .map(|n| format!("${n}"))
-                .collect();
-            conditions.push(format!("repo IN ({})", marks.join(", ")));
-            binds.extend(repos.iter().cloned());
+            if let Some(state) = filter.state {
+                binds.push(Bind::Text(state.as_str()));
+                conditions.push(format!("state = ${}", binds.len()));
+            }
+            if let Some(before) = filter.before {
+                binds.push(Bind::Int(before));
+                conditions.push(format!("id < ${}", binds.len()));
+            }
+            conditions
         }
-        if let Some(pipeline) = &filter.pipeline {
-            binds.push(pipeline.clone());
-            conditions.push(format!("pipeline = ${}", binds.len()));
-        }
-        if let Some(state) = filter.state {
-            binds.push(state.as_str().to_owned());
-            conditions.push(format!("state = ${}", binds.len()));
-        }
-        let before = binds.len() + 1;
-        if filter.before.is_some() {
-            conditions.push(format!("id < ${before}"));
-        }
-        let limit = before + usize::from(filter.before.is_some());
-        let condition = if conditions.is_empty() {
-            String::new()
-        } else {
-            format!("WHERE {}", conditions.join(" AND "))
+        let select = |conditions: Vec<String>| {
+            let condition = if conditions.is_empty() {
+                String::new()
+            } else {
+                format!(" WHERE {}", conditions.join(" AND "))
+            };
+            format!("SELECT {RUN_COLUMNS} FROM runs{condition} ORDER BY id DESC")
         };
-        let sql =
-            format!("SELECT {RUN_COLUMNS} FROM runs {condition} ORDER BY id DESC LIMIT ${limit}");
+        let sql = match &filter.repos {
+            Some(repos) if repos.is_empty() => return Ok(Vec::new()),
+            Some(repos) if repos.len() > 1 && repos.len() <= UNION_MAX => {
+                let mut parts = Vec::new();
+                for (i, repo) in repos.iter().enumerate() {
+                    binds.push(Bind::Text(repo));
+                    let mut conditions = vec![format!("repo = ${}", binds.len())];
+                    conditions.extend(others(filter, &mut binds));
+                    binds.push(Bind::Int(filter.limit));
+                    parts.push(format!(
+                        "SELECT * FROM ({} LIMIT ${}) AS part{i}",
+                        select(conditions),
+                        binds.len()
+                    ));
+                }
+                format!("{} ORDER BY id DESC", parts.join(" UNION ALL "))
+            }
+            Some(repos) => {
+                let first = binds.len() + 1;
+                binds.extend(repos.iter().map(|r| Bind::Text(r)));
+                let marks: Vec<String> = (first..first + repos.len())
+                    .map(|n| format!("${n}"))
+                    .collect();
+                let mut conditions = vec![if repos.len() == 1 {
+                    format!("repo = ${first}")
+                } else {
+                    format!("repo IN ({})", marks.join(", "))
+                }];
+                conditions.extend(others(filter, &mut binds));
+                select(conditions)
+            }
+            None => {
+                let conditions = others(filter, &mut binds);
+                select(conditions)
+            }
+        };
+        binds.push(Bind::Int(filter.limit));
+        let sql = format!("{sql} LIMIT ${}", binds.len());
         let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
         for value in binds {
-            query = query.bind(value);
+            query = match value {
+                Bind::Text(text) => query.bind(text),
+                Bind::Int(n) => query.bind(n),
+            };
         }
-        if let Some(before) = filter.before {
-            query = query.bind(before);
-        }
-        let rows = query.bind(filter.limit).fetch_all(&self.read).await?;
+        let rows = query.fetch_all(&self.read).await?;
         rows.iter().map(run_from_row).collect()
     }
 

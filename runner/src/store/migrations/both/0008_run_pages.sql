@@ -6,3 +6,4 @@ ALTER TABLE runs ADD COLUMN input_types TEXT NOT NULL DEFAULT '{}';
 CREATE INDEX runs_repo_id ON runs (repo, id);
 CREATE INDEX runs_pipeline_id ON runs (pipeline, id);
 CREATE INDEX runs_repo_pipeline_id ON runs (repo, pipeline, id);
+CREATE INDEX runs_repo_state_id ON runs (repo, state, id);
