@@ -767,6 +767,9 @@ async fn runs_are_listed_by_filters_and_pages(url: &str) {
         .await,
         Vec::<i64>::new()
     );
+    let mut repos = store.run_repos().await.unwrap();
+    repos.sort();
+    assert_eq!(repos, ["org/a", "org/b", "org/c"]);
     let old = store.run(all[0]).await.unwrap().unwrap();
     let mut rerun = spec(&old.repo, &old.pipeline, 99);
     rerun.rerun_of = Some(old.id);
