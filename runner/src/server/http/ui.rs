@@ -694,3 +694,31 @@ pub async fn dispatch_submit(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_read_as_hours_minutes_and_seconds() {
+        assert_eq!(duration(None, None), "");
+        assert_eq!(duration(Some(1_000), Some(5_999)), "4s");
+        assert_eq!(duration(Some(0), Some(125_000)), "2m 5s");
+        assert_eq!(duration(Some(0), Some(3_603_000)), "1h 0m 3s");
+        assert_eq!(duration(Some(10_000), Some(0)), "0s");
+    }
+
+    #[test]
+    fn the_list_query_keeps_its_filters_encoded() {
+        let q: ListQuery = serde_json::from_value(serde_json::json!({
+            "repo": "org/a",
+            "pipeline": "\"><script>x</script>&state=1",
+            "state": " ",
+        }))
+        .unwrap();
+        assert_eq!(
+            list_query(&q, Some(42), Some("5")),
+            "repo=org%2Fa&pipeline=%22%3E%3Cscript%3Ex%3C%2Fscript%3E%26state%3D1&before=42&limit=5"
+        );
+    }
+}
