@@ -100,6 +100,13 @@ impl App {
             config.gitea.token.clone(),
             config.gitea.ca_file.clone(),
         );
+        let git_version = git.version().await.map_err(|e| {
+            anyhow::anyhow!(
+                "git is needed on PATH for mirrors and checkouts, and could not be run: {}",
+                crate::error_chain(&e)
+            )
+        })?;
+        tracing::debug!(git = %git_version, "git found");
         let logs = LogStore::new(data_dir.join("logs")).with_limit(config.docker.max_log_bytes);
         let defaults = StepDefaults {
             memory_bytes: config.docker.default_memory,
