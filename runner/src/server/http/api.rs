@@ -20,6 +20,7 @@ use crate::server::{
     http::auth::{load_run, require, visible_runs},
     http::dto::{RunDto, run_dto},
     http::errors::{ApiError, internal},
+    http::session::reader,
 };
 use crate::{
     config::Scope,
@@ -104,8 +105,12 @@ pub(super) async fn step_log(
     Path((id, n)): Path<(i64, i64)>,
     Query(q): Query<LogQuery>,
 ) -> Result<Response, ApiError> {
-    let caller = require(&app, &headers, Scope::Read)?;
-    load_run(&app, caller, id).await?;
+    // Pages follow logs too: the session cookie counts as well as a bearer token.
+    let viewer = reader(&app, &headers).await?;
+    let run = app.store.run(id).await.map_err(internal)?;
+    if !matches!(&run, Some(run) if viewer.can_read(&app, &run.repo).await) {
+        return Err(ApiError(StatusCode::NOT_FOUND, format!("no run {id}")));
+    }
     let steps = app.store.steps(id).await.map_err(internal)?;
     if !steps.iter().any(|s| s.idx == n) {
         return Err(ApiError(

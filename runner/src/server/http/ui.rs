@@ -9,12 +9,11 @@ use axum::{
     response::{Html, IntoResponse, Response},
 };
 
-use crate::config::Scope;
 use crate::server::{
     App,
-    http::auth::{load_run, require, visible_runs},
     http::dto::rfc3339,
-    http::errors::ApiError,
+    http::errors::{ApiError, internal},
+    http::session::{Readable, Viewer, page_viewer},
     present::clip,
 };
 
@@ -46,11 +45,33 @@ fn page(title: &str, body: &str) -> Html<String> {
     ))
 }
 
+/// Who is looking, and the form that signs them out.
+fn viewer_header(viewer: &Viewer) -> String {
+    format!(
+        "<header><span id=\"viewer\">{}</span> <form id=\"logout\" method=\"post\" action=\"/logout\" style=\"display:inline\">\
+         <input type=\"hidden\" name=\"csrf\" value=\"{}\"><button type=\"submit\">Sign out</button></form></header>",
+        escape(viewer.name()),
+        escape(viewer.csrf()),
+    )
+}
+
 pub async fn index(State(app): State<Arc<App>>, headers: HeaderMap) -> Result<Response, ApiError> {
-    let caller = require(&app, &headers, Scope::Read)?;
-    let runs = visible_runs(&app, caller, None, 100)
-        .await
-        .map_err(|_| ApiError(StatusCode::INTERNAL_SERVER_ERROR, "internal error".into()))?;
+    let viewer = match page_viewer(&app, &headers).await {
+        Ok(viewer) => viewer,
+        Err(login) => return Ok(login),
+    };
+    let runs = match viewer.readable(&app).await? {
+        Readable::All => app.store.runs(None, 100).await.map_err(internal)?,
+        Readable::Only(repos) => {
+            let mut runs = Vec::new();
+            for repo in &repos {
+                runs.extend(app.store.runs(Some(repo), 100).await.map_err(internal)?);
+            }
+            runs.sort_by_key(|r| std::cmp::Reverse(r.id));
+            runs.truncate(100);
+            runs
+        }
+    };
     let mut rows = String::new();
     for r in &runs {
         rows.push_str(&format!(
@@ -67,7 +88,8 @@ pub async fn index(State(app): State<Arc<App>>, headers: HeaderMap) -> Result<Re
         ));
     }
     let body = format!(
-        "<h1>Runs</h1><table><tr><th>run</th><th>repository</th><th>pipeline</th><th>event</th><th>commit</th><th>state</th><th>description</th><th>created</th></tr>{rows}</table>"
+        "{header}<h1>Runs</h1><table><tr><th>run</th><th>repository</th><th>pipeline</th><th>event</th><th>commit</th><th>state</th><th>description</th><th>created</th></tr>{rows}</table>",
+        header = viewer_header(&viewer)
     );
     Ok(page("Runs", &body).into_response())
 }
@@ -77,12 +99,23 @@ pub async fn run_page(
     headers: HeaderMap,
     Path(id): Path<i64>,
 ) -> Result<Response, ApiError> {
-    let caller = require(&app, &headers, Scope::Read)?;
-    let internal = |_| ApiError(StatusCode::INTERNAL_SERVER_ERROR, "internal error".into());
-    let run = load_run(&app, caller, id).await?;
+    let viewer = match page_viewer(&app, &headers).await {
+        Ok(viewer) => viewer,
+        Err(login) => return Ok(login),
+    };
+    let not_found = || ApiError(StatusCode::NOT_FOUND, format!("no run {id}"));
+    let run = app
+        .store
+        .run(id)
+        .await
+        .map_err(internal)?
+        .ok_or_else(not_found)?;
+    if !viewer.can_read(&app, &run.repo).await {
+        return Err(not_found());
+    }
     let steps = app.store.steps(id).await.map_err(internal)?;
     let mut body = format!(
-        "<h1>{pipeline} #{id}</h1><p>{repo} · {event} {git_ref} · {sha}</p><p class=\"{state}\">{state}: {desc}</p>",
+        "{header}<h1>{pipeline} #{id}</h1><p>{repo} · {event} {git_ref} · {sha}</p><p class=\"{state}\">{state}: {desc}</p>",
         pipeline = escape(&run.pipeline),
         repo = escape(&run.repo),
         event = escape(run.event.as_str()),
@@ -90,6 +123,7 @@ pub async fn run_page(
         sha = escape(&run.sha),
         state = run.state.as_str(),
         desc = escape(&clip(&run.description)),
+        header = viewer_header(&viewer),
     );
     for step in &steps {
         let log = app
