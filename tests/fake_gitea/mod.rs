@@ -116,9 +116,9 @@ use sha2::{Digest as _, Sha256};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 // The parts see each other's items through these; the public ones are the fake's API.
+pub use oauth::{OAUTH_ACCESS_TOKEN_SECS, OAuthApp};
 use reviews::*;
 use {api::*, git_http::*, json::*, oauth::*, state::*};
-pub use oauth::{OAUTH_ACCESS_TOKEN_SECS, OAuthApp};
 pub use {deliveries::*, payloads::*, repos::*, reviews::ReviewState, server::*, util::*};
 
 /// The Gitea version the fake imitates (`GET /api/v1/version`).

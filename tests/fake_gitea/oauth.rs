@@ -239,7 +239,10 @@ pub(super) fn authorize(shared: &Shared, parts: &Parts) -> Response {
             parts.uri.path(),
             parts.uri.query().unwrap_or_default()
         );
-        return see_other(&format!("/user/login?redirect_to={}", form_urlencode(&back)));
+        return see_other(&format!(
+            "/user/login?redirect_to={}",
+            form_urlencode(&back)
+        ));
     };
     let (client_id, redirect_uri, st) = (param("client_id"), param("redirect_uri"), param("state"));
     let Some(app) = state
@@ -394,22 +397,21 @@ pub(super) fn access_token(shared: &Shared, parts: &Parts, body: &[u8]) -> Reply
     let mut fields = token_fields(parts, body);
     let field = |f: &HashMap<String, String>, k: &str| f.get(k).cloned().unwrap_or_default();
     // Client credentials may come as HTTP Basic instead of in the body.
-    if field(&fields, "client_id").is_empty() || field(&fields, "client_secret").is_empty() {
-        if let Some(value) = parts
+    if (field(&fields, "client_id").is_empty() || field(&fields, "client_secret").is_empty())
+        && let Some(value) = parts
             .headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-        {
-            let decoded = value
-                .strip_prefix("Basic ")
-                .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b).ok())
-                .and_then(|b| String::from_utf8(b).ok());
-            let Some((id, secret)) = decoded.as_deref().and_then(|d| d.split_once(':')) else {
-                return token_error("invalid_request", "cannot parse basic auth header");
-            };
-            fields.insert("client_id".into(), id.to_owned());
-            fields.insert("client_secret".into(), secret.to_owned());
-        }
+    {
+        let decoded = value
+            .strip_prefix("Basic ")
+            .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b).ok())
+            .and_then(|b| String::from_utf8(b).ok());
+        let Some((id, secret)) = decoded.as_deref().and_then(|d| d.split_once(':')) else {
+            return token_error("invalid_request", "cannot parse basic auth header");
+        };
+        fields.insert("client_id".into(), id.to_owned());
+        fields.insert("client_secret".into(), secret.to_owned());
     }
     let mut state = shared.lock();
     let client_id = field(&fields, "client_id");

@@ -231,7 +231,8 @@ impl Shared {
         if same {
             return Caller::Bot;
         }
-        self.user_of_token(token).map_or(Caller::Invalid, Caller::User)
+        self.user_of_token(token)
+            .map_or(Caller::Invalid, Caller::User)
     }
 
     pub(super) fn scratch_file(&self, what: &str) -> PathBuf {

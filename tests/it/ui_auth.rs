@@ -215,7 +215,9 @@ impl Setup {
 
     /// Signs `browser` in with Gitea as the fake's browser user; returns the callback page.
     async fn sign_in(&self, browser: &mut Browser) -> Page {
-        let start = browser.get(&format!("{}/login/gitea", self.server.url)).await;
+        let start = browser
+            .get(&format!("{}/login/gitea", self.server.url))
+            .await;
         assert_eq!(start.status, StatusCode::SEE_OTHER, "{}", start.body);
         let authorize = start.location.unwrap();
         let at_gitea = browser.get(&authorize).await;
@@ -238,7 +240,9 @@ impl Setup {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn signing_in_with_gitea_shows_only_the_runs_the_user_can_read() {
     let s = setup().await;
-    s.gitea.create_repo("acme", "app").set_permission("alice", Permission::Read);
+    s.gitea
+        .create_repo("acme", "app")
+        .set_permission("alice", Permission::Read);
     s.gitea.create_repo("bob", "secret");
     s.gitea.create_repo_with(
         "acme",
@@ -275,7 +279,10 @@ async fn signing_in_with_gitea_shows_only_the_runs_the_user_can_read() {
         assert!(authorize.contains(&part), "{part} in {authorize}");
     }
     let state_cookie = &start.set_cookies[0];
-    assert!(state_cookie.starts_with("pipewright_oauth_state="), "{state_cookie}");
+    assert!(
+        state_cookie.starts_with("pipewright_oauth_state="),
+        "{state_cookie}"
+    );
     for attr in ["HttpOnly", "SameSite=Lax", "Path=/login"] {
         assert!(state_cookie.contains(attr), "{attr} in {state_cookie}");
     }
@@ -286,15 +293,23 @@ async fn signing_in_with_gitea_shows_only_the_runs_the_user_can_read() {
     let done = browser.get_from_elsewhere(&back).await;
     assert_eq!(done.status, StatusCode::OK, "{}", done.body);
     assert!(
-        done.body.contains("http-equiv=\"refresh\" content=\"0;url=/\""),
+        done.body
+            .contains("http-equiv=\"refresh\" content=\"0;url=/\""),
         "{}",
         done.body
     );
     let session = browser.session().expect("a session cookie").clone();
     for attr in ["HttpOnly", "SameSite=Strict", "Path=/"] {
-        assert!(session.attributes.contains(attr), "{attr} in {}", session.attributes);
+        assert!(
+            session.attributes.contains(attr),
+            "{attr} in {}",
+            session.attributes
+        );
     }
-    assert!(!session.attributes.contains("Secure"), "public_url is http://");
+    assert!(
+        !session.attributes.contains("Secure"),
+        "public_url is http://"
+    );
     assert!(
         !browser.cookies.contains_key("pipewright_oauth_state"),
         "the state cookie is cleared"
@@ -312,15 +327,35 @@ async fn signing_in_with_gitea_shows_only_the_runs_the_user_can_read() {
 
     let list = browser.get(&format!("{}/", s.server.url)).await;
     assert_eq!(list.status, StatusCode::OK, "{}", list.body);
-    assert!(list.body.contains("<span id=\"viewer\">alice</span>"), "{}", list.body);
-    assert!(list.body.contains(&format!("/runs/{readable}\"")), "{}", list.body);
-    assert!(list.body.contains(&format!("/runs/{public}\"")), "{}", list.body);
+    assert!(
+        list.body.contains("<span id=\"viewer\">alice</span>"),
+        "{}",
+        list.body
+    );
+    assert!(
+        list.body.contains(&format!("/runs/{readable}\"")),
+        "{}",
+        list.body
+    );
+    assert!(
+        list.body.contains(&format!("/runs/{public}\"")),
+        "{}",
+        list.body
+    );
     assert!(!list.body.contains("bob/secret"), "{}", list.body);
-    assert!(!list.body.contains(&format!("/runs/{hidden}\"")), "{}", list.body);
+    assert!(
+        !list.body.contains(&format!("/runs/{hidden}\"")),
+        "{}",
+        list.body
+    );
 
-    let own = browser.get(&format!("{}/runs/{readable}", s.server.url)).await;
+    let own = browser
+        .get(&format!("{}/runs/{readable}", s.server.url))
+        .await;
     assert_eq!(own.status, StatusCode::OK);
-    let other = browser.get(&format!("{}/runs/{hidden}", s.server.url)).await;
+    let other = browser
+        .get(&format!("{}/runs/{hidden}", s.server.url))
+        .await;
     assert_eq!(other.status, StatusCode::NOT_FOUND);
     assert!(!other.body.contains("bob/secret"));
 
@@ -392,7 +427,10 @@ async fn token_login_works_and_a_wrong_token_is_refused() {
     assert_eq!(page.status, StatusCode::UNAUTHORIZED);
     assert!(page.body.contains("id=\"token-login\""));
     assert!(page.body.contains("class=\"error\""));
-    assert!(!page.body.contains("not-the-token"), "the token is not echoed");
+    assert!(
+        !page.body.contains("not-the-token"),
+        "the token is not echoed"
+    );
     assert!(browser.session().is_none());
 
     let page = browser
@@ -402,7 +440,11 @@ async fn token_login_works_and_a_wrong_token_is_refused() {
     assert_eq!(page.location.as_deref(), Some("/"));
     let session = browser.session().expect("a session cookie").clone();
     for attr in ["HttpOnly", "SameSite=Strict", "Path=/"] {
-        assert!(session.attributes.contains(attr), "{attr} in {}", session.attributes);
+        assert!(
+            session.attributes.contains(attr),
+            "{attr} in {}",
+            session.attributes
+        );
     }
     let list = browser.get(&format!("{}/", s.server.url)).await;
     assert_eq!(list.status, StatusCode::OK);
@@ -489,13 +531,18 @@ async fn a_page_without_a_session_redirects_to_login() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_live_log_accepts_the_session_cookie_for_readable_runs_only() {
     let s = setup().await;
-    s.gitea.create_repo("acme", "app").set_permission("alice", Permission::Read);
+    s.gitea
+        .create_repo("acme", "app")
+        .set_permission("alice", Permission::Read);
     s.gitea.create_repo("bob", "secret");
     let mut ids = Vec::new();
     for (repo, sha) in [("acme/app", "aaaaaaa4"), ("bob/secret", "bbbbbbb4")] {
         let id = s.enqueue(repo, sha).await;
         let store = &s.server.app.store;
-        store.insert_steps(id, &[(0, "build".into())]).await.unwrap();
+        store
+            .insert_steps(id, &[(0, "build".into())])
+            .await
+            .unwrap();
         store.step_started(id, 0).await.unwrap();
         let path = s.server.app.logs.path(id, 0);
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
@@ -517,7 +564,11 @@ async fn the_live_log_accepts_the_session_cookie_for_readable_runs_only() {
     assert_eq!(done.status, StatusCode::OK, "{}", done.body);
     let stream = browser.get(&log(ids[0])).await;
     assert_eq!(stream.status, StatusCode::OK);
-    assert!(stream.body.contains("data: hello from acme/app"), "{}", stream.body);
+    assert!(
+        stream.body.contains("data: hello from acme/app"),
+        "{}",
+        stream.body
+    );
     assert!(stream.body.contains("event: end"), "{}", stream.body);
     let other = browser.get(&log(ids[1])).await;
     assert_eq!(other.status, StatusCode::NOT_FOUND);
@@ -527,8 +578,12 @@ async fn the_live_log_accepts_the_session_cookie_for_readable_runs_only() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_short_lived_gitea_token_is_refreshed_and_a_revoked_one_signs_out() {
     let s = setup().await;
-    s.gitea.create_repo("acme", "app").set_permission("alice", Permission::Read);
-    s.gitea.create_repo("acme", "later").set_permission("alice", Permission::Read);
+    s.gitea
+        .create_repo("acme", "app")
+        .set_permission("alice", Permission::Read);
+    s.gitea
+        .create_repo("acme", "later")
+        .set_permission("alice", Permission::Read);
     s.enqueue("acme/app", "aaaaaaa5").await;
     // Tokens that are already within a minute of their end: refreshed before use.
     s.gitea.set_oauth_token_lifetime(30);
@@ -544,7 +599,11 @@ async fn a_short_lived_gitea_token_is_refreshed_and_a_revoked_one_signs_out() {
         .filter(|b| b.contains("grant_type=refresh_token"))
         .collect();
     assert!(!refreshes.is_empty(), "{:?}", s.token_requests());
-    assert!(refreshes.iter().all(|b| b.contains("refresh_token=REDACTED")));
+    assert!(
+        refreshes
+            .iter()
+            .all(|b| b.contains("refresh_token=REDACTED"))
+    );
 
     // Gitea revokes alice's tokens: the next question to Gitea ends the session.
     s.gitea.revoke_tokens("alice");
@@ -587,8 +646,9 @@ async fn the_fake_gitea_refuses_what_gitea_refuses() {
     // S256 of "verifier".
     use base64::Engine as _;
     use sha2::Digest as _;
-    let challenge = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .encode(sha2::Sha256::digest(b"a-verifier-of-enough-length-0123456789"));
+    let challenge = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(sha2::Sha256::digest(
+        b"a-verifier-of-enough-length-0123456789",
+    ));
     let code = || async {
         let resp = client
             .get(authorize("http://ci.example/cb", &challenge))
@@ -596,8 +656,14 @@ async fn the_fake_gitea_refuses_what_gitea_refuses() {
             .await
             .unwrap();
         assert_eq!(resp.status(), StatusCode::SEE_OTHER);
-        let location = resp.headers()[header::LOCATION].to_str().unwrap().to_owned();
-        assert!(location.starts_with("http://ci.example/cb?code="), "{location}");
+        let location = resp.headers()[header::LOCATION]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        assert!(
+            location.starts_with("http://ci.example/cb?code="),
+            "{location}"
+        );
         assert!(location.ends_with("&state=st"), "{location}");
         location["http://ci.example/cb?code=".len()..location.find('&').unwrap()].to_owned()
     };
@@ -631,7 +697,10 @@ async fn the_fake_gitea_refuses_what_gitea_refuses() {
     assert_eq!(body["error"], "unauthorized_client");
     assert_eq!(body["error_description"], "failed PKCE code challenge");
     let (status, body) = exchange(code().await, good, "gto_wrong".into()).await;
-    assert_eq!((status, body["error"].as_str()), (StatusCode::BAD_REQUEST, Some("unauthorized_client")));
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("unauthorized_client"))
+    );
     let once = code().await;
     let (status, body) = exchange(once.clone(), good, app.client_secret.clone()).await;
     assert_eq!(status, StatusCode::OK, "{body}");

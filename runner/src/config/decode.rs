@@ -172,14 +172,20 @@ pub(super) fn decode(r: &mut Reader<'_>) -> Config {
     };
     if ui.oauth_client_id.is_some() != ui.oauth_client_secret.is_some() {
         let (given, missing) = match ui.oauth_client_id {
-            Some(_) => ("oauth_client_id", "oauth_client_secret or oauth_client_secret_file"),
+            Some(_) => (
+                "oauth_client_id",
+                "oauth_client_secret or oauth_client_secret_file",
+            ),
             None => ("oauth_client_secret", "oauth_client_id"),
         };
         let at = match r.file_name {
             "" => "[ui]".to_owned(),
             name => format!("{name}: [ui]"),
         };
-        r.problem(at, format!("`{given}` is given without `{missing}`; give both or neither"));
+        r.problem(
+            at,
+            format!("`{given}` is given without `{missing}`; give both or neither"),
+        );
     }
 
     let repos = r.repos();

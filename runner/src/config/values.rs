@@ -256,7 +256,10 @@ pub struct UiConfig {
 impl UiConfig {
     /// The client id and secret, when "Sign in with Gitea" is configured.
     pub fn oauth(&self) -> Option<(&str, &Secret)> {
-        Some((self.oauth_client_id.as_deref()?, self.oauth_client_secret.as_ref()?))
+        Some((
+            self.oauth_client_id.as_deref()?,
+            self.oauth_client_secret.as_ref()?,
+        ))
     }
 }
 

@@ -188,7 +188,8 @@ mod tests {
 
     #[test]
     fn permissions_are_read_as_gitea_writes_them() {
-        let json = r#"{"id":1,"name":"app","permissions":{"admin":false,"push":false,"pull":true}}"#;
+        let json =
+            r#"{"id":1,"name":"app","permissions":{"admin":false,"push":false,"pull":true}}"#;
         #[derive(Deserialize)]
         struct R {
             permissions: RepoAccess,
@@ -206,7 +207,7 @@ mod tests {
 
     #[test]
     fn the_web_url_is_the_api_url_without_its_suffix() {
-        let client = reqwest::Client::new();
+        let client = super::super::http_client(None).unwrap();
         let gitea = Gitea::new("https://gitea.example.lab/", None, client);
         assert_eq!(gitea.web_url(), "https://gitea.example.lab");
     }

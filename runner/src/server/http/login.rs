@@ -54,7 +54,10 @@ fn secure(app: &App) -> &'static str {
 /// The session cookie: only for this server's own requests (`SameSite=Strict`), never
 /// readable by scripts.
 fn session_cookie(app: &App, id: &str) -> String {
-    format!("{COOKIE}={id}; HttpOnly; SameSite=Strict; Path=/{}", secure(app))
+    format!(
+        "{COOKIE}={id}; HttpOnly; SameSite=Strict; Path=/{}",
+        secure(app)
+    )
 }
 
 fn clear_cookie(app: &App, name: &str, path: &str, same_site: &str) -> String {
@@ -99,8 +102,10 @@ fn login_page(app: &App, error: Option<&str>) -> Html<String> {
         format!("<p class=\"error\" role=\"alert\">{}</p>", escape(e))
     });
     let gitea = match app.config.ui.oauth() {
-        Some(_) => "<p><a id=\"signin-gitea\" href=\"/login/gitea\">Sign in with Gitea</a></p>\
-                    <p>or with an API token:</p>",
+        Some(_) => {
+            "<p><a id=\"signin-gitea\" href=\"/login/gitea\">Sign in with Gitea</a></p>\
+                    <p>or with an API token:</p>"
+        }
         None => "",
     };
     Html(format!(
@@ -184,8 +189,7 @@ pub(super) async fn callback(
     };
     let given = q.state.as_deref().unwrap_or("");
     let kept = cookie(&headers, STATE_COOKIE).unwrap_or("");
-    if given.is_empty() || kept.is_empty() || !constant_time_eq(given.as_bytes(), kept.as_bytes())
-    {
+    if given.is_empty() || kept.is_empty() || !constant_time_eq(given.as_bytes(), kept.as_bytes()) {
         return fail(
             StatusCode::BAD_REQUEST,
             "This sign-in did not start in this browser, or it expired. Try again.",
@@ -231,7 +235,12 @@ pub(super) async fn callback(
             );
         }
     };
-    let login = match app.gitea.as_user(token.access.clone()).current_login().await {
+    let login = match app
+        .gitea
+        .as_user(token.access.clone())
+        .current_login()
+        .await
+    {
         Ok(login) if !login.is_empty() => login,
         Ok(_) => {
             return fail(StatusCode::BAD_GATEWAY, "Gitea did not say who you are.");
@@ -304,11 +313,7 @@ pub(super) async fn token_login(
     };
     let Some(scoped) = scoped else {
         let error = "That is not a token Pipewright knows.";
-        return answer(
-            StatusCode::UNAUTHORIZED,
-            login_page(&app, Some(error)),
-            &[],
-        );
+        return answer(StatusCode::UNAUTHORIZED, login_page(&app, Some(error)), &[]);
     };
     let id = app.sessions.create(Login::Token { scoped });
     see_other("/", &[session_cookie(&app, &id)])

@@ -114,7 +114,11 @@ impl Viewer {
         match &self.access {
             Access::Everything { .. } => Ok(Readable::All),
             Access::Scoped(token) => Ok(Readable::Only(
-                repos().await?.into_iter().filter(|r| token.covers(r)).collect(),
+                repos()
+                    .await?
+                    .into_iter()
+                    .filter(|r| token.covers(r))
+                    .collect(),
             )),
             Access::Gitea(session) => {
                 let checked: Vec<(String, bool)> = futures_util::stream::iter(repos().await?)
@@ -300,8 +304,7 @@ impl Session {
     }
 
     fn end(&self) {
-        self.ended
-            .store(true, std::sync::atomic::Ordering::Relaxed);
+        self.ended.store(true, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// The user's token, refreshed first when it is about to expire; `None` (and the
