@@ -174,7 +174,7 @@ pub(super) fn decode(r: &mut Reader<'_>) -> Config {
         let (given, missing) = match ui.oauth_client_id {
             Some(_) => (
                 "oauth_client_id",
-                "oauth_client_secret or oauth_client_secret_file",
+                "oauth_client_secret` or `oauth_client_secret_file",
             ),
             None => ("oauth_client_secret", "oauth_client_id"),
         };
@@ -186,6 +186,13 @@ pub(super) fn decode(r: &mut Reader<'_>) -> Config {
             at,
             format!("`{given}` is given without `{missing}`; give both or neither"),
         );
+    }
+    if ui.oauth_client_id.is_some() && gitea.url.is_none() {
+        let at = match r.file_name {
+            "" => "[ui]".to_owned(),
+            name => format!("{name}: [ui]"),
+        };
+        r.problem(at, "signing in with Gitea needs `[gitea].url`");
     }
 
     let repos = r.repos();

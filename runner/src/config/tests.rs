@@ -723,17 +723,26 @@ fn documented_default(doc: &str) -> Option<(String, String)> {
 fn ui_oauth_is_both_or_neither_and_its_secret_can_be_a_file() {
     let dir = tempfile::tempdir().unwrap();
     let secret = secret_file(&dir, "oauth", "gto_secret\n");
-    let text = format!("[ui]\noauth_client_id = \"cid\"\noauth_client_secret_file = {secret:?}\n");
+    let text = format!(
+        "[gitea]\nurl = \"https://gitea.example.lab\"\n[ui]\noauth_client_id = \"cid\"\noauth_client_secret_file = {secret:?}\n"
+    );
     let config = from_text(&text, &[]).unwrap();
     let (id, secret) = config.ui.oauth().expect("configured");
     assert_eq!((id, secret.expose()), ("cid", "gto_secret"));
     assert!(!format!("{config:?}").contains("gto_secret"));
     assert!(Config::default().ui.oauth().is_none());
     check_errors(
-        "[ui]\noauth_client_id = \"cid\"\n",
+        "[gitea]\nurl = \"https://gitea.example.lab\"\n[ui]\noauth_client_id = \"cid\"\n",
         &[],
         expect![[r#"
-            config.toml: [ui]: `oauth_client_id` is given without `oauth_client_secret or oauth_client_secret_file`; give both or neither
+            config.toml: [ui]: `oauth_client_id` is given without `oauth_client_secret` or `oauth_client_secret_file`; give both or neither
+        "#]],
+    );
+    check_errors(
+        "[ui]\noauth_client_id = \"cid\"\noauth_client_secret = \"s\"\n",
+        &[],
+        expect![[r#"
+            config.toml: [ui]: signing in with Gitea needs `[gitea].url`
         "#]],
     );
     check_errors(

@@ -245,7 +245,7 @@ pub(super) enum Login {
         login: String,
         token: crate::gitea::oauth::UserToken,
     },
-    /// A configured API token: full (`[api].tokens`; `write` when it may control) or scoped.
+    /// A configured API token: full (`[api].tokens`, `None`) or scoped.
     Token { scoped: Option<ScopedToken> },
 }
 
