@@ -188,7 +188,8 @@ fn grant_error(code: &str, description: &str) -> Response {
         .expect("valid response")
 }
 
-/// Gitea's redirects (`ctx.Redirect`) are 303 See Other.
+/// Gitea's redirects (`ctx.Redirect`, `services/context/base.go`) are 303 See Other unless
+/// told otherwise; the authorize endpoint never says otherwise.
 fn see_other(location: &str) -> Response {
     Response::builder()
         .status(StatusCode::SEE_OTHER)

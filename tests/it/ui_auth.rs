@@ -729,3 +729,23 @@ async fn the_fake_gitea_refuses_what_gitea_refuses() {
         assert!(!request.body_text().contains(good));
     }
 }
+
+/// A login is shown escaped wherever it appears (Gitea restricts names, Pipewright does not
+/// rely on it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hostile_login_is_escaped() {
+    let s = setup().await;
+    let login = "eve\"><script>alert(1)</script>";
+    s.gitea.set_browser_user(Some(login));
+    let mut browser = Browser::new(&s.server.url);
+    let done = s.sign_in(&mut browser).await;
+    assert_eq!(done.status, StatusCode::OK, "{}", done.body);
+    let list = browser.get(&format!("{}/", s.server.url)).await;
+    for page in [&done.body, &list.body] {
+        assert!(!page.contains("<script>alert"), "{page}");
+        assert!(
+            page.contains("eve&quot;&gt;&lt;script&gt;alert(1)&lt;/script&gt;"),
+            "{page}"
+        );
+    }
+}

@@ -45,7 +45,12 @@ fn escape(text: &str) -> String {
 }
 
 fn secure(app: &App) -> &'static str {
-    match app.config.server.public_url.starts_with("https://") {
+    secure_for(&app.config.server.public_url)
+}
+
+/// `; Secure` when browsers reach this server over https.
+fn secure_for(public_url: &str) -> &'static str {
+    match public_url.starts_with("https://") {
         true => "; Secure",
         false => "",
     }
@@ -54,9 +59,13 @@ fn secure(app: &App) -> &'static str {
 /// The session cookie: only for this server's own requests (`SameSite=Strict`), never
 /// readable by scripts.
 fn session_cookie(app: &App, id: &str) -> String {
+    session_cookie_for(&app.config.server.public_url, id)
+}
+
+fn session_cookie_for(public_url: &str, id: &str) -> String {
     format!(
         "{COOKIE}={id}; HttpOnly; SameSite=Strict; Path=/{}",
-        secure(app)
+        secure_for(public_url)
     )
 }
 
@@ -339,4 +348,29 @@ pub(super) async fn logout(
         app.sessions.remove(&headers);
     }
     see_other("/login", &[clear])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_session_cookie_is_secure_behind_https_and_never_for_scripts() {
+        assert_eq!(
+            session_cookie_for("https://ci.example.lab", "abc"),
+            "pipewright_session=abc; HttpOnly; SameSite=Strict; Path=/; Secure"
+        );
+        assert_eq!(
+            session_cookie_for("http://127.0.0.1:8080", "abc"),
+            "pipewright_session=abc; HttpOnly; SameSite=Strict; Path=/"
+        );
+    }
+
+    #[test]
+    fn page_text_is_escaped() {
+        assert_eq!(
+            escape("<a href=\"x\">'&'</a>"),
+            "&lt;a href=&quot;x&quot;&gt;&#39;&amp;&#39;&lt;/a&gt;"
+        );
+    }
 }
