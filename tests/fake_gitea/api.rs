@@ -299,7 +299,12 @@ pub(super) fn repo_api(
                     &format!("user does not exist [uid: 0, name: {user}]"),
                 );
             };
-            if permission < Permission::Admin && !user.login.eq_ignore_ascii_case(BOT_LOGIN) {
+            let caller_login = match request.caller {
+                Caller::Bot => Some(BOT_LOGIN.to_owned()),
+                caller => state.login_of(caller),
+            };
+            let own = caller_login.is_some_and(|l| l.eq_ignore_ascii_case(&user.login));
+            if permission < Permission::Admin && !own {
                 return api_error(
                     shared,
                     403,

@@ -723,6 +723,44 @@ async fn the_fake_gitea_refuses_what_gitea_refuses() {
             .unwrap();
         assert_eq!(user["login"], "alice");
     }
+    // Users' own credentials: a personal token, or the password with HTTP Basic; the API
+    // answers as that user, and hides a private repository they may not read.
+    gitea.create_repo("bob", "secret");
+    gitea
+        .create_repo("acme", "app")
+        .set_permission("alice", Permission::Read);
+    gitea.set_password("alice", "alice-password");
+    let personal = gitea.create_user_token("alice");
+    let as_alice = |req: reqwest::RequestBuilder, basic: bool| match basic {
+        true => req.basic_auth("alice", Some("alice-password")),
+        false => req.header(header::AUTHORIZATION, format!("token {personal}")),
+    };
+    for basic in [false, true] {
+        let get = |path: &str| as_alice(client.get(format!("{}/api/v1{path}", gitea.url())), basic);
+        let user: serde_json::Value = get("/user").send().await.unwrap().json().await.unwrap();
+        assert_eq!(user["login"], "alice");
+        let secret = get("/repos/bob/secret").send().await.unwrap();
+        assert_eq!(secret.status(), StatusCode::NOT_FOUND);
+        let app: serde_json::Value = get("/repos/acme/app")
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(
+            app["permissions"],
+            serde_json::json!({"admin": false, "push": false, "pull": true})
+        );
+    }
+    let wrong = client
+        .get(format!("{}/api/v1/user", gitea.url()))
+        .basic_auth("alice", Some("not-her-password"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong.status(), StatusCode::UNAUTHORIZED);
+
     // No secret was recorded.
     for request in gitea.requests() {
         assert!(!request.body_text().contains(&app.client_secret));
