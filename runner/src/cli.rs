@@ -117,13 +117,10 @@ impl From<Event> for EventKind {
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("PIPEWRIGHT_LOG")
-                .unwrap_or_else(|_| "warn,pipewright=info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    // `serve` writes its log as its configuration says, once it is read.
+    if !matches!(cli.command, Command::Serve { .. }) {
+        crate::logging::init(&crate::config::Config::default().log);
+    }
     let result = match cli.command {
         Command::Serve { config } => serve_blocking(config.as_deref()),
         Command::Validate { dir } => validate(&dir),
@@ -232,6 +229,10 @@ fn serve_blocking(file: Option<&std::path::Path>) -> anyhow::Result<u8> {
             return Ok(EXIT_ERROR);
         }
     };
+    crate::logging::init(&config.log);
+    for missing in crate::logging::missing_essentials(&config) {
+        tracing::warn!("{missing}");
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;

@@ -11,6 +11,7 @@ mod git;
 mod gitea;
 mod identity;
 mod local;
+mod logging;
 mod logs;
 mod mask;
 mod registries;

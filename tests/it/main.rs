@@ -8,6 +8,7 @@ mod fake_gitea_selftest;
 mod fuzz;
 mod image_build;
 mod offline;
+mod operations;
 mod outbox;
 mod registries;
 mod schedules;

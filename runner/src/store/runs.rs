@@ -514,6 +514,17 @@ impl Store {
             return Ok(None);
         }
         let run = run_in(&mut tx, id).await?;
+        // Gitea shows `pending` "running" from here on, not "queued".
+        outbox::insert(
+            &mut tx,
+            &run.status_repo,
+            &run.sha,
+            run.id,
+            &run.pipeline,
+            RunState::Running,
+            &run.description,
+        )
+        .await?;
         tx.commit().await?;
         Ok(Some(run))
     }
