@@ -76,6 +76,7 @@
 mod api;
 mod deliveries;
 mod git_http;
+mod hooks;
 mod json;
 mod oauth;
 mod payloads;
@@ -116,6 +117,7 @@ use sha2::{Digest as _, Sha256};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 // The parts see each other's items through these; the public ones are the fake's API.
+pub use hooks::{HookOwnerRec, HookRec};
 pub use oauth::{OAUTH_ACCESS_TOKEN_SECS, OAuthApp};
 use reviews::*;
 use {api::*, git_http::*, json::*, oauth::*, state::*};

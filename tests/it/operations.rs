@@ -185,3 +185,98 @@ async fn gitea_sees_a_run_go_from_queued_to_running() {
     assert_eq!(last.state, "error", "{last:?}");
     server.stop().await;
 }
+
+/// `pipewright gitea install-hook` with these settings and arguments: exit code, stdout,
+/// stderr.
+fn install_hook(
+    gitea: &pipewright_tests::fake_gitea::FakeGitea,
+    secret: &str,
+    args: &[&str],
+) -> (i32, String, String) {
+    let out = Command::new(pipewright_bin())
+        .args(["gitea", "install-hook"])
+        .args(args)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("PIPEWRIGHT_SERVER__PUBLIC_URL", "https://ci.example.lab")
+        .env("PIPEWRIGHT_GITEA__URL", gitea.url())
+        .env("PIPEWRIGHT_GITEA__TOKEN", gitea.token())
+        .env("PIPEWRIGHT_GITEA__WEBHOOK_SECRET", secret)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn install_hook_creates_the_webhook_then_updates_it() {
+    use pipewright_tests::fake_gitea::FakeGitea;
+
+    let gitea = FakeGitea::start().await;
+    gitea.create_repo("org", "app");
+    gitea.create_repo("org", "other");
+
+    let (code, out, err) = install_hook(&gitea, "first-secret", &["--repo", "org/app"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.starts_with("created hook "), "{out}");
+    let hooks = gitea.hooks("org/app");
+    assert_eq!(hooks.len(), 1, "{hooks:?}");
+    let hook = &hooks[0];
+    assert_eq!(hook.url, "https://ci.example.lab/hooks/gitea");
+    assert_eq!(
+        (hook.kind.as_str(), hook.content_type.as_str(), hook.active),
+        ("gitea", "json", true)
+    );
+    assert_eq!(hook.secret, "first-secret");
+    for event in [
+        "push",
+        "pull_request_only",
+        "pull_request_sync",
+        "issue_comment",
+        "pull_request_comment",
+    ] {
+        assert!(
+            hook.events.iter().any(|e| e == event),
+            "{event} missing: {:?}",
+            hook.events
+        );
+    }
+    assert!(!out.contains("first-secret") && !err.contains("first-secret"));
+
+    // Again, with a rotated secret: the same hook, updated, and no second one.
+    let (code, out, err) = install_hook(&gitea, "rotated", &["--repo", "org/app"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(
+        out.trim(),
+        format!(
+            "updated hook {} of the repository org/app: https://ci.example.lab/hooks/gitea",
+            hook.id
+        )
+    );
+    let hooks = gitea.hooks("org/app");
+    assert_eq!(hooks.len(), 1, "{hooks:?}");
+    assert_eq!(hooks[0].secret, "rotated");
+    assert!(gitea.hooks("org/other").is_empty());
+
+    // An organisation's hook covers its repositories.
+    let (code, out, err) = install_hook(&gitea, "rotated", &["--org", "org"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(gitea.hooks("org").len(), 1);
+
+    // Bad names never reach Gitea's API as a path.
+    for args in [
+        ["--repo", "../admin"],
+        ["--repo", "org/app/../x"],
+        ["--org", "a/b"],
+    ] {
+        let (code, _, err) = install_hook(&gitea, "s", &args);
+        assert_ne!(code, 0, "{args:?} accepted");
+        assert!(err.contains(args[1]), "{args:?}: {err}");
+    }
+    let (code, _, err) = install_hook(&gitea, "s", &["--repo", "org/missing"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("404"), "{err}");
+}
