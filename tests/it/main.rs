@@ -22,4 +22,5 @@ mod trust_http;
 mod trust_mask;
 mod trust_payload;
 mod ui_auth;
+mod ui_pages;
 mod vault;

@@ -204,12 +204,12 @@ pub async fn reader(app: &App, headers: &HeaderMap) -> Result<Viewer, ApiError> 
 }
 
 /// Checks the CSRF token a form sent: 403 unless it is the viewer's. A request with a
-/// bearer token needs none (no other site can make a browser send that header); a viewer
-/// without credentials never passes.
+/// bearer token has the empty one (no other site can make a browser send that header); a
+/// viewer without credentials never passes.
 pub fn check_csrf(viewer: &Viewer, given: &str) -> Result<(), ApiError> {
     let ok = match viewer.via {
-        Via::Cookie => constant_time_eq(given.as_bytes(), viewer.csrf.as_bytes()),
-        Via::Bearer => true,
+        // A bearer viewer's pages carry an empty token, and so must its forms.
+        Via::Cookie | Via::Bearer => constant_time_eq(given.as_bytes(), viewer.csrf.as_bytes()),
         Via::Public => false,
     };
     if ok {
@@ -655,6 +655,7 @@ mod tests {
             ..public
         };
         assert!(check_csrf(&bearer, "").is_ok());
+        assert!(check_csrf(&bearer, "forged").is_err());
     }
 
     #[test]
