@@ -792,3 +792,57 @@ async fn a_hostile_login_is_escaped() {
         list.body
     );
 }
+
+/// What a Gitea user may change follows Gitea's `push`: a reader gets no buttons and a
+/// forged cancel or re-run (with their own valid CSRF token) is 403; a writer cancels. A
+/// run of a repository they cannot read is a 404 to the forms too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gitea_reader_without_push_cannot_cancel_or_rerun_and_a_writer_can() {
+    let s = setup().await;
+    let repo = s.gitea.create_repo("acme", "app");
+    repo.set_permission("reader", Permission::Read);
+    repo.set_permission("writer", Permission::Write);
+    s.gitea.create_repo("bob", "secret");
+    let run = s.enqueue("acme/app", "aaaaaaa6").await;
+    let hidden = s.enqueue("bob/secret", "bbbbbbb6").await;
+
+    s.gitea.set_browser_user(Some("reader"));
+    let mut reader = Browser::new(&s.server.url);
+    s.sign_in(&mut reader).await;
+    let page = reader.get(&format!("{}/runs/{run}", s.server.url)).await;
+    assert_eq!(page.status, StatusCode::OK, "{}", page.body);
+    assert!(!page.body.contains("<form id=\"cancel\""), "{}", page.body);
+    assert!(!page.body.contains("<form id=\"rerun\""), "{}", page.body);
+    let csrf = csrf_of(&page.body);
+    for action in ["cancel", "rerun"] {
+        let url = format!("{}/runs/{run}/{action}", s.server.url);
+        let page = reader.post(&url, &[("csrf", &csrf)]).await;
+        assert_eq!(
+            page.status,
+            StatusCode::FORBIDDEN,
+            "{action}: {}",
+            page.body
+        );
+        let url = format!("{}/runs/{hidden}/{action}", s.server.url);
+        let page = reader.post(&url, &[("csrf", &csrf)]).await;
+        assert_eq!(page.status, StatusCode::NOT_FOUND, "{action}");
+    }
+    let state = s.server.app.store.run(run).await.unwrap().unwrap().state;
+    assert_eq!(state, RunState::Queued);
+
+    s.gitea.set_browser_user(Some("writer"));
+    let mut writer = Browser::new(&s.server.url);
+    s.sign_in(&mut writer).await;
+    let page = writer.get(&format!("{}/runs/{run}", s.server.url)).await;
+    assert!(page.body.contains("<form id=\"cancel\""), "{}", page.body);
+    let csrf = csrf_of(&page.body);
+    // Another session's token is no good.
+    let theirs = csrf_of(&reader.get(&format!("{}/", s.server.url)).await.body);
+    let url = format!("{}/runs/{run}/cancel", s.server.url);
+    let page = writer.post(&url, &[("csrf", &theirs)]).await;
+    assert_eq!(page.status, StatusCode::FORBIDDEN);
+    let page = writer.post(&url, &[("csrf", &csrf)]).await;
+    assert_eq!(page.status, StatusCode::SEE_OTHER, "{}", page.body);
+    let state = s.server.app.store.run(run).await.unwrap().unwrap().state;
+    assert_eq!(state, RunState::Cancelled);
+}

@@ -149,7 +149,6 @@ impl Viewer {
     }
 
     /// Whether they may cancel, re-run and dispatch a repository's runs.
-    #[allow(dead_code)] // until the pages' cancel, re-run and dispatch forms use it
     pub async fn can_write(&self, app: &App, repo: &str) -> bool {
         match &self.access {
             Access::Everything { write } => *write,
