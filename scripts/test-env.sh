@@ -65,6 +65,12 @@ if [ ! -x /usr/bin/docker-registry ] || ! command -v htpasswd >/dev/null 2>&1; t
   /etc/init.d/docker-registry stop >/dev/null 2>&1 || true
 fi
 
+# 3c. curl, with which scripts/test-image.sh asks the image's server whether it is ready.
+if ! command -v curl >/dev/null 2>&1; then
+  log "installing curl"
+  apt_install curl
+fi
+
 # 4. The test images, built once: FROM scratch plus busybox.
 build_busybox_image() {
   local tag=$1 ctx
