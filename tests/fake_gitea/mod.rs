@@ -40,7 +40,8 @@
 //! - Gitea's OAuth2 provider (`oauth.rs`): `GET /login/oauth/authorize` and
 //!   `POST /login/oauth/access_token` for registered applications
 //!   ([`FakeGitea::create_oauth_app`]), with PKCE, single-use codes, refresh tokens and
-//!   Gitea's OAuth error answers.
+//!   Gitea's OAuth error answers. A token request is recorded with its secrets (client
+//!   secret, code, PKCE verifier, refresh token) replaced by `REDACTED`.
 //!
 //! The token belongs to [`BOT_LOGIN`], an admin of every repository unless a test lowers it
 //! with [`Repo::set_permission`]. Users have tokens too ([`FakeGitea::create_user_token`],
