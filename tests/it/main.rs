@@ -21,5 +21,6 @@ mod trust_files;
 mod trust_http;
 mod trust_mask;
 mod trust_payload;
+mod ui_auth;
 mod ui_pages;
 mod vault;

@@ -65,6 +65,8 @@ pub struct App {
     pub registries: Arc<Registries>,
     /// The background tasks' states, for `/readyz`.
     pub tasks: Tasks,
+    /// The web UI's browser sessions, kept in memory only.
+    sessions: http::session::Sessions,
 }
 
 impl App {
@@ -149,6 +151,7 @@ impl App {
             vault,
             registries,
             tasks: Tasks::default(),
+            sessions: http::session::Sessions::default(),
         }))
     }
 
