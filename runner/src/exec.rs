@@ -305,6 +305,7 @@ async fn run_one(
         services,
         network: args.network.as_deref(),
         volumes_resolved: false,
+        workspace_ready: None,
     };
     let mut printer = Printer {
         out: io::stdout(),

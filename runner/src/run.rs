@@ -114,6 +114,9 @@ pub async fn run_plan<E: Executor, O: RunObserver>(
     // one left in the workspace), and what masks every text the run hands out.
     let mut secret_values: Vec<String> = Vec::new();
     let mut run_masker = Masker::default();
+    // Until the first step that runs has waited for it, the workspace may be incomplete.
+    let mut workspace_gate = setup.workspace_ready.clone();
+    let mut unready: Option<String> = None;
     for step in &plan.steps {
         let started = Instant::now();
         // A cancel between steps (or during a cleanup step, which it does not stop) ends
@@ -125,7 +128,7 @@ pub async fn run_plan<E: Executor, O: RunObserver>(
         // that run after a failure run, and none of them changes the run's verdict.
         let failing = result != RunResult::Success;
         let cleanup = step.runs_after.failure;
-        if refused || failing && !cleanup {
+        if refused || unready.is_some() || failing && !cleanup {
             observer
                 .step_finished(step, &StepResult::NotRun, Duration::ZERO)
                 .await;
@@ -189,7 +192,15 @@ pub async fn run_plan<E: Executor, O: RunObserver>(
         spec.env.extend(extras.env);
         spec.mounts.extend(extras.mounts);
         spec.env_file = extras.env_file;
+        // An action reads the workspace from the host (contexts, plans): it waits for the
+        // checkout; a `run:` step's container is created meanwhile and started after it.
+        let gate = workspace_gate.take();
+        let not_ready = match (&step.action, &gate) {
+            (PlannedAction::Uses { .. }, Some(gate)) => gate.wait().await.err(),
+            _ => None,
+        };
         let step_result = match &step.action {
+            _ if not_ready.is_some() => StepResult::NotRun,
             PlannedAction::Uses { action, with } => {
                 let ran = crate::action_steps::run(
                     executor,
@@ -225,9 +236,25 @@ pub async fn run_plan<E: Executor, O: RunObserver>(
             } => {
                 spec.image = image.clone();
                 spec.command = script_command(*shell, script);
+                spec.start_gate = gate.clone();
                 StepResult::Ran(executor.run_step(&spec, &mut sink, step_cancel).await?)
             }
         };
+        // Whatever the step did, no later step starts before the checkout ended; one that
+        // failed stops the run here, as if no step had started.
+        if let Some(why) = match gate {
+            Some(gate) => not_ready.or(gate.wait().await.err()),
+            None => None,
+        } {
+            sink.flush().map_err(ExecError::Sink)?;
+            drop(sink);
+            observer
+                .step_finished(step, &StepResult::NotRun, Duration::ZERO)
+                .await;
+            result = RunResult::Error(why.clone());
+            unready = Some(why);
+            continue;
+        }
         sink.flush().map_err(ExecError::Sink)?;
         // The step's masker may know more than it was given (an action's database password).
         run_masker = run_masker.union(&sink.masker);
@@ -419,6 +446,7 @@ fn spec_for(step: &PlannedStep, setup: &RunSetup<'_>, limit: Duration) -> StepSp
         env_file: None,
         // The server's engine wrapper adds the registry's credentials (`server/work/images.rs`).
         pull_auth: None,
+        start_gate: None,
     }
 }
 

@@ -367,12 +367,21 @@ async fn run_with_access(
         .map_err(|e| format!("database: {e}"))?;
     let workspace = workspace_dir(work, run.id);
     let _ = std::fs::remove_dir_all(&workspace);
-    work.git
-        .checkout(&mirror, &run.sha, &workspace)
-        .await
-        .map_err(|e| format!("checkout: {}", error_chain(&e)))?;
-    debug!("checked out");
-    drop(mirror);
+    // The directory exists before the checkout fills it, so that the first step's
+    // container can be created (with its bind mount) while git works.
+    std::fs::create_dir_all(&workspace).map_err(|e| format!("workspace: {e}"))?;
+    let (opener, workspace_ready) = pipewright_containers::StartGate::new();
+    let checkout = async {
+        let checked = work
+            .git
+            .checkout(&mirror, &run.sha, &workspace)
+            .await
+            .map_err(|e| format!("checkout: {}", error_chain(&e)));
+        debug!("checked out");
+        drop(mirror);
+        opener.open(checked.clone());
+        checked
+    };
     let extras = |step: &PlannedStep| access.extras(work, step);
     let setup = RunSetup {
         run_id: &run.id.to_string(),
@@ -392,6 +401,7 @@ async fn run_with_access(
         services: access,
         network: work.config.docker.network.as_deref(),
         volumes_resolved: true,
+        workspace_ready: Some(workspace_ready),
     };
     let mut observer = StoreObserver {
         work,
@@ -406,10 +416,14 @@ async fn run_with_access(
         trusted: is_trusted(run),
         registries: work.registries.clone(),
     };
-    let result = run_plan(&executor, planned, &setup, &mut observer, cancel).await;
+    let (checked, result) = tokio::join!(
+        checkout,
+        run_plan(&executor, planned, &setup, &mut observer, cancel)
+    );
     if let Err(e) = std::fs::remove_dir_all(&workspace) {
         warn!(error = %e, path = %workspace.display(), "failed to remove the workspace");
     }
+    checked?;
     let (result, reports) =
         result.map_err(|e| format!("the Docker engine failed: {}", error_chain(&e)))?;
     let result = match result {
