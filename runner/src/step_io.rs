@@ -186,6 +186,10 @@ pub struct RunSetup<'a> {
     /// started: each step re-checks that its paths still resolve to themselves, so an
     /// earlier step cannot swap a directory for a link before a later step mounts it.
     pub volumes_resolved: bool,
+    /// Images that `uses: image` built and pushed are removed from the engine once the
+    /// run ends, except the references listed here (`[docker].pin_images`); `None` keeps
+    /// them all (`exec`: the user's own engine).
+    pub remove_pushed: Option<&'a [String]>,
 }
 
 impl std::fmt::Debug for RunSetup<'_> {

@@ -175,6 +175,18 @@ pub(super) fn decode(r: &mut Reader<'_>) -> Config {
         scoped_tokens: r.scoped_tokens(),
     };
 
+    let retention = RetentionConfig {
+        logs: r
+            .read("retention", "logs", |v| retention_age(v.str()?))
+            .unwrap_or(defaults::RETENTION_LOGS),
+        runs: r
+            .read("retention", "runs", |v| retention_age(v.str()?))
+            .unwrap_or(defaults::RETENTION_RUNS),
+        interval: r
+            .read("retention", "interval", |v| parse_duration(v.str()?))
+            .unwrap_or(defaults::RETENTION_INTERVAL),
+    };
+
     let repos = r.repos();
     let registries = r.registries(&vault);
 
@@ -188,6 +200,7 @@ pub(super) fn decode(r: &mut Reader<'_>) -> Config {
         docker,
         agent,
         api,
+        retention,
         repos,
         registries,
     }

@@ -166,6 +166,15 @@ fn design_example_parses() {
                 read_public: false,
                 scoped_tokens: [],
             },
+            retention: RetentionConfig {
+                logs: Some(
+                    7776000s,
+                ),
+                runs: Some(
+                    7776000s,
+                ),
+                interval: 3600s,
+            },
             repos: [
                 RepoPolicy {
                     name: "arcodange-org/factory",
@@ -266,6 +275,15 @@ fn no_file_gives_the_defaults() {
                 tokens: [],
                 read_public: false,
                 scoped_tokens: [],
+            },
+            retention: RetentionConfig {
+                logs: Some(
+                    7776000s,
+                ),
+                runs: Some(
+                    7776000s,
+                ),
+                interval: 3600s,
             },
             repos: [],
             registries: [],
@@ -701,7 +719,7 @@ fn documented_defaults_are_the_defaults() {
         }
         doc.clear();
     }
-    expect!["server.listen server.data_dir server.catch_up_interval server.secrets_dir server.header_timeout server.body_timeout server.max_connections server.body_memory server.max_deliveries log.format log.level gitea.git_timeout identity.audience identity.token_ttl identity.algorithm vault.mount vault.role_template docker.stop_grace docker.default_memory docker.default_pids docker.max_memory docker.max_pids docker.max_timeout docker.max_log_bytes docker.secrets_in_env agent.capacity api.read_public"]
+    expect!["server.listen server.data_dir server.catch_up_interval server.secrets_dir server.header_timeout server.body_timeout server.max_connections server.body_memory server.max_deliveries log.format log.level gitea.git_timeout identity.audience identity.token_ttl identity.algorithm vault.mount vault.role_template docker.stop_grace docker.default_memory docker.default_pids docker.max_memory docker.max_pids docker.max_timeout docker.max_log_bytes docker.secrets_in_env agent.capacity api.read_public retention.logs retention.runs retention.interval"]
     .assert_eq(&checked.join(" "));
 }
 
@@ -714,4 +732,28 @@ fn documented_default(doc: &str) -> Option<(String, String)> {
     let plain = |s: &str| !s.is_empty() && !s.contains(['<', '[', ' ']);
     (key.bytes().all(|b| b.is_ascii_lowercase() || b == b'_') && plain(value))
         .then(|| (key.to_owned(), value.to_owned()))
+}
+
+#[test]
+fn retention_ages_go_past_30_days_and_off_keeps_forever() {
+    let config = from_text(
+        "[retention]\nlogs = \"14d\"\nruns = \"off\"\ninterval = \"10m\"\n",
+        &[("PIPEWRIGHT_RETENTION__LOGS", "1d12h")],
+    )
+    .unwrap();
+    assert_eq!(config.retention.logs, Some(Duration::from_secs(36 * 3600)));
+    assert_eq!(config.retention.runs, None);
+    assert_eq!(config.retention.interval, Duration::from_secs(600));
+    let config = from_text("[retention]\nruns = \"400d\"\nlogs = \"0\"\n", &[]).unwrap();
+    assert_eq!(config.retention.runs, Some(Duration::from_secs(400 * 86_400)));
+    assert_eq!(config.retention.logs, None);
+    check_errors(
+        "[retention]\nlogs = \"90\"\nruns = \"36501d\"\ninterval = \"0s\"\n",
+        &[],
+        expect![[r#"
+            config.toml: [retention].logs: expected an age such as `90d`, `12h` or `1d12h`, or `off`, found `90`
+            config.toml: [retention].runs: `36501d` is longer than 36500d; write `off` to keep forever
+            config.toml: [retention].interval: expected a duration such as `90s`, `30m` or `1h30m`, found `0s`
+        "#]],
+    );
 }

@@ -392,11 +392,12 @@ async fn run_with_access(
         services: access,
         network: work.config.docker.network.as_deref(),
         volumes_resolved: true,
+        remove_pushed: Some(&work.config.docker.pin_images),
     };
     let mut observer = StoreObserver {
         work,
         run_id: run.id,
-        writer: None,
+        writer: Err(String::new()),
     };
     let executor = crate::server::work::images::Pinned {
         inner: work.executor.clone(),
@@ -491,16 +492,17 @@ fn workspace_dir(work: &Work<'_>, run: i64) -> PathBuf {
 struct StoreObserver<'a> {
     work: &'a Work<'a>,
     run_id: i64,
-    writer: Option<LogWriter>,
+    /// The step's log, or why it could not be created.
+    writer: Result<LogWriter, String>,
 }
 
 impl RunObserver for StoreObserver<'_> {
     async fn step_started(&mut self, step: &PlannedStep) {
         self.writer = match self.work.logs.writer(self.run_id, step.index as i64) {
-            Ok(w) => Some(w),
+            Ok(w) => Ok(w),
             Err(e) => {
                 warn!(error = %e, step = %step.name, "failed to create the step's log");
-                None
+                Err(e.to_string())
             }
         };
         if let Err(e) = self
@@ -513,15 +515,17 @@ impl RunObserver for StoreObserver<'_> {
         }
     }
 
-    fn step_output(&mut self, _step: &PlannedStep, _stream: Stream, line: &[u8]) -> io::Result<()> {
+    fn step_output(&mut self, step: &PlannedStep, _stream: Stream, line: &[u8]) -> io::Result<()> {
         match &mut self.writer {
-            Some(w) => w.line(line),
-            None => Err(io::Error::other("the step's log could not be created")),
+            Ok(w) => w.line(line).inspect_err(|e| {
+                warn!(run_id = self.run_id, step = %step.name, error = %e, "the step's log cannot be written; stopping the step");
+            }),
+            Err(why) => Err(io::Error::other(why.clone())),
         }
     }
 
     async fn step_finished(&mut self, step: &PlannedStep, result: &StepResult, _elapsed: Duration) {
-        self.writer = None;
+        self.writer = Err(String::new());
         let (state, description, exit_code) = match result {
             StepResult::Skipped => (
                 StepState::Skipped,
