@@ -745,7 +745,10 @@ fn retention_ages_go_past_30_days_and_off_keeps_forever() {
     assert_eq!(config.retention.runs, None);
     assert_eq!(config.retention.interval, Duration::from_secs(600));
     let config = from_text("[retention]\nruns = \"400d\"\nlogs = \"0\"\n", &[]).unwrap();
-    assert_eq!(config.retention.runs, Some(Duration::from_secs(400 * 86_400)));
+    assert_eq!(
+        config.retention.runs,
+        Some(Duration::from_secs(400 * 86_400))
+    );
     assert_eq!(config.retention.logs, None);
     check_errors(
         "[retention]\nlogs = \"90\"\nruns = \"36501d\"\ninterval = \"0s\"\n",
