@@ -259,12 +259,16 @@ async fn a_server_deletes_old_runs_and_logs_keeps_the_newest_of_a_branch_and_com
     // A mirror that fetches made into many packs (gc.autoPackLimit is 50).
     let mirror = server.app.config.server.data_dir.join("git/org/kept.git");
     for i in 0..55 {
-        git_in(
+        let object = git_in(
             &mirror,
             &["hash-object", "-w", "--stdin"],
             &format!("object {i}\n"),
         );
-        git_in(&mirror, &["repack", "-q"], "");
+        git_in(
+            &mirror,
+            &["pack-objects", "-q", "objects/pack/pack"],
+            &object,
+        );
     }
     let packs_before = packs(&mirror);
     assert!(packs_before > 50, "{packs_before} packs");
@@ -325,14 +329,14 @@ fn packs(mirror: &Path) -> usize {
         .count()
 }
 
-fn git_in(dir: &Path, args: &[&str], stdin: &str) {
+fn git_in(dir: &Path, args: &[&str], stdin: &str) -> String {
     use std::io::Write;
     let mut child = Command::new("git")
         .arg("-C")
         .arg(dir)
         .args(args)
         .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
     child
@@ -341,7 +345,9 @@ fn git_in(dir: &Path, args: &[&str], stdin: &str) {
         .unwrap()
         .write_all(stdin.as_bytes())
         .unwrap();
-    assert!(child.wait().unwrap().success(), "git {args:?}");
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "git {args:?}");
+    String::from_utf8(out.stdout).unwrap()
 }
 
 fn image_exists(reference: &str) -> bool {
