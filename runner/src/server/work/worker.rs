@@ -5,7 +5,7 @@
 use super::Work;
 use std::{
     io,
-    path::PathBuf,
+    path::{Path, PathBuf},
     sync::{Arc, Mutex},
     time::Duration,
 };
@@ -367,6 +367,8 @@ async fn run_with_access(
         .map_err(|e| format!("database: {e}"))?;
     let workspace = workspace_dir(work, run.id);
     let _ = std::fs::remove_dir_all(&workspace);
+    // Removed on every way out: a failed checkout, the end of the run, a panic.
+    let removal = RemovedOnDrop(&workspace);
     work.git
         .checkout(&mirror, &run.sha, &workspace)
         .await
@@ -408,9 +410,7 @@ async fn run_with_access(
         registries: work.registries.clone(),
     };
     let result = run_plan(&executor, planned, &setup, &mut observer, cancel).await;
-    if let Err(e) = std::fs::remove_dir_all(&workspace) {
-        warn!(error = %e, path = %workspace.display(), "failed to remove the workspace");
-    }
+    drop(removal);
     let (result, reports) =
         result.map_err(|e| format!("the Docker engine failed: {}", error_chain(&e)))?;
     let result = match result {
@@ -477,6 +477,20 @@ fn is_trusted(run: &Run) -> bool {
         EventKind::Push => run.git_ref.branch() == Some(run.default_branch.as_str()),
         EventKind::Dispatch | EventKind::Schedule => true,
         EventKind::PullRequest | EventKind::Comment => false,
+    }
+}
+
+/// A run's workspace, removed when this is dropped.
+struct RemovedOnDrop<'a>(&'a Path);
+
+impl Drop for RemovedOnDrop<'_> {
+    fn drop(&mut self) {
+        match std::fs::remove_dir_all(self.0) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                warn!(error = %e, path = %self.0.display(), "failed to remove the workspace")
+            }
+            _ => {}
+        }
     }
 }
 
