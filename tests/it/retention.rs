@@ -7,7 +7,9 @@
 use std::{path::Path, path::PathBuf, process::Command, time::Duration};
 
 use pipewright::server::retention_pass;
-use pipewright::store::{RunSpec, RunState, StepState, Store, now_ms};
+use pipewright::store::{
+    ReviewedPlanRow, RunEnd, RunSpec, RunState, StepState, Store, comments::NewComment, now_ms,
+};
 use pipewright_pipelines::{EventKind, GitRef};
 use pipewright_tests::{
     containers_labelled, docker_cli, fake_gitea::FakeGitea, registry::Registry, services::Postgres,
@@ -123,6 +125,37 @@ async fn old_runs_go_and_needed_runs_stay(db: Db) {
     send_statuses(&store, &[]).await;
     // Its final status is still to send.
     let unsent = ended(&store, spec("main", "aaaaaaa4", "g-d")).await;
+    // Its pull-request comment is still to send.
+    let commented = add(&store, spec("main", "aaaaaa41", "g-h")).await;
+    let comment = NewComment {
+        repo: "org/app".into(),
+        pr: 7,
+        marker: "<!-- m -->".into(),
+        body: "plan".into(),
+    };
+    store
+        .finish_run_commenting(commented, RunState::Success, "ok", Some(&comment))
+        .await
+        .unwrap();
+    // A pull request's review uses its plan.
+    let reviewed = add(&store, spec("main", "aaaaaa42", "g-i")).await;
+    let plan = ReviewedPlanRow {
+        repo: "org/app".into(),
+        pr: 8,
+        pipeline: "ci".into(),
+        sha: "aaaaaa42".into(),
+        run_id: reviewed,
+        changes: Vec::new(),
+        applied_run: None,
+    };
+    let end = RunEnd {
+        reviewed: Some(&plan),
+        ..RunEnd::default()
+    };
+    store
+        .finish_run_reviewing(reviewed, RunState::Success, "ok", &end)
+        .await
+        .unwrap();
     let running = add(&store, spec("main", "aaaaaaa5", "g-e")).await;
     assert_eq!(
         store.claim_next("agent", &[]).await.unwrap().unwrap().id,
@@ -171,14 +204,30 @@ async fn old_runs_go_and_needed_runs_stay(db: Db) {
         RunState::Queued
     );
     assert_eq!(store.steps(unsent).await.unwrap().len(), 1);
-    // Once its status is sent, the run may go.
+    for kept in [commented, reviewed] {
+        assert!(store.run(kept).await.unwrap().is_some(), "run {kept}");
+    }
+    // Once its status is sent, the run may go; once its comment is, that one too.
     send_statuses(&store, &[]).await;
     assert_eq!(store.removable_runs(before, 500).await.unwrap(), [unsent]);
+    for due in store.due_comments(10).await.unwrap() {
+        store.comment_sent(&due).await.unwrap();
+    }
+    assert_eq!(
+        store.removable_runs(before, 500).await.unwrap(),
+        [unsent, commented]
+    );
+    // The review's plan is forgotten (after 30 days in the server): its run may go.
+    store.forget_reviewed_plans(now_ms() + 1).await.unwrap();
+    assert_eq!(
+        store.removable_runs(before, 500).await.unwrap(),
+        [unsent, commented, reviewed]
+    );
 
     // Logs: runs that ended before the cut-off and still have them, oldest first.
     assert_eq!(
         store.runs_with_old_logs(before, 500).await.unwrap(),
-        [only_of_feature, unsent]
+        [only_of_feature, unsent, commented, reviewed]
     );
     assert!(!store.steps(only_of_feature).await.unwrap()[0].log_removed);
     store
@@ -190,7 +239,7 @@ async fn old_runs_go_and_needed_runs_stay(db: Db) {
     assert_eq!(steps[0].state, StepState::Success);
     assert_eq!(
         store.runs_with_old_logs(before, 500).await.unwrap(),
-        [unsent]
+        [unsent, commented, reviewed]
     );
     assert!(!store.steps(recent).await.unwrap()[0].log_removed);
 }
