@@ -77,6 +77,17 @@ impl LogStore {
         }
     }
 
+    /// The runs that have a log directory here, in no order.
+    pub fn runs(&self) -> Vec<i64> {
+        let Ok(entries) = fs::read_dir(&self.dir) else {
+            return Vec::new();
+        };
+        entries
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse::<i64>().ok())
+            .collect()
+    }
+
     /// Removes a run's logs.
     pub fn remove_run(&self, run: i64) -> io::Result<()> {
         match fs::remove_dir_all(self.dir.join(run.to_string())) {

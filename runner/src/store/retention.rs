@@ -63,6 +63,34 @@ impl Store {
         Ok(())
     }
 
+    /// Of these runs, those whose logs are gone as far as the database knows: deleted
+    /// runs, and runs marked by [`Store::mark_logs_removed`] (by any instance: with a
+    /// shared database, each removes the files on its own host).
+    pub async fn runs_without_logs(&self, ids: &[i64]) -> Result<Vec<i64>, StoreError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let sql = format!(
+            "SELECT id FROM runs WHERE logs_removed_at IS NULL AND id IN ({})",
+            placeholders(1, ids.len())
+        );
+        let mut query = sqlx::query(AssertSqlSafe(sql));
+        for id in ids {
+            query = query.bind(*id);
+        }
+        let present: Vec<i64> = query
+            .fetch_all(&self.read)
+            .await?
+            .iter()
+            .map(|r| r.try_get::<i64, _>(0))
+            .collect::<Result<_, _>>()?;
+        Ok(ids
+            .iter()
+            .copied()
+            .filter(|id| !present.contains(id))
+            .collect())
+    }
+
     /// Up to `limit` runs (oldest first) that `[retention].runs` may delete: ended before
     /// `before_ms`, and needed by nothing (see the module's notes).
     pub async fn removable_runs(&self, before_ms: i64, limit: i64) -> Result<Vec<i64>, StoreError> {

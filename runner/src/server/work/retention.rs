@@ -23,6 +23,9 @@ pub struct Removed {
     pub logs: usize,
     /// Runs deleted.
     pub runs: u64,
+    /// Log directories of runs deleted or marked as having no logs (by another instance
+    /// sharing the database, or before a crash).
+    pub strays: usize,
     /// Mirrors `git gc --auto` was run in.
     pub mirrors: usize,
 }
@@ -32,9 +35,10 @@ pub(crate) async fn run(app: Arc<App>, stop: CancellationToken) {
     let work = app.work();
     loop {
         match once(&work, &stop).await {
-            Ok(removed) if removed.logs > 0 || removed.runs > 0 => info!(
+            Ok(removed) if removed.logs > 0 || removed.runs > 0 || removed.strays > 0 => info!(
                 logs = removed.logs,
                 runs = removed.runs,
+                strays = removed.strays,
                 "retention: removed the logs of {} runs and {} runs",
                 removed.logs,
                 removed.runs
@@ -62,6 +66,7 @@ pub async fn once(work: &Work<'_>, stop: &CancellationToken) -> Result<Removed, 
     if let Some(age) = retention.logs {
         removed.logs = remove_logs(work, now - millis(age), now, stop).await?;
     }
+    removed.strays = remove_strays(work).await?;
     removed.mirrors = compact_mirrors(work, stop).await;
     Ok(removed)
 }
@@ -135,6 +140,24 @@ async fn remove_logs(
         }
         tokio::task::yield_now().await;
     }
+}
+
+/// The log directories on this host that the database says are gone: runs deleted, or
+/// whose logs were removed, by another instance (with a shared database) or before a
+/// crash.
+async fn remove_strays(work: &Work<'_>) -> Result<usize, StoreError> {
+    let mut removed = 0;
+    let mut here = work.logs.runs();
+    here.sort_unstable();
+    for batch in here.chunks(RETENTION_BATCH as usize) {
+        for id in work.store.runs_without_logs(batch).await? {
+            match work.logs.remove_run(id) {
+                Ok(()) => removed += 1,
+                Err(e) => warn!(run_id = id, error = %e, "failed to remove the run's logs"),
+            }
+        }
+    }
+    Ok(removed)
 }
 
 /// `git gc --auto` in every mirror, each under its lock (a delivery of that repository
