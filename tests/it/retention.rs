@@ -369,6 +369,20 @@ async fn a_server_deletes_old_runs_and_logs_keeps_the_newest_of_a_branch_and_com
         (0, 0, 0),
         "{again:?}"
     );
+
+    // The task is supervised: killed, it comes back (and makes its first pass again).
+    server.app.tasks.crash("retention");
+    eventually(
+        Duration::from_secs(30),
+        "the retention task restarted",
+        || async {
+            let (_, body) = get(&format!("{}/readyz", server.url)).await;
+            let body: Value = serde_json::from_str(&body).unwrap();
+            let task = &body["tasks"]["retention"];
+            (task["running"] == true && task["restarts"] == 1).then_some(())
+        },
+    )
+    .await;
     server.stop().await;
 }
 
