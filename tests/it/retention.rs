@@ -8,7 +8,8 @@ use std::{path::Path, path::PathBuf, process::Command, time::Duration};
 
 use pipewright::server::retention_pass;
 use pipewright::store::{
-    ReviewedPlanRow, RunEnd, RunSpec, RunState, StepState, Store, comments::NewComment, now_ms,
+    DeliveryState, NewDelivery, ReviewedPlanRow, RunEnd, RunSpec, RunState, StepState, Store,
+    comments::NewComment, now_ms,
 };
 use pipewright_pipelines::{EventKind, GitRef};
 use pipewright_tests::{
@@ -242,6 +243,30 @@ async fn old_runs_go_and_needed_runs_stay(db: Db) {
         [unsent, commented, reviewed]
     );
     assert!(!store.steps(recent).await.unwrap()[0].log_removed);
+
+    // Deliveries: processed ones received before the cut-off go, pending ones stay.
+    let delivery = |id: &str| NewDelivery {
+        delivery_id: id.into(),
+        event_type: "push".into(),
+        repo: "org/app".into(),
+        payload: b"{}".to_vec(),
+    };
+    store
+        .insert_deliveries(&[delivery("done"), delivery("waiting")])
+        .await
+        .unwrap();
+    let done = store.pending_deliveries(10).await.unwrap()[0].id;
+    store
+        .finish_delivery(done, DeliveryState::Processed, "")
+        .await
+        .unwrap();
+    assert_eq!(store.delete_old_deliveries(before, 500).await.unwrap(), 0);
+    let later = now_ms() + 1;
+    assert_eq!(store.delete_old_deliveries(later, 500).await.unwrap(), 1);
+    assert_eq!(store.delivery_count().await.unwrap(), 1);
+    let pending = store.pending_deliveries(10).await.unwrap();
+    assert_eq!(pending.len(), 1);
+    assert_eq!(pending[0].delivery_id, "waiting");
 }
 
 fn step_json(run: &Value, index: usize) -> &Value {
@@ -344,6 +369,8 @@ async fn a_server_deletes_old_runs_and_logs_keeps_the_newest_of_a_branch_and_com
     .await;
     assert!(removed.mirrors >= 1, "{removed:?}");
     assert!(!logs.join("987654").exists());
+    // The two pushes' deliveries are processed and old too.
+    assert_eq!(server.app.store.delivery_count().await.unwrap(), 0);
     assert!(packs(&mirror) < 5, "{} packs after gc", packs(&mirror));
     assert!(!logs.join(older.to_string()).exists());
     let (code, _) = get(&format!("{}/api/v1/runs/{older}", server.url)).await;

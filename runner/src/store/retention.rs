@@ -149,6 +149,29 @@ impl Store {
     }
 }
 
+impl Store {
+    /// Deletes up to `limit` deliveries (oldest first) received before `before_ms` whose
+    /// processing is over (their payloads are the largest rows). Their runs keep their
+    /// number in `runs.delivery`, which nothing reads after the enqueue. Returns how many
+    /// went.
+    pub async fn delete_old_deliveries(
+        &self,
+        before_ms: i64,
+        limit: i64,
+    ) -> Result<u64, StoreError> {
+        Ok(sqlx::query(
+            "DELETE FROM deliveries WHERE id IN (
+                SELECT id FROM deliveries WHERE received_at < $1 AND state <> 'received'
+                ORDER BY id LIMIT $2)",
+        )
+        .bind(before_ms)
+        .bind(limit)
+        .execute(&self.pool)
+        .await?
+        .rows_affected())
+    }
+}
+
 /// `$first, $first+1, …`: `count` numbered parameters.
 fn placeholders(first: usize, count: usize) -> String {
     (first..first + count)

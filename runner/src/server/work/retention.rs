@@ -23,6 +23,8 @@ pub struct Removed {
     pub logs: usize,
     /// Runs deleted.
     pub runs: u64,
+    /// Deliveries deleted (received before the `runs` age, processed).
+    pub deliveries: u64,
     /// Log directories of runs deleted or marked as having no logs (by another instance
     /// sharing the database, or before a crash).
     pub strays: usize,
@@ -35,14 +37,22 @@ pub(crate) async fn run(app: Arc<App>, stop: CancellationToken) {
     let work = app.work();
     loop {
         match once(&work, &stop).await {
-            Ok(removed) if removed.logs > 0 || removed.runs > 0 || removed.strays > 0 => info!(
-                logs = removed.logs,
-                runs = removed.runs,
-                strays = removed.strays,
-                "retention: removed the logs of {} runs and {} runs",
-                removed.logs,
-                removed.runs
-            ),
+            Ok(removed)
+                if removed.logs > 0
+                    || removed.runs > 0
+                    || removed.strays > 0
+                    || removed.deliveries > 0 =>
+            {
+                info!(
+                    logs = removed.logs,
+                    runs = removed.runs,
+                    strays = removed.strays,
+                    deliveries = removed.deliveries,
+                    "retention: removed the logs of {} runs and {} runs",
+                    removed.logs,
+                    removed.runs
+                )
+            }
             Ok(_) => debug!("retention: nothing to remove"),
             Err(e) => warn!(error = %error_chain(&e), "retention failed; trying again later"),
         }
@@ -62,6 +72,7 @@ pub async fn once(work: &Work<'_>, stop: &CancellationToken) -> Result<Removed, 
     plans::retain(work).await;
     if let Some(age) = retention.runs {
         removed.runs = remove_runs(work, now - millis(age), stop).await?;
+        removed.deliveries = remove_deliveries(work, now - millis(age), stop).await?;
     }
     if let Some(age) = retention.logs {
         removed.logs = remove_logs(work, now - millis(age), now, stop).await?;
@@ -104,6 +115,26 @@ async fn remove_runs(
         debug!(deleted, "retention: deleted a batch of runs");
         // A batch that deleted nothing would come back as it is: stop for this pass.
         if deleted == 0 || (ids.len() as i64) < RETENTION_BATCH || stop.is_cancelled() {
+            return Ok(total);
+        }
+        tokio::task::yield_now().await;
+    }
+}
+
+/// Processed deliveries received before `before`, in batches.
+async fn remove_deliveries(
+    work: &Work<'_>,
+    before: i64,
+    stop: &CancellationToken,
+) -> Result<u64, StoreError> {
+    let mut total = 0;
+    loop {
+        let deleted = work
+            .store
+            .delete_old_deliveries(before, RETENTION_BATCH)
+            .await?;
+        total += deleted;
+        if (deleted as i64) < RETENTION_BATCH || stop.is_cancelled() {
             return Ok(total);
         }
         tokio::task::yield_now().await;
