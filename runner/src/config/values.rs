@@ -274,8 +274,9 @@ pub struct RetentionConfig {
     /// `runs`: runs that ended longer ago than this are deleted with their steps, logs,
     /// sent statuses and comments and kept plan files; the newest run of each branch, tag
     /// and pull request stays (catch-up would run its commit again), and so does a run
-    /// whose status is still to send or whose plan a pull request's review uses. A
-    /// duration, or `off` to keep runs forever. Default: `90d`.
+    /// whose status is still to send or whose plan a pull request's review uses. Processed
+    /// webhook deliveries received before then are deleted too. A duration, or `off` to
+    /// keep runs forever. Default: `90d`.
     pub runs: Option<Duration>,
     /// `interval`: how often retention is applied (also once at start), and git mirrors
     /// are compacted (`git gc --auto`). Default: `1h`.
