@@ -302,6 +302,7 @@ async fn run_one(
             inputs: &cx.inputs,
             reviewed: None,
         },
+        remove_pushed: None,
         services,
         network: args.network.as_deref(),
         volumes_resolved: false,

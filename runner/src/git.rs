@@ -243,6 +243,63 @@ impl Git {
         self.open(repo, false).await.map(Some)
     }
 
+    /// The repositories (`owner/name`) that have a mirror, sorted.
+    pub fn mirrored_repos(&self) -> Vec<String> {
+        let mut repos = Vec::new();
+        let Ok(owners) = std::fs::read_dir(&self.root) else {
+            return repos;
+        };
+        for owner in owners.flatten() {
+            let Ok(names) = std::fs::read_dir(owner.path()) else {
+                continue;
+            };
+            for name in names.flatten() {
+                let (owner, name) = (owner.file_name(), name.file_name());
+                let (Some(owner), Some(name)) = (owner.to_str(), name.to_str()) else {
+                    continue;
+                };
+                let Some(name) = name.strip_suffix(".git") else {
+                    continue;
+                };
+                let repo = format!("{owner}/{name}");
+                if crate::checked::is_repo_name(&repo)
+                    && self.root.join(format!("{repo}.git")).join("HEAD").exists()
+                {
+                    repos.push(repo);
+                }
+            }
+        }
+        repos.sort();
+        repos
+    }
+
+    /// Compacts a mirror when git thinks it is worth it (`git gc --auto`: many loose
+    /// objects or packs, which every fetch adds), in the foreground (`gc.autoDetach=false`,
+    /// so the caller's timeout and lock hold for it). Unreachable objects go after git's
+    /// default grace of two weeks.
+    pub async fn compact(&self, mirror: &Mirror) -> Result<(), GitError> {
+        let timeout = self.fetch_timeout.max(LOCAL_TIMEOUT);
+        self.run_with(
+            Some(&mirror.path),
+            &["-c", "gc.autoDetach=false", "gc", "--auto", "--quiet"],
+            false,
+            timeout,
+        )
+        .await
+        .map_err(|e| match e {
+            GitError::Failed { stderr, .. } => GitError::Failed {
+                what: "gc".into(),
+                stderr,
+            },
+            GitError::TimedOut { after, .. } => GitError::TimedOut {
+                what: "gc".into(),
+                after,
+            },
+            other => other,
+        })?;
+        Ok(())
+    }
+
     /// Brings the mirror of `repo` up to date: branches, tags and pull-request heads.
     pub async fn update(&self, mirror: &Mirror, repo: &str) -> Result<(), GitError> {
         let remote = self.remote(repo)?;

@@ -201,34 +201,38 @@ pub async fn run_plan<E: Executor, O: RunObserver>(
         };
         let step_result = match &step.action {
             _ if not_ready.is_some() => StepResult::NotRun,
-            PlannedAction::Uses { action, with } => {
-                let ran = crate::action_steps::run(
-                    executor,
-                    crate::action_steps::ActionStep {
-                        step,
-                        action,
-                        with,
-                        spec,
-                        setup,
-                        secret_values: &secret_values,
-                        sourced_env: &extras.sourced_env,
-                    },
-                    &mut sink,
-                    step_cancel,
-                )
-                .await?;
-                if ran.summary.is_some() {
-                    reports.summary = ran.summary;
+            PlannedAction::Uses { action, with } => match crate::action_steps::run(
+                executor,
+                crate::action_steps::ActionStep {
+                    step,
+                    action,
+                    with,
+                    spec,
+                    setup,
+                    secret_values: &secret_values,
+                    sourced_env: &extras.sourced_env,
+                },
+                &mut sink,
+                step_cancel,
+            )
+            .await
+            {
+                Ok(ran) => {
+                    if ran.summary.is_some() {
+                        reports.summary = ran.summary;
+                    }
+                    if ran.plan.is_some() {
+                        reports.plan_comment = ran.plan.map(|plan| PlanComment { plan });
+                    }
+                    if let Some(saved) = ran.saved_plan {
+                        reports.saved_plans.push((step.name.clone(), saved));
+                    }
+                    leftovers.extend(ran.leftovers);
+                    ran.result
                 }
-                if ran.plan.is_some() {
-                    reports.plan_comment = ran.plan.map(|plan| PlanComment { plan });
-                }
-                if let Some(saved) = ran.saved_plan {
-                    reports.saved_plans.push((step.name.clone(), saved));
-                }
-                leftovers.extend(ran.leftovers);
-                ran.result
-            }
+                Err(ExecError::Sink(e)) => log_lost(&e),
+                Err(e) => return Err(e),
+            },
             PlannedAction::Run {
                 image,
                 script,
@@ -237,7 +241,11 @@ pub async fn run_plan<E: Executor, O: RunObserver>(
                 spec.image = image.clone();
                 spec.command = script_command(*shell, script);
                 spec.start_gate = gate.clone();
-                StepResult::Ran(executor.run_step(&spec, &mut sink, step_cancel).await?)
+                match executor.run_step(&spec, &mut sink, step_cancel).await {
+                    Ok(outcome) => StepResult::Ran(outcome),
+                    Err(ExecError::Sink(e)) => log_lost(&e),
+                    Err(e) => return Err(e),
+                }
             }
         };
         // Whatever the step did, no later step starts before the checkout ended; one that
@@ -246,7 +254,7 @@ pub async fn run_plan<E: Executor, O: RunObserver>(
             Some(gate) => not_ready.or(gate.wait().await.err()),
             None => None,
         } {
-            sink.flush().map_err(ExecError::Sink)?;
+            let _ = sink.flush();
             drop(sink);
             observer
                 .step_finished(step, &StepResult::NotRun, Duration::ZERO)
@@ -255,7 +263,10 @@ pub async fn run_plan<E: Executor, O: RunObserver>(
             unready = Some(why);
             continue;
         }
-        sink.flush().map_err(ExecError::Sink)?;
+        let step_result = match sink.flush() {
+            Ok(()) => step_result,
+            Err(e) => log_lost(&e),
+        };
         // The step's masker may know more than it was given (an action's database password).
         run_masker = run_masker.union(&sink.masker);
         let step_result = masked_result(&run_masker, step_result);
@@ -309,6 +320,13 @@ pub async fn run_plan<E: Executor, O: RunObserver>(
         }
     }
     Ok((result, masked_reports(&run_masker, reports)))
+}
+
+/// A step whose log could not be written (a full disk: the executor stopped it at the
+/// sink's error). It is Pipewright's failure, not the step's, so the step and the run end
+/// as `error` with the log's own message, which names the file; the server goes on.
+fn log_lost(e: &std::io::Error) -> StepResult {
+    StepResult::Unrunnable(e.to_string())
 }
 
 /// The status description and plan comment, masked (a plan's addresses can hold values).

@@ -191,6 +191,10 @@ pub struct RunSetup<'a> {
     /// checkout that fails ends the run as `error` with its reason, running no step.
     /// `None`: the workspace is ready.
     pub workspace_ready: Option<pipewright_containers::StartGate>,
+    /// Images that `uses: image` built and pushed are removed from the engine once the
+    /// run ends, except the references listed here (`[docker].pin_images`); `None` keeps
+    /// them all (`exec`: the user's own engine).
+    pub remove_pushed: Option<&'a [String]>,
 }
 
 impl std::fmt::Debug for RunSetup<'_> {

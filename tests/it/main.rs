@@ -11,6 +11,7 @@ mod offline;
 mod operations;
 mod outbox;
 mod registries;
+mod retention;
 mod schedules;
 mod secret_files;
 mod serve;

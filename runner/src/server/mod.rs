@@ -37,6 +37,7 @@ pub use crate::error_chain;
 pub use http::webhook::DeliveryWriter;
 pub use tasks::Tasks;
 pub use work::registry::Scheduler;
+pub use work::retention::Removed;
 
 /// Everything the server's parts share.
 #[derive(Debug)]
@@ -238,6 +239,12 @@ pub async fn schedule_tick(app: &App, epoch_secs: i64) -> Result<usize, String> 
     intake::schedule::tick(&app.intake(), epoch_secs).await
 }
 
+/// One retention pass (`[retention]`), as the background task makes at start and every
+/// `interval`: old logs and runs deleted, mirrors compacted.
+pub async fn retention_pass(app: &App) -> Result<work::retention::Removed, StoreError> {
+    work::retention::once(&app.work(), &CancellationToken::new()).await
+}
+
 /// Keeps the SQLite log short, off the webhook path (see `Store::checkpoint`).
 async fn checkpoints(app: Arc<App>, stop: CancellationToken) {
     loop {
@@ -322,7 +329,7 @@ fn getrandom_bytes(buf: &mut [u8]) {
 }
 
 /// The supervised background tasks, by name (as `/readyz` names them).
-const TASKS: [(&str, TaskFn); 7] = [
+const TASKS: [(&str, TaskFn); 8] = [
     ("webhook writer", |app, stop| {
         Box::pin(http::webhook::run_writer(app, stop))
     }),
@@ -341,6 +348,9 @@ const TASKS: [(&str, TaskFn); 7] = [
     }),
     ("kept images", |app, stop| {
         Box::pin(work::keep::run(app, stop))
+    }),
+    ("retention", |app, stop| {
+        Box::pin(work::retention::run(app, stop))
     }),
 ];
 

@@ -20,12 +20,14 @@ mod images;
 mod outbox;
 mod plans;
 mod repos;
+mod retention;
 mod runs;
 
 pub use deliveries::*;
 pub use outbox::*;
 pub use plans::*;
 pub use repos::*;
+pub use retention::*;
 pub use runs::*;
 
 /// Milliseconds since the epoch: the one time format of the database.
@@ -86,6 +88,7 @@ pub(crate) const SQLITE_MIGRATIONS: Migrations = migrations![
     (6, "both", "0006_runs_on"),
     (7, "both", "0007_reviewed_plans"),
     (8, "both", "0008_run_pages"),
+    (9, "both", "0009_retention"),
 ];
 
 pub(crate) const POSTGRES_MIGRATIONS: Migrations = migrations![
@@ -97,6 +100,7 @@ pub(crate) const POSTGRES_MIGRATIONS: Migrations = migrations![
     (6, "both", "0006_runs_on"),
     (7, "both", "0007_reviewed_plans"),
     (8, "both", "0008_run_pages"),
+    (9, "both", "0009_retention"),
 ];
 
 /// The highest version of the databases made before migrations were sqlx's: release

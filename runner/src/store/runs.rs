@@ -243,6 +243,8 @@ pub struct StepRow {
     pub exit_code: Option<i64>,
     pub started_at: Option<i64>,
     pub finished_at: Option<i64>,
+    /// Its log was deleted by `[retention].logs` (the run's are removed together).
+    pub log_removed: bool,
 }
 
 /// What enqueueing did to other runs of the same groups.
@@ -856,7 +858,9 @@ impl Store {
 
     pub async fn steps(&self, run_id: i64) -> Result<Vec<StepRow>, StoreError> {
         let rows = sqlx::query(
-            "SELECT idx, name, state, description, exit_code, started_at, finished_at FROM steps WHERE run_id = $1 ORDER BY idx",
+            "SELECT s.idx, s.name, s.state, s.description, s.exit_code, s.started_at, s.finished_at,
+                    r.logs_removed_at
+             FROM steps s JOIN runs r ON r.id = s.run_id WHERE s.run_id = $1 ORDER BY s.idx",
         )
         .bind(run_id)
         .fetch_all(&self.read)
@@ -873,6 +877,7 @@ impl Store {
                     exit_code: r.try_get("exit_code")?,
                     started_at: r.try_get("started_at")?,
                     finished_at: r.try_get("finished_at")?,
+                    log_removed: r.try_get::<Option<i64>, _>("logs_removed_at")?.is_some(),
                 })
             })
             .collect()

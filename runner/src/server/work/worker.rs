@@ -5,7 +5,7 @@
 use super::Work;
 use std::{
     io,
-    path::PathBuf,
+    path::{Path, PathBuf},
     sync::{Arc, Mutex},
     time::Duration,
 };
@@ -367,6 +367,8 @@ async fn run_with_access(
         .map_err(|e| format!("database: {e}"))?;
     let workspace = workspace_dir(work, run.id);
     let _ = std::fs::remove_dir_all(&workspace);
+    // Removed on every way out: a failed checkout, the end of the run, a panic.
+    let removal = RemovedOnDrop(&workspace);
     // The directory exists before the checkout fills it, so that the first step's
     // container can be created (with its bind mount) while git works.
     std::fs::create_dir_all(&workspace).map_err(|e| format!("workspace: {e}"))?;
@@ -402,11 +404,12 @@ async fn run_with_access(
         network: work.config.docker.network.as_deref(),
         volumes_resolved: true,
         workspace_ready: Some(workspace_ready),
+        remove_pushed: Some(&work.config.docker.pin_images),
     };
     let mut observer = StoreObserver {
         work,
         run_id: run.id,
-        writer: None,
+        writer: Err(String::new()),
     };
     let executor = crate::server::work::images::Pinned {
         inner: work.executor.clone(),
@@ -420,9 +423,7 @@ async fn run_with_access(
         checkout,
         run_plan(&executor, planned, &setup, &mut observer, cancel)
     );
-    if let Err(e) = std::fs::remove_dir_all(&workspace) {
-        warn!(error = %e, path = %workspace.display(), "failed to remove the workspace");
-    }
+    drop(removal);
     checked?;
     let (result, reports) =
         result.map_err(|e| format!("the Docker engine failed: {}", error_chain(&e)))?;
@@ -493,6 +494,20 @@ fn is_trusted(run: &Run) -> bool {
     }
 }
 
+/// A run's workspace, removed when this is dropped.
+struct RemovedOnDrop<'a>(&'a Path);
+
+impl Drop for RemovedOnDrop<'_> {
+    fn drop(&mut self) {
+        match std::fs::remove_dir_all(self.0) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                warn!(error = %e, path = %self.0.display(), "failed to remove the workspace")
+            }
+            _ => {}
+        }
+    }
+}
+
 fn workspace_dir(work: &Work<'_>, run: i64) -> PathBuf {
     work.config
         .server
@@ -505,16 +520,17 @@ fn workspace_dir(work: &Work<'_>, run: i64) -> PathBuf {
 struct StoreObserver<'a> {
     work: &'a Work<'a>,
     run_id: i64,
-    writer: Option<LogWriter>,
+    /// The step's log, or why it could not be created.
+    writer: Result<LogWriter, String>,
 }
 
 impl RunObserver for StoreObserver<'_> {
     async fn step_started(&mut self, step: &PlannedStep) {
         self.writer = match self.work.logs.writer(self.run_id, step.index as i64) {
-            Ok(w) => Some(w),
+            Ok(w) => Ok(w),
             Err(e) => {
                 warn!(error = %e, step = %step.name, "failed to create the step's log");
-                None
+                Err(e.to_string())
             }
         };
         if let Err(e) = self
@@ -527,15 +543,17 @@ impl RunObserver for StoreObserver<'_> {
         }
     }
 
-    fn step_output(&mut self, _step: &PlannedStep, _stream: Stream, line: &[u8]) -> io::Result<()> {
+    fn step_output(&mut self, step: &PlannedStep, _stream: Stream, line: &[u8]) -> io::Result<()> {
         match &mut self.writer {
-            Some(w) => w.line(line),
-            None => Err(io::Error::other("the step's log could not be created")),
+            Ok(w) => w.line(line).inspect_err(|e| {
+                warn!(run_id = self.run_id, step = %step.name, error = %e, "the step's log cannot be written; stopping the step");
+            }),
+            Err(why) => Err(io::Error::other(why.clone())),
         }
     }
 
     async fn step_finished(&mut self, step: &PlannedStep, result: &StepResult, _elapsed: Duration) {
-        self.writer = None;
+        self.writer = Err(String::new());
         let (state, description, exit_code) = match result {
             StepResult::Skipped => (
                 StepState::Skipped,
