@@ -6,6 +6,7 @@
 
 mod http;
 mod intake;
+pub mod metrics;
 mod present;
 mod report;
 mod tasks;
@@ -65,6 +66,8 @@ pub struct App {
     pub registries: Arc<Registries>,
     /// The background tasks' states, for `/readyz`.
     pub tasks: Tasks,
+    /// What `/metrics` serves.
+    pub metrics: Arc<metrics::Metrics>,
 }
 
 impl App {
@@ -93,13 +96,15 @@ impl App {
         let client = http_client(config.gitea.ca_file.as_deref())?;
         let gitea_url = config.gitea.url.clone().unwrap_or_default();
         let gitea = Gitea::new(&gitea_url, config.gitea.token.clone(), client.clone());
+        let metrics = Arc::new(metrics::Metrics::new());
         let git = Git::new(
             data_dir.join("git"),
             &gitea_url,
             config.gitea.git_timeout,
             config.gitea.token.clone(),
             config.gitea.ca_file.clone(),
-        );
+        )
+        .observe_fetches(metrics.fetch_observer());
         let logs = LogStore::new(data_dir.join("logs")).with_limit(config.docker.max_log_bytes);
         let defaults = StepDefaults {
             memory_bytes: config.docker.default_memory,
@@ -142,6 +147,7 @@ impl App {
             vault,
             registries,
             tasks: Tasks::default(),
+            metrics,
         }))
     }
 
@@ -193,6 +199,7 @@ impl App {
             instance: &self.instance,
             reporter_wake: &self.reporter_wake,
             public_url: self.public_url(),
+            metrics: &self.metrics,
         }
     }
 

@@ -15,6 +15,7 @@ use sqlx::{
 mod access;
 mod commands;
 pub mod comments;
+mod counts;
 mod deliveries;
 mod images;
 mod outbox;
@@ -22,6 +23,7 @@ mod plans;
 mod repos;
 mod runs;
 
+pub use counts::*;
 pub use deliveries::*;
 pub use outbox::*;
 pub use plans::*;
@@ -51,6 +53,8 @@ pub struct Store {
     /// Plain reads: WAL readers never wait for the writer.
     read: AnyPool,
     backend: Backend,
+    /// The runs this process ended, by final state (shared by every clone).
+    ends: std::sync::Arc<RunEnds>,
 }
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -144,6 +148,7 @@ impl Store {
             pool,
             read,
             backend,
+            ends: Default::default(),
         };
         store.migrate().await?;
         Ok(store)
