@@ -385,7 +385,7 @@ impl TypedMetric for Histogram {
 
 impl EncodeMetric for Histogram {
     fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
-        let mut cumulative = 0;
+        // The encoder makes the buckets cumulative: it takes each bucket's own count.
         let buckets: Vec<(f64, u64)> = self
             .0
             .bounds
@@ -393,13 +393,11 @@ impl EncodeMetric for Histogram {
             .copied()
             .chain([f64::INFINITY])
             .zip(self.0.counts.iter())
-            .map(|(bound, n)| {
-                cumulative += n.load(Ordering::Relaxed);
-                (bound, cumulative)
-            })
+            .map(|(bound, n)| (bound, n.load(Ordering::Relaxed)))
             .collect();
+        let count = buckets.iter().map(|(_, n)| n).sum();
         let sum = self.0.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9;
-        encoder.encode_histogram::<NoLabelSet>(sum, cumulative, &buckets, None)
+        encoder.encode_histogram::<NoLabelSet>(sum, count, &buckets, None)
     }
 
     fn metric_type(&self) -> MetricType {
