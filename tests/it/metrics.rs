@@ -3,7 +3,12 @@
 
 use std::time::Duration;
 
+use pipewright::store::{
+    DeliveryState, LEASE, NewDelivery, QueueSizes, RunSpec, RunState, Store, now_ms,
+};
+use pipewright_pipelines::{EventKind, GitRef};
 use pipewright_tests::fake_gitea::{DeliverOptions, Delivery, FakeGitea, SignatureMode};
+use pipewright_tests::services::Postgres;
 use prometheus_parse::{LineInfo, Scrape, Value};
 
 use crate::serve::{SECRET, Server, client, eventually, final_statuses, states, step};
@@ -285,4 +290,150 @@ async fn superseded_queued_runs_are_counted_and_the_queue_is_read_from_the_store
     );
     assert_eq!(after.webhooks("accepted"), 2.0);
     server.stop().await;
+}
+
+/// A run for the store tests below.
+fn spec(sha: &str, group: &str, state: RunState) -> RunSpec {
+    RunSpec {
+        repo: "org/app".into(),
+        repo_id: 1,
+        owner_id: 2,
+        default_branch: "main".into(),
+        status_repo: "org/app".into(),
+        pipeline: "ci".into(),
+        pipeline_file: ".pipewright/ci.yml".into(),
+        event: EventKind::Push,
+        git_ref: GitRef::Branch("main".into()),
+        sha: sha.into(),
+        pr: None,
+        actor: "alice".into(),
+        from_fork: false,
+        attempt: 1,
+        inputs: Vec::new(),
+        input_types: Vec::new(),
+        rerun_of: None,
+        runs_on: Vec::new(),
+        dedupe_key: format!("push:{sha}"),
+        concurrency_group: group.into(),
+        cancel_in_progress: false,
+        state,
+        description: state.as_str().into(),
+    }
+}
+
+fn ended(store: &Store, state: RunState) -> u64 {
+    store
+        .run_ends()
+        .iter()
+        .find(|(s, _)| *s == state)
+        .map(|(_, n)| *n)
+        .unwrap()
+}
+
+/// The store's side of the metrics, on SQLite and on PostgreSQL: each way a run ends is
+/// counted once, after it committed, and the queue sizes follow the tables.
+async fn the_store_counts_each_run_end_once_and_sizes_its_queues(url: String) {
+    let store = Store::open(&url).await.unwrap();
+    let sizes = |q: i64, r: i64, d: i64| (q, r, d);
+    let of = |s: QueueSizes| (s.runs_queued, s.runs_running, s.deliveries_pending);
+    assert_eq!(of(store.queue_sizes().await.unwrap()), sizes(0, 0, 0));
+    assert!(store.run_ends().iter().all(|(_, n)| *n == 0));
+
+    let delivery = |id: &str| NewDelivery {
+        delivery_id: id.into(),
+        event_type: "push".into(),
+        repo: "org/app".into(),
+        payload: b"{}".to_vec(),
+    };
+    store
+        .insert_deliveries(&[delivery("d1"), delivery("d2")])
+        .await
+        .unwrap();
+    let first = store
+        .enqueue_runs(None, &[spec("a1", "g", RunState::Queued)])
+        .await
+        .unwrap();
+    assert_eq!(of(store.queue_sizes().await.unwrap()), sizes(1, 0, 2));
+    // A newer run of the group supersedes the queued one.
+    store
+        .enqueue_runs(None, &[spec("a2", "g", RunState::Queued)])
+        .await
+        .unwrap();
+    assert_eq!(ended(&store, RunState::Superseded), 1);
+    assert_eq!(of(store.queue_sizes().await.unwrap()), sizes(1, 0, 2));
+    let claimed = store.claim_next("pw-me", &[]).await.unwrap().unwrap();
+    assert_ne!(claimed.id, first.ids[0]);
+    assert_eq!(of(store.queue_sizes().await.unwrap()), sizes(0, 1, 2));
+    // Ending a run twice counts it once.
+    assert!(
+        store
+            .finish_run(claimed.id, RunState::Success, "ok")
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .finish_run(claimed.id, RunState::Failure, "again")
+            .await
+            .unwrap()
+    );
+    assert_eq!(ended(&store, RunState::Success), 1);
+    assert_eq!(ended(&store, RunState::Failure), 0);
+    // A lost lease, and a run that ends as it is queued (an invalid pipeline file).
+    store
+        .enqueue_runs(None, &[spec("b1", "h", RunState::Queued)])
+        .await
+        .unwrap();
+    store.claim_next("pw-other", &[]).await.unwrap().unwrap();
+    let later = now_ms() + 2 * LEASE.as_millis() as i64;
+    assert_eq!(store.settle_lost_leases(later, &[]).await.unwrap().len(), 1);
+    assert_eq!(ended(&store, RunState::Error), 1);
+    store
+        .enqueue_runs(None, &[spec("c1", "i", RunState::Failure)])
+        .await
+        .unwrap();
+    assert_eq!(ended(&store, RunState::Failure), 1);
+    // A duplicate enqueues (and ends) nothing.
+    store
+        .enqueue_runs(None, &[spec("c1", "i", RunState::Failure)])
+        .await
+        .unwrap();
+    assert_eq!(ended(&store, RunState::Failure), 1);
+    assert_eq!(ended(&store, RunState::Cancelled), 0);
+
+    // Statuses: pending until sent.
+    assert!(store.queue_sizes().await.unwrap().statuses_pending > 0);
+    loop {
+        let due = store.due_statuses(100).await.unwrap();
+        if due.is_empty() {
+            break;
+        }
+        for status in due {
+            store.status_sent(status.id).await.unwrap();
+        }
+    }
+    let pending = store.pending_deliveries(10).await.unwrap();
+    store
+        .finish_delivery(pending[0].id, DeliveryState::Processed, "done")
+        .await
+        .unwrap();
+    let last = store.queue_sizes().await.unwrap();
+    assert_eq!(last.statuses_pending, 0);
+    assert_eq!(of(last), sizes(0, 0, 1));
+}
+
+#[tokio::test]
+async fn store_counts_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    the_store_counts_each_run_end_once_and_sizes_its_queues(format!(
+        "sqlite://{}/pw.db",
+        dir.path().display()
+    ))
+    .await
+}
+
+#[tokio::test]
+async fn store_counts_on_postgres() {
+    let pg = Postgres::start();
+    the_store_counts_each_run_end_once_and_sizes_its_queues(pg.url()).await
 }
