@@ -429,4 +429,40 @@ mod tests {
         assert!(text.contains("t_seconds_count 4\n"), "{text}");
         assert!(text.contains("t_seconds_sum 2.0065"), "{text}");
     }
+
+    #[test]
+    fn a_scrape_names_every_metric_once() {
+        let m = Metrics::new();
+        m.webhook(WebhookResult::Refused, Duration::from_millis(3));
+        m.step(StepState::Skipped, Duration::from_secs(1));
+        let queues = QueueSizes {
+            runs_queued: 3,
+            ..QueueSizes::default()
+        };
+        let text = m.encode(&[(RunState::Success, 2)], Some(queues)).unwrap();
+        let mut types: Vec<&str> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("# TYPE "))
+            .collect();
+        let count = types.len();
+        types.sort();
+        types.dedup();
+        assert_eq!(types.len(), count, "{text}");
+        for line in [
+            "pipewright_webhooks_total{result=\"refused\"} 1\n",
+            "pipewright_webhooks_total{result=\"accepted\"} 0\n",
+            "pipewright_webhook_ack_seconds_count 1\n",
+            "pipewright_step_seconds_count{result=\"success\"} 0\n",
+            "pipewright_runs_total{state=\"success\"} 2\n",
+            "pipewright_runs_queued 3\n",
+            "pipewright_agents{state=\"live\"} 0\n",
+            "pipewright_store_up 1\n",
+        ] {
+            assert!(text.contains(line), "{line} in\n{text}");
+        }
+        assert!(!text.contains("result=\"skipped\""), "{text}");
+        let down = m.encode(&[], None).unwrap();
+        assert!(down.contains("pipewright_store_up 0\n"), "{down}");
+        assert!(!down.contains("pipewright_runs_queued"), "{down}");
+    }
 }
