@@ -7,6 +7,7 @@ mod executor;
 mod fake_gitea_selftest;
 mod fuzz;
 mod image_build;
+mod metrics;
 mod offline;
 mod operations;
 mod outbox;

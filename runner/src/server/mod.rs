@@ -6,6 +6,7 @@
 
 mod http;
 mod intake;
+pub mod metrics;
 mod present;
 mod report;
 mod tasks;
@@ -68,6 +69,8 @@ pub struct App {
     pub tasks: Tasks,
     /// The web UI's browser sessions, kept in memory only.
     sessions: http::session::Sessions,
+    /// What `/metrics` serves.
+    pub metrics: Arc<metrics::Metrics>,
 }
 
 impl App {
@@ -96,13 +99,15 @@ impl App {
         let client = http_client(config.gitea.ca_file.as_deref())?;
         let gitea_url = config.gitea.url.clone().unwrap_or_default();
         let gitea = Gitea::new(&gitea_url, config.gitea.token.clone(), client.clone());
+        let metrics = Arc::new(metrics::Metrics::new());
         let git = Git::new(
             data_dir.join("git"),
             &gitea_url,
             config.gitea.git_timeout,
             config.gitea.token.clone(),
             config.gitea.ca_file.clone(),
-        );
+        )
+        .observe_fetches(metrics.fetch_observer());
         let git_version = git.version().await.map_err(|e| {
             anyhow::anyhow!(
                 "git is needed on PATH for mirrors and checkouts, and could not be run: {}",
@@ -153,6 +158,7 @@ impl App {
             registries,
             tasks: Tasks::default(),
             sessions: http::session::Sessions::default(),
+            metrics,
         }))
     }
 
@@ -204,6 +210,7 @@ impl App {
             instance: &self.instance,
             reporter_wake: &self.reporter_wake,
             public_url: self.public_url(),
+            metrics: &self.metrics,
         }
     }
 

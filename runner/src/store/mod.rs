@@ -15,6 +15,7 @@ use sqlx::{
 mod access;
 mod commands;
 pub mod comments;
+mod counts;
 mod deliveries;
 mod images;
 mod outbox;
@@ -23,6 +24,7 @@ mod repos;
 mod retention;
 mod runs;
 
+pub use counts::*;
 pub use deliveries::*;
 pub use outbox::*;
 pub use plans::*;
@@ -53,6 +55,8 @@ pub struct Store {
     /// Plain reads: WAL readers never wait for the writer.
     read: AnyPool,
     backend: Backend,
+    /// The runs this process ended, by final state (shared by every clone).
+    ends: std::sync::Arc<RunEnds>,
 }
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -148,6 +152,7 @@ impl Store {
             pool,
             read,
             backend,
+            ends: Default::default(),
         };
         store.migrate().await?;
         Ok(store)

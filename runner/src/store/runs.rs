@@ -255,6 +255,9 @@ pub struct Enqueued {
     pub duplicate: bool,
     /// Running runs that a `cancel_in_progress` group asks to stop.
     pub cancel_running: Vec<i64>,
+    /// The final states of the runs this enqueueing ended: runs added already finished,
+    /// and the queued runs of their groups it cancelled or superseded.
+    pub ended: Vec<RunState>,
 }
 
 /// Lease length for a claimed run; the worker renews it well before it runs out.
@@ -388,6 +391,7 @@ impl Store {
         let mut tx = self.pool.begin().await?;
         let out = enqueue_in(&mut tx, delivery, runs).await?;
         tx.commit().await?;
+        self.ends.add_all(&out.ended);
         Ok(out)
     }
 }
@@ -483,6 +487,9 @@ pub(super) async fn enqueue_in(
             )
             .await?;
             out.ids.push(id);
+            if new.state.is_finished() {
+                out.ended.push(new.state);
+            }
             if new.state != RunState::Queued {
                 continue;
             }
@@ -510,11 +517,15 @@ pub(super) async fn enqueue_in(
                     ("queued", true) => {
                         let why =
                             format!("cancelled: superseded by run {id} ({})", short(&new.sha));
-                        finish_in(tx, old, RunState::Cancelled, &why).await?;
+                        if finish_in(tx, old, RunState::Cancelled, &why).await? {
+                            out.ended.push(RunState::Cancelled);
+                        }
                     }
                     ("queued", false) => {
                         let why = format!("superseded by {}", short(&new.sha));
-                        finish_in(tx, old, RunState::Superseded, &why).await?;
+                        if finish_in(tx, old, RunState::Superseded, &why).await? {
+                            out.ended.push(RunState::Superseded);
+                        }
                     }
                     ("running", true) => out.cancel_running.push(old),
                     _ => {}
@@ -620,6 +631,9 @@ impl Store {
         let mut tx = self.pool.begin().await?;
         let changed = finish_in(&mut tx, id, state, description).await?;
         tx.commit().await?;
+        if changed {
+            self.ends.add(state);
+        }
         Ok(changed)
     }
 
@@ -648,10 +662,12 @@ impl Store {
             }
             let mut tx = self.pool.begin().await?;
             let why = format!("agent {owner} lost");
-            if finish_if(&mut tx, id, RunState::Error, &why, Some((&owner, now))).await? {
+            let ended = finish_if(&mut tx, id, RunState::Error, &why, Some((&owner, now))).await?;
+            tx.commit().await?;
+            if ended {
+                self.ends.add(RunState::Error);
                 settled.push((id, owner));
             }
-            tx.commit().await?;
         }
         Ok(settled)
     }

@@ -40,4 +40,6 @@ pub struct Work<'a> {
     pub reporter_wake: &'a Notify,
     /// `<public_url>` without its trailing `/`.
     pub public_url: &'a str,
+    /// Step durations go here.
+    pub metrics: &'a crate::server::metrics::Metrics,
 }

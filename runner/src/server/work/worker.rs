@@ -79,6 +79,7 @@ pub async fn settle_lost(work: &Work<'_>) {
 /// are looked for every third of a lease.
 pub async fn run(app: Arc<App>, shutdown: CancellationToken) {
     let capacity = app.config.agent.capacity.max(1);
+    let _live = AgentLive::new(&app.metrics);
     let mut tasks: JoinSet<()> = JoinSet::new();
     let mut leases_checked: Option<tokio::time::Instant> = None;
     loop {
@@ -104,6 +105,9 @@ pub async fn run(app: Arc<App>, shutdown: CancellationToken) {
                 }
             }
         }
+        if shutdown.is_cancelled() {
+            app.metrics.agent_draining(true);
+        }
         tokio::select! {
             _ = app.scheduler.wake.notified() => {}
             Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
@@ -113,6 +117,23 @@ pub async fn run(app: Arc<App>, shutdown: CancellationToken) {
         if shutdown.is_cancelled() && tasks.is_empty() {
             return;
         }
+    }
+}
+
+/// Marks the claim loop live in the metrics while it is held.
+struct AgentLive<'a>(&'a crate::server::metrics::Metrics);
+
+impl<'a> AgentLive<'a> {
+    fn new(metrics: &'a crate::server::metrics::Metrics) -> AgentLive<'a> {
+        metrics.agent_live(true);
+        AgentLive(metrics)
+    }
+}
+
+impl Drop for AgentLive<'_> {
+    fn drop(&mut self) {
+        self.0.agent_live(false);
+        self.0.agent_draining(false);
     }
 }
 
@@ -552,7 +573,7 @@ impl RunObserver for StoreObserver<'_> {
         }
     }
 
-    async fn step_finished(&mut self, step: &PlannedStep, result: &StepResult, _elapsed: Duration) {
+    async fn step_finished(&mut self, step: &PlannedStep, result: &StepResult, elapsed: Duration) {
         self.writer = Err(String::new());
         let (state, description, exit_code) = match result {
             StepResult::Skipped => (
@@ -584,6 +605,12 @@ impl RunObserver for StoreObserver<'_> {
             StepResult::Failed(why) => (StepState::Failure, why.clone(), None),
             StepResult::Unrunnable(why) => (StepState::Error, why.clone(), None),
         };
+        if !matches!(
+            result,
+            StepResult::Skipped | StepResult::NotRun | StepResult::NotNeeded
+        ) {
+            self.work.metrics.step(state, elapsed);
+        }
         if let Err(e) = self
             .work
             .store
