@@ -289,3 +289,35 @@ pub fn peak_rss_bytes() -> u64 {
 pub mod fake_gitea;
 pub mod registry;
 pub mod services;
+
+/// A queued push run of `repo`'s pipeline at `sha` on `main`, for tests that write runs to
+/// the store directly; change what a test needs with `RunSpec { field, ..push_run(…) }`.
+pub fn push_run(repo: &str, pipeline: &str, sha: &str) -> pipewright::store::RunSpec {
+    use pipewright::store::{RunSpec, RunState};
+    use pipewright_pipelines::{EventKind, GitRef};
+    RunSpec {
+        repo: repo.into(),
+        repo_id: 1,
+        owner_id: 2,
+        default_branch: "main".into(),
+        status_repo: repo.into(),
+        pipeline: pipeline.into(),
+        pipeline_file: format!(".pipewright/{pipeline}.yml"),
+        event: EventKind::Push,
+        git_ref: GitRef::Branch("main".into()),
+        sha: sha.into(),
+        pr: None,
+        actor: "alice".into(),
+        from_fork: false,
+        attempt: 1,
+        inputs: Vec::new(),
+        input_types: Vec::new(),
+        rerun_of: None,
+        runs_on: Vec::new(),
+        dedupe_key: format!("push:{repo}:{pipeline}:{sha}"),
+        concurrency_group: format!("{repo}/{pipeline}"),
+        cancel_in_progress: false,
+        state: RunState::Queued,
+        description: "queued".into(),
+    }
+}

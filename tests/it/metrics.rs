@@ -6,7 +6,6 @@ use std::time::Duration;
 use pipewright::store::{
     DeliveryState, LEASE, NewDelivery, QueueSizes, RunSpec, RunState, Store, now_ms,
 };
-use pipewright_pipelines::{EventKind, GitRef};
 use pipewright_tests::fake_gitea::{DeliverOptions, Delivery, FakeGitea, SignatureMode};
 use pipewright_tests::services::Postgres;
 use prometheus_parse::{LineInfo, Scrape, Value};
@@ -295,29 +294,12 @@ async fn superseded_queued_runs_are_counted_and_the_queue_is_read_from_the_store
 /// A run for the store tests below.
 fn spec(sha: &str, group: &str, state: RunState) -> RunSpec {
     RunSpec {
-        repo: "org/app".into(),
-        repo_id: 1,
-        owner_id: 2,
-        default_branch: "main".into(),
-        status_repo: "org/app".into(),
-        pipeline: "ci".into(),
         pipeline_file: ".pipewright/ci.yml".into(),
-        event: EventKind::Push,
-        git_ref: GitRef::Branch("main".into()),
-        sha: sha.into(),
-        pr: None,
-        actor: "alice".into(),
-        from_fork: false,
-        attempt: 1,
-        inputs: Vec::new(),
-        input_types: Vec::new(),
-        rerun_of: None,
-        runs_on: Vec::new(),
         dedupe_key: format!("push:{sha}"),
         concurrency_group: group.into(),
-        cancel_in_progress: false,
         state,
         description: state.as_str().into(),
+        ..pipewright_tests::push_run("org/app", "ci", sha)
     }
 }
 

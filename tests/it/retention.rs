@@ -11,7 +11,7 @@ use pipewright::store::{
     DeliveryState, NewDelivery, ReviewedPlanRow, RunEnd, RunSpec, RunState, StepState, Store,
     comments::NewComment, now_ms,
 };
-use pipewright_pipelines::{EventKind, GitRef};
+use pipewright_pipelines::GitRef;
 use pipewright_tests::{
     containers_labelled, docker_cli, fake_gitea::FakeGitea, registry::Registry, services::Postgres,
 };
@@ -53,29 +53,11 @@ mod old_runs_go_and_needed_runs_stay {
 
 fn spec(branch: &str, sha: &str, group: &str) -> RunSpec {
     RunSpec {
-        repo: "org/app".into(),
-        repo_id: 1,
-        owner_id: 2,
-        default_branch: "main".into(),
-        status_repo: "org/app".into(),
-        pipeline: "ci".into(),
         pipeline_file: ".pipewright/ci.yml".into(),
-        event: EventKind::Push,
         git_ref: GitRef::Branch(branch.into()),
-        sha: sha.into(),
-        pr: None,
-        actor: "alice".into(),
-        from_fork: false,
-        attempt: 1,
-        inputs: Vec::new(),
-        input_types: Vec::new(),
-        rerun_of: None,
-        runs_on: Vec::new(),
         dedupe_key: format!("push:{sha}"),
         concurrency_group: group.into(),
-        cancel_in_progress: false,
-        state: RunState::Queued,
-        description: "queued".into(),
+        ..pipewright_tests::push_run("org/app", "ci", sha)
     }
 }
 

@@ -57,29 +57,11 @@ macro_rules! on_both {
 
 fn run(pipeline: &str, sha: &str, group: &str, cancel_in_progress: bool) -> RunSpec {
     RunSpec {
-        repo: "org/app".into(),
-        repo_id: 1,
-        owner_id: 2,
-        default_branch: "main".into(),
-        status_repo: "org/app".into(),
-        pipeline: pipeline.into(),
-        pipeline_file: format!(".pipewright/{pipeline}.yml"),
-        event: EventKind::Push,
-        git_ref: GitRef::Branch("main".into()),
-        sha: sha.into(),
-        pr: None,
-        actor: "alice".into(),
-        from_fork: false,
-        attempt: 1,
         inputs: vec![("mode".into(), "plan".into())],
-        input_types: Vec::new(),
-        rerun_of: None,
-        runs_on: Vec::new(),
         dedupe_key: format!("push:{sha}"),
         concurrency_group: group.into(),
         cancel_in_progress,
-        state: RunState::Queued,
-        description: "queued".into(),
+        ..pipewright_tests::push_run("org/app", pipeline, sha)
     }
 }
 

@@ -6,7 +6,6 @@
 use std::collections::BTreeMap;
 
 use pipewright::store::{RunSpec, RunState, StepState};
-use pipewright_pipelines::{EventKind, GitRef};
 use pipewright_tests::fake_gitea::{FakeGitea, OAuthApp, Permission, RepoOptions};
 use reqwest::{StatusCode, header};
 
@@ -155,29 +154,12 @@ fn csrf_of(body: &str) -> String {
 
 fn spec(repo: &str, sha: &str) -> RunSpec {
     RunSpec {
-        repo: repo.into(),
-        repo_id: 1,
-        owner_id: 2,
-        default_branch: "main".into(),
-        status_repo: repo.into(),
-        pipeline: "ci".into(),
         pipeline_file: ".pipewright/ci.yml".into(),
-        event: EventKind::Push,
-        git_ref: GitRef::Branch("main".into()),
-        sha: sha.into(),
-        pr: None,
         actor: "someone".into(),
-        from_fork: false,
-        attempt: 1,
-        inputs: Vec::new(),
-        input_types: Vec::new(),
-        rerun_of: None,
         runs_on: vec!["no-such-label".into()],
         dedupe_key: format!("push:{repo}:{sha}"),
         concurrency_group: format!("{repo}/ci"),
-        cancel_in_progress: false,
-        state: RunState::Queued,
-        description: "queued".into(),
+        ..pipewright_tests::push_run(repo, "ci", sha)
     }
 }
 

@@ -6,7 +6,6 @@
 use std::time::Duration;
 
 use pipewright::store::{RunSpec, RunState};
-use pipewright_pipelines::{EventKind, GitRef};
 use pipewright_tests::fake_gitea::FakeGitea;
 use serde_json::{Value, json};
 
@@ -105,29 +104,11 @@ fn ids(runs: &Value) -> Vec<i64> {
 /// A run that this server never claims (it waits for an agent labelled `elsewhere`).
 fn spec(repo: &str, pipeline: &str, n: usize) -> RunSpec {
     RunSpec {
-        repo: repo.into(),
-        repo_id: 1,
-        owner_id: 2,
-        default_branch: "main".into(),
-        status_repo: repo.into(),
-        pipeline: pipeline.into(),
         pipeline_file: ".pipewright/ci.yml".into(),
-        event: EventKind::Push,
-        git_ref: GitRef::Branch("main".into()),
-        sha: format!("{n:040x}"),
-        pr: None,
-        actor: "alice".into(),
-        from_fork: false,
-        attempt: 1,
-        inputs: Vec::new(),
-        input_types: Vec::new(),
-        rerun_of: None,
         runs_on: vec!["elsewhere".into()],
         dedupe_key: format!("ui-test:{repo}:{pipeline}:{n}"),
         concurrency_group: format!("{repo}/{pipeline}/{n}"),
-        cancel_in_progress: false,
-        state: RunState::Queued,
-        description: "queued".into(),
+        ..pipewright_tests::push_run(repo, pipeline, &format!("{n:040x}"))
     }
 }
 
