@@ -20,4 +20,5 @@ mod trust_files;
 mod trust_http;
 mod trust_mask;
 mod trust_payload;
+mod ui_browser;
 mod vault;
