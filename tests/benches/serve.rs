@@ -369,6 +369,10 @@ async fn event_to_container(gitea: &FakeGitea, iterations: usize) {
 
 #[tokio::main(flavor = "multi_thread")]
 async fn main() {
+    // RUST_LOG=pipewright=debug shows, with timestamps, where an event's time goes.
+    if let Ok(filter) = tracing_subscriber::EnvFilter::try_from_default_env() {
+        tracing_subscriber::fmt().with_env_filter(filter).init();
+    }
     let seconds: u32 = std::env::var("PIPEWRIGHT_BENCH_SECONDS")
         .ok()
         .and_then(|s| s.parse().ok())

@@ -16,7 +16,7 @@ use pipewright_pipelines::{
     Changes, Diagnostic, EventKind, GitRef, RunContext, Trigger, default_inputs, selects,
 };
 use tokio::task::JoinSet;
-use tracing::{Instrument, info, info_span, warn};
+use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::server::{
     App,
@@ -237,6 +237,7 @@ pub async fn enqueue_event(
     let repo = event.repo();
     intake.store.remember_repo(&repo.known()).await?;
     let mirror = intake.git.fetch(&repo.full_name, repo.sha256).await?;
+    debug!(repo = %repo.full_name, "fetched");
     let sha = event.sha().to_string();
     if let Some(why) = not_on_its_ref(intake, &mirror, event).await {
         drop(mirror);

@@ -13,7 +13,7 @@ use std::{
 use pipewright_containers::{CancellationToken, Executor, Outcome, Stream};
 use pipewright_pipelines::{EventKind, PlannedStep, RunContext, plan};
 use tokio::task::JoinSet;
-use tracing::{Instrument, info, info_span, warn};
+use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::server::{
     App,
@@ -121,6 +121,7 @@ async fn execute(app: Arc<App>, run: Run) {
 }
 
 async fn execute_in(work: Work<'_>, run: Run) {
+    debug!("claimed");
     let cancel = CancellationToken::new();
     let reason = Arc::new(Mutex::new(None));
     work.scheduler
@@ -336,6 +337,7 @@ async fn run_checked_out(
         inputs: run.inputs.clone(),
         actor: run.actor.clone(),
     };
+    debug!("pipeline read");
     let mut planned = plan(&pipeline, &cx);
     check_volumes(work, run, &mut planned)?;
     // Vault before anything else: when it fails, no step runs.
@@ -369,6 +371,7 @@ async fn run_with_access(
         .checkout(&mirror, &run.sha, &workspace)
         .await
         .map_err(|e| format!("checkout: {}", error_chain(&e)))?;
+    debug!("checked out");
     drop(mirror);
     let extras = |step: &PlannedStep| access.extras(work, step);
     let setup = RunSetup {
