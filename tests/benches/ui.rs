@@ -112,7 +112,7 @@ async fn seed_runs(bench: &Bench, n: usize) -> Duration {
             0..=6 => ("push", "refs/heads/main".to_owned(), None),
             7 | 8 => (
                 "pull_request",
-                format!("refs/pull/{}/head", i % 500),
+                format!("refs/heads/feature-{}", i % 500),
                 Some((i % 500) as i64),
             ),
             _ => ("dispatch", "refs/heads/main".to_owned(), None),
