@@ -66,7 +66,13 @@ if [ ! -x /usr/bin/docker-registry ] || ! command -v htpasswd >/dev/null 2>&1; t
   /etc/init.d/docker-registry stop >/dev/null 2>&1 || true
 fi
 
-# 3c. Chromium and its WebDriver (the web UI's browser tests start `chromedriver` on loopback
+# 3c. curl, with which scripts/test-image.sh asks the image's server whether it is ready.
+if ! command -v curl >/dev/null 2>&1; then
+  log "installing curl"
+  apt_install curl
+fi
+
+# 3d. Chromium and its WebDriver (the web UI's browser tests start `chromedriver` on loopback
 #     themselves and drive a headless Chromium through it).
 if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; then
   log "installing chromium and chromium-driver"

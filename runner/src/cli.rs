@@ -1,4 +1,4 @@
-//! The command line: `pipewright serve`, `validate`, `exec` and `dispatch`.
+//! The command line: `pipewright serve`, `validate`, `exec`, `dispatch` and `gitea install-hook`.
 
 use std::{path::PathBuf, process::ExitCode};
 
@@ -26,6 +26,11 @@ enum Command {
         /// PIPEWRIGHT_<SECTION>__<KEY>. Without one: embedded defaults.
         #[arg(long)]
         config: Option<PathBuf>,
+    },
+    /// Set up Gitea for Pipewright.
+    Gitea {
+        #[command(subcommand)]
+        command: GiteaCommand,
     },
     /// Ask a running server to run a pipeline by hand (token in PIPEWRIGHT_API_TOKEN).
     Dispatch {
@@ -94,6 +99,25 @@ enum Command {
     },
 }
 
+#[derive(Debug, Subcommand)]
+enum GiteaCommand {
+    /// Create the webhook that sends Pipewright its events (push, pull requests, comments)
+    /// to `<public_url>/hooks/gitea`, signed with `[gitea].webhook_secret`, or update the
+    /// one that already targets it. Uses `[gitea].url` and `[gitea].token` (which needs
+    /// admin rights on the repository, or to own the organisation).
+    InstallHook {
+        /// Configuration file, as for `serve`.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// The repository, OWNER/NAME.
+        #[arg(long, conflicts_with = "org", required_unless_present = "org")]
+        repo: Option<String>,
+        /// An organisation: its hook covers all of its repositories.
+        #[arg(long)]
+        org: Option<String>,
+    },
+}
+
 #[derive(Clone, Copy, Debug, ValueEnum)]
 enum Event {
     Push,
@@ -117,16 +141,16 @@ impl From<Event> for EventKind {
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("PIPEWRIGHT_LOG")
-                .unwrap_or_else(|_| "warn,pipewright=info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    // `serve` writes its log as its configuration says, once it is read.
+    if !matches!(cli.command, Command::Serve { .. }) {
+        crate::logging::init(&crate::config::Config::default().log);
+    }
     let result = match cli.command {
         Command::Serve { config } => serve_blocking(config.as_deref()),
         Command::Validate { dir } => validate(&dir),
+        Command::Gitea {
+            command: GiteaCommand::InstallHook { config, repo, org },
+        } => install_hook_blocking(config.as_deref(), repo, org),
         Command::Dispatch {
             server,
             repo,
@@ -224,6 +248,59 @@ fn exec_blocking(args: ExecArgs) -> anyhow::Result<u8> {
     })
 }
 
+fn install_hook_blocking(
+    file: Option<&std::path::Path>,
+    repo: Option<String>,
+    org: Option<String>,
+) -> anyhow::Result<u8> {
+    use crate::gitea::hooks::{HookOwner, Installed};
+    let config = match crate::config::load(file, std::env::vars()) {
+        Ok(config) => config,
+        Err(problems) => {
+            eprintln!("{problems}");
+            return Ok(EXIT_ERROR);
+        }
+    };
+    let owner = match (repo, org) {
+        (Some(repo), _) if crate::checked::is_repo_name(&repo) => HookOwner::Repo(repo),
+        (Some(repo), _) => anyhow::bail!("--repo {repo:?} is not OWNER/NAME"),
+        (None, Some(org)) if crate::checked::is_name_part(&org) => HookOwner::Org(org),
+        (None, Some(org)) => anyhow::bail!("--org {org:?} is not an organisation name"),
+        (None, None) => anyhow::bail!("give --repo OWNER/NAME or --org NAME"),
+    };
+    let gitea = &config.gitea;
+    let url = gitea
+        .url
+        .as_deref()
+        .ok_or_else(|| anyhow::anyhow!("[gitea].url is not set: which Gitea?"))?;
+    let Some(token) = gitea.token.clone() else {
+        anyhow::bail!("[gitea].token is not set: Gitea's API needs it to create a hook");
+    };
+    let Some(secret) = gitea.webhook_secret.as_ref() else {
+        anyhow::bail!("[gitea].webhook_secret is not set: the hook must sign its deliveries");
+    };
+    let target = format!("{}/hooks/gitea", config.server.public_url);
+    let client = crate::gitea::http_client(gitea.ca_file.as_deref())?;
+    let api = crate::gitea::Gitea::new(url, Some(token), client);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let done = runtime.block_on(api.install_hook(&owner, &target, secret.expose()))?;
+    match done {
+        Installed::Created(id) => println!("created hook {id} of the {owner}: {target}"),
+        Installed::Updated(id) => println!("updated hook {id} of the {owner}: {target}"),
+    }
+    if config.server.public_url.starts_with("http://127.")
+        || config.server.public_url.contains("://localhost")
+    {
+        eprintln!(
+            "note: [server].public_url is {}: Gitea must reach it, and its [webhook] ALLOWED_HOST_LIST must allow it",
+            config.server.public_url
+        );
+    }
+    Ok(0)
+}
+
 fn serve_blocking(file: Option<&std::path::Path>) -> anyhow::Result<u8> {
     let config = match crate::config::load(file, std::env::vars()) {
         Ok(config) => config,
@@ -232,6 +309,10 @@ fn serve_blocking(file: Option<&std::path::Path>) -> anyhow::Result<u8> {
             return Ok(EXIT_ERROR);
         }
     };
+    crate::logging::init(&config.log);
+    for missing in crate::logging::missing_essentials(&config) {
+        tracing::warn!("{missing}");
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;

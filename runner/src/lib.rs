@@ -1,6 +1,7 @@
 //! The `pipewright` program: command line, local runs, and (as it grows) the server.
 
 mod action_steps;
+mod ansi;
 mod checked;
 pub mod cli;
 pub mod config;
@@ -11,6 +12,7 @@ mod git;
 mod gitea;
 mod identity;
 mod local;
+mod logging;
 mod logs;
 mod mask;
 mod registries;

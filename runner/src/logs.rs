@@ -116,8 +116,10 @@ impl LogWriter {
     }
 }
 
-/// Reads what a log holds past `offset`, up to the last complete line.
-pub fn read_from(path: &Path, offset: u64) -> io::Result<(Vec<u8>, u64)> {
+/// The complete lines a log holds past `offset`, about `budget` bytes of them (a longer
+/// line whole), and the offset after them. A last line without its newline yet is left
+/// for later.
+pub fn read_lines(path: &Path, offset: u64, budget: usize) -> io::Result<(Vec<Vec<u8>>, u64)> {
     use std::io::{Read, Seek, SeekFrom};
     let mut file = match File::open(path) {
         Ok(f) => f,
@@ -126,11 +128,37 @@ pub fn read_from(path: &Path, offset: u64) -> io::Result<(Vec<u8>, u64)> {
     };
     file.seek(SeekFrom::Start(offset))?;
     let mut buf = Vec::new();
-    file.take(1 << 20).read_to_end(&mut buf)?;
+    loop {
+        let before = buf.len();
+        (&mut file).take(budget as u64).read_to_end(&mut buf)?;
+        let got = buf.len() - before;
+        // Stop at a newline, or at the end of what is written so far.
+        if buf[before..].contains(&b'\n') || got < budget {
+            break;
+        }
+    }
     let complete = buf.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
     buf.truncate(complete);
-    let next = offset + complete as u64;
-    Ok((buf, next))
+    let lines = buf
+        .split(|b| *b == b'\n')
+        .take(buf.iter().filter(|b| **b == b'\n').count())
+        .map(<[u8]>::to_vec)
+        .collect();
+    Ok((lines, offset + complete as u64))
+}
+
+/// What a log holds past `offset` (once its step is over: a last line without newline).
+pub fn read_rest(path: &Path, offset: u64) -> io::Result<Vec<u8>> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut file = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    file.seek(SeekFrom::Start(offset))?;
+    let mut buf = Vec::new();
+    file.take(1 << 20).read_to_end(&mut buf)?;
+    Ok(buf)
 }
 
 #[cfg(test)]
@@ -150,5 +178,26 @@ mod tests {
         assert_eq!(lines[..2], ["1234", "5678"]);
         assert_eq!(lines.len(), 3, "{text}");
         assert!(lines[2].contains("max_log_bytes"), "{text}");
+    }
+
+    #[test]
+    fn lines_are_read_whole_and_a_partial_last_line_waits() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("0.log");
+        let long = "x".repeat(100);
+        fs::write(&path, format!("one\n{long}\ntwo\npart")).unwrap();
+        let (mut all, mut at) = (Vec::new(), 0);
+        loop {
+            let (lines, next) = read_lines(&path, at, 8).unwrap();
+            if lines.is_empty() {
+                assert_eq!(next, at);
+                break;
+            }
+            all.extend(lines);
+            at = next;
+        }
+        assert_eq!(all, [b"one".to_vec(), long.into_bytes(), b"two".to_vec()]);
+        let end = at;
+        assert_eq!(read_rest(&path, end).unwrap(), b"part");
     }
 }

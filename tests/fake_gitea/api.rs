@@ -144,6 +144,26 @@ pub(super) fn api_sync(shared: &Shared, parts: &Parts, body: &[u8]) -> Reply {
         }
         ["user"] => api_error(shared, 401, "token is required"),
         ["repos", owner, name, rest @ ..] => repo_api(shared, &request, owner, name, rest),
+        ["orgs", org, "hooks", rest @ ..] => {
+            let known = shared
+                .lock()
+                .repos
+                .values()
+                .any(|r| r.owner.eq_ignore_ascii_case(org));
+            if !known {
+                return not_found(shared);
+            }
+            // reqToken, then reqOrgOwnership: the bot owns the organisations of its tests.
+            if caller != Caller::Bot {
+                return api_error(shared, 401, "token is required");
+            }
+            hooks::hooks_api(
+                shared,
+                &request,
+                HookOwnerRec::Org(org.to_lowercase()),
+                rest,
+            )
+        }
         _ => not_found(shared),
     }
 }
@@ -179,6 +199,17 @@ pub(super) fn repo_api(
         ("GET", []) => {
             let state = shared.lock();
             Reply::json(200, View::new(shared, &state).repo(&repo, permission, true))
+        }
+        (_, ["hooks", rest @ ..]) => {
+            // The `/hooks` group is behind reqAdmin.
+            if permission < Permission::Admin {
+                return api_error(
+                    shared,
+                    403,
+                    "user should be an owner or a collaborator with admin write of a repository",
+                );
+            }
+            hooks::hooks_api(shared, request, HookOwnerRec::Repo(repo.id), rest)
         }
         ("GET", ["branches"]) => list_branches(shared, request, &repo, permission),
         ("GET", ["branches", branch @ ..]) if !branch.is_empty() => {

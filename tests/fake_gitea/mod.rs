@@ -67,6 +67,7 @@
 mod api;
 mod deliveries;
 mod git_http;
+mod hooks;
 mod json;
 mod payloads;
 mod repos;
@@ -106,6 +107,7 @@ use sha2::{Digest as _, Sha256};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 // The parts see each other's items through these; the public ones are the fake's API.
+pub use hooks::{HookOwnerRec, HookRec};
 use reviews::*;
 use {api::*, git_http::*, json::*, state::*};
 pub use {deliveries::*, payloads::*, repos::*, reviews::ReviewState, server::*, util::*};

@@ -103,6 +103,8 @@ pub(super) struct State {
     pub(super) statuses: Vec<StatusRec>,
     pub(super) next_status_id: i64,
     pub(super) permissions: HashMap<(i64, String), Permission>,
+    pub(super) hooks: Vec<HookRec>,
+    pub(super) next_hook_id: i64,
     pub(super) reviews: Vec<ReviewRec>,
     pub(super) next_review_id: i64,
     /// Pull requests (repository id, number) that Gitea finds not mergeable.

@@ -229,9 +229,11 @@ pub(crate) fn of_context(statuses: &[Status], context: &str) -> Vec<Status> {
         .collect()
 }
 
-/// Waits until the newest status of `context` on `sha` is final, and returns them all.
+/// The statuses of a context once the last is final, consecutive ones of the same state
+/// taken as one (the newest): `pending` "queued" then `pending` "running" is one pending,
+/// or only one of them when the reporter sent the newest alone.
 pub(crate) async fn final_statuses(repo: &Repo, sha: &str, context: &str) -> Vec<Status> {
-    eventually(
+    let mut list = eventually(
         Duration::from_secs(240),
         &format!("a final {context} status on {sha}"),
         || async {
@@ -241,7 +243,11 @@ pub(crate) async fn final_statuses(repo: &Repo, sha: &str, context: &str) -> Vec
                 .then_some(list)
         },
     )
-    .await
+    .await;
+    list.reverse();
+    list.dedup_by(|later, earlier| later.state == earlier.state);
+    list.reverse();
+    list
 }
 
 pub(crate) fn states(list: &[Status]) -> Vec<&str> {

@@ -72,6 +72,8 @@ fn run(pipeline: &str, sha: &str, group: &str, cancel_in_progress: bool) -> RunS
         from_fork: false,
         attempt: 1,
         inputs: vec![("mode".into(), "plan".into())],
+        input_types: Vec::new(),
+        rerun_of: None,
         runs_on: Vec::new(),
         dedupe_key: format!("push:{sha}"),
         concurrency_group: group.into(),

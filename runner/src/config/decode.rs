@@ -69,6 +69,15 @@ pub(super) fn decode(r: &mut Reader<'_>) -> Config {
         });
     let database = DatabaseConfig { url };
 
+    let log = LogConfig {
+        format: r
+            .read("log", "format", |v| log_format(v.str()?))
+            .unwrap_or(defaults::LOG_FORMAT),
+        level: r
+            .read("log", "level", |v| log_level(v.str()?))
+            .unwrap_or_else(|| defaults::LOG_LEVEL.to_owned()),
+    };
+
     let gitea = GiteaConfig {
         url: r.read("gitea", "url", |v| http_url(v.str()?)),
         token: r.secret("gitea", "token", "token_file"),
@@ -172,6 +181,7 @@ pub(super) fn decode(r: &mut Reader<'_>) -> Config {
     Config {
         server,
         database,
+        log,
         gitea,
         identity,
         vault,

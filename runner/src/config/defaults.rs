@@ -25,6 +25,10 @@ pub const BODY_MEMORY: u64 = 64 << 20;
 pub const MAX_DELIVERIES: usize = 32;
 /// `[server].secrets_dir`: a tmpfs on most Linux systems.
 pub const SECRETS_DIR: &str = "/dev/shm/pipewright";
+/// `[log].format`.
+pub const LOG_FORMAT: super::LogFormat = super::LogFormat::Text;
+/// `[log].level`.
+pub const LOG_LEVEL: &str = "info";
 /// `[gitea].git_timeout`.
 pub const GIT_TIMEOUT: Duration = Duration::from_secs(10 * 60);
 /// `[identity].audience`.

@@ -36,8 +36,8 @@ use std::{collections::BTreeMap, fmt, fs, path::Path};
 
 pub use values::{
     AgentConfig, Algorithm, ApiConfig, ApplyRequirement, Config, DatabaseConfig, DockerConfig,
-    GiteaConfig, HttpLimits, IdentityConfig, RegistryCredentials, RegistryPassword, RepoPolicy,
-    Scope, ScopedToken, Secret, ServerConfig, VaultConfig,
+    GiteaConfig, HttpLimits, IdentityConfig, LogConfig, LogFormat, RegistryCredentials,
+    RegistryPassword, RepoPolicy, Scope, ScopedToken, Secret, ServerConfig, VaultConfig,
 };
 
 use decode::decode;

@@ -10,7 +10,7 @@ use pipewright_pipelines::Patterns;
 
 use super::{
     reader::unknown,
-    values::{Algorithm, Scope},
+    values::{Algorithm, LogFormat, Scope},
 };
 
 /// `[[api.token]].repos`: globs over `owner/name`, compiled in lower case.
@@ -310,4 +310,22 @@ pub(super) fn image_references(images: Vec<String>) -> Result<Vec<String>, Strin
         }
     }
     Ok(images)
+}
+
+pub(super) fn log_format(text: &str) -> Result<LogFormat, String> {
+    match text {
+        "text" => Ok(LogFormat::Text),
+        "json" => Ok(LogFormat::Json),
+        other => Err(format!(
+            "unknown log format `{other}`: expected `text` or `json`"
+        )),
+    }
+}
+
+/// A level name, or a filter in `RUST_LOG`'s syntax (checked, so that a typo is a problem
+/// at start rather than a silent log).
+pub(super) fn log_level(text: &str) -> Result<String, String> {
+    crate::logging::filter(text)
+        .map(|_| text.to_owned())
+        .map_err(|e| format!("not a level or log filter ({e}): `{text}`"))
 }

@@ -87,97 +87,101 @@ fn design_example_parses() {
         );
     let config = from_text(&text, &[]).unwrap();
     expect![[r#"
-            Config {
-                server: ServerConfig {
-                    listen: 127.0.0.1:8080,
-                    public_url: "https://ci.example.lab",
-                    data_dir: "./pipewright-data",
-                    catch_up_interval: 300s,
-                    http: HttpLimits {
-                        header_timeout: 10s,
-                        body_timeout: 10s,
-                        max_connections: 512,
-                        body_memory: 67108864,
-                        max_deliveries: 32,
-                    },
-                    secrets_dir: "/dev/shm/pipewright",
+        Config {
+            server: ServerConfig {
+                listen: 127.0.0.1:8080,
+                public_url: "https://ci.example.lab",
+                data_dir: "./pipewright-data",
+                catch_up_interval: 300s,
+                http: HttpLimits {
+                    header_timeout: 10s,
+                    body_timeout: 10s,
+                    max_connections: 512,
+                    body_memory: 67108864,
+                    max_deliveries: 32,
                 },
-                database: DatabaseConfig {
-                    url: "sqlite://./pipewright-data/pipewright.db",
-                },
-                gitea: GiteaConfig {
-                    url: Some(
-                        "https://gitea.example.lab",
-                    ),
-                    token: Some(
-                        ***,
-                    ),
-                    webhook_secret: Some(
-                        ***,
-                    ),
-                    ca_file: Some(
-                        "/etc/ssl/homelab.pem",
-                    ),
-                    git_timeout: 600s,
-                },
-                identity: IdentityConfig {
-                    audience: "vault",
-                    token_ttl: 600s,
-                    algorithm: EdDSA,
-                },
-                vault: VaultConfig {
-                    address: Some(
-                        "https://vault.example.lab",
-                    ),
-                    mount: "gitea_jwt",
-                    role_template: "gitea_cicd_{repo}",
-                    server_role: None,
-                },
-                docker: DockerConfig {
-                    host: Some(
-                        "unix:///var/run/docker.sock",
-                    ),
-                    stop_grace: 10s,
-                    default_memory: 4294967296,
-                    default_pids: 4096,
-                    max_memory: 17179869184,
-                    max_pids: 32768,
-                    max_timeout: 21600s,
-                    max_log_bytes: 67108864,
-                    network: None,
-                    secrets_in_env: true,
-                    pin_images: [],
-                },
-                agent: AgentConfig {
-                    labels: [
-                        "linux",
-                        "arm64",
-                    ],
-                    capacity: 2,
-                },
-                api: ApiConfig {
-                    tokens: [
-                        ***,
-                    ],
-                    read_public: false,
-                    scoped_tokens: [],
-                },
-                repos: [
-                    RepoPolicy {
-                        name: "arcodange-org/factory",
-                        host_volumes: [
-                            "/mnt/backups",
-                        ],
-                        allow_fork_secrets: false,
-                        apply_requirements: [
-                            Approved,
-                            Mergeable,
-                        ],
-                        commenters: None,
-                    },
+                secrets_dir: "/dev/shm/pipewright",
+            },
+            database: DatabaseConfig {
+                url: "sqlite://./pipewright-data/pipewright.db",
+            },
+            log: LogConfig {
+                format: Text,
+                level: "info",
+            },
+            gitea: GiteaConfig {
+                url: Some(
+                    "https://gitea.example.lab",
+                ),
+                token: Some(
+                    ***,
+                ),
+                webhook_secret: Some(
+                    ***,
+                ),
+                ca_file: Some(
+                    "/etc/ssl/homelab.pem",
+                ),
+                git_timeout: 600s,
+            },
+            identity: IdentityConfig {
+                audience: "vault",
+                token_ttl: 600s,
+                algorithm: EdDSA,
+            },
+            vault: VaultConfig {
+                address: Some(
+                    "https://vault.example.lab",
+                ),
+                mount: "gitea_jwt",
+                role_template: "gitea_cicd_{repo}",
+                server_role: None,
+            },
+            docker: DockerConfig {
+                host: Some(
+                    "unix:///var/run/docker.sock",
+                ),
+                stop_grace: 10s,
+                default_memory: 4294967296,
+                default_pids: 4096,
+                max_memory: 17179869184,
+                max_pids: 32768,
+                max_timeout: 21600s,
+                max_log_bytes: 67108864,
+                network: None,
+                secrets_in_env: true,
+                pin_images: [],
+            },
+            agent: AgentConfig {
+                labels: [
+                    "linux",
+                    "arm64",
                 ],
-                registries: [],
-            }"#]]
+                capacity: 2,
+            },
+            api: ApiConfig {
+                tokens: [
+                    ***,
+                ],
+                read_public: false,
+                scoped_tokens: [],
+            },
+            repos: [
+                RepoPolicy {
+                    name: "arcodange-org/factory",
+                    host_volumes: [
+                        "/mnt/backups",
+                    ],
+                    allow_fork_secrets: false,
+                    apply_requirements: [
+                        Approved,
+                        Mergeable,
+                    ],
+                    commenters: None,
+                },
+            ],
+            registries: [],
+        }"#]]
     .assert_eq(&format!("{config:#?}"));
     assert_eq!(config.gitea.token.as_ref().unwrap().expose(), "gitea-token");
     assert_eq!(
@@ -201,67 +205,71 @@ fn design_example_parses() {
 fn no_file_gives_the_defaults() {
     let config = load(None, env(&[("HOME", "/root"), ("PIPEWRIGHT_LOG", "debug")])).unwrap();
     expect![[r#"
-            Config {
-                server: ServerConfig {
-                    listen: 127.0.0.1:8080,
-                    public_url: "http://127.0.0.1:8080",
-                    data_dir: "./pipewright-data",
-                    catch_up_interval: 300s,
-                    http: HttpLimits {
-                        header_timeout: 10s,
-                        body_timeout: 10s,
-                        max_connections: 512,
-                        body_memory: 67108864,
-                        max_deliveries: 32,
-                    },
-                    secrets_dir: "/dev/shm/pipewright",
+        Config {
+            server: ServerConfig {
+                listen: 127.0.0.1:8080,
+                public_url: "http://127.0.0.1:8080",
+                data_dir: "./pipewright-data",
+                catch_up_interval: 300s,
+                http: HttpLimits {
+                    header_timeout: 10s,
+                    body_timeout: 10s,
+                    max_connections: 512,
+                    body_memory: 67108864,
+                    max_deliveries: 32,
                 },
-                database: DatabaseConfig {
-                    url: "sqlite://./pipewright-data/pipewright.db",
-                },
-                gitea: GiteaConfig {
-                    url: None,
-                    token: None,
-                    webhook_secret: None,
-                    ca_file: None,
-                    git_timeout: 600s,
-                },
-                identity: IdentityConfig {
-                    audience: "vault",
-                    token_ttl: 600s,
-                    algorithm: EdDSA,
-                },
-                vault: VaultConfig {
-                    address: None,
-                    mount: "jwt",
-                    role_template: "gitea_cicd_{repo}",
-                    server_role: None,
-                },
-                docker: DockerConfig {
-                    host: None,
-                    stop_grace: 10s,
-                    default_memory: 4294967296,
-                    default_pids: 4096,
-                    max_memory: 17179869184,
-                    max_pids: 32768,
-                    max_timeout: 21600s,
-                    max_log_bytes: 67108864,
-                    network: None,
-                    secrets_in_env: true,
-                    pin_images: [],
-                },
-                agent: AgentConfig {
-                    labels: [],
-                    capacity: 2,
-                },
-                api: ApiConfig {
-                    tokens: [],
-                    read_public: false,
-                    scoped_tokens: [],
-                },
-                repos: [],
-                registries: [],
-            }"#]]
+                secrets_dir: "/dev/shm/pipewright",
+            },
+            database: DatabaseConfig {
+                url: "sqlite://./pipewright-data/pipewright.db",
+            },
+            log: LogConfig {
+                format: Text,
+                level: "info",
+            },
+            gitea: GiteaConfig {
+                url: None,
+                token: None,
+                webhook_secret: None,
+                ca_file: None,
+                git_timeout: 600s,
+            },
+            identity: IdentityConfig {
+                audience: "vault",
+                token_ttl: 600s,
+                algorithm: EdDSA,
+            },
+            vault: VaultConfig {
+                address: None,
+                mount: "jwt",
+                role_template: "gitea_cicd_{repo}",
+                server_role: None,
+            },
+            docker: DockerConfig {
+                host: None,
+                stop_grace: 10s,
+                default_memory: 4294967296,
+                default_pids: 4096,
+                max_memory: 17179869184,
+                max_pids: 32768,
+                max_timeout: 21600s,
+                max_log_bytes: 67108864,
+                network: None,
+                secrets_in_env: true,
+                pin_images: [],
+            },
+            agent: AgentConfig {
+                labels: [],
+                capacity: 2,
+            },
+            api: ApiConfig {
+                tokens: [],
+                read_public: false,
+                scoped_tokens: [],
+            },
+            repos: [],
+            registries: [],
+        }"#]]
     .assert_eq(&format!("{config:#?}"));
     assert_eq!(format!("{config:?}"), format!("{:?}", Config::default()));
     assert!(config.repo_allowed("anyone/anything"));
@@ -693,8 +701,7 @@ fn documented_defaults_are_the_defaults() {
         }
         doc.clear();
     }
-    expect![[r#"
-        server.listen server.data_dir server.catch_up_interval server.secrets_dir server.header_timeout server.body_timeout server.max_connections server.body_memory server.max_deliveries gitea.git_timeout identity.audience identity.token_ttl identity.algorithm vault.mount vault.role_template docker.stop_grace docker.default_memory docker.default_pids docker.max_memory docker.max_pids docker.max_timeout docker.max_log_bytes docker.secrets_in_env agent.capacity api.read_public"#]]
+    expect!["server.listen server.data_dir server.catch_up_interval server.secrets_dir server.header_timeout server.body_timeout server.max_connections server.body_memory server.max_deliveries log.format log.level gitea.git_timeout identity.audience identity.token_ttl identity.algorithm vault.mount vault.role_template docker.stop_grace docker.default_memory docker.default_pids docker.max_memory docker.max_pids docker.max_timeout docker.max_log_bytes docker.secrets_in_env agent.capacity api.read_public"]
     .assert_eq(&checked.join(" "));
 }
 

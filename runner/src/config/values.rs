@@ -14,6 +14,8 @@ pub struct Config {
     pub server: ServerConfig,
     /// `[database]`: where runs, jobs and deliveries are stored.
     pub database: DatabaseConfig,
+    /// `[log]`: the server's own log.
+    pub log: LogConfig,
     /// `[gitea]`: the forge.
     pub gitea: GiteaConfig,
     /// `[identity]`: the identity tokens Pipewright issues to runs.
@@ -89,6 +91,27 @@ pub struct DatabaseConfig {
     /// host needs PostgreSQL). Default: `sqlite://<data_dir>/pipewright.db`. `Debug` hides
     /// the password.
     pub url: String,
+}
+
+/// `[log]`: what the server writes to its standard error. `RUST_LOG` (or the older
+/// `PIPEWRIGHT_LOG`), when set, is used instead of `level`. Colour codes are written only
+/// to a terminal, and never when `NO_COLOR` is set.
+#[derive(Clone, Debug)]
+pub struct LogConfig {
+    /// `format`: `text` (one readable line per event) or `json` (one JSON object per line,
+    /// for log collectors). Default: `text`.
+    pub format: LogFormat,
+    /// `level`: `error`, `warn`, `info`, `debug` or `trace` for Pipewright's own events
+    /// (other libraries' at `warn` or the level when more severe), or a filter in
+    /// `RUST_LOG`'s syntax such as `warn,pipewright=debug`. Default: `info`.
+    pub level: String,
+}
+
+/// `[log].format`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 /// `[gitea]`.

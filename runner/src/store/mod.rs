@@ -85,6 +85,7 @@ pub(crate) const SQLITE_MIGRATIONS: Migrations = migrations![
     (5, "sqlite", "0005_outbox_by_run"),
     (6, "both", "0006_runs_on"),
     (7, "both", "0007_reviewed_plans"),
+    (8, "both", "0008_run_pages"),
 ];
 
 pub(crate) const POSTGRES_MIGRATIONS: Migrations = migrations![
@@ -95,6 +96,7 @@ pub(crate) const POSTGRES_MIGRATIONS: Migrations = migrations![
     (5, "postgres", "0005_outbox_by_run"),
     (6, "both", "0006_runs_on"),
     (7, "both", "0007_reviewed_plans"),
+    (8, "both", "0008_run_pages"),
 ];
 
 /// The highest version of the databases made before migrations were sqlx's: release

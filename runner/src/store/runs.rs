@@ -104,6 +104,61 @@ impl StepState {
     }
 }
 
+/// The declared type of a dispatch input whose value is not text: the value is stored as
+/// text and shown typed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InputType {
+    Boolean,
+    Number,
+}
+
+impl InputType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            InputType::Boolean => "boolean",
+            InputType::Number => "number",
+        }
+    }
+
+    fn parse(s: &str) -> Option<InputType> {
+        [InputType::Boolean, InputType::Number]
+            .into_iter()
+            .find(|t| t.as_str() == s)
+    }
+}
+
+fn types_to_json(types: &[(String, InputType)]) -> String {
+    let map: serde_json::Map<String, serde_json::Value> = types
+        .iter()
+        .map(|(name, t)| (name.clone(), t.as_str().into()))
+        .collect();
+    serde_json::Value::Object(map).to_string()
+}
+
+fn types_from_json(text: &str) -> Result<Vec<(String, InputType)>, StoreError> {
+    let map: std::collections::BTreeMap<String, String> = serde_json::from_str(text)
+        .map_err(|e| StoreError::Corrupt(format!("run input types: {e}")))?;
+    map.into_iter()
+        .map(|(name, t)| {
+            InputType::parse(&t)
+                .map(|t| (name, t))
+                .ok_or_else(|| StoreError::Corrupt(format!("run input type `{t}`")))
+        })
+        .collect()
+}
+
+/// Filters of a runs list, newest first, paged by id.
+#[derive(Clone, Debug, Default)]
+pub struct RunFilter {
+    /// Only these repositories (`None`: all).
+    pub repos: Option<Vec<String>>,
+    pub pipeline: Option<String>,
+    pub state: Option<RunState>,
+    /// Only runs with a smaller id (the next page).
+    pub before: Option<i64>,
+    pub limit: i64,
+}
+
 /// A run to enqueue: built by one constructor per source (`server/spec.rs`).
 #[derive(Clone, Debug)]
 pub struct RunSpec {
@@ -127,6 +182,10 @@ pub struct RunSpec {
     /// 1, or one more than the run it re-runs.
     pub attempt: i64,
     pub inputs: Vec<(String, String)>,
+    /// The declared types of the inputs that are not text.
+    pub input_types: Vec<(String, InputType)>,
+    /// The run this one re-runs.
+    pub rerun_of: Option<i64>,
     /// The pipeline's `runs_on`: an agent claims the run only with all of these labels.
     pub runs_on: Vec<String>,
     /// Runs with a key that is already used add nothing: ever for most events (a push's
@@ -160,6 +219,8 @@ pub struct Run {
     pub from_fork: bool,
     pub attempt: i64,
     pub inputs: Vec<(String, String)>,
+    pub input_types: Vec<(String, InputType)>,
+    pub rerun_of: Option<i64>,
     pub runs_on: Vec<String>,
     pub concurrency_group: String,
     pub cancel_in_progress: bool,
@@ -202,7 +263,7 @@ pub fn labels_cover(labels: &[String], runs_on: &[String]) -> bool {
     runs_on.iter().all(|l| labels.contains(l))
 }
 
-const RUN_COLUMNS: &str = "id, repo, repo_id, owner_id, default_branch, status_repo, pipeline, pipeline_file, event, git_ref, sha, pr, actor, from_fork, attempt, inputs, runs_on, concurrency_group, cancel_in_progress, state, description, created_at, started_at, finished_at, lease_owner";
+const RUN_COLUMNS: &str = "id, repo, repo_id, owner_id, default_branch, status_repo, pipeline, pipeline_file, event, git_ref, sha, pr, actor, from_fork, attempt, inputs, runs_on, concurrency_group, cancel_in_progress, state, description, created_at, started_at, finished_at, lease_owner, rerun_of, input_types";
 
 fn run_from_row(row: &AnyRow) -> Result<Run, StoreError> {
     let state: String = row.try_get("state")?;
@@ -210,6 +271,7 @@ fn run_from_row(row: &AnyRow) -> Result<Run, StoreError> {
     let runs_on: String = row.try_get("runs_on")?;
     let event: String = row.try_get("event")?;
     let git_ref: String = row.try_get("git_ref")?;
+    let input_types: String = row.try_get("input_types")?;
     Ok(Run {
         id: row.try_get("id")?,
         repo: row.try_get("repo")?,
@@ -230,6 +292,8 @@ fn run_from_row(row: &AnyRow) -> Result<Run, StoreError> {
         attempt: row.try_get("attempt")?,
         inputs: serde_json::from_str(&inputs)
             .map_err(|e| StoreError::Corrupt(format!("run inputs: {e}")))?,
+        input_types: types_from_json(&input_types)?,
+        rerun_of: row.try_get("rerun_of")?,
         runs_on: serde_json::from_str(&runs_on)
             .map_err(|e| StoreError::Corrupt(format!("run labels: {e}")))?,
         concurrency_group: row.try_get("concurrency_group")?,
@@ -372,8 +436,9 @@ pub(super) async fn enqueue_in(
             let id: i64 = sqlx::query(
                 "INSERT INTO runs (delivery, repo, repo_id, owner_id, clone_url, default_branch, status_repo, pipeline,
                    pipeline_file, event, git_ref, sha, pr, actor, inputs, dedupe_key, concurrency_group,
-                   cancel_in_progress, state, description, created_at, finished_at, from_fork, attempt, runs_on)
-                 VALUES ($1, $2, $3, $4, '', $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24)
+                   cancel_in_progress, state, description, created_at, finished_at, from_fork, attempt, runs_on,
+                   input_types, rerun_of)
+                 VALUES ($1, $2, $3, $4, '', $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26)
                  RETURNING id",
             )
             .bind(delivery)
@@ -400,6 +465,8 @@ pub(super) async fn enqueue_in(
             .bind(i64::from(new.from_fork))
             .bind(new.attempt)
             .bind(runs_on)
+            .bind(types_to_json(&new.input_types))
+            .bind(new.rerun_of)
             .fetch_one(&mut **tx)
             .await?
             .try_get(0)?;
@@ -514,6 +581,17 @@ impl Store {
             return Ok(None);
         }
         let run = run_in(&mut tx, id).await?;
+        // Gitea shows `pending` "running" from here on, not "queued".
+        outbox::insert(
+            &mut tx,
+            &run.status_repo,
+            &run.sha,
+            run.id,
+            &run.pipeline,
+            RunState::Running,
+            &run.description,
+        )
+        .await?;
         tx.commit().await?;
         Ok(Some(run))
     }
@@ -664,6 +742,104 @@ impl Store {
             }
         };
         rows.iter().map(run_from_row).collect()
+    }
+
+    /// Runs newest first through a filter: every condition in SQL on indexed columns, a
+    /// page ends where its smallest id is (keyset paging). Several repositories are one
+    /// query per repository in a `UNION ALL`, each reading its newest runs from the
+    /// `(repo, …, id)` indexes, so no list sorts more than a page per repository.
+    pub async fn list_runs(&self, filter: &RunFilter) -> Result<Vec<Run>, StoreError> {
+        /// More repositories than this are one `repo IN (…)`.
+        const UNION_MAX: usize = 200;
+        enum Bind<'a> {
+            Text(&'a str),
+            Int(i64),
+        }
+        let mut binds: Vec<Bind<'_>> = Vec::new();
+        // The conditions besides the repository, with their values bound again per use.
+        fn others<'a>(filter: &'a RunFilter, binds: &mut Vec<Bind<'a>>) -> Vec<String> {
+            let mut conditions = Vec::new();
+            if let Some(pipeline) = &filter.pipeline {
+                binds.push(Bind::Text(pipeline));
+                conditions.push(format!("pipeline = ${}", binds.len()));
+            }
+            if let Some(state) = filter.state {
+                binds.push(Bind::Text(state.as_str()));
+                conditions.push(format!("state = ${}", binds.len()));
+            }
+            if let Some(before) = filter.before {
+                binds.push(Bind::Int(before));
+                conditions.push(format!("id < ${}", binds.len()));
+            }
+            conditions
+        }
+        let select = |conditions: Vec<String>| {
+            let condition = if conditions.is_empty() {
+                String::new()
+            } else {
+                format!(" WHERE {}", conditions.join(" AND "))
+            };
+            format!("SELECT {RUN_COLUMNS} FROM runs{condition} ORDER BY id DESC")
+        };
+        let sql = match &filter.repos {
+            Some(repos) if repos.is_empty() => return Ok(Vec::new()),
+            Some(repos) if repos.len() > 1 && repos.len() <= UNION_MAX => {
+                let mut parts = Vec::new();
+                for (i, repo) in repos.iter().enumerate() {
+                    binds.push(Bind::Text(repo));
+                    let mut conditions = vec![format!("repo = ${}", binds.len())];
+                    conditions.extend(others(filter, &mut binds));
+                    binds.push(Bind::Int(filter.limit));
+                    parts.push(format!(
+                        "SELECT * FROM ({} LIMIT ${}) AS part{i}",
+                        select(conditions),
+                        binds.len()
+                    ));
+                }
+                format!("{} ORDER BY id DESC", parts.join(" UNION ALL "))
+            }
+            Some(repos) => {
+                let first = binds.len() + 1;
+                binds.extend(repos.iter().map(|r| Bind::Text(r)));
+                let marks: Vec<String> = (first..first + repos.len())
+                    .map(|n| format!("${n}"))
+                    .collect();
+                let mut conditions = vec![if repos.len() == 1 {
+                    format!("repo = ${first}")
+                } else {
+                    format!("repo IN ({})", marks.join(", "))
+                }];
+                conditions.extend(others(filter, &mut binds));
+                select(conditions)
+            }
+            None => {
+                let conditions = others(filter, &mut binds);
+                select(conditions)
+            }
+        };
+        binds.push(Bind::Int(filter.limit));
+        let sql = format!("{sql} LIMIT ${}", binds.len());
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for value in binds {
+            query = match value {
+                Bind::Text(text) => query.bind(text),
+                Bind::Int(n) => query.bind(n),
+            };
+        }
+        let rows = query.fetch_all(&self.read).await?;
+        rows.iter().map(run_from_row).collect()
+    }
+
+    /// A run of the group, other than `id`, that is running (the one a queued run waits for).
+    pub async fn running_in_group(&self, group: &str, id: i64) -> Result<Option<i64>, StoreError> {
+        let row = sqlx::query(
+            "SELECT id FROM runs WHERE concurrency_group = $1 AND state = 'running' AND id <> $2 ORDER BY id LIMIT 1",
+        )
+        .bind(group)
+        .bind(id)
+        .fetch_optional(&self.read)
+        .await?;
+        row.map(|r| r.try_get(0)).transpose().map_err(Into::into)
     }
 
     /// Runs that `owner` holds a lease on (at start-up, to settle the ones a previous

@@ -1,6 +1,6 @@
 //! The JSON API over runs and logs, discovery and readiness.
 
-use std::{convert::Infallible, sync::Arc, time::Duration};
+use std::{collections::VecDeque, convert::Infallible, sync::Arc, time::Duration};
 
 use axum::{
     Json,
@@ -18,13 +18,16 @@ use serde::Deserialize;
 use crate::server::{
     App,
     http::auth::{load_run, require, visible_runs},
-    http::dto::{RunDto, run_dto},
+    http::control,
+    http::dto::{ListQuery, RunDto, run_dto},
     http::errors::{ApiError, internal},
+    http::session::reader,
 };
 use crate::{
+    ansi::Ansi,
     config::Scope,
-    logs::read_from,
-    store::{RunSpec, RunState, now_ms},
+    logs::{read_lines, read_rest},
+    store::StepState,
 };
 
 pub(super) async fn discovery(State(app): State<Arc<App>>) -> Json<serde_json::Value> {
@@ -63,23 +66,21 @@ pub(super) async fn readyz(State(app): State<Arc<App>>) -> Response {
     (status, Json(body)).into_response()
 }
 
-#[derive(Deserialize)]
-pub(super) struct ListQuery {
-    repo: Option<String>,
-    limit: Option<i64>,
-}
-
 pub(super) async fn list_runs(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
     Query(q): Query<ListQuery>,
 ) -> Result<Json<Vec<RunDto>>, ApiError> {
     let caller = require(&app, &headers, Scope::Read)?;
-    let limit = q.limit.unwrap_or(50).clamp(1, 500);
-    let runs = visible_runs(&app, caller, q.repo.as_deref(), limit)
+    let filter = q.filter(50)?;
+    let runs = visible_runs(&app, caller, q.repo(), filter)
         .await
         .map_err(internal)?;
-    Ok(Json(runs.iter().map(|r| run_dto(&app, r, None)).collect()))
+    let mut out = Vec::with_capacity(runs.len());
+    for run in &runs {
+        out.push(run_dto(&app, run, None).await);
+    }
+    Ok(Json(out))
 }
 
 pub(super) async fn get_run(
@@ -90,22 +91,39 @@ pub(super) async fn get_run(
     let caller = require(&app, &headers, Scope::Read)?;
     let run = load_run(&app, caller, id).await?;
     let steps = app.store.steps(id).await.map_err(internal)?;
-    Ok(Json(run_dto(&app, &run, Some(&steps))))
+    Ok(Json(run_dto(&app, &run, Some(&steps)).await))
 }
 
 #[derive(Deserialize)]
 pub(super) struct LogQuery {
     follow: Option<bool>,
+    /// `html`: each event's data is the line rendered as the run page shows it.
+    format: Option<String>,
 }
 
+/// How much of a log a follower reads at a time (a longer line is read whole).
+const FOLLOW_CHUNK: usize = 64 << 10;
+
+/// A step's log as text, or (`?follow=true`, with a session cookie or a token) as
+/// server-sent events: one event per line, `id:` its number in the log from 0, resuming
+/// after `Last-Event-ID`; the last event is `end`, whose data is the step's final state.
 pub(super) async fn step_log(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
     Path((id, n)): Path<(i64, i64)>,
     Query(q): Query<LogQuery>,
 ) -> Result<Response, ApiError> {
-    let caller = require(&app, &headers, Scope::Read)?;
-    load_run(&app, caller, id).await?;
+    let follow = q.follow.unwrap_or(false);
+    if follow {
+        let viewer = reader(&app, &headers).await?;
+        let run = app.store.run(id).await.map_err(internal)?;
+        if !matches!(&run, Some(run) if viewer.can_read(&app, &run.repo).await) {
+            return Err(ApiError(StatusCode::NOT_FOUND, format!("no run {id}")));
+        }
+    } else {
+        let caller = require(&app, &headers, Scope::Read)?;
+        load_run(&app, caller, id).await?;
+    }
     let steps = app.store.steps(id).await.map_err(internal)?;
     if !steps.iter().any(|s| s.idx == n) {
         return Err(ApiError(
@@ -114,7 +132,7 @@ pub(super) async fn step_log(
         ));
     }
     let path = app.logs.path(id, n);
-    if !q.follow.unwrap_or(false) {
+    if !follow {
         return match tokio::fs::File::open(&path).await {
             Ok(file) => Ok((
                 [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
@@ -127,21 +145,23 @@ pub(super) async fn step_log(
             Err(e) => Err(internal(e)),
         };
     }
-    // Server-sent events: what the log holds, then each new chunk, until the step ends.
-    struct Follow {
-        app: Arc<App>,
-        path: std::path::PathBuf,
-        run: i64,
-        step: i64,
-        offset: u64,
-        ended: bool,
-    }
+    let resume = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map_or(0, |last| last.saturating_add(1));
+    let html = q.format.as_deref() == Some("html");
     let start = Follow {
         app: app.clone(),
         path,
         run: id,
         step: n,
         offset: 0,
+        next: 0,
+        resume,
+        pending: VecDeque::new(),
+        html: html.then(Ansi::default),
+        rest_read: false,
         ended: false,
     };
     let stream = futures_util::stream::unfold(start, |mut f| async move {
@@ -149,17 +169,36 @@ pub(super) async fn step_log(
             return None;
         }
         loop {
-            let finished = step_finished(&f.app, f.run, f.step).await;
-            let (bytes, next) = read_from(&f.path, f.offset).unwrap_or((Vec::new(), f.offset));
-            if !bytes.is_empty() {
-                f.offset = next;
-                let text = String::from_utf8_lossy(&bytes);
-                let event = SseEvent::default().data(text.trim_end_matches('\n'));
+            if let Some((number, line)) = f.pending.pop_front() {
+                let data = match &mut f.html {
+                    Some(ansi) => ansi.line(&line),
+                    None => String::from_utf8_lossy(&line).into_owned(),
+                };
+                let event = SseEvent::default().id(number.to_string()).data(data);
                 return Some((Ok::<_, Infallible>(event), f));
             }
-            if finished {
+            // Whether the step is over is read before the log, so no line is missed.
+            let finished = step_final_state(&f.app, f.run, f.step).await;
+            let (lines, next) =
+                read_lines(&f.path, f.offset, FOLLOW_CHUNK).unwrap_or((Vec::new(), f.offset));
+            if !lines.is_empty() {
+                f.offset = next;
+                f.queue(lines);
+                continue;
+            }
+            if let Some(state) = finished {
+                if !f.rest_read {
+                    // The step is over: a last line without its newline is a line now.
+                    f.rest_read = true;
+                    let rest = read_rest(&f.path, f.offset).unwrap_or_default();
+                    if !rest.is_empty() {
+                        f.offset += rest.len() as u64;
+                        f.queue(vec![rest]);
+                        continue;
+                    }
+                }
                 f.ended = true;
-                return Some((Ok(SseEvent::default().event("end").data("")), f));
+                return Some((Ok(SseEvent::default().event("end").data(state)), f));
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
@@ -169,8 +208,38 @@ pub(super) async fn step_log(
         .into_response())
 }
 
-/// Whether a step is over (or will never run), read before the log so no line is missed.
-async fn step_finished(app: &App, run: i64, step: i64) -> bool {
+/// A follower of a step's log: where it is, and at most one chunk of lines not sent yet.
+struct Follow {
+    app: Arc<App>,
+    path: std::path::PathBuf,
+    run: i64,
+    step: i64,
+    /// The bytes of the log read so far.
+    offset: u64,
+    /// The number of the next line read.
+    next: u64,
+    /// Lines before this number were sent before the reconnect.
+    resume: u64,
+    pending: VecDeque<(u64, Vec<u8>)>,
+    html: Option<Ansi>,
+    rest_read: bool,
+    ended: bool,
+}
+
+impl Follow {
+    fn queue(&mut self, lines: Vec<Vec<u8>>) {
+        for line in lines {
+            let number = self.next;
+            self.next += 1;
+            if number >= self.resume {
+                self.pending.push_back((number, line));
+            }
+        }
+    }
+}
+
+/// The state of a step that is over (or will never run: its run ended), else `None`.
+async fn step_final_state(app: &App, run: i64, step: i64) -> Option<&'static str> {
     let run_over = app
         .store
         .run(run)
@@ -178,14 +247,18 @@ async fn step_finished(app: &App, run: i64, step: i64) -> bool {
         .ok()
         .flatten()
         .is_none_or(|r| r.state.is_finished());
-    let step_over = app
+    let state = app
         .store
         .steps(run)
         .await
         .ok()
         .and_then(|steps| steps.into_iter().find(|s| s.idx == step))
-        .is_none_or(|s| s.state.is_over());
-    run_over || step_over
+        .map(|s| s.state);
+    match state {
+        Some(state) if state.is_over() || run_over => Some(state.as_str()),
+        Some(_) => None,
+        None => Some(StepState::NotRun.as_str()),
+    }
 }
 
 pub(super) async fn cancel_run(
@@ -195,27 +268,9 @@ pub(super) async fn cancel_run(
 ) -> Result<Json<RunDto>, ApiError> {
     let caller = require(&app, &headers, Scope::Control)?;
     let run = load_run(&app, caller, id).await?;
-    match run.state {
-        RunState::Running => {
-            app.scheduler.cancel(id, "cancelled through the API");
-        }
-        RunState::Queued => {
-            app.store
-                .finish_run(id, RunState::Cancelled, "cancelled through the API")
-                .await
-                .map_err(internal)?;
-            app.reporter_wake.notify_one();
-            app.scheduler.wake();
-        }
-        _ => {
-            return Err(ApiError(
-                StatusCode::CONFLICT,
-                format!("run {id} has already ended ({})", run.state.as_str()),
-            ));
-        }
-    }
+    control::cancel(&app, &run, "cancelled through the API").await?;
     let run = load_run(&app, caller, id).await?;
-    Ok(Json(run_dto(&app, &run, None)))
+    Ok(Json(run_dto(&app, &run, None).await))
 }
 
 pub(super) async fn rerun(
@@ -225,8 +280,6 @@ pub(super) async fn rerun(
 ) -> Result<(StatusCode, Json<RunDto>), ApiError> {
     let caller = require(&app, &headers, Scope::Control)?;
     let old = load_run(&app, caller, id).await?;
-    let new = RunSpec::rerun(&old, now_ms());
-    let enqueued = app.enqueue(None, &[new]).await.map_err(internal)?;
-    let run = load_run(&app, caller, enqueued.ids[0]).await?;
-    Ok((StatusCode::CREATED, Json(run_dto(&app, &run, None))))
+    let run = control::rerun(&app, &old).await?;
+    Ok((StatusCode::CREATED, Json(run_dto(&app, &run, None).await)))
 }

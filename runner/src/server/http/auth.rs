@@ -10,7 +10,7 @@ use crate::server::{
     App,
     http::errors::{ApiError, internal},
 };
-use crate::store::{Run, StoreError};
+use crate::store::{Run, RunFilter, StoreError};
 
 /// Who is asking, once a scope was checked.
 #[derive(Clone, Copy, Debug)]
@@ -98,27 +98,28 @@ pub fn require<'a>(
     }
 }
 
-/// Runs newest first, of one repository or all, limited to what the caller covers.
+/// Runs newest first through `filter`, of one repository or all, limited to what the
+/// caller covers (the repositories go into the query, so paging stays in SQL).
 pub async fn visible_runs(
     app: &App,
     caller: Caller<'_>,
     repo: Option<&str>,
-    limit: i64,
+    mut filter: RunFilter,
 ) -> Result<Vec<Run>, StoreError> {
-    if matches!(caller, Caller::Everything) {
-        return app.store.runs(repo, limit).await;
-    }
-    let repos: Vec<String> = match repo {
-        Some(repo) => vec![repo.to_owned()],
-        None => app.store.run_repos().await?,
+    filter.repos = match (caller, repo) {
+        (_, Some(repo)) if !caller.covers(repo) => return Ok(Vec::new()),
+        (_, Some(repo)) => Some(vec![repo.to_owned()]),
+        (Caller::Everything, None) => None,
+        (Caller::Scoped(token), None) => Some(
+            app.store
+                .run_repos()
+                .await?
+                .into_iter()
+                .filter(|r| token.covers(r))
+                .collect(),
+        ),
     };
-    let mut runs = Vec::new();
-    for repo in repos.iter().filter(|r| caller.covers(r)) {
-        runs.extend(app.store.runs(Some(repo), limit).await?);
-    }
-    runs.sort_by_key(|r| std::cmp::Reverse(r.id));
-    runs.truncate(usize::try_from(limit).unwrap_or(0));
-    Ok(runs)
+    app.store.list_runs(&filter).await
 }
 
 /// A run the caller covers; any other is, to the caller, a run that does not exist.

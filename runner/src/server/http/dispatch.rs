@@ -1,13 +1,7 @@
 //! Manual dispatch: `POST /api/v1/repos/{owner}/{repo}/pipelines/{name}/dispatch` with
-//! `{"ref": "...", "inputs": {...}}`, as `pipewright dispatch` and the run page send it.
-//! The pipeline is read at the ref's commit; inputs are checked against its declaration
-//! (a missing, unknown or ill-typed input is refused, naming it; `confirm` too).
-//!
-//! When Gitea cannot be reached (a connection error or a 5xx from its API, or a failed
-//! fetch), a pipeline with `on.dispatch.offline: true` runs from the commit the mirror last
-//! fetched for the ref, of a repository Pipewright knows from earlier events; any other
-//! dispatch is refused with 502 naming Gitea. Its statuses wait in the outbox, which
-//! retries until Gitea answers.
+//! `{"ref": "...", "inputs": {...}}`, as `pipewright dispatch` sends it. What a dispatch
+//! does (and refuses) is `control::dispatchable` and `control::dispatch`, shared with the
+//! dispatch form.
 
 use std::{collections::BTreeMap, sync::Arc};
 
@@ -16,17 +10,16 @@ use axum::{
     extract::{Path, State},
     http::{HeaderMap, StatusCode},
 };
-use pipewright_pipelines::{EventKind, GitRef, RunContext, resolve_inputs};
 use serde::Deserialize;
 
+use crate::config::Scope;
 use crate::server::{
     App,
     http::auth::require,
+    http::control,
     http::dto::{RunDto, run_dto},
     http::errors::ApiError,
-    intake::spec::{FileAt, Source},
 };
-use crate::{config::Scope, error_chain, events::RepoInfo, store::RunSpec};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -38,10 +31,6 @@ pub struct DispatchRequest {
     inputs: BTreeMap<String, serde_json::Value>,
 }
 
-fn refused(status: StatusCode, message: impl Into<String>) -> ApiError {
-    ApiError(status, message.into())
-}
-
 pub async fn dispatch(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
@@ -49,135 +38,21 @@ pub async fn dispatch(
     Json(request): Json<DispatchRequest>,
 ) -> Result<(StatusCode, Json<RunDto>), ApiError> {
     let caller = require(&app, &headers, Scope::Dispatch)?;
-    for segment in [&owner, &name] {
-        check_repo_segment(segment)
-            .map_err(|why| refused(StatusCode::UNPROCESSABLE_ENTITY, why))?;
-    }
     let full_name = format!("{owner}/{name}");
     if !caller.covers(&full_name) {
-        return Err(refused(
+        return Err(ApiError(
             StatusCode::FORBIDDEN,
             format!("this token does not cover {full_name}"),
         ));
     }
-    if let Some(wanted) = &request.git_ref {
-        check_ref_name(wanted).map_err(|why| refused(StatusCode::UNPROCESSABLE_ENTITY, why))?;
-    }
-    if !app.config.repo_allowed(&full_name) {
-        return Err(refused(
-            StatusCode::FORBIDDEN,
-            format!("{full_name} is not in [[repos]]"),
-        ));
-    }
-    let gitea_down = |e: &(dyn std::error::Error + 'static)| {
-        refused(
-            StatusCode::BAD_GATEWAY,
-            format!("Gitea: {}", error_chain(e)),
-        )
-    };
-    // `Some(why)`: Gitea cannot be reached, and only a pipeline that allows it runs from
-    // what the mirror last fetched.
-    let (repo, mirror, unreachable) = match app.gitea.repository(&full_name).await {
-        Ok(Some(payload)) => {
-            let repo = RepoInfo::from_payload(&payload, "").map_err(|e| {
-                refused(
-                    StatusCode::BAD_GATEWAY,
-                    format!("Gitea's answer for {full_name} is refused: {e}"),
-                )
-            })?;
-            match app.git.fetch(&repo.full_name, repo.sha256).await {
-                Ok(mirror) => {
-                    // Known from Gitea's own answer: a later offline dispatch may use it.
-                    if let Err(e) = app.store.remember_repo(&repo.known()).await {
-                        tracing::warn!(error = ?e, "failed to remember a repository");
-                    }
-                    (repo, mirror, None)
-                }
-                Err(e) => {
-                    let why = format!("Gitea: {}", error_chain(&e));
-                    let mirror = last_fetched(&app, &full_name, &why).await?;
-                    (repo, mirror, Some(why))
-                }
-            }
-        }
-        Ok(None) => {
-            return Err(refused(
-                StatusCode::NOT_FOUND,
-                format!("Gitea has no repository {full_name}"),
-            ));
-        }
-        Err(e) if e.is_transient() => {
-            let why = format!("Gitea: {}", error_chain(&e));
-            let known = app
-                .store
-                .known_repos()
-                .await
-                .map_err(|e| {
-                    tracing::warn!(error = ?e, "failed to read the known repositories");
-                    refused(StatusCode::INTERNAL_SERVER_ERROR, "internal error")
-                })?
-                .into_iter()
-                .find(|k| k.repo == full_name)
-                .ok_or_else(|| refused(StatusCode::BAD_GATEWAY, why.clone()))?;
-            let mirror = last_fetched(&app, &full_name, &why).await?;
-            (RepoInfo::from_known(&known), mirror, Some(why))
-        }
-        Err(e) => return Err(gitea_down(&e)),
-    };
-    // Offline, what the mirror lacks may be in Gitea: every refusal names Gitea first.
-    let offline_refused = |status: StatusCode, message: String| match &unreachable {
-        Some(why) => refused(
-            StatusCode::BAD_GATEWAY,
-            format!("{why}; offline: {message}"),
-        ),
-        None => refused(status, message),
-    };
-    let wanted = request
-        .git_ref
-        .clone()
-        .unwrap_or_else(|| repo.default_branch.clone());
-    check_ref_name(&wanted).map_err(|why| refused(StatusCode::UNPROCESSABLE_ENTITY, why))?;
-
-    let (git_ref, sha) = resolve_ref(&app, &mirror, &wanted).await.ok_or_else(|| {
-        offline_refused(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            format!("{full_name} has no branch or tag `{wanted}`"),
-        )
-    })?;
-    let parsed = app
-        .git
-        .pipelines_at(&mirror, &sha)
-        .await
-        .map_err(|e| gitea_down(&e))?;
-    drop(mirror);
-    let parsed = parsed
-        .into_iter()
-        .find(|f| f.name == pipeline_name)
-        .ok_or_else(|| {
-            offline_refused(
-                StatusCode::NOT_FOUND,
-                format!("no pipeline `{pipeline_name}` at {wanted}"),
-            )
-        })?;
-    let pipeline = parsed.result.map_err(|diags| {
-        let list: Vec<String> = diags.iter().map(|d| d.to_string()).collect();
-        offline_refused(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            format!("pipeline `{pipeline_name}` is invalid: {}", list.join("; ")),
-        )
-    })?;
-    if let Some(why) = &unreachable {
-        if !pipeline.on.dispatch.as_ref().is_some_and(|d| d.offline) {
-            return Err(refused(
-                StatusCode::BAD_GATEWAY,
-                format!(
-                    "{why} (pipeline `{pipeline_name}` does not allow an offline dispatch: `on.dispatch.offline`)"
-                ),
-            ));
-        }
-        tracing::warn!(repo = %full_name, pipeline = %pipeline_name, %sha, reason = %why,
-            "Gitea cannot be reached: the dispatch runs from the mirror's last fetched commit");
-    }
+    let target = control::dispatchable(
+        &app,
+        &owner,
+        &name,
+        &pipeline_name,
+        request.git_ref.as_deref(),
+    )
+    .await?;
     let given: Vec<(String, String)> = request
         .inputs
         .iter()
@@ -188,255 +63,6 @@ pub async fn dispatch(
             )
         })
         .collect();
-    let inputs = resolve_inputs(&pipeline, &given).map_err(|errors| {
-        refused(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            format!("dispatch refused: {}", errors.join("; ")),
-        )
-    })?;
-
-    let source = Source::Dispatch {
-        actor: "api",
-        at_ms: crate::store::now_ms(),
-    };
-    let cx = RunContext {
-        repo: repo.full_name.clone(),
-        sha: sha.clone(),
-        git_ref: git_ref.clone(),
-        event: EventKind::Dispatch,
-        pr: None,
-        run_id: String::new(),
-        inputs: inputs.clone(),
-        actor: source.actor().to_string(),
-    };
-    let run = RunSpec::new(&repo, &cx, FileAt::Valid(&pipeline), source);
-    let enqueued = app.enqueue(None, &[run]).await.map_err(|e| {
-        tracing::warn!(error = ?e, "failed to enqueue a dispatch");
-        refused(StatusCode::INTERNAL_SERVER_ERROR, "internal error")
-    })?;
-    let stored = app
-        .store
-        .run(enqueued.ids[0])
-        .await
-        .ok()
-        .flatten()
-        .ok_or_else(|| refused(StatusCode::INTERNAL_SERVER_ERROR, "internal error"))?;
-    Ok((StatusCode::CREATED, Json(run_dto(&app, &stored, None))))
-}
-
-/// The mirror as the last fetch from Gitea left it (the only writer of its refs: `git
-/// fetch --force --prune` from `[gitea].url`), or the 502 naming Gitea when there is none.
-async fn last_fetched(
-    app: &App,
-    full_name: &str,
-    why: &str,
-) -> Result<crate::git::Mirror, ApiError> {
-    match app.git.open_existing(full_name).await {
-        Ok(Some(mirror)) => Ok(mirror),
-        Ok(None) | Err(_) => Err(refused(
-            StatusCode::BAD_GATEWAY,
-            format!("{why} (and there is no mirror of {full_name} to run from)"),
-        )),
-    }
-}
-
-/// A branch, or else a tag. Not a bare commit: a run's identity token names its ref, and a
-/// commit on no ref would borrow one it is not on.
-async fn resolve_ref(
-    app: &App,
-    mirror: &crate::git::Mirror,
-    wanted: &str,
-) -> Option<(GitRef, String)> {
-    let name = wanted.strip_prefix("refs/heads/").unwrap_or(wanted);
-    if let Some(sha) = app.git.resolve(mirror, &format!("refs/heads/{name}")).await {
-        return Some((GitRef::Branch(name.to_string()), sha));
-    }
-    let tag = wanted.strip_prefix("refs/tags/").unwrap_or(wanted);
-    if let Some(sha) = app.git.resolve(mirror, &format!("refs/tags/{tag}")).await {
-        return Some((GitRef::Tag(tag.to_string()), sha));
-    }
-    None
-}
-
-/// An owner or repository name as Gitea allows them (letters, digits, `-`, `_`, `.`; not
-/// `.` or `..`): a name from the URL never reaches Gitea's API or git otherwise.
-fn check_repo_segment(segment: &str) -> Result<(), String> {
-    if crate::checked::is_name_part(segment) {
-        Ok(())
-    } else {
-        Err(format!("{segment:?} is not an owner or repository name"))
-    }
-}
-
-/// A dispatch names a branch or a tag exactly (`main`, `refs/heads/main`, `v1.2`,
-/// `refs/tags/v1.2`), by git's `check-ref-format` rules, and never revision syntax that
-/// git would resolve to another commit (`main~1`, `main^`, `@{-1}`, `HEAD`, a commit id)
-/// or an option (`--upload-pack=…`).
-pub fn check_ref_name(wanted: &str) -> Result<(), String> {
-    let name = wanted
-        .strip_prefix("refs/heads/")
-        .or_else(|| wanted.strip_prefix("refs/tags/"))
-        .unwrap_or(wanted);
-    let why = crate::checked::ref_name_problem(name);
-    match why {
-        None => Ok(()),
-        Some(why) => Err(format!(
-            "`{}` is not a branch or tag name: {why}",
-            wanted.escape_debug()
-        )),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn refs_are_exact_branch_or_tag_names() {
-        let ok = [
-            "main",
-            "refs/heads/main",
-            "feature/new-ui",
-            "v1.2.3",
-            "refs/tags/v1.2.3",
-            "release-2026.11",
-            "deadbeef",
-            "utf8-é",
-        ];
-        for name in ok {
-            assert_eq!(check_ref_name(name), Ok(()), "{name}");
-        }
-        let refused = [
-            (
-                "main~1",
-                "`main~1` is not a branch or tag name: `~` is not allowed",
-            ),
-            (
-                "main^",
-                "`main^` is not a branch or tag name: `^` is not allowed",
-            ),
-            (
-                "main^{tree}",
-                "`main^{tree}` is not a branch or tag name: `^` is not allowed",
-            ),
-            (
-                "@{-1}",
-                "`@{-1}` is not a branch or tag name: `@{` is not allowed",
-            ),
-            (
-                "main@{yesterday}",
-                "`main@{yesterday}` is not a branch or tag name: `@{` is not allowed",
-            ),
-            (
-                "HEAD",
-                "`HEAD` is not a branch or tag name: `HEAD` is not a branch",
-            ),
-            (
-                "refs/heads/HEAD",
-                "`refs/heads/HEAD` is not a branch or tag name: `HEAD` is not a branch",
-            ),
-            ("@", "`@` is not a branch or tag name: `@` is not a branch"),
-            (
-                "--upload-pack=touch /tmp/x",
-                "`--upload-pack=touch /tmp/x` is not a branch or tag name: it starts with `-`",
-            ),
-            ("-b", "`-b` is not a branch or tag name: it starts with `-`"),
-            (
-                "main..other",
-                "`main..other` is not a branch or tag name: `..` is not allowed",
-            ),
-            (
-                "../../etc",
-                "`../../etc` is not a branch or tag name: `..` is not allowed",
-            ),
-            (
-                "0123456789abcdef0123456789abcdef01234567",
-                "`0123456789abcdef0123456789abcdef01234567` is not a branch or tag name: it is a commit id; a branch or a tag is needed",
-            ),
-            (
-                "a:b",
-                "`a:b` is not a branch or tag name: `:` is not allowed",
-            ),
-            (
-                "a b",
-                "`a b` is not a branch or tag name: ` ` is not allowed",
-            ),
-            (
-                "a\nb",
-                "`a\\nb` is not a branch or tag name: `\\n` is not allowed",
-            ),
-            (
-                "ma*n",
-                "`ma*n` is not a branch or tag name: `*` is not allowed",
-            ),
-            (
-                "ma?n",
-                "`ma?n` is not a branch or tag name: `?` is not allowed",
-            ),
-            (
-                "ma[n",
-                "`ma[n` is not a branch or tag name: `[` is not allowed",
-            ),
-            (
-                "a\\b",
-                "`a\\\\b` is not a branch or tag name: `\\\\` is not allowed",
-            ),
-            ("", "`` is not a branch or tag name: it is empty"),
-            (
-                "refs/heads/",
-                "`refs/heads/` is not a branch or tag name: it is empty",
-            ),
-            (
-                "a//b",
-                "`a//b` is not a branch or tag name: `//` is not allowed",
-            ),
-            (
-                "/main",
-                "`/main` is not a branch or tag name: it starts or ends with `/`, or ends with `.`",
-            ),
-            (
-                "main/",
-                "`main/` is not a branch or tag name: it starts or ends with `/`, or ends with `.`",
-            ),
-            (
-                "main.",
-                "`main.` is not a branch or tag name: it starts or ends with `/`, or ends with `.`",
-            ),
-            (
-                ".hidden",
-                "`.hidden` is not a branch or tag name: a part starts with `.` or ends with `.lock`",
-            ),
-            (
-                "a/.b",
-                "`a/.b` is not a branch or tag name: a part starts with `.` or ends with `.lock`",
-            ),
-            (
-                "main.lock",
-                "`main.lock` is not a branch or tag name: a part starts with `.` or ends with `.lock`",
-            ),
-        ];
-        for (name, message) in refused {
-            assert_eq!(check_ref_name(name), Err(message.to_owned()), "{name}");
-        }
-    }
-
-    #[test]
-    fn repository_segments_are_plain_names() {
-        for ok in ["org", "my-repo", "a_b.c", "Repo2"] {
-            assert_eq!(check_repo_segment(ok), Ok(()));
-        }
-        for bad in [
-            "",
-            ".",
-            "..",
-            "a/b",
-            "org/../admin",
-            "a%2Fb",
-            "a?b",
-            "a#b",
-            "a b",
-        ] {
-            assert!(check_repo_segment(bad).is_err(), "{bad}");
-        }
-    }
+    let run = control::dispatch(&app, &target, &given, "api").await?;
+    Ok((StatusCode::CREATED, Json(run_dto(&app, &run, None).await)))
 }

@@ -1,9 +1,10 @@
 //! Runs and steps as the API shows them, and times as RFC 3339.
 
-use serde::Serialize;
+use axum::http::StatusCode;
+use serde::{Deserialize, Serialize};
 
-use crate::server::{App, present::clip};
-use crate::store::{Run, RunState, StepRow, labels_cover};
+use crate::server::{App, http::errors::ApiError, present::clip};
+use crate::store::{InputType, Run, RunFilter, RunState, StepRow, labels_cover};
 
 /// A run as the API shows it.
 #[derive(Serialize)]
@@ -18,6 +19,13 @@ pub struct RunDto {
     sha: String,
     pull_request: Option<i64>,
     actor: String,
+    /// The inputs, booleans and numbers as JSON booleans and numbers when the pipeline
+    /// declared them so.
+    inputs: serde_json::Map<String, serde_json::Value>,
+    /// The run this one re-runs.
+    rerun_of: Option<i64>,
+    /// The instance that runs it (its lease owner), while it runs.
+    agent: Option<String>,
     state: &'static str,
     description: String,
     concurrency_group: String,
@@ -44,7 +52,7 @@ pub struct StepDto {
     log_url: String,
 }
 
-pub fn run_dto(app: &App, run: &Run, steps: Option<&[StepRow]>) -> RunDto {
+pub async fn run_dto(app: &App, run: &Run, steps: Option<&[StepRow]>) -> RunDto {
     let url = format!("{}/runs/{}", app.public_url(), run.id);
     RunDto {
         id: run.id,
@@ -56,6 +64,9 @@ pub fn run_dto(app: &App, run: &Run, steps: Option<&[StepRow]>) -> RunDto {
         sha: run.sha.clone(),
         pull_request: run.pr,
         actor: run.actor.clone(),
+        inputs: typed_inputs(run),
+        rerun_of: run.rerun_of,
+        agent: run.lease_owner.clone(),
         state: run.state.as_str(),
         description: clip(&run.description),
         concurrency_group: run.concurrency_group.clone(),
@@ -83,15 +94,122 @@ pub fn run_dto(app: &App, run: &Run, steps: Option<&[StepRow]>) -> RunDto {
                 .collect()
         }),
         url,
-        waiting_reason: waiting_reason(app, run),
+        waiting_reason: waiting_reason(app, run).await,
     }
 }
 
-/// Why a queued run waits, when it is for want of an agent's labels: `runs_on` is matched
-/// against this server's `[agent].labels` (no other agents exist yet).
-pub fn waiting_reason(app: &App, run: &Run) -> Option<String> {
-    (run.state == RunState::Queued && !labels_cover(&app.config.agent.labels, &run.runs_on))
-        .then(|| format!("no agent with labels [{}]", run.runs_on.join(", ")))
+/// A run's inputs as JSON values: text, or a boolean or number where the pipeline declared
+/// one (a stored value that does not read as its type stays text).
+pub fn typed_inputs(run: &Run) -> serde_json::Map<String, serde_json::Value> {
+    run.inputs
+        .iter()
+        .map(|(name, value)| {
+            let typed = match run.input_types.iter().find(|(n, _)| n == name) {
+                Some((_, InputType::Boolean)) => match value.as_str() {
+                    "true" => Some(serde_json::Value::Bool(true)),
+                    "false" => Some(serde_json::Value::Bool(false)),
+                    _ => None,
+                },
+                Some((_, InputType::Number)) => serde_json::from_str::<serde_json::Number>(value)
+                    .ok()
+                    .map(serde_json::Value::Number),
+                None => None,
+            };
+            (
+                name.clone(),
+                typed.unwrap_or_else(|| serde_json::Value::String(value.clone())),
+            )
+        })
+        .collect()
+}
+
+/// Why a queued run waits, when this server can tell: for want of an agent's labels
+/// (`runs_on` is matched against this server's `[agent].labels`; no other agents exist
+/// yet), or for another run of its concurrency group that is running.
+pub async fn waiting_reason(app: &App, run: &Run) -> Option<String> {
+    if run.state != RunState::Queued {
+        return None;
+    }
+    if !labels_cover(&app.config.agent.labels, &run.runs_on) {
+        return Some(format!("no agent with labels [{}]", run.runs_on.join(", ")));
+    }
+    match app
+        .store
+        .running_in_group(&run.concurrency_group, run.id)
+        .await
+    {
+        Ok(Some(other)) => Some(format!("concurrency group busy with run {other}")),
+        Ok(None) => None,
+        Err(e) => {
+            tracing::warn!(error = ?e, "failed to read a concurrency group");
+            None
+        }
+    }
+}
+
+/// The filters of a runs list (the API's and the page's): empty values are no filter.
+#[derive(Debug, Default, Deserialize)]
+pub struct ListQuery {
+    repo: Option<String>,
+    pipeline: Option<String>,
+    state: Option<String>,
+    before: Option<String>,
+    limit: Option<String>,
+}
+
+impl ListQuery {
+    fn given(value: &Option<String>) -> Option<&str> {
+        value.as_deref().map(str::trim).filter(|v| !v.is_empty())
+    }
+
+    pub fn repo(&self) -> Option<&str> {
+        Self::given(&self.repo)
+    }
+
+    pub fn pipeline(&self) -> Option<&str> {
+        Self::given(&self.pipeline)
+    }
+
+    pub fn state(&self) -> Option<&str> {
+        Self::given(&self.state)
+    }
+
+    pub fn before(&self) -> Option<&str> {
+        Self::given(&self.before)
+    }
+
+    pub fn limit(&self) -> Option<&str> {
+        Self::given(&self.limit)
+    }
+
+    /// The store's filter (without repositories), or the 422 naming the bad value.
+    pub fn filter(&self, default_limit: i64) -> Result<RunFilter, ApiError> {
+        let bad = |what: &str, value: &str| {
+            ApiError(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                format!("`{}` is not a valid {what}", value.escape_debug()),
+            )
+        };
+        let state = match Self::given(&self.state) {
+            Some(s) => Some(RunState::parse(s).ok_or_else(|| bad("state", s))?),
+            None => None,
+        };
+        let before = match Self::given(&self.before) {
+            Some(b) => Some(b.parse::<i64>().map_err(|_| bad("run id", b))?),
+            None => None,
+        };
+        let limit = match Self::given(&self.limit) {
+            Some(l) => l.parse::<i64>().map_err(|_| bad("limit", l))?,
+            None => default_limit,
+        };
+        Ok(RunFilter {
+            repos: None,
+            pipeline: Self::given(&self.pipeline).map(str::to_owned),
+            state,
+            before,
+            limit: limit.clamp(1, 500),
+        })
+    }
 }
 
 /// Epoch milliseconds as RFC 3339 UTC (`2026-11-22T05:35:15.123Z`).

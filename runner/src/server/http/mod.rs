@@ -4,6 +4,7 @@
 pub(super) mod api;
 pub(super) mod auth;
 pub(super) mod conn;
+pub(super) mod control;
 pub(super) mod dispatch;
 pub(super) mod dto;
 pub(super) mod errors;

@@ -41,11 +41,20 @@ pub fn router(app: Arc<App>) -> Router {
             post(dispatch::dispatch),
         )
         .route("/", get(ui::index))
+        .route("/ui/runs", get(ui::rows))
+        .route("/ui/runs/{id}", get(ui::run_json))
         .route("/runs/{id}", get(ui::run_page))
+        .route("/runs/{id}/cancel", post(ui::cancel))
+        .route("/runs/{id}/rerun", post(ui::rerun))
+        .route(
+            "/repos/{owner}/{repo}/pipelines/{name}/dispatch",
+            get(ui::dispatch_form).post(ui::dispatch_submit),
+        )
         .layer(middleware::from_fn_with_state(
             BodyBounds::api(limits, budget),
             bounded_body,
         ))
         .merge(hooks)
+        .fallback(ui::not_found)
         .with_state(app)
 }

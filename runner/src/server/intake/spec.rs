@@ -2,11 +2,11 @@
 //! event, a dispatch, a schedule, a comment command, a re-run), so that the dedupe key, the concurrency group
 //! key and the first description of a kind of run are made in one place.
 
-use pipewright_pipelines::{Pipeline, RunContext, plan};
+use pipewright_pipelines::{InputKind, Pipeline, RunContext, plan};
 
 use crate::{
     events::{Event, RepoInfo},
-    store::{Run, RunSpec, RunState},
+    store::{InputType, Run, RunSpec, RunState},
 };
 
 /// Where a new run comes from.
@@ -73,6 +73,10 @@ impl RunSpec {
     /// A run of one pipeline file of `repo` in the context `cx` (its event kind, ref,
     /// commit and inputs), for `source`.
     pub fn new(repo: &RepoInfo, cx: &RunContext, file: FileAt<'_>, source: Source<'_>) -> RunSpec {
+        let input_types = match file {
+            FileAt::Valid(pipeline) => input_types(pipeline),
+            FileAt::Invalid { .. } => Vec::new(),
+        };
         let (name, path, runs_on, group, cancel_in_progress, state, description) = match file {
             FileAt::Valid(pipeline) => {
                 let planned = plan(pipeline, cx);
@@ -131,6 +135,8 @@ impl RunSpec {
             from_fork,
             attempt: 1,
             inputs: cx.inputs.clone(),
+            input_types,
+            rerun_of: None,
             runs_on,
             dedupe_key: source.dedupe_key(&repo.full_name, name),
             concurrency_group: group_key(&repo.full_name, &group),
@@ -159,6 +165,8 @@ impl RunSpec {
             from_fork: old.from_fork,
             attempt: old.attempt + 1,
             inputs: old.inputs.clone(),
+            input_types: old.input_types.clone(),
+            rerun_of: Some(old.id),
             runs_on: old.runs_on.clone(),
             dedupe_key: format!("rerun:{}:{at_ms}", old.id),
             concurrency_group: old.concurrency_group.clone(),
@@ -167,6 +175,22 @@ impl RunSpec {
             description: format!("queued (re-run of run {})", old.id),
         }
     }
+}
+
+/// The declared types of a pipeline's dispatch inputs that are not text.
+fn input_types(pipeline: &Pipeline) -> Vec<(String, InputType)> {
+    let Some(dispatch) = &pipeline.on.dispatch else {
+        return Vec::new();
+    };
+    dispatch
+        .inputs
+        .iter()
+        .filter_map(|input| match input.kind {
+            InputKind::Boolean => Some((input.name.clone(), InputType::Boolean)),
+            InputKind::Number => Some((input.name.clone(), InputType::Number)),
+            InputKind::String | InputKind::Choice(_) => None,
+        })
+        .collect()
 }
 
 /// A concurrency group's key: always within its repository, so that no pipeline can wait

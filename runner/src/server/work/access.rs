@@ -288,6 +288,8 @@ mod tests {
             from_fork: false,
             attempt: 1,
             inputs: Vec::new(),
+            input_types: Vec::new(),
+            rerun_of: None,
             runs_on: Vec::new(),
             concurrency_group: "org/infra/iac".into(),
             cancel_in_progress: false,
