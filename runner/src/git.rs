@@ -96,6 +96,12 @@ impl Git {
         }
     }
 
+    /// `git --version`'s answer: whether git can be run at all (it must be on `PATH`).
+    pub async fn version(&self) -> Result<String, GitError> {
+        let out = self.run(None, &["--version"]).await?;
+        Ok(String::from_utf8_lossy(&out).trim().to_owned())
+    }
+
     /// The remote of a repository: `<[gitea].url>/<owner>/<name>.git`.
     pub fn remote(&self, repo: &str) -> Result<String, GitError> {
         if !crate::checked::is_repo_name(repo) {

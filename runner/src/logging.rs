@@ -87,8 +87,11 @@ pub fn missing_essentials(config: &Config) -> Vec<&'static str> {
     }
     let api = &config.api;
     if api.tokens.is_empty() && api.scoped_tokens.is_empty() && !api.read_public {
-        missing
-            .push("no [api].tokens and read_public = false: nobody can use the API or the web UI");
+        missing.push(match config.ui.oauth() {
+            None => "no [api].tokens and read_public = false: nobody can use the API or the web UI",
+            // Gitea users still sign in to the web UI.
+            Some(_) => "no [api].tokens and read_public = false: nobody can use the API",
+        });
     }
     missing
 }

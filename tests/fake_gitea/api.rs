@@ -142,6 +142,11 @@ pub(super) fn api_sync(shared: &Shared, parts: &Parts, body: &[u8]) -> Reply {
             let state = shared.lock();
             Reply::json(200, View::new(shared, &state).user(BOT_LOGIN))
         }
+        ["user"] if matches!(caller, Caller::User(_)) => {
+            let state = shared.lock();
+            let login = state.login_of(caller).unwrap_or_default();
+            Reply::json(200, View::new(shared, &state).user(&login))
+        }
         ["user"] => api_error(shared, 401, "token is required"),
         ["repos", owner, name, rest @ ..] => repo_api(shared, &request, owner, name, rest),
         ["orgs", org, "hooks", rest @ ..] => {
@@ -182,6 +187,10 @@ pub(super) fn repo_api(
         };
         let permission = match request.caller {
             Caller::Bot => state.permission(&repo, BOT_LOGIN),
+            Caller::User(_) => match state.login_of(request.caller) {
+                Some(login) => state.permission(&repo, &login),
+                None => Permission::None,
+            },
             _ if repo.private => Permission::None,
             _ => Permission::Read,
         };
@@ -192,6 +201,13 @@ pub(super) fn repo_api(
         return not_found(shared);
     }
     let write = matches!(request.method, "POST" | "PUT" | "PATCH" | "DELETE");
+    if write && matches!(request.caller, Caller::User(_)) {
+        return api_error(
+            shared,
+            403,
+            "the fake Gitea serves writes with Pipewright's token only",
+        );
+    }
     if write && request.caller != Caller::Bot {
         return api_error(shared, 401, "token is required");
     }
@@ -314,7 +330,12 @@ pub(super) fn repo_api(
                     &format!("user does not exist [uid: 0, name: {user}]"),
                 );
             };
-            if permission < Permission::Admin && !user.login.eq_ignore_ascii_case(BOT_LOGIN) {
+            let caller_login = match request.caller {
+                Caller::Bot => Some(BOT_LOGIN.to_owned()),
+                caller => state.login_of(caller),
+            };
+            let own = caller_login.is_some_and(|l| l.eq_ignore_ascii_case(&user.login));
+            if permission < Permission::Admin && !own {
                 return api_error(
                     shared,
                     403,

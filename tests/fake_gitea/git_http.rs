@@ -8,6 +8,23 @@ pub(super) async fn handle(shared: Arc<Shared>, request: Request) -> Response {
     if path == "/api/v1" || path.starts_with("/api/v1/") {
         return api(shared, request).await;
     }
+    if path == "/login/oauth/authorize" || path == "/login/oauth/access_token" {
+        let (parts, body) = request.into_parts();
+        let body = axum::body::to_bytes(body, 1 << 20)
+            .await
+            .unwrap_or_default();
+        let index = shared.record(&parts, redacted_token_body(&body));
+        let response = match (parts.method.as_str(), path.as_str()) {
+            _ if shared.down.load(Ordering::SeqCst) => down_response(),
+            ("GET", "/login/oauth/authorize") => authorize(&shared, &parts),
+            ("POST", "/login/oauth/access_token") => {
+                access_token(&shared, &parts, &body).into_response()
+            }
+            _ => text_response(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed\n"),
+        };
+        shared.set_status(index, response.status().as_u16());
+        return response;
+    }
     let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     let route = match segments.as_slice() {
         [owner, repo, "info", "refs"] => Some((owner, repo, GitService::InfoRefs)),
@@ -387,7 +404,12 @@ pub(super) fn authenticate(shared: &Shared, headers: &HeaderMap, query: Option<&
             } else {
                 password
             };
-            shared.check_token(token)
+            match shared.check_token(token) {
+                Caller::Invalid if token == password => shared
+                    .user_of_password(user, password)
+                    .map_or(Caller::Invalid, Caller::User),
+                caller => caller,
+            }
         }
         _ => Caller::Anonymous,
     }

@@ -37,8 +37,18 @@
 //!   with 404 for a private repository and 401 `token is required` for a write to a public
 //!   one. Unknown routes: 404 JSON.
 //!
+//! - Gitea's OAuth2 provider (`oauth.rs`): `GET /login/oauth/authorize` and
+//!   `POST /login/oauth/access_token` for registered applications
+//!   ([`FakeGitea::create_oauth_app`]), with PKCE, single-use codes, refresh tokens and
+//!   Gitea's OAuth error answers. A token request is recorded with its secrets (client
+//!   secret, code, PKCE verifier, refresh token) replaced by `REDACTED`.
+//!
 //! The token belongs to [`BOT_LOGIN`], an admin of every repository unless a test lowers it
-//! with [`Repo::set_permission`].
+//! with [`Repo::set_permission`]. Users have tokens too ([`FakeGitea::create_user_token`],
+//! OAuth access tokens) and passwords ([`FakeGitea::set_password`], HTTP Basic): with them
+//! the API answers as that user (`GET /user`; a repository's `permissions`, and 404 for a
+//! private repository the user may not read). Writes and git with a user's token are not
+//! served (403 and 401): Pipewright makes them with its own token only.
 //!
 //! Every request is recorded ([`FakeGitea::requests`]); the token itself is never kept.
 //! [`FakeGitea::fail_api`] and [`FakeGitea::set_down`] inject faults.
@@ -55,7 +65,7 @@
 //!
 //! # Parts
 //!
-//! `state.rs` (users, repositories, pull requests, statuses and comments behind one lock),
+//! `oauth.rs` (applications, authorize, tokens, users' credentials), `state.rs` (users, repositories, pull requests, statuses and comments behind one lock),
 //! `reviews.rs` (reviews, mergeability, the pull request of a merge commit),
 //! `server.rs` ([`FakeGitea`]: start, stop, faults, what was seen), `repos.rs` ([`Repo`]:
 //! history written with git), `json.rs` (objects as Gitea's JSON shows them), `payloads.rs`
@@ -69,6 +79,7 @@ mod deliveries;
 mod git_http;
 mod hooks;
 mod json;
+mod oauth;
 mod payloads;
 mod repos;
 mod reviews;
@@ -108,8 +119,9 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 // The parts see each other's items through these; the public ones are the fake's API.
 pub use hooks::{HookOwnerRec, HookRec};
+pub use oauth::{OAUTH_ACCESS_TOKEN_SECS, OAuthApp};
 use reviews::*;
-use {api::*, git_http::*, json::*, state::*};
+use {api::*, git_http::*, json::*, oauth::*, state::*};
 pub use {deliveries::*, payloads::*, repos::*, reviews::ReviewState, server::*, util::*};
 
 /// The Gitea version the fake imitates (`GET /api/v1/version`).

@@ -111,6 +111,7 @@ pub(super) struct State {
     pub(super) unmergeable: HashSet<(i64, u64)>,
     pub(super) requests: Vec<RecordedRequest>,
     pub(super) fail_next: u32,
+    pub(super) oauth: OAuthState,
 }
 
 impl State {
@@ -131,6 +132,17 @@ impl State {
             },
         );
         id
+    }
+
+    /// The login of a user caller.
+    pub(super) fn login_of(&self, caller: Caller) -> Option<String> {
+        let Caller::User(id) = caller else {
+            return None;
+        };
+        self.users
+            .values()
+            .find(|u| u.id == id)
+            .map(|u| u.login.clone())
     }
 
     pub(super) fn user(&self, login: &str) -> Option<&UserRec> {
@@ -218,7 +230,11 @@ impl Shared {
         let (a, b) = (token.as_bytes(), self.token.as_bytes());
         let same =
             a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0;
-        if same { Caller::Bot } else { Caller::Invalid }
+        if same {
+            return Caller::Bot;
+        }
+        self.user_of_token(token)
+            .map_or(Caller::Invalid, Caller::User)
     }
 
     pub(super) fn scratch_file(&self, what: &str) -> PathBuf {
@@ -446,6 +462,8 @@ impl Shared {
 pub(super) enum Caller {
     Anonymous,
     Bot,
+    /// A user's own token or password (the user's id).
+    User(i64),
     Invalid,
 }
 

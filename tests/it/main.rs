@@ -21,6 +21,7 @@ mod trust_files;
 mod trust_http;
 mod trust_mask;
 mod trust_payload;
+mod ui_auth;
 mod ui_browser;
 mod ui_pages;
 mod vault;

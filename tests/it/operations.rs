@@ -280,3 +280,25 @@ async fn install_hook_creates_the_webhook_then_updates_it() {
     assert_ne!(code, 0);
     assert!(err.contains("404"), "{err}");
 }
+
+#[test]
+fn serve_without_git_on_path_says_it_needs_git() {
+    let data = tempfile::tempdir().unwrap();
+    let out = Command::new(pipewright_bin())
+        .arg("serve")
+        .env_clear()
+        .env("PATH", data.path())
+        .env("PIPEWRIGHT_SERVER__LISTEN", free_addr())
+        .env(
+            "PIPEWRIGHT_SERVER__DATA_DIR",
+            data.path().join("data").display().to_string(),
+        )
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "served without git: {stderr}");
+    assert!(
+        stderr.contains("git is needed on PATH"),
+        "the error does not name git: {stderr}"
+    );
+}

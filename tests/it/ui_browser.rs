@@ -4,8 +4,10 @@
 
 use std::time::Duration;
 
+use pipewright::store::{RunSpec, RunState};
+use pipewright_pipelines::{EventKind, GitRef};
 use pipewright_tests::browser::{Browser, Viewport};
-use pipewright_tests::fake_gitea::{FakeGitea, Repo};
+use pipewright_tests::fake_gitea::{FakeGitea, Permission, Repo};
 use serde_json::{Value, json};
 
 use crate::serve::{API_TOKEN, Server, eventually, step};
@@ -116,7 +118,7 @@ async fn the_runs_list_and_a_run_page_follow_a_live_run_to_its_end() {
         "on:\n  push:\n    branches: [main]\nsteps:\n{}",
         step(
             "colours",
-            "printf '\\033[31mred\\033[0m plain \\033[1;32mbold green\\033[0m \\033[44mon blue\\033[0m\\n'\nprintf '<b>not bold</b> & \\033]0;title\\007done\\n'"
+            "printf '\\033[31mred\\033[0m plain \\033[1;32mbold green\\033[0m \\033[44mon blue\\033[0m\\n'\nprintf '<b>not bold</b> & \\033]0;title\\007done\\n'\nhead -c 600 /dev/zero | tr '\\0' w; echo"
         )
     );
     let count = format!(
@@ -247,7 +249,28 @@ async fn the_runs_list_and_a_run_page_follow_a_live_run_to_its_end() {
     let lines = log_lines(&browser, 0).await;
     assert_eq!(
         lines,
-        ["red plain bold green on blue", "<b>not bold</b> & done"]
+        [
+            "red plain bold green on blue".to_owned(),
+            "<b>not bold</b> & done".to_owned(),
+            "w".repeat(600),
+        ]
+    );
+    // A long line wraps inside the log instead of widening it.
+    let (scroll, width, long, short): (f64, f64, f64, f64) = browser
+        .js(
+            "const pre = document.querySelector('section.step[data-step=\"0\"] pre.log');\
+             const lines = pre.querySelectorAll('div.line');\
+             return [pre.scrollWidth, pre.clientWidth, lines[2].getBoundingClientRect().height, lines[0].getBoundingClientRect().height];",
+            vec![],
+        )
+        .await;
+    assert!(
+        scroll <= width + 1.0,
+        "the log scrolls sideways: {scroll} > {width}"
+    );
+    assert!(
+        long > 2.0 * short,
+        "the long line is not wrapped: {long} px high, a short one {short} px"
     );
     let html: String = browser
         .js(
@@ -441,12 +464,13 @@ async fn the_dispatch_form_starts_a_run_with_its_typed_inputs() {
     browser.goto(&form_url).await;
     browser.find("form#dispatch").await;
     assert_eq!(browser.count("form#dispatch input[name=ref]").await, 1);
-    assert_eq!(
-        browser
-            .count("form#dispatch select[name=\"input.target\"] option")
-            .await,
-        2
-    );
+    let options: Vec<String> = browser
+        .js(
+            "return [...document.querySelectorAll('form#dispatch select[name=\"input.target\"] option')].map(o => o.value).filter(v => v !== '');",
+            vec![],
+        )
+        .await;
+    assert_eq!(options, ["staging", "production"]);
     assert_eq!(
         browser
             .count("form#dispatch input[type=checkbox][name=\"input.dry\"]")
@@ -556,6 +580,164 @@ async fn the_dispatch_form_starts_a_run_with_its_typed_inputs() {
         )]
     );
     browser.screenshot("dispatched-run").await;
+    browser.close().await;
+    server.stop().await;
+}
+
+/// A queued run that no agent claims (it needs a label none has).
+fn waiting_run(repo: &str, sha: &str) -> RunSpec {
+    RunSpec {
+        repo: repo.into(),
+        repo_id: 1,
+        owner_id: 2,
+        default_branch: "main".into(),
+        status_repo: repo.into(),
+        pipeline: "ci".into(),
+        pipeline_file: ".pipewright/ci.yml".into(),
+        event: EventKind::Push,
+        git_ref: GitRef::Branch("main".into()),
+        sha: sha.into(),
+        pr: None,
+        actor: "someone".into(),
+        from_fork: false,
+        attempt: 1,
+        inputs: Vec::new(),
+        input_types: Vec::new(),
+        rerun_of: None,
+        runs_on: vec!["no-such-label".into()],
+        dedupe_key: format!("push:{repo}:{sha}"),
+        concurrency_group: format!("{repo}/ci"),
+        cancel_in_progress: false,
+        state: RunState::Queued,
+        description: "queued".into(),
+    }
+}
+
+/// A form POST from the page itself (its cookie goes along); the answer's status.
+async fn post_from_page(browser: &Browser, path: &str, csrf: &str) -> u16 {
+    browser
+        .js(
+            "return fetch(arguments[0], { method: 'POST', body: new URLSearchParams({ csrf: arguments[1] }), redirect: 'manual' }).then(r => r.status);",
+            vec![json!(path), json!(csrf)],
+        )
+        .await
+}
+
+/// Signing in with Gitea (OAuth through the fake Gitea's authorize endpoint) as a user who
+/// may only read, and with an API token; what each may do on a run's page; a missing run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signing_in_both_ways_and_what_a_reader_may_not_do() {
+    let gitea = FakeGitea::start().await;
+    let oauth = gitea.create_oauth_app(&[]);
+    let server = Server::start_without_engine(
+        &gitea,
+        &[
+            ("PIPEWRIGHT_UI__OAUTH_CLIENT_ID", &oauth.client_id),
+            ("PIPEWRIGHT_UI__OAUTH_CLIENT_SECRET", &oauth.client_secret),
+        ],
+        "",
+    )
+    .await;
+    gitea.set_redirect_uris(&oauth, &[&format!("{}/login/oauth/callback", server.url)]);
+    gitea
+        .create_repo("acme", "app")
+        .set_permission("alice", Permission::Read);
+    let id = server
+        .app
+        .enqueue(None, &[waiting_run("acme/app", "aaaaaaa1")])
+        .await
+        .unwrap()
+        .ids[0];
+    gitea.set_browser_user(Some("alice"));
+
+    let browser = Browser::start().await;
+    browser.goto(&format!("{}/runs/{id}", server.url)).await;
+    browser
+        .until("the redirect to /login", || async {
+            browser.url().await.contains("/login").then_some(())
+        })
+        .await;
+    browser.find("form#token-login").await;
+    browser.screenshot("login").await;
+    browser.click("a#signin-gitea").await;
+    browser
+        .wait_text("header span#viewer", "the Gitea user's name", |t| {
+            t == "alice"
+        })
+        .await;
+    browser
+        .find(&format!("table#runs tr[data-run-id=\"{id}\"]"))
+        .await;
+
+    // A reader: the run's page without buttons; forged form posts are refused.
+    browser.goto(&format!("{}/runs/{id}", server.url)).await;
+    browser
+        .wait_text("#run-state", "the run's state", |t| t == "queued")
+        .await;
+    assert_eq!(browser.count("form#cancel").await, 0);
+    assert_eq!(browser.count("form#rerun").await, 0);
+    browser.screenshot("run-reader").await;
+    let csrf = browser
+        .attr("form#logout input[name=csrf]", "value")
+        .await
+        .expect("the logout form's CSRF token");
+    assert!(!csrf.is_empty());
+    for action in ["cancel", "rerun"] {
+        assert_eq!(
+            post_from_page(&browser, &format!("/runs/{id}/{action}"), &csrf).await,
+            403,
+            "a reader's {action}"
+        );
+    }
+    assert_eq!(run_json(&server, id).await["state"], "queued");
+    assert_eq!(server.runs().await.len(), 1, "no re-run was made");
+
+    // A missing run, and an unknown page: HTML 404s.
+    for path in ["/runs/999999", "/no/such/page"] {
+        let (status, kind): (u16, String) = browser
+            .js(
+                "return fetch(arguments[0]).then(r => [r.status, r.headers.get('content-type') || '']);",
+                vec![json!(path)],
+            )
+            .await;
+        assert_eq!(status, 404, "{path}");
+        assert!(kind.starts_with("text/html"), "{path}: {kind}");
+    }
+    browser.goto(&format!("{}/runs/999999", server.url)).await;
+    browser
+        .wait_text("h1", "the 404 page's heading", |t| t == "Not found")
+        .await;
+    browser.screenshot("not-found").await;
+
+    // Signing out, then in with a token: its page has both buttons, and they need the
+    // page's CSRF token.
+    browser.click("form#logout button").await;
+    browser
+        .until("the sign-in page after signing out", || async {
+            browser.url().await.contains("/login").then_some(())
+        })
+        .await;
+    browser.goto(&format!("{}/runs/{id}", server.url)).await;
+    browser
+        .until("the redirect to /login", || async {
+            browser.url().await.contains("/login").then_some(())
+        })
+        .await;
+    sign_in_with_token(&browser, &server, API_TOKEN).await;
+    let source = browser.client().source().await.unwrap();
+    assert!(!source.contains(API_TOKEN), "the page shows the token");
+    browser.goto(&format!("{}/runs/{id}", server.url)).await;
+    browser.find("form#cancel button").await;
+    browser.find("form#rerun button").await;
+    assert_eq!(
+        post_from_page(&browser, &format!("/runs/{id}/cancel"), "forged").await,
+        403
+    );
+    assert_eq!(run_json(&server, id).await["state"], "queued");
+    browser.click("form#cancel button").await;
+    browser
+        .wait_text("#run-state", "the cancelled state", |t| t == "cancelled")
+        .await;
     browser.close().await;
     server.stop().await;
 }

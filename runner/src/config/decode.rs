@@ -175,6 +175,35 @@ pub(super) fn decode(r: &mut Reader<'_>) -> Config {
         scoped_tokens: r.scoped_tokens(),
     };
 
+    let ui = UiConfig {
+        oauth_client_id: r.read("ui", "oauth_client_id", |v| non_empty(v.str()?)),
+        oauth_client_secret: r.secret("ui", "oauth_client_secret", "oauth_client_secret_file"),
+    };
+    if ui.oauth_client_id.is_some() != ui.oauth_client_secret.is_some() {
+        let (given, missing) = match ui.oauth_client_id {
+            Some(_) => (
+                "oauth_client_id",
+                "oauth_client_secret` or `oauth_client_secret_file",
+            ),
+            None => ("oauth_client_secret", "oauth_client_id"),
+        };
+        let at = match r.file_name {
+            "" => "[ui]".to_owned(),
+            name => format!("{name}: [ui]"),
+        };
+        r.problem(
+            at,
+            format!("`{given}` is given without `{missing}`; give both or neither"),
+        );
+    }
+    if ui.oauth_client_id.is_some() && gitea.url.is_none() {
+        let at = match r.file_name {
+            "" => "[ui]".to_owned(),
+            name => format!("{name}: [ui]"),
+        };
+        r.problem(at, "signing in with Gitea needs `[gitea].url`");
+    }
+
     let repos = r.repos();
     let registries = r.registries(&vault);
 
@@ -188,6 +217,7 @@ pub(super) fn decode(r: &mut Reader<'_>) -> Config {
         docker,
         agent,
         api,
+        ui,
         repos,
         registries,
     }

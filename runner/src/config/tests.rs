@@ -166,6 +166,10 @@ fn design_example_parses() {
                 read_public: false,
                 scoped_tokens: [],
             },
+            ui: UiConfig {
+                oauth_client_id: None,
+                oauth_client_secret: None,
+            },
             repos: [
                 RepoPolicy {
                     name: "arcodange-org/factory",
@@ -266,6 +270,10 @@ fn no_file_gives_the_defaults() {
                 tokens: [],
                 read_public: false,
                 scoped_tokens: [],
+            },
+            ui: UiConfig {
+                oauth_client_id: None,
+                oauth_client_secret: None,
             },
             repos: [],
             registries: [],
@@ -714,4 +722,41 @@ fn documented_default(doc: &str) -> Option<(String, String)> {
     let plain = |s: &str| !s.is_empty() && !s.contains(['<', '[', ' ']);
     (key.bytes().all(|b| b.is_ascii_lowercase() || b == b'_') && plain(value))
         .then(|| (key.to_owned(), value.to_owned()))
+}
+
+/// `[ui]`: the OAuth application's id and secret (from a file, never shown), both or
+/// neither.
+#[test]
+fn ui_oauth_is_both_or_neither_and_its_secret_can_be_a_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = secret_file(&dir, "oauth", "gto_secret\n");
+    let text = format!(
+        "[gitea]\nurl = \"https://gitea.example.lab\"\n[ui]\noauth_client_id = \"cid\"\noauth_client_secret_file = {secret:?}\n"
+    );
+    let config = from_text(&text, &[]).unwrap();
+    let (id, secret) = config.ui.oauth().expect("configured");
+    assert_eq!((id, secret.expose()), ("cid", "gto_secret"));
+    assert!(!format!("{config:?}").contains("gto_secret"));
+    assert!(Config::default().ui.oauth().is_none());
+    check_errors(
+        "[gitea]\nurl = \"https://gitea.example.lab\"\n[ui]\noauth_client_id = \"cid\"\n",
+        &[],
+        expect![[r#"
+            config.toml: [ui]: `oauth_client_id` is given without `oauth_client_secret` or `oauth_client_secret_file`; give both or neither
+        "#]],
+    );
+    check_errors(
+        "[ui]\noauth_client_id = \"cid\"\noauth_client_secret = \"s\"\n",
+        &[],
+        expect![[r#"
+            config.toml: [ui]: signing in with Gitea needs `[gitea].url`
+        "#]],
+    );
+    check_errors(
+        "",
+        &[("PIPEWRIGHT_UI__OAUTH_CLIENT_SECRET", "s")],
+        expect![[r#"
+            config.toml: [ui]: `oauth_client_secret` is given without `oauth_client_id`; give both or neither
+        "#]],
+    );
 }

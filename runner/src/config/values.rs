@@ -28,6 +28,8 @@ pub struct Config {
     pub agent: AgentConfig,
     /// `[api]`: access to the HTTP API and web UI.
     pub api: ApiConfig,
+    /// `[ui]`: signing in to the web UI with Gitea.
+    pub ui: UiConfig,
     /// `[[repos]]`: per-repository policy. Default: none, and then every repository is
     /// allowed; when some are listed, only those are. File only (not settable from the
     /// environment).
@@ -258,6 +260,30 @@ pub struct ApiConfig {
     pub read_public: bool,
     /// `[[api.token]]`: tokens limited to some repositories and scopes. Default: none.
     pub scoped_tokens: Vec<ScopedToken>,
+}
+
+/// `[ui]`.
+#[derive(Clone, Debug, Default)]
+pub struct UiConfig {
+    /// `oauth_client_id`: the client id of an OAuth2 application registered in Gitea (user
+    /// or organisation settings, Applications; confidential client) whose redirect URI is
+    /// `<public_url>/login/oauth/callback`. With it, `GET /login` offers "Sign in with Gitea"
+    /// and each user sees the repositories Gitea lets them read. Given with the secret, or
+    /// neither. Default: none (signing in with an API token only).
+    pub oauth_client_id: Option<String>,
+    /// `oauth_client_secret` or `oauth_client_secret_file`: that application's client
+    /// secret. Default: none.
+    pub oauth_client_secret: Option<Secret>,
+}
+
+impl UiConfig {
+    /// The client id and secret, when "Sign in with Gitea" is configured.
+    pub fn oauth(&self) -> Option<(&str, &Secret)> {
+        Some((
+            self.oauth_client_id.as_deref()?,
+            self.oauth_client_secret.as_ref()?,
+        ))
+    }
 }
 
 /// One `[[api.token]]` entry: a bearer token that may do only what its scopes say, and

@@ -3,6 +3,7 @@
 //! comes back under `status`, users are Gitea's): GitHub-typed clients fail to read them.
 
 pub mod hooks;
+pub mod oauth;
 pub mod payload;
 pub mod pulls;
 

@@ -65,6 +65,8 @@ pub struct App {
     pub registries: Arc<Registries>,
     /// The background tasks' states, for `/readyz`.
     pub tasks: Tasks,
+    /// The web UI's browser sessions, kept in memory only.
+    sessions: http::session::Sessions,
 }
 
 impl App {
@@ -100,6 +102,13 @@ impl App {
             config.gitea.token.clone(),
             config.gitea.ca_file.clone(),
         );
+        let git_version = git.version().await.map_err(|e| {
+            anyhow::anyhow!(
+                "git is needed on PATH for mirrors and checkouts, and could not be run: {}",
+                crate::error_chain(&e)
+            )
+        })?;
+        tracing::debug!(git = %git_version, "git found");
         let logs = LogStore::new(data_dir.join("logs")).with_limit(config.docker.max_log_bytes);
         let defaults = StepDefaults {
             memory_bytes: config.docker.default_memory,
@@ -142,6 +151,7 @@ impl App {
             vault,
             registries,
             tasks: Tasks::default(),
+            sessions: http::session::Sessions::default(),
         }))
     }
 

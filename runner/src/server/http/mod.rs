@@ -1,5 +1,5 @@
 //! The HTTP layer: the connection loop and its limits, the router, API tokens, the webhook
-//! receiver, the API, dispatch and the UI.
+//! receiver, the API, dispatch, the UI and signing in to it.
 
 pub(super) mod api;
 pub(super) mod auth;
@@ -8,6 +8,7 @@ pub(super) mod control;
 pub(super) mod dispatch;
 pub(super) mod dto;
 pub(super) mod errors;
+pub(super) mod login;
 pub(super) mod router;
 pub(super) mod session;
 pub(super) mod ui;

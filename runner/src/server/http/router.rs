@@ -13,7 +13,7 @@ use axum::{
 use crate::server::{
     App,
     http::conn::{BodyBounds, body_budget, bounded_body},
-    http::{api, dispatch, ui, webhook},
+    http::{api, dispatch, login, ui, webhook},
 };
 
 pub fn router(app: Arc<App>) -> Router {
@@ -50,6 +50,10 @@ pub fn router(app: Arc<App>) -> Router {
             "/repos/{owner}/{repo}/pipelines/{name}/dispatch",
             get(ui::dispatch_form).post(ui::dispatch_submit),
         )
+        .route("/login", get(login::page).post(login::token_login))
+        .route("/login/gitea", get(login::start_gitea))
+        .route("/login/oauth/callback", get(login::callback))
+        .route("/logout", post(login::logout))
         .layer(middleware::from_fn_with_state(
             BodyBounds::api(limits, budget),
             bounded_body,
