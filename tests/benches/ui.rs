@@ -245,6 +245,10 @@ async fn queries(bench: &Bench, runs: usize) {
         ("pipeline", "pipeline=deploy".to_owned()),
         (
             "repo + pipeline + state",
+            "repo=org/repo-07&pipeline=deploy&state=success".to_owned(),
+        ),
+        (
+            "the three, matching none",
             "repo=org/repo-07&pipeline=deploy&state=failure".to_owned(),
         ),
         ("page far down (before)", format!("before={middle}")),

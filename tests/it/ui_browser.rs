@@ -198,6 +198,23 @@ async fn the_runs_list_and_a_run_page_follow_a_live_run_to_its_end() {
         })
         .await;
     browser.screenshot("run-live").await;
+    let commit_link = browser.attr("a#commit", "href").await;
+    assert_eq!(
+        commit_link,
+        Some(format!("{}/org/web/commit/{sha}", gitea.url())),
+        "the commit links to Gitea"
+    );
+    let short = browser.text("a#commit").await.unwrap_or_default();
+    assert!(
+        short.len() >= 7 && sha.starts_with(&short),
+        "{short} of {sha}"
+    );
+    assert_eq!(browser.text("#run-actor").await.as_deref(), Some("org"));
+    let title = browser.text("h1").await.unwrap_or_default();
+    assert!(
+        title.contains("count") && title.contains(&format!("#{count_id}")),
+        "{title}"
+    );
     browser
         .wait_text("#run-state", "the run's final state", |t| t == "success")
         .await;
@@ -676,6 +693,12 @@ async fn signing_in_both_ways_and_what_a_reader_may_not_do() {
         .await;
     assert_eq!(browser.count("form#cancel").await, 0);
     assert_eq!(browser.count("form#rerun").await, 0);
+    let why = browser.text("#waiting-reason").await.unwrap_or_default();
+    assert!(why.contains("no-such-label"), "why it waits: {why:?}");
+    assert_eq!(
+        browser.text("#run-description").await.as_deref(),
+        Some("queued")
+    );
     browser.screenshot("run-reader").await;
     let csrf = browser
         .attr("form#logout input[name=csrf]", "value")
