@@ -43,6 +43,12 @@ if [ ! -x "$binary" ] && [ "$binary" = target/release/pipewright ]; then
   cargo build --release --locked -p pipewright --bin pipewright
 fi
 [ -x "$binary" ] || { log "no binary at $binary: build it first (cross build --release --target $target, or cargo zigbuild)"; exit 1; }
+# The ELF header's e_machine (bytes 18-19): 62 is x86-64, 183 is AArch64.
+machine=$(od -An -t u2 -j 18 -N 2 "$binary" | tr -d ' ')
+case "$arch:$machine" in
+  amd64:62 | arm64:183) ;;
+  *) log "$binary is not an $arch binary (ELF machine $machine)"; exit 1 ;;
+esac
 version=$(grep -m1 '^version' Cargo.toml | cut -d'"' -f2)
 default_tag=pipewright:$version-$arch
 tag=${tag:-$default_tag}

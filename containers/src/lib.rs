@@ -76,6 +76,43 @@ pub struct StepSpec {
     /// Credentials sent to the registry when the image has to be pulled (those of the
     /// registry [`registry_host`] names for `image`). `None`: an anonymous pull.
     pub pull_auth: Option<RegistryAuth>,
+    /// Something the step needs that is still being prepared (its workspace's checkout):
+    /// the image is pulled and the container created meanwhile, and started only once the
+    /// gate opens; a gate that fails ends the step as [`Outcome::StartFailed`] with its
+    /// reason. `None`: start at once.
+    pub start_gate: Option<StartGate>,
+}
+
+/// Holds a step's container between its creation and its start until what it needs is
+/// ready; [`StartGate::new`] gives the gate and the [`GateOpener`] that opens it.
+#[derive(Clone, Debug)]
+pub struct StartGate(tokio::sync::watch::Receiver<Option<Result<(), String>>>);
+
+/// Opens a [`StartGate`]: `Ok` lets the container start, `Err(reason)` fails the step.
+/// Dropped without opening, it fails the gate.
+#[derive(Debug)]
+pub struct GateOpener(tokio::sync::watch::Sender<Option<Result<(), String>>>);
+
+impl StartGate {
+    pub fn new() -> (GateOpener, StartGate) {
+        let (tx, rx) = tokio::sync::watch::channel(None);
+        (GateOpener(tx), StartGate(rx))
+    }
+
+    /// Waits until the gate is opened, and says how.
+    pub async fn wait(&self) -> Result<(), String> {
+        let mut rx = self.0.clone();
+        match rx.wait_for(Option::is_some).await {
+            Ok(state) => state.clone().unwrap_or(Ok(())),
+            Err(_) => Err("what the step needed was never ready".to_owned()),
+        }
+    }
+}
+
+impl GateOpener {
+    pub fn open(self, result: Result<(), String>) {
+        let _ = self.0.send(Some(result));
+    }
 }
 
 /// A host path mounted into a step container.

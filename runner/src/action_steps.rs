@@ -510,7 +510,26 @@ async fn run_image<E: Executor, O: RunObserver>(
         }
     }
     let summary = format!("pushed {}", pushed[0]);
-    Ok(ended(StepResult::Ran(Outcome::Succeeded), Some(summary)))
+    // Pushed, the local copies only take space (the registry has them): removed when the
+    // run ends, except the references kept from the engine's GC (`[docker].pin_images`).
+    let mut ran = ended(StepResult::Ran(Outcome::Succeeded), Some(summary));
+    if let Some(kept) = a.setup.remove_pushed {
+        let removed: Vec<String> = image
+            .tags
+            .iter()
+            .filter(|tag| !kept.contains(tag) && !ran.leftovers.contains(tag))
+            .cloned()
+            .collect();
+        if !removed.is_empty() {
+            sink.note(&format!(
+                "removing the local {} when the run ends (pushed)",
+                removed.join(", ")
+            ))
+            .map_err(log_io)?;
+        }
+        ran.leftovers.extend(removed);
+    }
+    Ok(ran)
 }
 
 /// The registry host of an image reference (`reg.lab:5000/team/app:1` → `reg.lab:5000`).

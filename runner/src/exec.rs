@@ -302,9 +302,11 @@ async fn run_one(
             inputs: &cx.inputs,
             reviewed: None,
         },
+        remove_pushed: None,
         services,
         network: args.network.as_deref(),
         volumes_resolved: false,
+        workspace_ready: None,
     };
     let mut printer = Printer {
         out: io::stdout(),

@@ -53,6 +53,19 @@ pub struct Git {
     /// Pipeline files by (mirror, commit): a commit never changes, and the worker reads
     /// the files the delivery's processing read a moment before.
     files: Mutex<HashMap<(PathBuf, String), PipelineFiles>>,
+    /// Told how long each fetch from Gitea took and whether it succeeded.
+    on_fetch: Option<FetchObserver>,
+}
+
+/// What [`Git::observe_fetches`] calls after each fetch: its duration, and whether it
+/// succeeded.
+#[derive(Clone)]
+pub struct FetchObserver(pub Arc<dyn Fn(Duration, bool) + Send + Sync>);
+
+impl std::fmt::Debug for FetchObserver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("FetchObserver")
+    }
 }
 
 /// The pipeline files of a commit: path and text (or why it is not text).
@@ -93,6 +106,7 @@ impl Git {
             ca_file,
             locks: Mutex::new(HashMap::new()),
             files: Mutex::new(HashMap::new()),
+            on_fetch: None,
         }
     }
 
@@ -100,6 +114,12 @@ impl Git {
     pub async fn version(&self) -> Result<String, GitError> {
         let out = self.run(None, &["--version"]).await?;
         Ok(String::from_utf8_lossy(&out).trim().to_owned())
+    }
+
+    /// Calls `observer` after each fetch from Gitea.
+    pub fn observe_fetches(mut self, observer: FetchObserver) -> Git {
+        self.on_fetch = Some(observer);
+        self
     }
 
     /// The remote of a repository: `<[gitea].url>/<owner>/<name>.git`.
@@ -243,27 +263,90 @@ impl Git {
         self.open(repo, false).await.map(Some)
     }
 
+    /// The repositories (`owner/name`) that have a mirror, sorted.
+    pub fn mirrored_repos(&self) -> Vec<String> {
+        let mut repos = Vec::new();
+        let Ok(owners) = std::fs::read_dir(&self.root) else {
+            return repos;
+        };
+        for owner in owners.flatten() {
+            let Ok(names) = std::fs::read_dir(owner.path()) else {
+                continue;
+            };
+            for name in names.flatten() {
+                let (owner, name) = (owner.file_name(), name.file_name());
+                let (Some(owner), Some(name)) = (owner.to_str(), name.to_str()) else {
+                    continue;
+                };
+                let Some(name) = name.strip_suffix(".git") else {
+                    continue;
+                };
+                let repo = format!("{owner}/{name}");
+                if crate::checked::is_repo_name(&repo)
+                    && self.root.join(format!("{repo}.git")).join("HEAD").exists()
+                {
+                    repos.push(repo);
+                }
+            }
+        }
+        repos.sort();
+        repos
+    }
+
+    /// Compacts a mirror when git thinks it is worth it (`git gc --auto`: many loose
+    /// objects or packs, which every fetch adds), in the foreground (`gc.autoDetach=false`,
+    /// so the caller's timeout and lock hold for it). Unreachable objects go after git's
+    /// default grace of two weeks.
+    pub async fn compact(&self, mirror: &Mirror) -> Result<(), GitError> {
+        let timeout = self.fetch_timeout.max(LOCAL_TIMEOUT);
+        self.run_with(
+            Some(&mirror.path),
+            &["-c", "gc.autoDetach=false", "gc", "--auto", "--quiet"],
+            false,
+            timeout,
+        )
+        .await
+        .map_err(|e| match e {
+            GitError::Failed { stderr, .. } => GitError::Failed {
+                what: "gc".into(),
+                stderr,
+            },
+            GitError::TimedOut { after, .. } => GitError::TimedOut {
+                what: "gc".into(),
+                after,
+            },
+            other => other,
+        })?;
+        Ok(())
+    }
+
     /// Brings the mirror of `repo` up to date: branches, tags and pull-request heads.
     pub async fn update(&self, mirror: &Mirror, repo: &str) -> Result<(), GitError> {
         let remote = self.remote(repo)?;
-        self.run_with(
-            Some(&mirror.path),
-            &[
-                "fetch",
-                "--quiet",
-                "--prune",
-                "--no-tags",
-                "--force",
-                "--end-of-options",
-                &remote,
-                "+refs/heads/*:refs/heads/*",
-                "+refs/tags/*:refs/tags/*",
-                "+refs/pull/*/head:refs/pull/*/head",
-            ],
-            false,
-            self.fetch_timeout,
-        )
-        .await?;
+        let started = std::time::Instant::now();
+        let fetched = self
+            .run_with(
+                Some(&mirror.path),
+                &[
+                    "fetch",
+                    "--quiet",
+                    "--prune",
+                    "--no-tags",
+                    "--force",
+                    "--end-of-options",
+                    &remote,
+                    "+refs/heads/*:refs/heads/*",
+                    "+refs/tags/*:refs/tags/*",
+                    "+refs/pull/*/head:refs/pull/*/head",
+                ],
+                false,
+                self.fetch_timeout,
+            )
+            .await;
+        if let Some(observer) = &self.on_fetch {
+            (observer.0)(started.elapsed(), fetched.is_ok());
+        }
+        fetched?;
         Ok(())
     }
 

@@ -3,6 +3,10 @@
 //!
 //! A step's log holds at most the store's limit (`[docker].max_log_bytes`): past it, one
 //! note line says so and further output is dropped while the step goes on running.
+//!
+//! A write that fails (a full disk) is an error naming the file, which stops the step: a
+//! log that cannot be kept is no log. The disk being full is said in so many words
+//! ("the log disk is full: …"), since that is what an operator must fix.
 
 use std::{
     fs::{self, File, OpenOptions},
@@ -42,19 +46,26 @@ impl LogStore {
     pub fn writer(&self, run: i64, step: i64) -> io::Result<LogWriter> {
         let path = self.path(run, step);
         if let Some(dir) = path.parent() {
-            fs::create_dir_all(dir)?;
+            fs::create_dir_all(dir).map_err(|e| write_error(&path, e))?;
         }
         let file = OpenOptions::new()
             .create(true)
             .write(true)
             .truncate(true)
-            .open(&path)?;
+            .open(&path)
+            .map_err(|e| write_error(&path, e))?;
         Ok(LogWriter {
             file,
+            path,
             bytes: 0,
             limit: self.limit,
             full: false,
         })
+    }
+
+    /// The directory of the logs.
+    pub fn dir(&self) -> &Path {
+        &self.dir
     }
 
     /// The whole log of a step so far (`None`: the step never started).
@@ -64,6 +75,17 @@ impl LogStore {
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(e),
         }
+    }
+
+    /// The runs that have a log directory here, in no order.
+    pub fn runs(&self) -> Vec<i64> {
+        let Ok(entries) = fs::read_dir(&self.dir) else {
+            return Vec::new();
+        };
+        entries
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse::<i64>().ok())
+            .collect()
     }
 
     /// Removes a run's logs.
@@ -80,6 +102,7 @@ impl LogStore {
 #[derive(Debug)]
 pub struct LogWriter {
     file: File,
+    path: PathBuf,
     bytes: u64,
     limit: u64,
     /// The limit was reached: the note is written, lines are dropped.
@@ -106,13 +129,37 @@ impl LogWriter {
         let mut buf = Vec::with_capacity(line.len() + 1);
         buf.extend_from_slice(line);
         buf.push(b'\n');
-        self.file.write_all(&buf)?;
+        self.file
+            .write_all(&buf)
+            .map_err(|e| write_error(&self.path, e))?;
         self.bytes += buf.len() as u64;
         Ok(())
     }
 
     pub fn bytes(&self) -> u64 {
         self.bytes
+    }
+}
+
+/// A failed write of the log at `path`, said plainly: "the log disk is full: …" when it is
+/// (`ENOSPC`, or `EDQUOT`: a quota is a full disk to its user).
+fn write_error(path: &Path, e: io::Error) -> io::Error {
+    let full = matches!(
+        e.kind(),
+        io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded
+    );
+    match full {
+        true => io::Error::new(
+            e.kind(),
+            format!(
+                "the log disk is full: cannot write {} ({e}); free space there (see [retention])",
+                path.display()
+            ),
+        ),
+        false => io::Error::new(
+            e.kind(),
+            format!("cannot write the log {}: {e}", path.display()),
+        ),
     }
 }
 
@@ -178,6 +225,28 @@ mod tests {
         assert_eq!(lines[..2], ["1234", "5678"]);
         assert_eq!(lines.len(), 3, "{text}");
         assert!(lines[2].contains("max_log_bytes"), "{text}");
+    }
+
+    /// `/dev/full` answers every write with `ENOSPC`, as a full disk does.
+    #[test]
+    fn a_full_disk_is_an_error_that_says_so_and_names_the_file() {
+        let path = PathBuf::from("/dev/full");
+        let file = OpenOptions::new().write(true).open(&path).unwrap();
+        let mut writer = LogWriter {
+            file,
+            path,
+            bytes: 0,
+            limit: u64::MAX,
+            full: false,
+        };
+        let err = writer.line(b"hello").unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::StorageFull);
+        let text = err.to_string();
+        assert!(
+            text.starts_with("the log disk is full: cannot write /dev/full"),
+            "{text}"
+        );
+        assert_eq!(writer.bytes(), 0);
     }
 
     #[test]

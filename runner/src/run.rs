@@ -114,6 +114,9 @@ pub async fn run_plan<E: Executor, O: RunObserver>(
     // one left in the workspace), and what masks every text the run hands out.
     let mut secret_values: Vec<String> = Vec::new();
     let mut run_masker = Masker::default();
+    // Until the first step that runs has waited for it, the workspace may be incomplete.
+    let mut workspace_gate = setup.workspace_ready.clone();
+    let mut unready: Option<String> = None;
     for step in &plan.steps {
         let started = Instant::now();
         // A cancel between steps (or during a cleanup step, which it does not stop) ends
@@ -125,7 +128,7 @@ pub async fn run_plan<E: Executor, O: RunObserver>(
         // that run after a failure run, and none of them changes the run's verdict.
         let failing = result != RunResult::Success;
         let cleanup = step.runs_after.failure;
-        if refused || failing && !cleanup {
+        if refused || unready.is_some() || failing && !cleanup {
             observer
                 .step_finished(step, &StepResult::NotRun, Duration::ZERO)
                 .await;
@@ -189,35 +192,47 @@ pub async fn run_plan<E: Executor, O: RunObserver>(
         spec.env.extend(extras.env);
         spec.mounts.extend(extras.mounts);
         spec.env_file = extras.env_file;
+        // An action reads the workspace from the host (contexts, plans): it waits for the
+        // checkout; a `run:` step's container is created meanwhile and started after it.
+        let gate = workspace_gate.take();
+        let not_ready = match (&step.action, &gate) {
+            (PlannedAction::Uses { .. }, Some(gate)) => gate.wait().await.err(),
+            _ => None,
+        };
         let step_result = match &step.action {
-            PlannedAction::Uses { action, with } => {
-                let ran = crate::action_steps::run(
-                    executor,
-                    crate::action_steps::ActionStep {
-                        step,
-                        action,
-                        with,
-                        spec,
-                        setup,
-                        secret_values: &secret_values,
-                        sourced_env: &extras.sourced_env,
-                    },
-                    &mut sink,
-                    step_cancel,
-                )
-                .await?;
-                if ran.summary.is_some() {
-                    reports.summary = ran.summary;
+            _ if not_ready.is_some() => StepResult::NotRun,
+            PlannedAction::Uses { action, with } => match crate::action_steps::run(
+                executor,
+                crate::action_steps::ActionStep {
+                    step,
+                    action,
+                    with,
+                    spec,
+                    setup,
+                    secret_values: &secret_values,
+                    sourced_env: &extras.sourced_env,
+                },
+                &mut sink,
+                step_cancel,
+            )
+            .await
+            {
+                Ok(ran) => {
+                    if ran.summary.is_some() {
+                        reports.summary = ran.summary;
+                    }
+                    if ran.plan.is_some() {
+                        reports.plan_comment = ran.plan.map(|plan| PlanComment { plan });
+                    }
+                    if let Some(saved) = ran.saved_plan {
+                        reports.saved_plans.push((step.name.clone(), saved));
+                    }
+                    leftovers.extend(ran.leftovers);
+                    ran.result
                 }
-                if ran.plan.is_some() {
-                    reports.plan_comment = ran.plan.map(|plan| PlanComment { plan });
-                }
-                if let Some(saved) = ran.saved_plan {
-                    reports.saved_plans.push((step.name.clone(), saved));
-                }
-                leftovers.extend(ran.leftovers);
-                ran.result
-            }
+                Err(ExecError::Sink(e)) => log_lost(&e),
+                Err(e) => return Err(e),
+            },
             PlannedAction::Run {
                 image,
                 script,
@@ -225,10 +240,33 @@ pub async fn run_plan<E: Executor, O: RunObserver>(
             } => {
                 spec.image = image.clone();
                 spec.command = script_command(*shell, script);
-                StepResult::Ran(executor.run_step(&spec, &mut sink, step_cancel).await?)
+                spec.start_gate = gate.clone();
+                match executor.run_step(&spec, &mut sink, step_cancel).await {
+                    Ok(outcome) => StepResult::Ran(outcome),
+                    Err(ExecError::Sink(e)) => log_lost(&e),
+                    Err(e) => return Err(e),
+                }
             }
         };
-        sink.flush().map_err(ExecError::Sink)?;
+        // Whatever the step did, no later step starts before the checkout ended; one that
+        // failed stops the run here, as if no step had started.
+        if let Some(why) = match gate {
+            Some(gate) => not_ready.or(gate.wait().await.err()),
+            None => None,
+        } {
+            let _ = sink.flush();
+            drop(sink);
+            observer
+                .step_finished(step, &StepResult::NotRun, Duration::ZERO)
+                .await;
+            result = RunResult::Error(why.clone());
+            unready = Some(why);
+            continue;
+        }
+        let step_result = match sink.flush() {
+            Ok(()) => step_result,
+            Err(e) => log_lost(&e),
+        };
         // The step's masker may know more than it was given (an action's database password).
         run_masker = run_masker.union(&sink.masker);
         let step_result = masked_result(&run_masker, step_result);
@@ -282,6 +320,13 @@ pub async fn run_plan<E: Executor, O: RunObserver>(
         }
     }
     Ok((result, masked_reports(&run_masker, reports)))
+}
+
+/// A step whose log could not be written (a full disk: the executor stopped it at the
+/// sink's error). It is Pipewright's failure, not the step's, so the step and the run end
+/// as `error` with the log's own message, which names the file; the server goes on.
+fn log_lost(e: &std::io::Error) -> StepResult {
+    StepResult::Unrunnable(e.to_string())
 }
 
 /// The status description and plan comment, masked (a plan's addresses can hold values).
@@ -419,6 +464,7 @@ fn spec_for(step: &PlannedStep, setup: &RunSetup<'_>, limit: Duration) -> StepSp
         env_file: None,
         // The server's engine wrapper adds the registry's credentials (`server/work/images.rs`).
         pull_auth: None,
+        start_gate: None,
     }
 }
 

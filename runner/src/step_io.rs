@@ -186,6 +186,15 @@ pub struct RunSetup<'a> {
     /// started: each step re-checks that its paths still resolve to themselves, so an
     /// earlier step cannot swap a directory for a link before a later step mounts it.
     pub volumes_resolved: bool,
+    /// The workspace is still being checked out: the first step's container is created
+    /// meanwhile and started when this opens (an action's step waits for it first). A
+    /// checkout that fails ends the run as `error` with its reason, running no step.
+    /// `None`: the workspace is ready.
+    pub workspace_ready: Option<pipewright_containers::StartGate>,
+    /// Images that `uses: image` built and pushed are removed from the engine once the
+    /// run ends, except the references listed here (`[docker].pin_images`); `None` keeps
+    /// them all (`exec`: the user's own engine).
+    pub remove_pushed: Option<&'a [String]>,
 }
 
 impl std::fmt::Debug for RunSetup<'_> {

@@ -9,7 +9,7 @@ use std::{
 
 use pipewright_containers::{
     CancellationToken, ExecError, Executor, LABEL_MANAGED, LABEL_RUN, MAX_LINE, Mount, Outcome,
-    StepSpec,
+    StartGate, StepSpec,
 };
 use pipewright_tests::{
     Collect, Count, containers_labelled, docker, docker_cli, error_chain, peak_rss_bytes,
@@ -568,4 +568,91 @@ async fn the_step_container_is_confined() {
         "{out:?}"
     );
     assert!(out.contains(&"docker-init"), "{out:?}");
+}
+
+/// The state of the run's one container, as the engine says (`created`, `running`, …).
+fn container_state(run: &str) -> Option<String> {
+    let ids = containers_labelled(LABEL_RUN, run);
+    let id = ids.first()?;
+    Some(docker_cli(&["inspect", "-f", "{{.State.Status}}", id]))
+}
+
+#[tokio::test]
+async fn a_gated_step_is_created_at_once_and_started_when_the_gate_opens() {
+    let run = unique_run("gate-open");
+    let dir = tempfile::tempdir().unwrap();
+    let (opener, gate) = StartGate::new();
+    let spec = StepSpec {
+        mounts: vec![Mount {
+            host: dir.path().to_path_buf(),
+            container: "/workspace".into(),
+            read_only: false,
+        }],
+        start_gate: Some(gate),
+        ..shell_step(&run, "cat /workspace/ready.txt")
+    };
+    let waiting = run.clone();
+    let prepare = async move {
+        // The container waits, created, while the "checkout" is not done.
+        wait_for(
+            "the gated container to be created",
+            Duration::from_secs(60),
+            || container_state(&waiting).as_deref() == Some("created"),
+        )
+        .await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(container_state(&waiting).as_deref(), Some("created"));
+        std::fs::write(dir.path().join("ready.txt"), "written after create\n").unwrap();
+        opener.open(Ok(()));
+        dir
+    };
+    let (_dir, (outcome, sink)) = tokio::join!(prepare, run_to_end(&run, &spec));
+    assert_eq!(outcome, Outcome::Succeeded);
+    assert_eq!(sink.stdout(), ["written after create"]);
+}
+
+#[tokio::test]
+async fn a_gate_that_fails_or_a_cancel_while_gated_never_starts_the_step() {
+    let run = unique_run("gate-fail");
+    let (opener, gate) = StartGate::new();
+    let spec = StepSpec {
+        start_gate: Some(gate),
+        ..shell_step(&run, "echo must not run")
+    };
+    let failing = run.clone();
+    let fail = async move {
+        wait_for("the gated container", Duration::from_secs(60), || {
+            container_state(&failing).is_some()
+        })
+        .await;
+        opener.open(Err("checkout: the commit is gone".into()));
+    };
+    let (_, (outcome, sink)) = tokio::join!(fail, run_to_end(&run, &spec));
+    assert_eq!(
+        outcome,
+        Outcome::StartFailed {
+            reason: "checkout: the commit is gone".into()
+        }
+    );
+    assert!(sink.stdout().is_empty());
+
+    let run = unique_run("gate-cancel");
+    let (_opener, gate) = StartGate::new();
+    let spec = StepSpec {
+        start_gate: Some(gate),
+        ..shell_step(&run, "echo must not run")
+    };
+    let cancel = CancellationToken::new();
+    let cancelling = (run.clone(), cancel.clone());
+    let stop = async move {
+        wait_for("the gated container", Duration::from_secs(60), || {
+            container_state(&cancelling.0).is_some()
+        })
+        .await;
+        cancelling.1.cancel();
+    };
+    let mut sink = Collect::default();
+    let (_, outcome) = tokio::join!(stop, run_step_with(&run, &spec, &mut sink, &cancel));
+    assert_eq!(outcome, Outcome::Cancelled);
+    assert!(sink.stdout().is_empty());
 }

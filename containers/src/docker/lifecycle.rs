@@ -95,6 +95,14 @@ impl DockerExecutor {
         if let Some(outcome) = executable? {
             return Ok(outcome);
         }
+        if let Some(gate) = &spec.start_gate {
+            tokio::select! {
+                ready = gate.wait() => if let Err(reason) = ready {
+                    return Ok(Outcome::StartFailed { reason });
+                },
+                _ = cancel.cancelled() => return Ok(Outcome::Cancelled),
+            }
+        }
         if cancel.is_cancelled() {
             return Ok(Outcome::Cancelled);
         }

@@ -203,6 +203,17 @@ pub(super) fn decode(r: &mut Reader<'_>) -> Config {
         };
         r.problem(at, "signing in with Gitea needs `[gitea].url`");
     }
+    let retention = RetentionConfig {
+        logs: r
+            .read("retention", "logs", |v| retention_age(v.str()?))
+            .unwrap_or(defaults::RETENTION_LOGS),
+        runs: r
+            .read("retention", "runs", |v| retention_age(v.str()?))
+            .unwrap_or(defaults::RETENTION_RUNS),
+        interval: r
+            .read("retention", "interval", |v| parse_duration(v.str()?))
+            .unwrap_or(defaults::RETENTION_INTERVAL),
+    };
 
     let repos = r.repos();
     let registries = r.registries(&vault);
@@ -218,6 +229,7 @@ pub(super) fn decode(r: &mut Reader<'_>) -> Config {
         agent,
         api,
         ui,
+        retention,
         repos,
         registries,
     }

@@ -57,6 +57,12 @@ pub const MAX_LOG_BYTES: u64 = 64 << 20;
 pub const SECRETS_IN_ENV: bool = true;
 /// `[agent].capacity`.
 pub const CAPACITY: usize = 2;
+/// `[retention].logs` (90 days).
+pub const RETENTION_LOGS: Option<Duration> = Some(Duration::from_secs(90 * 86_400));
+/// `[retention].runs` (90 days).
+pub const RETENTION_RUNS: Option<Duration> = Some(Duration::from_secs(90 * 86_400));
+/// `[retention].interval`.
+pub const RETENTION_INTERVAL: Duration = Duration::from_secs(3600);
 /// `[[repos]].apply_requirements`.
 pub const APPLY_REQUIREMENTS: &[super::ApplyRequirement] = &[
     super::ApplyRequirement::Approved,

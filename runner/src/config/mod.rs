@@ -38,7 +38,8 @@ use std::{collections::BTreeMap, fmt, fs, path::Path};
 pub use values::{
     AgentConfig, Algorithm, ApiConfig, ApplyRequirement, Config, DatabaseConfig, DockerConfig,
     GiteaConfig, HttpLimits, IdentityConfig, LogConfig, LogFormat, RegistryCredentials,
-    RegistryPassword, RepoPolicy, Scope, ScopedToken, Secret, ServerConfig, UiConfig, VaultConfig,
+    RegistryPassword, RepoPolicy, RetentionConfig, Scope, ScopedToken, Secret, ServerConfig,
+    UiConfig, VaultConfig,
 };
 
 use decode::decode;

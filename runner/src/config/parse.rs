@@ -27,6 +27,54 @@ pub(super) fn repo_globs(globs: Vec<String>) -> Result<Patterns, String> {
     Patterns::new(&lower).map_err(|(i, why)| format!("bad glob {:?}: {why}", globs[i]))
 }
 
+/// The longest age `[retention]` accepts (100 years): longer is `off`.
+const MAX_RETENTION_DAYS: u64 = 36_500;
+
+/// `[retention].logs` and `runs`: an age written as the other durations (`90d`, `36h`,
+/// `1d12h`, but not limited to 30 days), or `off` (also `0`) for none.
+pub(super) fn retention_age(text: &str) -> Result<Option<std::time::Duration>, String> {
+    let text = text.trim();
+    if text == "off" || text == "0" {
+        return Ok(None);
+    }
+    let expected =
+        || format!("expected an age such as `90d`, `12h` or `1d12h`, or `off`, found `{text}`");
+    let max = MAX_RETENTION_DAYS * 86_400;
+    let (mut total, mut digits) = (0u64, String::new());
+    for c in text.chars() {
+        if c.is_ascii_digit() {
+            digits.push(c);
+            continue;
+        }
+        let unit = match c {
+            's' => 1,
+            'm' => 60,
+            'h' => 3600,
+            'd' => 86_400,
+            _ => return Err(expected()),
+        };
+        if digits.is_empty() {
+            return Err(expected());
+        }
+        total = digits
+            .parse::<u64>()
+            .ok()
+            .and_then(|n| n.checked_mul(unit))
+            .and_then(|s| total.checked_add(s))
+            .filter(|&t| t <= max)
+            .ok_or_else(|| {
+                format!(
+                    "`{text}` is longer than {MAX_RETENTION_DAYS}d; write `off` to keep forever"
+                )
+            })?;
+        digits.clear();
+    }
+    if !digits.is_empty() || total == 0 {
+        return Err(expected());
+    }
+    Ok(Some(std::time::Duration::from_secs(total)))
+}
+
 /// `[[api.token]].scopes`.
 pub(super) fn api_scopes(names: Vec<String>) -> Result<Vec<Scope>, String> {
     if names.is_empty() {

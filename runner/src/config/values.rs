@@ -30,6 +30,8 @@ pub struct Config {
     pub api: ApiConfig,
     /// `[ui]`: signing in to the web UI with Gitea.
     pub ui: UiConfig,
+    /// `[retention]`: how long finished runs and their logs are kept.
+    pub retention: RetentionConfig,
     /// `[[repos]]`: per-repository policy. Default: none, and then every repository is
     /// allowed; when some are listed, only those are. File only (not settable from the
     /// environment).
@@ -284,6 +286,27 @@ impl UiConfig {
             self.oauth_client_secret.as_ref()?,
         ))
     }
+}
+
+/// `[retention]`: what is deleted, and when, so that the data directory does not fill the
+/// disk (an SD card on a small runner host). Ages count from a run's end (`finished_at`);
+/// queued and running runs are never touched.
+#[derive(Clone, Debug)]
+pub struct RetentionConfig {
+    /// `logs`: the step logs of runs that ended longer ago than this are deleted; the run
+    /// and its steps stay, and say that their log was removed. A duration (`90d`, `12h`),
+    /// or `off` to keep logs as long as their run. Default: `90d`.
+    pub logs: Option<Duration>,
+    /// `runs`: runs that ended longer ago than this are deleted with their steps, logs,
+    /// sent statuses and comments and kept plan files; the newest run of each branch, tag
+    /// and pull request stays (catch-up would run its commit again), and so does a run
+    /// whose status is still to send or whose plan a pull request's review uses. Processed
+    /// webhook deliveries received before then are deleted too. A duration, or `off` to
+    /// keep runs forever. Default: `90d`.
+    pub runs: Option<Duration>,
+    /// `interval`: how often retention is applied (also once at start), and git mirrors
+    /// are compacted (`git gc --auto`). Default: `1h`.
+    pub interval: Duration,
 }
 
 /// One `[[api.token]]` entry: a bearer token that may do only what its scopes say, and

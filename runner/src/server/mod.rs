@@ -6,6 +6,7 @@
 
 mod http;
 mod intake;
+pub mod metrics;
 mod present;
 mod report;
 mod tasks;
@@ -37,6 +38,7 @@ pub use crate::error_chain;
 pub use http::webhook::DeliveryWriter;
 pub use tasks::Tasks;
 pub use work::registry::Scheduler;
+pub use work::retention::Removed;
 
 /// Everything the server's parts share.
 #[derive(Debug)]
@@ -67,6 +69,8 @@ pub struct App {
     pub tasks: Tasks,
     /// The web UI's browser sessions, kept in memory only.
     sessions: http::session::Sessions,
+    /// What `/metrics` serves.
+    pub metrics: Arc<metrics::Metrics>,
 }
 
 impl App {
@@ -95,13 +99,15 @@ impl App {
         let client = http_client(config.gitea.ca_file.as_deref())?;
         let gitea_url = config.gitea.url.clone().unwrap_or_default();
         let gitea = Gitea::new(&gitea_url, config.gitea.token.clone(), client.clone());
+        let metrics = Arc::new(metrics::Metrics::new());
         let git = Git::new(
             data_dir.join("git"),
             &gitea_url,
             config.gitea.git_timeout,
             config.gitea.token.clone(),
             config.gitea.ca_file.clone(),
-        );
+        )
+        .observe_fetches(metrics.fetch_observer());
         let git_version = git.version().await.map_err(|e| {
             anyhow::anyhow!(
                 "git is needed on PATH for mirrors and checkouts, and could not be run: {}",
@@ -152,6 +158,7 @@ impl App {
             registries,
             tasks: Tasks::default(),
             sessions: http::session::Sessions::default(),
+            metrics,
         }))
     }
 
@@ -203,6 +210,7 @@ impl App {
             instance: &self.instance,
             reporter_wake: &self.reporter_wake,
             public_url: self.public_url(),
+            metrics: &self.metrics,
         }
     }
 
@@ -236,6 +244,12 @@ pub async fn catch_up(app: &App) -> anyhow::Result<()> {
 /// Queues the scheduled runs due in the minute of `epoch_secs`; returns how many.
 pub async fn schedule_tick(app: &App, epoch_secs: i64) -> Result<usize, String> {
     intake::schedule::tick(&app.intake(), epoch_secs).await
+}
+
+/// One retention pass (`[retention]`), as the background task makes at start and every
+/// `interval`: old logs and runs deleted, mirrors compacted.
+pub async fn retention_pass(app: &App) -> Result<work::retention::Removed, StoreError> {
+    work::retention::once(&app.work(), &CancellationToken::new()).await
 }
 
 /// Keeps the SQLite log short, off the webhook path (see `Store::checkpoint`).
@@ -322,7 +336,7 @@ fn getrandom_bytes(buf: &mut [u8]) {
 }
 
 /// The supervised background tasks, by name (as `/readyz` names them).
-const TASKS: [(&str, TaskFn); 7] = [
+const TASKS: [(&str, TaskFn); 8] = [
     ("webhook writer", |app, stop| {
         Box::pin(http::webhook::run_writer(app, stop))
     }),
@@ -341,6 +355,9 @@ const TASKS: [(&str, TaskFn); 7] = [
     }),
     ("kept images", |app, stop| {
         Box::pin(work::keep::run(app, stop))
+    }),
+    ("retention", |app, stop| {
+        Box::pin(work::retention::run(app, stop))
     }),
 ];
 

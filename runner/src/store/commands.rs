@@ -32,6 +32,7 @@ impl Store {
                 .await?;
         }
         tx.commit().await?;
+        self.ends.add_all(&out.ended);
         Ok(out)
     }
 

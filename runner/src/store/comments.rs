@@ -66,6 +66,9 @@ impl Store {
                 .await?;
         }
         tx.commit().await?;
+        if changed {
+            self.ends.add(state);
+        }
         Ok(changed)
     }
 

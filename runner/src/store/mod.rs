@@ -15,17 +15,21 @@ use sqlx::{
 mod access;
 mod commands;
 pub mod comments;
+mod counts;
 mod deliveries;
 mod images;
 mod outbox;
 mod plans;
 mod repos;
+mod retention;
 mod runs;
 
+pub use counts::*;
 pub use deliveries::*;
 pub use outbox::*;
 pub use plans::*;
 pub use repos::*;
+pub use retention::*;
 pub use runs::*;
 
 /// Milliseconds since the epoch: the one time format of the database.
@@ -51,6 +55,8 @@ pub struct Store {
     /// Plain reads: WAL readers never wait for the writer.
     read: AnyPool,
     backend: Backend,
+    /// The runs this process ended, by final state (shared by every clone).
+    ends: std::sync::Arc<RunEnds>,
 }
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -86,6 +92,7 @@ pub(crate) const SQLITE_MIGRATIONS: Migrations = migrations![
     (6, "both", "0006_runs_on"),
     (7, "both", "0007_reviewed_plans"),
     (8, "both", "0008_run_pages"),
+    (9, "both", "0009_retention"),
 ];
 
 pub(crate) const POSTGRES_MIGRATIONS: Migrations = migrations![
@@ -97,6 +104,7 @@ pub(crate) const POSTGRES_MIGRATIONS: Migrations = migrations![
     (6, "both", "0006_runs_on"),
     (7, "both", "0007_reviewed_plans"),
     (8, "both", "0008_run_pages"),
+    (9, "both", "0009_retention"),
 ];
 
 /// The highest version of the databases made before migrations were sqlx's: release
@@ -144,6 +152,7 @@ impl Store {
             pool,
             read,
             backend,
+            ends: Default::default(),
         };
         store.migrate().await?;
         Ok(store)

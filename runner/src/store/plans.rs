@@ -72,7 +72,7 @@ impl Store {
         end: &RunEnd<'_>,
     ) -> Result<Option<i64>, StoreError> {
         let mut tx = self.pool.begin().await?;
-        finish_in(&mut tx, id, state, description).await?;
+        let ended = finish_in(&mut tx, id, state, description).await?;
         if let Some(c) = end.comment {
             sqlx::query(QUEUE)
                 .bind(&c.repo)
@@ -127,6 +127,9 @@ impl Store {
             .await?;
         }
         tx.commit().await?;
+        if ended {
+            self.ends.add(state);
+        }
         Ok(replaced.filter(|old| *old != id))
     }
 

@@ -243,6 +243,8 @@ pub struct StepRow {
     pub exit_code: Option<i64>,
     pub started_at: Option<i64>,
     pub finished_at: Option<i64>,
+    /// Its log was deleted by `[retention].logs` (the run's are removed together).
+    pub log_removed: bool,
 }
 
 /// What enqueueing did to other runs of the same groups.
@@ -253,6 +255,9 @@ pub struct Enqueued {
     pub duplicate: bool,
     /// Running runs that a `cancel_in_progress` group asks to stop.
     pub cancel_running: Vec<i64>,
+    /// The final states of the runs this enqueueing ended: runs added already finished,
+    /// and the queued runs of their groups it cancelled or superseded.
+    pub ended: Vec<RunState>,
 }
 
 /// Lease length for a claimed run; the worker renews it well before it runs out.
@@ -386,6 +391,7 @@ impl Store {
         let mut tx = self.pool.begin().await?;
         let out = enqueue_in(&mut tx, delivery, runs).await?;
         tx.commit().await?;
+        self.ends.add_all(&out.ended);
         Ok(out)
     }
 }
@@ -481,6 +487,9 @@ pub(super) async fn enqueue_in(
             )
             .await?;
             out.ids.push(id);
+            if new.state.is_finished() {
+                out.ended.push(new.state);
+            }
             if new.state != RunState::Queued {
                 continue;
             }
@@ -508,11 +517,15 @@ pub(super) async fn enqueue_in(
                     ("queued", true) => {
                         let why =
                             format!("cancelled: superseded by run {id} ({})", short(&new.sha));
-                        finish_in(tx, old, RunState::Cancelled, &why).await?;
+                        if finish_in(tx, old, RunState::Cancelled, &why).await? {
+                            out.ended.push(RunState::Cancelled);
+                        }
                     }
                     ("queued", false) => {
                         let why = format!("superseded by {}", short(&new.sha));
-                        finish_in(tx, old, RunState::Superseded, &why).await?;
+                        if finish_in(tx, old, RunState::Superseded, &why).await? {
+                            out.ended.push(RunState::Superseded);
+                        }
                     }
                     ("running", true) => out.cancel_running.push(old),
                     _ => {}
@@ -618,6 +631,9 @@ impl Store {
         let mut tx = self.pool.begin().await?;
         let changed = finish_in(&mut tx, id, state, description).await?;
         tx.commit().await?;
+        if changed {
+            self.ends.add(state);
+        }
         Ok(changed)
     }
 
@@ -646,10 +662,12 @@ impl Store {
             }
             let mut tx = self.pool.begin().await?;
             let why = format!("agent {owner} lost");
-            if finish_if(&mut tx, id, RunState::Error, &why, Some((&owner, now))).await? {
+            let ended = finish_if(&mut tx, id, RunState::Error, &why, Some((&owner, now))).await?;
+            tx.commit().await?;
+            if ended {
+                self.ends.add(RunState::Error);
                 settled.push((id, owner));
             }
-            tx.commit().await?;
         }
         Ok(settled)
     }
@@ -856,7 +874,9 @@ impl Store {
 
     pub async fn steps(&self, run_id: i64) -> Result<Vec<StepRow>, StoreError> {
         let rows = sqlx::query(
-            "SELECT idx, name, state, description, exit_code, started_at, finished_at FROM steps WHERE run_id = $1 ORDER BY idx",
+            "SELECT s.idx, s.name, s.state, s.description, s.exit_code, s.started_at, s.finished_at,
+                    r.logs_removed_at
+             FROM steps s JOIN runs r ON r.id = s.run_id WHERE s.run_id = $1 ORDER BY s.idx",
         )
         .bind(run_id)
         .fetch_all(&self.read)
@@ -873,6 +893,7 @@ impl Store {
                     exit_code: r.try_get("exit_code")?,
                     started_at: r.try_get("started_at")?,
                     finished_at: r.try_get("finished_at")?,
+                    log_removed: r.try_get::<Option<i64>, _>("logs_removed_at")?.is_some(),
                 })
             })
             .collect()

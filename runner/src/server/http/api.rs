@@ -19,7 +19,7 @@ use crate::server::{
     App,
     http::auth::{load_run, require, visible_runs},
     http::control,
-    http::dto::{ListQuery, RunDto, run_dto},
+    http::dto::{LOG_REMOVED, ListQuery, RunDto, run_dto},
     http::errors::{ApiError, internal},
     http::session::reader,
 };
@@ -125,11 +125,14 @@ pub(super) async fn step_log(
         load_run(&app, caller, id).await?;
     }
     let steps = app.store.steps(id).await.map_err(internal)?;
-    if !steps.iter().any(|s| s.idx == n) {
+    let Some(step) = steps.iter().find(|s| s.idx == n) else {
         return Err(ApiError(
             StatusCode::NOT_FOUND,
             format!("run {id} has no step {n}"),
         ));
+    };
+    if step.log_removed && !follow {
+        return Err(ApiError(StatusCode::GONE, LOG_REMOVED.to_owned()));
     }
     let path = app.logs.path(id, n);
     if !follow {

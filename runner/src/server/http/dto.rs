@@ -6,6 +6,10 @@ use serde::{Deserialize, Serialize};
 use crate::server::{App, http::errors::ApiError, present::clip};
 use crate::store::{InputType, Run, RunFilter, RunState, StepRow, labels_cover};
 
+/// What a step whose log retention deleted says instead of it (the API's 410, a line on
+/// the run's page).
+pub const LOG_REMOVED: &str = "the log of this step was removed: it is older than [retention].logs";
+
 /// A run as the API shows it.
 #[derive(Serialize)]
 pub struct RunDto {
@@ -50,6 +54,8 @@ pub struct StepDto {
     started_at: Option<String>,
     finished_at: Option<String>,
     log_url: String,
+    /// The log was deleted by `[retention].logs`.
+    log_removed: bool,
 }
 
 pub async fn run_dto(app: &App, run: &Run, steps: Option<&[StepRow]>) -> RunDto {
@@ -90,6 +96,7 @@ pub async fn run_dto(app: &App, run: &Run, steps: Option<&[StepRow]>) -> RunDto 
                         run.id,
                         s.idx
                     ),
+                    log_removed: s.log_removed,
                 })
                 .collect()
         }),

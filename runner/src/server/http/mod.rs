@@ -9,6 +9,7 @@ pub(super) mod dispatch;
 pub(super) mod dto;
 pub(super) mod errors;
 pub(super) mod login;
+pub(super) mod metrics;
 pub(super) mod router;
 pub(super) mod session;
 pub(super) mod ui;

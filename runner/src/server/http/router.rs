@@ -13,7 +13,7 @@ use axum::{
 use crate::server::{
     App,
     http::conn::{BodyBounds, body_budget, bounded_body},
-    http::{api, dispatch, login, ui, webhook},
+    http::{api, dispatch, login, metrics, ui, webhook},
 };
 
 pub fn router(app: Arc<App>) -> Router {
@@ -31,6 +31,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/.well-known/openid-configuration", get(api::discovery))
         .route("/.well-known/jwks.json", get(api::jwks))
         .route("/readyz", get(api::readyz))
+        .route("/metrics", get(metrics::scrape))
         .route("/api/v1/runs", get(api::list_runs))
         .route("/api/v1/runs/{id}", get(api::get_run))
         .route("/api/v1/runs/{id}/steps/{n}/log", get(api::step_log))

@@ -19,7 +19,7 @@ use crate::ansi::Ansi;
 use crate::server::{
     App,
     http::control::{self, Dispatchable},
-    http::dto::{ListQuery, rfc3339, run_dto, typed_inputs, waiting_reason},
+    http::dto::{LOG_REMOVED, ListQuery, rfc3339, run_dto, typed_inputs, waiting_reason},
     http::errors::ApiError,
     http::session::{Readable, Viewer, check_csrf, page_viewer, reader},
 };
@@ -336,6 +336,9 @@ fn step_view(app: &App, run: &Run, step: &StepRow) -> StepView {
         let mut ansi = Ansi::default();
         if !text.is_empty() {
             lines = text.split(|b| *b == b'\n').map(|l| ansi.line(l)).collect();
+        }
+        if step.log_removed {
+            lines.push(ansi.line(format!("pipewright: {LOG_REMOVED}").as_bytes()));
         }
     }
     StepView {

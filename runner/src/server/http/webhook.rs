@@ -1,10 +1,11 @@
-//! `POST /hooks/gitea`: verify, classify, store durably, answer — in that order, fast.
+//! `POST /hooks/gitea`: verify, classify, store durably, answer — in that order, fast;
+//! each answer is counted in the metrics by its result, with its time.
 //!
 //! Gitea never retries and gives up after 5 s, so a delivery is committed to the database
 //! before the 2xx answer; concurrent deliveries share one commit (group commit), which keeps
 //! the answer fast under bursts with SQLite's one disk sync per transaction.
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Instant};
 
 use axum::{
     body::Bytes,
@@ -18,7 +19,7 @@ use sha2::Sha256;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{info, warn};
 
-use crate::server::App;
+use crate::server::{App, metrics::WebhookResult};
 use crate::{
     events::{Decoded, decode},
     store::{NewDelivery, Received, Store},
@@ -167,24 +168,42 @@ fn answer(status: StatusCode, message: impl Into<String>) -> Response {
 }
 
 pub async fn receive(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) -> Response {
+    let started = Instant::now();
+    let (result, response) = handle(&app, &headers, body).await;
+    app.metrics.webhook(result, started.elapsed());
+    response
+}
+
+/// Verifies, classifies and stores a delivery; says how it was answered, for the metrics.
+async fn handle(app: &App, headers: &HeaderMap, body: Bytes) -> (WebhookResult, Response) {
+    use WebhookResult::{Accepted, Duplicate, Ignored, Invalid, Ping, Refused, Unavailable};
     let Some(secret) = app.config.gitea.webhook_secret.as_ref() else {
         warn!("webhook refused: no [gitea].webhook_secret is configured");
-        return answer(StatusCode::UNAUTHORIZED, "webhook secret not configured");
+        return (
+            Refused,
+            answer(StatusCode::UNAUTHORIZED, "webhook secret not configured"),
+        );
     };
-    let json = match json_of(&headers, &body) {
+    let json = match json_of(headers, &body) {
         Ok(json) => json,
         Err(why) => {
             // The signature cannot be checked without the signed document: refuse as unsigned.
             warn!(reason = why, "webhook refused");
-            return answer(StatusCode::UNAUTHORIZED, "invalid signature");
+            return (
+                Refused,
+                answer(StatusCode::UNAUTHORIZED, "invalid signature"),
+            );
         }
     };
-    if !signature_ok(secret.expose().as_bytes(), &headers, &json) {
+    if !signature_ok(secret.expose().as_bytes(), headers, &json) {
         warn!("webhook refused: missing or wrong signature");
-        return answer(StatusCode::UNAUTHORIZED, "invalid signature");
+        return (
+            Refused,
+            answer(StatusCode::UNAUTHORIZED, "invalid signature"),
+        );
     }
     let Some(event_type) = header_str(
-        &headers,
+        headers,
         &[
             "x-gitea-event-type",
             "x-gogs-event-type",
@@ -192,28 +211,37 @@ pub async fn receive(State(app): State<Arc<App>>, headers: HeaderMap, body: Byte
             "x-gogs-event",
         ],
     ) else {
-        return answer(StatusCode::BAD_REQUEST, "no X-Gitea-Event-Type header");
+        return (
+            Invalid,
+            answer(StatusCode::BAD_REQUEST, "no X-Gitea-Event-Type header"),
+        );
     };
     if event_type.len() > 64
         || !event_type
             .bytes()
             .all(|b| b.is_ascii_lowercase() || b == b'_')
     {
-        return answer(
-            StatusCode::BAD_REQUEST,
-            "X-Gitea-Event-Type is not an event type (lowercase letters and `_`)",
+        return (
+            Invalid,
+            answer(
+                StatusCode::BAD_REQUEST,
+                "X-Gitea-Event-Type is not an event type (lowercase letters and `_`)",
+            ),
         );
     }
     let event_type = event_type.to_string();
     let delivery_id = match header_str(
-        &headers,
+        headers,
         &["x-gitea-delivery", "x-gogs-delivery", "x-github-delivery"],
     ) {
         Some(id) if id.len() <= 200 && id.bytes().all(|b| b.is_ascii_graphic()) => id.to_string(),
         Some(_) => {
-            return answer(
-                StatusCode::BAD_REQUEST,
-                "X-Gitea-Delivery is not a delivery id (at most 200 printable ASCII characters)",
+            return (
+                Invalid,
+                answer(
+                    StatusCode::BAD_REQUEST,
+                    "X-Gitea-Delivery is not a delivery id (at most 200 printable ASCII characters)",
+                ),
             );
         }
         None => {
@@ -226,20 +254,23 @@ pub async fn receive(State(app): State<Arc<App>>, headers: HeaderMap, body: Byte
         Err(e) => {
             let why = crate::error_chain(&e);
             info!(delivery_id = %delivery_id, event_type = %event_type, error = %why, "webhook refused: bad payload");
-            return answer(StatusCode::BAD_REQUEST, why);
+            return (Invalid, answer(StatusCode::BAD_REQUEST, why));
         }
     };
     match &decoded {
         Decoded::Ping => {
             info!(delivery_id = %delivery_id, "test delivery received");
-            answer(
-                StatusCode::OK,
-                "pong: Pipewright received the test delivery",
+            (
+                Ping,
+                answer(
+                    StatusCode::OK,
+                    "pong: Pipewright received the test delivery",
+                ),
             )
         }
         Decoded::Ignore(why) => {
             info!(delivery_id = %delivery_id, event_type = %event_type, reason = %why, "delivery ignored");
-            answer(StatusCode::ACCEPTED, why)
+            (Ignored, answer(StatusCode::ACCEPTED, why))
         }
         Decoded::Act(_) | Decoded::Command(_) => {
             let repo = decoded
@@ -255,13 +286,19 @@ pub async fn receive(State(app): State<Arc<App>>, headers: HeaderMap, body: Byte
             match app.deliveries.store(delivery).await {
                 Ok(Received::New(id)) => {
                     info!(delivery_id = %delivery_id, repo = %repo, id, "delivery stored");
-                    answer(StatusCode::ACCEPTED, format!("queued as delivery {id}"))
+                    (
+                        Accepted,
+                        answer(StatusCode::ACCEPTED, format!("queued as delivery {id}")),
+                    )
                 }
                 Ok(Received::Duplicate) => {
                     info!(delivery_id = %delivery_id, "duplicate delivery ignored");
-                    answer(StatusCode::OK, "duplicate delivery: already received")
+                    (
+                        Duplicate,
+                        answer(StatusCode::OK, "duplicate delivery: already received"),
+                    )
                 }
-                Err(why) => answer(StatusCode::SERVICE_UNAVAILABLE, why),
+                Err(why) => (Unavailable, answer(StatusCode::SERVICE_UNAVAILABLE, why)),
             }
         }
     }

@@ -1,12 +1,13 @@
 //! The work layer: the claim loop and the running-run registry, the execution of a run,
-//! its Vault access, its pinned images, the images kept from the engine's GC, and the
-//! reviewed plans it keeps to.
+//! its Vault access, its pinned images, the images kept from the engine's GC, the
+//! reviewed plans it keeps to, and retention (old runs, logs, mirrors).
 
 pub(super) mod access;
 pub(super) mod images;
 pub(super) mod keep;
 pub(super) mod plans;
 pub(super) mod registry;
+pub(super) mod retention;
 pub(super) mod worker;
 
 use std::sync::Arc;
@@ -39,4 +40,6 @@ pub struct Work<'a> {
     pub reporter_wake: &'a Notify,
     /// `<public_url>` without its trailing `/`.
     pub public_url: &'a str,
+    /// Step durations go here.
+    pub metrics: &'a crate::server::metrics::Metrics,
 }

@@ -5,7 +5,7 @@
 use super::Work;
 use std::{
     io,
-    path::PathBuf,
+    path::{Path, PathBuf},
     sync::{Arc, Mutex},
     time::Duration,
 };
@@ -79,6 +79,7 @@ pub async fn settle_lost(work: &Work<'_>) {
 /// are looked for every third of a lease.
 pub async fn run(app: Arc<App>, shutdown: CancellationToken) {
     let capacity = app.config.agent.capacity.max(1);
+    let _live = AgentLive::new(&app.metrics);
     let mut tasks: JoinSet<()> = JoinSet::new();
     let mut leases_checked: Option<tokio::time::Instant> = None;
     loop {
@@ -104,6 +105,9 @@ pub async fn run(app: Arc<App>, shutdown: CancellationToken) {
                 }
             }
         }
+        if shutdown.is_cancelled() {
+            app.metrics.agent_draining(true);
+        }
         tokio::select! {
             _ = app.scheduler.wake.notified() => {}
             Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
@@ -113,6 +117,23 @@ pub async fn run(app: Arc<App>, shutdown: CancellationToken) {
         if shutdown.is_cancelled() && tasks.is_empty() {
             return;
         }
+    }
+}
+
+/// Marks the claim loop live in the metrics while it is held.
+struct AgentLive<'a>(&'a crate::server::metrics::Metrics);
+
+impl<'a> AgentLive<'a> {
+    fn new(metrics: &'a crate::server::metrics::Metrics) -> AgentLive<'a> {
+        metrics.agent_live(true);
+        AgentLive(metrics)
+    }
+}
+
+impl Drop for AgentLive<'_> {
+    fn drop(&mut self) {
+        self.0.agent_live(false);
+        self.0.agent_draining(false);
     }
 }
 
@@ -367,12 +388,23 @@ async fn run_with_access(
         .map_err(|e| format!("database: {e}"))?;
     let workspace = workspace_dir(work, run.id);
     let _ = std::fs::remove_dir_all(&workspace);
-    work.git
-        .checkout(&mirror, &run.sha, &workspace)
-        .await
-        .map_err(|e| format!("checkout: {}", error_chain(&e)))?;
-    debug!("checked out");
-    drop(mirror);
+    // Removed on every way out: a failed checkout, the end of the run, a panic.
+    let removal = RemovedOnDrop(&workspace);
+    // The directory exists before the checkout fills it, so that the first step's
+    // container can be created (with its bind mount) while git works.
+    std::fs::create_dir_all(&workspace).map_err(|e| format!("workspace: {e}"))?;
+    let (opener, workspace_ready) = pipewright_containers::StartGate::new();
+    let checkout = async {
+        let checked = work
+            .git
+            .checkout(&mirror, &run.sha, &workspace)
+            .await
+            .map_err(|e| format!("checkout: {}", error_chain(&e)));
+        debug!("checked out");
+        drop(mirror);
+        opener.open(checked.clone());
+        checked
+    };
     let extras = |step: &PlannedStep| access.extras(work, step);
     let setup = RunSetup {
         run_id: &run.id.to_string(),
@@ -392,11 +424,13 @@ async fn run_with_access(
         services: access,
         network: work.config.docker.network.as_deref(),
         volumes_resolved: true,
+        workspace_ready: Some(workspace_ready),
+        remove_pushed: Some(&work.config.docker.pin_images),
     };
     let mut observer = StoreObserver {
         work,
         run_id: run.id,
-        writer: None,
+        writer: Err(String::new()),
     };
     let executor = crate::server::work::images::Pinned {
         inner: work.executor.clone(),
@@ -406,10 +440,12 @@ async fn run_with_access(
         trusted: is_trusted(run),
         registries: work.registries.clone(),
     };
-    let result = run_plan(&executor, planned, &setup, &mut observer, cancel).await;
-    if let Err(e) = std::fs::remove_dir_all(&workspace) {
-        warn!(error = %e, path = %workspace.display(), "failed to remove the workspace");
-    }
+    let (checked, result) = tokio::join!(
+        checkout,
+        run_plan(&executor, planned, &setup, &mut observer, cancel)
+    );
+    drop(removal);
+    checked?;
     let (result, reports) =
         result.map_err(|e| format!("the Docker engine failed: {}", error_chain(&e)))?;
     let result = match result {
@@ -479,6 +515,20 @@ fn is_trusted(run: &Run) -> bool {
     }
 }
 
+/// A run's workspace, removed when this is dropped.
+struct RemovedOnDrop<'a>(&'a Path);
+
+impl Drop for RemovedOnDrop<'_> {
+    fn drop(&mut self) {
+        match std::fs::remove_dir_all(self.0) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                warn!(error = %e, path = %self.0.display(), "failed to remove the workspace")
+            }
+            _ => {}
+        }
+    }
+}
+
 fn workspace_dir(work: &Work<'_>, run: i64) -> PathBuf {
     work.config
         .server
@@ -491,16 +541,17 @@ fn workspace_dir(work: &Work<'_>, run: i64) -> PathBuf {
 struct StoreObserver<'a> {
     work: &'a Work<'a>,
     run_id: i64,
-    writer: Option<LogWriter>,
+    /// The step's log, or why it could not be created.
+    writer: Result<LogWriter, String>,
 }
 
 impl RunObserver for StoreObserver<'_> {
     async fn step_started(&mut self, step: &PlannedStep) {
         self.writer = match self.work.logs.writer(self.run_id, step.index as i64) {
-            Ok(w) => Some(w),
+            Ok(w) => Ok(w),
             Err(e) => {
                 warn!(error = %e, step = %step.name, "failed to create the step's log");
-                None
+                Err(e.to_string())
             }
         };
         if let Err(e) = self
@@ -513,15 +564,17 @@ impl RunObserver for StoreObserver<'_> {
         }
     }
 
-    fn step_output(&mut self, _step: &PlannedStep, _stream: Stream, line: &[u8]) -> io::Result<()> {
+    fn step_output(&mut self, step: &PlannedStep, _stream: Stream, line: &[u8]) -> io::Result<()> {
         match &mut self.writer {
-            Some(w) => w.line(line),
-            None => Err(io::Error::other("the step's log could not be created")),
+            Ok(w) => w.line(line).inspect_err(|e| {
+                warn!(run_id = self.run_id, step = %step.name, error = %e, "the step's log cannot be written; stopping the step");
+            }),
+            Err(why) => Err(io::Error::other(why.clone())),
         }
     }
 
-    async fn step_finished(&mut self, step: &PlannedStep, result: &StepResult, _elapsed: Duration) {
-        self.writer = None;
+    async fn step_finished(&mut self, step: &PlannedStep, result: &StepResult, elapsed: Duration) {
+        self.writer = Err(String::new());
         let (state, description, exit_code) = match result {
             StepResult::Skipped => (
                 StepState::Skipped,
@@ -552,6 +605,12 @@ impl RunObserver for StoreObserver<'_> {
             StepResult::Failed(why) => (StepState::Failure, why.clone(), None),
             StepResult::Unrunnable(why) => (StepState::Error, why.clone(), None),
         };
+        if !matches!(
+            result,
+            StepResult::Skipped | StepResult::NotRun | StepResult::NotNeeded
+        ) {
+            self.work.metrics.step(state, elapsed);
+        }
         if let Err(e) = self
             .work
             .store
