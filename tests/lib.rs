@@ -286,6 +286,7 @@ pub fn peak_rss_bytes() -> u64 {
         .expect("no VmHWM line in /proc/self/status")
 }
 
+pub mod browser;
 pub mod fake_gitea;
 pub mod registry;
 pub mod services;

@@ -24,5 +24,6 @@ mod trust_http;
 mod trust_mask;
 mod trust_payload;
 mod ui_auth;
+mod ui_browser;
 mod ui_pages;
 mod vault;
