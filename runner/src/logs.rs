@@ -9,9 +9,11 @@
 //! ("the log disk is full: …"), since that is what an operator must fix.
 
 use std::{
+    collections::HashMap,
     fs::{self, File, OpenOptions},
     io::{self, Write},
     path::{Path, PathBuf},
+    sync::{Arc, Mutex},
 };
 
 /// Where logs live.
@@ -19,6 +21,76 @@ use std::{
 pub struct LogStore {
     dir: PathBuf,
     limit: u64,
+    written: Arc<Written>,
+}
+
+/// Per step being written or followed: a counter of lines written, which followers wait on
+/// instead of polling the file. An entry lives while its writer or a follower does.
+#[derive(Debug, Default)]
+struct Written(Mutex<HashMap<(i64, i64), Entry>>);
+
+#[derive(Debug)]
+struct Entry {
+    lines: tokio::sync::watch::Sender<u64>,
+    writing: bool,
+}
+
+impl Written {
+    fn sender(&self, key: (i64, i64), writing: bool) -> tokio::sync::watch::Sender<u64> {
+        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let entry = map.entry(key).or_insert_with(|| Entry {
+            lines: tokio::sync::watch::Sender::new(0),
+            writing: false,
+        });
+        entry.writing |= writing;
+        entry.lines.clone()
+    }
+
+    /// Forgets a step nobody writes or follows any more.
+    fn release(&self, key: (i64, i64), writer_done: bool) {
+        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(entry) = map.get_mut(&key) {
+            if writer_done {
+                entry.writing = false;
+            }
+            if !entry.writing && entry.lines.receiver_count() == 0 {
+                map.remove(&key);
+            }
+        }
+    }
+}
+
+/// A follower's wake-up: changes each time a line of its step's log is written (and when
+/// the writer goes away).
+#[derive(Debug)]
+pub struct LogWatch {
+    /// `None` only while it is dropped.
+    lines: Option<tokio::sync::watch::Receiver<u64>>,
+    key: (i64, i64),
+    written: Arc<Written>,
+}
+
+impl LogWatch {
+    /// Marks what was written so far as seen; call before reading the file.
+    pub fn seen(&mut self) {
+        if let Some(lines) = &mut self.lines {
+            lines.borrow_and_update();
+        }
+    }
+
+    /// Waits until a line is written after [`seen`](LogWatch::seen), or `at_most`.
+    pub async fn next(&mut self, at_most: std::time::Duration) {
+        if let Some(lines) = &mut self.lines {
+            let _ = tokio::time::timeout(at_most, lines.changed()).await;
+        }
+    }
+}
+
+impl Drop for LogWatch {
+    fn drop(&mut self) {
+        drop(self.lines.take());
+        self.written.release(self.key, false);
+    }
 }
 
 impl LogStore {
@@ -27,6 +99,7 @@ impl LogStore {
         LogStore {
             dir,
             limit: u64::MAX,
+            written: Arc::default(),
         }
     }
 
@@ -60,7 +133,21 @@ impl LogStore {
             bytes: 0,
             limit: self.limit,
             full: false,
+            notify: Some(Notify {
+                lines: self.written.sender((run, step), true),
+                key: (run, step),
+                written: self.written.clone(),
+            }),
         })
+    }
+
+    /// Wakes its owner when a line of the step's log is written.
+    pub fn watch(&self, run: i64, step: i64) -> LogWatch {
+        LogWatch {
+            lines: Some(self.written.sender((run, step), false).subscribe()),
+            key: (run, step),
+            written: self.written.clone(),
+        }
     }
 
     /// The directory of the logs.
@@ -107,6 +194,23 @@ pub struct LogWriter {
     limit: u64,
     /// The limit was reached: the note is written, lines are dropped.
     full: bool,
+    /// Tells followers that a line was written.
+    notify: Option<Notify>,
+}
+
+#[derive(Debug)]
+struct Notify {
+    lines: tokio::sync::watch::Sender<u64>,
+    key: (i64, i64),
+    written: Arc<Written>,
+}
+
+impl Drop for Notify {
+    fn drop(&mut self) {
+        // Followers wake once more: the step may be over.
+        self.lines.send_modify(|n| *n += 1);
+        self.written.release(self.key, true);
+    }
 }
 
 impl LogWriter {
@@ -133,6 +237,9 @@ impl LogWriter {
             .write_all(&buf)
             .map_err(|e| write_error(&self.path, e))?;
         self.bytes += buf.len() as u64;
+        if let Some(notify) = &self.notify {
+            notify.lines.send_modify(|n| *n += 1);
+        }
         Ok(())
     }
 
@@ -238,6 +345,7 @@ mod tests {
             bytes: 0,
             limit: u64::MAX,
             full: false,
+            notify: None,
         };
         let err = writer.line(b"hello").unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::StorageFull);
@@ -268,5 +376,33 @@ mod tests {
         assert_eq!(all, [b"one".to_vec(), long.into_bytes(), b"two".to_vec()]);
         let end = at;
         assert_eq!(read_rest(&path, end).unwrap(), b"part");
+    }
+
+    #[tokio::test]
+    async fn a_follower_wakes_when_a_line_is_written_and_nothing_is_kept_after() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LogStore::new(dir.path().to_path_buf());
+        // A follower may come before the step's writer.
+        let mut watch = store.watch(1, 0);
+        watch.seen();
+        let mut writer = store.writer(1, 0).unwrap();
+        let woke = std::time::Instant::now();
+        let wait = tokio::spawn(async move {
+            watch.next(std::time::Duration::from_secs(30)).await;
+            watch
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        writer.line(b"hello").unwrap();
+        let watch = wait.await.unwrap();
+        assert!(
+            woke.elapsed() < std::time::Duration::from_secs(20),
+            "not woken by the line"
+        );
+        drop(writer);
+        drop(watch);
+        assert!(
+            store.written.0.lock().unwrap().is_empty(),
+            "an entry outlived its step"
+        );
     }
 }

@@ -166,6 +166,7 @@ pub(super) async fn step_log(
         html: html.then(Ansi::default),
         rest_read: false,
         ended: false,
+        watch: app.logs.watch(id, n),
     };
     let stream = futures_util::stream::unfold(start, |mut f| async move {
         if f.ended {
@@ -180,14 +181,26 @@ pub(super) async fn step_log(
                 let event = SseEvent::default().id(number.to_string()).data(data);
                 return Some((Ok::<_, Infallible>(event), f));
             }
-            // Whether the step is over is read before the log, so no line is missed.
-            let finished = step_final_state(&f.app, f.run, f.step).await;
+            // Lines written from here on wake the wait below.
+            f.watch.seen();
             let (lines, next) =
                 read_lines(&f.path, f.offset, FOLLOW_CHUNK).unwrap_or((Vec::new(), f.offset));
             if !lines.is_empty() {
                 f.offset = next;
                 f.queue(lines);
                 continue;
+            }
+            // Nothing new: whether the step is over is read, then the log once more, so
+            // that no line written before it ended is missed.
+            let finished = step_final_state(&f.app, f.run, f.step).await;
+            if finished.is_some() {
+                let (lines, next) =
+                    read_lines(&f.path, f.offset, FOLLOW_CHUNK).unwrap_or((Vec::new(), f.offset));
+                if !lines.is_empty() {
+                    f.offset = next;
+                    f.queue(lines);
+                    continue;
+                }
             }
             if let Some(state) = finished {
                 if !f.rest_read {
@@ -203,7 +216,8 @@ pub(super) async fn step_log(
                 f.ended = true;
                 return Some((Ok(SseEvent::default().event("end").data(state)), f));
             }
-            tokio::time::sleep(Duration::from_millis(200)).await;
+            // A written line wakes it at once; a step can also end without printing.
+            f.watch.next(Duration::from_millis(500)).await;
         }
     });
     Ok(Sse::new(stream)
@@ -227,6 +241,8 @@ struct Follow {
     html: Option<Ansi>,
     rest_read: bool,
     ended: bool,
+    /// Wakes the follower when a line is written.
+    watch: crate::logs::LogWatch,
 }
 
 impl Follow {
