@@ -322,3 +322,37 @@ pub fn push_run(repo: &str, pipeline: &str, sha: &str) -> pipewright::store::Run
         description: "queued".into(),
     }
 }
+
+/// What the benchmarks share: percentiles, milliseconds as printed, and the load client's
+/// own runtime.
+pub mod bench {
+    use std::{sync::OnceLock, time::Duration};
+
+    /// The `p` quantile (0 to 1) of sorted durations; zero for none.
+    pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
+        if sorted.is_empty() {
+            return Duration::ZERO;
+        }
+        let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+        sorted[idx]
+    }
+
+    /// Milliseconds with two decimals.
+    pub fn ms(d: Duration) -> String {
+        format!("{:.2}", d.as_secs_f64() * 1000.0)
+    }
+
+    /// The client's runtime: one thread, never dropped (as a client in another process
+    /// would be), so that the load's own scheduling is not the server's.
+    pub fn client_runtime() -> &'static tokio::runtime::Runtime {
+        static RUNTIME: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
+        RUNTIME.get_or_init(|| {
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .thread_name("bench-client")
+                .enable_all()
+                .build()
+                .unwrap()
+        })
+    }
+}

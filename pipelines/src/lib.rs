@@ -34,7 +34,9 @@ pub use plan::{
 pub use schema::json_schema;
 pub use select::{Changes, GitRef, Trigger, paths_match, selects, step_applies};
 pub use template::{Template, Var};
-pub use units::{MAX_DURATION, MAX_MEMORY, parse_duration, parse_memory};
+pub use units::{
+    DurationError, MAX_DURATION, MAX_MEMORY, parse_duration, parse_duration_up_to, parse_memory,
+};
 pub use vault_files::{SECRETS_IN_CONTAINER, check_secret_file_path};
 pub use yaml::{MAX_DEPTH, MAX_FILE_BYTES, MAX_NODES, MAX_TEXT_BYTES};
 

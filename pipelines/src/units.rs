@@ -12,10 +12,29 @@ pub const MAX_MEMORY: u64 = 1 << 40;
 /// Parses `1h30m`, `45s`, `2d`: one or more number-unit pairs, units `s`, `m`, `h`, `d`,
 /// at most [`MAX_DURATION`].
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let expected =
-        || format!("expected a duration such as `90s`, `30m` or `1h30m`, found `{text}`");
-    let too_long = || format!("duration `{text}` is longer than the longest accepted, 30d");
-    let max = MAX_DURATION.as_secs();
+    parse_duration_up_to(text, MAX_DURATION).map_err(|e| match e {
+        DurationError::Malformed => {
+            format!("expected a duration such as `90s`, `30m` or `1h30m`, found `{text}`")
+        }
+        DurationError::TooLong => {
+            format!("duration `{text}` is longer than the longest accepted, 30d")
+        }
+    })
+}
+
+/// Why [`parse_duration_up_to`] refused a text.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DurationError {
+    /// Not number-unit pairs, or zero.
+    Malformed,
+    /// Longer than the limit (also: too many digits for 64 bits).
+    TooLong,
+}
+
+/// [`parse_duration`]'s syntax with another limit than [`MAX_DURATION`] (settings such as
+/// retention ages are longer than any run).
+pub fn parse_duration_up_to(text: &str, max: Duration) -> Result<Duration, DurationError> {
+    let max = max.as_secs();
     let mut total: u64 = 0;
     let mut digits = String::new();
     for c in text.trim().chars() {
@@ -28,10 +47,10 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
             'm' => 60,
             'h' => 3600,
             'd' => 86_400,
-            _ => return Err(expected()),
+            _ => return Err(DurationError::Malformed),
         };
         if digits.is_empty() {
-            return Err(expected());
+            return Err(DurationError::Malformed);
         }
         // Digits too many for 64 bits are a number too large, not a malformed one.
         total = digits
@@ -40,11 +59,11 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
             .and_then(|n| n.checked_mul(unit))
             .and_then(|s| total.checked_add(s))
             .filter(|&t| t <= max)
-            .ok_or_else(too_long)?;
+            .ok_or(DurationError::TooLong)?;
         digits.clear();
     }
     if !digits.is_empty() || total == 0 {
-        return Err(expected());
+        return Err(DurationError::Malformed);
     }
     Ok(Duration::from_secs(total))
 }

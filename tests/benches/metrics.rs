@@ -15,6 +15,7 @@ use std::{
 
 use pipewright::server::{App, serve};
 use pipewright_containers::{CancellationToken, SharedExecutor};
+use pipewright_tests::bench::percentile;
 use pipewright_tests::{NoEngine, fake_gitea::FakeGitea};
 use sqlx::{Connection, Executor, SqliteConnection};
 use tokio::net::TcpListener;
@@ -102,11 +103,6 @@ async fn fill(url: &str) {
         "history: {RUNS} runs, statuses and deliveries written in {:.1} s",
         started.elapsed().as_secs_f64()
     );
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[idx]
 }
 
 fn report(name: &str, mut lat: Vec<Duration>) {

@@ -17,12 +17,13 @@
 use std::{
     io::{BufRead, BufReader},
     process::{Command, Stdio},
-    sync::{Arc, OnceLock},
+    sync::Arc,
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
 use pipewright::server::{App, serve};
 use pipewright_containers::CancellationToken;
+use pipewright_tests::bench::{client_runtime, ms, percentile};
 use pipewright_tests::fake_gitea::{Delivery, FakeGitea, http_client, sign};
 use tokio::net::TcpListener;
 
@@ -68,31 +69,6 @@ async fn start(gitea: &FakeGitea, allow_only: Option<&str>) -> Bench {
         shutdown,
         _data: data,
     }
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[idx]
-}
-
-fn ms(d: Duration) -> String {
-    format!("{:.2}", d.as_secs_f64() * 1000.0)
-}
-
-/// The client's runtime: one thread, never dropped.
-fn client_runtime() -> &'static tokio::runtime::Runtime {
-    static RUNTIME: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
-    RUNTIME.get_or_init(|| {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .thread_name("bench-client")
-            .enable_all()
-            .build()
-            .unwrap()
-    })
 }
 
 /// Open-loop load from the client's runtime: one request every 1/rate s, latency measured

@@ -19,7 +19,7 @@
 
 use std::{
     sync::{
-        Arc, OnceLock,
+        Arc,
         atomic::{AtomicU64, Ordering},
     },
     time::{Duration, Instant},
@@ -27,6 +27,7 @@ use std::{
 
 use pipewright::server::{App, serve};
 use pipewright_containers::CancellationToken;
+use pipewright_tests::bench::{client_runtime, ms, percentile};
 use pipewright_tests::browser::{Browser, poll};
 use pipewright_tests::fake_gitea::FakeGitea;
 use serde_json::Value;
@@ -162,31 +163,6 @@ async fn seed_runs(bench: &Bench, n: usize) -> Duration {
     tx.commit().await.unwrap();
     conn.close().await.unwrap();
     started.elapsed()
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[idx]
-}
-
-fn ms(d: Duration) -> String {
-    format!("{:.2}", d.as_secs_f64() * 1000.0)
-}
-
-/// The client's runtime: one thread, never dropped (as a client in another process).
-fn client_runtime() -> &'static tokio::runtime::Runtime {
-    static RUNTIME: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
-    RUNTIME.get_or_init(|| {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .thread_name("bench-client")
-            .enable_all()
-            .build()
-            .unwrap()
-    })
 }
 
 /// `count` sequential GETs of `url` (after 10 unmeasured ones); sorted latencies, the

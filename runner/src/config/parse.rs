@@ -37,42 +37,16 @@ pub(super) fn retention_age(text: &str) -> Result<Option<std::time::Duration>, S
     if text == "off" || text == "0" {
         return Ok(None);
     }
-    let expected =
-        || format!("expected an age such as `90d`, `12h` or `1d12h`, or `off`, found `{text}`");
-    let max = MAX_RETENTION_DAYS * 86_400;
-    let (mut total, mut digits) = (0u64, String::new());
-    for c in text.chars() {
-        if c.is_ascii_digit() {
-            digits.push(c);
-            continue;
-        }
-        let unit = match c {
-            's' => 1,
-            'm' => 60,
-            'h' => 3600,
-            'd' => 86_400,
-            _ => return Err(expected()),
-        };
-        if digits.is_empty() {
-            return Err(expected());
-        }
-        total = digits
-            .parse::<u64>()
-            .ok()
-            .and_then(|n| n.checked_mul(unit))
-            .and_then(|s| total.checked_add(s))
-            .filter(|&t| t <= max)
-            .ok_or_else(|| {
-                format!(
-                    "`{text}` is longer than {MAX_RETENTION_DAYS}d; write `off` to keep forever"
-                )
-            })?;
-        digits.clear();
+    let max = std::time::Duration::from_secs(MAX_RETENTION_DAYS * 86_400);
+    match pipewright_pipelines::parse_duration_up_to(text, max) {
+        Ok(age) => Ok(Some(age)),
+        Err(pipewright_pipelines::DurationError::Malformed) => Err(format!(
+            "expected an age such as `90d`, `12h` or `1d12h`, or `off`, found `{text}`"
+        )),
+        Err(pipewright_pipelines::DurationError::TooLong) => Err(format!(
+            "`{text}` is longer than {MAX_RETENTION_DAYS}d; write `off` to keep forever"
+        )),
     }
-    if !digits.is_empty() || total == 0 {
-        return Err(expected());
-    }
-    Ok(Some(std::time::Duration::from_secs(total)))
 }
 
 /// `[[api.token]].scopes`.
