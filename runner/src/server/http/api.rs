@@ -183,24 +183,14 @@ pub(super) async fn step_log(
             }
             // Lines written from here on wake the wait below.
             f.watch.seen();
-            let (lines, next) =
-                read_lines(&f.path, f.offset, FOLLOW_CHUNK).unwrap_or((Vec::new(), f.offset));
-            if !lines.is_empty() {
-                f.offset = next;
-                f.queue(lines);
+            if f.read_more() {
                 continue;
             }
             // Nothing new: whether the step is over is read, then the log once more, so
             // that no line written before it ended is missed.
             let finished = step_final_state(&f.app, f.run, f.step).await;
-            if finished.is_some() {
-                let (lines, next) =
-                    read_lines(&f.path, f.offset, FOLLOW_CHUNK).unwrap_or((Vec::new(), f.offset));
-                if !lines.is_empty() {
-                    f.offset = next;
-                    f.queue(lines);
-                    continue;
-                }
+            if finished.is_some() && f.read_more() {
+                continue;
             }
             if let Some(state) = finished {
                 if !f.rest_read {
@@ -246,6 +236,18 @@ struct Follow {
 }
 
 impl Follow {
+    /// Reads the complete lines written since the last read into `pending`; whether any.
+    fn read_more(&mut self) -> bool {
+        let (lines, next) =
+            read_lines(&self.path, self.offset, FOLLOW_CHUNK).unwrap_or((Vec::new(), self.offset));
+        if lines.is_empty() {
+            return false;
+        }
+        self.offset = next;
+        self.queue(lines);
+        true
+    }
+
     fn queue(&mut self, lines: Vec<Vec<u8>>) {
         for line in lines {
             let number = self.next;
