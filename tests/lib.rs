@@ -323,8 +323,8 @@ pub fn push_run(repo: &str, pipeline: &str, sha: &str) -> pipewright::store::Run
     }
 }
 
-/// What the benchmarks share: percentiles, milliseconds as printed, and the load client's
-/// own runtime.
+/// What the benchmarks share: percentiles, milliseconds as printed, the load client's own
+/// runtime, an open-loop load and its report line.
 pub mod bench {
     use std::{sync::OnceLock, time::Duration};
 
@@ -354,5 +354,59 @@ pub mod bench {
                 .build()
                 .unwrap()
         })
+    }
+
+    /// Open-loop load from the client's runtime: one request every 1/rate s, latency measured
+    /// from its scheduled time.
+    pub async fn load(
+        rate: u32,
+        seconds: u32,
+        make: impl Fn(u64) -> reqwest::RequestBuilder + Send + 'static,
+    ) -> (Vec<Duration>, usize) {
+        client_runtime()
+            .spawn(load_here(rate, seconds, make))
+            .await
+            .unwrap()
+    }
+
+    pub async fn load_here(
+        rate: u32,
+        seconds: u32,
+        make: impl Fn(u64) -> reqwest::RequestBuilder,
+    ) -> (Vec<Duration>, usize) {
+        let interval = Duration::from_secs_f64(1.0 / f64::from(rate));
+        let total = u64::from(rate) * u64::from(seconds);
+        let start = tokio::time::Instant::now() + Duration::from_millis(50);
+        let mut tasks = tokio::task::JoinSet::new();
+        for i in 0..total {
+            let at = start + interval * i as u32;
+            tokio::time::sleep_until(at).await;
+            let req = make(i);
+            tasks.spawn(async move {
+                let resp = req.send().await;
+                let ok = resp.as_ref().is_ok_and(|r| r.status().is_success());
+                (at.elapsed(), ok)
+            });
+        }
+        let mut latencies = Vec::with_capacity(total as usize);
+        let mut failed = 0;
+        while let Some(done) = tasks.join_next().await {
+            let (latency, ok) = done.unwrap();
+            latencies.push(latency);
+            failed += usize::from(!ok);
+        }
+        latencies.sort();
+        (latencies, failed)
+    }
+
+    pub fn report(name: &str, rate: u32, (lat, failed): &(Vec<Duration>, usize)) {
+        println!(
+            "{name:<40} {rate:>5}/s {:>6} req {:>4} failed   p50 {:>7} ms   p99 {:>7} ms   max {:>8} ms",
+            lat.len(),
+            failed,
+            ms(percentile(lat, 0.50)),
+            ms(percentile(lat, 0.99)),
+            ms(*lat.last().unwrap_or(&Duration::ZERO)),
+        );
     }
 }

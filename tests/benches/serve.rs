@@ -23,7 +23,7 @@ use std::{
 
 use pipewright::server::{App, serve};
 use pipewright_containers::CancellationToken;
-use pipewright_tests::bench::{client_runtime, ms, percentile};
+use pipewright_tests::bench::{load, ms, percentile, report};
 use pipewright_tests::fake_gitea::{Delivery, FakeGitea, http_client, sign};
 use tokio::net::TcpListener;
 
@@ -69,60 +69,6 @@ async fn start(gitea: &FakeGitea, allow_only: Option<&str>) -> Bench {
         shutdown,
         _data: data,
     }
-}
-
-/// Open-loop load from the client's runtime: one request every 1/rate s, latency measured
-/// from its scheduled time.
-async fn load(
-    rate: u32,
-    seconds: u32,
-    make: impl Fn(u64) -> reqwest::RequestBuilder + Send + 'static,
-) -> (Vec<Duration>, usize) {
-    client_runtime()
-        .spawn(load_here(rate, seconds, make))
-        .await
-        .unwrap()
-}
-
-async fn load_here(
-    rate: u32,
-    seconds: u32,
-    make: impl Fn(u64) -> reqwest::RequestBuilder,
-) -> (Vec<Duration>, usize) {
-    let interval = Duration::from_secs_f64(1.0 / f64::from(rate));
-    let total = u64::from(rate) * u64::from(seconds);
-    let start = tokio::time::Instant::now() + Duration::from_millis(50);
-    let mut tasks = tokio::task::JoinSet::new();
-    for i in 0..total {
-        let at = start + interval * i as u32;
-        tokio::time::sleep_until(at).await;
-        let req = make(i);
-        tasks.spawn(async move {
-            let resp = req.send().await;
-            let ok = resp.as_ref().is_ok_and(|r| r.status().is_success());
-            (at.elapsed(), ok)
-        });
-    }
-    let mut latencies = Vec::with_capacity(total as usize);
-    let mut failed = 0;
-    while let Some(done) = tasks.join_next().await {
-        let (latency, ok) = done.unwrap();
-        latencies.push(latency);
-        failed += usize::from(!ok);
-    }
-    latencies.sort();
-    (latencies, failed)
-}
-
-fn report(name: &str, rate: u32, (lat, failed): &(Vec<Duration>, usize)) {
-    println!(
-        "{name:<40} {rate:>5}/s {:>6} req {:>4} failed   p50 {:>7} ms   p99 {:>7} ms   max {:>8} ms",
-        lat.len(),
-        failed,
-        ms(percentile(lat, 0.50)),
-        ms(percentile(lat, 0.99)),
-        ms(*lat.last().unwrap_or(&Duration::ZERO)),
-    );
 }
 
 async fn ack_latency(gitea: &FakeGitea, seconds: u32) {
