@@ -598,7 +598,7 @@ async fn a_full_log_disk_fails_the_step_and_the_server_goes_on() {
         202
     );
     // Space comes back; the next push is answered and runs.
-    server.app.logs.remove_run(failed).unwrap();
+    server.app.logs.remove_run(failed).await.unwrap();
     let quiet = format!("on:\n  push: {{}}\nsteps:\n{}", step("quiet", "echo fine"));
     let c2 = repo
         .commit("main", "quiet")
