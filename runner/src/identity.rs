@@ -21,7 +21,15 @@ use ring::{
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
-use crate::{config::Algorithm, store::now_ms};
+use crate::{
+    config::Algorithm,
+    store::{PublishedKey, Store, StoreError, now_ms},
+};
+
+/// How long the keys other processes published are served from memory before the database
+/// is read again: short, so that the tokens of an agent that just started verify soon; not
+/// nothing, so that the JWKS (asked without authentication) is not a query each time.
+pub const PUBLISHED_KEYS_TTL: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum IdentityError {
@@ -77,6 +85,9 @@ pub struct Issuer {
     /// Newest (active) first; older keys stay published until their tokens have expired.
     keys: Vec<SigningKey>,
     rng: SystemRandom,
+    /// The public JWKs other processes sharing the database published, and when they were
+    /// read.
+    published: tokio::sync::Mutex<Option<(std::time::Instant, Vec<Value>)>>,
 }
 
 /// What a run token says. Mapped one to one onto the JWT's claims.
@@ -270,6 +281,7 @@ impl Issuer {
             ttl,
             keys,
             rng,
+            published: Default::default(),
         })
     }
 
@@ -285,6 +297,7 @@ impl Issuer {
             ttl,
             keys: vec![key],
             rng,
+            published: Default::default(),
         }
     }
 
@@ -329,6 +342,86 @@ impl Issuer {
     /// `/.well-known/jwks.json`.
     pub fn jwks(&self) -> Value {
         json!({ "keys": self.keys.iter().map(|k| k.jwk.clone()).collect::<Vec<_>>() })
+    }
+
+    /// Publishes the public JWKs of this process's keys in the database as `owner`'s (this
+    /// instance), in place of what it published before: a key rotated out and deleted here
+    /// leaves the database too. Only the public members go: the private key never leaves
+    /// `data_dir/keys`.
+    pub async fn publish(&self, store: &Store, owner: &str) -> Result<(), StoreError> {
+        let keys: Vec<PublishedKey> = self
+            .keys
+            .iter()
+            .map(|k| PublishedKey {
+                kid: k.kid.clone(),
+                jwk: k.jwk.to_string(),
+                owner: owner.to_string(),
+                created_at: k.created_ms,
+            })
+            .collect();
+        store.publish_keys(owner, &keys).await
+    }
+
+    /// The public JWKs published by the other processes sharing `store`, read again once
+    /// [`PUBLISHED_KEYS_TTL`] has passed (what was read last is kept when the database does
+    /// not answer). Keys of this issuer are left out: they are served from memory.
+    async fn published(&self, store: &Store) -> Vec<Value> {
+        let mut cached = self.published.lock().await;
+        if let Some((at, keys)) = &*cached
+            && at.elapsed() < PUBLISHED_KEYS_TTL
+        {
+            return keys.clone();
+        }
+        match store.published_keys().await {
+            Ok(rows) => {
+                let keys: Vec<Value> = rows
+                    .iter()
+                    .filter(|row| !self.keys.iter().any(|k| k.kid == row.kid))
+                    .filter_map(|row| match serde_json::from_str::<Value>(&row.jwk) {
+                        Ok(jwk) if public_jwk(&jwk) => Some(jwk),
+                        _ => {
+                            tracing::warn!(kid = %row.kid, owner = %row.owner, "a published signing key is not a public JWK; not serving it");
+                            None
+                        }
+                    })
+                    .collect();
+                *cached = Some((std::time::Instant::now(), keys.clone()));
+                keys
+            }
+            Err(e) => {
+                tracing::warn!(error = %crate::error_chain(&e), "failed to read the published signing keys");
+                cached
+                    .as_ref()
+                    .map(|(_, keys)| keys.clone())
+                    .unwrap_or_default()
+            }
+        }
+    }
+
+    /// `/.well-known/jwks.json` of a server whose database other processes share: its own
+    /// keys, then those the others published (tokens an agent signed verify against it).
+    pub async fn shared_jwks(&self, store: &Store) -> Value {
+        let mut keys: Vec<Value> = self.keys.iter().map(|k| k.jwk.clone()).collect();
+        keys.extend(self.published(store).await);
+        json!({ "keys": keys })
+    }
+
+    /// `/.well-known/openid-configuration` with the algorithms of the published keys too.
+    pub async fn shared_discovery(&self, store: &Store) -> Value {
+        let mut doc = self.discovery();
+        let mut algs: Vec<Value> = doc["id_token_signing_alg_values_supported"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        for jwk in self.published(store).await {
+            if let Some(alg) = jwk.get("alg")
+                && !algs.contains(alg)
+            {
+                algs.push(alg.clone());
+            }
+        }
+        doc["id_token_signing_alg_values_supported"] = Value::Array(algs);
+        doc
     }
 
     /// A signed token for a run, valid for the configured time.
@@ -400,6 +493,19 @@ impl Issuer {
         let sig = key.sign(signing_input.as_bytes(), &self.rng)?;
         Ok(format!("{signing_input}.{}", b64(&sig)))
     }
+}
+
+/// Whether `jwk` is a public key as [`Issuer::publish`] writes them: a `kid`, a known key
+/// type, and no private member (`d`, or RSA's `p`, `q`, `dp`, `dq`, `qi`).
+fn public_jwk(jwk: &Value) -> bool {
+    jwk.get("kid").is_some_and(Value::is_string)
+        && matches!(
+            jwk.get("kty").and_then(Value::as_str),
+            Some("OKP" | "EC" | "RSA")
+        )
+        && ["d", "p", "q", "dp", "dq", "qi", "k"]
+            .iter()
+            .all(|m| jwk.get(m).is_none())
 }
 
 /// Keys of `alg` in `dir`, newest first, with their files.

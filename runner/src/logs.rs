@@ -1,12 +1,22 @@
-//! Step logs on disk: one file per step under `data_dir/logs/<run>/<step>.log`, written line
-//! by line as the step prints, read back whole or followed while the step runs.
+//! Step logs, behind one seam for both stores: with SQLite, one file per step under
+//! `data_dir/logs/<run>/<step>.log`; with PostgreSQL (the database several hosts share), rows
+//! of the `log_lines` table, written by whichever process runs the step, so that the
+//! server's API and UI read and follow an agent's step. Written line by line as the step
+//! prints (already masked), read back whole or as complete lines from a line on, followed
+//! while the step runs.
 //!
 //! A step's log holds at most the store's limit (`[docker].max_log_bytes`): past it, one
 //! note line says so and further output is dropped while the step goes on running.
 //!
-//! A write that fails (a full disk) is an error naming the file, which stops the step: a
-//! log that cannot be kept is no log. The disk being full is said in so many words
-//! ("the log disk is full: …"), since that is what an operator must fix.
+//! A write that fails (a full disk, the database refusing) is an error naming the log,
+//! which stops the step: a log that cannot be kept is no log. The disk being full is said
+//! in so many words ("the log disk is full: …"), since that is what an operator must fix.
+//!
+//! In the database, lines are written in batches (every [`FLUSH_EVERY`], or sooner when
+//! [`FLUSH_LINES`] lines or [`FLUSH_BYTES`] wait), and [`LogWriter::finish`] writes the
+//! rest before the step's end is recorded: a finished step's log is complete. Followers on
+//! the host that writes wake at each batch; on other hosts they read again every
+//! [`DB_POLL`].
 
 use std::{
     collections::HashMap,
@@ -14,7 +24,23 @@ use std::{
     io::{self, Write},
     path::{Path, PathBuf},
     sync::{Arc, Mutex},
+    time::Duration,
 };
+
+use bytes::Bytes;
+use futures_util::stream::BoxStream;
+
+use crate::store::{Store, StoreError};
+
+/// How long lines wait in memory before they are written to the database, at most.
+pub const FLUSH_EVERY: Duration = Duration::from_millis(100);
+/// Lines that are written to the database at once when this many wait.
+pub const FLUSH_LINES: usize = 500;
+/// Bytes that are written to the database at once when this many wait.
+pub const FLUSH_BYTES: usize = 256 << 10;
+/// How often a follower of a log in the database reads it again when no line written on
+/// this host woke it (the step runs on another).
+pub const DB_POLL: Duration = Duration::from_millis(250);
 
 /// Where logs live.
 #[derive(Clone, Debug)]
@@ -22,6 +48,8 @@ pub struct LogStore {
     dir: PathBuf,
     limit: u64,
     written: Arc<Written>,
+    /// With PostgreSQL: the logs are rows of this database, not files in `dir`.
+    db: Option<Store>,
 }
 
 /// Per step being written or followed: a counter of lines written, which followers wait on
@@ -60,18 +88,21 @@ impl Written {
     }
 }
 
-/// A follower's wake-up: changes each time a line of its step's log is written (and when
-/// the writer goes away).
+/// A follower's wake-up: changes each time a line of its step's log is written on this
+/// host (and when the writer goes away); with the logs in the database, also every
+/// [`DB_POLL`], for steps that run on another host.
 #[derive(Debug)]
 pub struct LogWatch {
     /// `None` only while it is dropped.
     lines: Option<tokio::sync::watch::Receiver<u64>>,
     key: (i64, i64),
     written: Arc<Written>,
+    /// The longest wait: [`DB_POLL`] with the logs in the database.
+    poll: Option<Duration>,
 }
 
 impl LogWatch {
-    /// Marks what was written so far as seen; call before reading the file.
+    /// Marks what was written so far as seen; call before reading the log.
     pub fn seen(&mut self) {
         if let Some(lines) = &mut self.lines {
             lines.borrow_and_update();
@@ -79,7 +110,8 @@ impl LogWatch {
     }
 
     /// Waits until a line is written after [`seen`](LogWatch::seen), or `at_most`.
-    pub async fn next(&mut self, at_most: std::time::Duration) {
+    pub async fn next(&mut self, at_most: Duration) {
+        let at_most = self.poll.map_or(at_most, |poll| poll.min(at_most));
         if let Some(lines) = &mut self.lines {
             let _ = tokio::time::timeout(at_most, lines.changed()).await;
         }
@@ -93,13 +125,47 @@ impl Drop for LogWatch {
     }
 }
 
+/// Where a reader of a step's log is: the number of the next line (and, in a file, where
+/// it starts, once known).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LogCursor {
+    line: u64,
+    offset: Option<u64>,
+}
+
+impl LogCursor {
+    /// At line `line` (0: the start).
+    pub fn at_line(line: u64) -> LogCursor {
+        LogCursor {
+            line,
+            offset: (line == 0).then_some(0),
+        }
+    }
+
+    /// The number of the next line read.
+    pub fn line(&self) -> u64 {
+        self.line
+    }
+}
+
 impl LogStore {
-    /// Logs without a size limit.
+    /// Logs in files under `dir`, without a size limit.
     pub fn new(dir: PathBuf) -> LogStore {
         LogStore {
             dir,
             limit: u64::MAX,
             written: Arc::default(),
+            db: None,
+        }
+    }
+
+    /// The logs of a process using `store`: rows of the database with PostgreSQL (shared
+    /// by several hosts, so that any of them reads any step's log), files under `dir` with
+    /// SQLite.
+    pub fn for_store(dir: PathBuf, store: &Store) -> LogStore {
+        LogStore {
+            db: (store.backend() == crate::store::Backend::Postgres).then(|| store.clone()),
+            ..LogStore::new(dir)
         }
     }
 
@@ -111,12 +177,32 @@ impl LogStore {
         }
     }
 
+    /// Whether the logs are rows of the database (PostgreSQL) rather than files.
+    pub fn in_database(&self) -> bool {
+        self.db.is_some()
+    }
+
+    /// The file of a step's log (with the logs in files).
     pub fn path(&self, run: i64, step: i64) -> PathBuf {
         self.dir.join(run.to_string()).join(format!("{step}.log"))
     }
 
-    /// A writer for a step's log (created empty).
+    /// A writer for a step's log (created empty). With the logs in the database, its
+    /// batches are written by a task of its own, so this must run inside tokio.
     pub fn writer(&self, run: i64, step: i64) -> io::Result<LogWriter> {
+        let notify = Notify {
+            lines: self.written.sender((run, step), true),
+            key: (run, step),
+            written: self.written.clone(),
+        };
+        if let Some(store) = &self.db {
+            return Ok(LogWriter {
+                sink: Sink::Db(DbWriter::start(store.clone(), run, step, notify)),
+                bytes: 0,
+                limit: self.limit,
+                full: false,
+            });
+        }
         let path = self.path(run, step);
         if let Some(dir) = path.parent() {
             fs::create_dir_all(dir).map_err(|e| write_error(&path, e))?;
@@ -128,16 +214,14 @@ impl LogStore {
             .open(&path)
             .map_err(|e| write_error(&path, e))?;
         Ok(LogWriter {
-            file,
-            path,
+            sink: Sink::File {
+                file,
+                path,
+                notify: Some(notify),
+            },
             bytes: 0,
             limit: self.limit,
             full: false,
-            notify: Some(Notify {
-                lines: self.written.sender((run, step), true),
-                key: (run, step),
-                written: self.written.clone(),
-            }),
         })
     }
 
@@ -147,25 +231,157 @@ impl LogStore {
             lines: Some(self.written.sender((run, step), false).subscribe()),
             key: (run, step),
             written: self.written.clone(),
+            poll: self.db.as_ref().map(|_| DB_POLL),
         }
     }
 
-    /// The directory of the logs.
+    /// The directory of the logs' files.
     pub fn dir(&self) -> &Path {
         &self.dir
     }
 
-    /// The whole log of a step so far (`None`: the step never started).
-    pub fn read(&self, run: i64, step: i64) -> io::Result<Option<Vec<u8>>> {
-        match fs::read(self.path(run, step)) {
-            Ok(bytes) => Ok(Some(bytes)),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(e),
+    /// The whole log of a step so far (`None`: the step never wrote to it).
+    pub async fn read(&self, run: i64, step: i64) -> io::Result<Option<Vec<u8>>> {
+        let Some(store) = &self.db else {
+            return match fs::read(self.path(run, step)) {
+                Ok(bytes) => Ok(Some(bytes)),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+                Err(e) => Err(e),
+            };
+        };
+        let mut out = Vec::new();
+        let mut from = 0;
+        loop {
+            let lines = store
+                .log_lines(run, step, from, 1 << 20)
+                .await
+                .map_err(read_error)?;
+            if lines.is_empty() {
+                break;
+            }
+            from += lines.len() as i64;
+            for line in lines {
+                out.extend_from_slice(&line);
+                out.push(b'\n');
+            }
+        }
+        Ok((from > 0).then_some(out))
+    }
+
+    /// The whole log of a step as a stream of pieces (empty when the step never wrote),
+    /// for an answer that should not hold it all in memory.
+    pub async fn stream(
+        &self,
+        run: i64,
+        step: i64,
+    ) -> io::Result<BoxStream<'static, io::Result<Bytes>>> {
+        use futures_util::StreamExt;
+        let Some(store) = &self.db else {
+            return match tokio::fs::File::open(self.path(run, step)).await {
+                Ok(file) => Ok(tokio_util::io::ReaderStream::new(file).boxed()),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    Ok(futures_util::stream::empty().boxed())
+                }
+                Err(e) => Err(e),
+            };
+        };
+        let store = store.clone();
+        Ok(futures_util::stream::unfold(Some(0i64), move |from| {
+            let store = store.clone();
+            async move {
+                let from = from?;
+                match store.log_lines(run, step, from, 256 << 10).await {
+                    Ok(lines) if lines.is_empty() => None,
+                    Ok(lines) => {
+                        let next = from + lines.len() as i64;
+                        let mut piece = Vec::new();
+                        for line in lines {
+                            piece.extend_from_slice(&line);
+                            piece.push(b'\n');
+                        }
+                        Some((Ok(Bytes::from(piece)), Some(next)))
+                    }
+                    Err(e) => Some((Err(read_error(e)), None)),
+                }
+            }
+        })
+        .boxed())
+    }
+
+    /// The complete lines of a step's log from `at`, about `budget` bytes of them (a
+    /// longer line whole), and where the next read starts. A last line without its newline
+    /// yet (a file written as a crash came) is left for [`read_rest`](LogStore::read_rest).
+    pub async fn read_lines(
+        &self,
+        run: i64,
+        step: i64,
+        at: LogCursor,
+        budget: usize,
+    ) -> io::Result<(Vec<Vec<u8>>, LogCursor)> {
+        if let Some(store) = &self.db {
+            let lines = store
+                .log_lines(run, step, at.line as i64, budget as i64)
+                .await
+                .map_err(read_error)?;
+            let next = LogCursor {
+                line: at.line + lines.len() as u64,
+                offset: None,
+            };
+            return Ok((lines, next));
+        }
+        let path = self.path(run, step);
+        let Some(offset) = resolve(&path, at)? else {
+            return Ok((Vec::new(), at));
+        };
+        let (lines, next) = read_lines(&path, offset, budget)?;
+        let next = LogCursor {
+            line: at.line + lines.len() as u64,
+            offset: Some(next),
+        };
+        Ok((lines, next))
+    }
+
+    /// What a step's log holds past `at` once the step is over and the complete lines are
+    /// read: a last line without its newline (only a file has one).
+    pub async fn read_rest(&self, run: i64, step: i64, at: LogCursor) -> io::Result<Vec<u8>> {
+        if self.db.is_some() {
+            return Ok(Vec::new());
+        }
+        let path = self.path(run, step);
+        match resolve(&path, at)? {
+            Some(offset) => read_rest(&path, offset),
+            None => Ok(Vec::new()),
         }
     }
 
-    /// The runs that have a log directory here, in no order.
+    /// How many complete lines of a step's log are stored (0: none, or no log).
+    pub async fn line_count(&self, run: i64, step: i64) -> io::Result<u64> {
+        if let Some(store) = &self.db {
+            let count = store.log_line_count(run, step).await.map_err(read_error)?;
+            return Ok(count.unwrap_or(0) as u64);
+        }
+        use std::io::Read;
+        let mut file = match File::open(self.path(run, step)) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
+            Err(e) => return Err(e),
+        };
+        let (mut count, mut buf) = (0, vec![0; 64 << 10]);
+        loop {
+            let got = file.read(&mut buf)?;
+            if got == 0 {
+                return Ok(count);
+            }
+            count += buf[..got].iter().filter(|b| **b == b'\n').count() as u64;
+        }
+    }
+
+    /// The runs that have a log directory on this host, in no order (none with the logs in
+    /// the database: there, removing a run's logs is one statement that any host makes).
     pub fn runs(&self) -> Vec<i64> {
+        if self.db.is_some() {
+            return Vec::new();
+        }
         let Ok(entries) = fs::read_dir(&self.dir) else {
             return Vec::new();
         };
@@ -176,7 +392,15 @@ impl LogStore {
     }
 
     /// Removes a run's logs.
-    pub fn remove_run(&self, run: i64) -> io::Result<()> {
+    pub async fn remove_run(&self, run: i64) -> io::Result<()> {
+        if let Some(store) = &self.db {
+            return store.log_delete_run(run).await.map_err(|e| {
+                io::Error::other(format!(
+                    "cannot delete the logs of run {run} from the database: {}",
+                    crate::error_chain(&e)
+                ))
+            });
+        }
         match fs::remove_dir_all(self.dir.join(run.to_string())) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
             _ => Ok(()),
@@ -184,18 +408,64 @@ impl LogStore {
     }
 }
 
-/// Appends lines to a step's log. Each line goes straight to the file (no buffer), so a
-/// reader following the log sees it at once and a crash loses nothing already printed.
+/// The offset of the cursor's line in the file at `path`, found by counting lines when the
+/// cursor does not know it (`None`: the file has fewer complete lines).
+fn resolve(path: &Path, at: LogCursor) -> io::Result<Option<u64>> {
+    if let Some(offset) = at.offset {
+        return Ok(Some(offset));
+    }
+    use std::io::Read;
+    let mut file = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let (mut seen, mut offset, mut buf) = (0u64, 0u64, vec![0; 64 << 10]);
+    loop {
+        let got = file.read(&mut buf)?;
+        if got == 0 {
+            return Ok(None);
+        }
+        for (i, b) in buf[..got].iter().enumerate() {
+            if *b == b'\n' {
+                seen += 1;
+                if seen == at.line {
+                    return Ok(Some(offset + i as u64 + 1));
+                }
+            }
+        }
+        offset += got as u64;
+    }
+}
+
+fn read_error(e: StoreError) -> io::Error {
+    io::Error::other(format!(
+        "cannot read the log from the database: {}",
+        crate::error_chain(&e)
+    ))
+}
+
+/// Appends lines to a step's log. In a file each line goes straight to the file (no
+/// buffer), so a reader following the log sees it at once and a crash loses nothing
+/// already printed; in the database lines go in batches (see the module's notes).
 #[derive(Debug)]
 pub struct LogWriter {
-    file: File,
-    path: PathBuf,
+    sink: Sink,
     bytes: u64,
     limit: u64,
     /// The limit was reached: the note is written, lines are dropped.
     full: bool,
-    /// Tells followers that a line was written.
-    notify: Option<Notify>,
+}
+
+#[derive(Debug)]
+enum Sink {
+    File {
+        file: File,
+        path: PathBuf,
+        /// Tells followers that a line was written.
+        notify: Option<Notify>,
+    },
+    Db(DbWriter),
 }
 
 #[derive(Debug)]
@@ -230,21 +500,182 @@ impl LogWriter {
     }
 
     fn write(&mut self, line: &[u8]) -> io::Result<()> {
-        let mut buf = Vec::with_capacity(line.len() + 1);
-        buf.extend_from_slice(line);
-        buf.push(b'\n');
-        self.file
-            .write_all(&buf)
-            .map_err(|e| write_error(&self.path, e))?;
-        self.bytes += buf.len() as u64;
-        if let Some(notify) = &self.notify {
-            notify.lines.send_modify(|n| *n += 1);
+        match &mut self.sink {
+            Sink::File { file, path, notify } => {
+                let mut buf = Vec::with_capacity(line.len() + 1);
+                buf.extend_from_slice(line);
+                buf.push(b'\n');
+                file.write_all(&buf).map_err(|e| write_error(path, e))?;
+                if let Some(notify) = notify {
+                    notify.lines.send_modify(|n| *n += 1);
+                }
+            }
+            Sink::Db(db) => db.push(line)?,
         }
+        self.bytes += line.len() as u64 + 1;
         Ok(())
     }
 
     pub fn bytes(&self) -> u64 {
         self.bytes
+    }
+
+    /// Ends the log: what waits is written (in the database), and an error that came after
+    /// the last [`line`](LogWriter::line) is returned. Call before the step's end is
+    /// recorded, so that a finished step's log is complete.
+    pub async fn finish(self) -> io::Result<()> {
+        match self.sink {
+            Sink::File { .. } => Ok(()),
+            Sink::Db(db) => db.finish().await,
+        }
+    }
+}
+
+/// The writing end of a log in the database: lines wait in `shared` and a task writes them
+/// in batches.
+#[derive(Debug)]
+struct DbWriter {
+    shared: Arc<DbShared>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+#[derive(Debug, Default)]
+struct DbShared {
+    pending: Mutex<DbPending>,
+    wake: tokio::sync::Notify,
+}
+
+#[derive(Debug, Default)]
+struct DbPending {
+    lines: Vec<Vec<u8>>,
+    bytes: usize,
+    /// The writer is done: the task writes what waits and ends.
+    closed: bool,
+    /// Why a batch could not be written; every later line is refused with it.
+    failed: Option<(io::ErrorKind, String)>,
+}
+
+impl DbShared {
+    fn lock(&self) -> std::sync::MutexGuard<'_, DbPending> {
+        self.pending.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl DbWriter {
+    fn start(store: Store, run: i64, step: i64, notify: Notify) -> DbWriter {
+        let shared = Arc::new(DbShared::default());
+        let task = tokio::spawn(flush_loop(store, run, step, shared.clone(), notify));
+        DbWriter {
+            shared,
+            task: Some(task),
+        }
+    }
+
+    fn push(&mut self, line: &[u8]) -> io::Result<()> {
+        let mut pending = self.shared.lock();
+        if let Some((kind, why)) = &pending.failed {
+            return Err(io::Error::new(*kind, why.clone()));
+        }
+        let was_empty = pending.lines.is_empty();
+        pending.lines.push(line.to_vec());
+        pending.bytes += line.len() + 1;
+        let big = pending.lines.len() == FLUSH_LINES || pending.bytes >= FLUSH_BYTES;
+        drop(pending);
+        if was_empty || big {
+            self.shared.wake.notify_one();
+        }
+        Ok(())
+    }
+
+    async fn finish(mut self) -> io::Result<()> {
+        self.shared.lock().closed = true;
+        self.shared.wake.notify_one();
+        if let Some(task) = self.task.take() {
+            task.await
+                .map_err(|e| io::Error::other(format!("the log's writer failed: {e}")))?;
+        }
+        match &self.shared.lock().failed {
+            Some((kind, why)) => Err(io::Error::new(*kind, why.clone())),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for DbWriter {
+    fn drop(&mut self) {
+        // Not finished (the step's task ended otherwise): the task writes what waits and
+        // ends on its own.
+        if self.task.is_some() {
+            self.shared.lock().closed = true;
+            self.shared.wake.notify_one();
+        }
+    }
+}
+
+/// Writes a step's waiting lines in batches until the writer is done or a write fails.
+/// Followers on this host are woken after each batch (`notify`, dropped at the end, wakes
+/// them once more).
+async fn flush_loop(store: Store, run: i64, step: i64, shared: Arc<DbShared>, notify: Notify) {
+    let fail = |e: StoreError| {
+        shared.lock().failed = Some(db_write_error(run, step, &e));
+    };
+    if let Err(e) = store.log_clear(run, step).await {
+        return fail(e);
+    }
+    let mut next = 0i64;
+    loop {
+        shared.wake.notified().await;
+        // Let a batch gather, unless it is big already or the writer is done.
+        let deadline = tokio::time::Instant::now() + FLUSH_EVERY;
+        loop {
+            {
+                let pending = shared.lock();
+                if pending.closed
+                    || pending.lines.len() >= FLUSH_LINES
+                    || pending.bytes >= FLUSH_BYTES
+                {
+                    break;
+                }
+            }
+            tokio::select! {
+                _ = tokio::time::sleep_until(deadline) => break,
+                _ = shared.wake.notified() => {}
+            }
+        }
+        let (batch, closed) = {
+            let mut pending = shared.lock();
+            pending.bytes = 0;
+            (std::mem::take(&mut pending.lines), pending.closed)
+        };
+        if !batch.is_empty() {
+            if let Err(e) = store.log_append(run, step, next, &batch).await {
+                return fail(e);
+            }
+            next += batch.len() as i64;
+            notify.lines.send_modify(|n| *n += batch.len() as u64);
+        }
+        if closed {
+            return;
+        }
+    }
+}
+
+/// A batch the database refused, said plainly: "the database's disk is full: …" when it
+/// is (SQLSTATE 53100), since that is what an operator must fix.
+fn db_write_error(run: i64, step: i64, e: &StoreError) -> (io::ErrorKind, String) {
+    let full = matches!(e, StoreError::Db(sqlx::Error::Database(d)) if d.code().as_deref() == Some("53100"));
+    let why = crate::error_chain(e);
+    match full {
+        true => (
+            io::ErrorKind::StorageFull,
+            format!(
+                "the log disk is full: the database's disk is full, cannot write the log of run {run} step {step} ({why}); free space there (see [retention])"
+            ),
+        ),
+        false => (
+            io::ErrorKind::Other,
+            format!("cannot write the log of run {run} step {step} to the database: {why}"),
+        ),
     }
 }
 
@@ -319,15 +750,15 @@ pub fn read_rest(path: &Path, offset: u64) -> io::Result<Vec<u8>> {
 mod tests {
     use super::*;
 
-    #[test]
-    fn output_past_the_limit_is_dropped_after_one_note() {
+    #[tokio::test]
+    async fn output_past_the_limit_is_dropped_after_one_note() {
         let dir = tempfile::tempdir().unwrap();
         let store = LogStore::new(dir.path().to_path_buf()).with_limit(10);
         let mut writer = store.writer(1, 0).unwrap();
         for line in ["1234", "5678", "9", "more", "and more"] {
             writer.line(line.as_bytes()).unwrap();
         }
-        let text = String::from_utf8(store.read(1, 0).unwrap().unwrap()).unwrap();
+        let text = String::from_utf8(store.read(1, 0).await.unwrap().unwrap()).unwrap();
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines[..2], ["1234", "5678"]);
         assert_eq!(lines.len(), 3, "{text}");
@@ -340,12 +771,14 @@ mod tests {
         let path = PathBuf::from("/dev/full");
         let file = OpenOptions::new().write(true).open(&path).unwrap();
         let mut writer = LogWriter {
-            file,
-            path,
+            sink: Sink::File {
+                file,
+                path,
+                notify: None,
+            },
             bytes: 0,
             limit: u64::MAX,
             full: false,
-            notify: None,
         };
         let err = writer.line(b"hello").unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::StorageFull);
@@ -376,6 +809,32 @@ mod tests {
         assert_eq!(all, [b"one".to_vec(), long.into_bytes(), b"two".to_vec()]);
         let end = at;
         assert_eq!(read_rest(&path, end).unwrap(), b"part");
+    }
+
+    #[tokio::test]
+    async fn a_cursor_at_a_line_reads_from_it_and_lines_are_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LogStore::new(dir.path().to_path_buf());
+        assert_eq!(store.line_count(1, 0).await.unwrap(), 0);
+        let mut writer = store.writer(1, 0).unwrap();
+        for line in ["zero", "one", "two"] {
+            writer.line(line.as_bytes()).unwrap();
+        }
+        writer.finish().await.unwrap();
+        assert_eq!(store.line_count(1, 0).await.unwrap(), 3);
+        let (lines, next) = store
+            .read_lines(1, 0, LogCursor::at_line(1), 1 << 10)
+            .await
+            .unwrap();
+        assert_eq!(lines, [b"one".to_vec(), b"two".to_vec()]);
+        assert_eq!(next.line(), 3);
+        // Past the end: nothing, and the cursor stays.
+        let at = LogCursor::at_line(5);
+        assert_eq!(
+            store.read_lines(1, 0, at, 1 << 10).await.unwrap(),
+            (Vec::new(), at)
+        );
+        assert_eq!(store.read_rest(1, 0, next).await.unwrap(), b"");
     }
 
     #[tokio::test]

@@ -16,6 +16,7 @@ mod retention;
 mod schedules;
 mod secret_files;
 mod serve;
+mod shared_db;
 mod step_flow;
 mod store;
 mod tools_image;

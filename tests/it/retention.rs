@@ -51,7 +51,7 @@ mod old_runs_go_and_needed_runs_stay {
     }
 }
 
-fn spec(branch: &str, sha: &str, group: &str) -> RunSpec {
+pub(crate) fn spec(branch: &str, sha: &str, group: &str) -> RunSpec {
     RunSpec {
         pipeline_file: ".pipewright/ci.yml".into(),
         git_ref: GitRef::Branch(branch.into()),
@@ -61,12 +61,12 @@ fn spec(branch: &str, sha: &str, group: &str) -> RunSpec {
     }
 }
 
-async fn add(store: &Store, spec: RunSpec) -> i64 {
+pub(crate) async fn add(store: &Store, spec: RunSpec) -> i64 {
     store.enqueue_runs(None, &[spec]).await.unwrap().ids[0]
 }
 
 /// Marks every unsent status sent, except those of the runs in `keep_unsent`.
-async fn send_statuses(store: &Store, keep_unsent: &[i64]) {
+pub(crate) async fn send_statuses(store: &Store, keep_unsent: &[i64]) {
     loop {
         let due: Vec<_> = store
             .due_statuses(100)
@@ -85,7 +85,7 @@ async fn send_statuses(store: &Store, keep_unsent: &[i64]) {
 }
 
 /// A run that ended, with one step, its statuses sent.
-async fn ended(store: &Store, spec: RunSpec) -> i64 {
+pub(crate) async fn ended(store: &Store, spec: RunSpec) -> i64 {
     let id = add(store, spec).await;
     store
         .insert_steps(id, &[(0, "build".into())])
@@ -598,7 +598,7 @@ async fn a_full_log_disk_fails_the_step_and_the_server_goes_on() {
         202
     );
     // Space comes back; the next push is answered and runs.
-    server.app.logs.remove_run(failed).unwrap();
+    server.app.logs.remove_run(failed).await.unwrap();
     let quiet = format!("on:\n  push: {{}}\nsteps:\n{}", step("quiet", "echo fine"));
     let c2 = repo
         .commit("main", "quiet")

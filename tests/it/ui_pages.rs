@@ -399,13 +399,14 @@ scopes = ["read"]
 
 /// One server-sent event: its id, name and data.
 #[derive(Debug, PartialEq)]
-struct Sse {
-    id: Option<u64>,
-    event: Option<String>,
-    data: String,
+pub(crate) struct Sse {
+    pub(crate) id: Option<u64>,
+    pub(crate) event: Option<String>,
+    pub(crate) data: String,
 }
 
-async fn follow(url: &str, last: Option<u64>) -> Vec<Sse> {
+/// The events of a log stream (`?follow=true`) until it ends, resumed after `last`.
+pub(crate) async fn follow(url: &str, last: Option<u64>) -> Vec<Sse> {
     let mut req = client().get(url).bearer_auth(API_TOKEN);
     if let Some(last) = last {
         req = req.header("Last-Event-ID", last.to_string());
@@ -413,6 +414,11 @@ async fn follow(url: &str, last: Option<u64>) -> Vec<Sse> {
     let resp = req.send().await.unwrap();
     assert_eq!(resp.status(), 200);
     let text = resp.text().await.unwrap();
+    parse_events(&text)
+}
+
+/// The complete events in a stream's text.
+pub(crate) fn parse_events(text: &str) -> Vec<Sse> {
     text.split("\n\n")
         .filter_map(|block| {
             let (mut id, mut event, mut data) = (None, None, Vec::new());
@@ -438,8 +444,16 @@ async fn follow(url: &str, last: Option<u64>) -> Vec<Sse> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_real_steps_log_renders_colours_and_streams_each_line_once() {
+    let (_, logged_in_a_file) = a_real_steps_log(&[]).await;
+    assert!(logged_in_a_file, "with SQLite, logs are files");
+}
+
+/// A real step's log, read whole, followed and resumed through the API and shown on the
+/// run's page, on a server with these settings; the run's id, and whether its log was a
+/// file of the server's `data_dir`.
+pub(crate) async fn a_real_steps_log(extra: &[(&str, &str)]) -> (i64, bool) {
     let gitea = FakeGitea::start().await;
-    let server = Server::start(&gitea).await;
+    let server = Server::start_with(&gitea, extra).await;
     let repo = gitea.create_repo("org", "colours");
     let pipeline = format!(
         "on: dispatch\nsteps:\n{}",
@@ -536,7 +550,13 @@ async fn a_real_steps_log_renders_colours_and_streams_each_line_once() {
     assert_eq!(code, 200);
     assert_eq!(run["steps"][0]["state"], "success");
     assert_eq!(run["agent"], Value::Null);
+    // The whole log, as text.
+    let mut whole = expected_lines.join("\n");
+    whole.push('\n');
+    assert_eq!(server.log(id, 0).await, whole);
+    let file = server.app.logs.path(id, 0).is_file();
     server.stop().await;
+    (id, file)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

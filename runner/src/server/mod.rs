@@ -115,7 +115,8 @@ impl App {
             )
         })?;
         tracing::debug!(git = %git_version, "git found");
-        let logs = LogStore::new(data_dir.join("logs")).with_limit(config.docker.max_log_bytes);
+        let logs = LogStore::for_store(data_dir.join("logs"), &store)
+            .with_limit(config.docker.max_log_bytes);
         let defaults = StepDefaults {
             memory_bytes: config.docker.default_memory,
             pids: config.docker.default_pids,
@@ -133,6 +134,11 @@ impl App {
             &config.identity.audience,
             config.identity.token_ttl,
         )?;
+        // Hosts sharing the database serve each other's public keys (see `Issuer::publish`).
+        issuer
+            .publish(&store, &instance)
+            .await
+            .context("failed to publish the signing keys' public parts in the database")?;
         let issuer = Arc::new(issuer);
         let vault = config
             .vault

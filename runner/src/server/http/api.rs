@@ -23,19 +23,14 @@ use crate::server::{
     http::errors::{ApiError, internal},
     http::session::reader,
 };
-use crate::{
-    ansi::Ansi,
-    config::Scope,
-    logs::{read_lines, read_rest},
-    store::StepState,
-};
+use crate::{ansi::Ansi, config::Scope, logs::LogCursor, store::StepState};
 
 pub(super) async fn discovery(State(app): State<Arc<App>>) -> Json<serde_json::Value> {
-    Json(app.issuer.discovery())
+    Json(app.issuer.shared_discovery(&app.store).await)
 }
 
 pub(super) async fn jwks(State(app): State<Arc<App>>) -> Json<serde_json::Value> {
-    Json(app.issuer.jwks())
+    Json(app.issuer.shared_jwks(&app.store).await)
 }
 
 /// `{"ready", "database", "docker", "tasks": {name: state}, "problems": [...]}`: 503 unless
@@ -134,19 +129,13 @@ pub(super) async fn step_log(
     if step.log_removed && !follow {
         return Err(ApiError(StatusCode::GONE, LOG_REMOVED.to_owned()));
     }
-    let path = app.logs.path(id, n);
     if !follow {
-        return match tokio::fs::File::open(&path).await {
-            Ok(file) => Ok((
-                [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
-                Body::from_stream(tokio_util::io::ReaderStream::new(file)),
-            )
-                .into_response()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], "").into_response())
-            }
-            Err(e) => Err(internal(e)),
-        };
+        let log = app.logs.stream(id, n).await.map_err(internal)?;
+        return Ok((
+            [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+            Body::from_stream(log),
+        )
+            .into_response());
     }
     let resume = headers
         .get("last-event-id")
@@ -156,11 +145,10 @@ pub(super) async fn step_log(
     let html = q.format.as_deref() == Some("html");
     let start = Follow {
         app: app.clone(),
-        path,
         run: id,
         step: n,
-        offset: 0,
-        next: 0,
+        at: LogCursor::at_line(resume),
+        next: resume,
         resume,
         pending: VecDeque::new(),
         html: html.then(Ansi::default),
@@ -183,22 +171,26 @@ pub(super) async fn step_log(
             }
             // Lines written from here on wake the wait below.
             f.watch.seen();
-            if f.read_more() {
+            if f.read_more().await {
                 continue;
             }
             // Nothing new: whether the step is over is read, then the log once more, so
             // that no line written before it ended is missed.
             let finished = step_final_state(&f.app, f.run, f.step).await;
-            if finished.is_some() && f.read_more() {
+            if finished.is_some() && f.read_more().await {
                 continue;
             }
             if let Some(state) = finished {
                 if !f.rest_read {
                     // The step is over: a last line without its newline is a line now.
                     f.rest_read = true;
-                    let rest = read_rest(&f.path, f.offset).unwrap_or_default();
+                    let rest = f
+                        .app
+                        .logs
+                        .read_rest(f.run, f.step, f.at)
+                        .await
+                        .unwrap_or_default();
                     if !rest.is_empty() {
-                        f.offset += rest.len() as u64;
                         f.queue(vec![rest]);
                         continue;
                     }
@@ -218,11 +210,10 @@ pub(super) async fn step_log(
 /// A follower of a step's log: where it is, and at most one chunk of lines not sent yet.
 struct Follow {
     app: Arc<App>,
-    path: std::path::PathBuf,
     run: i64,
     step: i64,
-    /// The bytes of the log read so far.
-    offset: u64,
+    /// Where the next read of the log starts.
+    at: LogCursor,
     /// The number of the next line read.
     next: u64,
     /// Lines before this number were sent before the reconnect.
@@ -237,13 +228,17 @@ struct Follow {
 
 impl Follow {
     /// Reads the complete lines written since the last read into `pending`; whether any.
-    fn read_more(&mut self) -> bool {
-        let (lines, next) =
-            read_lines(&self.path, self.offset, FOLLOW_CHUNK).unwrap_or((Vec::new(), self.offset));
+    async fn read_more(&mut self) -> bool {
+        let (lines, next) = self
+            .app
+            .logs
+            .read_lines(self.run, self.step, self.at, FOLLOW_CHUNK)
+            .await
+            .unwrap_or((Vec::new(), self.at));
         if lines.is_empty() {
             return false;
         }
-        self.offset = next;
+        self.at = next;
         self.queue(lines);
         true
     }

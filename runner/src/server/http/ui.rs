@@ -315,13 +315,14 @@ struct RunPage {
 /// The most of a log a page shows (its end; the whole log is a link away).
 const PAGE_LOG_BYTES: usize = 2 << 20;
 
-fn step_view(app: &App, run: &Run, step: &StepRow) -> StepView {
+async fn step_view(app: &App, run: &Run, step: &StepRow) -> StepView {
     let over = step.state.is_over() || run.state.is_finished();
     let (mut lines, mut clipped) = (Vec::new(), false);
     if over {
         let log = app
             .logs
             .read(run.id, step.idx)
+            .await
             .ok()
             .flatten()
             .unwrap_or_default();
@@ -405,9 +406,13 @@ pub async fn run_page(
         can_write,
         cancellable: !run.state.is_finished(),
     };
+    let mut step_views = Vec::with_capacity(steps.len());
+    for step in &steps {
+        step_views.push(step_view(&app, &run, step).await);
+    }
     let page = RunPage {
         layout: Layout::new(format!("{} #{}", run.pipeline, run.id), Some(&viewer)),
-        steps: steps.iter().map(|s| step_view(&app, &run, s)).collect(),
+        steps: step_views,
         run: view,
     };
     Ok(render(&page))

@@ -100,7 +100,7 @@ async fn remove_runs(
         }
         let mut gone = Vec::with_capacity(ids.len());
         for id in &ids {
-            match work.logs.remove_run(*id) {
+            match work.logs.remove_run(*id).await {
                 Ok(()) => {
                     plans::forget(work, *id);
                     gone.push(*id);
@@ -159,7 +159,7 @@ async fn remove_logs(
         }
         let mut gone = Vec::with_capacity(ids.len());
         for id in &ids {
-            match work.logs.remove_run(*id) {
+            match work.logs.remove_run(*id).await {
                 Ok(()) => gone.push(*id),
                 Err(e) => warn!(run_id = id, error = %e, "failed to remove the run's logs"),
             }
@@ -182,7 +182,7 @@ async fn remove_strays(work: &Work<'_>) -> Result<usize, StoreError> {
     here.sort_unstable();
     for batch in here.chunks(RETENTION_BATCH as usize) {
         for id in work.store.runs_without_logs(batch).await? {
-            match work.logs.remove_run(id) {
+            match work.logs.remove_run(id).await {
                 Ok(()) => removed += 1,
                 Err(e) => warn!(run_id = id, error = %e, "failed to remove the run's logs"),
             }

@@ -431,6 +431,7 @@ async fn run_with_access(
         work,
         run_id: run.id,
         writer: Err(String::new()),
+        log_lost: None,
     };
     let executor = crate::server::work::images::Pinned {
         inner: work.executor.clone(),
@@ -448,6 +449,12 @@ async fn run_with_access(
     checked?;
     let (result, reports) =
         result.map_err(|e| format!("the Docker engine failed: {}", error_chain(&e)))?;
+    // A step's log whose end could not be written: the run is an error, as when a line
+    // could not be.
+    let result = match (result, observer.log_lost.take()) {
+        (RunResult::Success | RunResult::Failure { .. }, Some(why)) => RunResult::Error(why),
+        (result, _) => result,
+    };
     let result = match result {
         RunResult::Failure { step, why } => RunResult::Failure {
             step,
@@ -543,6 +550,8 @@ struct StoreObserver<'a> {
     run_id: i64,
     /// The step's log, or why it could not be created.
     writer: Result<LogWriter, String>,
+    /// Why the end of a step's log could not be written (the run then ends as `error`).
+    log_lost: Option<String>,
 }
 
 impl RunObserver for StoreObserver<'_> {
@@ -574,8 +583,13 @@ impl RunObserver for StoreObserver<'_> {
     }
 
     async fn step_finished(&mut self, step: &PlannedStep, result: &StepResult, elapsed: Duration) {
-        self.writer = Err(String::new());
-        let (state, description, exit_code) = match result {
+        // The rest of the log is written before the step's end is recorded: a finished
+        // step's log is complete (in the database, lines wait in batches).
+        let log_lost = match std::mem::replace(&mut self.writer, Err(String::new())) {
+            Ok(writer) => writer.finish().await.err(),
+            Err(_) => None,
+        };
+        let (mut state, mut description, exit_code) = match result {
             StepResult::Skipped => (
                 StepState::Skipped,
                 "its `when` excludes this event".to_string(),
@@ -605,6 +619,14 @@ impl RunObserver for StoreObserver<'_> {
             StepResult::Failed(why) => (StepState::Failure, why.clone(), None),
             StepResult::Unrunnable(why) => (StepState::Error, why.clone(), None),
         };
+        if let Some(e) = log_lost
+            && state != StepState::Error
+        {
+            warn!(run_id = self.run_id, step = %step.name, error = %e, "the end of the step's log cannot be written");
+            state = StepState::Error;
+            description = e.to_string();
+            self.log_lost.get_or_insert_with(|| e.to_string());
+        }
         if !matches!(
             result,
             StepResult::Skipped | StepResult::NotRun | StepResult::NotNeeded
