@@ -13,6 +13,7 @@ use sqlx::{
 };
 
 mod access;
+pub mod agents;
 mod commands;
 pub mod comments;
 mod counts;
@@ -93,6 +94,7 @@ pub(crate) const SQLITE_MIGRATIONS: Migrations = migrations![
     (7, "both", "0007_reviewed_plans"),
     (8, "both", "0008_run_pages"),
     (9, "both", "0009_retention"),
+    (10, "both", "0010_agents"),
 ];
 
 pub(crate) const POSTGRES_MIGRATIONS: Migrations = migrations![
@@ -105,6 +107,7 @@ pub(crate) const POSTGRES_MIGRATIONS: Migrations = migrations![
     (7, "both", "0007_reviewed_plans"),
     (8, "both", "0008_run_pages"),
     (9, "both", "0009_retention"),
+    (10, "both", "0010_agents"),
 ];
 
 /// The highest version of the databases made before migrations were sqlx's: release
