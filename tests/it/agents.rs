@@ -393,13 +393,14 @@ async fn sigterm_drains_an_agent_its_step_finishes_and_nothing_new_is_claimed() 
         "{statuses:?}\n{}",
         agent.log()
     );
-    let child = std::sync::Mutex::new(&mut agent.child);
-    let exit = eventually(Duration::from_secs(60), "the agent to exit", || {
-        let exited = child.lock().unwrap().try_wait().unwrap();
-        async move { exited }
-    })
-    .await;
-    drop(child);
+    let exit = {
+        let child = std::sync::Mutex::new(&mut agent.child);
+        eventually(Duration::from_secs(60), "the agent to exit", || {
+            let exited = child.lock().unwrap().try_wait().unwrap();
+            async move { exited }
+        })
+        .await
+    };
     assert!(exit.success(), "{exit:?}\n{}", agent.log());
     let later = server.run(later["id"].as_i64().unwrap()).await;
     assert_eq!(later["state"], "queued", "{later:#}");
