@@ -1,4 +1,4 @@
-//! The command line: `pipewright serve`, `validate`, `exec`, `dispatch` and `gitea install-hook`.
+//! The command line: `pipewright serve`, `agent`, `validate`, `exec`, `dispatch` and `gitea install-hook`.
 
 use std::{path::PathBuf, process::ExitCode};
 
@@ -24,6 +24,14 @@ enum Command {
     Serve {
         /// Configuration file (TOML); every setting can also come from
         /// PIPEWRIGHT_<SECTION>__<KEY>. Without one: embedded defaults.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Run jobs only: claim runs from the server's PostgreSQL database and run them on this
+    /// host's Docker engine (no webhooks, API or UI).
+    Agent {
+        /// Configuration file (TOML), with `[database].url` the server's PostgreSQL; every
+        /// setting can also come from PIPEWRIGHT_<SECTION>__<KEY>.
         #[arg(long)]
         config: Option<PathBuf>,
     },
@@ -142,11 +150,12 @@ impl From<Event> for EventKind {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     // `serve` writes its log as its configuration says, once it is read.
-    if !matches!(cli.command, Command::Serve { .. }) {
+    if !matches!(cli.command, Command::Serve { .. } | Command::Agent { .. }) {
         crate::logging::init(&crate::config::Config::default().log);
     }
     let result = match cli.command {
         Command::Serve { config } => serve_blocking(config.as_deref()),
+        Command::Agent { config } => agent_blocking(config.as_deref()),
         Command::Validate { dir } => validate(&dir),
         Command::Gitea {
             command: GiteaCommand::InstallHook { config, repo, org },
@@ -322,16 +331,89 @@ fn serve_blocking(file: Option<&std::path::Path>) -> anyhow::Result<u8> {
             .map_err(|e| anyhow::anyhow!("failed to listen on {}: {e}", config.server.listen))?;
         let app = crate::server::App::new(config).await?;
         let shutdown = CancellationToken::new();
-        let on_signal = shutdown.clone();
-        tokio::spawn(async move {
-            wait_for_signal().await;
-            tracing::info!("stopping: no new webhooks or runs; waiting for running runs (signal again to exit now)");
-            on_signal.cancel();
-            wait_for_signal().await;
-            tracing::warn!("exiting now: running runs will be reported as interrupted at the next start");
-            std::process::exit(130);
-        });
+        drain_on_signal(
+            shutdown.clone(),
+            app.config.agent.drain_timeout,
+            "stopping: no new webhooks or runs; waiting for running runs (signal again to exit now)",
+        );
         crate::server::serve(listener, app, shutdown).await?;
+        Ok(0)
+    })
+}
+
+/// On SIGTERM (or Ctrl-C): `shutdown` fires, so that nothing new is claimed and the runs
+/// under way finish. A second signal, or `drain_timeout` passing, exits the process at
+/// once: its step containers are left running (nothing removes them on that path) and
+/// its runs stay `running` in the database, for the next start of this instance to take
+/// up (or, when it never comes back, for its leases to expire).
+fn drain_on_signal(
+    shutdown: CancellationToken,
+    drain_timeout: std::time::Duration,
+    what: &'static str,
+) {
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!(drain_timeout = ?drain_timeout, "{what}");
+        shutdown.cancel();
+        tokio::select! {
+            _ = wait_for_signal() => {
+                tracing::warn!("exiting now: running runs are left to the next start");
+                std::process::exit(130);
+            }
+            _ = tokio::time::sleep(drain_timeout) => {
+                tracing::warn!(drain_timeout = ?drain_timeout, "runs still running after [agent].drain_timeout: exiting and leaving them to the next start");
+                std::process::exit(0);
+            }
+        }
+    });
+}
+
+fn agent_blocking(file: Option<&std::path::Path>) -> anyhow::Result<u8> {
+    let config = match crate::config::load(file, std::env::vars()) {
+        Ok(config) => config,
+        Err(problems) => {
+            eprintln!("{problems}");
+            return Ok(EXIT_ERROR);
+        }
+    };
+    // Refused before anything is opened: a SQLite file would be created and migrated.
+    if !config.database.url.starts_with("postgres") {
+        eprintln!(
+            "error: pipewright agent needs [database].url to be the server's PostgreSQL database (postgres://…), not {}: an agent claims runs from the queue the server shares with its agents, and a SQLite file is one process's",
+            config
+                .database
+                .url
+                .split(['?', '#'])
+                .next()
+                .unwrap_or_default()
+        );
+        return Ok(EXIT_ERROR);
+    }
+    if config.agent.capacity == 0 {
+        eprintln!("error: pipewright agent needs [agent].capacity of 1 or more: it only runs jobs");
+        return Ok(EXIT_ERROR);
+    }
+    crate::logging::init(&config.log);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let health = match config.agent.listen {
+            Some(addr) => Some(
+                tokio::net::TcpListener::bind(addr)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("failed to listen on {addr}: {e}"))?,
+            ),
+            None => None,
+        };
+        let app = crate::server::App::new(config).await?;
+        let shutdown = CancellationToken::new();
+        drain_on_signal(
+            shutdown.clone(),
+            app.config.agent.drain_timeout,
+            "stopping: no new runs; waiting for running runs (signal again to exit now)",
+        );
+        crate::server::agent(health, app, shutdown).await?;
         Ok(0)
     })
 }

@@ -1,6 +1,7 @@
 //! Pipewright's one integration-test binary: end-to-end tests against real parts.
 
 mod actions;
+mod agents;
 mod comments;
 mod exec_cli;
 mod executor;

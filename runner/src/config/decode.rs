@@ -159,14 +159,29 @@ pub(super) fn decode(r: &mut Reader<'_>) -> Config {
     };
 
     let agent = AgentConfig {
+        name: r.read("agent", "name", |v| agent_name(v.str()?)),
         labels: r
             .read("agent", "labels", |v| labels(v.list()?))
             .unwrap_or_default(),
         capacity: r
             .read("agent", "capacity", |v| {
-                positive(v.int()?).and_then(|n| usize::try_from(n).map_err(|e| e.to_string()))
+                let n = v.int()?;
+                usize::try_from(n).map_err(|_| format!("expected 0 or more, found {n}"))
             })
             .unwrap_or(defaults::CAPACITY),
+        lease: r
+            .read("agent", "lease", |v| {
+                let lease = parse_duration(v.str()?)?;
+                match lease >= std::time::Duration::from_secs(3) {
+                    true => Ok(lease),
+                    false => Err(format!("{} is below 3s, too short to be renewed", v.str()?)),
+                }
+            })
+            .unwrap_or(defaults::LEASE),
+        drain_timeout: r
+            .read("agent", "drain_timeout", |v| parse_duration(v.str()?))
+            .unwrap_or(defaults::DRAIN_TIMEOUT),
+        listen: r.read("agent", "listen", |v| socket_addr(v.str()?)),
     };
 
     let api = ApiConfig {

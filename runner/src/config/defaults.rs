@@ -57,6 +57,10 @@ pub const MAX_LOG_BYTES: u64 = 64 << 20;
 pub const SECRETS_IN_ENV: bool = true;
 /// `[agent].capacity`.
 pub const CAPACITY: usize = 2;
+/// `[agent].lease`.
+pub const LEASE: Duration = crate::store::LEASE;
+/// `[agent].drain_timeout`.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10 * 60);
 /// `[retention].logs` (90 days).
 pub const RETENTION_LOGS: Option<Duration> = Some(Duration::from_secs(90 * 86_400));
 /// `[retention].runs` (90 days).

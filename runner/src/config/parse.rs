@@ -169,6 +169,30 @@ pub(super) fn labels(labels: Vec<String>) -> Result<Vec<String>, String> {
     }
 }
 
+/// An agent's name: what a person reads in the UI and in "agent <name> lost".
+pub(super) fn agent_name(text: &str) -> Result<String, String> {
+    let ok = !text.is_empty()
+        && text.len() <= 64
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    match ok {
+        true => Ok(text.to_owned()),
+        false => Err(format!(
+            "expected a name of letters, digits, `-`, `_` and `.` (at most 64), found {text:?}"
+        )),
+    }
+}
+
+/// The default agent name: the kernel's host name (`pipewright` when it cannot be read).
+pub(crate) fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|name| name.trim().to_owned())
+        .and_then(|name| agent_name(&name).ok())
+        .unwrap_or_else(|| "pipewright".to_owned())
+}
+
 pub(super) fn database_url(text: &str) -> Result<String, String> {
     let ok = ["sqlite:", "postgres://", "postgresql://"]
         .iter()

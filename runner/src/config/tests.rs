@@ -153,11 +153,15 @@ fn design_example_parses() {
                 pin_images: [],
             },
             agent: AgentConfig {
+                name: None,
                 labels: [
                     "linux",
                     "arm64",
                 ],
                 capacity: 2,
+                lease: 60s,
+                drain_timeout: 600s,
+                listen: None,
             },
             api: ApiConfig {
                 tokens: [
@@ -272,8 +276,12 @@ fn no_file_gives_the_defaults() {
                 pin_images: [],
             },
             agent: AgentConfig {
+                name: None,
                 labels: [],
                 capacity: 2,
+                lease: 60s,
+                drain_timeout: 600s,
+                listen: None,
             },
             api: ApiConfig {
                 tokens: [],
@@ -364,7 +372,9 @@ max_log_bytes = "lots"
 
 [agent]
 labels = ["linux", 64]
-capacity = 0
+capacity = -1
+name = "pi 1"
+lease = "1s"
 
 [api]
 read_public = "yes"
@@ -400,8 +410,10 @@ name = "A/B"
                 config.toml: [docker].default_memory: memory limit `1m` is below Docker's minimum of 6m
                 config.toml: [docker].default_pids: expected a positive integer, found 0
                 config.toml: [docker].max_log_bytes: expected a size such as `64m` or `1g`, found `lots`
+                config.toml: [agent].name: expected a name of letters, digits, `-`, `_` and `.` (at most 64), found "pi 1"
                 config.toml: [agent].labels: expected a list of strings, found integer at index 1
-                config.toml: [agent].capacity: expected a positive integer, found 0
+                config.toml: [agent].capacity: expected 0 or more, found -1
+                config.toml: [agent].lease: 1s is below 3s, too short to be renewed
                 config.toml: [api].read_public: expected a boolean, found string
                 config.toml: [[repos]][0].name: expected `owner/name`, found "factory"
                 config.toml: [[repos]][0].host_volumes: expected absolute paths, found "mnt/backups"
@@ -727,7 +739,7 @@ fn documented_defaults_are_the_defaults() {
         }
         doc.clear();
     }
-    expect!["server.listen server.data_dir server.catch_up_interval server.secrets_dir server.header_timeout server.body_timeout server.max_connections server.body_memory server.max_deliveries log.format log.level gitea.git_timeout identity.audience identity.token_ttl identity.algorithm vault.mount vault.role_template docker.stop_grace docker.default_memory docker.default_pids docker.max_memory docker.max_pids docker.max_timeout docker.max_log_bytes docker.secrets_in_env agent.capacity api.read_public retention.logs retention.runs retention.interval"]
+    expect!["server.listen server.data_dir server.catch_up_interval server.secrets_dir server.header_timeout server.body_timeout server.max_connections server.body_memory server.max_deliveries log.format log.level gitea.git_timeout identity.audience identity.token_ttl identity.algorithm vault.mount vault.role_template docker.stop_grace docker.default_memory docker.default_pids docker.max_memory docker.max_pids docker.max_timeout docker.max_log_bytes docker.secrets_in_env agent.capacity agent.lease agent.drain_timeout api.read_public retention.logs retention.runs retention.interval"]
     .assert_eq(&checked.join(" "));
 }
 

@@ -246,10 +246,31 @@ pub struct DockerConfig {
 /// `[agent]`.
 #[derive(Clone, Debug)]
 pub struct AgentConfig {
+    /// `name`: the agent's name in the agents table, in the run JSON's `agent` and in
+    /// "agent <name> lost". Default: the host name ([`AgentConfig::name`]).
+    pub name: Option<String>,
     /// `labels`: labels of this host that pipelines can require. Default: `[]`.
     pub labels: Vec<String>,
-    /// `capacity`: jobs run at once, at least 1. Default: `2`.
+    /// `capacity`: jobs run at once; `0` makes `serve` run none itself (agents run them),
+    /// and `pipewright agent` needs at least 1. Default: `2`.
     pub capacity: usize,
+    /// `lease`: how long a claimed run stays this agent's without a renewal (renewed every
+    /// third of it); a run whose lease expired ends as `error` "agent <name> lost".
+    /// Default: `60s`.
+    pub lease: Duration,
+    /// `drain_timeout`: after SIGTERM, how long running runs may take to finish before the
+    /// process exits and leaves them running (for the next start to pick up). Default: `10m`.
+    pub drain_timeout: Duration,
+    /// `listen`: where `pipewright agent` answers `/healthz` and `/readyz` (`serve` answers
+    /// them on `[server].listen`). Default: none (no listener).
+    pub listen: Option<SocketAddr>,
+}
+
+impl AgentConfig {
+    /// `name`, or the host name when none is given.
+    pub fn name(&self) -> String {
+        self.name.clone().unwrap_or_else(super::parse::host_name)
+    }
 }
 
 /// `[api]`.

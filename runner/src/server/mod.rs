@@ -367,6 +367,48 @@ const TASKS: [(&str, TaskFn); 8] = [
     }),
 ];
 
+/// `pipewright agent`: claims and runs jobs from the shared database until `shutdown`
+/// fires, then drains as `serve` does (no new claims; the runs under way finish). Takes no
+/// webhooks and serves no API; `health`, when given, answers `/healthz` and `/readyz`.
+/// Its start is `serve`'s: runs this instance left running are settled and leftover
+/// containers, workspaces and secret files removed, before anything is claimed.
+pub async fn agent(
+    health: Option<TcpListener>,
+    app: Arc<App>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    if app.store.backend() != crate::store::Backend::Postgres {
+        anyhow::bail!(
+            "pipewright agent needs [database].url to be the server's PostgreSQL database (postgres://…): an agent shares the server's queue"
+        );
+    }
+    if app.config.agent.capacity == 0 {
+        anyhow::bail!("pipewright agent needs [agent].capacity of 1 or more: it only runs jobs");
+    }
+    private_data_dir(&app.config.server.data_dir)?;
+    prepare_secrets_dir(&app)?;
+    work::worker::settle_interrupted(&app.work()).await?;
+    remove_leftover_workspaces(&app.config.server.data_dir);
+    let health = health.map(|listener| {
+        let router = http::router::health_router(app.clone());
+        let limits = app.config.server.http.clone();
+        let stop = shutdown.clone();
+        tokio::spawn(async move { http::conn::serve_http(listener, router, &limits, stop).await })
+    });
+    info!(
+        agent = %app.config.agent.name(),
+        labels = ?app.config.agent.labels,
+        capacity = app.config.agent.capacity,
+        "pipewright agent running"
+    );
+    work::worker::run(app.clone(), shutdown).await;
+    if let Some(health) = health {
+        health.abort();
+    }
+    app.store.close().await;
+    Ok(())
+}
+
 /// Serves until `shutdown` fires: then stops taking webhooks and new runs, lets running runs
 /// finish (a second signal in `main` exits at once; such runs end as interrupted at the
 /// next start), sends what the outbox holds (within a few seconds), and returns.

@@ -13,6 +13,7 @@ use sqlx::{
 };
 
 mod access;
+pub mod agents;
 mod commands;
 pub mod comments;
 mod counts;
@@ -97,6 +98,7 @@ pub(crate) const SQLITE_MIGRATIONS: Migrations = migrations![
     (7, "both", "0007_reviewed_plans"),
     (8, "both", "0008_run_pages"),
     (9, "both", "0009_retention"),
+    (10, "both", "0010_agents"),
     (11, "sqlite", "0011_shared_hosts"),
 ];
 
@@ -110,6 +112,7 @@ pub(crate) const POSTGRES_MIGRATIONS: Migrations = migrations![
     (7, "both", "0007_reviewed_plans"),
     (8, "both", "0008_run_pages"),
     (9, "both", "0009_retention"),
+    (10, "both", "0010_agents"),
     (11, "postgres", "0011_shared_hosts"),
 ];
 

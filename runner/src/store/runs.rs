@@ -231,6 +231,8 @@ pub struct Run {
     pub finished_at: Option<i64>,
     /// The instance that claimed it, while it runs.
     pub lease_owner: Option<String>,
+    /// The name of the agent that claimed it (kept after the run ends).
+    pub agent: Option<String>,
 }
 
 /// A stored step.
@@ -260,15 +262,47 @@ pub struct Enqueued {
     pub ended: Vec<RunState>,
 }
 
-/// Lease length for a claimed run; the worker renews it well before it runs out.
-pub const LEASE: Duration = Duration::from_secs(30);
+/// Lease length for a claimed run when the agent sets none (`[agent].lease`); the worker
+/// renews it well before it runs out.
+pub const LEASE: Duration = Duration::from_secs(60);
+
+/// The channel on which PostgreSQL announces that runs were queued, claimed or ended, so
+/// that idle agents claim at once and the server's reporter sends the new statuses.
+pub const RUNS_CHANNEL: &str = "pipewright_runs";
+
+/// Who claims a run: the agent's instance id (the lease owner), its name (recorded with
+/// the run), its labels and the length of its leases.
+#[derive(Clone, Copy, Debug)]
+pub struct Claimant<'a> {
+    pub owner: &'a str,
+    pub agent: &'a str,
+    pub labels: &'a [String],
+    pub lease: Duration,
+}
+
+/// Within a transaction on PostgreSQL, announces a change of the queue on
+/// [`RUNS_CHANNEL`] (sent when the transaction commits, dropped when it rolls back).
+/// Nothing on SQLite, whose single process wakes its own worker.
+pub(super) async fn notify_runs(
+    tx: &mut Transaction<'_, Any>,
+    what: &str,
+) -> Result<(), StoreError> {
+    if tx.backend_name() == <sqlx::Postgres as sqlx::Database>::NAME {
+        sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(RUNS_CHANNEL)
+            .bind(what)
+            .execute(&mut **tx)
+            .await?;
+    }
+    Ok(())
+}
 
 /// Whether an agent with `labels` may run a run that needs `runs_on`.
 pub fn labels_cover(labels: &[String], runs_on: &[String]) -> bool {
     runs_on.iter().all(|l| labels.contains(l))
 }
 
-const RUN_COLUMNS: &str = "id, repo, repo_id, owner_id, default_branch, status_repo, pipeline, pipeline_file, event, git_ref, sha, pr, actor, from_fork, attempt, inputs, runs_on, concurrency_group, cancel_in_progress, state, description, created_at, started_at, finished_at, lease_owner, rerun_of, input_types";
+const RUN_COLUMNS: &str = "id, repo, repo_id, owner_id, default_branch, status_repo, pipeline, pipeline_file, event, git_ref, sha, pr, actor, from_fork, attempt, inputs, runs_on, concurrency_group, cancel_in_progress, state, description, created_at, started_at, finished_at, lease_owner, rerun_of, input_types, agent";
 
 fn run_from_row(row: &AnyRow) -> Result<Run, StoreError> {
     let state: String = row.try_get("state")?;
@@ -310,6 +344,7 @@ fn run_from_row(row: &AnyRow) -> Result<Run, StoreError> {
         started_at: row.try_get("started_at")?,
         finished_at: row.try_get("finished_at")?,
         lease_owner: row.try_get("lease_owner")?,
+        agent: row.try_get("agent")?,
     })
 }
 
@@ -376,6 +411,7 @@ async fn finish_if(
         description,
     )
     .await?;
+    notify_runs(tx, "ended").await?;
     Ok(true)
 }
 
@@ -493,6 +529,7 @@ pub(super) async fn enqueue_in(
             if new.state != RunState::Queued {
                 continue;
             }
+            notify_runs(tx, "queued").await?;
             // A pull request's run (or a comment's) affects only runs of the same pull request, and other runs
             // never affect a pull request's (a superseded run reports `success`, which on a
             // pull request's head would pass a check that never ran).
@@ -546,46 +583,86 @@ pub(super) async fn enqueue_in(
 impl Store {
     /// Claims the oldest queued run whose concurrency group is free (no running run, no
     /// older queued run) and whose `runs_on` labels are all among `labels`, for `owner`,
-    /// with a lease.
+    /// with a lease of [`LEASE`].
     pub async fn claim_next(
         &self,
         owner: &str,
         labels: &[String],
     ) -> Result<Option<Run>, StoreError> {
+        self.claim(&Claimant {
+            owner,
+            agent: owner,
+            labels,
+            lease: LEASE,
+        })
+        .await
+    }
+
+    /// [`Store::claim_next`] for an agent with a name and a lease of its own. On
+    /// PostgreSQL several agents claim at once: the candidate row is locked with
+    /// `FOR UPDATE SKIP LOCKED` (another agent's candidate is skipped, not waited for)
+    /// and the labels are matched in SQL (`jsonb <@`), so that a row locked is a row
+    /// claimed. Only the oldest queued run of a group is ever a candidate, and a claimed
+    /// run is `running`, so the group rule holds across agents too. SQLite has one writer
+    /// and matches labels here.
+    pub async fn claim(&self, who: &Claimant<'_>) -> Result<Option<Run>, StoreError> {
         let mut tx = self.pool.begin().await?;
-        // At most one candidate per free group; labels are matched here rather than in SQL
-        // (a JSON list, portably).
-        let candidates = sqlx::query(
-            "SELECT r.id, r.runs_on FROM runs r WHERE r.state = 'queued' AND NOT EXISTS (
-                SELECT 1 FROM runs o WHERE o.concurrency_group = r.concurrency_group
-                AND (o.state = 'running' OR (o.state = 'queued' AND o.id < r.id)))
-             ORDER BY r.id",
-        )
-        .fetch_all(&mut *tx)
-        .await?;
-        let mut chosen = None;
-        for row in &candidates {
-            let runs_on: String = row.try_get(1)?;
-            let runs_on: Vec<String> = serde_json::from_str(&runs_on)
-                .map_err(|e| StoreError::Corrupt(format!("run labels: {e}")))?;
-            if labels_cover(labels, &runs_on) {
-                chosen = Some(row.try_get::<i64, _>(0)?);
-                break;
+        let chosen = match self.backend {
+            super::Backend::Postgres => {
+                let labels = serde_json::to_string(who.labels)
+                    .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                sqlx::query(
+                    "SELECT r.id FROM runs r WHERE r.state = 'queued'
+                     AND CAST(r.runs_on AS jsonb) <@ CAST($1 AS jsonb)
+                     AND NOT EXISTS (
+                        SELECT 1 FROM runs o WHERE o.concurrency_group = r.concurrency_group
+                        AND (o.state = 'running' OR (o.state = 'queued' AND o.id < r.id)))
+                     ORDER BY r.id LIMIT 1 FOR UPDATE OF r SKIP LOCKED",
+                )
+                .bind(labels)
+                .fetch_optional(&mut *tx)
+                .await?
+                .map(|row| row.try_get::<i64, _>(0))
+                .transpose()?
             }
-        }
+            super::Backend::Sqlite => {
+                // At most one candidate per free group; labels are matched here rather
+                // than in SQL (a JSON list, portably).
+                let candidates = sqlx::query(
+                    "SELECT r.id, r.runs_on FROM runs r WHERE r.state = 'queued' AND NOT EXISTS (
+                        SELECT 1 FROM runs o WHERE o.concurrency_group = r.concurrency_group
+                        AND (o.state = 'running' OR (o.state = 'queued' AND o.id < r.id)))
+                     ORDER BY r.id",
+                )
+                .fetch_all(&mut *tx)
+                .await?;
+                let mut chosen = None;
+                for row in &candidates {
+                    let runs_on: String = row.try_get(1)?;
+                    let runs_on: Vec<String> = serde_json::from_str(&runs_on)
+                        .map_err(|e| StoreError::Corrupt(format!("run labels: {e}")))?;
+                    if labels_cover(who.labels, &runs_on) {
+                        chosen = Some(row.try_get::<i64, _>(0)?);
+                        break;
+                    }
+                }
+                chosen
+            }
+        };
         let Some(id) = chosen else {
             tx.rollback().await?;
             return Ok(None);
         };
         let now = now_ms();
         let claimed = sqlx::query(
-            "UPDATE runs SET state = 'running', started_at = $1, lease_owner = $2, lease_until = $3, description = 'running'
+            "UPDATE runs SET state = 'running', started_at = $1, lease_owner = $2, lease_until = $3, description = 'running', agent = $5
              WHERE id = $4 AND state = 'queued'",
         )
         .bind(now)
-        .bind(owner)
-        .bind(now + LEASE.as_millis() as i64)
+        .bind(who.owner)
+        .bind(now + who.lease.as_millis() as i64)
         .bind(id)
+        .bind(who.agent)
         .execute(&mut *tx)
         .await?
         .rows_affected();
@@ -605,14 +682,25 @@ impl Store {
             &run.description,
         )
         .await?;
+        notify_runs(&mut tx, "claimed").await?;
         tx.commit().await?;
         Ok(Some(run))
     }
 
     /// Extends the lease of a run this owner holds; false when it lost it.
     pub async fn renew_lease(&self, id: i64, owner: &str) -> Result<bool, StoreError> {
+        self.renew_lease_for(id, owner, LEASE).await
+    }
+
+    /// [`Store::renew_lease`] with a lease of `lease` from now.
+    pub async fn renew_lease_for(
+        &self,
+        id: i64,
+        owner: &str,
+        lease: Duration,
+    ) -> Result<bool, StoreError> {
         let changed = sqlx::query("UPDATE runs SET lease_until = $1 WHERE id = $2 AND lease_owner = $3 AND state = 'running'")
-            .bind(now_ms() + LEASE.as_millis() as i64)
+            .bind(now_ms() + lease.as_millis() as i64)
             .bind(id)
             .bind(owner)
             .execute(&self.pool)
@@ -637,17 +725,18 @@ impl Store {
         Ok(changed)
     }
 
-    /// Ends, as `error` "agent <owner> lost", every running run whose lease expired before
+    /// Ends, as `error` "agent <name> lost", every running run whose lease expired before
     /// `now` (its owner stopped renewing it: it crashed, or lost the database), except the
-    /// runs in `keep` (the caller's own, which it still runs). Such runs are never retried
-    /// on their own. Returns the ended runs with their owners.
+    /// runs in `keep` (the caller's own, which it still runs). The name is the agent's that
+    /// claimed it (the lease owner's instance id for runs claimed without one). Such runs
+    /// are never retried on their own. Returns the ended runs with their agents' names.
     pub async fn settle_lost_leases(
         &self,
         now: i64,
         keep: &[i64],
     ) -> Result<Vec<(i64, String)>, StoreError> {
         let expired = sqlx::query(
-            "SELECT id, lease_owner FROM runs WHERE state = 'running' AND lease_until < $1 ORDER BY id",
+            "SELECT id, lease_owner, agent FROM runs WHERE state = 'running' AND lease_until < $1 ORDER BY id",
         )
         .bind(now)
         .fetch_all(&self.read)
@@ -657,16 +746,18 @@ impl Store {
             let id: i64 = row.try_get(0)?;
             let owner: Option<String> = row.try_get(1)?;
             let owner = owner.unwrap_or_default();
+            let agent: Option<String> = row.try_get(2)?;
+            let name = agent.unwrap_or_else(|| owner.clone());
             if keep.contains(&id) {
                 continue;
             }
             let mut tx = self.pool.begin().await?;
-            let why = format!("agent {owner} lost");
+            let why = format!("agent {name} lost");
             let ended = finish_if(&mut tx, id, RunState::Error, &why, Some((&owner, now))).await?;
             tx.commit().await?;
             if ended {
                 self.ends.add(RunState::Error);
-                settled.push((id, owner));
+                settled.push((id, name));
             }
         }
         Ok(settled)

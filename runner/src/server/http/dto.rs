@@ -4,7 +4,11 @@ use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 
 use crate::server::{App, http::errors::ApiError, present::clip};
-use crate::store::{InputType, Run, RunFilter, RunState, StepRow, labels_cover};
+use crate::store::{
+    InputType, Run, RunFilter, RunState, StepRow,
+    agents::{AgentRow, AgentState},
+    labels_cover,
+};
 
 /// What a step whose log retention deleted says instead of it (the API's 410, a line on
 /// the run's page).
@@ -28,7 +32,8 @@ pub struct RunDto {
     inputs: serde_json::Map<String, serde_json::Value>,
     /// The run this one re-runs.
     rerun_of: Option<i64>,
-    /// The instance that runs it (its lease owner), while it runs.
+    /// The name of the agent that claimed it (its lease owner's instance id for runs
+    /// claimed before agents had names).
     agent: Option<String>,
     state: &'static str,
     description: String,
@@ -72,7 +77,7 @@ pub async fn run_dto(app: &App, run: &Run, steps: Option<&[StepRow]>) -> RunDto 
         actor: run.actor.clone(),
         inputs: typed_inputs(run),
         rerun_of: run.rerun_of,
-        agent: run.lease_owner.clone(),
+        agent: run.agent.clone().or_else(|| run.lease_owner.clone()),
         state: run.state.as_str(),
         description: clip(&run.description),
         concurrency_group: run.concurrency_group.clone(),
@@ -130,28 +135,59 @@ pub fn typed_inputs(run: &Run) -> serde_json::Map<String, serde_json::Value> {
         .collect()
 }
 
-/// Why a queued run waits, when this server can tell: for want of an agent's labels
-/// (`runs_on` is matched against this server's `[agent].labels`; no other agents exist
-/// yet), or for another run of its concurrency group that is running.
+/// Why a queued run waits, when this server can tell: no live agent (a fresh heartbeat in
+/// the agents table, not draining, with capacity) has all of its `runs_on` labels; another
+/// run of its concurrency group is running; or every agent that could take it reports its
+/// Docker engine down.
 pub async fn waiting_reason(app: &App, run: &Run) -> Option<String> {
     if run.state != RunState::Queued {
         return None;
     }
-    if !labels_cover(&app.config.agent.labels, &run.runs_on) {
-        return Some(format!("no agent with labels [{}]", run.runs_on.join(", ")));
+    let mut agents = match app.store.live_agents().await {
+        Ok(agents) => agents,
+        Err(e) => {
+            tracing::warn!(error = ?e, "failed to read the agents");
+            return None;
+        }
+    };
+    // This process's own agent counts before its first heartbeat is written.
+    if app.config.agent.capacity > 0 && !agents.iter().any(|a| a.instance == app.instance) {
+        agents.push(AgentRow {
+            name: app.config.agent.name(),
+            instance: app.instance.clone(),
+            labels: app.config.agent.labels.clone(),
+            capacity: app.config.agent.capacity as i64,
+            state: AgentState::Running,
+            docker_up: true,
+            heartbeat_at: crate::store::now_ms(),
+        });
+    }
+    let able: Vec<_> = agents
+        .iter()
+        .filter(|a| a.state == AgentState::Running && a.capacity > 0)
+        .filter(|a| labels_cover(&a.labels, &run.runs_on))
+        .collect();
+    if able.is_empty() {
+        return Some(match run.runs_on.is_empty() {
+            true => "no agent is running".to_owned(),
+            false => format!("no agent with labels [{}]", run.runs_on.join(", ")),
+        });
     }
     match app
         .store
         .running_in_group(&run.concurrency_group, run.id)
         .await
     {
-        Ok(Some(other)) => Some(format!("concurrency group busy with run {other}")),
-        Ok(None) => None,
+        Ok(Some(other)) => return Some(format!("concurrency group busy with run {other}")),
+        Ok(None) => {}
         Err(e) => {
             tracing::warn!(error = ?e, "failed to read a concurrency group");
-            None
+            return None;
         }
     }
+    able.iter()
+        .all(|a| !a.docker_up)
+        .then(|| "Docker is down".to_owned())
 }
 
 /// The filters of a runs list (the API's and the page's): empty values are no filter.

@@ -16,6 +16,15 @@ use crate::server::{
     http::{api, dispatch, login, metrics, ui, webhook},
 };
 
+/// `pipewright agent`'s routes: liveness and readiness (the database and the engine), and
+/// nothing else: an agent takes no webhooks and serves no API or UI.
+pub fn health_router(app: Arc<App>) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(api::readyz))
+        .with_state(app)
+}
+
 pub fn router(app: Arc<App>) -> Router {
     let limits = &app.config.server.http;
     let budget = body_budget(limits, webhook::MAX_BODY);

@@ -299,6 +299,7 @@ mod tests {
             started_at: None,
             finished_at: None,
             lease_owner: None,
+            agent: None,
         }
     }
 

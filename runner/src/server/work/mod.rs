@@ -3,6 +3,7 @@
 //! reviewed plans it keeps to, and retention (old runs, logs, mirrors).
 
 pub(super) mod access;
+pub(super) mod agents;
 pub(super) mod images;
 pub(super) mod keep;
 pub(super) mod plans;

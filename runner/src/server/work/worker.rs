@@ -2,11 +2,14 @@
 //! them on the local Docker engine with leases renewed while they run, and records steps,
 //! logs and the final state. One cancellation token per running run.
 
-use super::Work;
+use super::{Work, agents};
 use std::{
     io,
     path::{Path, PathBuf},
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
     time::Duration,
 };
 
@@ -27,7 +30,7 @@ use crate::{
     run::{Reports, RunFacts, RunObserver, RunResult, RunSetup, StepResult, run_plan},
     step_io::ReviewedPlan,
     store::{
-        LEASE, ReviewedPlanRow, Run, RunEnd, RunState, StepState, comments::NewComment, now_ms,
+        Claimant, ReviewedPlanRow, Run, RunEnd, RunState, StepState, comments::NewComment, now_ms,
     },
 };
 
@@ -76,23 +79,50 @@ pub async fn settle_lost(work: &Work<'_>) {
 }
 
 /// Claims and runs until `shutdown`; then waits for the runs under way. Expired leases
-/// are looked for every third of a lease.
+/// (of any agent) are looked for every third of a lease, at most every 10 s. With
+/// `[agent].capacity = 0` it claims nothing and writes no agent row: it only settles lost
+/// leases (a `serve` whose agents run the jobs). It claims only while the engine answers,
+/// and wakes on the runs channel (PostgreSQL), on this process's own changes, or every 2 s.
 pub async fn run(app: Arc<App>, shutdown: CancellationToken) {
-    let capacity = app.config.agent.capacity.max(1);
-    let _live = AgentLive::new(&app.metrics);
+    let capacity = app.config.agent.capacity;
+    let name = app.config.agent.name();
+    let lease = app.config.agent.lease;
+    let _live = (capacity > 0).then(|| AgentLive::new(&app.metrics));
+    let stop_helpers = CancellationToken::new();
+    let docker_up = Arc::new(AtomicBool::new(false));
+    let mut helpers = JoinSet::new();
+    helpers.spawn(agents::listen(app.clone(), stop_helpers.clone()).in_current_span());
+    if capacity > 0 {
+        helpers.spawn(
+            agents::heartbeat(
+                app.clone(),
+                name.clone(),
+                docker_up.clone(),
+                shutdown.clone(),
+                stop_helpers.clone(),
+            )
+            .in_current_span(),
+        );
+    }
+    let lease_check = (lease / 3).min(Duration::from_secs(10));
     let mut tasks: JoinSet<()> = JoinSet::new();
     let mut leases_checked: Option<tokio::time::Instant> = None;
     loop {
-        if leases_checked.is_none_or(|at| at.elapsed() >= LEASE / 3) {
+        if leases_checked.is_none_or(|at| at.elapsed() >= lease_check) {
             settle_lost(&app.work()).await;
             leases_checked = Some(tokio::time::Instant::now());
         }
-        while tasks.len() < capacity && !shutdown.is_cancelled() {
-            match app
-                .store
-                .claim_next(&app.scheduler.owner, &app.config.agent.labels)
-                .await
-            {
+        while tasks.len() < capacity
+            && !shutdown.is_cancelled()
+            && docker_up.load(Ordering::Relaxed)
+        {
+            let who = Claimant {
+                owner: &app.scheduler.owner,
+                agent: &name,
+                labels: &app.config.agent.labels,
+                lease,
+            };
+            match app.store.claim(&who).await {
                 Ok(Some(run)) => {
                     let span = info_span!("run", run_id = run.id, repo = %run.repo, sha = %run.sha, pipeline = %run.pipeline);
                     let app2 = app.clone();
@@ -111,13 +141,15 @@ pub async fn run(app: Arc<App>, shutdown: CancellationToken) {
         tokio::select! {
             _ = app.scheduler.wake.notified() => {}
             Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
-            _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+            _ = tokio::time::sleep(Duration::from_secs(2).min(lease_check)) => {}
             _ = shutdown.cancelled(), if !shutdown.is_cancelled() => {}
         }
         if shutdown.is_cancelled() && tasks.is_empty() {
-            return;
+            break;
         }
     }
+    stop_helpers.cancel();
+    while helpers.join_next().await.is_some() {}
 }
 
 /// Marks the claim loop live in the metrics while it is held.
@@ -159,10 +191,11 @@ async fn execute_in(work: Work<'_>, run: Run) {
     let lease = {
         let (store, owner) = (work.store.clone(), work.scheduler.owner.clone());
         let (id, cancel) = (run.id, cancel.clone());
+        let lease = work.config.agent.lease;
         tokio::spawn(async move {
             loop {
-                tokio::time::sleep(LEASE / 3).await;
-                match store.renew_lease(id, &owner).await {
+                tokio::time::sleep(lease / 3).await;
+                match store.renew_lease_for(id, &owner, lease).await {
                     Ok(true) => {}
                     Ok(false) => {
                         warn!(run_id = id, "lost the lease of the run: stopping it");
