@@ -131,6 +131,7 @@ impl LogStore {
             file,
             path,
             bytes: 0,
+            lines: 0,
             limit: self.limit,
             full: false,
             notify: Some(Notify {
@@ -139,6 +140,80 @@ impl LogStore {
                 written: self.written.clone(),
             }),
         })
+    }
+
+    /// A writer that goes on with a step's log as an earlier process left it (a restart
+    /// re-attaching to the step's container): a last line without its newline (a write
+    /// cut by the crash) is dropped, since the container's log has it whole; a log that had
+    /// reached its limit stays full.
+    pub fn appender(&self, run: i64, step: i64) -> io::Result<LogWriter> {
+        let path = self.path(run, step);
+        if let Some(dir) = path.parent() {
+            fs::create_dir_all(dir).map_err(|e| write_error(&path, e))?;
+        }
+        let held = match fs::read(&path) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => return Err(write_error(&path, e)),
+        };
+        let complete = held.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+        let file = OpenOptions::new()
+            .create(true)
+            .write(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(|e| write_error(&path, e))?;
+        file.set_len(complete as u64)
+            .map_err(|e| write_error(&path, e))?;
+        let mut file = file;
+        use std::io::Seek;
+        file.seek(io::SeekFrom::End(0))
+            .map_err(|e| write_error(&path, e))?;
+        let held = &held[..complete];
+        let last = held[..complete.saturating_sub(1)]
+            .iter()
+            .rposition(|b| *b == b'\n')
+            .map_or(0, |i| i + 1);
+        let full = held[last..].starts_with(LIMIT_NOTE.as_bytes());
+        Ok(LogWriter {
+            file,
+            path,
+            bytes: complete as u64,
+            lines: count_lines(held),
+            limit: self.limit,
+            full,
+            notify: Some(Notify {
+                lines: self.written.sender((run, step), true),
+                key: (run, step),
+                written: self.written.clone(),
+            }),
+        })
+    }
+
+    /// How many lines a step's log holds (complete ones: a last line without its newline
+    /// is not counted). 0 when it has none.
+    pub fn line_count(&self, run: i64, step: i64) -> io::Result<u64> {
+        match fs::read(self.path(run, step)) {
+            Ok(bytes) => Ok(count_lines(&bytes)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(0),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// How many of a step's log lines came before its container's own output (a pull's
+    /// progress), as [`LogWriter::mark_output_start`] recorded it; 0 when nothing was
+    /// recorded.
+    pub fn output_start(&self, run: i64, step: i64) -> io::Result<u64> {
+        match fs::read_to_string(start_path(&self.path(run, step))) {
+            Ok(text) => text.trim().parse().map_err(|_| {
+                io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("the output start of step {step} of run {run} is not a number"),
+                )
+            }),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(0),
+            Err(e) => Err(e),
+        }
     }
 
     /// Wakes its owner when a line of the step's log is written.
@@ -191,6 +266,8 @@ pub struct LogWriter {
     file: File,
     path: PathBuf,
     bytes: u64,
+    /// Lines written, those an appender found included.
+    lines: u64,
     limit: u64,
     /// The limit was reached: the note is written, lines are dropped.
     full: bool,
@@ -221,7 +298,7 @@ impl LogWriter {
         if self.bytes.saturating_add(line.len() as u64 + 1) > self.limit {
             self.full = true;
             let note = format!(
-                "pipewright: the log reached its limit of {} bytes ([docker].max_log_bytes); further output is dropped",
+                "{LIMIT_NOTE} {} bytes ([docker].max_log_bytes); further output is dropped",
                 self.limit
             );
             return self.write(note.as_bytes());
@@ -237,6 +314,7 @@ impl LogWriter {
             .write_all(&buf)
             .map_err(|e| write_error(&self.path, e))?;
         self.bytes += buf.len() as u64;
+        self.lines += 1;
         if let Some(notify) = &self.notify {
             notify.lines.send_modify(|n| *n += 1);
         }
@@ -246,6 +324,26 @@ impl LogWriter {
     pub fn bytes(&self) -> u64 {
         self.bytes
     }
+
+    /// Records that the step's container starts here: the lines so far were Pipewright's
+    /// (a pull's progress), the rest will be the container's own output, which a restart
+    /// re-reads from the engine's log ([`LogStore::output_start`]).
+    pub fn mark_output_start(&self) -> io::Result<()> {
+        let path = start_path(&self.path);
+        fs::write(&path, self.lines.to_string()).map_err(|e| write_error(&path, e))
+    }
+}
+
+/// The start of the note written when a log reaches its limit.
+const LIMIT_NOTE: &str = "pipewright: the log reached its limit of";
+
+/// Where [`LogWriter::mark_output_start`] keeps its count: beside the log.
+fn start_path(log: &Path) -> PathBuf {
+    log.with_extension("start")
+}
+
+fn count_lines(bytes: &[u8]) -> u64 {
+    bytes.iter().filter(|b| **b == b'\n').count() as u64
 }
 
 /// A failed write of the log at `path`, said plainly: "the log disk is full: …" when it is
@@ -334,6 +432,49 @@ mod tests {
         assert!(lines[2].contains("max_log_bytes"), "{text}");
     }
 
+    #[test]
+    fn an_appender_goes_on_after_the_last_whole_line_and_lines_are_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LogStore::new(dir.path().to_path_buf());
+        let mut writer = store.writer(1, 0).unwrap();
+        writer.line(b"pulling").unwrap();
+        writer.mark_output_start().unwrap();
+        writer.line(b"line-1").unwrap();
+        drop(writer);
+        // A crash in the middle of a write.
+        let mut file = OpenOptions::new()
+            .append(true)
+            .open(store.path(1, 0))
+            .unwrap();
+        file.write_all(b"line-").unwrap();
+        assert_eq!(store.line_count(1, 0).unwrap(), 2);
+        assert_eq!(store.output_start(1, 0).unwrap(), 1);
+        let mut appender = store.appender(1, 0).unwrap();
+        appender.line(b"line-2").unwrap();
+        assert_eq!(
+            store.read(1, 0).unwrap().unwrap(),
+            b"pulling\nline-1\nline-2\n"
+        );
+        assert_eq!(store.line_count(1, 0).unwrap(), 3);
+        assert_eq!(store.line_count(1, 9).unwrap(), 0);
+        assert_eq!(store.output_start(1, 9).unwrap(), 0);
+    }
+
+    #[test]
+    fn an_appender_of_a_full_log_stays_full() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LogStore::new(dir.path().to_path_buf()).with_limit(10);
+        let mut writer = store.writer(1, 0).unwrap();
+        for line in ["1234", "5678", "9"] {
+            writer.line(line.as_bytes()).unwrap();
+        }
+        drop(writer);
+        let before = store.read(1, 0).unwrap().unwrap();
+        let mut appender = store.appender(1, 0).unwrap();
+        appender.line(b"more").unwrap();
+        assert_eq!(store.read(1, 0).unwrap().unwrap(), before);
+    }
+
     /// `/dev/full` answers every write with `ENOSPC`, as a full disk does.
     #[test]
     fn a_full_disk_is_an_error_that_says_so_and_names_the_file() {
@@ -343,6 +484,7 @@ mod tests {
             file,
             path,
             bytes: 0,
+            lines: 0,
             limit: u64::MAX,
             full: false,
             notify: None,

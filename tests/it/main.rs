@@ -11,6 +11,7 @@ mod metrics;
 mod offline;
 mod operations;
 mod outbox;
+mod reattach;
 mod registries;
 mod retention;
 mod schedules;

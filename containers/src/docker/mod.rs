@@ -45,8 +45,8 @@ use tokio_util::sync::CancellationToken;
 pub use keep::KeptImage;
 
 use crate::{
-    BuildOutcome, BuildSpec, DEFAULT_STOP_GRACE, ExecError, Executor, LogSink, Outcome,
-    PushOutcome, RegistryAuth, StepSpec,
+    BuildOutcome, BuildSpec, DEFAULT_STOP_GRACE, ExecError, Executor, LeftContainer, LogSink,
+    Outcome, PushOutcome, RegistryAuth, StepSpec,
 };
 
 /// How Pipewright reaches the Docker engine.
@@ -167,6 +167,29 @@ impl Executor for DockerExecutor {
 
     async fn local_image_id(&self, reference: &str) -> Result<Option<String>, ExecError> {
         self.find_image(reference).await
+    }
+
+    async fn left_containers(
+        &self,
+        labels: &[(String, String)],
+    ) -> Result<Vec<LeftContainer>, ExecError> {
+        self.find_left(labels).await
+    }
+
+    async fn follow_existing(
+        &self,
+        id: &str,
+        skip_lines: u64,
+        timeout: Option<Duration>,
+        sink: &mut dyn LogSink,
+        cancel: &CancellationToken,
+    ) -> Result<Outcome, ExecError> {
+        self.follow_left(id, skip_lines, timeout, sink, cancel)
+            .await
+    }
+
+    async fn remove_container(&self, id: &str) -> Result<bool, ExecError> {
+        self.remove_one(id).await
     }
 }
 
