@@ -29,6 +29,10 @@
 //!   order, the order between the two streams is not kept (a tight loop of `echo a; echo b
 //!   >&2` arrives in runs of one stream, through the docker CLI as well). Only a step that
 //!   writes both into one pipe (`2>&1`) has them in the order written.
+//! - A container a crashed process left is followed through its log (`logs` with `follow`,
+//!   from the start), which the log driver (`json-file` by default) holds whole, while an
+//!   attach would give only what is printed from then on. Its order between the two streams
+//!   is the log copier's, which may differ from an attach's.
 
 mod images;
 mod keep;
