@@ -30,6 +30,9 @@ pub const LABEL_RUN: &str = "io.pipewright.run";
 pub const LABEL_INSTANCE: &str = "io.pipewright.instance";
 /// Label naming the step (its name in the pipeline) a container runs.
 pub const LABEL_STEP: &str = "io.pipewright.step";
+/// Label holding the step's index in its run's plan (`0`, `1`, …), by which a restarted
+/// process finds the container of the step it left running.
+pub const LABEL_STEP_INDEX: &str = "io.pipewright.step-index";
 /// Label of a keeper: a container that is created and never started, whose only purpose is
 /// to reference an image so that the engine's GC (`docker image prune -a`) keeps it. Its
 /// value is the image reference kept. Keepers carry [`LABEL_MANAGED`] and
@@ -149,6 +152,59 @@ pub trait LogSink: Send {
     fn piece(&mut self, stream: Stream, piece: &[u8]) -> io::Result<()> {
         self.line(stream, piece)
     }
+
+    /// The step's container has started: every line from here on is the container's own
+    /// output (what came before was Pipewright's, such as a pull's progress). A restarted
+    /// process re-attaching to the container skips only the lines stored after this.
+    fn started(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A step container an earlier process left on the engine, found by its labels
+/// ([`Executor::left_containers`]).
+#[derive(Clone)]
+pub struct LeftContainer {
+    pub id: String,
+    /// Its labels, sorted.
+    pub labels: Vec<(String, String)>,
+    pub state: LeftState,
+    /// Its environment as created (it may hold the secrets and the identity token the
+    /// step was given, which its output must be masked for). [`Debug`](fmt::Debug) prints
+    /// the names only.
+    pub env: Vec<(String, String)>,
+}
+
+impl fmt::Debug for LeftContainer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LeftContainer")
+            .field("id", &self.id)
+            .field("labels", &self.labels)
+            .field("state", &self.state)
+            .field("env", &self.env.iter().map(|(k, _)| k).collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+impl LeftContainer {
+    /// The value of a label, if it has it.
+    pub fn label(&self, name: &str) -> Option<&str> {
+        self.labels
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Where a left container is in its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LeftState {
+    /// Created and never started.
+    Created,
+    /// Started and not ended (paused and restarting count as running).
+    Running,
+    /// Its process ended; the engine has its exit status and its whole output.
+    Exited,
 }
 
 /// How a step ended. A failing step is an outcome, not an error.
@@ -408,4 +464,45 @@ pub trait Executor: Send + Sync + 'static {
         instance: &str,
         keep: &[String],
     ) -> impl Future<Output = Result<usize, ExecError>> + Send;
+
+    /// The step containers (labelled [`LABEL_MANAGED`], keepers excluded) that carry every
+    /// label of `labels` with its value, oldest first: what a restarted process looks for
+    /// to re-attach to the steps it left running. An executor without containers has none.
+    fn left_containers(
+        &self,
+        labels: &[(String, String)],
+    ) -> impl Future<Output = Result<Vec<LeftContainer>, ExecError>> + Send {
+        let _ = labels;
+        async { Ok(Vec::new()) }
+    }
+
+    /// Follows a container that an earlier process created and started (running, or
+    /// exited since), as [`run_step`](Executor::run_step) would have: its output from the
+    /// engine's log, the first `skip_lines` lines (and pieces of long lines, as the sink
+    /// would have received them) left out because the step's log already holds them; the
+    /// step stopped (SIGTERM, grace, SIGKILL) when `timeout` (what is left of the step's)
+    /// runs out or `cancel` fires; its exit status read once it has stopped; the container
+    /// removed on every path. It is never started: a container that was created and not
+    /// started is not a step to follow. An executor without containers has nothing to follow.
+    fn follow_existing(
+        &self,
+        id: &str,
+        skip_lines: u64,
+        timeout: Option<Duration>,
+        sink: &mut dyn LogSink,
+        cancel: &CancellationToken,
+    ) -> impl Future<Output = Result<Outcome, ExecError>> + Send {
+        let _ = (id, skip_lines, timeout, sink, cancel);
+        async {
+            Err(ExecError::Engine(
+                "this executor cannot follow an existing container".into(),
+            ))
+        }
+    }
+
+    /// Removes (killing it if running) one container; `Ok(false)` when it was gone.
+    fn remove_container(&self, id: &str) -> impl Future<Output = Result<bool, ExecError>> + Send {
+        let _ = id;
+        async { Ok(false) }
+    }
 }

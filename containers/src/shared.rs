@@ -4,9 +4,11 @@
 
 use std::{fmt, future::Future, pin::Pin, sync::Arc};
 
+use std::time::Duration;
+
 use crate::{
-    BuildOutcome, BuildSpec, CancellationToken, ExecError, Executor, LogSink, Outcome, PushOutcome,
-    RegistryAuth, StepSpec,
+    BuildOutcome, BuildSpec, CancellationToken, ExecError, Executor, LeftContainer, LogSink,
+    Outcome, PushOutcome, RegistryAuth, StepSpec,
 };
 
 type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -58,6 +60,19 @@ trait DynExecutor: Send + Sync + 'static {
         instance: &'a str,
         keep: &'a [String],
     ) -> BoxFuture<'a, Result<usize, ExecError>>;
+    fn left_containers<'a>(
+        &'a self,
+        labels: &'a [(String, String)],
+    ) -> BoxFuture<'a, Result<Vec<LeftContainer>, ExecError>>;
+    fn follow_existing<'a>(
+        &'a self,
+        id: &'a str,
+        skip_lines: u64,
+        timeout: Option<Duration>,
+        sink: &'a mut dyn LogSink,
+        cancel: &'a CancellationToken,
+    ) -> BoxFuture<'a, Result<Outcome, ExecError>>;
+    fn remove_container<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<bool, ExecError>>;
 }
 
 impl<E: Executor> DynExecutor for E {
@@ -124,6 +139,27 @@ impl<E: Executor> DynExecutor for E {
         keep: &'a [String],
     ) -> BoxFuture<'a, Result<usize, ExecError>> {
         Box::pin(Executor::release_images(self, instance, keep))
+    }
+    fn left_containers<'a>(
+        &'a self,
+        labels: &'a [(String, String)],
+    ) -> BoxFuture<'a, Result<Vec<LeftContainer>, ExecError>> {
+        Box::pin(Executor::left_containers(self, labels))
+    }
+    fn follow_existing<'a>(
+        &'a self,
+        id: &'a str,
+        skip_lines: u64,
+        timeout: Option<Duration>,
+        sink: &'a mut dyn LogSink,
+        cancel: &'a CancellationToken,
+    ) -> BoxFuture<'a, Result<Outcome, ExecError>> {
+        Box::pin(Executor::follow_existing(
+            self, id, skip_lines, timeout, sink, cancel,
+        ))
+    }
+    fn remove_container<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<bool, ExecError>> {
+        Box::pin(Executor::remove_container(self, id))
     }
 }
 
@@ -212,5 +248,29 @@ impl Executor for SharedExecutor {
 
     async fn release_images(&self, instance: &str, keep: &[String]) -> Result<usize, ExecError> {
         self.inner.release_images(instance, keep).await
+    }
+
+    async fn left_containers(
+        &self,
+        labels: &[(String, String)],
+    ) -> Result<Vec<LeftContainer>, ExecError> {
+        self.inner.left_containers(labels).await
+    }
+
+    async fn follow_existing(
+        &self,
+        id: &str,
+        skip_lines: u64,
+        timeout: Option<Duration>,
+        sink: &mut dyn LogSink,
+        cancel: &CancellationToken,
+    ) -> Result<Outcome, ExecError> {
+        self.inner
+            .follow_existing(id, skip_lines, timeout, sink, cancel)
+            .await
+    }
+
+    async fn remove_container(&self, id: &str) -> Result<bool, ExecError> {
+        self.inner.remove_container(id).await
     }
 }

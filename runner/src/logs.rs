@@ -197,10 +197,12 @@ impl LogStore {
         };
         if let Some(store) = &self.db {
             return Ok(LogWriter {
-                sink: Sink::Db(DbWriter::start(store.clone(), run, step, notify)),
+                sink: Sink::Db(DbWriter::start(store.clone(), run, step, None, notify)),
                 bytes: 0,
+                lines: 0,
                 limit: self.limit,
                 full: false,
+                start_file: start_path(&self.path(run, step)),
             });
         }
         let path = self.path(run, step);
@@ -214,15 +216,99 @@ impl LogStore {
             .open(&path)
             .map_err(|e| write_error(&path, e))?;
         Ok(LogWriter {
+            start_file: start_path(&path),
             sink: Sink::File {
                 file,
                 path,
                 notify: Some(notify),
             },
             bytes: 0,
+            lines: 0,
             limit: self.limit,
             full: false,
         })
+    }
+
+    /// A writer that goes on with a step's log as an earlier process left it (a restart
+    /// re-attaching to the step's container): a last line without its newline (a write
+    /// cut by the crash) is dropped, since the container's log has it whole; a log that had
+    /// reached its limit stays full. In the database, the lines a crash kept from their
+    /// batch are not there either, and come again from the container's log the same way.
+    pub async fn appender(&self, run: i64, step: i64) -> io::Result<LogWriter> {
+        let notify = Notify {
+            lines: self.written.sender((run, step), true),
+            key: (run, step),
+            written: self.written.clone(),
+        };
+        let path = self.path(run, step);
+        if let Some(store) = &self.db {
+            let held = self.read(run, step).await?.unwrap_or_default();
+            let lines = count_lines(&held);
+            return Ok(LogWriter {
+                sink: Sink::Db(DbWriter::start(
+                    store.clone(),
+                    run,
+                    step,
+                    Some(lines as i64),
+                    notify,
+                )),
+                bytes: held.len() as u64,
+                lines,
+                limit: self.limit,
+                full: ends_full(&held),
+                start_file: start_path(&path),
+            });
+        }
+        if let Some(dir) = path.parent() {
+            fs::create_dir_all(dir).map_err(|e| write_error(&path, e))?;
+        }
+        let held = match fs::read(&path) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => return Err(write_error(&path, e)),
+        };
+        let complete = held.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+        let mut file = OpenOptions::new()
+            .create(true)
+            .write(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(|e| write_error(&path, e))?;
+        file.set_len(complete as u64)
+            .map_err(|e| write_error(&path, e))?;
+        use std::io::Seek;
+        file.seek(io::SeekFrom::End(0))
+            .map_err(|e| write_error(&path, e))?;
+        let held = &held[..complete];
+        Ok(LogWriter {
+            start_file: start_path(&path),
+            sink: Sink::File {
+                file,
+                path,
+                notify: Some(notify),
+            },
+            bytes: complete as u64,
+            lines: count_lines(held),
+            limit: self.limit,
+            full: ends_full(held),
+        })
+    }
+
+    /// How many of a step's log lines came before its container's own output (a pull's
+    /// progress), as [`LogWriter::mark_output_start`] recorded it; 0 when nothing was
+    /// recorded. Kept on the host that runs the step (the one that re-attaches), beside
+    /// where its log file would be, whatever the backend.
+    pub fn output_start(&self, run: i64, step: i64) -> io::Result<u64> {
+        match fs::read_to_string(start_path(&self.path(run, step))) {
+            Ok(text) => text.trim().parse().map_err(|_| {
+                io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("the output start of step {step} of run {run} is not a number"),
+                )
+            }),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(0),
+            Err(e) => Err(e),
+        }
     }
 
     /// Wakes its owner when a line of the step's log is written.
@@ -452,6 +538,10 @@ fn read_error(e: StoreError) -> io::Error {
 pub struct LogWriter {
     sink: Sink,
     bytes: u64,
+    /// Lines written, those an appender found included.
+    lines: u64,
+    /// Where [`LogWriter::mark_output_start`] writes.
+    start_file: PathBuf,
     limit: u64,
     /// The limit was reached: the note is written, lines are dropped.
     full: bool,
@@ -491,7 +581,7 @@ impl LogWriter {
         if self.bytes.saturating_add(line.len() as u64 + 1) > self.limit {
             self.full = true;
             let note = format!(
-                "pipewright: the log reached its limit of {} bytes ([docker].max_log_bytes); further output is dropped",
+                "{LIMIT_NOTE} {} bytes ([docker].max_log_bytes); further output is dropped",
                 self.limit
             );
             return self.write(note.as_bytes());
@@ -513,11 +603,23 @@ impl LogWriter {
             Sink::Db(db) => db.push(line)?,
         }
         self.bytes += line.len() as u64 + 1;
+        self.lines += 1;
         Ok(())
     }
 
     pub fn bytes(&self) -> u64 {
         self.bytes
+    }
+
+    /// Records that the step's container starts here: the lines so far were Pipewright's
+    /// (a pull's progress), the rest will be the container's own output, which a restart
+    /// re-reads from the engine's log ([`LogStore::output_start`]).
+    pub fn mark_output_start(&self) -> io::Result<()> {
+        let path = &self.start_file;
+        if let Some(dir) = path.parent() {
+            fs::create_dir_all(dir).map_err(|e| write_error(path, e))?;
+        }
+        fs::write(path, self.lines.to_string()).map_err(|e| write_error(path, e))
     }
 
     /// Ends the log: what waits is written (in the database), and an error that came after
@@ -562,9 +664,10 @@ impl DbShared {
 }
 
 impl DbWriter {
-    fn start(store: Store, run: i64, step: i64, notify: Notify) -> DbWriter {
+    /// Writes from line `first` on, or (`None`) clears the step's log and writes from 0.
+    fn start(store: Store, run: i64, step: i64, first: Option<i64>, notify: Notify) -> DbWriter {
         let shared = Arc::new(DbShared::default());
-        let task = tokio::spawn(flush_loop(store, run, step, shared.clone(), notify));
+        let task = tokio::spawn(flush_loop(store, run, step, first, shared.clone(), notify));
         DbWriter {
             shared,
             task: Some(task),
@@ -615,14 +718,26 @@ impl Drop for DbWriter {
 /// Writes a step's waiting lines in batches until the writer is done or a write fails.
 /// Followers on this host are woken after each batch (`notify`, dropped at the end, wakes
 /// them once more).
-async fn flush_loop(store: Store, run: i64, step: i64, shared: Arc<DbShared>, notify: Notify) {
+async fn flush_loop(
+    store: Store,
+    run: i64,
+    step: i64,
+    first: Option<i64>,
+    shared: Arc<DbShared>,
+    notify: Notify,
+) {
     let fail = |e: StoreError| {
         shared.lock().failed = Some(db_write_error(run, step, &e));
     };
-    if let Err(e) = store.log_clear(run, step).await {
-        return fail(e);
-    }
-    let mut next = 0i64;
+    let mut next = match first {
+        Some(first) => first,
+        None => {
+            if let Err(e) = store.log_clear(run, step).await {
+                return fail(e);
+            }
+            0
+        }
+    };
     loop {
         shared.wake.notified().await;
         // Let a batch gather, unless it is big already or the writer is done.
@@ -677,6 +792,25 @@ fn db_write_error(run: i64, step: i64, e: &StoreError) -> (io::ErrorKind, String
             format!("cannot write the log of run {run} step {step} to the database: {why}"),
         ),
     }
+}
+
+/// The start of the note written when a log reaches its limit.
+const LIMIT_NOTE: &str = "pipewright: the log reached its limit of";
+
+/// Where [`LogWriter::mark_output_start`] keeps its count: beside the log's file.
+fn start_path(log: &Path) -> PathBuf {
+    log.with_extension("start")
+}
+
+fn count_lines(bytes: &[u8]) -> u64 {
+    bytes.iter().filter(|b| **b == b'\n').count() as u64
+}
+
+/// Whether the complete lines `held` end with the limit's note.
+fn ends_full(held: &[u8]) -> bool {
+    let body = held.strip_suffix(b"\n").unwrap_or(held);
+    let last = body.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+    body[last..].starts_with(LIMIT_NOTE.as_bytes())
 }
 
 /// A failed write of the log at `path`, said plainly: "the log disk is full: …" when it is
@@ -765,6 +899,49 @@ mod tests {
         assert!(lines[2].contains("max_log_bytes"), "{text}");
     }
 
+    #[tokio::test]
+    async fn an_appender_goes_on_after_the_last_whole_line_and_lines_are_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LogStore::new(dir.path().to_path_buf());
+        let mut writer = store.writer(1, 0).unwrap();
+        writer.line(b"pulling").unwrap();
+        writer.mark_output_start().unwrap();
+        writer.line(b"line-1").unwrap();
+        drop(writer);
+        // A crash in the middle of a write.
+        let mut file = OpenOptions::new()
+            .append(true)
+            .open(store.path(1, 0))
+            .unwrap();
+        file.write_all(b"line-").unwrap();
+        assert_eq!(store.line_count(1, 0).await.unwrap(), 2);
+        assert_eq!(store.output_start(1, 0).unwrap(), 1);
+        let mut appender = store.appender(1, 0).await.unwrap();
+        appender.line(b"line-2").unwrap();
+        assert_eq!(
+            store.read(1, 0).await.unwrap().unwrap(),
+            b"pulling\nline-1\nline-2\n"
+        );
+        assert_eq!(store.line_count(1, 0).await.unwrap(), 3);
+        assert_eq!(store.line_count(1, 9).await.unwrap(), 0);
+        assert_eq!(store.output_start(1, 9).unwrap(), 0);
+    }
+
+    #[tokio::test]
+    async fn an_appender_of_a_full_log_stays_full() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LogStore::new(dir.path().to_path_buf()).with_limit(10);
+        let mut writer = store.writer(1, 0).unwrap();
+        for line in ["1234", "5678", "9"] {
+            writer.line(line.as_bytes()).unwrap();
+        }
+        drop(writer);
+        let before = store.read(1, 0).await.unwrap().unwrap();
+        let mut appender = store.appender(1, 0).await.unwrap();
+        appender.line(b"more").unwrap();
+        assert_eq!(store.read(1, 0).await.unwrap().unwrap(), before);
+    }
+
     /// `/dev/full` answers every write with `ENOSPC`, as a full disk does.
     #[test]
     fn a_full_disk_is_an_error_that_says_so_and_names_the_file() {
@@ -777,8 +954,10 @@ mod tests {
                 notify: None,
             },
             bytes: 0,
+            lines: 0,
             limit: u64::MAX,
             full: false,
+            start_file: PathBuf::from("/dev/null"),
         };
         let err = writer.line(b"hello").unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::StorageFull);

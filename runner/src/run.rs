@@ -9,8 +9,8 @@ use std::{
 };
 
 use pipewright_containers::{
-    CancellationToken, ExecError, Executor, LABEL_INSTANCE, LABEL_RUN, LABEL_STEP, Mount, Outcome,
-    StepSpec,
+    CancellationToken, ExecError, Executor, LABEL_INSTANCE, LABEL_RUN, LABEL_STEP,
+    LABEL_STEP_INDEX, Mount, Outcome, StepSpec,
 };
 use pipewright_pipelines::{DEFAULT_CLEANUP_TIMEOUT, Plan, PlannedAction, PlannedStep, Shell};
 
@@ -83,6 +83,39 @@ fn masked_result(masker: &Masker, result: StepResult) -> StepResult {
     }
 }
 
+/// Where a run that a restart of Pipewright interrupted goes on (decided by the server's
+/// `work/reattach.rs` from the recorded steps and the containers left on the engine).
+#[derive(Debug, Default)]
+pub struct Resume {
+    /// The steps before this index ended before the restart; their results are recorded.
+    pub from: usize,
+    /// The verdict those steps made (`None`: success so far).
+    pub verdict: Option<RunResult>,
+    /// How long the run had been running.
+    pub elapsed: Duration,
+    /// What became of the step at `from`, when it had started; `None`: it had not (or
+    /// every step had ended), and the run goes on as it would have.
+    pub step: Option<ResumedStep>,
+}
+
+/// The step a restart found under way.
+#[derive(Debug)]
+pub enum ResumedStep {
+    /// Its container is there (running, or exited since): followed to its end.
+    Follow {
+        container: String,
+        /// Lines of its output the step's log already holds.
+        skip_lines: u64,
+        /// How long it had been running (counted against its timeout).
+        elapsed: Duration,
+        /// The container's environment as created: the values of its secrets and of the
+        /// identity token it was given are masked in its output.
+        env: Vec<(String, String)>,
+    },
+    /// It cannot go on: it ends `error` with this description, and the run with it.
+    Lost(String),
+}
+
 /// Runs every step of `plan`. `Err` only when the container engine failed under us.
 pub async fn run_plan<E: Executor, O: RunObserver>(
     executor: &E,
@@ -91,8 +124,23 @@ pub async fn run_plan<E: Executor, O: RunObserver>(
     observer: &mut O,
     cancel: &CancellationToken,
 ) -> Result<(RunResult, Reports), ExecError> {
-    let deadline = Instant::now() + plan.timeout;
-    let mut result = RunResult::Success;
+    run_plan_resumed(executor, plan, setup, observer, cancel, &Resume::default()).await
+}
+
+/// [`run_plan`] for a run that a restart interrupted: the steps before `resume.from` are
+/// over, the step at it is followed (or ends as lost), the rest run as they would have
+/// (the cleanup steps' `when.status` rules included), within what is left of the run's
+/// timeout. No step that had started is started again.
+pub async fn run_plan_resumed<E: Executor, O: RunObserver>(
+    executor: &E,
+    plan: &Plan,
+    setup: &RunSetup<'_>,
+    observer: &mut O,
+    cancel: &CancellationToken,
+    resume: &Resume,
+) -> Result<(RunResult, Reports), ExecError> {
+    let deadline = Instant::now() + plan.timeout.saturating_sub(resume.elapsed);
+    let mut result = resume.verdict.clone().unwrap_or(RunResult::Success);
     let mut reports = Reports::default();
     let ceiling = setup.defaults.max_timeout;
     // A run refused before its first step runs no step at all, cleanup steps included:
@@ -117,7 +165,7 @@ pub async fn run_plan<E: Executor, O: RunObserver>(
     // Until the first step that runs has waited for it, the workspace may be incomplete.
     let mut workspace_gate = setup.workspace_ready.clone();
     let mut unready: Option<String> = None;
-    for step in &plan.steps {
+    for step in plan.steps.iter().skip(resume.from) {
         let started = Instant::now();
         // A cancel between steps (or during a cleanup step, which it does not stop) ends
         // the run as cancelled all the same.
@@ -128,6 +176,89 @@ pub async fn run_plan<E: Executor, O: RunObserver>(
         // that run after a failure run, and none of them changes the run's verdict.
         let failing = result != RunResult::Success;
         let cleanup = step.runs_after.failure;
+        if step.index == resume.from
+            && let Some(resumed) = &resume.step
+        {
+            let step_result = match resumed {
+                ResumedStep::Lost(why) => StepResult::Unrunnable(why.clone()),
+                ResumedStep::Follow {
+                    container,
+                    skip_lines,
+                    elapsed,
+                    env,
+                } => {
+                    let left = deadline.saturating_duration_since(started);
+                    let limit = if cleanup {
+                        step.timeout
+                            .unwrap_or(DEFAULT_CLEANUP_TIMEOUT.min(ceiling))
+                            .saturating_sub(*elapsed)
+                    } else {
+                        step.timeout
+                            .map_or(left, |t| t.saturating_sub(*elapsed).min(left))
+                    };
+                    let step_cancel = if cleanup { &never_cancelled } else { cancel };
+                    observer.step_started(step).await;
+                    let extras = (setup.extras)(step);
+                    // What the container was given: this process's login gave new values
+                    // (a new identity token), the container has the old ones.
+                    let given = |name: &str| {
+                        matches!(name, "PIPEWRIGHT_ID_TOKEN" | "TERRAFORM_VAULT_AUTH_JWT")
+                            || extras
+                                .env
+                                .iter()
+                                .chain(&extras.sourced_env)
+                                .any(|(n, v)| n == name && extras.secret_values.contains(v))
+                    };
+                    let old = env.iter().filter(|(n, _)| given(n)).map(|(_, v)| v.clone());
+                    for value in extras.secret_values.iter().cloned().chain(old) {
+                        if !secret_values.contains(&value) {
+                            secret_values.push(value);
+                        }
+                    }
+                    let mut sink = StepSink::new(
+                        &mut *observer,
+                        step,
+                        Masker::new(secret_values.iter().map(String::as_str)),
+                    );
+                    // An action's own work between its containers cannot be resumed: its
+                    // container runs to its end (a `tofu apply` is not cut short), and
+                    // the step ends as interrupted.
+                    let action = match &step.action {
+                        PlannedAction::Uses { action, .. } => Some(action.to_string()),
+                        PlannedAction::Run { .. } => None,
+                    };
+                    let skip = if action.is_some() {
+                        u64::MAX
+                    } else {
+                        *skip_lines
+                    };
+                    let followed = executor
+                        .follow_existing(container, skip, Some(limit), &mut sink, step_cancel)
+                        .await;
+                    let step_result = match (followed, action) {
+                        (Ok(outcome), None) => StepResult::Ran(outcome),
+                        (Ok(outcome), Some(action)) => StepResult::Unrunnable(format!(
+                            "interrupted: Pipewright stopped during the `{action}` action, which cannot go on after a restart (its last container {outcome}); not retried automatically"
+                        )),
+                        (Err(ExecError::Sink(e)), _) => log_lost(&e),
+                        (Err(e), _) => return Err(e),
+                    };
+                    let step_result = match sink.flush() {
+                        Ok(()) => step_result,
+                        Err(e) => log_lost(&e),
+                    };
+                    run_masker = run_masker.union(&sink.masker);
+                    masked_result(&run_masker, step_result)
+                }
+            };
+            observer
+                .step_finished(step, &step_result, started.elapsed())
+                .await;
+            if !failing {
+                result = verdict_after(step, step_result);
+            }
+            continue;
+        }
         if refused || unready.is_some() || failing && !cleanup {
             observer
                 .step_finished(step, &StepResult::NotRun, Duration::ZERO)
@@ -289,27 +420,7 @@ pub async fn run_plan<E: Executor, O: RunObserver>(
             // says so in its own state.
             continue;
         }
-        result = match step_result {
-            StepResult::Ran(Outcome::Succeeded)
-            | StepResult::Skipped
-            | StepResult::NotRun
-            | StepResult::NotNeeded => RunResult::Success,
-            StepResult::Ran(Outcome::Cancelled) => RunResult::Cancelled,
-            StepResult::Ran(
-                ref o @ (Outcome::ImageUnavailable { .. } | Outcome::StartFailed { .. }),
-            ) => RunResult::Error(format!("step {}: {o}", step.name)),
-            StepResult::Ran(_) if step.continue_on_error => RunResult::Success,
-            StepResult::Ran(o) => RunResult::Failure {
-                step: step.name.clone(),
-                why: o.to_string(),
-            },
-            StepResult::Failed(_) if step.continue_on_error => RunResult::Success,
-            StepResult::Failed(why) => RunResult::Failure {
-                step: step.name.clone(),
-                why: format!("failed: {why}"),
-            },
-            StepResult::Unrunnable(why) => RunResult::Error(format!("step {}: {why}", step.name)),
-        };
+        result = verdict_after(step, step_result);
     }
     if result == RunResult::Success && cancel.is_cancelled() {
         result = RunResult::Cancelled;
@@ -320,6 +431,31 @@ pub async fn run_plan<E: Executor, O: RunObserver>(
         }
     }
     Ok((result, masked_reports(&run_masker, reports)))
+}
+
+/// The run's verdict after a step that ran while it was still a success.
+fn verdict_after(step: &PlannedStep, step_result: StepResult) -> RunResult {
+    match step_result {
+        StepResult::Ran(Outcome::Succeeded)
+        | StepResult::Skipped
+        | StepResult::NotRun
+        | StepResult::NotNeeded => RunResult::Success,
+        StepResult::Ran(Outcome::Cancelled) => RunResult::Cancelled,
+        StepResult::Ran(
+            ref o @ (Outcome::ImageUnavailable { .. } | Outcome::StartFailed { .. }),
+        ) => RunResult::Error(format!("step {}: {o}", step.name)),
+        StepResult::Ran(_) if step.continue_on_error => RunResult::Success,
+        StepResult::Ran(o) => RunResult::Failure {
+            step: step.name.clone(),
+            why: o.to_string(),
+        },
+        StepResult::Failed(_) if step.continue_on_error => RunResult::Success,
+        StepResult::Failed(why) => RunResult::Failure {
+            step: step.name.clone(),
+            why: format!("failed: {why}"),
+        },
+        StepResult::Unrunnable(why) => RunResult::Error(format!("step {}: {why}", step.name)),
+    }
 }
 
 /// A step whose log could not be written (a full disk: the executor stopped it at the
@@ -456,6 +592,7 @@ fn spec_for(step: &PlannedStep, setup: &RunSetup<'_>, limit: Duration) -> StepSp
             (LABEL_INSTANCE.into(), setup.instance.into()),
             (LABEL_RUN.into(), setup.run_id.into()),
             (LABEL_STEP.into(), step.name.clone()),
+            (LABEL_STEP_INDEX.into(), step.index.to_string()),
         ],
         memory_bytes: Some(step.memory.unwrap_or(setup.defaults.memory_bytes) as i64),
         pids_limit: Some(step.pids.unwrap_or(setup.defaults.pids) as i64),

@@ -58,6 +58,31 @@ pub fn remove_leftovers(dir: &Path, owner: &str) -> io::Result<usize> {
     Ok(count)
 }
 
+/// Removes what runs of `owner` left in `dir`, except the directories named in `keep`
+/// (`run-<id>`: runs a restart re-attaches to, whose containers mount them). Returns how
+/// many run directories were removed.
+pub fn remove_leftovers_except(dir: &Path, owner: &str, keep: &[String]) -> io::Result<usize> {
+    if keep.is_empty() {
+        return remove_leftovers(dir, owner);
+    }
+    let mine = dir.join(owner);
+    let entries = match fs::read_dir(&mine) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(e),
+    };
+    let mut removed = 0;
+    for entry in entries {
+        let entry = entry?;
+        if keep.iter().any(|k| entry.file_name() == k.as_str()) {
+            continue;
+        }
+        fs::remove_dir_all(entry.path())?;
+        removed += 1;
+    }
+    Ok(removed)
+}
+
 /// A run's directory under `secrets_dir`: `<owner>/<run>/files/…` (mounted at
 /// `/run/secrets`) and `<owner>/<run>/env` (mounted at [`ENV_FILE_IN_CONTAINER`]).
 /// Removed on drop.
@@ -119,6 +144,30 @@ impl RunSecretsDir {
             made.env_file = Some(path);
         }
         Ok(Some(made))
+    }
+
+    /// The directory an earlier process of `owner` made for the run, taken over as it is:
+    /// a container that process started mounts it, and replacing it would leave that
+    /// container an empty directory (its files keep the values read when the run began).
+    /// Without one, a new one as [`create`](RunSecretsDir::create) makes it.
+    pub fn adopt_or_create(
+        secrets_dir: &Path,
+        owner: &str,
+        run: &str,
+        files: &[(String, String)],
+        env: Option<&[(String, String)]>,
+    ) -> Result<Option<RunSecretsDir>, String> {
+        let root = secrets_dir.join(owner).join(run);
+        if !root.is_dir() {
+            return RunSecretsDir::create(secrets_dir, owner, run, files, env);
+        }
+        let files = root.join("files");
+        let env_file = root.join("env");
+        Ok(Some(RunSecretsDir {
+            files: files.is_dir().then_some(files),
+            env_file: env_file.is_file().then_some(env_file),
+            root,
+        }))
     }
 
     /// The read-only mounts of the run's files and environment file.

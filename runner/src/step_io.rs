@@ -68,6 +68,12 @@ pub trait RunObserver: Send {
         result: &StepResult,
         elapsed: Duration,
     ) -> impl Future<Output = ()> + Send;
+    /// The step's container started: the output from here on is the container's own
+    /// (what a restart re-reads from the engine's log). An error stops the step.
+    fn output_begins(&mut self, step: &PlannedStep) -> io::Result<()> {
+        let _ = step;
+        Ok(())
+    }
 }
 
 /// What a step gets besides its plan: secrets and its identity token (env), the CA bundle
@@ -263,6 +269,10 @@ impl<O: RunObserver> LogSink for StepSink<'_, O> {
             std::borrow::Cow::Owned(self.masker.mask_end(carry, line))
         };
         self.observer.step_output(self.step, stream, &masked)
+    }
+
+    fn started(&mut self) -> io::Result<()> {
+        self.observer.output_begins(self.step)
     }
 
     fn piece(&mut self, stream: Stream, piece: &[u8]) -> io::Result<()> {

@@ -12,6 +12,7 @@ mod metrics;
 mod offline;
 mod operations;
 mod outbox;
+mod reattach;
 mod registries;
 mod retention;
 mod schedules;

@@ -491,8 +491,9 @@ async fn the_server_serves_the_runs_and_logs_of_a_database_of_the_last_release()
     server.stop().await;
 }
 
-/// At start an instance ends its own runs left running; another instance's run is left to
-/// its lease, and ended as its agent lost when that expires.
+/// At start an instance takes its own runs left running over again (one that had recorded
+/// no step ends as interrupted); another instance's run is left to its lease, and ended as
+/// its agent lost when that expires.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_start_settles_its_own_runs_and_the_worker_ends_expired_leases() {
     let gitea = FakeGitea::start().await;
@@ -518,7 +519,16 @@ async fn a_start_settles_its_own_runs_and_the_worker_ends_expired_leases() {
         .id;
     store.close().await;
     let server = Server::start_in(data, &gitea, &[], "").await;
-    let settled = server.api(&format!("/api/v1/runs/{own}")).await;
+    // Adopted at start, it goes on in the worker, which finds that it had recorded no step.
+    let settled = eventually(
+        Duration::from_secs(30),
+        "the interrupted run to end",
+        || async {
+            let json = server.api(&format!("/api/v1/runs/{own}")).await;
+            (json["state"] != "running").then_some(json)
+        },
+    )
+    .await;
     assert_eq!(settled["state"], "error");
     assert_eq!(
         settled["description"],

@@ -7,9 +7,11 @@ use bollard::{
     Docker,
     container::LogOutput,
     errors::Error as BollardError,
+    models::ContainerStateStatusEnum,
     query_parameters::{
         AttachContainerOptionsBuilder, ContainerArchiveInfoOptionsBuilder,
-        ListContainersOptionsBuilder, RemoveContainerOptionsBuilder, StopContainerOptionsBuilder,
+        ListContainersOptionsBuilder, LogsOptionsBuilder, RemoveContainerOptionsBuilder,
+        StopContainerOptionsBuilder,
     },
 };
 use futures_util::{
@@ -23,7 +25,39 @@ use super::{
     DockerExecutor, EngineAnswer, engine_error, engine_message, is_client_error,
     lines::LineSplitter, status, step_config::create_body,
 };
-use crate::{ExecError, LABEL_MANAGED, LABEL_PIN, LogSink, Outcome, StepSpec, Stream};
+use crate::{
+    ExecError, LABEL_MANAGED, LABEL_PIN, LeftContainer, LeftState, LogSink, Outcome, StepSpec,
+    Stream,
+};
+
+/// A container's output as the engine streams it (an attach, or its log).
+type Output<'a> = std::pin::Pin<
+    Box<dyn futures_util::Stream<Item = Result<LogOutput, BollardError>> + Send + 'a>,
+>;
+
+/// Leaves out the first `left` lines and pieces (those the step's log already holds).
+struct Skipping<'a> {
+    inner: &'a mut dyn LogSink,
+    left: u64,
+}
+
+impl LogSink for Skipping<'_> {
+    fn line(&mut self, stream: Stream, line: &[u8]) -> std::io::Result<()> {
+        if self.left > 0 {
+            self.left -= 1;
+            return Ok(());
+        }
+        self.inner.line(stream, line)
+    }
+
+    fn piece(&mut self, stream: Stream, piece: &[u8]) -> std::io::Result<()> {
+        if self.left > 0 {
+            self.left -= 1;
+            return Ok(());
+        }
+        self.inner.piece(stream, piece)
+    }
+}
 
 /// Whether a managed container, given its sorted labels, is kept by
 /// [`DockerExecutor::reap_managed`].
@@ -89,7 +123,7 @@ impl DockerExecutor {
             self.docker.attach_container(id, Some(attach)),
             self.check_executable(id, spec),
         );
-        let mut output = attached
+        let output = attached
             .map_err(|source| engine_error(format!("attach to container {id}"), source))?
             .output;
         if let Some(outcome) = executable? {
@@ -116,10 +150,58 @@ impl DockerExecutor {
             }
             Err(source) => return Err(engine_error(format!("start container {id}"), source)),
         }
-        let started = Instant::now();
         debug!(container = id, "started step container");
+        sink.started().map_err(ExecError::Sink)?;
+        self.follow(id, output, spec.timeout, sink, cancel).await
+    }
 
-        let deadline = spec.timeout.map(|timeout| started + timeout);
+    /// Follows a container an earlier process started (see [`crate::Executor::follow_existing`]);
+    /// removes it however that ends.
+    pub(super) async fn follow_left(
+        &self,
+        id: &str,
+        skip_lines: u64,
+        timeout: Option<std::time::Duration>,
+        sink: &mut dyn LogSink,
+        cancel: &CancellationToken,
+    ) -> Result<Outcome, ExecError> {
+        let guard = RemoveOnDrop {
+            docker: self.docker.clone(),
+            id: Some(id.to_string()),
+        };
+        // The log driver holds the container's whole output: read from its start, and
+        // followed until the container stops.
+        let options = LogsOptionsBuilder::default()
+            .follow(true)
+            .stdout(true)
+            .stderr(true)
+            .tail("all")
+            .build();
+        let docker = self.docker.clone();
+        let output: Output<'_> = Box::pin(docker.logs(id, Some(options)));
+        let mut skipping = Skipping {
+            inner: sink,
+            left: skip_lines,
+        };
+        let outcome = self
+            .follow(id, output, timeout, &mut skipping, cancel)
+            .await;
+        guard.remove().await;
+        outcome
+    }
+
+    /// A started container's output into the sink until it ends, its stop on `timeout`
+    /// or `cancel`, and how it ended.
+    async fn follow(
+        &self,
+        id: &str,
+        mut output: Output<'_>,
+        timeout: Option<std::time::Duration>,
+        sink: &mut dyn LogSink,
+        cancel: &CancellationToken,
+    ) -> Result<Outcome, ExecError> {
+        let started = Instant::now();
+        let deadline = timeout.map(|timeout| started + timeout);
         let mut timer = pin!(tokio::time::sleep_until(deadline.unwrap_or(started).into()));
         let mut cancelled = pin!(cancel.cancelled());
         let mut stop = pin!(Fuse::terminated());
@@ -149,7 +231,7 @@ impl DockerExecutor {
                 },
                 exited = &mut exit, if !exit.is_terminated() => exited?,
                 () = &mut timer, if deadline.is_some() && stopped_for.is_none() => {
-                    let after = spec.timeout.unwrap_or_default();
+                    let after = timeout.unwrap_or_default();
                     debug!(container = id, ?after, "step timed out, stopping it");
                     stopped_for = Some(Outcome::TimedOut { after });
                     stop.set(self.stop(id).fuse());
@@ -248,6 +330,80 @@ impl DockerExecutor {
             Err(err) if status(&err) == Some(404) => Ok(()),
             Err(source) => Err(engine_error(format!("stop container {id}"), source)),
         }
+    }
+
+    /// The managed step containers carrying every label of `labels` (keepers excluded),
+    /// oldest first, each inspected for its state and environment.
+    pub(super) async fn find_left(
+        &self,
+        labels: &[(String, String)],
+    ) -> Result<Vec<LeftContainer>, ExecError> {
+        let mut wanted = vec![format!("{LABEL_MANAGED}=true")];
+        wanted.extend(labels.iter().map(|(k, v)| format!("{k}={v}")));
+        let filters = HashMap::from([("label", wanted)]);
+        let options = ListContainersOptionsBuilder::default()
+            .all(true)
+            .filters(&filters)
+            .build();
+        let mut containers = self
+            .docker
+            .list_containers(Some(options))
+            .await
+            .map_err(|source| engine_error("list Pipewright's containers", source))?;
+        containers.sort_by_key(|c| c.created.unwrap_or_default());
+        let mut found = Vec::new();
+        for container in containers {
+            let Some(id) = container.id else { continue };
+            let mut labels: Vec<(String, String)> =
+                container.labels.unwrap_or_default().into_iter().collect();
+            labels.sort();
+            if labels.iter().any(|(name, _)| name == LABEL_PIN) {
+                continue;
+            }
+            let inspected = match self.docker.inspect_container(&id, None).await {
+                Ok(inspected) => inspected,
+                // Removed meanwhile.
+                Err(err) if status(&err) == Some(404) => continue,
+                Err(source) => {
+                    return Err(engine_error(format!("inspect container {id}"), source));
+                }
+            };
+            let state = inspected.state.unwrap_or_default();
+            let state = match state.status {
+                Some(ContainerStateStatusEnum::CREATED) => LeftState::Created,
+                Some(
+                    ContainerStateStatusEnum::RUNNING
+                    | ContainerStateStatusEnum::PAUSED
+                    | ContainerStateStatusEnum::RESTARTING,
+                ) => LeftState::Running,
+                // Exited, dead or being removed: it ran, and has ended.
+                _ => LeftState::Exited,
+            };
+            let env = inspected
+                .config
+                .and_then(|c| c.env)
+                .unwrap_or_default()
+                .into_iter()
+                .map(|entry| match entry.split_once('=') {
+                    Some((k, v)) => (k.to_string(), v.to_string()),
+                    None => (entry, String::new()),
+                })
+                .collect();
+            found.push(LeftContainer {
+                id,
+                labels,
+                state,
+                env,
+            });
+        }
+        Ok(found)
+    }
+
+    /// Removes one container (killing it first); `Ok(false)` when it was gone.
+    pub(super) async fn remove_one(&self, id: &str) -> Result<bool, ExecError> {
+        remove_container(&self.docker, id)
+            .await
+            .map_err(|source| engine_error(format!("remove container {id}"), source))
     }
 
     /// Removes managed containers that `keep` rejects; how many were removed.

@@ -29,6 +29,10 @@
 //!   order, the order between the two streams is not kept (a tight loop of `echo a; echo b
 //!   >&2` arrives in runs of one stream, through the docker CLI as well). Only a step that
 //!   writes both into one pipe (`2>&1`) has them in the order written.
+//! - A container a crashed process left is followed through its log (`logs` with `follow`,
+//!   from the start), which the log driver (`json-file` by default) holds whole, while an
+//!   attach would give only what is printed from then on. Its order between the two streams
+//!   is the log copier's, which may differ from an attach's.
 
 mod images;
 mod keep;
@@ -45,8 +49,8 @@ use tokio_util::sync::CancellationToken;
 pub use keep::KeptImage;
 
 use crate::{
-    BuildOutcome, BuildSpec, DEFAULT_STOP_GRACE, ExecError, Executor, LogSink, Outcome,
-    PushOutcome, RegistryAuth, StepSpec,
+    BuildOutcome, BuildSpec, DEFAULT_STOP_GRACE, ExecError, Executor, LeftContainer, LogSink,
+    Outcome, PushOutcome, RegistryAuth, StepSpec,
 };
 
 /// How Pipewright reaches the Docker engine.
@@ -167,6 +171,29 @@ impl Executor for DockerExecutor {
 
     async fn local_image_id(&self, reference: &str) -> Result<Option<String>, ExecError> {
         self.find_image(reference).await
+    }
+
+    async fn left_containers(
+        &self,
+        labels: &[(String, String)],
+    ) -> Result<Vec<LeftContainer>, ExecError> {
+        self.find_left(labels).await
+    }
+
+    async fn follow_existing(
+        &self,
+        id: &str,
+        skip_lines: u64,
+        timeout: Option<Duration>,
+        sink: &mut dyn LogSink,
+        cancel: &CancellationToken,
+    ) -> Result<Outcome, ExecError> {
+        self.follow_left(id, skip_lines, timeout, sink, cancel)
+            .await
+    }
+
+    async fn remove_container(&self, id: &str) -> Result<bool, ExecError> {
+        self.remove_one(id).await
     }
 }
 

@@ -285,9 +285,25 @@ fn private_data_dir(data_dir: &std::path::Path) -> anyhow::Result<()> {
 
 /// Removes the workspaces a crash left behind (a run's workspace is otherwise removed when
 /// the run ends; no run is running before the worker starts), and their directory, which
-/// is made again, private, by the next run.
-fn remove_leftover_workspaces(data_dir: &std::path::Path) {
+/// is made again, private, by the next run; the workspaces of the runs in `keep` (adopted
+/// to be re-attached: their containers mount them) stay.
+fn remove_leftover_workspaces(data_dir: &std::path::Path, keep: &[i64]) {
     let dir = data_dir.join("workspaces");
+    if !keep.is_empty() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            return;
+        };
+        let kept: Vec<String> = keep.iter().map(|id| format!("run-{id}")).collect();
+        for entry in entries.flatten() {
+            if kept.iter().any(|k| entry.file_name() == k.as_str()) {
+                continue;
+            }
+            if let Err(e) = std::fs::remove_dir_all(entry.path()) {
+                warn!(path = %entry.path().display(), error = %e, "failed to remove a leftover workspace");
+            }
+        }
+        return;
+    }
     let leftovers = match std::fs::read_dir(&dir) {
         Ok(entries) => entries.count(),
         Err(_) => return,
@@ -301,12 +317,19 @@ fn remove_leftover_workspaces(data_dir: &std::path::Path) {
     }
 }
 
-/// Refuses a `[server].secrets_dir` that is not in memory (tmpfs or ramfs), and removes
-/// the run directories a crash of this instance left there.
-fn prepare_secrets_dir(app: &App) -> anyhow::Result<()> {
+/// Refuses a `[server].secrets_dir` that is not in memory (tmpfs or ramfs).
+fn check_secrets_dir(app: &App) -> anyhow::Result<()> {
     let dir = &app.config.server.secrets_dir;
-    crate::secrets_dir::prepare(dir).map_err(|why| anyhow::anyhow!("refusing to start: {why}"))?;
-    match crate::secrets_dir::remove_leftovers(dir, &app.instance) {
+    crate::secrets_dir::prepare(dir).map_err(|why| anyhow::anyhow!("refusing to start: {why}"))
+}
+
+/// Removes the run directories a crash of this instance left in `[server].secrets_dir`,
+/// except those of the runs in `keep` (adopted to be re-attached: their containers mount
+/// them).
+fn prepare_secrets_dir(app: &App, keep: &[i64]) -> anyhow::Result<()> {
+    let dir = &app.config.server.secrets_dir;
+    let kept: Vec<String> = keep.iter().map(|id| format!("run-{id}")).collect();
+    match crate::secrets_dir::remove_leftovers_except(dir, &app.instance, &kept) {
         Ok(0) => {}
         Ok(count) => info!(count, "removed the secret files left by a crash"),
         Err(e) => {
@@ -386,9 +409,10 @@ pub async fn agent(
         anyhow::bail!("pipewright agent needs [agent].capacity of 1 or more: it only runs jobs");
     }
     private_data_dir(&app.config.server.data_dir)?;
-    prepare_secrets_dir(&app)?;
     work::worker::settle_interrupted(&app.work()).await?;
-    remove_leftover_workspaces(&app.config.server.data_dir);
+    let adopted = app.scheduler.running_ids();
+    prepare_secrets_dir(&app, &adopted)?;
+    remove_leftover_workspaces(&app.config.server.data_dir, &adopted);
     let health = health.map(|listener| {
         let router = http::router::health_router(app.clone());
         let limits = app.config.server.http.clone();
@@ -410,17 +434,19 @@ pub async fn agent(
 }
 
 /// Serves until `shutdown` fires: then stops taking webhooks and new runs, lets running runs
-/// finish (a second signal in `main` exits at once; such runs end as interrupted at the
-/// next start), sends what the outbox holds (within a few seconds), and returns.
+/// finish (a second signal in `main` exits at once; the next start re-attaches to such
+/// runs), sends what the outbox holds (within a few seconds), and returns.
 pub async fn serve(
     listener: TcpListener,
     app: Arc<App>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     private_data_dir(&app.config.server.data_dir)?;
-    prepare_secrets_dir(&app)?;
+    check_secrets_dir(&app)?;
     work::worker::settle_interrupted(&app.work()).await?;
-    remove_leftover_workspaces(&app.config.server.data_dir);
+    let adopted = app.scheduler.running_ids();
+    prepare_secrets_dir(&app, &adopted)?;
+    remove_leftover_workspaces(&app.config.server.data_dir, &adopted);
     let mut tasks = JoinSet::new();
     let stop_work = CancellationToken::new();
     for (name, task) in TASKS {

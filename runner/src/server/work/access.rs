@@ -89,6 +89,18 @@ impl<'a> RunAccess<'a> {
         run: &Run,
         pipeline: &Pipeline,
     ) -> Result<RunAccess<'a>, String> {
+        RunAccess::open_for(work, run, pipeline, false).await
+    }
+
+    /// [`open`](RunAccess::open) for a run a restart re-attaches to (`adopt`): a new
+    /// login and new reads, and the run's secret files directory taken over as the
+    /// earlier process left it, since its running container mounts it.
+    pub async fn open_for(
+        work: &'a Work<'a>,
+        run: &Run,
+        pipeline: &Pipeline,
+        adopt: bool,
+    ) -> Result<RunAccess<'a>, String> {
         let trusted = !run.from_fork
             || work
                 .config
@@ -150,7 +162,11 @@ impl<'a> RunAccess<'a> {
         let in_env = work.config.docker.secrets_in_env;
         access.masker = Masker::new(secrets.iter().chain(&files).map(|(_, v)| v.as_str()));
         access.file_values = files.iter().map(|(_, v)| v.clone()).collect();
-        let dir = RunSecretsDir::create(
+        let make = match adopt {
+            true => RunSecretsDir::adopt_or_create,
+            false => RunSecretsDir::create,
+        };
+        let dir = make(
             &work.config.server.secrets_dir,
             work.instance,
             &format!("run-{}", run.id),

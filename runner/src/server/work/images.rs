@@ -203,4 +203,28 @@ impl Executor for Pinned {
     async fn release_images(&self, instance: &str, keep: &[String]) -> Result<usize, ExecError> {
         self.inner.release_images(instance, keep).await
     }
+
+    async fn left_containers(
+        &self,
+        labels: &[(String, String)],
+    ) -> Result<Vec<pipewright_containers::LeftContainer>, ExecError> {
+        self.inner.left_containers(labels).await
+    }
+
+    async fn follow_existing(
+        &self,
+        id: &str,
+        skip_lines: u64,
+        timeout: Option<std::time::Duration>,
+        sink: &mut dyn LogSink,
+        cancel: &CancellationToken,
+    ) -> Result<Outcome, ExecError> {
+        self.inner
+            .follow_existing(id, skip_lines, timeout, sink, cancel)
+            .await
+    }
+
+    async fn remove_container(&self, id: &str) -> Result<bool, ExecError> {
+        self.inner.remove_container(id).await
+    }
 }

@@ -7,6 +7,7 @@ pub(super) mod agents;
 pub(super) mod images;
 pub(super) mod keep;
 pub(super) mod plans;
+pub(super) mod reattach;
 pub(super) mod registry;
 pub(super) mod retention;
 pub(super) mod worker;

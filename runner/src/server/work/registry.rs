@@ -22,6 +22,9 @@ pub struct Scheduler {
     pub(super) wake: Notify,
     pub(super) running: Mutex<HashMap<i64, Running>>,
     pub(super) owner: String,
+    /// Runs a previous process of this instance left running, adopted at start
+    /// (`reattach.rs`) and handed to the claim loop, which goes on with them first.
+    pub(super) resumes: Mutex<Vec<crate::store::Run>>,
 }
 
 impl Scheduler {
@@ -59,7 +62,23 @@ impl Scheduler {
             .contains_key(&id)
     }
 
-    pub(super) fn running_ids(&self) -> Vec<i64> {
+    /// The run's entry, made when it has none yet (an adopted run has one from the start,
+    /// so that a cancel before it goes on is kept): its cancellation and its reason.
+    pub(super) fn register(&self, id: i64) -> (CancellationToken, Arc<Mutex<Option<String>>>) {
+        let mut running = self.running.lock().unwrap_or_else(|e| e.into_inner());
+        let entry = running.entry(id).or_insert_with(|| Running {
+            cancel: CancellationToken::new(),
+            reason: Arc::default(),
+        });
+        (entry.cancel.clone(), entry.reason.clone())
+    }
+
+    /// The adopted runs not yet handed to the claim loop.
+    pub(super) fn take_resumes(&self) -> Vec<crate::store::Run> {
+        std::mem::take(&mut *self.resumes.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    pub(crate) fn running_ids(&self) -> Vec<i64> {
         self.running
             .lock()
             .unwrap_or_else(|e| e.into_inner())

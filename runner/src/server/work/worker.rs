@@ -7,7 +7,7 @@ use std::{
     io,
     path::{Path, PathBuf},
     sync::{
-        Arc, Mutex,
+        Arc,
         atomic::{AtomicBool, Ordering},
     },
     time::Duration,
@@ -19,36 +19,28 @@ use tokio::task::JoinSet;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::server::{
-    App,
-    work::access::RunAccess,
-    work::plans,
-    work::registry::{Running, live_runs_filter},
+    App, work::access::RunAccess, work::plans, work::reattach, work::registry::live_runs_filter,
 };
 use crate::{
     error_chain,
     logs::LogWriter,
-    run::{Reports, RunFacts, RunObserver, RunResult, RunSetup, StepResult, run_plan},
+    run::{
+        Reports, RunFacts, RunObserver, RunResult, RunSetup, StepResult, run_plan, run_plan_resumed,
+    },
     step_io::ReviewedPlan,
     store::{
         Claimant, ReviewedPlanRow, Run, RunEnd, RunState, StepState, comments::NewComment, now_ms,
     },
 };
 
-/// At start: runs this instance left `running` (a previous process of it) end as `error`
-/// (an interrupted `tofu apply` needs a person to look at its state lock, so nothing is
-/// retried on its own), and containers of no live run are removed. Other instances' runs
-/// are theirs: they end only when their lease expires ([`settle_lost`]).
+/// At start: the runs this instance left `running` (a previous process of it, killed)
+/// are adopted to be re-attached (`reattach.rs`): the claim loop ([`run`]) goes on with
+/// them first. Containers of no live run are removed. Nothing is retried on its own: a
+/// step that had started is followed, or ends the run as `error` "interrupted" when its
+/// container is gone, and is never started again. Other instances' runs are theirs: they
+/// end only when their lease expires ([`settle_lost`]).
 pub async fn settle_interrupted(work: &Work<'_>) -> anyhow::Result<()> {
-    for run in work.store.running_runs_of(&work.scheduler.owner).await? {
-        warn!(run_id = run.id, repo = %run.repo, "run interrupted by a restart");
-        work.store
-            .finish_run(
-                run.id,
-                RunState::Error,
-                "interrupted: Pipewright stopped while it ran; not retried automatically",
-            )
-            .await?;
-    }
+    reattach::adopt(work).await?;
     let removed = work
         .executor
         .reap(&live_runs_filter(work.scheduler, work.instance))
@@ -107,6 +99,12 @@ pub async fn run(app: Arc<App>, shutdown: CancellationToken) {
     let lease_check = (lease / 3).min(Duration::from_secs(10));
     let mut tasks: JoinSet<()> = JoinSet::new();
     let mut leases_checked: Option<tokio::time::Instant> = None;
+    // The runs a previous process of this instance left, adopted at start, go on first.
+    for run in app.scheduler.take_resumes() {
+        let span = info_span!("run", run_id = run.id, repo = %run.repo, sha = %run.sha, pipeline = %run.pipeline);
+        let app2 = app.clone();
+        tasks.spawn(async move { execute_in(app2.work(), run, true).await }.instrument(span));
+    }
     loop {
         if leases_checked.is_none_or(|at| at.elapsed() >= lease_check) {
             settle_lost(&app.work()).await;
@@ -170,24 +168,13 @@ impl Drop for AgentLive<'_> {
 }
 
 async fn execute(app: Arc<App>, run: Run) {
-    execute_in(app.work(), run).await
+    execute_in(app.work(), run, false).await
 }
 
-async fn execute_in(work: Work<'_>, run: Run) {
-    debug!("claimed");
-    let cancel = CancellationToken::new();
-    let reason = Arc::new(Mutex::new(None));
-    work.scheduler
-        .running
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .insert(
-            run.id,
-            Running {
-                cancel: cancel.clone(),
-                reason: reason.clone(),
-            },
-        );
+/// Runs a claimed run, or goes on with one a restart adopted (`resumed`).
+async fn execute_in(work: Work<'_>, run: Run, resumed: bool) {
+    debug!(resumed, "claimed");
+    let (cancel, reason) = work.scheduler.register(run.id);
     let lease = {
         let (store, owner) = (work.store.clone(), work.scheduler.owner.clone());
         let (id, cancel) = (run.id, cancel.clone());
@@ -209,7 +196,7 @@ async fn execute_in(work: Work<'_>, run: Run) {
     };
     let reviewed = plans::reviewed_for(&work, &run).await;
     let outcome = match &reviewed {
-        Ok(reviewed) => run_checked_out(&work, &run, reviewed.as_ref(), &cancel).await,
+        Ok(reviewed) => run_checked_out(&work, &run, reviewed.as_ref(), &cancel, resumed).await,
         Err(why) => Err(why.clone()),
     };
     let reviewed = reviewed.ok().flatten();
@@ -361,7 +348,11 @@ async fn run_checked_out(
     run: &Run,
     reviewed: Option<&ReviewedPlan>,
     cancel: &CancellationToken,
+    resumed: bool,
 ) -> Ran {
+    if resumed {
+        reattach::had_steps(work, run).await?;
+    }
     let mirror = work
         .git
         .with_commit(&run.repo, &run.sha)
@@ -395,8 +386,14 @@ async fn run_checked_out(
     let mut planned = plan(&pipeline, &cx);
     check_volumes(work, run, &mut planned)?;
     // Vault before anything else: when it fails, no step runs.
-    let access = RunAccess::open(work, run, &pipeline).await?;
-    let result = run_with_access(work, run, &planned, mirror, &access, reviewed, cancel).await;
+    let access = match resumed {
+        false => RunAccess::open(work, run, &pipeline).await?,
+        true => RunAccess::open_for(work, run, &pipeline, true).await?,
+    };
+    let result = match resumed {
+        false => run_with_access(work, run, &planned, mirror, &access, reviewed, cancel).await,
+        true => go_on_with_access(work, run, &planned, &access, reviewed, cancel).await,
+    };
     access.close(work).await;
     result.map_err(|why| access.masker().mask_str(&why))
 }
@@ -465,6 +462,7 @@ async fn run_with_access(
         run_id: run.id,
         writer: Err(String::new()),
         log_lost: None,
+        followed: None,
     };
     let executor = crate::server::work::images::Pinned {
         inner: work.executor.clone(),
@@ -488,6 +486,81 @@ async fn run_with_access(
         (RunResult::Success | RunResult::Failure { .. }, Some(why)) => RunResult::Error(why),
         (result, _) => result,
     };
+    let result = match result {
+        RunResult::Failure { step, why } => RunResult::Failure {
+            step,
+            why: access.masker().mask_str(&why),
+        },
+        RunResult::Error(why) => RunResult::Error(access.masker().mask_str(&why)),
+        other => other,
+    };
+    Ok((result, reports))
+}
+
+/// [`run_with_access`] for a run a restart adopted: its workspace is the one its steps
+/// left (not checked out again), and it goes on where `reattach::prepare` says.
+async fn go_on_with_access(
+    work: &Work<'_>,
+    run: &Run,
+    planned: &pipewright_pipelines::Plan,
+    access: &RunAccess<'_>,
+    reviewed: Option<&ReviewedPlan>,
+    cancel: &CancellationToken,
+) -> Ran {
+    let workspace = workspace_dir(work, run.id);
+    let resume = reattach::prepare(work, run, planned).await?;
+    // Removed however the run ends, as a run's workspace always is.
+    let _removal = RemovedOnDrop(&workspace);
+    if resume.from < planned.steps.len() && !workspace.is_dir() {
+        return Err(
+            "interrupted: the run's workspace is gone since Pipewright stopped; not retried automatically"
+                .into(),
+        );
+    }
+    let extras = |step: &PlannedStep| access.extras(work, step);
+    let setup = RunSetup {
+        run_id: &run.id.to_string(),
+        instance: work.instance,
+        workspace: &workspace,
+        defaults: work.defaults,
+        extras: &extras,
+        facts: RunFacts {
+            repo: &run.repo,
+            from_fork: run.from_fork,
+            event: run.event,
+            git_ref: &run.git_ref,
+            default_branch: &run.default_branch,
+            inputs: &run.inputs,
+            reviewed,
+        },
+        services: access,
+        network: work.config.docker.network.as_deref(),
+        volumes_resolved: true,
+        workspace_ready: None,
+        remove_pushed: Some(&work.config.docker.pin_images),
+    };
+    let mut observer = StoreObserver {
+        work,
+        run_id: run.id,
+        writer: Err(String::new()),
+        log_lost: None,
+        followed: match resume.step {
+            Some(crate::run::ResumedStep::Follow { .. }) => Some(resume.from),
+            _ => None,
+        },
+    };
+    let executor = crate::server::work::images::Pinned {
+        inner: work.executor.clone(),
+        store: work.store.clone(),
+        repo: run.repo.clone(),
+        run_id: run.id,
+        trusted: is_trusted(run),
+        registries: work.registries.clone(),
+    };
+    let (result, reports) =
+        run_plan_resumed(&executor, planned, &setup, &mut observer, cancel, &resume)
+            .await
+            .map_err(|e| format!("the Docker engine failed: {}", error_chain(&e)))?;
     let result = match result {
         RunResult::Failure { step, why } => RunResult::Failure {
             step,
@@ -585,10 +658,24 @@ struct StoreObserver<'a> {
     writer: Result<LogWriter, String>,
     /// Why the end of a step's log could not be written (the run then ends as `error`).
     log_lost: Option<String>,
+    /// The step a restart follows: its log goes on, its start stays the recorded one.
+    followed: Option<usize>,
 }
 
 impl RunObserver for StoreObserver<'_> {
     async fn step_started(&mut self, step: &PlannedStep) {
+        if self.followed == Some(step.index) {
+            self.writer = self
+                .work
+                .logs
+                .appender(self.run_id, step.index as i64)
+                .await
+                .map_err(|e| {
+                    warn!(error = %e, step = %step.name, "failed to open the step's log");
+                    e.to_string()
+                });
+            return;
+        }
         self.writer = match self.work.logs.writer(self.run_id, step.index as i64) {
             Ok(w) => Ok(w),
             Err(e) => {
@@ -612,6 +699,13 @@ impl RunObserver for StoreObserver<'_> {
                 warn!(run_id = self.run_id, step = %step.name, error = %e, "the step's log cannot be written; stopping the step");
             }),
             Err(why) => Err(io::Error::other(why.clone())),
+        }
+    }
+
+    fn output_begins(&mut self, _step: &PlannedStep) -> io::Result<()> {
+        match &self.writer {
+            Ok(w) => w.mark_output_start(),
+            Err(_) => Ok(()),
         }
     }
 

@@ -1,0 +1,209 @@
+//! Re-attaching after a crash: the runs a previous process of this instance left
+//! `running` are adopted at start (lease taken again, kept from the reaper), and each goes
+//! on from its recorded steps and the containers left on the engine: the step under way is
+//! followed from where its log ends, the rest run as they would have. Nothing is retried:
+//! a step that had started is never started again. Shared by `serve` and every other
+//! process that runs steps (`settle_interrupted` adopts, the claim loop goes on).
+
+use std::time::Duration;
+
+use pipewright_containers::{
+    Executor, LABEL_INSTANCE, LABEL_RUN, LABEL_STEP, LABEL_STEP_INDEX, LeftContainer, LeftState,
+};
+use pipewright_pipelines::Plan;
+use tracing::{info, warn};
+
+use super::Work;
+use crate::{
+    run::{Resume, ResumedStep, RunResult},
+    store::{Run, StepRow, StepState, now_ms},
+};
+
+/// A run that ended before its steps were recorded (before its checkout).
+pub const BEFORE_FIRST_STEP: &str =
+    "interrupted: Pipewright stopped while it ran; not retried automatically";
+
+/// At start: takes over the runs this instance left running (its lease again, an entry in
+/// the registry so that reaping keeps their containers) and queues them for the claim
+/// loop. Returns their ids.
+pub async fn adopt(work: &Work<'_>) -> anyhow::Result<Vec<i64>> {
+    let mut adopted = Vec::new();
+    for run in work.store.running_runs_of(&work.scheduler.owner).await? {
+        match work.store.renew_lease(run.id, &work.scheduler.owner).await {
+            Ok(true) => {}
+            Ok(false) => continue,
+            Err(e) => {
+                warn!(run_id = run.id, error = ?e, "failed to take the lease of an interrupted run");
+                continue;
+            }
+        }
+        info!(run_id = run.id, repo = %run.repo, "re-attaching to a run a previous process left running");
+        work.scheduler.register(run.id);
+        adopted.push(run.id);
+        work.scheduler
+            .resumes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(run);
+    }
+    Ok(adopted)
+}
+
+/// `Err` (the run's description) when an adopted run had not recorded its steps yet: it
+/// stopped before its checkout, and nothing of it goes on.
+pub async fn had_steps(work: &Work<'_>, run: &Run) -> Result<(), String> {
+    let rows = work
+        .store
+        .steps(run.id)
+        .await
+        .map_err(|e| format!("database: {e}"))?;
+    match rows.is_empty() {
+        true => Err(BEFORE_FIRST_STEP.into()),
+        false => Ok(()),
+    }
+}
+
+/// Where an adopted run goes on, from its recorded steps and the containers it left.
+/// Containers of the run that are not followed are removed (a created one is never
+/// started). `Err` is the run's `error` description.
+pub async fn prepare(work: &Work<'_>, run: &Run, planned: &Plan) -> Result<Resume, String> {
+    let rows = work
+        .store
+        .steps(run.id)
+        .await
+        .map_err(|e| format!("database: {e}"))?;
+    if rows.is_empty() {
+        return Err(BEFORE_FIRST_STEP.into());
+    }
+    let same = rows.len() == planned.steps.len()
+        && rows
+            .iter()
+            .zip(&planned.steps)
+            .all(|(row, step)| row.idx == step.index as i64 && row.name == step.name);
+    if !same {
+        return Err(
+            "interrupted: the pipeline's steps are no longer the ones the run recorded; not retried automatically"
+                .into(),
+        );
+    }
+    let left = work
+        .executor
+        .left_containers(&[
+            (LABEL_INSTANCE.to_string(), work.instance.to_string()),
+            (LABEL_RUN.to_string(), run.id.to_string()),
+        ])
+        .await
+        .map_err(|e| format!("the Docker engine failed: {}", crate::error_chain(&e)))?;
+    let from = rows
+        .iter()
+        .position(|row| !row.state.is_over())
+        .unwrap_or(rows.len());
+    let verdict = verdict_of(planned, &rows[..from]);
+    let elapsed = since(run.started_at);
+    // The newest container of the step under way, if it has one.
+    let current = rows
+        .get(from)
+        .and_then(|row| left.iter().rev().find(|c| is_of_step(c, row)));
+    let step = match (rows.get(from), current) {
+        (None, _) => None,
+        (Some(row), Some(container)) if container.state != LeftState::Created => {
+            let skip_lines = skipped_lines(work, run.id, row.idx).await?;
+            info!(
+                run_id = run.id,
+                step = %row.name,
+                container = %container.id,
+                skip_lines,
+                "following the step's container"
+            );
+            Some(ResumedStep::Follow {
+                container: container.id.clone(),
+                skip_lines,
+                elapsed: since(row.started_at),
+                env: container.env.clone(),
+            })
+        }
+        (Some(_), Some(_)) => Some(ResumedStep::Lost(
+            "interrupted: Pipewright stopped between creating the step's container and starting it; not started, not retried automatically".into(),
+        )),
+        (Some(row), None) if row.state == StepState::Running => Some(ResumedStep::Lost(
+            "interrupted: the step's container is gone (Pipewright stopped while it ran); not retried automatically".into(),
+        )),
+        // Not started: it starts now, as it would have, once the checkout is known to be
+        // complete (an earlier step ran, which waited for it).
+        (Some(_), None) if rows[..from].iter().any(|r| r.exit_code.is_some()) => None,
+        (Some(_), None) => Some(ResumedStep::Lost(
+            "interrupted: Pipewright stopped before the step started, while the workspace may have been incomplete; not retried automatically".into(),
+        )),
+    };
+    let followed = match &step {
+        Some(ResumedStep::Follow { container, .. }) => Some(container.as_str()),
+        _ => None,
+    };
+    for container in left.iter().filter(|c| Some(c.id.as_str()) != followed) {
+        if let Err(e) = work.executor.remove_container(&container.id).await {
+            warn!(container = %container.id, error = %crate::error_chain(&e), "failed to remove a container of an interrupted run");
+        }
+    }
+    Ok(Resume {
+        from,
+        verdict: Some(verdict),
+        elapsed,
+        step,
+    })
+}
+
+/// Lines of the step's log that came from its container (those after its pull's
+/// progress): the container's log starts with them, and they are not written again.
+async fn skipped_lines(work: &Work<'_>, run: i64, step: i64) -> Result<u64, String> {
+    let lines = work
+        .logs
+        .line_count(run, step)
+        .await
+        .map_err(|e| format!("the step's log: {e}"))?;
+    let before = work
+        .logs
+        .output_start(run, step)
+        .map_err(|e| format!("the step's log: {e}"))?;
+    Ok(lines.saturating_sub(before))
+}
+
+/// Whether a left container ran this step (by its index; by its name for a container
+/// made before the index label existed).
+fn is_of_step(container: &LeftContainer, row: &StepRow) -> bool {
+    match container.label(LABEL_STEP_INDEX) {
+        Some(index) => index == row.idx.to_string(),
+        None => container.label(LABEL_STEP) == Some(row.name.as_str()),
+    }
+}
+
+/// Time since a stored instant (milliseconds), zero when there is none.
+fn since(at: Option<i64>) -> Duration {
+    at.map_or(Duration::ZERO, |at| {
+        Duration::from_millis(now_ms().saturating_sub(at).max(0) as u64)
+    })
+}
+
+/// The verdict that the recorded steps make, as `run_plan` made it while they ran: the
+/// first failure's, else success.
+fn verdict_of(planned: &Plan, rows: &[StepRow]) -> RunResult {
+    let mut result = RunResult::Success;
+    for row in rows {
+        if result != RunResult::Success {
+            break;
+        }
+        let continues = planned
+            .steps
+            .get(row.idx as usize)
+            .is_some_and(|s| s.continue_on_error);
+        result = match row.state {
+            StepState::Cancelled => RunResult::Cancelled,
+            StepState::Error => RunResult::Error(format!("step {}: {}", row.name, row.description)),
+            StepState::Failure if !continues => RunResult::Failure {
+                step: row.name.clone(),
+                why: row.description.clone(),
+            },
+            _ => RunResult::Success,
+        };
+    }
+    result
+}
