@@ -18,6 +18,7 @@ mod template;
 mod units;
 mod vault_files;
 mod yaml;
+mod yaml_json;
 
 pub use cron::{CRON_MACROS, schedule_due};
 pub use diag::{Diagnostic, Pos};
@@ -38,6 +39,7 @@ pub use units::{
     DurationError, MAX_DURATION, MAX_MEMORY, parse_duration, parse_duration_up_to, parse_memory,
 };
 pub use vault_files::{SECRETS_IN_CONTAINER, check_secret_file_path};
+pub use yaml_json::yaml_to_json;
 pub use yaml::{MAX_DEPTH, MAX_FILE_BYTES, MAX_NODES, MAX_TEXT_BYTES};
 
 /// Where pipeline files live in a repository.
