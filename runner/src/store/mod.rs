@@ -17,6 +17,7 @@ mod commands;
 pub mod comments;
 mod counts;
 mod deliveries;
+mod gitea_tasks;
 mod images;
 mod outbox;
 mod plans;
@@ -26,6 +27,7 @@ mod runs;
 
 pub use counts::*;
 pub use deliveries::*;
+pub use gitea_tasks::*;
 pub use outbox::*;
 pub use plans::*;
 pub use repos::*;
@@ -93,6 +95,7 @@ pub(crate) const SQLITE_MIGRATIONS: Migrations = migrations![
     (7, "both", "0007_reviewed_plans"),
     (8, "both", "0008_run_pages"),
     (9, "both", "0009_retention"),
+    (13, "both", "0013_gitea_tasks"),
 ];
 
 pub(crate) const POSTGRES_MIGRATIONS: Migrations = migrations![
@@ -105,6 +108,7 @@ pub(crate) const POSTGRES_MIGRATIONS: Migrations = migrations![
     (7, "both", "0007_reviewed_plans"),
     (8, "both", "0008_run_pages"),
     (9, "both", "0009_retention"),
+    (13, "both", "0013_gitea_tasks"),
 ];
 
 /// The highest version of the databases made before migrations were sqlx's: release

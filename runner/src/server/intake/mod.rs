@@ -3,6 +3,7 @@
 
 pub(super) mod catchup;
 pub(super) mod commands;
+pub(super) mod dispatch;
 pub(super) mod ingest;
 pub(super) mod schedule;
 pub(super) mod spec;
