@@ -39,8 +39,8 @@ pub use units::{
     DurationError, MAX_DURATION, MAX_MEMORY, parse_duration, parse_duration_up_to, parse_memory,
 };
 pub use vault_files::{SECRETS_IN_CONTAINER, check_secret_file_path};
-pub use yaml_json::yaml_to_json;
 pub use yaml::{MAX_DEPTH, MAX_FILE_BYTES, MAX_NODES, MAX_TEXT_BYTES};
+pub use yaml_json::yaml_to_json;
 
 /// Where pipeline files live in a repository.
 pub const PIPELINE_DIR: &str = ".pipewright";

@@ -47,7 +47,10 @@ mod tests {
     fn workflows_read_as_json_text() {
         let text = "on:\n  workflow_dispatch:\n    inputs:\n      n: { type: number, default: 3 }\njobs:\n  run:\n    runs-on: pipewright\n    env: { PIPEWRIGHT_PIPELINE: deploy }\n    steps:\n      - name: pipewright\n      -\n";
         let json = yaml_to_json(text).unwrap();
-        assert_eq!(json["on"]["workflow_dispatch"]["inputs"]["n"]["default"], "3");
+        assert_eq!(
+            json["on"]["workflow_dispatch"]["inputs"]["n"]["default"],
+            "3"
+        );
         assert_eq!(json["jobs"]["run"]["env"]["PIPEWRIGHT_PIPELINE"], "deploy");
         assert_eq!(json["jobs"]["run"]["steps"][1], Json::Null);
         assert_eq!(yaml_to_json("").unwrap(), Json::Null);

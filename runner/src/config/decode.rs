@@ -226,7 +226,10 @@ pub(super) fn decode(r: &mut Reader<'_>) -> Config {
             "" => "[gitea_actions]".to_owned(),
             name => format!("{name}: [gitea_actions]"),
         };
-        r.problem(at, "registering as a Gitea Actions runner needs `[gitea].url`");
+        r.problem(
+            at,
+            "registering as a Gitea Actions runner needs `[gitea].url`",
+        );
     }
     let retention = RetentionConfig {
         logs: r

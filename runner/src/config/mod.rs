@@ -37,9 +37,9 @@ use std::{collections::BTreeMap, fmt, fs, path::Path};
 
 pub use values::{
     AgentConfig, Algorithm, ApiConfig, ApplyRequirement, Config, DatabaseConfig, DockerConfig,
-    GiteaActionsConfig, GiteaConfig, HttpLimits, IdentityConfig, LogConfig, LogFormat, RegistryCredentials,
-    RegistryPassword, RepoPolicy, RetentionConfig, Scope, ScopedToken, Secret, ServerConfig,
-    UiConfig, VaultConfig,
+    GiteaActionsConfig, GiteaConfig, HttpLimits, IdentityConfig, LogConfig, LogFormat,
+    RegistryCredentials, RegistryPassword, RepoPolicy, RetentionConfig, Scope, ScopedToken, Secret,
+    ServerConfig, UiConfig, VaultConfig,
 };
 
 use decode::decode;

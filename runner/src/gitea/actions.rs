@@ -160,7 +160,9 @@ mod int64 {
                 .as_i64()
                 .ok_or_else(|| D::Error::custom(format!("{n} is not an int64"))),
             serde_json::Value::Null => Ok(0),
-            other => Err(D::Error::custom(format!("expected an int64, found {other}"))),
+            other => Err(D::Error::custom(format!(
+                "expected an int64, found {other}"
+            ))),
         }
     }
 }
@@ -341,9 +343,6 @@ struct UpdateLogResponse {
     ack_index: i64,
 }
 
-#[derive(Serialize)]
-struct Empty {}
-
 impl ActionsClient {
     /// The runner API of the Gitea at `url` (a sub-path is kept).
     pub fn new(url: &str, client: Client) -> ActionsClient {
@@ -442,8 +441,12 @@ impl ActionsClient {
         runner: &RunnerCredentials,
         tasks_version: i64,
     ) -> Result<FetchTaskResponse, ActionsError> {
-        self.call("FetchTask", Some(runner), &FetchTaskRequest { tasks_version })
-            .await
+        self.call(
+            "FetchTask",
+            Some(runner),
+            &FetchTaskRequest { tasks_version },
+        )
+        .await
     }
 
     /// `UpdateTask`: the task's state; what Gitea holds as its result (`Cancelled` when a
@@ -478,31 +481,6 @@ impl ActionsClient {
         };
         let resp: UpdateLogResponse = self.call("UpdateLog", Some(runner), &body).await?;
         Ok(resp.ack_index)
-    }
-
-    /// `ping.v1.PingService/Ping`, unauthenticated: whether the runner API answers.
-    pub async fn ping(&self) -> Result<(), ActionsError> {
-        let url = format!("{}/ping.v1.PingService/Ping", self.base);
-        let resp = self
-            .client
-            .post(url)
-            .header("content-type", "application/json")
-            .json(&Empty {})
-            .send()
-            .await
-            .map_err(|source| ActionsError::Http {
-                procedure: "Ping",
-                source,
-            })?;
-        match resp.status() {
-            StatusCode::OK => Ok(()),
-            status => Err(ActionsError::Connect {
-                procedure: "Ping",
-                status,
-                code: String::new(),
-                message: String::new(),
-            }),
-        }
     }
 }
 

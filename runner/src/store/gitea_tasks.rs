@@ -13,6 +13,8 @@ pub struct GiteaTask {
     /// The run it started; `None` when it was refused (then `refusal` says why).
     pub run_id: Option<i64>,
     pub refusal: Option<String>,
+    /// The steps of the task's workflow job (Gitea's step list).
+    pub steps: i64,
     /// Log rows Gitea has acknowledged.
     pub log_acked: i64,
 }
@@ -25,15 +27,17 @@ impl Store {
         task_id: i64,
         run_id: Option<i64>,
         refusal: Option<&str>,
+        steps: i64,
     ) -> Result<(), StoreError> {
         sqlx::query(
-            "INSERT INTO gitea_tasks (task_id, run_id, refusal, log_acked, created_at)
-             VALUES ($1, $2, $3, 0, $4) ON CONFLICT (task_id) DO NOTHING",
+            "INSERT INTO gitea_tasks (task_id, run_id, refusal, steps, log_acked, created_at)
+             VALUES ($1, $2, $3, $5, 0, $4) ON CONFLICT (task_id) DO NOTHING",
         )
         .bind(task_id)
         .bind(run_id)
         .bind(refusal)
         .bind(now_ms())
+        .bind(steps)
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -42,7 +46,7 @@ impl Store {
     /// The tasks whose final state Gitea has not accepted yet, oldest first.
     pub async fn open_gitea_tasks(&self) -> Result<Vec<GiteaTask>, StoreError> {
         let rows = sqlx::query(
-            "SELECT task_id, run_id, refusal, log_acked FROM gitea_tasks
+            "SELECT task_id, run_id, refusal, steps, log_acked FROM gitea_tasks
              WHERE reported_at IS NULL ORDER BY task_id",
         )
         .fetch_all(&self.pool)
@@ -53,7 +57,8 @@ impl Store {
                     task_id: row.try_get(0)?,
                     run_id: row.try_get(1)?,
                     refusal: row.try_get(2)?,
-                    log_acked: row.try_get(3)?,
+                    steps: row.try_get(3)?,
+                    log_acked: row.try_get(4)?,
                 })
             })
             .collect()

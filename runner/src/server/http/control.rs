@@ -53,11 +53,12 @@ pub async fn dispatch(
 }
 
 async fn stored(app: &App, id: i64) -> Result<Run, ApiError> {
-    app.store
-        .run(id)
-        .await
-        .map_err(internal)?
-        .ok_or_else(|| ApiError(StatusCode::INTERNAL_SERVER_ERROR, "internal error".to_owned()))
+    app.store.run(id).await.map_err(internal)?.ok_or_else(|| {
+        ApiError(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal error".to_owned(),
+        )
+    })
 }
 
 /// Cancels a queued or running run (`why` becomes its description); 409 when it ended.

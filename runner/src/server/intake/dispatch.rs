@@ -232,11 +232,19 @@ async fn resolve_ref(
     wanted: &str,
 ) -> Option<(GitRef, String)> {
     let name = wanted.strip_prefix("refs/heads/").unwrap_or(wanted);
-    if let Some(sha) = intake.git.resolve(mirror, &format!("refs/heads/{name}")).await {
+    if let Some(sha) = intake
+        .git
+        .resolve(mirror, &format!("refs/heads/{name}"))
+        .await
+    {
         return Some((GitRef::Branch(name.to_string()), sha));
     }
     let tag = wanted.strip_prefix("refs/tags/").unwrap_or(wanted);
-    if let Some(sha) = intake.git.resolve(mirror, &format!("refs/tags/{tag}")).await {
+    if let Some(sha) = intake
+        .git
+        .resolve(mirror, &format!("refs/tags/{tag}"))
+        .await
+    {
         return Some((GitRef::Tag(tag.to_string()), sha));
     }
     None
