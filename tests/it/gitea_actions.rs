@@ -288,3 +288,41 @@ async fn the_poller_backs_off_while_gitea_is_unreachable_and_recovers() {
     assert_eq!(gitea.actions_runners().len(), 1, "no second registration");
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_finishes_reporting_a_task_whose_run_ended_meanwhile() {
+    let gitea = FakeGitea::start().await;
+    let pipeline = format!(
+        "on: dispatch\nsteps:\n{}",
+        step("short", "sleep 2\necho done")
+    );
+    let repo = repo_with(&gitea, &[(".pipewright/short.yml", &pipeline)]);
+    let set = settings(&gitea.actions_registration_token());
+    let server = Server::start_with(&gitea, &pairs(&set)).await;
+    let job = gitea.dispatch_workflow(&repo, "short.yml", &stub("", ""), "main", &[], "ana");
+    eventually(Duration::from_secs(60), "the task to be taken", || async {
+        gitea.actions_task_of_job(job)
+    })
+    .await;
+    // Gitea's runner API fails from here on: the run ends, its end cannot be reported.
+    gitea.fail_actions(u32::MAX);
+    eventually(Duration::from_secs(120), "the run to end", || async {
+        let runs = server.runs().await;
+        runs.into_iter().find(|r| r["state"] == "success")
+    })
+    .await;
+    let data = server.stop_keeping_data().await;
+    assert_eq!(gitea.actions_task_of_job(job).unwrap().status, "running");
+
+    gitea.fail_actions(0);
+    let server = Server::start_in(data, &gitea, &pairs(&set), "").await;
+    let task = finished_task(&gitea, job).await;
+    assert_eq!(task.status, "success");
+    let lines = task.lines();
+    assert_eq!(
+        &lines[..3],
+        ["── short", "done", "── short: success, exit code 0"]
+    );
+    assert_eq!(calls(&gitea, "Register"), 1);
+    server.stop().await;
+}
