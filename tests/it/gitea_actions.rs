@@ -326,3 +326,167 @@ async fn a_restart_finishes_reporting_a_task_whose_run_ended_meanwhile() {
     assert_eq!(calls(&gitea, "Register"), 1);
     server.stop().await;
 }
+
+/// The fake's runner API answers as connect-go does in front of Gitea: what the runner's
+/// client relies on, checked without Pipewright.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_fake_runner_api_speaks_connect_as_gitea_does() {
+    let gitea = FakeGitea::start().await;
+    let http = crate::serve::client();
+    let url = |p: &str| format!("{}/api/actions/runner.v1.RunnerService/{p}", gitea.url());
+    let post = |p: &str, body: &'static str| {
+        http.post(url(p))
+            .header("content-type", "application/json")
+            .body(body)
+    };
+    // Transport errors: wrong media type, empty body, unknown procedure.
+    let resp = http.post(url("FetchTask")).body("{}").send().await.unwrap();
+    assert_eq!(resp.status(), 415);
+    let resp = post("FetchTask", "").send().await.unwrap();
+    assert_eq!(resp.status(), 400);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["code"], "invalid_argument");
+    let resp = post("Nope", "{}").send().await.unwrap();
+    assert_eq!(resp.status(), 404);
+    // Gitea's own errors: `unknown`, 500, the reason in the message.
+    let resp = post("FetchTask", "{}").send().await.unwrap();
+    assert_eq!(resp.status(), 500);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["code"], "unknown");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("unregistered runner")
+    );
+    let resp = post("Register", r#"{"name":"x","token":"wrong"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 500);
+    // Registered with snake_case and an unknown field; answers in protojson's shape.
+    let token = gitea.actions_registration_token();
+    let body = format!(
+        r#"{{"name":"r","token":"{token}","labels":["pipewright"],"agent_labels":[],"newer_field":1}}"#
+    );
+    let resp = http
+        .post(url("Register"))
+        .header("content-type", "application/json; charset=utf-8")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let runner: Value = resp.json().await.unwrap();
+    let (uuid, secret) = (
+        runner["runner"]["uuid"].as_str().unwrap().to_owned(),
+        runner["runner"]["token"].as_str().unwrap().to_owned(),
+    );
+    assert!(
+        runner["runner"]["id"].is_string(),
+        "int64 as a string: {runner}"
+    );
+    let call = |p: &str, body: String| {
+        http.post(url(p))
+            .header("content-type", "application/json")
+            .header("x-runner-uuid", &uuid)
+            .header("x-runner-token", &secret)
+            .body(body)
+    };
+    let fetched: Value = call("FetchTask", r#"{"tasks_version":0}"#.into())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        fetched,
+        serde_json::json!({"tasksVersion": "1"}),
+        "no task key"
+    );
+    // Same version: no look for a task, even with one waiting.
+    let repo = repo_with(&gitea, &[]);
+    gitea.dispatch_workflow(&repo, "x.yml", &stub("", ""), "main", &[], "ana");
+    let same: Value = call("FetchTask", r#"{"tasksVersion":"2"}"#.into())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(same.get("task").is_none(), "{same}");
+    let got: Value = call("FetchTask", r#"{"tasksVersion":1}"#.into())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = got["task"]["id"].as_str().unwrap().to_owned();
+    // UpdateLog's ack arithmetic: overlap is idempotent, a gap adds nothing.
+    let log = |index: i64, rows: &[&str], no_more: bool| {
+        let rows: Vec<Value> = rows
+            .iter()
+            .map(|c| serde_json::json!({"time": "2026-01-01T10:00:00Z", "content": c}))
+            .collect();
+        serde_json::json!({"taskId": id, "index": index.to_string(), "rows": rows, "noMore": no_more})
+            .to_string()
+    };
+    let ack = |v: Value| v["ackIndex"].as_str().unwrap().to_owned();
+    let send = |body: String| async { call("UpdateLog", body).send().await.unwrap() };
+    assert_eq!(
+        ack(send(log(0, &["a", "b"], false)).await.json().await.unwrap()),
+        "2"
+    );
+    assert_eq!(
+        ack(send(log(1, &["b", "c"], false)).await.json().await.unwrap()),
+        "3"
+    );
+    assert_eq!(
+        ack(send(log(5, &["z"], false)).await.json().await.unwrap()),
+        "3"
+    );
+    // `noMore` on a call that adds nothing is ignored; with a new row it archives.
+    assert_eq!(
+        ack(send(log(0, &["a"], true)).await.json().await.unwrap()),
+        "3"
+    );
+    assert_eq!(
+        ack(send(log(3, &["d"], true)).await.json().await.unwrap()),
+        "4"
+    );
+    let archived = send(log(4, &["e"], false)).await;
+    assert_eq!(archived.status(), 500);
+    let body: Value = archived.json().await.unwrap();
+    assert!(body["message"].as_str().unwrap().contains("AlreadyExists"));
+    // A final UpdateTask, then a heartbeat answers the final result.
+    let state = |result: &str| {
+        format!(
+            r#"{{"state":{{"id":"{id}","result":"{result}","stoppedAt":"2026-01-01T10:00:05Z"}}}}"#
+        )
+    };
+    let done: Value = call("UpdateTask", state("RESULT_FAILURE"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(done["state"]["result"], "RESULT_FAILURE");
+    let again: Value = call("UpdateTask", state("RESULT_UNSPECIFIED"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(again["state"]["result"], "RESULT_FAILURE");
+    assert!(
+        !gitea
+            .actions_requests()
+            .iter()
+            .any(|r| r.body_text().contains(&secret) || r.body_text().contains(&token)),
+        "tokens are never recorded"
+    );
+}
