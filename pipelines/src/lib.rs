@@ -18,6 +18,7 @@ mod template;
 mod units;
 mod vault_files;
 mod yaml;
+mod yaml_json;
 
 pub use cron::{CRON_MACROS, schedule_due};
 pub use diag::{Diagnostic, Pos};
@@ -39,6 +40,7 @@ pub use units::{
 };
 pub use vault_files::{SECRETS_IN_CONTAINER, check_secret_file_path};
 pub use yaml::{MAX_DEPTH, MAX_FILE_BYTES, MAX_NODES, MAX_TEXT_BYTES};
+pub use yaml_json::yaml_to_json;
 
 /// Where pipeline files live in a repository.
 pub const PIPELINE_DIR: &str = ".pipewright";

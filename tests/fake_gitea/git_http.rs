@@ -8,6 +8,9 @@ pub(super) async fn handle(shared: Arc<Shared>, request: Request) -> Response {
     if path == "/api/v1" || path.starts_with("/api/v1/") {
         return api(shared, request).await;
     }
+    if path.starts_with("/api/actions/") {
+        return runners::runner_api(shared, request).await;
+    }
     if path == "/login/oauth/authorize" || path == "/login/oauth/access_token" {
         let (parts, body) = request.into_parts();
         let body = axum::body::to_bytes(body, 1 << 20)

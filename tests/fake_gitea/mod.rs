@@ -37,6 +37,10 @@
 //!   with 404 for a private repository and 401 `token is required` for a write to a public
 //!   one. Unknown routes: 404 JSON.
 //!
+//! - Gitea's Actions runner API (`runners.rs`): `/api/actions` (`Register`, `Declare`,
+//!   `FetchTask`, `UpdateTask`, `UpdateLog` over Connect with JSON), with registration
+//!   tokens, "Run workflow" and cancel as a test asks for them
+//!   ([`FakeGitea::dispatch_workflow`], [`FakeGitea::cancel_actions_job`]).
 //! - Gitea's OAuth2 provider (`oauth.rs`): `GET /login/oauth/authorize` and
 //!   `POST /login/oauth/access_token` for registered applications
 //!   ([`FakeGitea::create_oauth_app`]), with PKCE, single-use codes, refresh tokens and
@@ -83,6 +87,7 @@ mod oauth;
 mod payloads;
 mod repos;
 mod reviews;
+mod runners;
 mod server;
 mod state;
 mod util;
@@ -121,6 +126,8 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 pub use hooks::{HookOwnerRec, HookRec};
 pub use oauth::{OAUTH_ACCESS_TOKEN_SECS, OAuthApp};
 use reviews::*;
+use runners::ActionsState;
+pub use runners::{ActionsLogRow, ActionsRunner, ActionsStep, ActionsTask};
 use {api::*, git_http::*, json::*, oauth::*, state::*};
 pub use {deliveries::*, payloads::*, repos::*, reviews::ReviewState, server::*, util::*};
 

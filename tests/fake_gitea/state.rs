@@ -112,6 +112,7 @@ pub(super) struct State {
     pub(super) requests: Vec<RecordedRequest>,
     pub(super) fail_next: u32,
     pub(super) oauth: OAuthState,
+    pub(super) actions: ActionsState,
 }
 
 impl State {

@@ -7,6 +7,7 @@ mod exec_cli;
 mod executor;
 mod fake_gitea_selftest;
 mod fuzz;
+mod gitea_actions;
 mod image_build;
 mod metrics;
 mod offline;

@@ -218,6 +218,34 @@ pub(super) fn decode(r: &mut Reader<'_>) -> Config {
         };
         r.problem(at, "signing in with Gitea needs `[gitea].url`");
     }
+    let gitea_actions = GiteaActionsConfig {
+        registration_token: r.secret(
+            "gitea_actions",
+            "registration_token",
+            "registration_token_file",
+        ),
+        name: r
+            .read("gitea_actions", "name", |v| runner_name(v.str()?))
+            .unwrap_or_else(|| defaults::GITEA_ACTIONS_NAME.to_owned()),
+        labels: r
+            .read("gitea_actions", "labels", |v| runner_labels(v.list()?))
+            .unwrap_or_else(|| {
+                defaults::GITEA_ACTIONS_LABELS
+                    .iter()
+                    .map(|l| (*l).to_owned())
+                    .collect()
+            }),
+    };
+    if gitea_actions.enabled() && gitea.url.is_none() {
+        let at = match r.file_name {
+            "" => "[gitea_actions]".to_owned(),
+            name => format!("{name}: [gitea_actions]"),
+        };
+        r.problem(
+            at,
+            "registering as a Gitea Actions runner needs `[gitea].url`",
+        );
+    }
     let retention = RetentionConfig {
         logs: r
             .read("retention", "logs", |v| retention_age(v.str()?))
@@ -244,6 +272,7 @@ pub(super) fn decode(r: &mut Reader<'_>) -> Config {
         agent,
         api,
         ui,
+        gitea_actions,
         retention,
         repos,
         registries,

@@ -72,3 +72,7 @@ pub const APPLY_REQUIREMENTS: &[super::ApplyRequirement] = &[
     super::ApplyRequirement::Approved,
     super::ApplyRequirement::Mergeable,
 ];
+/// `[gitea_actions].name`.
+pub const GITEA_ACTIONS_NAME: &str = "pipewright";
+/// `[gitea_actions].labels`.
+pub const GITEA_ACTIONS_LABELS: &[&str] = &["pipewright"];

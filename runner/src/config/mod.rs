@@ -8,7 +8,7 @@
 //! exist only in the file.
 //!
 //! Secrets (`token`, `webhook_secret`, `[api].tokens`, `[[api.token]]`,
-//! `[ui].oauth_client_secret`) can be given directly or as a
+//! `[ui].oauth_client_secret`, `[gitea_actions].registration_token`) can be given directly or as a
 //! `*_file` whose content is read at load; giving both in one place (the file, or the
 //! environment) is an error, and either form given in the environment replaces both forms
 //! of the file. Relative paths are relative to the working directory, as the database URL
@@ -37,9 +37,9 @@ use std::{collections::BTreeMap, fmt, fs, path::Path};
 
 pub use values::{
     AgentConfig, Algorithm, ApiConfig, ApplyRequirement, Config, DatabaseConfig, DockerConfig,
-    GiteaConfig, HttpLimits, IdentityConfig, LogConfig, LogFormat, RegistryCredentials,
-    RegistryPassword, RepoPolicy, RetentionConfig, Scope, ScopedToken, Secret, ServerConfig,
-    UiConfig, VaultConfig,
+    GiteaActionsConfig, GiteaConfig, HttpLimits, IdentityConfig, LogConfig, LogFormat,
+    RegistryCredentials, RegistryPassword, RepoPolicy, RetentionConfig, Scope, ScopedToken, Secret,
+    ServerConfig, UiConfig, VaultConfig,
 };
 
 use decode::decode;

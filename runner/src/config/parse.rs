@@ -193,6 +193,32 @@ pub(crate) fn host_name() -> String {
         .unwrap_or_else(|| "pipewright".to_owned())
 }
 
+/// A Gitea Actions runner's labels: at least one, each as Gitea compares them (exact
+/// strings), without act_runner's `:schema` suffix, which Gitea would take as part of it.
+pub(super) fn runner_labels(list: Vec<String>) -> Result<Vec<String>, String> {
+    let list = labels(list)?;
+    if list.is_empty() {
+        return Err("expected at least one label".to_owned());
+    }
+    match list.iter().find(|l| l.contains(':') || l.len() > 255) {
+        Some(bad) => Err(format!(
+            "expected plain labels (no `:schema`, at most 255 bytes), found {bad:?}"
+        )),
+        None => Ok(list),
+    }
+}
+
+/// A runner's name as Gitea keeps it: 1 to 255 characters, no control characters.
+pub(super) fn runner_name(text: &str) -> Result<String, String> {
+    let text = text.trim();
+    if text.is_empty() || text.chars().count() > 255 || text.chars().any(char::is_control) {
+        return Err(format!(
+            "expected a name of 1 to 255 characters, found {text:?}"
+        ));
+    }
+    Ok(text.to_owned())
+}
+
 pub(super) fn database_url(text: &str) -> Result<String, String> {
     let ok = ["sqlite:", "postgres://", "postgresql://"]
         .iter()

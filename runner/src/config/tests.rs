@@ -174,6 +174,13 @@ fn design_example_parses() {
                 oauth_client_id: None,
                 oauth_client_secret: None,
             },
+            gitea_actions: GiteaActionsConfig {
+                registration_token: None,
+                name: "pipewright",
+                labels: [
+                    "pipewright",
+                ],
+            },
             retention: RetentionConfig {
                 logs: Some(
                     7776000s,
@@ -291,6 +298,13 @@ fn no_file_gives_the_defaults() {
             ui: UiConfig {
                 oauth_client_id: None,
                 oauth_client_secret: None,
+            },
+            gitea_actions: GiteaActionsConfig {
+                registration_token: None,
+                name: "pipewright",
+                labels: [
+                    "pipewright",
+                ],
             },
             retention: RetentionConfig {
                 logs: Some(
@@ -787,6 +801,38 @@ fn ui_oauth_is_both_or_neither_and_its_secret_can_be_a_file() {
         &[("PIPEWRIGHT_UI__OAUTH_CLIENT_SECRET", "s")],
         expect![[r#"
             config.toml: [ui]: `oauth_client_secret` is given without `oauth_client_id`; give both or neither
+        "#]],
+    );
+}
+
+/// `[gitea_actions]`: on with a registration token (from a file, never shown), which needs
+/// `[gitea].url`; labels are plain and there is at least one.
+#[test]
+fn gitea_actions_needs_a_token_and_plain_labels() {
+    assert!(!Config::default().gitea_actions.enabled());
+    let dir = tempfile::tempdir().unwrap();
+    let token = secret_file(&dir, "runner", "reg-token-123\n");
+    let text = format!(
+        "[gitea]\nurl = \"https://gitea.example.lab\"\n[gitea_actions]\nregistration_token_file = {token:?}\nlabels = [\"pipewright\", \"lab\"]\n"
+    );
+    let config = from_text(&text, &[]).unwrap();
+    assert!(config.gitea_actions.enabled());
+    assert_eq!(config.gitea_actions.labels, ["pipewright", "lab"]);
+    assert!(!format!("{config:?}").contains("reg-token-123"));
+    check_errors(
+        "[gitea_actions]\nregistration_token = \"t\"\nlabels = [\"pipewright:host\"]\nname = \"\"\n",
+        &[],
+        expect![[r#"
+            config.toml: [gitea_actions].name: expected a name of 1 to 255 characters, found ""
+            config.toml: [gitea_actions].labels: expected plain labels (no `:schema`, at most 255 bytes), found "pipewright:host"
+            config.toml: [gitea_actions]: registering as a Gitea Actions runner needs `[gitea].url`
+        "#]],
+    );
+    check_errors(
+        "[gitea]\nurl = \"https://gitea.example.lab\"\n",
+        &[("PIPEWRIGHT_GITEA_ACTIONS__LABELS", "")],
+        expect![[r#"
+            PIPEWRIGHT_GITEA_ACTIONS__LABELS: expected at least one label
         "#]],
     );
 }

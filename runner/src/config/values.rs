@@ -30,6 +30,9 @@ pub struct Config {
     pub api: ApiConfig,
     /// `[ui]`: signing in to the web UI with Gitea.
     pub ui: UiConfig,
+    /// `[gitea_actions]`: Pipewright as a runner of Gitea Actions, behind Gitea's "Run
+    /// workflow" button.
+    pub gitea_actions: GiteaActionsConfig,
     /// `[retention]`: how long finished runs and their logs are kept.
     pub retention: RetentionConfig,
     /// `[[repos]]`: per-repository policy. Default: none, and then every repository is
@@ -306,6 +309,30 @@ impl UiConfig {
             self.oauth_client_id.as_deref()?,
             self.oauth_client_secret.as_ref()?,
         ))
+    }
+}
+
+/// `[gitea_actions]`: Pipewright registers with Gitea (`[gitea].url`, Actions enabled) as
+/// an Actions runner and runs the tasks of workflows whose job `runs-on` one of its labels
+/// as Pipewright pipelines. Off unless a registration token is given.
+#[derive(Clone, Debug)]
+pub struct GiteaActionsConfig {
+    /// `registration_token` or `registration_token_file`: a runner registration token from
+    /// Gitea (Settings, Actions, Runners, "Create new runner", of the repository, the
+    /// organisation or the instance), used once: the runner's own uuid and token are kept
+    /// in `data_dir/gitea-runner.json`. Default: none (off).
+    pub registration_token: Option<Secret>,
+    /// `name`: the runner's name in Gitea's runner list. Default: `pipewright`.
+    pub name: String,
+    /// `labels`: the labels declared to Gitea; a job is handed to Pipewright when every
+    /// label of its `runs-on` is one of them. Default: `["pipewright"]`.
+    pub labels: Vec<String>,
+}
+
+impl GiteaActionsConfig {
+    /// Whether Pipewright takes Gitea Actions tasks.
+    pub fn enabled(&self) -> bool {
+        self.registration_token.is_some()
     }
 }
 

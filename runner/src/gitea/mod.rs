@@ -2,6 +2,7 @@
 //! requests of our own over reqwest, because Gitea's responses are not GitHub's (the state
 //! comes back under `status`, users are Gitea's): GitHub-typed clients fail to read them.
 
+pub mod actions;
 pub mod hooks;
 pub mod oauth;
 pub mod payload;

@@ -200,6 +200,16 @@ impl App {
         }
     }
 
+    /// What the Gitea Actions runner uses: the intake's parts, the logs it reports.
+    fn gitea_actions(&self) -> intake::gitea_actions::Parts<'_> {
+        intake::gitea_actions::Parts {
+            intake: self.intake(),
+            logs: &self.logs,
+            data_dir: &self.config.server.data_dir,
+            public_url: self.public_url(),
+        }
+    }
+
     /// The parts of the work layer.
     fn work(&self) -> work::Work<'_> {
         work::Work {
@@ -365,7 +375,7 @@ fn getrandom_bytes(buf: &mut [u8]) {
 }
 
 /// The supervised background tasks, by name (as `/readyz` names them).
-const TASKS: [(&str, TaskFn); 8] = [
+const TASKS: [(&str, TaskFn); 9] = [
     ("webhook writer", |app, stop| {
         Box::pin(http::webhook::run_writer(app, stop))
     }),
@@ -387,6 +397,9 @@ const TASKS: [(&str, TaskFn); 8] = [
     }),
     ("retention", |app, stop| {
         Box::pin(work::retention::run(app, stop))
+    }),
+    ("gitea actions", |app, stop| {
+        Box::pin(async move { intake::gitea_actions::run(app.gitea_actions(), stop).await })
     }),
 ];
 

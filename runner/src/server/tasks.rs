@@ -1,5 +1,5 @@
 //! Supervision of the server's background tasks (webhook writer, ingest, reporter, catch-up,
-//! schedules, checkpoints, kept images, retention): a task that panics or returns before shutdown is logged,
+//! schedules, checkpoints, kept images, retention, gitea actions): a task that panics or returns before shutdown is logged,
 //! restarted after a backoff (1 s, doubling up to 1 min; back to 1 s once it has run for
 //! 10 min), and its state is what `/readyz` reports.
 

@@ -18,6 +18,7 @@ mod commands;
 pub mod comments;
 mod counts;
 mod deliveries;
+mod gitea_tasks;
 mod images;
 mod log_lines;
 mod outbox;
@@ -30,6 +31,7 @@ mod signing_keys;
 pub use counts::*;
 pub use deliveries::*;
 pub use log_lines::*;
+pub use gitea_tasks::*;
 pub use outbox::*;
 pub use plans::*;
 pub use repos::*;
@@ -100,6 +102,7 @@ pub(crate) const SQLITE_MIGRATIONS: Migrations = migrations![
     (9, "both", "0009_retention"),
     (10, "both", "0010_agents"),
     (11, "sqlite", "0011_shared_hosts"),
+    (13, "both", "0013_gitea_tasks"),
 ];
 
 pub(crate) const POSTGRES_MIGRATIONS: Migrations = migrations![
@@ -114,6 +117,7 @@ pub(crate) const POSTGRES_MIGRATIONS: Migrations = migrations![
     (9, "both", "0009_retention"),
     (10, "both", "0010_agents"),
     (11, "postgres", "0011_shared_hosts"),
+    (13, "both", "0013_gitea_tasks"),
 ];
 
 /// The highest version of the databases made before migrations were sqlx's: release

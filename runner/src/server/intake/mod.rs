@@ -1,8 +1,11 @@
-//! The intake layer: what turns deliveries, comment commands, catch-up and schedules into
-//! queued runs, and the one `RunSpec` constructor per source of runs.
+//! The intake layer: what turns deliveries, comment commands, catch-up, schedules,
+//! dispatches and Gitea Actions tasks into queued runs, and the one `RunSpec` constructor
+//! per source of runs.
 
 pub(super) mod catchup;
 pub(super) mod commands;
+pub(super) mod dispatch;
+pub(super) mod gitea_actions;
 pub(super) mod ingest;
 pub(super) mod schedule;
 pub(super) mod spec;

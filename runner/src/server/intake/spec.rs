@@ -1,5 +1,5 @@
 //! How each source of runs builds its [`RunSpec`]: one constructor per source (a delivery's
-//! event, a dispatch, a schedule, a comment command, a re-run), so that the dedupe key, the concurrency group
+//! event, a dispatch, a Gitea Actions task, a schedule, a comment command, a re-run), so that the dedupe key, the concurrency group
 //! key and the first description of a kind of run are made in one place.
 
 use pipewright_pipelines::{InputKind, Pipeline, RunContext, plan};
@@ -17,6 +17,9 @@ pub enum Source<'a> {
     Event { event: &'a Event, from_fork: bool },
     /// Asked for through the API at `at_ms`.
     Dispatch { actor: &'a str, at_ms: i64 },
+    /// Gitea Actions task `task_id` (from "Run workflow"), started by Gitea user `actor`:
+    /// a dispatch in every other respect.
+    GiteaTask { actor: &'a str, task_id: i64 },
     /// Due in this minute (epoch minutes).
     Schedule { minute: i64 },
     /// A comment command (`/pipewright run|plan|apply`) by `actor`, comment `comment_id`
@@ -49,6 +52,8 @@ impl Source<'_> {
         match self {
             Source::Event { event, .. } => event.dedupe_key(),
             Source::Dispatch { at_ms, .. } => format!("dispatch:{repo}:{at_ms}"),
+            // A task is handed out once; one taken again after a crash adds nothing.
+            Source::GiteaTask { task_id, .. } => format!("gitea-task:{repo}:{task_id}"),
             Source::Schedule { minute } => format!("schedule:{repo}:{pipeline}:{minute}"),
             // A comment runs once, ever: a replayed delivery of it adds nothing.
             Source::Comment { comment_id, .. } => format!("comment:{repo}:{comment_id}"),
@@ -62,7 +67,7 @@ impl Source<'_> {
             Source::Event { event, .. } => match event {
                 Event::Push { actor, .. } | Event::PullRequest { actor, .. } => actor,
             },
-            Source::Dispatch { actor, .. } => actor,
+            Source::Dispatch { actor, .. } | Source::GiteaTask { actor, .. } => actor,
             Source::Schedule { .. } => "schedule",
             Source::Comment { actor, .. } => actor,
         }
@@ -81,10 +86,13 @@ impl RunSpec {
             FileAt::Valid(pipeline) => {
                 let planned = plan(pipeline, cx);
                 let description = match source {
-                    Source::Event { .. } => "queued",
-                    Source::Dispatch { .. } => "queued (dispatched)",
-                    Source::Schedule { .. } => "queued (scheduled)",
-                    Source::Comment { .. } => "queued (comment command)",
+                    Source::Event { .. } => "queued".to_owned(),
+                    Source::Dispatch { .. } => "queued (dispatched)".to_owned(),
+                    Source::GiteaTask { task_id, .. } => {
+                        format!("queued (Gitea Actions task {task_id})")
+                    }
+                    Source::Schedule { .. } => "queued (scheduled)".to_owned(),
+                    Source::Comment { .. } => "queued (comment command)".to_owned(),
                 };
                 (
                     pipeline.name.as_str(),
@@ -93,7 +101,7 @@ impl RunSpec {
                     planned.concurrency_group,
                     planned.cancel_in_progress,
                     RunState::Queued,
-                    description.to_string(),
+                    description,
                 )
             }
             FileAt::Invalid {
@@ -115,7 +123,9 @@ impl RunSpec {
                 Event::Push { .. } => (None, false),
                 Event::PullRequest { number, .. } => (Some(*number), from_fork),
             },
-            Source::Dispatch { .. } | Source::Schedule { .. } => (None, false),
+            Source::Dispatch { .. } | Source::GiteaTask { .. } | Source::Schedule { .. } => {
+                (None, false)
+            }
             Source::Comment { pr, from_fork, .. } => (pr, from_fork),
         };
         let actor = source.actor();
