@@ -94,6 +94,8 @@ struct Agent {
     name: String,
     child: Child,
     data: tempfile::TempDir,
+    /// Its `/healthz` and `/readyz` listener.
+    health: String,
 }
 
 impl Agent {
@@ -128,6 +130,7 @@ impl Agent {
             name: name.to_owned(),
             child,
             data,
+            health: health.clone(),
         };
         let url = format!("http://{health}/readyz");
         eventually(
@@ -145,6 +148,17 @@ impl Agent {
         )
         .await;
         agent
+    }
+
+    /// The status of its `/readyz`.
+    async fn readyz(&self) -> u16 {
+        client()
+            .get(format!("http://{}/readyz", self.health))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
     }
 
     /// The instance id of its data directory, as its containers' label says.
@@ -437,4 +451,126 @@ async fn an_agent_refuses_sqlite_with_a_clear_message() {
             "no database file is made"
         );
     }
+}
+
+/// A unix socket that forwards to the machine's Docker engine while it is up; going down
+/// drops every connection through it and refuses new ones, as a stopped engine does.
+struct EngineProxy {
+    path: std::path::PathBuf,
+    up: tokio::sync::watch::Sender<bool>,
+    _dir: tempfile::TempDir,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl EngineProxy {
+    fn start() -> EngineProxy {
+        let dir = tempfile::Builder::new()
+            .prefix("pw-engine-")
+            .tempdir_in("/tmp")
+            .unwrap();
+        let path = dir.path().join("docker.sock");
+        let listener = tokio::net::UnixListener::bind(&path).unwrap();
+        let (up, watch) = tokio::sync::watch::channel(true);
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((mut client, _)) = listener.accept().await else {
+                    return;
+                };
+                if !*watch.borrow() {
+                    continue;
+                }
+                let mut watch = watch.clone();
+                tokio::spawn(async move {
+                    let Ok(mut engine) =
+                        tokio::net::UnixStream::connect("/var/run/docker.sock").await
+                    else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut client, &mut engine) => {}
+                        _ = watch.wait_for(|up| !*up) => {}
+                    }
+                });
+            }
+        });
+        EngineProxy {
+            path,
+            up,
+            _dir: dir,
+            task,
+        }
+    }
+
+    fn host(&self) -> String {
+        format!("unix://{}", self.path.display())
+    }
+
+    fn set_up(&self, up: bool) {
+        self.up.send_replace(up);
+    }
+}
+
+impl Drop for EngineProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn while_docker_is_down_runs_stay_queued_and_readyz_fails_then_they_run() {
+    let (pg, db) = database();
+    let gitea = FakeGitea::start().await;
+    let server = Server::start(&gitea, &db).await;
+    let engine = EngineProxy::start();
+    let host = engine.host();
+    let agent = Agent::start(
+        &gitea,
+        &server,
+        &db,
+        "flaky",
+        "flaky",
+        &[("PIPEWRIGHT_DOCKER__HOST", &host)],
+    )
+    .await;
+    engine.set_up(false);
+    eventually(
+        Duration::from_secs(30),
+        "the agent to report its engine down",
+        || async {
+            let up = pg.sql("SELECT docker_up FROM agents WHERE name = 'flaky'");
+            (up.trim() == "0").then_some(())
+        },
+    )
+    .await;
+    assert_eq!(agent.readyz().await, 503);
+    let repo = gitea.create_repo("org", "flaky");
+    let sha = push(
+        &repo,
+        &server,
+        &[(".pipewright/job.yml", pipeline(&["flaky"], "echo ran"))],
+    )
+    .await;
+    let run = server.run_of("job", &sha).await;
+    let id = run["id"].as_i64().unwrap();
+    let waiting = eventually(
+        Duration::from_secs(30),
+        "the run to say Docker is down",
+        || async {
+            let run = server.run(id).await;
+            (run["waiting_reason"] == "Docker is down").then_some(run)
+        },
+    )
+    .await;
+    assert_eq!(waiting["state"], "queued", "{waiting:#}");
+    assert!(waiting["agent"].is_null(), "{waiting:#}");
+    engine.set_up(true);
+    let statuses = final_statuses(&repo, &sha, "pipewright/job").await;
+    assert_eq!(
+        statuses.last().unwrap().state,
+        "success",
+        "{statuses:?}\n{}",
+        agent.log()
+    );
+    assert_eq!(server.run(id).await["agent"], "flaky");
+    assert_eq!(agent.readyz().await, 200);
 }

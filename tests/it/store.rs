@@ -88,7 +88,88 @@ on_both!(
     a_run_whose_lease_expired_is_settled_as_its_agent_lost,
     an_instance_finds_only_its_own_running_runs,
     a_run_waits_for_an_agent_with_all_its_labels,
+    a_named_agent_claims_with_its_lease_and_its_heartbeat_is_read_back,
 );
+
+async fn a_named_agent_claims_with_its_lease_and_its_heartbeat_is_read_back(db: Db) {
+    use pipewright::store::{
+        Claimant,
+        agents::{AgentBeat, AgentState},
+    };
+    let store = db.open().await;
+    let pinned = add(
+        &store,
+        RunSpec {
+            runs_on: labels(&["pi1"]),
+            ..run("backup", "aaaaaaaa", "g-backup", false)
+        },
+    )
+    .await;
+    let pi3 = labels(&["pi3", "linux"]);
+    let lease = std::time::Duration::from_secs(5);
+    let as_pi3 = Claimant {
+        owner: "pw-instance-3",
+        agent: "pi3",
+        labels: &pi3,
+        lease,
+    };
+    assert!(
+        store.claim(&as_pi3).await.unwrap().is_none(),
+        "a run pinned to pi1 is not pi3's"
+    );
+    let pi1 = labels(&["pi1"]);
+    let as_pi1 = Claimant {
+        owner: "pw-instance-1",
+        agent: "pi1",
+        labels: &pi1,
+        lease,
+    };
+    let claimed = store.claim(&as_pi1).await.unwrap().unwrap();
+    assert_eq!(claimed.id, pinned);
+    assert_eq!(claimed.agent.as_deref(), Some("pi1"));
+    assert_eq!(claimed.lease_owner.as_deref(), Some("pw-instance-1"));
+    assert!(
+        store
+            .renew_lease_for(pinned, "pw-instance-1", lease)
+            .await
+            .unwrap()
+    );
+    // The lease is the agent's: expired after it, and the run is lost under its name.
+    let later = now_ms() + lease.as_millis() as i64 + 1;
+    let settled = store.settle_lost_leases(later, &[]).await.unwrap();
+    assert_eq!(settled, [(pinned, "pi1".to_string())]);
+    let lost = store.run(pinned).await.unwrap().unwrap();
+    assert_eq!(lost.description, "agent pi1 lost");
+    assert_eq!(lost.agent.as_deref(), Some("pi1"), "the name stays");
+
+    let beat = |name: &'static str, state, docker_up| AgentBeat {
+        name,
+        instance: "pw-instance-1",
+        labels: &pi1,
+        capacity: 2,
+        state,
+        docker_up,
+    };
+    store
+        .agent_heartbeat(&beat("pi1", AgentState::Running, true))
+        .await
+        .unwrap();
+    store
+        .agent_heartbeat(&beat("pi1", AgentState::Draining, false))
+        .await
+        .unwrap();
+    let live = store.live_agents().await.unwrap();
+    assert_eq!(live.len(), 1, "one row per name: {live:?}");
+    assert_eq!(
+        (live[0].name.as_str(), live[0].state, live[0].docker_up),
+        ("pi1", AgentState::Draining, false)
+    );
+    assert_eq!(live[0].labels, pi1);
+    store.agent_stopped("pi1", "pw-another").await.unwrap();
+    assert_eq!(store.live_agents().await.unwrap().len(), 1, "not its row");
+    store.agent_stopped("pi1", "pw-instance-1").await.unwrap();
+    assert!(store.live_agents().await.unwrap().is_empty());
+}
 
 async fn deliveries_are_stored_once_and_survive_reopening(db: Db) {
     let store = db.open().await;

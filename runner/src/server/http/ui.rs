@@ -392,7 +392,7 @@ pub async fn run_page(
         state: run.state.as_str(),
         description: run.description.clone(),
         actor: run.actor.clone(),
-        agent: run.lease_owner.clone(),
+        agent: run.agent.clone().or_else(|| run.lease_owner.clone()),
         inputs,
         rerun_of: run.rerun_of,
         short_sha: short_sha(&run.sha),
