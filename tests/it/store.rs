@@ -98,7 +98,14 @@ async fn published_keys_are_public_and_replaced_per_owner(db: Db) {
     use pipewright::{config::Algorithm, identity::Issuer};
     let store = db.open().await;
     let issuer = |dir: &Path, alg| {
-        Issuer::load(dir, alg, "https://ci.lab", "vault", Duration::from_secs(600)).unwrap()
+        Issuer::load(
+            dir,
+            alg,
+            "https://ci.lab",
+            "vault",
+            Duration::from_secs(600),
+        )
+        .unwrap()
     };
     let (a, b, c) = (
         tempfile::tempdir().unwrap(),
