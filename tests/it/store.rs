@@ -1,6 +1,7 @@
 //! The store against real databases, each test on SQLite and on PostgreSQL: the delivery
 //! inbox, the queue's concurrency groups and labels, leases, the status outbox, and
-//! migrations of databases made by earlier releases (`tests/data/store/`).
+//! migrations of databases made by earlier releases (`tests/data/store/`), and the public
+//! signing keys each process publishes.
 
 use std::{path::Path, time::Duration};
 
@@ -89,6 +90,7 @@ on_both!(
     an_instance_finds_only_its_own_running_runs,
     a_run_waits_for_an_agent_with_all_its_labels,
     a_named_agent_claims_with_its_lease_and_its_heartbeat_is_read_back,
+    published_keys_are_public_and_replaced_per_owner,
 );
 
 async fn a_named_agent_claims_with_its_lease_and_its_heartbeat_is_read_back(db: Db) {
@@ -169,6 +171,53 @@ async fn a_named_agent_claims_with_its_lease_and_its_heartbeat_is_read_back(db: 
     assert_eq!(store.live_agents().await.unwrap().len(), 1, "not its row");
     store.agent_stopped("pi1", "pw-instance-1").await.unwrap();
     assert!(store.live_agents().await.unwrap().is_empty());
+
+/// What `Issuer::publish` writes: the public JWKs of the owner's keys, replacing what it
+/// published before, beside other owners' keys.
+async fn published_keys_are_public_and_replaced_per_owner(db: Db) {
+    use pipewright::{config::Algorithm, identity::Issuer};
+    let store = db.open().await;
+    let issuer = |dir: &Path, alg| {
+        Issuer::load(
+            dir,
+            alg,
+            "https://ci.lab",
+            "vault",
+            Duration::from_secs(600),
+        )
+        .unwrap()
+    };
+    let (a, b, c) = (
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+    );
+    issuer(a.path(), Algorithm::EdDSA)
+        .publish(&store, "server")
+        .await
+        .unwrap();
+    issuer(b.path(), Algorithm::ES256)
+        .publish(&store, "agent-pi1")
+        .await
+        .unwrap();
+    let first = store.published_keys().await.unwrap();
+    assert_eq!(first.len(), 2, "{first:?}");
+    for key in &first {
+        let jwk: serde_json::Value = serde_json::from_str(&key.jwk).unwrap();
+        assert_eq!(jwk["kid"], key.kid.as_str());
+        assert!(jwk.get("d").is_none(), "{}: {jwk}", key.owner);
+        assert!(jwk.get("x").is_some(), "{jwk}");
+    }
+    // The agent's keys change: its old key goes, the server's stays.
+    issuer(c.path(), Algorithm::ES256)
+        .publish(&store, "agent-pi1")
+        .await
+        .unwrap();
+    let again = store.published_keys().await.unwrap();
+    assert_eq!(again.len(), 2, "{again:?}");
+    let old = first.iter().find(|k| k.owner == "agent-pi1").unwrap();
+    assert!(again.iter().all(|k| k.kid != old.kid), "{again:?}");
+    assert!(again.iter().any(|k| k.owner == "server"), "{again:?}");
 }
 
 async fn deliveries_are_stored_once_and_survive_reopening(db: Db) {
