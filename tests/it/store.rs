@@ -171,6 +171,7 @@ async fn a_named_agent_claims_with_its_lease_and_its_heartbeat_is_read_back(db: 
     assert_eq!(store.live_agents().await.unwrap().len(), 1, "not its row");
     store.agent_stopped("pi1", "pw-instance-1").await.unwrap();
     assert!(store.live_agents().await.unwrap().is_empty());
+}
 
 /// What `Issuer::publish` writes: the public JWKs of the owner's keys, replacing what it
 /// published before, beside other owners' keys.

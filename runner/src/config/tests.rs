@@ -753,7 +753,7 @@ fn documented_defaults_are_the_defaults() {
         }
         doc.clear();
     }
-    expect!["server.listen server.data_dir server.catch_up_interval server.secrets_dir server.header_timeout server.body_timeout server.max_connections server.body_memory server.max_deliveries log.format log.level gitea.git_timeout identity.audience identity.token_ttl identity.algorithm vault.mount vault.role_template docker.stop_grace docker.default_memory docker.default_pids docker.max_memory docker.max_pids docker.max_timeout docker.max_log_bytes docker.secrets_in_env agent.capacity agent.lease agent.drain_timeout api.read_public retention.logs retention.runs retention.interval"]
+    expect!["server.listen server.data_dir server.catch_up_interval server.secrets_dir server.header_timeout server.body_timeout server.max_connections server.body_memory server.max_deliveries log.format log.level gitea.git_timeout identity.audience identity.token_ttl identity.algorithm vault.mount vault.role_template docker.stop_grace docker.default_memory docker.default_pids docker.max_memory docker.max_pids docker.max_timeout docker.max_log_bytes docker.secrets_in_env agent.capacity agent.lease agent.drain_timeout api.read_public gitea_actions.name retention.logs retention.runs retention.interval"]
     .assert_eq(&checked.join(" "));
 }
 

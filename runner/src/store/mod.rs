@@ -30,8 +30,8 @@ mod signing_keys;
 
 pub use counts::*;
 pub use deliveries::*;
-pub use log_lines::*;
 pub use gitea_tasks::*;
+pub use log_lines::*;
 pub use outbox::*;
 pub use plans::*;
 pub use repos::*;

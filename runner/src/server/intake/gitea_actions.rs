@@ -345,7 +345,7 @@ impl Runner<'_> {
                 Some(TaskResult::Failure),
             ),
             (None, Some(run)) => {
-                let mut rows = run_rows(self.parts.logs, run, &steps);
+                let mut rows = run_rows(self.parts.logs, run, &steps).await;
                 let result = run.state.is_finished().then(|| result_of(run.state));
                 if result.is_some() {
                     rows.push(format!(
@@ -613,7 +613,7 @@ fn result_of(state: RunState) -> TaskResult {
 /// The run's output as Gitea's log rows so far: only ever appended to, since steps run one
 /// after another and a step's rows are given only up to what it has written (its last line
 /// without a newline once it is over).
-fn run_rows(logs: &LogStore, run: &Run, steps: &[StepRow]) -> Vec<String> {
+async fn run_rows(logs: &LogStore, run: &Run, steps: &[StepRow]) -> Vec<String> {
     let mut rows = Vec::new();
     let mut steps: Vec<&StepRow> = steps.iter().collect();
     steps.sort_by_key(|s| s.idx);
@@ -632,6 +632,7 @@ fn run_rows(logs: &LogStore, run: &Run, steps: &[StepRow]) -> Vec<String> {
         let over = step.state.is_over() || run_over;
         let text = logs
             .read(run.id, step.idx)
+            .await
             .ok()
             .flatten()
             .unwrap_or_default();
