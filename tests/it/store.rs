@@ -81,6 +81,7 @@ fn labels(list: &[&str]) -> Vec<String> {
 
 on_both!(
     deliveries_are_stored_once_and_survive_reopening,
+    a_delivery_stored_settled_is_never_pending,
     a_group_runs_one_at_a_time_and_newer_runs_supersede_queued_ones,
     cancel_in_progress_cancels_queued_and_asks_to_stop_running,
     push_keys_dedupe_forever_and_pull_request_keys_while_active,
@@ -249,6 +250,47 @@ async fn deliveries_are_stored_once_and_survive_reopening(db: Db) {
             .map(|d| d.delivery_id.as_str())
             .collect::<Vec<_>>(),
         ["a", "b"]
+    );
+}
+
+async fn a_delivery_stored_settled_is_never_pending(db: Db) {
+    let store = db.open().await;
+    let d = |id: &str, repo: &str| NewDelivery {
+        delivery_id: id.into(),
+        event_type: "push".into(),
+        repo: repo.into(),
+        payload: b"{}".to_vec(),
+    };
+    let stored = store
+        .insert_deliveries_settled(
+            &[
+                d("kept", "org/app"),
+                d("aside", "org/other"),
+                d("kept", "org/app"),
+            ],
+            |d| (d.repo == "org/other").then_some("not ours"),
+        )
+        .await
+        .unwrap();
+    assert!(matches!(stored[0], Received::New(_)));
+    assert!(matches!(stored[1], Received::New(_)));
+    assert_eq!(stored[2], Received::Duplicate);
+    // Stored all the same: a second delivery of the set-aside one is a duplicate.
+    assert_eq!(
+        store
+            .insert_deliveries(&[d("aside", "org/other")])
+            .await
+            .unwrap(),
+        [Received::Duplicate]
+    );
+    assert_eq!(store.delivery_count().await.unwrap(), 2);
+    let pending = store.pending_deliveries(10).await.unwrap();
+    assert_eq!(
+        pending
+            .iter()
+            .map(|d| d.delivery_id.as_str())
+            .collect::<Vec<_>>(),
+        ["kept"]
     );
 }
 

@@ -30,6 +30,9 @@ pub const MAX_BODY: usize = 5 << 20;
 
 type Reply = oneshot::Sender<Result<Received, String>>;
 
+/// The note of a delivery stored set aside (the same as ingest's for such a delivery).
+pub const SET_ASIDE: &str = "repository not in [[repos]]: ignored";
+
 /// Hands deliveries to the one task that writes them, batched.
 #[derive(Debug)]
 pub struct DeliveryWriter {
@@ -80,12 +83,22 @@ pub async fn run_writer(app: Arc<App>, stop: CancellationToken) {
             }
         }
         let (deliveries, replies): (Vec<NewDelivery>, Vec<Reply>) = batch.into_iter().unzip();
-        match store.insert_deliveries(&deliveries).await {
+        // A delivery of a repository outside `[[repos]]` (an organization's webhook sends
+        // every repository's) is stored already set aside, as ingest would set it aside
+        // at once: one disk sync instead of two on the one write connection.
+        let set_aside = |d: &NewDelivery| (!app.config.repo_allowed(&d.repo)).then_some(SET_ASIDE);
+        let to_process = deliveries.iter().any(|d| set_aside(d).is_none());
+        match store
+            .insert_deliveries_settled(&deliveries, set_aside)
+            .await
+        {
             Ok(results) => {
                 for (reply, result) in replies.into_iter().zip(results) {
                     let _ = reply.send(Ok(result));
                 }
-                app.ingest_wake.notify_one();
+                if to_process {
+                    app.ingest_wake.notify_one();
+                }
             }
             Err(e) => {
                 warn!(error = ?e, count = deliveries.len(), "failed to store deliveries");
