@@ -305,6 +305,19 @@ async fn pinned_runs_go_to_the_agent_with_their_labels() {
         "{waiting:#}"
     );
     assert!(waiting["agent"].is_null(), "{waiting:#}");
+    // The server (capacity 0, no agent of its own) counts the two agents' heartbeats.
+    let metrics = client()
+        .get(format!("{}/metrics", server.url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("pipewright_agents{state=\"live\"} 2\n"),
+        "{metrics}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

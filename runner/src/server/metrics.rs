@@ -287,16 +287,19 @@ impl Metrics {
         let agents = Family::<Label, Gauge>::default();
         let live = self.agent_live.load(Ordering::Relaxed);
         let draining = self.agent_draining.load(Ordering::Relaxed);
+        let (others_live, others_draining) =
+            queues.map_or((0, 0), |q| (q.other_agents_live, q.other_agents_draining));
         agents
             .get_or_create(&[("state", "live")])
-            .set(i64::from(live && !draining));
+            .set(i64::from(live && !draining) + others_live);
         agents
             .get_or_create(&[("state", "draining")])
-            .set(i64::from(draining));
+            .set(i64::from(draining) + others_draining);
         r.register(
             "pipewright_agents",
-            "This server's own agent, by state: live (its claim loop takes runs), draining \
-             (it waits for its runs before it stops)",
+            "Agents by state: live (claiming runs), draining (waiting for their runs before \
+             they stop); this process's own, and the other processes' with a heartbeat in \
+             the last 15 s",
             agents,
         );
 
@@ -437,6 +440,7 @@ mod tests {
         m.step(StepState::Skipped, Duration::from_secs(1));
         let queues = QueueSizes {
             runs_queued: 3,
+            other_agents_live: 2,
             ..QueueSizes::default()
         };
         let text = m.encode(&[(RunState::Success, 2)], Some(queues)).unwrap();
@@ -455,7 +459,7 @@ mod tests {
             "pipewright_step_seconds_count{result=\"success\"} 0\n",
             "pipewright_runs_total{state=\"success\"} 2\n",
             "pipewright_runs_queued 3\n",
-            "pipewright_agents{state=\"live\"} 0\n",
+            "pipewright_agents{state=\"live\"} 2\n",
             "pipewright_store_up 1\n",
         ] {
             assert!(text.contains(line), "{line} in\n{text}");

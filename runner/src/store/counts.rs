@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use sqlx::Row;
 
-use super::{RunState, Store, StoreError};
+use super::{RunState, Store, StoreError, now_ms};
 
 /// The final states a run can end in, in the order [`RunEnds`] keeps them.
 pub const FINAL_STATES: [RunState; 5] = [
@@ -45,6 +45,10 @@ pub struct QueueSizes {
     pub statuses_pending: i64,
     /// Deliveries stored and not processed yet.
     pub deliveries_pending: i64,
+    /// Other processes' agents with a fresh heartbeat that claim runs ([`Store::other_agents`]).
+    pub other_agents_live: i64,
+    /// Other processes' agents with a fresh heartbeat that drain.
+    pub other_agents_draining: i64,
 }
 
 impl Store {
@@ -76,6 +80,23 @@ impl Store {
             runs_running: row.try_get(1)?,
             statuses_pending: row.try_get(2)?,
             deliveries_pending: row.try_get(3)?,
+            ..QueueSizes::default()
         })
+    }
+
+    /// The agents of other instances than `instance` (this process, which knows its own
+    /// state) with a fresh heartbeat: how many claim runs, and how many drain.
+    pub async fn other_agents(&self, instance: &str) -> Result<(i64, i64), StoreError> {
+        let since = now_ms() - super::agents::AGENT_FRESH.as_millis() as i64;
+        let row = sqlx::query(
+            "SELECT
+               (SELECT COUNT(*) FROM agents WHERE heartbeat_at >= $1 AND instance <> $2 AND state = 'running'),
+               (SELECT COUNT(*) FROM agents WHERE heartbeat_at >= $1 AND instance <> $2 AND state = 'draining')",
+        )
+        .bind(since)
+        .bind(instance)
+        .fetch_one(&self.read)
+        .await?;
+        Ok((row.try_get(0)?, row.try_get(1)?))
     }
 }

@@ -13,7 +13,13 @@ use tracing::warn;
 use crate::server::{App, metrics::CONTENT_TYPE};
 
 pub async fn scrape(State(app): State<Arc<App>>) -> Response {
-    let queues = match app.store.queue_sizes().await {
+    let sizes = async {
+        let mut q = app.store.queue_sizes().await?;
+        (q.other_agents_live, q.other_agents_draining) =
+            app.store.other_agents(&app.instance).await?;
+        Ok::<_, crate::store::StoreError>(q)
+    };
+    let queues = match sizes.await {
         Ok(q) => Some(q),
         Err(e) => {
             warn!(error = ?e, "metrics: failed to read the queues from the database");
