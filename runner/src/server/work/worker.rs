@@ -436,27 +436,17 @@ async fn run_with_access(
         checked
     };
     let extras = |step: &PlannedStep| access.extras(work, step);
-    let setup = RunSetup {
-        run_id: &run.id.to_string(),
-        instance: work.instance,
-        workspace: &workspace,
-        defaults: work.defaults,
-        extras: &extras,
-        facts: RunFacts {
-            repo: &run.repo,
-            from_fork: run.from_fork,
-            event: run.event,
-            git_ref: &run.git_ref,
-            default_branch: &run.default_branch,
-            inputs: &run.inputs,
-            reviewed,
-        },
-        services: access,
-        network: work.config.docker.network.as_deref(),
-        volumes_resolved: true,
-        workspace_ready: Some(workspace_ready),
-        remove_pushed: Some(&work.config.docker.pin_images),
-    };
+    let run_id = run.id.to_string();
+    let setup = run_setup(
+        work,
+        run,
+        &run_id,
+        &workspace,
+        &extras,
+        access,
+        reviewed,
+        Some(workspace_ready),
+    );
     let mut observer = StoreObserver {
         work,
         run_id: run.id,
@@ -497,6 +487,41 @@ async fn run_with_access(
     Ok((result, reports))
 }
 
+/// What `run_plan` is given for a run of the server: its facts, its workspace, its access.
+#[allow(clippy::too_many_arguments)]
+fn run_setup<'a>(
+    work: &'a Work<'_>,
+    run: &'a Run,
+    run_id: &'a str,
+    workspace: &'a Path,
+    extras: crate::step_io::Extras<'a>,
+    access: &'a RunAccess<'_>,
+    reviewed: Option<&'a ReviewedPlan>,
+    workspace_ready: Option<pipewright_containers::StartGate>,
+) -> RunSetup<'a> {
+    RunSetup {
+        run_id,
+        instance: work.instance,
+        workspace,
+        defaults: work.defaults,
+        extras,
+        facts: RunFacts {
+            repo: &run.repo,
+            from_fork: run.from_fork,
+            event: run.event,
+            git_ref: &run.git_ref,
+            default_branch: &run.default_branch,
+            inputs: &run.inputs,
+            reviewed,
+        },
+        services: access,
+        network: work.config.docker.network.as_deref(),
+        volumes_resolved: true,
+        workspace_ready,
+        remove_pushed: Some(&work.config.docker.pin_images),
+    }
+}
+
 /// [`run_with_access`] for a run a restart adopted: its workspace is the one its steps
 /// left (not checked out again), and it goes on where `reattach::prepare` says.
 async fn go_on_with_access(
@@ -518,27 +543,10 @@ async fn go_on_with_access(
         );
     }
     let extras = |step: &PlannedStep| access.extras(work, step);
-    let setup = RunSetup {
-        run_id: &run.id.to_string(),
-        instance: work.instance,
-        workspace: &workspace,
-        defaults: work.defaults,
-        extras: &extras,
-        facts: RunFacts {
-            repo: &run.repo,
-            from_fork: run.from_fork,
-            event: run.event,
-            git_ref: &run.git_ref,
-            default_branch: &run.default_branch,
-            inputs: &run.inputs,
-            reviewed,
-        },
-        services: access,
-        network: work.config.docker.network.as_deref(),
-        volumes_resolved: true,
-        workspace_ready: None,
-        remove_pushed: Some(&work.config.docker.pin_images),
-    };
+    let run_id = run.id.to_string();
+    let setup = run_setup(
+        work, run, &run_id, &workspace, &extras, access, reviewed, None,
+    );
     let mut observer = StoreObserver {
         work,
         run_id: run.id,
