@@ -2,6 +2,7 @@
 
 mod actions;
 mod agents;
+mod chaos;
 mod comments;
 mod exec_cli;
 mod executor;
