@@ -84,6 +84,13 @@ pub struct StepSpec {
     /// gate opens; a gate that fails ends the step as [`Outcome::StartFailed`] with its
     /// reason. `None`: start at once.
     pub start_gate: Option<StartGate>,
+    /// Leave the container on the engine once it has started and stopped (however it
+    /// ended), for the caller to remove with [`Executor::remove_container`] after it has
+    /// recorded the step's end: a process killed in between finds the container when it
+    /// starts again and reads the exit status from it, instead of finding neither. The
+    /// id comes to the sink's [`started`](LogSink::started). A container that never
+    /// started, or a run that failed on the engine's side, is removed as always.
+    pub leave_exited: bool,
 }
 
 /// Holds a step's container between its creation and its start until what it needs is
@@ -156,7 +163,9 @@ pub trait LogSink: Send {
     /// The step's container has started: every line from here on is the container's own
     /// output (what came before was Pipewright's, such as a pull's progress). A restarted
     /// process re-attaching to the container skips only the lines stored after this.
-    fn started(&mut self) -> io::Result<()> {
+    /// `container` is the container's id.
+    fn started(&mut self, container: &str) -> io::Result<()> {
+        let _ = container;
         Ok(())
     }
 }
@@ -481,8 +490,10 @@ pub trait Executor: Send + Sync + 'static {
     /// engine's log, the first `skip_lines` lines (and pieces of long lines, as the sink
     /// would have received them) left out because the step's log already holds them; the
     /// step stopped (SIGTERM, grace, SIGKILL) when `timeout` (what is left of the step's)
-    /// runs out or `cancel` fires; its exit status read once it has stopped; the container
-    /// removed on every path. It is never started: a container that was created and not
+    /// runs out or `cancel` fires; its exit status read once it has stopped. As with
+    /// [`StepSpec::leave_exited`], the container is left on the engine when this returns
+    /// `Ok` (the caller removes it once it has recorded the step's end), removed on every
+    /// other path. It is never started: a container that was created and not
     /// started is not a step to follow. An executor without containers has nothing to follow.
     fn follow_existing(
         &self,

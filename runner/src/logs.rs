@@ -295,18 +295,18 @@ impl LogStore {
     }
 
     /// How many of a step's log lines came before its container's own output (a pull's
-    /// progress), as [`LogWriter::mark_output_start`] recorded it; 0 when nothing was
-    /// recorded. Kept on the host that runs the step (the one that re-attaches), beside
-    /// where its log file would be, whatever the backend.
-    pub fn output_start(&self, run: i64, step: i64) -> io::Result<u64> {
+    /// progress), as [`LogWriter::mark_output_start`] recorded it; `None` when nothing was
+    /// recorded (the step's container never started). Kept on the host that runs the step
+    /// (the one that re-attaches), beside where its log file would be, whatever the backend.
+    pub fn output_start(&self, run: i64, step: i64) -> io::Result<Option<u64>> {
         match fs::read_to_string(start_path(&self.path(run, step))) {
-            Ok(text) => text.trim().parse().map_err(|_| {
+            Ok(text) => text.trim().parse().map(Some).map_err(|_| {
                 io::Error::new(
                     io::ErrorKind::InvalidData,
                     format!("the output start of step {step} of run {run} is not a number"),
                 )
             }),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(0),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(e),
         }
     }
@@ -916,7 +916,7 @@ mod tests {
             .unwrap();
         file.write_all(b"line-").unwrap();
         assert_eq!(store.line_count(1, 0).await.unwrap(), 2);
-        assert_eq!(store.output_start(1, 0).unwrap(), 1);
+        assert_eq!(store.output_start(1, 0).unwrap(), Some(1));
         let mut appender = store.appender(1, 0).await.unwrap();
         appender.line(b"line-2").unwrap();
         assert_eq!(

@@ -254,6 +254,9 @@ pub async fn run_plan_resumed<E: Executor, O: RunObserver>(
             observer
                 .step_finished(step, &step_result, started.elapsed())
                 .await;
+            if let ResumedStep::Follow { container, .. } = resumed {
+                remove_left(executor, container).await;
+            }
             if !failing {
                 result = verdict_after(step, step_result);
             }
@@ -372,6 +375,8 @@ pub async fn run_plan_resumed<E: Executor, O: RunObserver>(
                 spec.image = image.clone();
                 spec.command = script_command(*shell, script);
                 spec.start_gate = gate.clone();
+                // Removed once the step's end is recorded (`remove_left` below).
+                spec.leave_exited = true;
                 match executor.run_step(&spec, &mut sink, step_cancel).await {
                     Ok(outcome) => StepResult::Ran(outcome),
                     Err(ExecError::Sink(e)) => log_lost(&e),
@@ -386,10 +391,14 @@ pub async fn run_plan_resumed<E: Executor, O: RunObserver>(
             None => None,
         } {
             let _ = sink.flush();
+            let left = sink.container.take();
             drop(sink);
             observer
                 .step_finished(step, &StepResult::NotRun, Duration::ZERO)
                 .await;
+            if let Some(container) = left {
+                remove_left(executor, &container).await;
+            }
             result = RunResult::Error(why.clone());
             unready = Some(why);
             continue;
@@ -412,9 +421,13 @@ pub async fn run_plan_resumed<E: Executor, O: RunObserver>(
             }
             other => other,
         };
+        let left = sink.container.take();
         observer
             .step_finished(step, &step_result, started.elapsed())
             .await;
+        if let Some(container) = left {
+            remove_left(executor, &container).await;
+        }
         if failing {
             // The run's verdict is the first failure's; a cleanup step that fails too
             // says so in its own state.
@@ -569,6 +582,15 @@ pub fn script_command(shell: Shell, script: &str) -> Vec<String> {
     }
 }
 
+/// Removes a step's container that the executor left on the engine
+/// ([`StepSpec::leave_exited`]) now that the step's end is recorded. One that cannot be
+/// removed is left for the reaper.
+async fn remove_left(executor: &impl Executor, container: &str) {
+    if let Err(e) = executor.remove_container(container).await {
+        tracing::warn!(container, error = %crate::error_chain(&e), "failed to remove a step's container");
+    }
+}
+
 /// The container of a step, before its image and command are known; `limit` is its
 /// timeout.
 fn spec_for(step: &PlannedStep, setup: &RunSetup<'_>, limit: Duration) -> StepSpec {
@@ -602,6 +624,7 @@ fn spec_for(step: &PlannedStep, setup: &RunSetup<'_>, limit: Duration) -> StepSp
         // The server's engine wrapper adds the registry's credentials (`server/work/images.rs`).
         pull_auth: None,
         start_gate: None,
+        leave_exited: false,
     }
 }
 

@@ -217,6 +217,8 @@ pub(crate) struct StepSink<'a, O: RunObserver> {
     pub observer: &'a mut O,
     pub step: &'a PlannedStep,
     pub masker: Masker,
+    /// The id of the step's container once it has started.
+    pub container: Option<String>,
     /// Per stream, the end of a cut line that masking has not decided on yet.
     carry: [Vec<u8>; 2],
 }
@@ -234,6 +236,7 @@ impl<'a, O: RunObserver> StepSink<'a, O> {
             observer,
             step,
             masker,
+            container: None,
             carry: Default::default(),
         }
     }
@@ -271,7 +274,8 @@ impl<O: RunObserver> LogSink for StepSink<'_, O> {
         self.observer.step_output(self.step, stream, &masked)
     }
 
-    fn started(&mut self) -> io::Result<()> {
+    fn started(&mut self, container: &str) -> io::Result<()> {
+        self.container = Some(container.to_string());
         self.observer.output_begins(self.step)
     }
 

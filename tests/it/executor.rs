@@ -656,3 +656,76 @@ async fn a_gate_that_fails_or_a_cancel_while_gated_never_starts_the_step() {
     assert_eq!(outcome, Outcome::Cancelled);
     assert!(sink.stdout().is_empty());
 }
+
+/// Remembers the id `started` gives, and the lines.
+#[derive(Default)]
+struct RecordStart {
+    lines: Collect,
+    container: Option<String>,
+}
+
+impl pipewright_containers::LogSink for RecordStart {
+    fn line(&mut self, stream: pipewright_containers::Stream, line: &[u8]) -> io::Result<()> {
+        self.lines.line(stream, line)
+    }
+
+    fn started(&mut self, container: &str) -> io::Result<()> {
+        self.container = Some(container.to_string());
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn a_left_container_keeps_its_exit_status_until_the_caller_removes_it() {
+    let executor = docker().await;
+    let run = unique_run("leave-exited");
+    let spec = StepSpec {
+        leave_exited: true,
+        ..shell_step(&run, "echo done; exit 3")
+    };
+    let mut sink = RecordStart::default();
+    let outcome = executor
+        .run_step(&spec, &mut sink, &CancellationToken::new())
+        .await
+        .unwrap_or_else(|err| panic!("run_step failed: {}", error_chain(&err)));
+    assert_eq!(outcome, Outcome::Failed { exit_code: 3 });
+    assert_eq!(sink.lines.stdout(), ["done"]);
+    let id = sink.container.expect("started gives the container's id");
+    assert_eq!(containers_labelled(LABEL_RUN, &run), [id.clone()]);
+    // What a restarted process reads back from it: the exit status and the output.
+    assert_eq!(
+        docker_cli(&[
+            "inspect",
+            "-f",
+            "{{.State.Status}} {{.State.ExitCode}}",
+            &id
+        ]),
+        "exited 3"
+    );
+    assert!(executor.remove_container(&id).await.unwrap());
+    assert_no_containers(&run);
+
+    // One that never started is removed all the same.
+    let run = unique_run("leave-unstarted");
+    let spec = StepSpec {
+        leave_exited: true,
+        ..shell_step(&run, "echo never")
+    };
+    let (opener, gate) = StartGate::new();
+    opener.open(Err("checkout failed".into()));
+    let spec = StepSpec {
+        start_gate: Some(gate),
+        ..spec
+    };
+    let mut sink = RecordStart::default();
+    let outcome = executor
+        .run_step(&spec, &mut sink, &CancellationToken::new())
+        .await
+        .unwrap();
+    assert!(
+        matches!(outcome, Outcome::StartFailed { .. }),
+        "{outcome:?}"
+    );
+    assert_eq!(sink.container, None);
+    assert_no_containers(&run);
+}

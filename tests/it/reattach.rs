@@ -312,3 +312,48 @@ async fn a_kill_during_the_second_step_does_not_run_the_first_again() {
     assert_eq!(statuses.last().unwrap().state, "success", "{statuses:?}");
     drop(restarted);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_step_killed_before_its_container_started_starts_after_the_restart() {
+    let gitea = FakeGitea::start().await;
+    let repo = gitea.create_repo("org", "unstarted");
+    // A registry that accepts connections and never answers: the second step's pull
+    // hangs, so the server is killed with the step recorded as running and no container.
+    let registry = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let image = format!("{}/pipewright-late:1", registry.local_addr().unwrap());
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for conn in registry.incoming() {
+            held.push(conn);
+        }
+    });
+    let host = Host::new();
+    let server = host.start(&gitea).await;
+    let pipeline = format!(
+        "on: push\nsteps:\n{}  - name: second\n    image: {image}\n    run: echo second ran after $(wc -l < /workspace/first-count) first\n",
+        step("first", "echo first ran\necho x >> /workspace/first-count"),
+    );
+    let sha = push_pipeline(&host, &repo, &pipeline).await;
+    let run = host.only_run().await;
+    eventually(
+        Duration::from_secs(120),
+        "the second step to start",
+        || async { (host.run(run).await["steps"][1]["state"] == "running").then_some(()) },
+    )
+    .await;
+    assert!(host.containers(run).is_empty(), "no container yet");
+    server.kill();
+    // The image is there now; the restarted server runs the step, which never ran.
+    docker(&["tag", IMAGE, &image]);
+
+    let restarted = host.start(&gitea).await;
+    let json = host.ended(run).await;
+    docker(&["rmi", &image]);
+    assert_eq!(json["state"], "success", "{json:#}");
+    assert_eq!(json["steps"][1]["state"], "success", "{json:#}");
+    assert_eq!(host.log(run, 0).await, "first ran\n");
+    assert_eq!(host.log(run, 1).await, "second ran after 1 first\n");
+    let statuses = final_statuses(&repo, &sha, "pipewright/ci").await;
+    assert_eq!(statuses.last().unwrap().state, "success", "{statuses:?}");
+    drop(restarted);
+}

@@ -64,7 +64,8 @@ impl LogSink for Skipping<'_> {
 type KeepContainer<'a> = dyn Fn(&[(String, String)]) -> bool + Sync + 'a;
 
 impl DockerExecutor {
-    /// Pulls the image if needed, creates the container, runs it to its end and removes it.
+    /// Pulls the image if needed, creates the container, runs it to its end and removes it
+    /// (unless [`StepSpec::leave_exited`] keeps a container that ran).
     pub(super) async fn run_step_container(
         &self,
         spec: &StepSpec,
@@ -99,18 +100,26 @@ impl DockerExecutor {
             docker: self.docker.clone(),
             id: Some(id.clone()),
         };
-        let outcome = self.run_container(&id, spec, sink, cancel).await;
-        guard.remove().await;
+        let mut started = false;
+        let outcome = self
+            .run_container(&id, spec, sink, cancel, &mut started)
+            .await;
+        match outcome {
+            Ok(_) if started && spec.leave_exited => guard.leave(),
+            _ => guard.remove().await,
+        }
         outcome
     }
 
-    /// Everything between create and remove; the caller removes the container.
+    /// Everything between create and remove; the caller removes the container. `started`
+    /// says whether the engine started it.
     async fn run_container(
         &self,
         id: &str,
         spec: &StepSpec,
         sink: &mut dyn LogSink,
         cancel: &CancellationToken,
+        started: &mut bool,
     ) -> Result<Outcome, ExecError> {
         let attach = AttachContainerOptionsBuilder::default()
             .stream(true)
@@ -151,12 +160,13 @@ impl DockerExecutor {
             Err(source) => return Err(engine_error(format!("start container {id}"), source)),
         }
         debug!(container = id, "started step container");
-        sink.started().map_err(ExecError::Sink)?;
+        *started = true;
+        sink.started(id).map_err(ExecError::Sink)?;
         self.follow(id, output, spec.timeout, sink, cancel).await
     }
 
     /// Follows a container an earlier process started (see [`crate::Executor::follow_existing`]);
-    /// removes it however that ends.
+    /// leaves it when that ends well, removes it otherwise.
     pub(super) async fn follow_left(
         &self,
         id: &str,
@@ -186,7 +196,10 @@ impl DockerExecutor {
         let outcome = self
             .follow(id, output, timeout, &mut skipping, cancel)
             .await;
-        guard.remove().await;
+        match outcome {
+            Ok(_) => guard.leave(),
+            Err(_) => guard.remove().await,
+        }
         outcome
     }
 
@@ -464,6 +477,11 @@ struct RemoveOnDrop {
 }
 
 impl RemoveOnDrop {
+    /// Keeps the container: the caller removes it.
+    fn leave(mut self) {
+        self.id = None;
+    }
+
     async fn remove(mut self) {
         if let Some(task) = self.spawn() {
             // A panic in the task has already been reported by the runtime.

@@ -10,7 +10,7 @@ use std::time::Duration;
 use pipewright_containers::{
     Executor, LABEL_INSTANCE, LABEL_RUN, LABEL_STEP, LABEL_STEP_INDEX, LeftContainer, LeftState,
 };
-use pipewright_pipelines::Plan;
+use pipewright_pipelines::{Plan, PlannedAction};
 use tracing::{info, warn};
 
 use super::Work;
@@ -104,10 +104,20 @@ pub async fn prepare(work: &Work<'_>, run: &Run, planned: &Plan) -> Result<Resum
     let current = rows
         .get(from)
         .and_then(|row| left.iter().rev().find(|c| is_of_step(c, row)));
+    // Where its container's own output began in its log; `None`: it never started.
+    let output_start = match rows.get(from) {
+        Some(row) => work
+            .logs
+            .output_start(run.id, row.idx)
+            .map_err(|e| format!("the step's log: {e}"))?,
+        None => None,
+    };
+    // The workspace's checkout is complete once a step has run (each waited for it).
+    let checked_out = rows[..from].iter().any(|r| r.exit_code.is_some());
     let step = match (rows.get(from), current) {
         (None, _) => None,
         (Some(row), Some(container)) if container.state != LeftState::Created => {
-            let skip_lines = skipped_lines(work, run.id, row.idx).await?;
+            let skip_lines = skipped_lines(work, run.id, row.idx, output_start).await?;
             info!(
                 run_id = run.id,
                 step = %row.name,
@@ -122,15 +132,31 @@ pub async fn prepare(work: &Work<'_>, run: &Run, planned: &Plan) -> Result<Resum
                 env: container.env.clone(),
             })
         }
+        // Not started: it starts now, as it would have, once the checkout is known to be
+        // complete. A `run:` step whose container was created and not started, or which
+        // recorded neither a container nor its start (stopped during the pull), never
+        // ran either; an action may have done work of its own between its containers.
+        (Some(row), current)
+            if checked_out
+                && (row.state != StepState::Running
+                    || is_run_step(planned, row)
+                        && (current.is_some() || output_start.is_none())) =>
+        {
+            None
+        }
         (Some(_), Some(_)) => Some(ResumedStep::Lost(
             "interrupted: Pipewright stopped between creating the step's container and starting it; not started, not retried automatically".into(),
         )),
-        (Some(row), None) if row.state == StepState::Running => Some(ResumedStep::Lost(
-            "interrupted: the step's container is gone (Pipewright stopped while it ran); not retried automatically".into(),
-        )),
-        // Not started: it starts now, as it would have, once the checkout is known to be
-        // complete (an earlier step ran, which waited for it).
-        (Some(_), None) if rows[..from].iter().any(|r| r.exit_code.is_some()) => None,
+        (Some(row), None) if row.state == StepState::Running && output_start.is_some() => {
+            Some(ResumedStep::Lost(
+                "interrupted: the step's container is gone (Pipewright stopped while it ran); not retried automatically".into(),
+            ))
+        }
+        (Some(row), None) if row.state == StepState::Running && checked_out => {
+            Some(ResumedStep::Lost(
+                "interrupted: Pipewright stopped during the step, before its container started; not retried automatically".into(),
+            ))
+        }
         (Some(_), None) => Some(ResumedStep::Lost(
             "interrupted: Pipewright stopped before the step started, while the workspace may have been incomplete; not retried automatically".into(),
         )),
@@ -154,17 +180,31 @@ pub async fn prepare(work: &Work<'_>, run: &Run, planned: &Plan) -> Result<Resum
 
 /// Lines of the step's log that came from its container (those after its pull's
 /// progress): the container's log starts with them, and they are not written again.
-async fn skipped_lines(work: &Work<'_>, run: i64, step: i64) -> Result<u64, String> {
+/// `output_start` is where they began; `None` (the container started, its start not
+/// recorded yet): none of them are.
+async fn skipped_lines(
+    work: &Work<'_>,
+    run: i64,
+    step: i64,
+    output_start: Option<u64>,
+) -> Result<u64, String> {
+    let Some(before) = output_start else {
+        return Ok(0);
+    };
     let lines = work
         .logs
         .line_count(run, step)
         .await
         .map_err(|e| format!("the step's log: {e}"))?;
-    let before = work
-        .logs
-        .output_start(run, step)
-        .map_err(|e| format!("the step's log: {e}"))?;
     Ok(lines.saturating_sub(before))
+}
+
+/// Whether the step is a `run:` step (one container, nothing of Pipewright's own between).
+fn is_run_step(planned: &Plan, row: &StepRow) -> bool {
+    planned
+        .steps
+        .get(row.idx as usize)
+        .is_some_and(|s| matches!(s.action, PlannedAction::Run { .. }))
 }
 
 /// Whether a left container ran this step (by its index; by its name for a container
