@@ -83,18 +83,9 @@ fn claims_for(run: &Run) -> RunClaims {
 
 impl<'a> RunAccess<'a> {
     /// Logs in to Vault and reads the pipeline's secrets. `Err` is the run's `error`
-    /// description, naming Vault, the role or the path.
-    pub async fn open(
-        work: &'a Work<'a>,
-        run: &Run,
-        pipeline: &Pipeline,
-    ) -> Result<RunAccess<'a>, String> {
-        RunAccess::open_for(work, run, pipeline, false).await
-    }
-
-    /// [`open`](RunAccess::open) for a run a restart re-attaches to (`adopt`): a new
-    /// login and new reads, and the run's secret files directory taken over as the
-    /// earlier process left it, since its running container mounts it.
+    /// description, naming Vault, the role or the path. `adopt`: a run a restart took
+    /// over, whose secret files directory is taken over as the earlier process left it,
+    /// since a running container may mount it (a new login and new reads all the same).
     pub async fn open_for(
         work: &'a Work<'a>,
         run: &Run,

@@ -49,17 +49,61 @@ pub async fn adopt(work: &Work<'_>) -> anyhow::Result<Vec<i64>> {
     Ok(adopted)
 }
 
-/// `Err` (the run's description) when an adopted run had not recorded its steps yet: it
-/// stopped before its checkout, and nothing of it goes on.
-pub async fn had_steps(work: &Work<'_>, run: &Run) -> Result<(), String> {
+/// Whether an adopted run had begun: a step of it ended, or one had its container started
+/// (or is an action, which may do work of its own before its first container). One that
+/// had not goes through its whole plan again, as if it had just been claimed: nothing of
+/// it ran, so nothing is done twice (its checkout and login are done again). The
+/// containers it created and never started are removed.
+pub async fn had_begun(work: &Work<'_>, run: &Run, planned: &Plan) -> Result<bool, String> {
     let rows = work
         .store
         .steps(run.id)
         .await
         .map_err(|e| format!("database: {e}"))?;
-    match rows.is_empty() {
-        true => Err(BEFORE_FIRST_STEP.into()),
-        false => Ok(()),
+    if rows.iter().any(|row| row.state.is_over()) {
+        return Ok(true);
+    }
+    let Some(running) = rows.iter().find(|row| row.state == StepState::Running) else {
+        return Ok(false);
+    };
+    if !is_run_step(planned, running) {
+        return Ok(true);
+    }
+    let started = work
+        .logs
+        .output_start(run.id, running.idx)
+        .map_err(|e| format!("the step's log: {e}"))?;
+    if started.is_some() {
+        return Ok(true);
+    }
+    let left = left_of(work, run).await?;
+    if left.iter().any(|c| c.state != LeftState::Created) {
+        return Ok(true);
+    }
+    for container in &left {
+        remove(work, container).await;
+    }
+    info!(
+        run_id = run.id,
+        "the run had not started a step: it starts over"
+    );
+    Ok(false)
+}
+
+/// The step containers this instance left for `run`, oldest first.
+async fn left_of(work: &Work<'_>, run: &Run) -> Result<Vec<LeftContainer>, String> {
+    work.executor
+        .left_containers(&[
+            (LABEL_INSTANCE.to_string(), work.instance.to_string()),
+            (LABEL_RUN.to_string(), run.id.to_string()),
+        ])
+        .await
+        .map_err(|e| format!("the Docker engine failed: {}", crate::error_chain(&e)))
+}
+
+async fn remove(work: &Work<'_>, container: &LeftContainer) {
+    if let Err(e) = work.executor.remove_container(&container.id).await {
+        warn!(container = %container.id, error = %crate::error_chain(&e), "failed to remove a container of an interrupted run");
     }
 }
 
@@ -86,14 +130,7 @@ pub async fn prepare(work: &Work<'_>, run: &Run, planned: &Plan) -> Result<Resum
                 .into(),
         );
     }
-    let left = work
-        .executor
-        .left_containers(&[
-            (LABEL_INSTANCE.to_string(), work.instance.to_string()),
-            (LABEL_RUN.to_string(), run.id.to_string()),
-        ])
-        .await
-        .map_err(|e| format!("the Docker engine failed: {}", crate::error_chain(&e)))?;
+    let left = left_of(work, run).await?;
     let from = rows
         .iter()
         .position(|row| !row.state.is_over())
@@ -166,9 +203,7 @@ pub async fn prepare(work: &Work<'_>, run: &Run, planned: &Plan) -> Result<Resum
         _ => None,
     };
     for container in left.iter().filter(|c| Some(c.id.as_str()) != followed) {
-        if let Err(e) = work.executor.remove_container(&container.id).await {
-            warn!(container = %container.id, error = %crate::error_chain(&e), "failed to remove a container of an interrupted run");
-        }
+        remove(work, container).await;
     }
     Ok(Resume {
         from,

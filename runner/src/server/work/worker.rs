@@ -350,9 +350,6 @@ async fn run_checked_out(
     cancel: &CancellationToken,
     resumed: bool,
 ) -> Ran {
-    if resumed {
-        reattach::had_steps(work, run).await?;
-    }
     let mirror = work
         .git
         .with_commit(&run.repo, &run.sha)
@@ -385,12 +382,15 @@ async fn run_checked_out(
     debug!("pipeline read");
     let mut planned = plan(&pipeline, &cx);
     check_volumes(work, run, &mut planned)?;
-    // Vault before anything else: when it fails, no step runs.
-    let access = match resumed {
-        false => RunAccess::open(work, run, &pipeline).await?,
-        true => RunAccess::open_for(work, run, &pipeline, true).await?,
+    // An adopted run that had not begun starts over; one that had goes on.
+    let go_on = match resumed {
+        true => reattach::had_begun(work, run, &planned).await?,
+        false => false,
     };
-    let result = match resumed {
+    // Vault before anything else: when it fails, no step runs. An adopted run takes over
+    // the secret files its containers may mount.
+    let access = RunAccess::open_for(work, run, &pipeline, resumed).await?;
+    let result = match go_on {
         false => run_with_access(work, run, &planned, mirror, &access, reviewed, cancel).await,
         true => go_on_with_access(work, run, &planned, &access, reviewed, cancel).await,
     };
