@@ -925,7 +925,7 @@ mod tests {
         );
         assert_eq!(store.line_count(1, 0).await.unwrap(), 3);
         assert_eq!(store.line_count(1, 9).await.unwrap(), 0);
-        assert_eq!(store.output_start(1, 9).unwrap(), 0);
+        assert_eq!(store.output_start(1, 9).unwrap(), None);
     }
 
     #[tokio::test]

@@ -691,7 +691,10 @@ async fn a_left_container_keeps_its_exit_status_until_the_caller_removes_it() {
     assert_eq!(outcome, Outcome::Failed { exit_code: 3 });
     assert_eq!(sink.lines.stdout(), ["done"]);
     let id = sink.container.expect("started gives the container's id");
-    assert_eq!(containers_labelled(LABEL_RUN, &run), [id.clone()]);
+    assert_eq!(
+        containers_labelled(LABEL_RUN, &run),
+        std::slice::from_ref(&id)
+    );
     // What a restarted process reads back from it: the exit status and the output.
     assert_eq!(
         docker_cli(&[
