@@ -21,6 +21,7 @@ mod secrets;
 pub mod secrets_dir;
 pub mod server;
 mod step_io;
+mod time;
 mod vault;
 
 /// An error and its sources on one line (`failed to x: because y: because z`).

@@ -484,32 +484,10 @@ impl ActionsClient {
     }
 }
 
-/// Epoch milliseconds as RFC 3339 UTC with milliseconds, as `Timestamp` is written.
-pub fn timestamp(ms: i64) -> String {
-    let secs = ms.div_euclid(1000);
-    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    // Howard Hinnant's civil-from-days.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60,
-        ms.rem_euclid(1000)
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::time::rfc3339;
 
     #[test]
     fn messages_have_protojson_casing() {
@@ -517,11 +495,11 @@ mod tests {
             id: 42,
             result: TaskResult::Success,
             started_at: None,
-            stopped_at: Some(timestamp(1_767_261_605_000)),
+            stopped_at: Some(rfc3339(1_767_261_605_000)),
             steps: vec![StepState {
                 id: 0,
                 result: TaskResult::Success,
-                started_at: Some(timestamp(0)),
+                started_at: Some(rfc3339(0)),
                 stopped_at: None,
                 log_index: 0,
                 log_length: 1,

@@ -9,6 +9,7 @@ use crate::store::{
     agents::{AgentRow, AgentState},
     labels_cover,
 };
+use crate::time::rfc3339;
 
 /// What a step whose log retention deleted says instead of it (the API's 410, a line on
 /// the run's page).
@@ -253,27 +254,4 @@ impl ListQuery {
             limit: limit.clamp(1, 500),
         })
     }
-}
-
-/// Epoch milliseconds as RFC 3339 UTC (`2026-11-22T05:35:15.123Z`).
-pub fn rfc3339(ms: i64) -> String {
-    let secs = ms.div_euclid(1000);
-    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    // Howard Hinnant's civil-from-days.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60,
-        ms.rem_euclid(1000)
-    )
 }

@@ -19,11 +19,12 @@ use crate::ansi::Ansi;
 use crate::server::{
     App,
     http::control::{self, Dispatchable},
-    http::dto::{LOG_REMOVED, ListQuery, rfc3339, run_dto, typed_inputs, waiting_reason},
+    http::dto::{LOG_REMOVED, ListQuery, run_dto, typed_inputs, waiting_reason},
     http::errors::ApiError,
     http::session::{Readable, Viewer, check_csrf, page_viewer, reader},
 };
 use crate::store::{Run, RunFilter, RunState, StepRow, now_ms};
+use crate::time::rfc3339;
 
 /// What a page's answer is when it is not the page: a redirect to sign in, or an error page.
 type Page = Result<Response, Response>;

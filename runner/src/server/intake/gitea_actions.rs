@@ -34,12 +34,13 @@ use crate::{
     gitea::{
         actions::{
             ActionsClient, ActionsError, LogRow, RunnerCredentials, StepState as GiteaStep, Task,
-            TaskResult, TaskState, timestamp,
+            TaskResult, TaskState,
         },
         http_client,
     },
     logs::LogStore,
     store::{GiteaTask, Run, RunState, StepRow, StepState, now_ms},
+    time::rfc3339,
 };
 
 /// How often Gitea is asked for a task while nothing runs.
@@ -369,7 +370,7 @@ impl Runner<'_> {
             let batch: Vec<LogRow> = rows[from..to]
                 .iter()
                 .map(|content| LogRow {
-                    time: timestamp(now),
+                    time: rfc3339(now),
                     content: content.clone(),
                 })
                 .collect();
@@ -413,16 +414,16 @@ impl Runner<'_> {
         let state = TaskState {
             id: task.task_id,
             result: result.unwrap_or_default(),
-            started_at: Some(timestamp(started)),
-            stopped_at: result.map(|_| timestamp(stopped)),
+            started_at: Some(rfc3339(started)),
+            stopped_at: result.map(|_| rfc3339(stopped)),
             steps: (0..task.steps.max(1))
                 .map(|i| {
                     if i == 0 {
                         GiteaStep {
                             id: 0,
                             result: result.unwrap_or_default(),
-                            started_at: Some(timestamp(started)),
-                            stopped_at: result.map(|_| timestamp(stopped)),
+                            started_at: Some(rfc3339(started)),
+                            stopped_at: result.map(|_| rfc3339(stopped)),
                             log_index: 0,
                             log_length: acked,
                         }
@@ -434,7 +435,7 @@ impl Runner<'_> {
                                 None => TaskResult::Unspecified,
                             },
                             started_at: None,
-                            stopped_at: result.map(|_| timestamp(stopped)),
+                            stopped_at: result.map(|_| rfc3339(stopped)),
                             log_index: acked,
                             log_length: 0,
                         }
