@@ -18,6 +18,7 @@
 //! further stub steps are reported skipped.
 
 use std::{
+    collections::{HashMap, VecDeque},
     io::Write,
     path::{Path, PathBuf},
     time::Duration,
@@ -38,7 +39,7 @@ use crate::{
         },
         http_client,
     },
-    logs::LogStore,
+    logs::{LogCursor, LogStore},
     store::{GiteaTask, Run, RunState, StepRow, StepState, now_ms},
     time::rfc3339,
 };
@@ -100,6 +101,7 @@ pub async fn run(parts: Parts<'_>, stop: CancellationToken) {
         credentials: None,
         declared: false,
         tasks_version: 0,
+        rows: HashMap::new(),
     };
     let mut backoff = FIRST_BACKOFF;
     loop {
@@ -132,6 +134,8 @@ struct Runner<'a> {
     credentials: Option<RunnerCredentials>,
     declared: bool,
     tasks_version: i64,
+    /// Per open task, where its log rows stand, so that a pass reads only what is new.
+    rows: HashMap<i64, Rows>,
 }
 
 /// Why a pass stopped; the poller waits (backing off) and tries again.
@@ -317,7 +321,7 @@ impl Runner<'_> {
 
     /// Sends what is new of a task (log rows, state); `Ok(true)` once Gitea has its end.
     async fn report(
-        &self,
+        &mut self,
         credentials: &RunnerCredentials,
         task: &GiteaTask,
     ) -> Result<bool, PassError> {
@@ -333,22 +337,26 @@ impl Runner<'_> {
             None => (None, Vec::new()),
         };
         let now = now_ms();
-        let (rows, result) = match (&task.refusal, &run) {
-            (Some(why), _) => (
-                vec![format!("Pipewright cannot run this task: {why}")],
-                Some(TaskResult::Failure),
-            ),
-            (None, None) => (
-                vec![format!(
+        let rows = self.rows.entry(task.task_id).or_default();
+        let result = match (&task.refusal, &run) {
+            (Some(why), _) => {
+                rows.only(format!("Pipewright cannot run this task: {why}"));
+                Some(TaskResult::Failure)
+            }
+            (None, None) => {
+                rows.only(format!(
                     "Pipewright run {} no longer exists",
                     task.run_id.unwrap_or_default()
-                )],
-                Some(TaskResult::Failure),
-            ),
+                ));
+                Some(TaskResult::Failure)
+            }
             (None, Some(run)) => {
-                let mut rows = run_rows(self.parts.logs, run, &steps).await;
+                let over = run.state.is_finished();
+                rows.read(self.parts.logs, run.id, over, &steps, task.log_acked)
+                    .await;
                 let result = run.state.is_finished().then(|| result_of(run.state));
-                if result.is_some() {
+                if result.is_some() && !rows.ended {
+                    rows.ended = true;
                     rows.push(format!(
                         "Pipewright run {} ended: {} ({}) {}/runs/{}",
                         run.id,
@@ -358,17 +366,18 @@ impl Runner<'_> {
                         run.id
                     ));
                 }
-                (rows, result)
+                result
             }
         };
-        let total = i64::try_from(rows.len()).unwrap_or(i64::MAX);
+        let total = rows.next;
         let mut acked = task.log_acked.min(total);
         while acked < total {
-            let from = usize::try_from(acked).unwrap_or(usize::MAX);
-            let to = (from + LOG_BATCH).min(rows.len());
-            let last = to == rows.len();
-            let batch: Vec<LogRow> = rows[from..to]
+            rows.acked(acked);
+            let last = acked + rows.pending.len().min(LOG_BATCH) as i64 == total;
+            let batch: Vec<LogRow> = rows
+                .pending
                 .iter()
+                .take(LOG_BATCH)
                 .map(|content| LogRow {
                     time: rfc3339(now),
                     content: content.clone(),
@@ -403,6 +412,7 @@ impl Runner<'_> {
             }
             store.gitea_task_acked(task.task_id, acked).await?;
         }
+        rows.acked(acked);
         store.gitea_task_acked(task.task_id, acked).await?;
 
         let started = run
@@ -450,11 +460,13 @@ impl Runner<'_> {
                 // Not this runner's task any more, or unknown to Gitea: nothing to report to.
                 warn!(task = task.task_id, error = %e, "Gitea Actions: the task's state is refused; giving it up");
                 store.gitea_task_reported(task.task_id).await?;
+                self.rows.remove(&task.task_id);
                 return Ok(true);
             }
         };
         if result.is_some() {
             store.gitea_task_reported(task.task_id).await?;
+            self.rows.remove(&task.task_id);
             return Ok(true);
         }
         if held != TaskResult::Unspecified
@@ -611,49 +623,115 @@ fn result_of(state: RunState) -> TaskResult {
     }
 }
 
-/// The run's output as Gitea's log rows so far: only ever appended to, since steps run one
-/// after another and a step's rows are given only up to what it has written (its last line
-/// without a newline once it is over).
-async fn run_rows(logs: &LogStore, run: &Run, steps: &[StepRow]) -> Vec<String> {
-    let mut rows = Vec::new();
-    let mut steps: Vec<&StepRow> = steps.iter().collect();
-    steps.sort_by_key(|s| s.idx);
-    let run_over = run.state.is_finished();
-    for step in steps {
-        let never_ran = matches!(step.state, StepState::Skipped | StepState::NotRun)
-            || (step.state == StepState::Pending && run_over);
-        if never_ran {
-            rows.push(format!("── {}: {}", step.name, step.state.as_str()));
-            continue;
+/// A task's log rows: the run's output as Gitea's rows, only ever appended to (steps run
+/// one after another, and a step's rows are given only up to what it has written, its last
+/// line without a newline once it is over). Each pass reads on from where the last one
+/// stopped; the rows Gitea has not acknowledged yet wait in `pending`.
+#[derive(Debug, Default)]
+struct Rows {
+    /// The number of the next row.
+    next: i64,
+    /// Rows `next - pending.len()` .. `next`, not acknowledged yet.
+    pending: VecDeque<String>,
+    /// Rows before this number are not kept (Gitea has them).
+    skip_below: i64,
+    /// Where the reading stands: the step (by its place in the run) and, once its opening
+    /// row is written, how far into its log.
+    step: usize,
+    in_step: Option<LogCursor>,
+    /// The run's closing row is written.
+    ended: bool,
+}
+
+/// How much of a step's log one read takes.
+const READ_BUDGET: usize = 256 << 10;
+
+impl Rows {
+    fn push(&mut self, row: String) {
+        if self.next >= self.skip_below {
+            self.pending.push_back(row);
         }
-        if step.state == StepState::Pending {
-            break;
-        }
-        rows.push(format!("── {}", step.name));
-        let over = step.state.is_over() || run_over;
-        let text = logs
-            .read(run.id, step.idx)
-            .await
-            .ok()
-            .flatten()
-            .unwrap_or_default();
-        let mut lines: Vec<&[u8]> = text.split(|b| *b == b'\n').collect();
-        // What follows the last newline: a line only once the step is over.
-        let rest = lines.pop().unwrap_or_default();
-        if over && !rest.is_empty() {
-            lines.push(rest);
-        }
-        rows.extend(lines.into_iter().map(row));
-        if !over {
-            break;
-        }
-        let exit = step
-            .exit_code
-            .map(|c| format!(", exit code {c}"))
-            .unwrap_or_default();
-        rows.push(format!("── {}: {}{exit}", step.name, step.state.as_str()));
+        self.next += 1;
     }
-    rows
+
+    /// A task whose whole log is one row.
+    fn only(&mut self, row: String) {
+        if self.next == 0 {
+            self.push(row);
+        }
+    }
+
+    /// Gitea has every row before `acked`.
+    fn acked(&mut self, acked: i64) {
+        let first = self.next - self.pending.len() as i64;
+        let drop = (acked - first).clamp(0, self.pending.len() as i64);
+        self.pending.drain(..drop as usize);
+        self.skip_below = self.skip_below.max(acked);
+    }
+
+    /// Reads on: the rows of what run `run`'s steps wrote since the last read (`run_over`:
+    /// it has ended). After a restart (nothing read yet) the rows before `acked` are
+    /// counted, not kept.
+    async fn read(
+        &mut self,
+        logs: &LogStore,
+        run: i64,
+        run_over: bool,
+        steps: &[StepRow],
+        acked: i64,
+    ) {
+        self.skip_below = self.skip_below.max(acked);
+        let mut steps: Vec<&StepRow> = steps.iter().collect();
+        steps.sort_by_key(|s| s.idx);
+        while let Some(step) = steps.get(self.step) {
+            let never_ran = matches!(step.state, StepState::Skipped | StepState::NotRun)
+                || (step.state == StepState::Pending && run_over);
+            if never_ran && self.in_step.is_none() {
+                self.push(format!("── {}: {}", step.name, step.state.as_str()));
+                self.step += 1;
+                continue;
+            }
+            if step.state == StepState::Pending && self.in_step.is_none() {
+                return;
+            }
+            // Over before reading: then its log is complete.
+            let over = step.state.is_over() || run_over;
+            let mut at = match self.in_step {
+                Some(at) => at,
+                None => {
+                    self.push(format!("── {}", step.name));
+                    LogCursor::at_line(0)
+                }
+            };
+            loop {
+                match logs.read_lines(run, step.idx, at, READ_BUDGET).await {
+                    Ok((lines, next)) if !lines.is_empty() => {
+                        for line in &lines {
+                            self.push(row(line));
+                        }
+                        at = next;
+                    }
+                    // Nothing more, or no log at all.
+                    _ => break,
+                }
+            }
+            self.in_step = Some(at);
+            if !over {
+                return;
+            }
+            let rest = logs.read_rest(run, step.idx, at).await.unwrap_or_default();
+            if !rest.is_empty() {
+                self.push(row(&rest));
+            }
+            let exit = step
+                .exit_code
+                .map(|c| format!(", exit code {c}"))
+                .unwrap_or_default();
+            self.push(format!("── {}: {}{exit}", step.name, step.state.as_str()));
+            self.in_step = None;
+            self.step += 1;
+        }
+    }
 }
 
 /// One row: valid UTF-8, no CR, at most 64 KiB.
@@ -689,6 +767,64 @@ fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 mod tests {
     use super::*;
     use base64::Engine as _;
+
+    fn step(idx: i64, name: &str, state: StepState, exit_code: Option<i64>) -> StepRow {
+        StepRow {
+            idx,
+            name: name.into(),
+            state,
+            description: String::new(),
+            exit_code,
+            started_at: None,
+            finished_at: None,
+            log_removed: false,
+        }
+    }
+
+    #[tokio::test]
+    async fn rows_are_read_on_from_where_the_last_pass_stopped() {
+        let dir = tempfile::tempdir().unwrap();
+        let logs = LogStore::new(dir.path().to_path_buf());
+        let mut first = logs.writer(7, 0).unwrap();
+        first.line(b"one").unwrap();
+        let mut rows = Rows::default();
+        let running = [
+            step(0, "build", StepState::Running, None),
+            step(1, "test", StepState::Pending, None),
+        ];
+        rows.read(&logs, 7, false, &running, 0).await;
+        assert_eq!(rows.pending, ["── build", "one"]);
+        rows.acked(2);
+        first.line(b"two").unwrap();
+        first.line(b"three").unwrap();
+        rows.read(&logs, 7, false, &running, 2).await;
+        assert_eq!(rows.pending, ["two", "three"]);
+        drop(first);
+        let ended = [
+            step(0, "build", StepState::Success, Some(0)),
+            step(1, "test", StepState::Skipped, None),
+        ];
+        rows.read(&logs, 7, true, &ended, 2).await;
+        let all = [
+            "── build",
+            "one",
+            "two",
+            "three",
+            "── build: success, exit code 0",
+            "── test: skipped",
+        ];
+        assert_eq!(rows.pending, &all[2..]);
+        assert_eq!(rows.next, 6);
+
+        // After a restart: the same rows, those Gitea has counted but not kept.
+        let mut again = Rows::default();
+        again.read(&logs, 7, true, &ended, 4).await;
+        assert_eq!(again.next, 6);
+        assert_eq!(again.pending, &all[4..]);
+        let mut whole = Rows::default();
+        whole.read(&logs, 7, true, &ended, 0).await;
+        assert_eq!(whole.pending, all);
+    }
 
     fn task(workflow: &str, context: serde_json::Value) -> Task {
         let b64 = base64::engine::general_purpose::STANDARD.encode(workflow);
