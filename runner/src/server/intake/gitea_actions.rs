@@ -883,6 +883,47 @@ mod tests {
     }
 
     #[test]
+    fn hostile_workflows_are_refused_by_name_of_what_is_wrong() {
+        let not_yaml = |workflow: &str| {
+            let (steps, why) = map_task(&task(workflow, dispatch_context())).unwrap_err();
+            assert_eq!(steps, 1);
+            assert!(why.starts_with("the task's workflow is not YAML: "), "{why}");
+            why
+        };
+        // Far deeper than the parser goes, in flow and block form.
+        let deep = format!("jobs:\n  run:\n    env: {}", "[".repeat(200_000));
+        let why = not_yaml(&deep);
+        assert!(why.contains("deeper than 64") || why.contains("recursion limit"), "{why}");
+        let block: String = (0..500).map(|i| format!("{}k:\n", " ".repeat(i))).collect();
+        let why = not_yaml(&block);
+        assert!(why.contains("deeper than 64") || why.contains("recursion limit"), "{why}");
+        // Larger than any pipeline file, and an alias bomb.
+        let huge = format!("jobs:\n  run:\n    env: {{ X: '{}' }}\n", "x".repeat(2 << 20));
+        not_yaml(&huge);
+        let mut bomb = String::from("a: &a [x, x, x, x, x, x, x, x, x, x]\n");
+        for n in 1..10 {
+            bomb.push_str(&format!(
+                "{}: &{} [*{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}]\n",
+                (b'a' + n) as char,
+                (b'a' + n) as char,
+                p = (b'a' + n - 1) as char
+            ));
+        }
+        not_yaml(&format!("{bomb}jobs:\n  run: {{}}\n"));
+
+        // Option-like and path-like names map as plain names; the lookup among the
+        // repository's pipelines (`dispatch::dispatchable`) refuses them.
+        for name in ["--upload-pack=touch /tmp/pwned", "../../etc/passwd", "-c"] {
+            let workflow = format!(
+                "jobs:\n  run:\n    env:\n      PIPEWRIGHT_PIPELINE: {}\n    steps: [{{run: a}}]\n",
+                serde_json::to_string(name).unwrap()
+            );
+            let (_, m) = map_task(&task(&workflow, dispatch_context())).unwrap();
+            assert_eq!(m.pipeline, name);
+        }
+    }
+
+    #[test]
     fn rows_are_clean_lines() {
         assert_eq!(row(b"a\r"), "a");
         assert_eq!(row(b"\xffb"), "\u{fffd}b");
