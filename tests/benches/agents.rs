@@ -115,6 +115,9 @@ async fn start(
 fn pipewright_bin() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
+        // Built on its own, the binary's dependencies get their own features: the first
+        // time, this is a build of its own of several minutes.
+        eprintln!("building the pipewright binary (bench profile) for the agent processes");
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let status = Command::new(cargo)
             .args(["build", "--quiet", "--profile", "bench", "-p", "pipewright"])
