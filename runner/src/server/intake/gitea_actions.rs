@@ -887,18 +887,30 @@ mod tests {
         let not_yaml = |workflow: &str| {
             let (steps, why) = map_task(&task(workflow, dispatch_context())).unwrap_err();
             assert_eq!(steps, 1);
-            assert!(why.starts_with("the task's workflow is not YAML: "), "{why}");
+            assert!(
+                why.starts_with("the task's workflow is not YAML: "),
+                "{why}"
+            );
             why
         };
         // Far deeper than the parser goes, in flow and block form.
         let deep = format!("jobs:\n  run:\n    env: {}", "[".repeat(200_000));
         let why = not_yaml(&deep);
-        assert!(why.contains("deeper than 64") || why.contains("recursion limit"), "{why}");
+        assert!(
+            why.contains("deeper than 64") || why.contains("recursion limit"),
+            "{why}"
+        );
         let block: String = (0..500).map(|i| format!("{}k:\n", " ".repeat(i))).collect();
         let why = not_yaml(&block);
-        assert!(why.contains("deeper than 64") || why.contains("recursion limit"), "{why}");
+        assert!(
+            why.contains("deeper than 64") || why.contains("recursion limit"),
+            "{why}"
+        );
         // Larger than any pipeline file, and an alias bomb.
-        let huge = format!("jobs:\n  run:\n    env: {{ X: '{}' }}\n", "x".repeat(2 << 20));
+        let huge = format!(
+            "jobs:\n  run:\n    env: {{ X: '{}' }}\n",
+            "x".repeat(2 << 20)
+        );
         not_yaml(&huge);
         let mut bomb = String::from("a: &a [x, x, x, x, x, x, x, x, x, x]\n");
         for n in 1..10 {
