@@ -9,7 +9,8 @@
 #   binary built for it (cross build --release --target aarch64-unknown-linux-gnu, or
 #   cargo zigbuild) and qemu-user-static with binfmt_misc for debootstrap's second stage.
 # --binary: default target/release/pipewright (built when missing) for this machine's
-#   architecture, target/aarch64-unknown-linux-gnu/release/pipewright for arm64 on amd64.
+#   architecture, target/aarch64-unknown-linux-gnu/release/pipewright for arm64 on amd64
+#   (under $CARGO_TARGET_DIR instead of target/ when that is set).
 # --tag: default pipewright:<version>-<arch>, also tagged pipewright:latest for this arch.
 # The Debian root is cached under /var/cache/pipewright-image/ (by suite, arch and package
 # list), so a second build downloads nothing.
@@ -35,10 +36,11 @@ case "$arch" in
   *) log "unsupported --arch $arch: amd64 or arm64"; exit 2 ;;
 esac
 native=$(dpkg --print-architecture)
+targets=${CARGO_TARGET_DIR:-target}
 if [ -z "$binary" ]; then
-  if [ "$arch" = "$native" ]; then binary=target/release/pipewright; else binary=target/$target/release/pipewright; fi
+  if [ "$arch" = "$native" ]; then binary=$targets/release/pipewright; else binary=$targets/$target/release/pipewright; fi
 fi
-if [ ! -x "$binary" ] && [ "$binary" = target/release/pipewright ]; then
+if [ ! -x "$binary" ] && [ "$binary" = "$targets/release/pipewright" ]; then
   log "building the release binary"
   cargo build --release --locked -p pipewright --bin pipewright
 fi

@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 
 log() { printf 'test-image: %s\n' "$*" >&2; }
 
-binary=${PIPEWRIGHT_IMAGE_BINARY:-target/debug/pipewright}
+binary=${PIPEWRIGHT_IMAGE_BINARY:-${CARGO_TARGET_DIR:-target}/debug/pipewright}
 [ -x "$binary" ] || cargo build --quiet --locked -p pipewright --bin pipewright
 tag=pipewright-test/image:ci
 scripts/build-image.sh --binary "$binary" --tag "$tag"
