@@ -4,7 +4,8 @@
 //!    steady 200 deliveries/s for 30 s, then 1000/s for 10 s, side by side with the same
 //!    load on `GET /healthz` (an answer with no durable write) as the baseline; then 200/s
 //!    again with a new connection for every request, as a simple webhook sender (Gitea
-//!    among them) does it;
+//!    among them) does it, beside the floor of the durable write itself: a 4 KiB append
+//!    and `fdatasync` on the same disk at the same rate;
 //! 2. time from a push webhook to its first step container started (image present, small
 //!    repository), side by side with a bare `git fetch` of the same commit.
 //!
@@ -33,7 +34,7 @@ struct Bench {
     url: String,
     app: Arc<App>,
     shutdown: CancellationToken,
-    _data: tempfile::TempDir,
+    data: tempfile::TempDir,
 }
 
 async fn start(gitea: &FakeGitea, allow_only: Option<&str>) -> Bench {
@@ -67,7 +68,7 @@ async fn start(gitea: &FakeGitea, allow_only: Option<&str>) -> Bench {
         url: format!("http://{addr}"),
         app,
         shutdown,
-        _data: data,
+        data,
     }
 }
 
@@ -156,6 +157,14 @@ async fn ack_latency(gitea: &FakeGitea, seconds: u32) {
         200,
         &load(200, seconds, hook_request(&fresh, "bench-fresh")).await,
     );
+    let probe = bench.data.path().join("sync-probe");
+    report(
+        "4 KiB append + fdatasync (the floor)",
+        200,
+        &tokio::task::spawn_blocking(move || sync_probe(&probe, 200, seconds))
+            .await
+            .unwrap(),
+    );
     println!(
         "budget (DESIGN.md): p99 under 5 ms at 200/s; 1000/s sustained, every answer well inside 5 s"
     );
@@ -164,6 +173,28 @@ async fn ack_latency(gitea: &FakeGitea, seconds: u32) {
         bench.app.store.delivery_count().await.unwrap()
     );
     bench.shutdown.cancel();
+}
+
+/// A 4 KiB append and `fdatasync` of one file at a steady rate, each timed from its
+/// scheduled instant as the requests are: what one durable commit costs on this disk.
+fn sync_probe(path: &std::path::Path, rate: u32, seconds: u32) -> (Vec<Duration>, usize) {
+    use std::io::Write;
+    let mut file = std::fs::File::create(path).unwrap();
+    let block = [b'x'; 4096];
+    let interval = Duration::from_secs_f64(1.0 / f64::from(rate));
+    let start = Instant::now();
+    let mut latencies = Vec::new();
+    for i in 0..rate * seconds {
+        let at = start + interval * i;
+        if let Some(wait) = at.checked_duration_since(Instant::now()) {
+            std::thread::sleep(wait);
+        }
+        file.write_all(&block).unwrap();
+        file.sync_data().unwrap();
+        latencies.push(at.elapsed());
+    }
+    latencies.sort();
+    (latencies, 0)
 }
 
 fn now_ns() -> u128 {

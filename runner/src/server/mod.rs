@@ -12,7 +12,7 @@ mod report;
 mod tasks;
 mod work;
 
-use std::{sync::Arc, time::Duration};
+use std::sync::Arc;
 
 use anyhow::Context;
 use intake::{Inbox, Intake, Queue};
@@ -272,7 +272,7 @@ pub async fn retention_pass(app: &App) -> Result<work::retention::Removed, Store
 async fn checkpoints(app: Arc<App>, stop: CancellationToken) {
     loop {
         tokio::select! {
-            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = tokio::time::sleep(crate::store::CHECKPOINT_EVERY) => {}
             _ = stop.cancelled() => return,
         }
         if let Err(e) = app.store.checkpoint().await {

@@ -52,6 +52,15 @@ pub enum Backend {
     Postgres,
 }
 
+/// Pages of SQLite's write-ahead log past which the committing connection copies it into
+/// the database itself (SQLite's default is 1000, which a webhook burst passes several
+/// times a second, each time in some webhook's answer: a copy and a disk sync of the
+/// database before it). The background checkpoint keeps the log far below it.
+const WAL_BACKSTOP_PAGES: u32 = 20_000;
+
+/// How often the background task checkpoints SQLite's log (`Store::checkpoint`).
+pub const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
+
 /// A handle on the database; cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Store {
@@ -184,6 +193,13 @@ impl Store {
                     conn.execute("PRAGMA journal_mode = WAL").await?;
                     conn.execute("PRAGMA synchronous = FULL").await?;
                     conn.execute("PRAGMA busy_timeout = 10000").await?;
+                    // The background checkpoint (`Store::checkpoint`) keeps the log short;
+                    // this is only its backstop, so that a commit seldom copies the log
+                    // into the database and syncs it before its answer.
+                    conn.execute(sqlx::AssertSqlSafe(format!(
+                        "PRAGMA wal_autocheckpoint = {WAL_BACKSTOP_PAGES}"
+                    )))
+                    .await?;
                     conn.execute("PRAGMA foreign_keys = ON").await?;
                     Ok(())
                 })
