@@ -88,8 +88,9 @@ pub struct StepSpec {
     /// ended), for the caller to remove with [`Executor::remove_container`] after it has
     /// recorded the step's end: a process killed in between finds the container when it
     /// starts again and reads the exit status from it, instead of finding neither. The
-    /// id comes to the sink's [`started`](LogSink::started). A container that never
-    /// started, or a run that failed on the engine's side, is removed as always.
+    /// id comes to the sink's [`starting`](LogSink::starting) (removing it again is
+    /// harmless). A container that never started, or a run that failed on the engine's
+    /// side, is removed as always.
     pub leave_exited: bool,
 }
 
@@ -160,11 +161,13 @@ pub trait LogSink: Send {
         self.line(stream, piece)
     }
 
-    /// The step's container has started: every line from here on is the container's own
-    /// output (what came before was Pipewright's, such as a pull's progress). A restarted
-    /// process re-attaching to the container skips only the lines stored after this.
-    /// `container` is the container's id.
-    fn started(&mut self, container: &str) -> io::Result<()> {
+    /// The step's container is about to be started (called just before the engine is
+    /// asked to): every line from here on is the container's own output (what came before
+    /// was Pipewright's, such as a pull's progress). A restarted process re-attaching to the
+    /// container skips only the lines stored after this, and one that finds no record of
+    /// this knows the container never started. An error stops the step before its
+    /// container starts. `container` is the container's id.
+    fn starting(&mut self, container: &str) -> io::Result<()> {
         let _ = container;
         Ok(())
     }

@@ -467,7 +467,12 @@ impl RunObserver for Printer {
         }
     }
 
-    async fn step_finished(&mut self, step: &PlannedStep, result: &StepResult, elapsed: Duration) {
+    async fn step_finished(
+        &mut self,
+        step: &PlannedStep,
+        result: &StepResult,
+        elapsed: Duration,
+    ) -> bool {
         let line = match result {
             StepResult::Skipped => format!(
                 "--- step {}: skipped (its `when` excludes this event)",
@@ -491,6 +496,7 @@ impl RunObserver for Printer {
             StepResult::Unrunnable(why) => format!("<-- step {}: error: {why}", step.name),
         };
         let _ = writeln!(self.out, "{line}");
+        true
     }
 }
 

@@ -614,13 +614,16 @@ impl LogWriter {
 
     /// Records that the step's container starts here: the lines so far were Pipewright's
     /// (a pull's progress), the rest will be the container's own output, which a restart
-    /// re-reads from the engine's log ([`LogStore::output_start`]).
+    /// re-reads from the engine's log ([`LogStore::output_start`]). Written whole or not at
+    /// all (a new file renamed into place), so a kill at any point leaves no torn mark.
     pub fn mark_output_start(&self) -> io::Result<()> {
         let path = &self.start_file;
         if let Some(dir) = path.parent() {
             fs::create_dir_all(dir).map_err(|e| write_error(path, e))?;
         }
-        fs::write(path, self.lines.to_string()).map_err(|e| write_error(path, e))
+        let new = path.with_extension("start.new");
+        fs::write(&new, self.lines.to_string()).map_err(|e| write_error(&new, e))?;
+        fs::rename(&new, path).map_err(|e| write_error(path, e))
     }
 
     /// Ends the log: what waits is written (in the database), and an error that came after

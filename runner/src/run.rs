@@ -251,10 +251,12 @@ pub async fn run_plan_resumed<E: Executor, O: RunObserver>(
                     masked_result(&run_masker, step_result)
                 }
             };
-            observer
+            let recorded = observer
                 .step_finished(step, &step_result, started.elapsed())
                 .await;
-            if let ResumedStep::Follow { container, .. } = resumed {
+            if let ResumedStep::Follow { container, .. } = resumed
+                && recorded
+            {
                 remove_left(executor, container).await;
             }
             if !failing {
@@ -393,10 +395,10 @@ pub async fn run_plan_resumed<E: Executor, O: RunObserver>(
             let _ = sink.flush();
             let left = sink.container.take();
             drop(sink);
-            observer
+            let recorded = observer
                 .step_finished(step, &StepResult::NotRun, Duration::ZERO)
                 .await;
-            if let Some(container) = left {
+            if let Some(container) = left.filter(|_| recorded) {
                 remove_left(executor, &container).await;
             }
             result = RunResult::Error(why.clone());
@@ -422,10 +424,10 @@ pub async fn run_plan_resumed<E: Executor, O: RunObserver>(
             other => other,
         };
         let left = sink.container.take();
-        observer
+        let recorded = observer
             .step_finished(step, &step_result, started.elapsed())
             .await;
-        if let Some(container) = left {
+        if let Some(container) = left.filter(|_| recorded) {
             remove_left(executor, &container).await;
         }
         if failing {
@@ -583,8 +585,9 @@ pub fn script_command(shell: Shell, script: &str) -> Vec<String> {
 }
 
 /// Removes a step's container that the executor left on the engine
-/// ([`StepSpec::leave_exited`]) now that the step's end is recorded. One that cannot be
-/// removed is left for the reaper.
+/// ([`StepSpec::leave_exited`]) now that the step's end is recorded (when it could not be
+/// recorded, the container stays for a restart to read, or for the reaper). One that cannot
+/// be removed is left for the reaper.
 async fn remove_left(executor: &impl Executor, container: &str) {
     if let Err(e) = executor.remove_container(container).await {
         tracing::warn!(container, error = %crate::error_chain(&e), "failed to remove a step's container");

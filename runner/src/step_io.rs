@@ -62,14 +62,19 @@ pub trait RunObserver: Send {
     fn step_started(&mut self, step: &PlannedStep) -> impl Future<Output = ()> + Send;
     /// One line of a step's output. An error stops the step (the log could not be kept).
     fn step_output(&mut self, step: &PlannedStep, stream: Stream, line: &[u8]) -> io::Result<()>;
+    /// Returns whether the step's end is recorded: a step's container left on the engine
+    /// ([`pipewright_containers::StepSpec::leave_exited`]) is removed only then, so that a
+    /// crash always finds one or the other.
     fn step_finished(
         &mut self,
         step: &PlannedStep,
         result: &StepResult,
         elapsed: Duration,
-    ) -> impl Future<Output = ()> + Send;
-    /// The step's container started: the output from here on is the container's own
-    /// (what a restart re-reads from the engine's log). An error stops the step.
+    ) -> impl Future<Output = bool> + Send;
+    /// The step's container is about to start: the output from here on is the container's
+    /// own (what a restart re-reads from the engine's log), and a restart that finds this
+    /// recorded never starts the step again. An error stops the step before its container
+    /// starts.
     fn output_begins(&mut self, step: &PlannedStep) -> io::Result<()> {
         let _ = step;
         Ok(())
@@ -274,7 +279,7 @@ impl<O: RunObserver> LogSink for StepSink<'_, O> {
         self.observer.step_output(self.step, stream, &masked)
     }
 
-    fn started(&mut self, container: &str) -> io::Result<()> {
+    fn starting(&mut self, container: &str) -> io::Result<()> {
         self.container = Some(container.to_string());
         self.observer.output_begins(self.step)
     }

@@ -657,7 +657,7 @@ async fn a_gate_that_fails_or_a_cancel_while_gated_never_starts_the_step() {
     assert!(sink.stdout().is_empty());
 }
 
-/// Remembers the id `started` gives, and the lines.
+/// Remembers the id `starting` gives, and the lines.
 #[derive(Default)]
 struct RecordStart {
     lines: Collect,
@@ -669,7 +669,7 @@ impl pipewright_containers::LogSink for RecordStart {
         self.lines.line(stream, line)
     }
 
-    fn started(&mut self, container: &str) -> io::Result<()> {
+    fn starting(&mut self, container: &str) -> io::Result<()> {
         self.container = Some(container.to_string());
         Ok(())
     }
@@ -690,7 +690,7 @@ async fn a_left_container_keeps_its_exit_status_until_the_caller_removes_it() {
         .unwrap_or_else(|err| panic!("run_step failed: {}", error_chain(&err)));
     assert_eq!(outcome, Outcome::Failed { exit_code: 3 });
     assert_eq!(sink.lines.stdout(), ["done"]);
-    let id = sink.container.expect("started gives the container's id");
+    let id = sink.container.expect("starting gives the container's id");
     assert_eq!(
         containers_labelled(LABEL_RUN, &run),
         std::slice::from_ref(&id)

@@ -313,6 +313,66 @@ async fn a_kill_during_the_second_step_does_not_run_the_first_again() {
     drop(restarted);
 }
 
+/// Recording a step's start can fail (a full disk) while its container runs: the step is
+/// recorded as never started. A restart must still find the container and follow it, not
+/// take the run for one that had not begun and start it over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_container_is_followed_even_when_its_steps_start_was_not_recorded() {
+    let gitea = FakeGitea::start().await;
+    let repo = gitea.create_repo("org", "unrecorded");
+    let host = Host::new();
+    let server = host.start(&gitea).await;
+    let pipeline = format!(
+        "on: push\nsteps:\n{}",
+        step(
+            "apply",
+            &format!(
+                "echo x >> /workspace/applied\necho waiting in $(hostname)\n{}\necho applied $(wc -l < /workspace/applied) time(s)",
+                wait_for("go")
+            )
+        ),
+    );
+    let sha = push_pipeline(&host, &repo, &pipeline).await;
+    let run = host.only_run().await;
+    let running = eventually(Duration::from_secs(120), "the step to run", || async {
+        host.log(run, 0).await.starts_with("waiting in ").then_some(())?;
+        Some(host.containers(run)).filter(|c| c.len() == 1)
+    })
+    .await;
+    // A container's host name is the start of its id.
+    let first_line = format!("waiting in {}\n", &running[0][..12]);
+    assert_eq!(host.log(run, 0).await, first_line);
+    server.kill();
+    // As if the write of the step's start had failed.
+    sqlx::any::install_default_drivers();
+    let url = format!(
+        "sqlite://{}",
+        host.data.path().join("pipewright.db").display()
+    );
+    let db = sqlx::AnyPool::connect(&url).await.unwrap();
+    sqlx::query(
+        "UPDATE steps SET state = 'pending', started_at = NULL WHERE run_id = $1 AND idx = 0",
+    )
+    .bind(run)
+    .execute(&db)
+    .await
+    .unwrap();
+    db.close().await;
+
+    let restarted = host.start(&gitea).await;
+    std::fs::write(host.workspace(run).join("go"), "").unwrap();
+    let json = host.ended(run).await;
+    assert_eq!(json["state"], "success", "{json:#}");
+    // The first container's output, followed to its end; no second start.
+    assert_eq!(
+        host.log(run, 0).await,
+        format!("{first_line}applied 1 time(s)\n")
+    );
+    let statuses = final_statuses(&repo, &sha, "pipewright/ci").await;
+    assert_eq!(statuses.last().unwrap().state, "success", "{statuses:?}");
+    drop(restarted);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_step_killed_before_its_container_started_starts_after_the_restart() {
     killed_during_the_pull_of(1).await;

@@ -149,7 +149,9 @@ impl DockerExecutor {
         if cancel.is_cancelled() {
             return Ok(Outcome::Cancelled);
         }
-
+        // Before the start, so that a process killed at any point after it leaves a record
+        // that the container may have run (a restart then never starts the step again).
+        sink.starting(id).map_err(ExecError::Sink)?;
         match self.docker.start_container(id, None).await {
             Ok(()) => {}
             Err(err) if is_client_error(&err) => {
@@ -161,7 +163,6 @@ impl DockerExecutor {
         }
         debug!(container = id, "started step container");
         *started = true;
-        sink.started(id).map_err(ExecError::Sink)?;
         self.follow(id, output, spec.timeout, sink, cancel).await
     }
 

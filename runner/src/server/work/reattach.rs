@@ -49,11 +49,14 @@ pub async fn adopt(work: &Work<'_>) -> anyhow::Result<Vec<i64>> {
     Ok(adopted)
 }
 
-/// Whether an adopted run had begun: a step of it ended, or one had its container started
-/// (or is an action, which may do work of its own before its first container). One that
-/// had not goes through its whole plan again, as if it had just been claimed: nothing of
-/// it ran, so nothing is done twice (its checkout and login are done again). The
-/// containers it created and never started are removed.
+/// Whether an adopted run had begun: a step of it ended, a container of it was started
+/// (whatever its steps recorded: recording a step's start can fail), or a step is an
+/// action (which may do work of its own before its first container) or was about to
+/// start its container (the start mark is written just before the engine is asked, so a
+/// mark without any container may have run). One that had not goes through its whole
+/// plan again, as if it had just been claimed: nothing of it ran, so nothing is done twice
+/// (its checkout and login are done again). The containers it created and never started
+/// are removed.
 pub async fn had_begun(work: &Work<'_>, run: &Run, planned: &Plan) -> Result<bool, String> {
     let rows = work
         .store
@@ -63,22 +66,22 @@ pub async fn had_begun(work: &Work<'_>, run: &Run, planned: &Plan) -> Result<boo
     if rows.iter().any(|row| row.state.is_over()) {
         return Ok(true);
     }
-    let Some(running) = rows.iter().find(|row| row.state == StepState::Running) else {
-        return Ok(false);
-    };
-    if !is_run_step(planned, running) {
-        return Ok(true);
-    }
-    let started = work
-        .logs
-        .output_start(run.id, running.idx)
-        .map_err(|e| format!("the step's log: {e}"))?;
-    if started.is_some() {
-        return Ok(true);
-    }
     let left = left_of(work, run).await?;
     if left.iter().any(|c| c.state != LeftState::Created) {
         return Ok(true);
+    }
+    for row in &rows {
+        if row.state == StepState::Running && !is_run_step(planned, row) {
+            return Ok(true);
+        }
+        // Every row, not only the one recorded running: recording a start can fail.
+        let marked = work
+            .logs
+            .output_start(run.id, row.idx)
+            .map_err(|e| format!("the step's log: {e}"))?;
+        if marked.is_some() && !left.iter().any(|c| is_of_step(c, row)) {
+            return Ok(true);
+        }
     }
     for container in &left {
         remove(work, container).await;
@@ -171,20 +174,25 @@ pub async fn prepare(work: &Work<'_>, run: &Run, planned: &Plan) -> Result<Resum
         }
         // Not started: it starts now, as it would have, once the checkout is known to be
         // complete. A `run:` step whose container was created and not started, or which
-        // recorded neither a container nor its start (stopped during the pull), never
-        // ran either; an action may have done work of its own between its containers.
+        // recorded no start mark (stopped during the pull; the mark is written before the
+        // engine is asked to start the container), never ran; an action that recorded
+        // nothing of its own either (it may do work of its own between its containers).
         (Some(row), current)
             if checked_out
-                && (row.state != StepState::Running
-                    || is_run_step(planned, row)
-                        && (current.is_some() || output_start.is_none())) =>
+                && if is_run_step(planned, row) {
+                    current.is_some() || output_start.is_none()
+                } else {
+                    row.state != StepState::Running
+                        && output_start.is_none()
+                        && current.is_none()
+                } =>
         {
             None
         }
         (Some(_), Some(_)) => Some(ResumedStep::Lost(
             "interrupted: Pipewright stopped between creating the step's container and starting it; not started, not retried automatically".into(),
         )),
-        (Some(row), None) if row.state == StepState::Running && output_start.is_some() => {
+        (Some(_), None) if output_start.is_some() => {
             Some(ResumedStep::Lost(
                 "interrupted: the step's container is gone (Pipewright stopped while it ran); not retried automatically".into(),
             ))

@@ -717,7 +717,12 @@ impl RunObserver for StoreObserver<'_> {
         }
     }
 
-    async fn step_finished(&mut self, step: &PlannedStep, result: &StepResult, elapsed: Duration) {
+    async fn step_finished(
+        &mut self,
+        step: &PlannedStep,
+        result: &StepResult,
+        elapsed: Duration,
+    ) -> bool {
         // The rest of the log is written before the step's end is recorded: a finished
         // step's log is complete (in the database, lines wait in batches).
         let log_lost = match std::mem::replace(&mut self.writer, Err(String::new())) {
@@ -768,7 +773,7 @@ impl RunObserver for StoreObserver<'_> {
         ) {
             self.work.metrics.step(state, elapsed);
         }
-        if let Err(e) = self
+        match self
             .work
             .store
             .step_finished(
@@ -780,7 +785,11 @@ impl RunObserver for StoreObserver<'_> {
             )
             .await
         {
-            warn!(error = ?e, step = %step.name, "failed to record the step's end");
+            Ok(()) => true,
+            Err(e) => {
+                warn!(error = ?e, step = %step.name, "failed to record the step's end; its container is left for the reaper");
+                false
+            }
         }
     }
 }
