@@ -335,7 +335,10 @@ async fn a_running_container_is_followed_even_when_its_steps_start_was_not_recor
     let sha = push_pipeline(&host, &repo, &pipeline).await;
     let run = host.only_run().await;
     let running = eventually(Duration::from_secs(120), "the step to run", || async {
-        host.log(run, 0).await.starts_with("waiting in ").then_some(())?;
+        host.log(run, 0)
+            .await
+            .starts_with("waiting in ")
+            .then_some(())?;
         Some(host.containers(run)).filter(|c| c.len() == 1)
     })
     .await;
