@@ -327,7 +327,7 @@ async fn a_running_container_is_followed_even_when_its_steps_start_was_not_recor
         step(
             "apply",
             &format!(
-                "echo x >> /workspace/applied\necho waiting in $(hostname)\n{}\necho applied $(wc -l < /workspace/applied) time(s)",
+                "echo x >> /workspace/applied\necho waiting in $(hostname)\n{}\necho \"applied $(wc -l < /workspace/applied) time(s)\"",
                 wait_for("go")
             )
         ),
