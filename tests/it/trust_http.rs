@@ -24,22 +24,13 @@ use tokio::{
 
 use crate::serve::{API_TOKEN, Server, client, eventually, final_statuses, states, step};
 
-/// Connections to `port` that this process accepted (server side, established): sockets
-/// among `/proc/self/fd` whose local port is the server's.
+/// Connections to `port` that this process holds open at once (server side, established).
+/// The kernel's table is read first, then this process's descriptors: a socket counted
+/// was there before the listing began and still has a descriptor here in it, so all of
+/// them were open together. (The other order also counts a socket this process closed
+/// between the two reads that a spawned child, such as git, still held a copy of.)
 fn server_side_connections(port: u16) -> usize {
-    let mut ours = HashSet::new();
-    for entry in std::fs::read_dir("/proc/self/fd").unwrap().flatten() {
-        if let Ok(target) = std::fs::read_link(entry.path()) {
-            let target = target.display().to_string();
-            if let Some(inode) = target
-                .strip_prefix("socket:[")
-                .and_then(|t| t.strip_suffix(']'))
-            {
-                ours.insert(inode.to_owned());
-            }
-        }
-    }
-    let mut count = 0;
+    let mut established = HashSet::new();
     for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
         let Ok(text) = std::fs::read_to_string(table) else {
             continue;
@@ -50,13 +41,26 @@ fn server_side_connections(port: u16) -> usize {
                 .rsplit(':')
                 .next()
                 .and_then(|p| u16::from_str_radix(p, 16).ok());
-            // 01: established.
-            if local_port == Some(port) && fields[3] == "01" && ours.contains(fields[9]) {
-                count += 1;
+            // 01: established; inode 0: not accepted yet.
+            if local_port == Some(port) && fields[3] == "01" && fields[9] != "0" {
+                established.insert(fields[9].to_owned());
             }
         }
     }
-    count
+    let mut ours = HashSet::new();
+    for entry in std::fs::read_dir("/proc/self/fd").unwrap().flatten() {
+        if let Ok(target) = std::fs::read_link(entry.path()) {
+            let target = target.display().to_string();
+            if let Some(inode) = target
+                .strip_prefix("socket:[")
+                .and_then(|t| t.strip_suffix(']'))
+                && established.contains(inode)
+            {
+                ours.insert(inode.to_owned());
+            }
+        }
+    }
+    ours.len()
 }
 
 fn port(server: &Server) -> u16 {
