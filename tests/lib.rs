@@ -357,7 +357,10 @@ pub mod bench {
     }
 
     /// Open-loop load from the client's runtime: one request every 1/rate s, latency measured
-    /// from its scheduled time.
+    /// from its scheduled time. The schedule is kept by a thread of its own sleeping to each
+    /// instant (the kernel's high-resolution timer, ~0.05 ms late), not by the runtime's
+    /// timer, which wakes on its next millisecond tick and so would count up to 1 ms of the
+    /// client's own lateness in every figure.
     pub async fn load(
         rate: u32,
         seconds: u32,
@@ -369,18 +372,31 @@ pub mod bench {
             .unwrap()
     }
 
-    pub async fn load_here(
+    async fn load_here(
         rate: u32,
         seconds: u32,
         make: impl Fn(u64) -> reqwest::RequestBuilder,
     ) -> (Vec<Duration>, usize) {
         let interval = Duration::from_secs_f64(1.0 / f64::from(rate));
         let total = u64::from(rate) * u64::from(seconds);
-        let start = tokio::time::Instant::now() + Duration::from_millis(50);
+        let (tick, mut ticks) = tokio::sync::mpsc::unbounded_channel();
+        let pacer = std::thread::Builder::new()
+            .name("bench-pacer".into())
+            .spawn(move || {
+                let start = std::time::Instant::now() + Duration::from_millis(50);
+                for i in 0..total {
+                    let at = start + interval * i as u32;
+                    if let Some(wait) = at.checked_duration_since(std::time::Instant::now()) {
+                        std::thread::sleep(wait);
+                    }
+                    if tick.send((i, at)).is_err() {
+                        return;
+                    }
+                }
+            })
+            .unwrap();
         let mut tasks = tokio::task::JoinSet::new();
-        for i in 0..total {
-            let at = start + interval * i as u32;
-            tokio::time::sleep_until(at).await;
+        while let Some((i, at)) = ticks.recv().await {
             let req = make(i);
             tasks.spawn(async move {
                 let resp = req.send().await;
@@ -388,6 +404,7 @@ pub mod bench {
                 (at.elapsed(), ok)
             });
         }
+        pacer.join().unwrap();
         let mut latencies = Vec::with_capacity(total as usize);
         let mut failed = 0;
         while let Some(done) = tasks.join_next().await {
