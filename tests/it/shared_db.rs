@@ -287,9 +287,21 @@ async fn on_postgres_retention_deletes_the_log_rows() {
         runs_on: vec!["pi1".into()],
         ..spec("main", sha, group)
     };
+    // The server's own reporter sends these runs' statuses too: to a repository Gitea
+    // has, so that none of them waits in its backoff, unsent, when retention looks.
+    gitea.create_repo("org", "app");
     let older = ended(store, for_pi1("aaaaaaa1", "g-a")).await;
     let newest = ended(store, for_pi1("aaaaaaa2", "g-b")).await;
     send_statuses(store, &[]).await;
+    eventually(Duration::from_secs(30), "every status sent", || async {
+        store
+            .next_status_due()
+            .await
+            .unwrap()
+            .is_none()
+            .then_some(())
+    })
+    .await;
     for id in [older, newest] {
         let mut writer = server.app.logs.writer(id, 0).unwrap();
         writer.line(b"hello").unwrap();
