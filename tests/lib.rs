@@ -377,18 +377,12 @@ pub mod bench {
         seconds: u32,
         make: impl Fn(u64) -> reqwest::RequestBuilder,
     ) -> (Vec<Duration>, usize) {
-        let interval = Duration::from_secs_f64(1.0 / f64::from(rate));
         let total = u64::from(rate) * u64::from(seconds);
         let (tick, mut ticks) = tokio::sync::mpsc::unbounded_channel();
         let pacer = std::thread::Builder::new()
             .name("bench-pacer".into())
             .spawn(move || {
-                let start = std::time::Instant::now() + Duration::from_millis(50);
-                for i in 0..total {
-                    let at = start + interval * i as u32;
-                    if let Some(wait) = at.checked_duration_since(std::time::Instant::now()) {
-                        std::thread::sleep(wait);
-                    }
+                for (i, at) in paced(rate, seconds) {
                     if tick.send((i, at)).is_err() {
                         return;
                     }
@@ -414,6 +408,22 @@ pub mod bench {
         }
         latencies.sort();
         (latencies, failed)
+    }
+
+    /// A steady schedule, `rate` instants a second for `seconds` from 50 ms on: each item
+    /// is given once its instant has come, the calling thread sleeping to it (the kernel's
+    /// high-resolution timer, so ~0.05 ms late), with its number and the instant itself, from
+    /// which a latency is measured.
+    pub fn paced(rate: u32, seconds: u32) -> impl Iterator<Item = (u64, std::time::Instant)> {
+        let interval = Duration::from_secs_f64(1.0 / f64::from(rate));
+        let start = std::time::Instant::now() + Duration::from_millis(50);
+        (0..u64::from(rate) * u64::from(seconds)).map(move |i| {
+            let at = start + interval * i as u32;
+            if let Some(wait) = at.checked_duration_since(std::time::Instant::now()) {
+                std::thread::sleep(wait);
+            }
+            (i, at)
+        })
     }
 
     pub fn report(name: &str, rate: u32, (lat, failed): &(Vec<Duration>, usize)) {

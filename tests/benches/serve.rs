@@ -24,7 +24,7 @@ use std::{
 
 use pipewright::server::{App, serve};
 use pipewright_containers::CancellationToken;
-use pipewright_tests::bench::{load, ms, percentile, report};
+use pipewright_tests::bench::{load, ms, paced, percentile, report};
 use pipewright_tests::fake_gitea::{Delivery, FakeGitea, http_client, sign};
 use tokio::net::TcpListener;
 
@@ -183,14 +183,8 @@ fn sync_probe(path: &std::path::Path, rate: u32, seconds: u32) -> (Vec<Duration>
     use std::io::Write;
     let mut file = std::fs::File::create(path).unwrap();
     let block = [b'x'; 4096];
-    let interval = Duration::from_secs_f64(1.0 / f64::from(rate));
-    let start = Instant::now();
     let mut latencies = Vec::new();
-    for i in 0..rate * seconds {
-        let at = start + interval * i;
-        if let Some(wait) = at.checked_duration_since(Instant::now()) {
-            std::thread::sleep(wait);
-        }
+    for (_, at) in paced(rate, seconds) {
         file.write_all(&block).unwrap();
         file.sync_data().unwrap();
         latencies.push(at.elapsed());
